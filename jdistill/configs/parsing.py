@@ -1,0 +1,212 @@
+"""YAML + `key.sub=value` overrides -> validated frozen dataclasses, with one-line errors.
+
+Every error names the dotted key and what was expected, and suggests the closest valid key for a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from jdistill.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def all_keys(cls, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass (leaves and sections)."""
+    keys = []
+    for field in dataclasses.fields(cls):
+        key = prefix + field.name
+        keys.append(key)
+        field_type = typing.get_type_hints(cls)[field.name]
+        if dataclasses.is_dataclass(field_type):
+            keys.extend(all_keys(field_type, key + "."))
+    return keys
+
+
+def _unknown_key(root_cls, key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(root_cls), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{source}: unknown key {key!r}{hint}")
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (list, tuple):
+        return "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp, key: str, source: str):
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    error = ConfigError(f"{source}: {key} expected {_describe(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError:
+                continue
+        raise error
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise error
+    if tp is type(None):
+        if value is None:
+            return None
+        raise error
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise error
+        (item_type, *_) = typing.get_args(tp) or (Any,)
+        items = [value_i if item_type is Any else _coerce(value_i, item_type, key, source) for value_i in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise error
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise error
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise error
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise error
+    return value
+
+
+def build(cls, values: dict, source: str, prefix: str = "", root_cls=None):
+    """Build dataclass `cls` from a nested dict, checking keys, types and each section's `validate()`."""
+    root_cls = root_cls or cls
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in hints:
+            raise _unknown_key(root_cls, key, source)
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = build(hints[name], value or {}, source, key + ".", root_cls)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key, source)
+    config = cls(**kwargs)
+    if hasattr(config, "validate"):
+        for field, expected in config.validate():
+            got = _lookup(config, field)
+            raise ConfigError(f"{source}: {prefix}{field} expected {expected}, got {got!r}")
+    return config
+
+
+def _lookup(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value) with the value typed by YAML (ints, floats, bools, lists, null)."""
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-3 as a string; accept plain-float spellings.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") and value.lower() not in ("e",) else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def merge_override(tree: dict, path: list[str], value, root_cls) -> None:
+    """Set `tree[path] = value`, rejecting keys the schema does not have (with a suggestion)."""
+    cls, node = root_cls, tree
+    for depth, part in enumerate(path):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            raise _unknown_key(root_cls, ".".join(path), "override")
+        if depth == len(path) - 1:
+            node[part] = value
+            return
+        cls = hints[part]
+        if not dataclasses.is_dataclass(cls):
+            raise _unknown_key(root_cls, ".".join(path), "override")
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A preset name (`lm_kd`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in name_or_path:
+        if not path.is_file():
+            raise ConfigError(f"--config {name_or_path}: no such file")
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"--config {name_or_path}: unknown preset{hint}; presets: {', '.join(preset_names())}")
+    return preset
+
+
+def load_config(root_cls, name_or_path: str | None = "default", overrides: list[str] = ()):
+    """Read a preset or file, apply overrides, and validate into `root_cls`."""
+    path = resolve_config_path(name_or_path or "default")
+    tree = read_yaml(path)
+    build(root_cls, tree, str(path))  # errors in the file are reported against the file
+    for text in overrides:
+        key_path, value = parse_override(text)
+        merge_override(tree, key_path, value, root_cls)
+    return build(root_cls, tree, "override" if overrides else str(path))
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,141 @@
+"""The run configuration as frozen dataclasses. YAML presets and `key.sub=value` overrides are validated
+into these by `jdistill.configs.parsing`; every field's meaning follows `shared/SPEC/conventions.md`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jdistill.models.config import ModelConfig
+
+Problems = list[tuple[str, str]]
+
+
+def _positive(obj, *names) -> Problems:
+    return [(n, "a positive integer") for n in names if getattr(obj, n) < 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """name: "digits", "pystdlib_text" (embedded, built on first use) or "tfds:NAME" (prepared in `dir`).
+    dir: tfds data directory (None: $JDISTILL_DATA_DIR, else ~/.cache/jdistill/tensorflow_datasets).
+    seq_len: tokens per LM training window. eval_batch_size / eval_max_batches bound evaluation."""
+
+    name: str = "digits"
+    dir: str | None = None
+    seq_len: int = 128
+    eval_batch_size: int = 256
+    eval_max_batches: int | None = None
+
+    def validate(self) -> Problems:
+        problems = _positive(self, "seq_len", "eval_batch_size")
+        if self.eval_max_batches is not None and self.eval_max_batches < 1:
+            problems.append(("eval_max_batches", "a positive integer or null"))
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one stage: AdamW with linear warm-up then cosine decay to `final_lr_fraction * lr`."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.0
+    weight_decay: float = 0.05
+    b1: float = 0.9
+    b2: float = 0.999
+    grad_clip_norm: float | None = 1.0
+    eval_every: int = 250
+    log_every: int = 25
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+    def validate(self) -> Problems:
+        problems = _positive(self, "steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
+                             "keep_checkpoints")
+        if self.learning_rate <= 0:
+            problems.append(("learning_rate", "a positive number"))
+        if not 0 <= self.warmup_steps <= self.steps:
+            problems.append(("warmup_steps", f"an integer in [0, steps={self.steps}]"))
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            problems.append(("final_lr_fraction", "a number in [0, 1]"))
+        if self.weight_decay < 0:
+            problems.append(("weight_decay", "a number >= 0"))
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append((name, "a number in [0, 1)"))
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            problems.append(("grad_clip_norm", "a positive number or null"))
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One model and how it is trained."""
+
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """The student's objective: `distill_weight * D(p_t || p_s at temperature) + label_weight * CE(y, s)`.
+
+    objective: the divergence D (direction in the name, conventions.md).
+    scale_by_temperature_squared: multiply D by T^2 (Hinton) so gradient size does not shrink with T.
+    beta: generalized_jsd interpolation (0: forward KL, 1: reverse KL).
+    """
+
+    objective: Literal["forward_kl", "reverse_kl", "generalized_jsd", "tvd"] = "forward_kl"
+    temperature: float = 2.0
+    distill_weight: float = 1.0
+    label_weight: float = 0.0
+    beta: float = 0.5
+    scale_by_temperature_squared: bool = True
+
+    def validate(self) -> Problems:
+        problems = []
+        if self.temperature <= 0:
+            problems.append(("temperature", "a positive number"))
+        for name in ("distill_weight", "label_weight"):
+            if getattr(self, name) < 0:
+                problems.append((name, "a number >= 0"))
+        if not 0.0 <= self.beta <= 1.0:
+            problems.append(("beta", "a number in [0, 1]"))
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Output and logging of a run."""
+
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A teacher -> student distillation job: the teacher is trained, then the same student is trained
+    from scratch (labels only) and with the distillation objective, at the same budget."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    teacher: StageConfig = StageConfig()
+    student: StageConfig = StageConfig()
+    distill: DistillConfig = DistillConfig()
+    run: RunConfig = RunConfig()
+
+    def validate(self) -> Problems:
+        problems = []
+        if self.seed < 0:
+            problems.append(("seed", "an integer >= 0"))
+        kind = self.teacher.model.kind
+        if self.student.model.kind != kind:
+            problems.append(("student.model.kind", f"the teacher's kind ({kind!r})"))
+        out = "num_classes" if kind == "classifier" else "vocab_size"
+        if getattr(self.student.model, out) != getattr(self.teacher.model, out):
+            problems.append((f"student.model.{out}", f"equal to teacher.model.{out} (vocabularies must match)"))
+        return problems

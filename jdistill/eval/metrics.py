@@ -1,0 +1,62 @@
+"""Evaluation metrics accumulated as sums over batches: accuracy, NLL, expected calibration error.
+
+`prediction_stats` is jit-friendly and returns sums (so batches and hosts add up exactly);
+`summarize` turns the summed stats into metrics. Works for classifiers (`logits [batch, classes]`,
+`labels [batch]`) and LMs (`logits [batch, seq, vocab]`, `labels [batch, seq]`) alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_CALIBRATION_BINS = 15
+
+
+def prediction_stats(logits, labels, mask=None, *, num_bins: int = NUM_CALIBRATION_BINS) -> dict:
+    """Sums over valid positions: count, correct, NLL (nats), and per-confidence-bin count/confidence/correct.
+
+    ECE (Guo et al. 2017, "On Calibration of Modern Neural Networks"): equal-width bins over the top-1
+    confidence; ECE = sum_b |B_b|/n * |acc(B_b) - conf(B_b)|.
+    """
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    weight = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    prediction = jnp.argmax(log_probs, axis=-1)
+    correct = (prediction == labels).astype(jnp.float32)
+    confidence = jnp.exp(jnp.max(log_probs, axis=-1))
+    bins = jnp.clip((confidence * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    one_hot_bins = jax.nn.one_hot(bins, num_bins) * weight[..., None]
+    flat = lambda x: x.reshape(-1, num_bins).sum(axis=0)  # noqa: E731
+    return {
+        "count": weight.sum(),
+        "correct": (correct * weight).sum(),
+        "nll_sum": (nll * weight).sum(),
+        "bin_count": flat(one_hot_bins),
+        "bin_confidence": flat(one_hot_bins * confidence[..., None]),
+        "bin_correct": flat(one_hot_bins * correct[..., None]),
+    }
+
+
+def add_stats(total: dict | None, stats: dict) -> dict:
+    """Add two stats dicts (host-side, float64)."""
+    stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
+    return stats if total is None else {k: total[k] + stats[k] for k in total}
+
+
+def summarize(stats: dict, *, bits_per_byte: bool = False) -> dict:
+    """accuracy, nll (nats per example/token), ece; plus bits_per_byte for byte-level LMs (nll / ln 2)."""
+    count = max(float(stats["count"]), 1.0)
+    gap = np.abs(stats["bin_correct"] - stats["bin_confidence"]).sum()
+    metrics = {
+        "accuracy": float(stats["correct"]) / count,
+        "nll": float(stats["nll_sum"]) / count,
+        "ece": float(gap) / count,
+        "count": int(stats["count"]),
+    }
+    if bits_per_byte:
+        metrics["bits_per_byte"] = metrics["nll"] / math.log(2)
+    return metrics

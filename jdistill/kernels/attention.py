@@ -1,0 +1,79 @@
+"""The attention core: `softmax(q k^T * scale + mask) v`, optionally times a sigmoid output gate.
+
+`gated_attention` is the one entry point the layers call. This module holds the XLA reference path; fused
+Pallas kernels register further `impl` values (see the kernels issue) without changing the signature.
+
+Shapes (documented once, here):
+    q        [batch, q_len, heads, head_dim]
+    k, v     [batch, kv_len, kv_heads, head_dim]     heads % kv_heads == 0 (grouped-query attention)
+    gate     pre-sigmoid logits, [batch, q_len, heads] (headwise) or [batch, q_len, heads, head_dim]
+             (elementwise), or None (no gate)
+    segment_ids  [batch, q_len] int (packed sequences; requires q_len == kv_len), or None
+    returns  [batch, q_len, heads, head_dim]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_NEG_INF = -1e30
+
+
+def attention_mask(q_len: int, kv_len: int, *, causal: bool, segment_ids=None):
+    """Boolean mask `[batch or 1, 1, q_len, kv_len]`, True where a query may attend to a key.
+
+    Causal masking aligns the last query with the last key (so decoding with a cache of length kv_len > q_len
+    sees every earlier key).
+    """
+    mask = jnp.ones((1, 1, q_len, kv_len), dtype=bool)
+    if causal:
+        offset = kv_len - q_len
+        q_pos = jnp.arange(q_len)[:, None] + offset
+        k_pos = jnp.arange(kv_len)[None, :]
+        mask = mask & (k_pos <= q_pos)[None, None]
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        mask = mask & same[:, None]
+    return mask
+
+
+def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None):
+    """XLA reference: `sigmoid(gate) * softmax(q k^T * scale + mask) v`, softmax in float32.
+
+    A query row whose keys are all masked returns zeros (not NaN).
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+    scale = head_dim**-0.5 if scale is None else scale
+    groups = heads // kv_heads
+    q_grouped = q.reshape(batch, q_len, kv_heads, groups, head_dim)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q_grouped, k, preferred_element_type=jnp.float32) * scale
+    mask = attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids)[:, :, None]
+    scores = jnp.where(mask, scores, _NEG_INF)
+    weights = jax.nn.softmax(scores, axis=-1)
+    weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", weights.astype(v.dtype), v).reshape(batch, q_len, heads, head_dim)
+    if gate is not None:
+        if gate.ndim == 3:
+            gate = gate[..., None]
+        out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
+    return out
+
+
+_IMPLS = {"xla": gated_attention_reference}
+
+
+def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, impl="auto"):
+    """Gated scaled-dot-product attention (Qiu et al. 2025, "Gated Attention for LLMs", the G1 gate).
+
+    `out = sigmoid(gate) * softmax(q k^T * scale + mask) v`; see the module docstring for shapes.
+    `impl`: "xla" (reference) or "auto" (the best implementation available for the backend; today "xla").
+    """
+    if impl == "auto":
+        impl = "xla"
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
+    return _IMPLS[impl](q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale)

@@ -1,0 +1,22 @@
+"""What every jdistill model returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import struct
+
+
+@struct.dataclass
+class ModelOutput:
+    """`logits`: [batch, num_classes] (classifier) or [batch, seq, vocab] (LM), float32.
+
+    `hidden_states`: per-layer residual streams (embedding output first) when requested, else None.
+    `exits`: logits of intermediate exits (multi-exit models), else None.
+    `aux`: named extras (attention statistics, auxiliary losses).
+    """
+
+    logits: Any
+    hidden_states: tuple | None = None
+    exits: tuple | None = None
+    aux: dict = struct.field(default_factory=dict)

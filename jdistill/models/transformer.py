@@ -1,0 +1,81 @@
+"""The config-driven gated transformer: an encoder classifier over image patches or a decoder LM over tokens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jdistill.models.config import ModelConfig
+from jdistill.models.outputs import ModelOutput
+from jdistill.nn import MLP, GatedSelfAttention, RMSNorm
+
+
+class Block(nnx.Module):
+    """Pre-norm block: `h + attn(norm(h))`, then `h + mlp(norm(h))`."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        causal = config.kind == "lm"
+        self.attention_norm = RMSNorm(config.d_model)
+        self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
+        self.mlp_norm = RMSNorm(config.d_model)
+        self.mlp = MLP(config.d_model, config.mlp_dim, config.activation, dtype=jnp.dtype(config.dtype), rngs=rngs)
+
+    def __call__(self, h, *, positions=None, segment_ids=None):
+        h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Transformer(nnx.Module):
+    """`model(inputs) -> ModelOutput`.
+
+    Classifier: `inputs` float `[batch, height, width, channels]`; logits `[batch, num_classes]`.
+    LM: `inputs` int `[batch, seq]`; logits `[batch, seq, vocab_size]` (float32).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        if config.kind == "classifier":
+            patch_dim = config.patch_size**2 * config.num_channels
+            self.embed = nnx.Linear(patch_dim, config.d_model, dtype=dtype, rngs=rngs)
+            self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.num_patches, config.d_model)))
+        else:
+            self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
+        self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.d_model)
+        out_dim = config.num_classes if config.kind == "classifier" else config.vocab_size
+        if not (config.kind == "lm" and config.tie_embeddings):
+            self.head = nnx.Linear(config.d_model, out_dim, dtype=dtype, rngs=rngs)
+
+    def _embed(self, inputs):
+        cfg = self.config
+        if cfg.kind == "lm":
+            return self.embed(inputs)
+        batch, height, width, channels = inputs.shape
+        p = cfg.patch_size
+        patches = inputs.reshape(batch, height // p, p, width // p, p, channels)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
+        return self.embed(patches) + self.position.value.astype(self.embed.dtype or jnp.float32)
+
+    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False):
+        h = self._embed(inputs)
+        hidden = [h] if return_hidden_states else None
+        for block in self.blocks:
+            h = block(h, positions=positions, segment_ids=segment_ids)
+            if hidden is not None:
+                hidden.append(h)
+        h = self.final_norm(h)
+        if self.config.kind == "classifier":
+            h = h.mean(axis=1)
+        if hasattr(self, "head"):
+            logits = self.head(h)
+        else:
+            logits = self.embed.attend(h)
+        return ModelOutput(logits=logits.astype(jnp.float32),
+                           hidden_states=tuple(hidden) if hidden is not None else None)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,71 @@
+"""Multi-head self-attention with the SDPA output gate (Qiu et al. 2025, "Gated Attention for Large Language
+Models: Non-linearity, Sparsity, and Attention-Sink-Free").
+
+The gate is `sigmoid(X W_theta)` with X the normalised hidden state that also feeds q/k/v. Its weights are
+fused into the query projection (one matmul produces q and the gate logits). Positions:
+  - "sdpa_output" (G1): Y' = Y * sigmoid(X W_theta) after attention; headwise (one scalar per head) or
+    elementwise (one per channel). Applied inside `jdistill.kernels.gated_attention` so fused kernels can
+    put it in their epilogue.
+  - "value" (G2): V' = V * sigmoid(X W_theta) before attention (per kv head, or per kv channel).
+With W_theta = 0 every gate is sigmoid(0) = 1/2, so a G1-gated layer outputs half the ungated one.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jdistill.kernels import gated_attention
+from jdistill.models.config import ModelConfig
+from jdistill.nn.rope import apply_rope
+
+
+def _gate_width(config: ModelConfig) -> int:
+    heads = config.num_heads if config.gate_position == "sdpa_output" else config.resolved_kv_heads
+    if config.gate == "none":
+        return 0
+    return heads if config.gate == "headwise" else heads * config.resolved_head_dim
+
+
+class GatedSelfAttention(nnx.Module):
+    """Self-attention over `x [batch, seq, d_model]` with an optional sigmoid gate; returns the same shape."""
+
+    def __init__(self, config: ModelConfig, *, causal: bool, rope: bool, rngs: nnx.Rngs):
+        self.config = config
+        self.causal = causal
+        self.rope = rope
+        heads, kv_heads, head_dim = config.num_heads, config.resolved_kv_heads, config.resolved_head_dim
+        init = nnx.initializers.lecun_normal()
+        dtype = jnp.dtype(config.dtype)
+        self.gate_width = _gate_width(config)
+        self.query_and_gate = nnx.Linear(config.d_model, heads * head_dim + self.gate_width, use_bias=False,
+                                         kernel_init=init, dtype=dtype, rngs=rngs)
+        self.key_value = nnx.Linear(config.d_model, 2 * kv_heads * head_dim, use_bias=False,
+                                    kernel_init=init, dtype=dtype, rngs=rngs)
+        self.output = nnx.Linear(heads * head_dim, config.d_model, use_bias=False, kernel_init=init,
+                                 dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, *, positions=None, segment_ids=None):
+        cfg = self.config
+        batch, seq, _ = x.shape
+        heads, kv_heads, head_dim = cfg.num_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
+        fused = self.query_and_gate(x)
+        q = fused[..., : heads * head_dim].reshape(batch, seq, heads, head_dim)
+        gate_logits = fused[..., heads * head_dim:]
+        k, v = jnp.split(self.key_value(x).reshape(batch, seq, 2 * kv_heads, head_dim), 2, axis=2)
+        if self.rope:
+            positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq)) if positions is None else positions
+            q = apply_rope(q, positions, theta=cfg.rope_theta)
+            k = apply_rope(k, positions, theta=cfg.rope_theta)
+        gate = None
+        if self.gate_width:
+            gate_heads = heads if cfg.gate_position == "sdpa_output" else kv_heads
+            shape = (batch, seq, gate_heads) if cfg.gate == "headwise" else (batch, seq, gate_heads, head_dim)
+            gate = gate_logits.reshape(shape)
+            if cfg.gate_position == "value":
+                gate_v = gate[..., None] if cfg.gate == "headwise" else gate
+                v = v * nnx.sigmoid(gate_v.astype(jnp.float32)).astype(v.dtype)
+                gate = None
+        out = gated_attention(q, k, v, gate, causal=self.causal, segment_ids=segment_ids,
+                              impl=cfg.attention_impl)
+        return self.output(out.reshape(batch, seq, heads * head_dim))
