@@ -20,6 +20,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+IN_MEMORY_MAX_EXAMPLES = 200_000
+
 
 def classification_train_dataset(
     source: Sequence[dict],
@@ -40,13 +42,33 @@ def classification_train_dataset(
     Inputs are `image / image_max_value` as float32.
     """
     to_example = _classification_example_fn(source, image_key, label_key, image_max_value)
+    if len(source) > IN_MEMORY_MAX_EXAMPLES:
+        return (
+            host_shard(grain.MapDataset.source(source), process_index, process_count)
+            .shuffle(seed=shuffle_seed(seed))
+            .repeat()
+            .map(to_example)
+            .batch(batch_size, drop_remainder=True)
+        )
+    # Small sources: decode once into arrays and gather whole batches by index (same order as above,
+    # about 100x less per-example Python overhead).
+    table = _decoded_table(source, to_example)
     return (
-        host_shard(grain.MapDataset.source(source), process_index, process_count)
+        host_shard(grain.MapDataset.range(len(source)), process_index, process_count)
         .shuffle(seed=shuffle_seed(seed))
         .repeat()
-        .map(to_example)
         .batch(batch_size, drop_remainder=True)
+        .map(functools.partial(_gather_rows, table))
     )
+
+
+def _decoded_table(source: Sequence[dict], to_example) -> dict[str, np.ndarray]:
+    examples = [to_example(source[index]) for index in range(len(source))]
+    return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def _gather_rows(table: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: column[indices] for key, column in table.items()}
 
 
 def classification_eval_batches(

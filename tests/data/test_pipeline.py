@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jdistill.data import classification_eval_batches, classification_train_dataset
+from jdistill.data import classification_eval_batches, classification_train_dataset, pipeline
 
 
 def indexed_source(num_examples: int) -> list[dict]:
@@ -105,3 +105,12 @@ def test_eval_batches_on_digits_test(digits_test):
     batches = list(classification_eval_batches(digits_test, batch_size=64))
     assert sum(int(batch["mask"].sum()) for batch in batches) == 360
     assert all(batch["inputs"].shape == (64, 8, 8, 1) for batch in batches)
+
+
+def test_in_memory_gather_path_equals_per_example_path(digits_train, monkeypatch):
+    fast = classification_train_dataset(digits_train, seed=3, batch_size=32)
+    monkeypatch.setattr(pipeline, "IN_MEMORY_MAX_EXAMPLES", 0)
+    slow = classification_train_dataset(digits_train, seed=3, batch_size=32)
+    for step in (0, 1, 44, 45, 90):
+        for key in ("inputs", "labels"):
+            np.testing.assert_array_equal(fast[step][key], slow[step][key])
