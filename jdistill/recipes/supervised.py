@@ -1,0 +1,38 @@
+"""Supervised training on labels alone (the teacher itself, and the from-scratch student baseline)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from jdistill.losses import cross_entropy
+from jdistill.recipes.base import targets_and_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Supervised:
+    """`CE(y, s)`, mean over valid positions; no teacher."""
+
+    label_smoothing: float = 0.0
+    name: str = "supervised"
+    teacher_policy: str = "none"
+
+    def init_state(self):
+        return ()
+
+    def loss(self, student_output, teacher_output, recipe_state, batch, rng):
+        del teacher_output, rng
+        labels, mask = targets_and_mask(batch)
+        logits = student_output.logits
+        ce = cross_entropy(logits, labels, mask=mask, label_smoothing=self.label_smoothing)
+        return ce, {"loss": ce, "ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, recipe_state
+
+
+def token_accuracy(logits, labels, mask=None):
+    """Top-1 accuracy over valid positions."""
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    if mask is None:
+        return correct.mean()
+    weight = mask.astype(jnp.float32)
+    return (correct * weight).sum() / jnp.maximum(weight.sum(), 1.0)

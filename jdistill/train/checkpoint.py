@@ -1,0 +1,44 @@
+"""Orbax checkpoints of the student's train state (never the teacher's parameters).
+
+Orbax writes each step into a temporary directory and renames it when complete, so an interrupted save never
+leaves a half-written checkpoint in place of a good one; `keep` bounds how many are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from jdistill.errors import RunDirError
+
+
+class Checkpointer:
+    """Save / restore `TrainState` pytrees under `directory` (one sub-directory per step)."""
+
+    def __init__(self, directory: Path, *, keep: int):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as exc:
+            raise RunDirError(f"{self.directory}: cannot create checkpoint directory ({exc.strerror})") from None
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, *, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, like):
+        """Restore into the structure, shapes, dtypes and shardings of `like`."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def close(self) -> None:
+        self.manager.close()
