@@ -36,9 +36,14 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of one stage: AdamW with linear warm-up then cosine decay to `final_lr_fraction * lr`."""
+    """Optimisation of one stage: AdamW with linear warm-up then cosine decay to `final_lr_fraction * lr`.
+
+    augment: training-batch augmentation for images, "none" or "shift" (random +-1 pixel translation; Hinton
+    et al. 2015 trained their MNIST teacher with such jitter and the student without).
+    """
 
     steps: int = 1000
+    augment: Literal["none", "shift"] = "none"
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 100

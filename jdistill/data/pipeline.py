@@ -20,6 +20,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jdistill.data.transforms import BatchTransform, seeded
+
 IN_MEMORY_MAX_EXAMPLES = 200_000
 
 
@@ -33,8 +35,12 @@ def classification_train_dataset(
     image_key: str | None = None,
     label_key: str | None = None,
     image_max_value: float | None = None,
+    transform: BatchTransform | None = None,
 ) -> grain.MapDataset:
     """Endless shuffled batches; element `step` is the batch for that global step (see module doc).
+
+    `transform(batch, rng)` (e.g. `transforms.random_shift()`) is applied to each batch with a generator
+    keyed on (seed, step), so batches stay a pure function of the step.
 
     `image_key`/`label_key` default to the source's tfds supervised keys (else "image"/"label");
     `image_max_value` defaults to the source's `image_max_value` metadata (digits: 16), else the
@@ -42,6 +48,13 @@ def classification_train_dataset(
     Inputs are `image / image_max_value` as float32.
     """
     to_example = _classification_example_fn(source, image_key, label_key, image_max_value)
+    batches = _classification_batches(source, to_example, seed, batch_size, process_index, process_count)
+    if transform is not None:
+        batches = batches.map_with_index(seeded(transform, seed))
+    return batches
+
+
+def _classification_batches(source, to_example, seed, batch_size, process_index, process_count):
     if len(source) > IN_MEMORY_MAX_EXAMPLES:
         return (
             host_shard(grain.MapDataset.source(source), process_index, process_count)

@@ -56,7 +56,7 @@ class Transformer(nnx.Module):
         p = cfg.patch_size
         patches = inputs.reshape(batch, height // p, p, width // p, p, channels)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
-        return self.embed(patches) + self.position.value.astype(self.embed.dtype or jnp.float32)
+        return self.embed(patches) + self.position[...].astype(self.embed.dtype or jnp.float32)
 
     def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False):
         h = self._embed(inputs)

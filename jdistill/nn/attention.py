@@ -12,12 +12,16 @@ With W_theta = 0 every gate is sigmoid(0) = 1/2, so a G1-gated layer outputs hal
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
 from flax import nnx
 
 from jdistill.kernels import gated_attention
-from jdistill.models.config import ModelConfig
 from jdistill.nn.rope import apply_rope
+
+if TYPE_CHECKING:  # models import nn, not the other way round
+    from jdistill.models.config import ModelConfig
 
 
 def _gate_width(config: ModelConfig) -> int:

@@ -8,21 +8,23 @@ import grain
 import jax
 
 from jdistill import data
+from jdistill.data.transforms import AUGMENTATIONS
 
 
 def _source(data_config, split: str):
     return data.load_source(data_config.name, split, data_config.dir)
 
 
-def train_dataset(data_config, model_config, batch_size: int, seed: int) -> grain.MapDataset:
+def train_dataset(data_config, model_config, train_config, seed: int) -> grain.MapDataset:
     """Random-access batches: element `step` is this host's share of the global batch for step `step`."""
     source = _source(data_config, "train")
-    per_host = batch_size // jax.process_count()
+    per_host = train_config.batch_size // jax.process_count()
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if model_config.kind == "lm":
         return data.lm_train_dataset(source, seq_len=data_config.seq_len, seed=seed, batch_size=per_host,
                                      **shard)
-    return data.classification_train_dataset(source, seed=seed, batch_size=per_host, **shard)
+    transform = AUGMENTATIONS[train_config.augment]
+    return data.classification_train_dataset(source, seed=seed, batch_size=per_host, transform=transform, **shard)
 
 
 def batches_from(dataset: grain.MapDataset, start: int, stop: int):

@@ -25,10 +25,11 @@ STAGES = ("teacher", "student_scratch", "student_kd")
 
 
 def run_teacher_student(config: Config, run_dir: Path, *, resume: bool = False, progress: bool | None = None,
-                        interrupt_at_step: int | None = None) -> dict:
+                        interrupt_at: tuple[str, int] | None = None) -> dict:
     """Run (or resume) the three stages; returns the summary written to `run_dir/summary.json`.
 
-    `interrupt_at_step` stops the first unfinished stage at that step, as if killed (for resume tests).
+    `interrupt_at=(stage, step)` stops that stage after that step's checkpoint, as if the process were killed,
+    and returns an empty dict (for resume tests).
     """
     started = time.perf_counter()
     run_dir = prepare_run_dir(Path(run_dir), resume=resume)
@@ -45,11 +46,12 @@ def run_teacher_student(config: Config, run_dir: Path, *, resume: bool = False, 
     ]
     results: dict[str, StageResult] = {}
     for name, stage, recipe, purpose, needs_teacher in plan:
+        interrupt_step = interrupt_at[1] if interrupt_at and interrupt_at[0] == name else None
         result = run_stage(name, stage, recipe=recipe, init_key=stage_key(config.seed, purpose),
                            stage_dir=run_dir / name, teacher=results["teacher"] if needs_teacher else None,
-                           interrupt_at_step=interrupt_at_step, **common)
+                           interrupt_at_step=interrupt_step, **common)
         results[name] = result
-        if interrupt_at_step is not None and interrupt_at_step < stage.train.steps:
+        if interrupt_step is not None and interrupt_step < stage.train.steps:
             return {}
     summary = {name: dict(result.metrics, params=result.params_count, wall_seconds=result.wall_seconds)
                for name, result in results.items()}

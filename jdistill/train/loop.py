@@ -84,7 +84,7 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     train_step = make_train_step(graphdef, recipe, optimizer, seed=seed, teacher_graphdef=teacher_graphdef)
     eval_step = make_eval_step(graphdef)
     eval_batches = inputs.eval_batches(data_config, model_config.kind)
-    dataset = inputs.train_dataset(data_config, model_config, train_config.batch_size, seed)
+    dataset = inputs.train_dataset(data_config, model_config, train_config, seed)
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)
     bar = tqdm(total=train_config.steps, initial=start, desc=name, disable=not progress, dynamic_ncols=True,
                leave=True)

@@ -42,7 +42,7 @@ def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=
         (_, (metrics, recipe_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, recipe_state=recipe_state)
         return new_state, metrics
 

@@ -1,17 +1,8 @@
-"""Shared fixtures: a temporary data dir per session in which both embedded datasets are built."""
+"""Data fixtures over the session data dir (see tests/conftest.py) and a second, independent build."""
 
 import pytest
 
 from jdistill.data import load_source
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A data dir in which `digits` and `pystdlib_text` are built (offline) once per session."""
-    directory = tmp_path_factory.mktemp("tensorflow_datasets")
-    for name in ("digits", "pystdlib_text"):
-        load_source(name, "train", directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

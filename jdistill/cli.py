@@ -1,0 +1,109 @@
+"""The `jdistill` command line.
+
+    jdistill train [--config NAME|PATH] [--run-dir DIR] [--resume] [key.sub=value ...]
+    jdistill info
+
+User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from jdistill.errors import RunDirError, UserError
+
+
+def _quiet_libraries() -> None:
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+
+
+def _load_for_train(args):
+    from jdistill.configs import load_config, to_dict
+
+    if not args.resume:
+        return load_config(args.config or "default", args.overrides)
+    saved = Path(args.run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise RunDirError(f"{args.run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
+    config = load_config(str(saved), args.overrides)
+    before, after = to_dict(load_config(str(saved))), to_dict(config)
+    before.pop("run"), after.pop("run")
+    if before != after:
+        raise RunDirError(f"{saved}: --resume must keep the run's config; only run.* may be overridden")
+    return config
+
+
+def cmd_train(args) -> int:
+    from jdistill.eval.report import summary_table
+    from jdistill.train import run_teacher_student
+    from jdistill.train.rundir import default_run_dir
+
+    if args.resume and args.run_dir is None:
+        raise RunDirError("--resume needs --run-dir DIR (the run to continue)")
+    if args.resume and args.config:
+        raise RunDirError("--resume reads the run's own config.yaml; drop --config")
+    config = _load_for_train(args)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
+    summary = run_teacher_student(config, run_dir, resume=args.resume)
+    print()
+    print(summary_table(summary))
+    print(f"\nwall time {summary['wall_seconds']:.1f} s; wrote {run_dir}/summary.json, learning_curves.png, "
+          "metrics.jsonl, events/ (TensorBoard), checkpoints per stage")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import jax
+
+    import jdistill
+    from jdistill.configs import preset_names
+    from jdistill.data import resolve_data_dir
+
+    print(f"jdistill {jdistill.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
+    print(f"devices: {jax.device_count()} ({', '.join(sorted({d.device_kind for d in jax.devices()}))}), "
+          f"processes: {jax.process_count()}")
+    print(f"presets: {', '.join(preset_names())}")
+    print(f"data dir: {resolve_data_dir(None)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jdistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train", help="run a teacher -> student distillation job (default: digits)")
+    train.add_argument("--config", help="preset name (see `jdistill info`) or path to a YAML file")
+    train.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    train.set_defaults(func=cmd_train)
+    info = sub.add_parser("info", help="versions, devices, presets, data directory")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except UserError as error:
+        print(f"jdistill: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("jdistill: interrupted; continue with --resume --run-dir <the run directory>", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
