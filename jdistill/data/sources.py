@@ -12,9 +12,11 @@ A source is a `Sequence` of example dicts of numpy values (`source[i]`), e.g. fo
 
 import contextlib
 import fcntl
+import io
 import os
 import pathlib
 import re
+import sys
 from collections.abc import Iterator, Sequence
 
 import tensorflow_datasets as tfds
@@ -74,10 +76,13 @@ def _built_embedded_builder(name: str, directory: pathlib.Path) -> tfds.core.Dat
     with _exclusive_lock(directory, name):
         builder = EMBEDDED[name](data_dir=str(directory), file_format="array_record")
         if not builder.is_prepared():  # Another process may have built it while we waited.
+            print(f"jdistill: building embedded dataset {name} in {directory} (first use, offline)",
+                  file=sys.stderr)
             try:
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-                )
+                with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading ..." here
+                    builder.download_and_prepare(
+                        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+                    )
             except OSError as error:
                 raise DataError(
                     f"cannot build dataset {name} in data dir {directory}: "

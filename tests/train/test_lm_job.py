@@ -1,0 +1,24 @@
+"""The LM preset end to end at a tiny size: masked token-level KD on the byte-level corpus, bits per byte."""
+
+import math
+
+from jdistill.configs import load_config
+from jdistill.train import run_teacher_student
+
+TINY_LM = [
+    f"{stage}.{key}={value}"
+    for stage in ("teacher", "student")
+    for key, value in (("model.d_model", 16), ("model.num_layers", 1), ("model.mlp_dim", 32),
+                       ("train.steps", 6), ("train.warmup_steps", 1), ("train.eval_every", 3),
+                       ("train.log_every", 3), ("train.checkpoint_every", 3), ("train.batch_size", 4))
+] + ["data.seq_len=32", "data.eval_batch_size=8", "data.eval_max_batches=2", "run.progress=false", "run.plot=false"]
+
+
+def test_lm_preset_runs_and_reports_bits_per_byte(tmp_path, data_dir):
+    summary = run_teacher_student(load_config("lm_kd", TINY_LM), tmp_path / "run")
+    for stage in ("teacher", "student_scratch", "student_kd"):
+        metrics = summary[stage]
+        assert math.isfinite(metrics["bits_per_byte"]) and 0 < metrics["bits_per_byte"] < 9
+        assert math.isclose(metrics["bits_per_byte"], metrics["nll"] / math.log(2))
+        assert metrics["count"] == 2 * 8 * 32  # eval_max_batches * eval_batch_size * seq_len tokens
+    assert summary["student_kd"]["params"] == summary["student_scratch"]["params"]
