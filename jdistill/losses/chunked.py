@@ -1,0 +1,89 @@
+"""Token-level logit objectives for large vocabularies, computed chunk by chunk from hidden states.
+
+Given the final hidden states and output projections of both models, the loss is accumulated over chunks of
+`chunk_size` tokens inside `lax.scan`; each chunk's body is rematerialised (`jax.checkpoint`), so neither the
+forward nor the backward pass ever holds the full `[batch, seq, vocab]` logits of teacher or student — only one
+`[chunk_size, vocab]` block of each. The result equals the dense objective on `hidden @ head (+ bias)`.
+
+Shapes:
+    student_hidden [batch, seq, d_student], student_head [d_student, vocab] (bias [vocab] optional)
+    teacher_hidden [batch, seq, d_teacher], teacher_head [d_teacher, vocab] (bias [vocab] optional)
+    labels [batch, seq] int (needed when label_weight != 0), mask [batch, seq] or None
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jdistill.losses import logits as dense
+from jdistill.losses.reduction import check_reduction
+
+OBJECTIVES = ("forward_kl", "reverse_kl", "generalized_jsd", "tvd")
+
+
+def _chunk_sum(objective, temperature, beta, distill_scale, label_weight, heads, carry, chunk):
+    """(sum, count) of `distill_scale * D + label_weight * CE` over one chunk of tokens."""
+    s_head, s_bias, t_head, t_bias = heads
+    s_hidden, t_hidden, labels, mask = chunk
+    student = jnp.dot(s_hidden, s_head, preferred_element_type=jnp.float32) + s_bias
+    teacher = jax.lax.stop_gradient(jnp.dot(t_hidden, t_head, preferred_element_type=jnp.float32) + t_bias)
+    kwargs = {"beta": beta} if objective == "generalized_jsd" else {}
+    fn = getattr(dense, objective)
+    total, count = fn(student, teacher, temperature=temperature, mask=mask, reduction="sum_count", **kwargs)
+    total = distill_scale * total
+    if label_weight:
+        ce, _ = dense.cross_entropy(student, labels, mask=mask, reduction="sum_count")
+        total = total + label_weight * ce
+    return (carry[0] + total, carry[1] + count), None
+
+
+def chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teacher_head, labels=None, *,
+                              objective: str = "forward_kl", temperature=1.0, beta=0.5, distill_weight=1.0,
+                              label_weight=0.0, scale_by_temperature_squared: bool = False, mask=None,
+                              student_bias=None, teacher_bias=None, chunk_size: int = 256,
+                              reduction: str = "mean"):
+    """`distill_weight * c * D(p_t, p_s at T) + label_weight * CE(y, s)` over valid tokens, chunked.
+
+    D is one of `forward_kl` (KL(p_t || p_s)), `reverse_kl` (KL(p_s || p_t)), `generalized_jsd` (with `beta`,
+    TRL's convention) or `tvd`; c = T^2 when `scale_by_temperature_squared` (Hinton; default off as in GKD).
+    The teacher side is under `stop_gradient`. Equal to the dense objective on `hidden @ head + bias`
+    (Hinton et al. 2015 for KD; Agarwal et al. 2024 for the GKD divergences). `reduction`: "mean" (sum over
+    valid tokens / their count), "sum" or "sum_count".
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    check_reduction(reduction)
+    if reduction == "none":
+        raise ValueError("reduction='none' would materialise per-token values; use 'mean', 'sum' or 'sum_count'")
+    vocab = student_head.shape[-1]
+    if teacher_head.shape[-1] != vocab:
+        raise ValueError(f"student_head and teacher_head must share the vocab axis; got {vocab} and "
+                         f"{teacher_head.shape[-1]}")
+    tokens = student_hidden.shape[0] * student_hidden.shape[1]
+    num_chunks = -(-tokens // chunk_size)
+    pad = num_chunks * chunk_size - tokens
+    weights = jnp.ones(student_hidden.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    labels = jnp.zeros(student_hidden.shape[:2], jnp.int32) if labels is None else labels
+
+    def chunks(x):
+        x = x.reshape(tokens, *x.shape[2:])
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape(num_chunks, chunk_size, *x.shape[1:])
+
+    zeros = jnp.zeros((vocab,), jnp.float32)
+    s_bias = zeros if student_bias is None else student_bias.astype(jnp.float32)
+    t_bias = zeros if teacher_bias is None else teacher_bias.astype(jnp.float32)
+    xs = (chunks(student_hidden), chunks(teacher_hidden), chunks(labels), chunks(weights))
+    scale = distill_weight * (temperature**2 if scale_by_temperature_squared else 1.0)
+    chunk_sum = jax.checkpoint(functools.partial(_chunk_sum, objective, temperature, beta, scale, label_weight))
+    heads = (student_head, s_bias, teacher_head, t_bias)
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (total, count), _ = jax.lax.scan(lambda carry, chunk: chunk_sum(heads, carry, chunk), init, xs)
+    if reduction == "sum_count":
+        return total, count
+    if reduction == "sum":
+        return total
+    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
