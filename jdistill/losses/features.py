@@ -132,7 +132,9 @@ def attention_transfer(
     student_shape, teacher_shape = list(jnp.shape(student_maps)), list(jnp.shape(teacher_maps))
     del student_shape[channel_axis], teacher_shape[channel_axis]
     if student_shape != teacher_shape:
-        raise ValueError(f"student and teacher maps must share [batch, *spatial]; got {student_shape} vs {teacher_shape}")
+        raise ValueError(
+            f"student and teacher maps must share [batch, *spatial]; got {student_shape} vs {teacher_shape}"
+        )
     student = attention_map(student_maps, p=p, channel_axis=channel_axis)
     teacher = attention_map(teacher_maps, p=p, channel_axis=channel_axis)
     return jnp.mean(jnp.square(student - teacher))
