@@ -16,9 +16,11 @@ from jdistill.losses.selfdistill import (
     warn_if_unregularised,
     xi_self_distillation,
 )
+from jdistill.losses.sparse import TAIL_FLOOR, topk_kd, uld_loss
 
 __all__ = [
     "REDUCTIONS",
+    "TAIL_FLOOR",
     "best_ground_truth_weight",
     "cross_entropy",
     "ensemble_teacher_log_probs",
@@ -35,7 +37,9 @@ __all__ = [
     "self_distillation_limit",
     "self_evolution_kd",
     "token_difficulty",
+    "topk_kd",
     "tvd",
+    "uld_loss",
     "warn_if_unregularised",
     "xi_self_distillation",
 ]
