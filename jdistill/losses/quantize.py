@@ -23,13 +23,16 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an int in [1, 32]; got {bits!r}")
 
 
-def _quantize_rows(rows: Array, levels: int) -> Array:
-    """Min-max uniform quantisation of each row of `rows` `[buckets, bucket_size]` onto `levels` levels."""
+@jax.jit
+def _quantize_rows(rows: Array, steps: Array) -> Array:
+    """Min-max uniform quantisation of each row of `rows` `[buckets, bucket_size]` onto `steps + 1` levels.
+
+    `steps` is an array argument so that one compiled program serves every bit width.
+    """
     low = jnp.min(rows, axis=-1, keepdims=True)
     span = jnp.max(rows, axis=-1, keepdims=True) - low
     # A constant bucket (span 0) is already on a level; the safe span keeps 0/0 out of the graph.
     safe_span = jnp.where(span > 0, span, 1.0)
-    steps = float(levels - 1)  # a Python int 2^32 - 1 would overflow the int32 weak type
     quantized = jnp.round((rows - low) / safe_span * steps) / steps * safe_span + low
     return jnp.where(span > 0, quantized, rows)
 
@@ -61,7 +64,9 @@ def quantize(w: ArrayLike, bits: int, *, bucket_size: int | None = None) -> Arra
     size = flat.size if bucket_size is None else bucket_size
     padding = -flat.size % size
     padded = jnp.pad(flat, (0, padding), mode="edge")
-    quantized = _quantize_rows(padded.reshape(-1, size), 2**bits).ravel()
+    # 2^bits - 1 steps, as a float: the Python int 2^32 - 1 would overflow int32.
+    steps = jnp.asarray(2.0**bits - 1.0, flat.dtype)
+    quantized = _quantize_rows(padded.reshape(-1, size), steps).ravel()
     return quantized[: flat.size].reshape(w.shape).astype(w.dtype)
 
 

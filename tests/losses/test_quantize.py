@@ -38,10 +38,6 @@ def random_weights(seed, shape=(6, 10)):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-# One jitted program per (bits, bucket_size); shapes are kept few for the same reason.
-jitted_quantize = jax.jit(quantize, static_argnames=("bits", "bucket_size"))
-
-
 # --- quantisation -------------------------------------------------------------------------------------
 
 
@@ -49,7 +45,7 @@ jitted_quantize = jax.jit(quantize, static_argnames=("bits", "bucket_size"))
 @pytest.mark.parametrize("bucket_size", [None, 7, 16])
 def test_quantize_matches_numpy(bits, bucket_size):
     w = random_weights(seed=bits)
-    got = jitted_quantize(w, bits=bits, bucket_size=bucket_size)
+    got = quantize(w, bits=bits, bucket_size=bucket_size)
     assert got.shape == w.shape and got.dtype == w.dtype
     np.testing.assert_allclose(got, np_quantize(w, bits, bucket_size), rtol=1e-5, atol=1e-6)
 
@@ -58,7 +54,7 @@ def test_quantize_matches_numpy(bits, bucket_size):
 @pytest.mark.parametrize("bucket_size", [None, 7])
 def test_quantize_uses_at_most_two_to_the_bits_levels_per_bucket(bits, bucket_size):
     w = random_weights(seed=10 + bits)
-    flat = np.asarray(jitted_quantize(w, bits=bits, bucket_size=bucket_size)).ravel()
+    flat = np.asarray(quantize(w, bits=bits, bucket_size=bucket_size)).ravel()
     size = flat.size if bucket_size is None else bucket_size
     for start in range(0, flat.size, size):
         bucket, original = flat[start : start + size], w.ravel()[start : start + size]
@@ -70,15 +66,15 @@ def test_quantize_uses_at_most_two_to_the_bits_levels_per_bucket(bits, bucket_si
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("bucket_size", [None, 16])
 def test_quantize_is_idempotent(bits, bucket_size):
-    once = jitted_quantize(random_weights(seed=20 + bits), bits=bits, bucket_size=bucket_size)
-    twice = jitted_quantize(once, bits=bits, bucket_size=bucket_size)
+    once = quantize(random_weights(seed=20 + bits), bits=bits, bucket_size=bucket_size)
+    twice = quantize(once, bits=bits, bucket_size=bucket_size)
     np.testing.assert_allclose(twice, once, rtol=0, atol=1e-6)
 
 
 def test_quantize_at_32_bits_is_the_identity():
     w = random_weights(seed=30)
-    np.testing.assert_allclose(jitted_quantize(w, bits=32), w, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(jitted_quantize(w, bits=32, bucket_size=16), w, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(quantize(w, bits=32), w, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(quantize(w, bits=32, bucket_size=16), w, rtol=0, atol=1e-6)
     with jax.enable_x64(True):
         w64 = np.random.default_rng(30).normal(size=(64,))
         np.testing.assert_allclose(jax.jit(quantize, static_argnums=1)(jnp.asarray(w64), 32), w64, rtol=0, atol=1e-9)
@@ -171,12 +167,12 @@ def test_quantized_distillation_loss_gradients_match_finite_differences():
 )
 def test_quantize_is_finite_bounded_and_idempotent_on_random_inputs(size, scale, bits, seed):
     w = (scale * np.random.default_rng(seed).normal(size=size)).astype(np.float32)
-    once = np.asarray(jitted_quantize(w, bits=bits, bucket_size=4))
+    once = np.asarray(quantize(w, bits=bits, bucket_size=4))
     assert np.all(np.isfinite(once))
     for start in range(0, size, 4):
         bucket, original = once[start : start + 4], w[start : start + 4]
         slack = 1e-6 * np.abs(original).max()
         assert original.min() - slack <= bucket.min() and bucket.max() <= original.max() + slack
         assert len(np.unique(bucket)) <= 2**bits
-    twice = np.asarray(jitted_quantize(once, bits=bits, bucket_size=4))
+    twice = np.asarray(quantize(once, bits=bits, bucket_size=4))
     np.testing.assert_allclose(twice, once, rtol=1e-5, atol=1e-6 * scale)
