@@ -217,14 +217,17 @@ def _prior_log_probs(log_pt: Array, labels: ArrayLike) -> Array:
     return jnp.log(0.5) + jnp.where(is_label, jnp.log1p(jnp.exp(log_pt)), log_pt)
 
 
-def token_difficulty(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, *, temperature=1.0):
+def token_difficulty(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, *, temperature=1.0, mask=None
+) -> Array:
     """Per-position difficulty KL(r || p_s) `[...]`, with prior r = 0.5 * (p_t + onehot(y)).
 
     Paper-inspired: Song et al. 2024, "Self-Evolution Knowledge Distillation for LLM-based Machine
     Translation". Large when the student misses both the teacher and the label. T divides both logits.
+    Masked positions (`mask` as in `forward_kl`) are 0.
     """
     log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
-    return _kl(_prior_log_probs(log_pt, labels), log_ps)
+    return reduce_tokens(_kl(_prior_log_probs(log_pt, labels), log_ps), mask, "none")
 
 
 def _hard_token_gammas(difficulty: Array, valid: Array, hard_fraction, gamma_max) -> Array:
