@@ -44,7 +44,8 @@ def _project(student_features: ArrayLike, teacher_features: ArrayLike, projectio
     projection = jnp.asarray(projection)
     if projection.shape != (d_s, d_t):
         raise ValueError(f"projection must have shape [d_s, d_t] = [{d_s}, {d_t}]; got {list(projection.shape)}")
-    return student @ projection.astype(student.dtype), teacher
+    projected = jnp.matmul(student, projection.astype(student.dtype), precision=jax.lax.Precision.HIGHEST)
+    return projected, teacher
 
 
 def hint_mse(

@@ -87,8 +87,9 @@ def dino_loss(
     teacher = jax.lax.stop_gradient(_float32_or_wider(teacher_outputs) - jnp.asarray(center))
     teacher_probs = jnp.exp(_log_probs(teacher, teacher_temperature))
     student_log_probs = _log_probs(student_outputs, student_temperature)
-    # cross[i, j] = sum_b sum_k -P_t^i[b, k] log P_s^j[b, k]
-    cross = -jnp.einsum("ibk,jbk->ij", teacher_probs, student_log_probs)
+    # cross[i, j] = sum_b sum_k -P_t^i[b, k] log P_s^j[b, k]; HIGHEST keeps the contraction in float32
+    # on accelerators whose default matmul precision is lower.
+    cross = -jnp.einsum("ibk,jbk->ij", teacher_probs, student_log_probs, precision=jax.lax.Precision.HIGHEST)
     off_diagonal = jnp.arange(n_global_crops)[:, None] != jnp.arange(n_crops)[None, :]
     total = jnp.sum(jnp.where(off_diagonal, cross, 0.0))
     return total / (n_pairs * jnp.shape(student_outputs)[1])
