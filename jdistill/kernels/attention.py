@@ -1,7 +1,7 @@
 """The attention core: `softmax(q k^T * scale + mask) v`, optionally times a sigmoid output gate.
 
-`gated_attention` is the one entry point the layers call. This module holds the XLA reference path; fused
-Pallas kernels register further `impl` values (see the kernels issue) without changing the signature.
+`gated_attention` is the one entry point the layers call. This module holds the XLA reference path and the
+dispatch by `impl` to the fused Pallas kernels (`pallas_gpu.py`), which keep the same signature.
 
 Shapes (documented once, here):
     q        [batch, q_len, heads, head_dim]
@@ -63,17 +63,43 @@ def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=N
     return out
 
 
-_IMPLS = {"xla": gated_attention_reference}
+_KERNEL_HEAD_DIMS = (64, 128, 256)
+
+
+def _pallas_gpu(q, k, v, gate, **kwargs):
+    from jdistill.kernels.pallas_gpu import gated_flash_attention
+
+    if q.shape[-1] not in _KERNEL_HEAD_DIMS:
+        return gated_attention_reference(q, k, v, gate, **kwargs)
+    return gated_flash_attention(q, k, v, gate, **kwargs)
+
+
+def _interpret(q, k, v, gate, **kwargs):
+    from jdistill.kernels.pallas_gpu import gated_flash_attention
+
+    return gated_flash_attention(q, k, v, gate, interpret=True, **kwargs)
+
+
+_IMPLS = {"xla": gated_attention_reference, "pallas_gpu": _pallas_gpu, "interpret": _interpret}
+
+
+def _auto_impl() -> str:
+    return "xla"
 
 
 def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, impl="auto"):
     """Gated scaled-dot-product attention (Qiu et al. 2025, "Gated Attention for LLMs", the G1 gate).
 
     `out = sigmoid(gate) * softmax(q k^T * scale + mask) v`; see the module docstring for shapes.
-    `impl`: "xla" (reference) or "auto" (the best implementation available for the backend; today "xla").
+    `impl`:
+      - "xla": the reference above (autodiff through XLA).
+      - "pallas_gpu": the fused Pallas flash kernel with the gate in its epilogue and a Pallas backward
+        (`jdistill.kernels.pallas_gpu`); head dims other than 64/128/256 go through the reference.
+      - "interpret": the same Pallas kernel in interpret mode (any head dim; for CPU tests).
+      - "auto": the best implementation for the backend.
     """
     if impl == "auto":
-        impl = "xla"
+        impl = _auto_impl()
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
     return _IMPLS[impl](q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale)

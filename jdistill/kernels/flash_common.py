@@ -1,0 +1,136 @@
+"""Pieces shared by the Pallas flash-attention kernels (GPU and TPU): shape checks, padding, masks, gates.
+
+The kernels compute, per query row i (Dao 2023, "FlashAttention-2", Algorithm 1, blocked over keys):
+
+    s_ij = scale * q_i . k_j             masked to -inf where i may not see j
+    m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i),  a_i = sum_j exp(s_ij - m_i) v_j / l_i
+    out_i = sigmoid(gate_i) * a_i        (Qiu et al. 2025, "Gated Attention for LLMs", G1 gate, in the epilogue)
+
+and keep `lse_i = m_i + log l_i` for the backward pass, which uses (with `o = out`, `do` the output cotangent):
+
+    da = do * sigmoid(gate),  D_i = sum_d (do * o)_id   (= sum_d da_id a_id),  p_ij = exp(s_ij - lse_i)
+    dp = da v^T,  ds = p * (dp - D),  dq = scale ds k,  dk = scale ds^T q,  dv = p^T da
+    dgate = do * o * (1 - sigmoid(gate))   (summed over head_dim for a headwise gate)
+
+Rows whose keys are all masked give `out = 0` and zero gradients, as in the XLA reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class FlashConfig:
+    """Static parameters of one flash-attention call (hashable: it is a custom_vjp nondiff argument)."""
+
+    scale: float
+    causal: bool
+    q_len: int  # unpadded lengths; padded positions are masked
+    kv_len: int
+    block_q: int
+    block_k: int
+    groups: int  # heads // kv_heads
+    has_segments: bool
+    gate_kind: str  # "none" | "headwise" | "elementwise"
+    interpret: bool = False
+
+    @property
+    def causal_offset(self) -> int:
+        return self.kv_len - self.q_len
+
+
+def check_shapes(q, k, v, gate, segment_ids):
+    """Raise a one-line ValueError for inconsistent attention inputs."""
+    batch, q_len, heads, head_dim = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"k and v must be [batch, kv_len, kv_heads, {head_dim}], got {k.shape} and {v.shape}")
+    if heads % k.shape[2]:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({k.shape[2]})")
+    if gate is not None and gate.shape not in ((batch, q_len, heads), q.shape):
+        raise ValueError(f"gate must be [batch, q_len, heads] or q's shape {q.shape}, got {gate.shape}")
+    if segment_ids is not None and (segment_ids.shape != (batch, q_len) or k.shape[1] != q_len):
+        raise ValueError(f"segment_ids must be [batch, q_len] = {(batch, q_len)} with kv_len == q_len")
+
+
+def gate_kind(gate) -> str:
+    if gate is None:
+        return "none"
+    return "headwise" if gate.ndim == 3 else "elementwise"
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pick_block(length: int, preferred: int, minimum: int) -> int:
+    """The preferred block size, shrunk (to a power of two >= minimum) for short sequences."""
+    block = preferred
+    while block // 2 >= max(minimum, length):
+        block //= 2
+    return block
+
+
+def pad_axis(x, axis: int, size: int, value=0):
+    if x is None or x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def block_mask(cfg: FlashConfig, q_start, k_start, shape, q_seg=None, k_seg=None):
+    """Boolean `[block_q, block_k]` mask for the block whose first query/key rows are `q_start`/`k_start`.
+
+    `q_seg` is `[block_q, 1]` and `k_seg` `[1, block_k]` (or None). Keys past `kv_len` (padding) are masked.
+    """
+    q_pos = q_start + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+    k_pos = k_start + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    mask = k_pos < cfg.kv_len
+    if cfg.causal:
+        mask = mask & (k_pos <= q_pos + cfg.causal_offset)
+    if q_seg is not None:
+        mask = mask & (q_seg == k_seg)
+    return mask
+
+
+def causal_kv_blocks(cfg: FlashConfig, q_block, num_kv_blocks: int):
+    """Number of leading kv blocks that query block `q_block` can see (all of them without causal)."""
+    if not cfg.causal:
+        return num_kv_blocks
+    last_key = (q_block + 1) * cfg.block_q - 1 + cfg.causal_offset
+    return jnp.clip(last_key // cfg.block_k + 1, 0, num_kv_blocks)
+
+
+def first_causal_q_block(cfg: FlashConfig, kv_block):
+    """First query block that can see any key of `kv_block` (0 without causal)."""
+    if not cfg.causal:
+        return 0
+    first_query = jnp.maximum(kv_block * cfg.block_k - cfg.causal_offset, 0)
+    return first_query // cfg.block_q
+
+
+def gate_epilogue(out, gate):
+    """`out * sigmoid(gate)` in float32; `gate` is `[rows, 1]` (headwise) or `[rows, head_dim]`, or None."""
+    if gate is None:
+        return out
+    return out * jax.nn.sigmoid(gate.astype(jnp.float32))
+
+
+def gate_backward(do, out, gate):
+    """`(da, dgate, D)` from the output cotangent `do`, gated output `out` and gate logits (float32 math)."""
+    do = do.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    delta = jnp.sum(do * out, axis=-1, keepdims=True)
+    if gate is None:
+        return do, None, delta
+    sig = jax.nn.sigmoid(gate.astype(jnp.float32))
+    dgate = do * out * (1.0 - sig)
+    if gate.shape[-1] == 1:
+        dgate = jnp.sum(dgate, axis=-1, keepdims=True)
+    return do * sig, dgate, delta
