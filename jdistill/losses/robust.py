@@ -35,9 +35,10 @@ def cosine_schedule(step, total, start, end) -> Array:
         value(step) = end + 0.5 * (start - end) * (1 + cos(pi * min(step / total, 1)))
 
     ADR (Wu et al. 2024) anneals its temperature 2.5 -> 2.0 and its interpolation factor lam
-    0.7 -> 0.95 this way (`ADR_TEMPERATURE`, `ADR_LAM`). `step` may be a traced scalar.
+    0.7 -> 0.95 this way (`ADR_TEMPERATURE`, `ADR_LAM`). `step` may be a traced scalar; `total` < 1
+    counts as 1.
     """
-    fraction = jnp.clip(jnp.asarray(step, jnp.float32) / total, 0.0, 1.0)
+    fraction = jnp.clip(jnp.asarray(step, jnp.float32) / jnp.maximum(total, 1), 0.0, 1.0)
     return end + 0.5 * (start - end) * (1.0 + jnp.cos(math.pi * fraction))
 
 

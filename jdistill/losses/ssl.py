@@ -152,10 +152,10 @@ def ema_momentum(step, total_steps, base=0.996) -> Array:
 
     DINO (Caron et al. 2021) raises the teacher momentum from `base` = 0.996 at step 0 to 1 at
     `total_steps`, following BYOL. The ratio step / total_steps is clipped to [0, 1], so the schedule
-    stays at 1 past the end. (The official code's table has `total_steps` entries, so its last step
-    is just below 1.)
+    stays at 1 past the end; `total_steps` < 1 counts as 1. (The official code's table has
+    `total_steps` entries, so its last step is just below 1.)
     """
-    fraction = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
+    fraction = jnp.clip(jnp.asarray(step, jnp.float32) / jnp.maximum(total_steps, 1), 0.0, 1.0)
     return 1.0 - 0.5 * (1.0 - base) * (1.0 + jnp.cos(math.pi * fraction))
 
 
