@@ -18,6 +18,12 @@ class ModelConfig:
         "elementwise" (one per channel).
       gate_position: "sdpa_output" (G1, after attention; the default) or "value" (G2, on the values).
       activation: MLP activation, "gelu" or "silu".
+      mlp: "dense" (W_out act(W_in x)) or "glu" (`jdistill.nn.activations.GLUMLP`; order 2 with silu is the
+        SwiGLU of Llama and Qwen, W_down(silu(W_gate x) * W_up x); order 1 is g(x W_gate) * (x W_up)).
+      mlp_bias: biases in the MLP projections (Llama/Qwen use none).
+      qk_norm: per-head RMSNorm of queries and keys before RoPE (Qwen3).
+      rotary_fraction: fraction of each head's dimensions that RoPE rotates (partial rotary; 1 = all).
+      norm_eps: epsilon of every RMSNorm.
       patch_size, image_size, num_channels, num_classes, pooling: classifier input and head.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
@@ -34,6 +40,12 @@ class ModelConfig:
     gate: Literal["none", "headwise", "elementwise"] = "headwise"
     gate_position: Literal["sdpa_output", "value"] = "sdpa_output"
     activation: Literal["gelu", "silu"] = "gelu"
+    mlp: Literal["dense", "glu"] = "dense"
+    glu_order: Literal[1, 2] = 2
+    mlp_bias: bool = True
+    qk_norm: bool = False
+    rotary_fraction: float = 1.0
+    norm_eps: float = 1e-6
     patch_size: int = 2
     image_size: int = 8
     num_channels: int = 1
@@ -55,6 +67,10 @@ class ModelConfig:
         return self.num_kv_heads or self.num_heads
 
     @property
+    def rotary_dim(self) -> int:
+        return int(self.resolved_head_dim * self.rotary_fraction)
+
+    @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
@@ -69,6 +85,10 @@ class ModelConfig:
             problems.append(("num_heads", f"a divisor of d_model={self.d_model} (or set head_dim)"))
         if self.num_kv_heads is not None and self.num_heads % max(self.num_kv_heads, 1):
             problems.append(("num_kv_heads", f"a divisor of num_heads={self.num_heads}"))
+        if not 0.0 <= self.rotary_fraction <= 1.0 or int(self.resolved_head_dim * self.rotary_fraction) % 2:
+            problems.append(("rotary_fraction", "a fraction in [0, 1] giving an even number of rotary dimensions"))
+        if self.norm_eps <= 0:
+            problems.append(("norm_eps", "a positive number"))
         if self.kind == "classifier" and self.patch_size >= 1 and self.image_size % self.patch_size:
             problems.append(("patch_size", f"a divisor of image_size={self.image_size}"))
         return problems

@@ -8,7 +8,7 @@ from flax import nnx
 
 from jdistill.models.config import ModelConfig
 from jdistill.models.outputs import ModelOutput
-from jdistill.nn import MLP, GatedSelfAttention, RMSNorm
+from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
 
 
 class Block(nnx.Module):
@@ -16,10 +16,16 @@ class Block(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         causal = config.kind == "lm"
-        self.attention_norm = RMSNorm(config.d_model)
+        self.attention_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
-        self.mlp_norm = RMSNorm(config.d_model)
-        self.mlp = MLP(config.d_model, config.mlp_dim, config.activation, dtype=jnp.dtype(config.dtype), rngs=rngs)
+        self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        dtype = jnp.dtype(config.dtype)
+        if config.mlp == "glu":
+            self.mlp = GLUMLP(config.d_model, config.mlp_dim, config.activation, order=config.glu_order,
+                              use_bias=config.mlp_bias, dtype=dtype, rngs=rngs)
+        else:
+            self.mlp = MLP(config.d_model, config.mlp_dim, config.activation, use_bias=config.mlp_bias, dtype=dtype,
+                           rngs=rngs)
 
     def __call__(self, h, *, positions=None, segment_ids=None):
         h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids)
@@ -43,7 +49,7 @@ class Transformer(nnx.Module):
         else:
             self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
         self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = RMSNorm(config.d_model)
+        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         out_dim = config.num_classes if config.kind == "classifier" else config.vocab_size
         if not (config.kind == "lm" and config.tie_embeddings):
             self.head = nnx.Linear(config.d_model, out_dim, dtype=dtype, rngs=rngs)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill.kernels import gated_attention
+from jdistill.nn.norms import RMSNorm
 from jdistill.nn.rope import apply_rope
 
 if TYPE_CHECKING:  # models import nn, not the other way round
@@ -48,6 +49,9 @@ class GatedSelfAttention(nnx.Module):
                                     kernel_init=init, dtype=dtype, rngs=rngs)
         self.output = nnx.Linear(heads * head_dim, config.d_model, use_bias=False, kernel_init=init,
                                  dtype=dtype, rngs=rngs)
+        if config.qk_norm:
+            self.query_norm = RMSNorm(head_dim, eps=config.norm_eps)
+            self.key_norm = RMSNorm(head_dim, eps=config.norm_eps)
 
     def __call__(self, x, *, positions=None, segment_ids=None):
         cfg = self.config
@@ -57,10 +61,12 @@ class GatedSelfAttention(nnx.Module):
         q = fused[..., : heads * head_dim].reshape(batch, seq, heads, head_dim)
         gate_logits = fused[..., heads * head_dim:]
         k, v = jnp.split(self.key_value(x).reshape(batch, seq, 2 * kv_heads, head_dim), 2, axis=2)
+        if cfg.qk_norm:
+            q, k = self.query_norm(q), self.key_norm(k)
         if self.rope:
             positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq)) if positions is None else positions
-            q = apply_rope(q, positions, theta=cfg.rope_theta)
-            k = apply_rope(k, positions, theta=cfg.rope_theta)
+            q = apply_rope(q, positions, theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim)
+            k = apply_rope(k, positions, theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim)
         gate = None
         if self.gate_width:
             gate_heads = heads if cfg.gate_position == "sdpa_output" else kv_heads

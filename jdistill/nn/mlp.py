@@ -1,4 +1,4 @@
-"""Feed-forward block."""
+"""The classic two-layer feed-forward block (the GLU forms are `jdistill.nn.activations.GLUMLP`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from jdistill.nn.activations import get_activation
 class MLP(nnx.Module):
     """`W_out act(W_in x)`: [batch, seq, d_model] -> same."""
 
-    def __init__(self, d_model: int, mlp_dim: int, activation: str, *, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, mlp_dim: int, activation: str, *, use_bias: bool = True, dtype=None,
+                 rngs: nnx.Rngs):
         self.activation = get_activation(activation)
-        self.up = nnx.Linear(d_model, mlp_dim, dtype=dtype, rngs=rngs)
-        self.down = nnx.Linear(mlp_dim, d_model, dtype=dtype, rngs=rngs)
+        self.up = nnx.Linear(d_model, mlp_dim, use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(mlp_dim, d_model, use_bias=use_bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.down(self.activation(self.up(x)))

@@ -1,20 +1,27 @@
-"""Rotary position embeddings (Su et al. 2021, RoFormer), half-split layout as in Llama/Qwen."""
+"""Rotary position embeddings (Su et al. 2021, RoFormer), half-split layout as in Llama/Qwen.
+
+Partial rotary (as in Qwen3-Next / GPT-NeoX): only the first `rotary_dim` channels of each head rotate, with
+frequencies computed over `rotary_dim`; the rest pass through unchanged.
+"""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 
-def rope_frequencies(head_dim: int, theta: float):
-    """Inverse frequencies `[head_dim // 2]`."""
-    return 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+def rope_frequencies(rotary_dim: int, theta: float):
+    """Inverse frequencies `[rotary_dim // 2]`: theta^(-2i / rotary_dim)."""
+    return 1.0 / theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim)
 
 
-def apply_rope(x, positions, *, theta: float):
+def apply_rope(x, positions, *, theta: float, rotary_dim: int | None = None):
     """Rotate `x [batch, seq, heads, head_dim]` by integer `positions [batch, seq]`."""
-    head_dim = x.shape[-1]
-    angles = positions[..., None].astype(jnp.float32) * rope_frequencies(head_dim, theta)
+    rotary_dim = x.shape[-1] if rotary_dim is None else rotary_dim
+    if rotary_dim == 0:
+        return x
+    angles = positions[..., None].astype(jnp.float32) * rope_frequencies(rotary_dim, theta)
     cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x.dtype)
+    rotary, passthrough = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
+    x1, x2 = jnp.split(rotary, 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+    return jnp.concatenate([rotated, passthrough], axis=-1) if passthrough.shape[-1] else rotated

@@ -11,7 +11,8 @@ from tests.train.conftest import TINY
 
 
 def run_cli(*args, env=None, cwd=None):
-    environment = dict(os.environ, **(env or {}))
+    # CPU only: a libtpu install (for the ahead-of-time TPU tests) would otherwise probe for a TPU and log to stderr.
+    environment = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
     return subprocess.run([sys.executable, "-m", "jdistill.cli", *args], capture_output=True, text=True,
                           env=environment, cwd=cwd, timeout=600)
 

@@ -1,0 +1,63 @@
+"""Generate the Hugging Face parity fixtures in tests/hf/fixtures/ (needs torch and transformers).
+
+    python -m venv /tmp/hf && /tmp/hf/bin/pip install torch transformers safetensors numpy
+    /tmp/hf/bin/python tests/hf/make_fixtures.py
+
+For each architecture: a small random-weight model with grouped-query attention, saved with
+`save_pretrained` (config.json + model.safetensors), and `expected.safetensors` holding the prompt ids, the
+float32 logits transformers computes for them, and transformers' greedy continuation. The tests read these
+files only, so they need neither PyTorch nor transformers.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from safetensors.numpy import save_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=96, vocab_size=128, max_position_embeddings=64, hidden_act="silu")
+ARCHITECTURES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+              dict(head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+              dict(head_dim=32, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
+}
+PROMPT_LENGTH, NEW_TOKENS, BATCH = 11, 8, 2
+
+
+def perturb(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Random weights large enough that the logits are far from uniform (init std 0.02 would hide errors)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
+            else:
+                param.copy_(0.15 * torch.randn(param.shape, generator=generator))
+
+
+def make(name: str, seed: int) -> None:
+    config_class, model_class, extra = ARCHITECTURES[name]
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    config = config_class(**COMMON, **extra, attn_implementation="eager")
+    model = model_class(config).eval().to(torch.float32)
+    perturb(model, generator)
+    directory = FIXTURES / name
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT_LENGTH), generator=generator)
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+        greedy = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+    save_file({"input_ids": ids.numpy().astype(np.int32), "logits": logits.numpy(),
+               "greedy": greedy.numpy().astype(np.int32)}, str(directory / "expected.safetensors"),
+              metadata={"transformers": transformers.__version__, "torch": torch.__version__})
+    print(name, {p.name: p.stat().st_size for p in directory.iterdir()})
+
+
+if __name__ == "__main__":
+    for index, architecture in enumerate(ARCHITECTURES):
+        make(architecture, seed=index)

@@ -1,0 +1,105 @@
+"""Hugging Face import/export: logit parity with transformers (committed fixtures), round trips, errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from jdistill.hf import HFImportError, from_pretrained, save_pretrained
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ARCHITECTURES = ["llama", "qwen3"]
+
+
+def expected(name):
+    return load_file(str(FIXTURES / name / "expected.safetensors"))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_logits_match_transformers(name):
+    model = from_pretrained(FIXTURES / name)
+    data = expected(name)
+    logits = np.asarray(model(data["input_ids"]).logits)
+    assert np.abs(logits).max() > 1.0  # the fixture's logits are far from uniform
+    np.testing.assert_allclose(logits, data["logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_save_then_load_is_the_identity(name, tmp_path):
+    model = from_pretrained(FIXTURES / name)
+    save_pretrained(model, tmp_path / "out")
+    again = from_pretrained(tmp_path / "out")
+    assert again.config == model.config
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))):
+        np.testing.assert_array_equal(a, b)
+    original = load_file(str(FIXTURES / name / "model.safetensors"))
+    written = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(written) == set(original)
+    for key in original:
+        np.testing.assert_array_equal(written[key], original[key])
+
+
+def test_sharded_checkpoint_with_index(tmp_path):
+    tensors = load_file(str(FIXTURES / "llama" / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, members in shards.items():
+        save_file({n: tensors[n] for n in members}, str(tmp_path / file))
+    index = {"metadata": {}, "weight_map": {n: f for f, members in shards.items() for n in members}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    shutil.copy(FIXTURES / "llama" / "config.json", tmp_path / "config.json")
+    data = expected("llama")
+    logits = np.asarray(from_pretrained(tmp_path)(data["input_ids"]).logits)
+    np.testing.assert_allclose(logits, data["logits"], atol=1e-4, rtol=0)
+
+
+def test_bfloat16_compute(tmp_path):
+    data = expected("qwen3")
+    logits = np.asarray(from_pretrained(FIXTURES / "qwen3", dtype="bfloat16")(data["input_ids"]).logits)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, data["logits"], atol=0.25)
+
+
+def _copy_fixture(tmp_path, name="llama"):
+    target = tmp_path / name
+    shutil.copytree(FIXTURES / name, target)
+    return target
+
+
+def test_missing_tensor_is_named(tmp_path):
+    target = _copy_fixture(tmp_path)
+    tensors = load_file(str(target / "model.safetensors"))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(target / "model.safetensors"))
+    with pytest.raises(HFImportError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+        from_pretrained(target)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"architectures": ["GPT2LMHeadModel"]}, "architecture \\['GPT2LMHeadModel'\\] is not supported"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling 'llama3' is not supported"),
+    ({"attention_bias": True}, "attention_bias=true is not supported"),
+])
+def test_unsupported_configs_are_one_line_errors(tmp_path, change, message):
+    target = _copy_fixture(tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    config.update(change)
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HFImportError, match=message):
+        from_pretrained(target)
+
+
+def test_wrong_shape_and_missing_files(tmp_path):
+    target = _copy_fixture(tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    config["intermediate_size"] = 100
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HFImportError, match="does not match the config"):
+        from_pretrained(target)
+    with pytest.raises(HFImportError, match="no such file"):
+        from_pretrained(tmp_path / "nowhere")
