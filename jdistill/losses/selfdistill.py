@@ -263,8 +263,8 @@ def self_evolution_kd(
       - easy tokens get plain forward KL(p_t || p_s).
     Mixing in r bounds the hard tokens' loss (p~_s >= gamma_i r >= gamma_i p_t / 2) and lowers their
     gradient. Gradients treat the selection and gamma as constants (they are not the derivative of
-    the loss through d_i). Unlike plain KD, a hard token's loss is not 0 at p_s == p_t (the target is the mixture).
-    gamma_max = 0 (or hard_fraction = 0) is token-level `forward_kl`. The selection and the
+    the loss through d_i). Unlike plain KD, a hard token's loss is not 0 at p_s == p_t (its student
+    side is the mixture). gamma_max = 0 (or hard_fraction = 0) is token-level `forward_kl`. The selection and the
     normalisation by max d depend on the whole call, so "sum_count" pieces of micro-batches do not add
     up to the full-batch result unless gamma_max = 0.
 
@@ -302,8 +302,8 @@ def ensemble_teacher_log_probs(
 ) -> Array:
     """Log-probabilities `[..., vocab]` of a teacher built from several models `[models, ..., vocab]`.
 
-    Voting / snapshot teachers as in SD-DARTS (Zhu et al. 2021, "SD-DARTS: Self-Distillation for
-    Differentiable Architecture Search"): the teacher averages earlier checkpoints' predictions.
+    Voting / snapshot teachers as in SD-DARTS (Zhu, Li, Liu & Wang 2023, "Improving Differentiable
+    Architecture Search via Self-Distillation"): the teacher aggregates earlier checkpoints' predictions.
       - "mean": log of the mean of the models' softmax(logits / T), i.e. logsumexp over models of
         their log-probs minus log(n). One model gives its own log_softmax.
       - "vote": majority vote of the models' argmaxes (ties go to the class with the higher mean
@@ -315,6 +315,9 @@ def ensemble_teacher_log_probs(
     """
     if method not in ENSEMBLE_METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, ENSEMBLE_METHODS))}; got {method!r}")
+    stack_shape = jnp.shape(teacher_logits_stack)
+    if len(stack_shape) < 2 or stack_shape[0] == 0:
+        raise ValueError(f"teacher_logits_stack must be [models >= 1, ..., vocab]; got shape {stack_shape}")
     log_p = _log_probs(teacher_logits_stack, temperature)
     num_models, vocab = log_p.shape[0], log_p.shape[-1]
     log_mean = jax.nn.logsumexp(log_p, axis=0) - math.log(num_models)

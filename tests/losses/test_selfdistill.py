@@ -140,6 +140,29 @@ def test_xi_above_one_is_unbounded_below():
     assert values[0] > values[1] > values[2] and values[2] < -500
 
 
+def test_xi_sum_count_over_micro_batches_equals_full_batch_mean():
+    s, t = random_logits(seed=37)
+    labels, mask = random_labels(seed=37), random_mask("bool", seed=37)
+    mask[1] = False  # one micro-batch with no valid position
+    loss = jax.jit(functools.partial(xi_self_distillation, xi=1.5, temperature=2.0, reduction="sum_count"))
+    pieces = [loss(s_, t_, y_, mask=m_) for s_, t_, y_, m_ in micro_batches(s, t, labels, mask)]
+    accumulated = sum(p[0] for p in pieces) / sum(p[1] for p in pieces)
+    np.testing.assert_allclose(accumulated, xi_self_distillation(s, t, labels, xi=1.5, temperature=2.0, mask=mask),
+                               rtol=1e-5)
+
+
+def test_xi_under_jit_with_traced_weights_and_vmap_agrees_with_eager():
+    s, t = random_logits(seed=38)
+    labels, mask = random_labels(seed=38), random_mask("bool", seed=38)
+    eager = xi_self_distillation(s, t, labels, xi=1.5, temperature=2.0, mask=mask, reduction="none")
+    jitted = jax.jit(lambda xi, temperature: xi_self_distillation(s, t, labels, xi=xi, temperature=temperature,
+                                                                  mask=mask, reduction="none"))(1.5, 2.0)
+    per_row = jax.vmap(lambda *a: xi_self_distillation(*a[:3], xi=1.5, temperature=2.0, mask=a[3], reduction="sum"))(
+        s, t, labels, mask)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+    np.testing.assert_allclose(per_row, np.asarray(eager).sum(-1), rtol=1e-5, atol=1e-6)
+
+
 def test_warn_if_unregularised_warns_once_only_for_xi_above_one_without_weight_decay():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
@@ -338,9 +361,11 @@ def test_ensemble_vote_takes_the_majority_and_breaks_ties_by_mean_probability():
     np.testing.assert_allclose(got, [[0.98, 0.01, 0.01], [0.01, 0.98, 0.01]], rtol=1e-6)
 
 
-def test_ensemble_rejects_unknown_method():
+def test_ensemble_rejects_unknown_method_and_empty_stack():
     with pytest.raises(ValueError, match="method must be one of"):
         ensemble_teacher_log_probs(np.zeros((2, 3, 4)), method="median")
+    with pytest.raises(ValueError, match="models >= 1"):
+        ensemble_teacher_log_probs(np.zeros((0, 3, 4)))
 
 
 # --- gradients -----------------------------------------------------------------------------------------

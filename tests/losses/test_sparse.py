@@ -212,6 +212,29 @@ def test_sum_count_over_micro_batches_equals_full_batch_mean(name):
     np.testing.assert_allclose(accumulated, loss(s, *teacher, mask=mask), rtol=1e-5)
 
 
+def test_jit_with_traced_arguments_and_vmap_agree_with_eager():
+    s, t = random_logits(seed=75)
+    mask = random_mask("bool", seed=75)
+    log_probs, ids = cache(t, 3, 2.0)
+    eager_topk = topk_kd(s, log_probs, ids, beta=0.5, temperature=2.0, mask=mask, reduction="none")
+    eager_uld = uld_loss(s, t, temperature=2.0, mask=mask, reduction="none")
+
+    @jax.jit
+    def jitted(beta, temperature):
+        return (topk_kd(s, log_probs, ids, beta=beta, temperature=temperature, mask=mask, reduction="none"),
+                uld_loss(s, t, temperature=temperature, mask=mask, reduction="none"))
+
+    @jax.vmap
+    def per_row(s_, lp, i, t_, m):
+        return (topk_kd(s_, lp, i, beta=0.5, temperature=2.0, mask=m, reduction="sum"),
+                uld_loss(s_, t_, temperature=2.0, mask=m, reduction="sum"))
+
+    for got, eager in zip(jitted(0.5, 2.0), (eager_topk, eager_uld)):
+        np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-7)
+    for got, eager in zip(per_row(s, log_probs, ids, t, mask), (eager_topk, eager_uld)):
+        np.testing.assert_allclose(got, np.asarray(eager).sum(-1), rtol=1e-5, atol=1e-6)
+
+
 # --- hypothesis --------------------------------------------------------------------------------------
 
 
