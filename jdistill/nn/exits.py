@@ -38,7 +38,7 @@ class ExitHeads(nnx.Module):
         self.exit_layers = _validate_exit_layers(exit_layers, num_layers)
         self.num_layers = num_layers
         self.norm = RMSNorm(d_model)
-        # indexed by block number; row 0 (the embeddings) lets an exit sit on the input too, if ever wanted
+        # row i is block i; row 0 (the embeddings) is unused, so that rows are block numbers
         self.layer_embedding = nnx.Embed(num_layers + 1, embed_dim, dtype=dtype, rngs=rngs)
         self.head = nnx.Linear(d_model + embed_dim, num_outputs, dtype=dtype, rngs=rngs)
 
