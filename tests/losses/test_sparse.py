@@ -65,8 +65,7 @@ def cache(teacher_logits, k, temperature=1.0, dtype=np.float32):
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
-@pytest.mark.parametrize("k", [1, 4])
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("k, temperature", [(1, 1.0), (4, 2.0)])
 def test_topk_kd_matches_numpy(beta, k, temperature):
     s, t = random_logits(seed=60)
     mask = random_mask("bool", seed=60)
@@ -224,6 +223,7 @@ def test_jit_with_traced_arguments_and_vmap_agree_with_eager():
         return (topk_kd(s, log_probs, ids, beta=beta, temperature=temperature, mask=mask, reduction="none"),
                 uld_loss(s, t, temperature=temperature, mask=mask, reduction="none"))
 
+    @jax.jit
     @jax.vmap
     def per_row(s_, lp, i, t_, m):
         return (topk_kd(s_, lp, i, beta=0.5, temperature=2.0, mask=m, reduction="sum"),
@@ -250,8 +250,9 @@ def sparse_objectives(s, t, mask, beta, temperature, k):
             "uld": uld_loss(s_, t_, temperature=temperature, mask=mask),
         }
 
-    # A sum of finite gradients is finite and a NaN or inf in any one of them spoils it: one backward pass.
-    grads = jax.grad(lambda s_, t_: sum(values(s_, t_).values()), argnums=(0, 1))(s, t)
+    # A sum of finite gradients is finite and a NaN or inf in any one of them spoils it: one backward
+    # pass, through the student (the side that trains).
+    grads = jax.grad(lambda s_: sum(values(s_, t).values()))(s)
     return values(s, t), grads
 
 
@@ -264,6 +265,6 @@ def test_sparse_objectives_are_finite_nonnegative_and_zero_on_equal_inputs(pair,
     values, grads = sparse_objectives(s, t, mask, beta, temperature, min(2, s.shape[-1]))
     for name, value in values.items():
         assert np.isfinite(value) and value >= -SLACK, name
-    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
+    assert np.all(np.isfinite(np.asarray(grads, np.float32)))
     if np.array_equal(s, t):
         assert abs(float(values["topk_kd"])) <= SLACK and abs(float(values["uld"])) <= SLACK
