@@ -1,7 +1,7 @@
 """The attention core: `softmax(q k^T * scale + mask) v`, optionally times a sigmoid output gate.
 
 `gated_attention` is the one entry point the layers call. This module holds the XLA reference path and the
-dispatch by `impl` to the fused Pallas kernels (`pallas_gpu.py`), which keep the same signature.
+dispatch by `impl` to the fused Pallas kernels (`pallas_gpu.py`, `pallas_tpu.py`), which keep the same signature.
 
 Shapes (documented once, here):
     q        [batch, q_len, heads, head_dim]
@@ -80,11 +80,21 @@ def _interpret(q, k, v, gate, **kwargs):
     return gated_flash_attention(q, k, v, gate, interpret=True, **kwargs)
 
 
-_IMPLS = {"xla": gated_attention_reference, "pallas_gpu": _pallas_gpu, "interpret": _interpret}
+def _pallas_tpu(q, k, v, gate, **kwargs):
+    from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu
+
+    if q.shape[-1] not in _KERNEL_HEAD_DIMS:
+        return gated_attention_reference(q, k, v, gate, **kwargs)
+    return gated_flash_attention_tpu(q, k, v, gate, **kwargs)
+
+
+_IMPLS = {"xla": gated_attention_reference, "pallas_gpu": _pallas_gpu, "pallas_tpu": _pallas_tpu,
+          "interpret": _interpret}
 
 
 def _auto_impl() -> str:
-    return "xla"
+    """pallas_tpu on TPU, pallas_gpu on GPU, the XLA reference elsewhere (CPU)."""
+    return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend(), "xla")
 
 
 def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, impl="auto"):
@@ -95,8 +105,10 @@ def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale
       - "xla": the reference above (autodiff through XLA).
       - "pallas_gpu": the fused Pallas flash kernel with the gate in its epilogue and a Pallas backward
         (`jdistill.kernels.pallas_gpu`); head dims other than 64/128/256 go through the reference.
-      - "interpret": the same Pallas kernel in interpret mode (any head dim; for CPU tests).
-      - "auto": the best implementation for the backend.
+      - "pallas_tpu": the same kernel in Pallas Mosaic TPU (`jdistill.kernels.pallas_tpu`); head dims other
+        than 64/128/256 go through the reference.
+      - "interpret": the Pallas GPU kernel in interpret mode (any head dim; for CPU tests).
+      - "auto": pallas_tpu on TPU, pallas_gpu on GPU, xla on CPU.
     """
     if impl == "auto":
         impl = _auto_impl()

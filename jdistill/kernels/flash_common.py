@@ -103,8 +103,8 @@ def causal_kv_blocks(cfg: FlashConfig, q_block, num_kv_blocks: int):
     """Number of leading kv blocks that query block `q_block` can see (all of them without causal)."""
     if not cfg.causal:
         return num_kv_blocks
-    last_key = (q_block + 1) * cfg.block_q - 1 + cfg.causal_offset
-    return jnp.clip(last_key // cfg.block_k + 1, 0, num_kv_blocks)
+    visible_keys = jnp.maximum((q_block + 1) * cfg.block_q + cfg.causal_offset, 0)
+    return jnp.minimum(ceil_div(visible_keys, cfg.block_k), num_kv_blocks)
 
 
 def first_causal_q_block(cfg: FlashConfig, kv_block):
@@ -112,7 +112,12 @@ def first_causal_q_block(cfg: FlashConfig, kv_block):
     if not cfg.causal:
         return 0
     first_query = jnp.maximum(kv_block * cfg.block_k - cfg.causal_offset, 0)
-    return first_query // cfg.block_q
+    return jax.lax.div(first_query, cfg.block_q)
+
+
+def ceil_div(a, b: int):
+    """`ceil(a / b)` for non-negative int32 scalars (truncating division: Mosaic has no integer floor-divide)."""
+    return jax.lax.div(a + (b - 1), b)
 
 
 def gate_epilogue(out, gate):

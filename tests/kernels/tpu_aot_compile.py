@@ -1,0 +1,52 @@
+"""Compile the Pallas Mosaic TPU attention kernels ahead of time for a v5e topology on a CPU host (libtpu).
+
+Run as a script (the test suite runs it in a subprocess, so libtpu never shares a process with the CPU tests);
+prints one JSON line per program: its name and XLA's memory analysis of the compiled TPU executable.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu  # noqa: E402
+
+
+def main(seq=2048, head_dim=128, heads=8, kv_heads=2):
+    topology = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2", chip_config_name="default",
+                                            chips_per_host_bounds=(2, 2, 1), num_slices=1)
+    mesh = Mesh(np.array(topology.devices[:1]), ("x",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    spec = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+    q, kv = spec(1, seq, heads, head_dim), spec(1, seq, kv_heads, head_dim)
+    gate, segments = spec(1, seq, heads), spec(1, seq, dtype=jnp.int32)
+
+    def forward(q, k, v, gate, segment_ids):
+        return gated_flash_attention_tpu(q, k, v, gate, causal=True, segment_ids=segment_ids)
+
+    def loss(*args):
+        return jnp.sum(forward(*args).astype(jnp.float32))
+
+    programs = {"forward": forward, "backward": jax.grad(loss, argnums=(0, 1, 2, 3))}
+    for name, program in programs.items():
+        compiled = jax.jit(program).lower(q, kv, kv, gate, segments).compile()
+        memory = compiled.memory_analysis()
+        kernels = sorted({line.split("=")[0].strip().lstrip("%") for line in compiled.as_text().splitlines()
+                          if "custom-call" in line and "gated_flash" in line.split("=")[0]})
+        print(json.dumps({"program": name, "platform": topology.devices[0].platform, "kernels": kernels,
+                          "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
+                          "output_bytes": memory.output_size_in_bytes,
+                          "code_bytes": memory.generated_code_size_in_bytes}))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
