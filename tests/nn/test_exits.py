@@ -12,8 +12,8 @@ D_MODEL, OUTPUTS, LAYERS = 12, 5, 6
 EXITS = (2, 4, 6)
 
 
-def _heads(seed=0):
-    return ExitHeads(D_MODEL, OUTPUTS, EXITS, LAYERS, embed_dim=3, rngs=nnx.Rngs(seed))
+HEADS = ExitHeads(D_MODEL, OUTPUTS, EXITS, LAYERS, embed_dim=3, rngs=nnx.Rngs(0))
+_all_exits = jax.jit(lambda hidden_states: HEADS.from_all_layers(hidden_states))
 
 
 def _hidden_states(seed=0, shape=(2, 7)):
@@ -22,7 +22,7 @@ def _hidden_states(seed=0, shape=(2, 7)):
 
 
 def test_exit_logits_match_a_numpy_reference():
-    heads = _heads()
+    heads = HEADS
     hidden = np.random.default_rng(0).normal(size=(3, D_MODEL)).astype(np.float32)
     embedding = np.asarray(heads.layer_embedding.embedding[...])[4]
     normed = hidden / np.sqrt(np.mean(hidden**2, axis=-1, keepdims=True) + 1e-6)
@@ -32,37 +32,35 @@ def test_exit_logits_match_a_numpy_reference():
 
 
 def test_one_logit_tensor_per_exit():
-    heads = _heads()
+    heads = HEADS
     all_states = _hidden_states()
-    exits = heads.from_all_layers(all_states)
+    exits = _all_exits(all_states)
     assert len(exits) == len(EXITS)
     assert all(out.shape == (2, 7, OUTPUTS) and out.dtype == jnp.float32 for out in exits)
     for out, layer in zip(exits, EXITS):
-        np.testing.assert_array_equal(out, heads.exit_logits(all_states[layer], layer))
+        np.testing.assert_allclose(out, heads.exit_logits(all_states[layer], layer), rtol=1e-6, atol=1e-6)
 
 
 def test_each_exit_depends_only_on_its_own_hidden_state():
-    heads = _heads()
     states = _hidden_states(1)
     changed = list(states)
     changed[4] = changed[4] * 3.0 + 1.0  # exit 2 of 3 reads layer 4
-    before = heads.from_all_layers(states)
-    after = heads.from_all_layers(changed)
+    before = _all_exits(states)
+    after = _all_exits(changed)
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_array_equal(before[2], after[2])
     assert not np.allclose(before[1], after[1])
 
 
 def test_the_layer_embedding_tells_exits_apart():
-    heads = _heads()
+    heads = HEADS
     hidden = _hidden_states(2)[0]
     assert not np.allclose(heads.exit_logits(hidden, 2), heads.exit_logits(hidden, 4))
 
 
 def test_gradient_reaches_only_the_exits_hidden_state():
-    heads = _heads()
     states = _hidden_states(3)
-    grads = jax.grad(lambda hs: jnp.sum(heads.from_all_layers(hs)[0]))(states)
+    grads = jax.jit(jax.grad(lambda hs: jnp.sum(HEADS.from_all_layers(hs)[0])))(states)
     for layer, grad in enumerate(grads):
         assert (np.abs(np.asarray(grad)).sum() > 0) == (layer == EXITS[0])
 
@@ -74,7 +72,7 @@ def test_invalid_exit_layers_are_rejected(bad):
 
 
 def test_wrong_number_of_hidden_states_is_rejected():
-    heads = _heads()
+    heads = HEADS
     with pytest.raises(ValueError, match="one per exit"):
         heads(_hidden_states()[:2])
     with pytest.raises(ValueError, match="embeddings"):
