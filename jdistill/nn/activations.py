@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 # exp(-exp(7)) = exp(-1096.6) is 0 in float64 (and so in float32 and bfloat16), so clamping x at -7 before the
@@ -39,12 +38,12 @@ def expand_gate(gate, alpha):
 
 def normal_cdf_gate(x):
     """Phi(x) = 1/2 erfc(-x / sqrt 2), written as `jax.nn.gelu(approximate=False)` writes it."""
-    return 0.5 * jax.lax.erfc(-x * np.sqrt(0.5).astype(x.dtype))
+    return 0.5 * jax.lax.erfc(-jnp.asarray(x) * math.sqrt(0.5))
 
 
 def tanh_gelu_gate(x):
     """The tanh approximation of Phi(x) used by `jax.nn.gelu` (approximate=True)."""
-    return 0.5 * (1.0 + jnp.tanh(np.sqrt(2 / np.pi).astype(x.dtype) * (x + 0.044715 * (x**3))))
+    return 0.5 * (1.0 + jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x**3))))
 
 
 def arctan_gate(x):
