@@ -404,6 +404,19 @@ def test_self_evolution_kd_gradient_holds_gamma_and_selection_fixed():
     np.testing.assert_allclose(grad, numerical, atol=1e-7)
 
 
+def test_all_masked_input_gives_zero_losses_and_finite_gradients():
+    s, t = random_logits(seed=51)
+    labels, mask = random_labels(seed=51), random_mask("all_masked", seed=51)
+    losses = {
+        "xi": functools.partial(xi_self_distillation, xi=1.5),
+        "self_evolution_kd": self_evolution_kd,
+    }
+    values_and_grads = jax.jit(lambda s_: {name: jax.value_and_grad(lambda x: fn(x, t, labels, mask=mask))(s_)
+                                           for name, fn in losses.items()})(s)
+    for name, (value, grad) in values_and_grads.items():
+        assert value == 0.0 and np.all(np.isfinite(grad)), name
+
+
 # --- hypothesis --------------------------------------------------------------------------------------
 
 

@@ -235,6 +235,19 @@ def test_jit_with_traced_arguments_and_vmap_agree_with_eager():
         np.testing.assert_allclose(got, np.asarray(eager).sum(-1), rtol=1e-5, atol=1e-6)
 
 
+def test_all_masked_input_gives_zero_losses_and_finite_gradients():
+    s, t = random_logits(seed=76)
+    mask = random_mask("all_masked", seed=76)
+    log_probs, ids = cache(t, 3)
+    losses = {
+        "topk_kd": lambda s_: topk_kd(s_, log_probs, ids, beta=0.5, mask=mask),
+        "uld": lambda s_: uld_loss(s_, t, mask=mask),
+    }
+    values_and_grads = jax.jit(lambda s_: {name: jax.value_and_grad(fn)(s_) for name, fn in losses.items()})(s)
+    for name, (value, grad) in values_and_grads.items():
+        assert value == 0.0 and np.all(np.isfinite(grad)), name
+
+
 # --- hypothesis --------------------------------------------------------------------------------------
 
 
