@@ -88,8 +88,14 @@ def _pallas_tpu(q, k, v, gate, **kwargs):
     return gated_flash_attention_tpu(q, k, v, gate, **kwargs)
 
 
+def _cudnn(q, k, v, gate, **kwargs):
+    from jdistill.kernels.cudnn import gated_attention_cudnn
+
+    return gated_attention_cudnn(q, k, v, gate, **kwargs)
+
+
 _IMPLS = {"xla": gated_attention_reference, "pallas_gpu": _pallas_gpu, "pallas_tpu": _pallas_tpu,
-          "interpret": _interpret}
+          "interpret": _interpret, "cudnn": _cudnn}
 
 
 def _auto_impl() -> str:
@@ -107,6 +113,7 @@ def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale
         (`jdistill.kernels.pallas_gpu`); head dims other than 64/128/256 go through the reference.
       - "pallas_tpu": the same kernel in Pallas Mosaic TPU (`jdistill.kernels.pallas_tpu`); head dims other
         than 64/128/256 go through the reference.
+      - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` and a separate gate (GPU only).
       - "interpret": the Pallas GPU kernel in interpret mode (any head dim; for CPU tests).
       - "auto": pallas_tpu on TPU, pallas_gpu on GPU, xla on CPU.
     """
