@@ -9,6 +9,7 @@ from flax import nnx
 from jdistill.models.config import ModelConfig
 from jdistill.models.outputs import ModelOutput
 from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
+from jdistill.nn.kv_cache import KVCache
 
 
 class Block(nnx.Module):
@@ -30,6 +31,11 @@ class Block(nnx.Module):
     def __call__(self, h, *, positions=None, segment_ids=None):
         h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids)
         return h + self.mlp(self.mlp_norm(h))
+
+    def decode(self, h, *, positions, cache):
+        attended, cache = self.attention.decode(self.attention_norm(h), positions=positions, cache=cache)
+        h = h + attended
+        return h + self.mlp(self.mlp_norm(h)), cache
 
 
 class Transformer(nnx.Module):
@@ -74,12 +80,28 @@ class Transformer(nnx.Module):
         h = self.final_norm(h)
         if self.config.kind == "classifier":
             h = h.mean(axis=1)
-        if hasattr(self, "head"):
-            logits = self.head(h)
-        else:
-            logits = self.embed.attend(h)
-        return ModelOutput(logits=logits.astype(jnp.float32),
-                           hidden_states=tuple(hidden) if hidden is not None else None)
+        return ModelOutput(logits=self._logits(h), hidden_states=tuple(hidden) if hidden is not None else None)
+
+    def _logits(self, h):
+        logits = self.head(h) if hasattr(self, "head") else self.embed.attend(h)
+        return logits.astype(jnp.float32)
+
+    def init_cache(self, batch: int, max_len: int) -> tuple[KVCache, ...]:
+        """Empty per-layer key/value caches for decoding up to `max_len` positions (LM only)."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        return tuple(KVCache.zeros(batch, max_len, cfg.resolved_kv_heads, cfg.resolved_head_dim, dtype)
+                     for _ in range(cfg.num_layers))
+
+    def decode(self, tokens, *, positions, caches):
+        """Incremental LM forward: `tokens [batch, seq]` at `positions [batch, seq]` attend to everything cached
+        at earlier or equal positions of their row. Returns (logits [batch, seq, vocab], new caches)."""
+        h = self.embed(tokens)
+        new_caches = []
+        for block, cache in zip(self.blocks, caches):
+            h, cache = block.decode(h, positions=positions, cache=cache)
+            new_caches.append(cache)
+        return self._logits(self.final_norm(h)), tuple(new_caches)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill.kernels import gated_attention
+from jdistill.nn.kv_cache import KVCache, cached_attention
 from jdistill.nn.norms import RMSNorm
 from jdistill.nn.rope import apply_rope
 
@@ -53,7 +54,8 @@ class GatedSelfAttention(nnx.Module):
             self.query_norm = RMSNorm(head_dim, eps=config.norm_eps)
             self.key_norm = RMSNorm(head_dim, eps=config.norm_eps)
 
-    def __call__(self, x, *, positions=None, segment_ids=None):
+    def _project(self, x, positions):
+        """q `[batch, seq, heads, head_dim]`, k, v `[batch, seq, kv_heads, head_dim]`, output gate or None."""
         cfg = self.config
         batch, seq, _ = x.shape
         heads, kv_heads, head_dim = cfg.num_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
@@ -76,6 +78,20 @@ class GatedSelfAttention(nnx.Module):
                 gate_v = gate[..., None] if cfg.gate == "headwise" else gate
                 v = v * nnx.sigmoid(gate_v.astype(jnp.float32)).astype(v.dtype)
                 gate = None
+        return q, k, v, gate
+
+    def __call__(self, x, *, positions=None, segment_ids=None):
+        batch, seq, _ = x.shape
+        q, k, v, gate = self._project(x, positions)
         out = gated_attention(q, k, v, gate, causal=self.causal, segment_ids=segment_ids,
-                              impl=cfg.attention_impl)
-        return self.output(out.reshape(batch, seq, heads * head_dim))
+                              impl=self.config.attention_impl)
+        return self.output(out.reshape(batch, seq, -1))
+
+    def decode(self, x, *, positions, cache: KVCache):
+        """Attend from `x [batch, seq, d_model]` at `positions [batch, seq]` over `cache` updated with x's keys
+        and values (causal by position); returns (output, new cache). The XLA path; used by generation."""
+        batch, seq, _ = x.shape
+        q, k, v, gate = self._project(x, positions)
+        cache = cache.write(k, v, positions)
+        out = cached_attention(q, cache, gate, positions)
+        return self.output(out.reshape(batch, seq, -1)), cache

@@ -5,7 +5,8 @@
 
 For each architecture: a small random-weight model with grouped-query attention, saved with
 `save_pretrained` (config.json + model.safetensors), and `expected.safetensors` holding the prompt ids, the
-float32 logits transformers computes for them, and transformers' greedy continuation. The tests read these
+float32 logits transformers computes for them, and transformers' greedy continuations of the prompts and of
+the second prompt cut to 7 tokens (for batches with per-row lengths). The tests read these
 files only, so they need neither PyTorch nor transformers.
 """
 
@@ -25,7 +26,7 @@ ARCHITECTURES = {
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
               dict(head_dim=32, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
 }
-PROMPT_LENGTH, NEW_TOKENS, BATCH = 11, 8, 2
+PROMPT_LENGTH, NEW_TOKENS, BATCH, SHORT_LENGTH = 11, 8, 2, 7
 
 
 def perturb(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -49,11 +50,17 @@ def make(name: str, seed: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT_LENGTH), generator=generator)
+    short = ids[1:, :SHORT_LENGTH]
     with torch.no_grad():
         logits = model(ids).logits.float()
-        greedy = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+        # An explicit all-ones attention mask: no prompt token is mistaken for padding.
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                                do_sample=False, pad_token_id=config.vocab_size - 1)
+        greedy_short = model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=NEW_TOKENS,
+                                      do_sample=False, pad_token_id=config.vocab_size - 1)
     save_file({"input_ids": ids.numpy().astype(np.int32), "logits": logits.numpy(),
-               "greedy": greedy.numpy().astype(np.int32)}, str(directory / "expected.safetensors"),
+               "greedy": greedy.numpy().astype(np.int32), "greedy_short": greedy_short.numpy().astype(np.int32)},
+              str(directory / "expected.safetensors"),
               metadata={"transformers": transformers.__version__, "torch": torch.__version__})
     print(name, {p.name: p.stat().st_size for p in directory.iterdir()})
 
