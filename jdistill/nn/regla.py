@@ -7,9 +7,10 @@ Per head, with a state S `[d_k, d_v]` and a per-key-channel decay g_t in (0, 1)^
 The paper's three ingredients, and the details this implementation had to choose (the exact formulas were not
 available; see methods.md item 24):
   - Bounded feature map ("safe exp", a normalised exponential with a variance-reducing scale):
-    phi(x) = exp((x - max_j x_j) / sqrt(d_k)), with the max under stop_gradient. Values lie in (0, 1], so the
-    state grows at most linearly in t and no exponential overflows. Chosen: the 1/sqrt(d_k) scale inside the
-    exponential, and the per-token max over the feature axis.
+    phi(x) = exp((x - max_j x_j) / sqrt(d_k)). Values lie in [0, 1], so the state grows at most linearly in t
+    and no exponential overflows. Chosen: the 1/sqrt(d_k) scale inside the exponential, and the per-token max
+    over the feature axis, differentiated like the rest (unlike softmax, phi is not shift-invariant on the
+    key side, so a stop_gradient on the max would not give the gradient of the function computed).
   - Normalisation for stability: instead of the linear-attention denominator phi(q) sum_s phi(k_s), an RMSNorm
     over each head's output (shared weight over heads). It also cancels the per-token factor exp(-max q) of the
     query features. Chosen: RMSNorm (not LayerNorm / GroupNorm), eps 1e-6.
@@ -39,8 +40,8 @@ FORGET_BIAS_INIT = 3.0
 
 
 def safe_exp_features(x):
-    """`exp((x - max_j x_j) / sqrt(d))` over the last axis (size d), max under stop_gradient; in (0, 1]."""
-    shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    """`exp((x - max_j x_j) / sqrt(d))` over the last axis (size d); values in [0, 1]."""
+    shifted = x - jnp.max(x, axis=-1, keepdims=True)
     return jnp.exp(shifted / math.sqrt(x.shape[-1]))
 
 
@@ -52,23 +53,29 @@ def refined_log_decay(forget_logits, refine_logits):
     return jax.nn.log_sigmoid(forget_logits) + jnp.log(jnp.maximum(f + 2 * r * (1 - f), 1e-30))
 
 
+def _compute_dtype(x):
+    """float32 at least (float64 stays float64, for gradient checks)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def gla_recurrent(q, k, v, log_decay, initial_state=None):
     """Gated linear attention, token by token.
 
     q, k, log_decay `[batch, seq, heads, d_k]` (features already mapped; log_decay <= 0), v `[batch, seq, heads,
     d_v]`; initial_state `[batch, heads, d_k, d_v]` (zeros if None). Returns (o `[batch, seq, heads, d_v]`,
-    final state). o_t = q_t S_t with S_t including token t.
+    final state), in float32 (or float64 for float64 inputs). o_t = q_t S_t with S_t including token t.
     """
     batch, _, heads, key_dim = q.shape
-    state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32) if initial_state is None else initial_state
+    dtype = _compute_dtype(q)
+    state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), dtype) if initial_state is None else initial_state
 
     def step(state, inputs):
         q_t, k_t, v_t, decay_t = inputs
         state = jnp.exp(decay_t)[..., None] * state + k_t[..., :, None] * v_t[..., None, :]
         return state, jnp.einsum("bhk,bhkv->bhv", q_t, state)
 
-    sequence_first = [jnp.moveaxis(a.astype(jnp.float32), 1, 0) for a in (q, k, v, log_decay)]
-    state, out = jax.lax.scan(step, state.astype(jnp.float32), sequence_first)
+    sequence_first = [jnp.moveaxis(a.astype(dtype), 1, 0) for a in (q, k, v, log_decay)]
+    state, out = jax.lax.scan(step, state.astype(dtype), sequence_first)
     return jnp.moveaxis(out, 0, 1), state
 
 
@@ -92,18 +99,19 @@ def _chunk_step(state, chunk):
 def gla_chunked(q, k, v, log_decay, initial_state=None, *, chunk_size: int = 64):
     """The chunked parallel form of `gla_recurrent` (same arguments and results); any sequence length."""
     batch, seq, heads, key_dim = q.shape
-    state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32) if initial_state is None else initial_state
+    dtype = _compute_dtype(q)
+    state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), dtype) if initial_state is None else initial_state
     num_chunks = -(-seq // chunk_size)
     pad = num_chunks * chunk_size - seq
 
     def to_chunks(a):
         # zero padding at the end: k = 0 adds nothing to the state and log_decay = 0 keeps it, so the final
         # state is exact; the padded outputs are dropped
-        a = jnp.pad(a.astype(jnp.float32), ((0, 0), (0, pad), (0, 0), (0, 0)))
+        a = jnp.pad(a.astype(dtype), ((0, 0), (0, pad), (0, 0), (0, 0)))
         return jnp.moveaxis(a.reshape(batch, num_chunks, chunk_size, *a.shape[2:]), 1, 0)
 
     chunks = [to_chunks(a) for a in (q, k, v, log_decay)]
-    state, out = jax.lax.scan(_chunk_step, state.astype(jnp.float32), chunks)
+    state, out = jax.lax.scan(_chunk_step, state.astype(dtype), chunks)
     out = jnp.moveaxis(out, 0, 1).reshape(batch, num_chunks * chunk_size, heads, v.shape[-1])
     return out[:, :seq], state
 

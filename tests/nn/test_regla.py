@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.test_util import check_grads
 
 from jdistill.nn.regla import ReGLA, gla_chunked, gla_recurrent, refined_log_decay, safe_exp_features
 
@@ -84,6 +85,16 @@ def test_chunked_gradients_equal_recurrent():
     grads_c = jax.jit(chunked)(*inputs)
     for grad_c, grad_r in zip(grads_c, grads_r):
         np.testing.assert_allclose(grad_c, grad_r, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checks_in_float64():
+    with jax.enable_x64(True):
+        q, k, v, log_decay = (jnp.asarray(a, jnp.float64) for a in _inputs(6, seed=6))
+        check_grads(jax.jit(lambda *a: gla_chunked(*a, chunk_size=4)[0]), (q, k, v, log_decay), order=1,
+                    modes=("rev",))
+        x = jnp.asarray(np.random.default_rng(7).normal(size=(3, 5)))
+        check_grads(jax.jit(safe_exp_features), (x,), order=1, modes=("rev",))
+        check_grads(jax.jit(refined_log_decay), (x, x[::-1]), order=1, modes=("rev",))
 
 
 def test_safe_exp_features_are_bounded():
