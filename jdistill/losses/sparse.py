@@ -117,9 +117,9 @@ def uld_loss(
     Per position, with p_s = softmax(s / T) over the student vocabulary and p_t = softmax(t / T) over
     the teacher's (the sizes may differ):
         ULD = sum_i |sort(p_s)_i - sort(p_t)_i|,
-    both sorted in decreasing order and the shorter one zero-padded to the longer length. It is the
-    closed form of the Wasserstein-1 distance when token identities are ignored, so it needs no
-    vocabulary mapping; it is symmetric, in [0, 2], invariant to permuting either vocabulary, and 0
+    both sorted in decreasing order and the shorter one zero-padded to the longer length. The paper
+    derives it as a closed-form approximation of an optimal-transport (Wasserstein) distance that
+    ignores token identities, so it needs no vocabulary mapping; it is symmetric, in [0, 2], invariant to permuting either vocabulary, and 0
     when the sorted distributions match. The paper adds it to the student's CE; positions must already
     be aligned across the two tokenizations. T divides both logits; no T^2 factor.
 
