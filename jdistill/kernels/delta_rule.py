@@ -1,0 +1,130 @@
+"""The gated delta rule (Yang, Kautz & Hatamizadeh 2024, "Gated Delta Networks: Improving Mamba2 with Delta
+Rule"; the linear-attention layer of Qwen3-Next), as a recurrence and in chunked (WY) form.
+
+Per batch element and head, with state `S` of shape `[Dk, Dv]` (S_0 = initial_state or 0):
+
+    S <- exp(g_t) S                              (gated decay; g_t <= 0 is a log decay)
+    delta_t = beta_t (v_t - S^T k_t)             (delta-rule correction with write strength beta_t)
+    S <- S + k_t delta_t^T
+    o_t = S^T q_t
+
+Shapes: q, k `[batch, seq, heads, Dk]`, v `[batch, seq, heads, Dv]`, g and beta `[batch, seq, heads]`;
+returns o `[batch, seq, heads, Dv]` (and the final state `[batch, heads, Dk, Dv]` when asked). No query scale
+is applied and q/k are used as given: L2-normalising q and k (and any `Dk ** -0.5` on q) is the caller's job.
+All state arithmetic is float32; o is returned in v's dtype.
+
+Chunked form (chunk length C; within a chunk, gamma_r = sum_{s<=r} g_s and G_r = exp(gamma_r)): unrolling the
+recurrence from the chunk's initial state S_0 gives the written vectors u_r = beta_r (v_r - G_r S_0^T k_r
+- sum_{s<r} (G_r/G_s)(k_r.k_s) u_s), i.e. (I + A) U = beta*V - (beta*G*K) S_0 with A strictly lower
+triangular, A_rs = beta_r (G_r/G_s) k_r.k_s. With T = (I + A)^-1 (the WY representation): U = T(beta*V)
+- T(beta*G*K) S_0, then
+
+    O = (G*Q) S_0 + (causal_incl(Q K^T) * G_r/G_s) U,      S_C = G_C S_0 + (K * G_C/G)^T U.
+
+Everything except the S_0 terms is computed for all chunks at once; a scan over chunks carries S.
+Gradients of both forms are JAX autodiff (the chunked form's backward is the XLA chunked computation).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+CHUNK = 64
+
+
+def _check(q, k, v, g, beta, initial_state):
+    batch, seq, heads, key_dim = q.shape
+    if k.shape != q.shape or v.shape[:3] != (batch, seq, heads):
+        raise ValueError(f"k must be q's shape {q.shape} and v [batch, seq, heads, Dv]; got {k.shape}, {v.shape}")
+    if g.shape != (batch, seq, heads) or beta.shape != (batch, seq, heads):
+        raise ValueError(f"g and beta must be [batch, seq, heads] = {(batch, seq, heads)}; got {g.shape}, "
+                         f"{beta.shape}")
+    want = (batch, heads, key_dim, v.shape[-1])
+    if initial_state is not None and initial_state.shape != want:
+        raise ValueError(f"initial_state must be [batch, heads, Dk, Dv] = {want}; got {initial_state.shape}")
+
+
+def _initial(q, v, initial_state):
+    batch, _, heads, key_dim = q.shape
+    if initial_state is None:
+        return jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32)
+    return initial_state.astype(jnp.float32)
+
+
+def delta_rule_recurrent(q, k, v, g, beta, initial_state=None):
+    """The recurrence, one step per position (`lax.scan`); returns `(o, final_state)`."""
+    f32 = lambda x: jnp.moveaxis(x.astype(jnp.float32), 1, 0)  # time-major
+
+    def step(state, inputs):
+        q_t, k_t, v_t, g_t, beta_t = inputs  # [B, H, D...]
+        state = state * jnp.exp(g_t)[..., None, None]
+        delta = beta_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", state, k_t))
+        state = state + k_t[..., :, None] * delta[..., None, :]
+        return state, jnp.einsum("bhkv,bhk->bhv", state, q_t)
+
+    final, out = jax.lax.scan(step, _initial(q, v, initial_state), tuple(map(f32, (q, k, v, g, beta))))
+    return jnp.moveaxis(out, 0, 1).astype(v.dtype), final
+
+
+def _chunk_terms(q, k, v, g, beta):
+    """Per-chunk quantities independent of the carried state; inputs `[B, H, N, C, D]` (g, beta `[B,H,N,C]`)."""
+    chunk = q.shape[-2]
+    gamma = jnp.cumsum(g, axis=-1)
+    lower_incl = jnp.tril(jnp.ones((chunk, chunk), bool))
+    diff = gamma[..., :, None] - gamma[..., None, :]
+    decay = jnp.where(lower_incl, jnp.exp(jnp.where(lower_incl, diff, 0.0)), 0.0)  # G_r / G_s, s <= r
+    strict = decay * (1.0 - jnp.eye(chunk))
+    a = beta[..., :, None] * strict * jnp.einsum("...rd,...sd->...rs", k, k)
+    eye = jnp.broadcast_to(jnp.eye(chunk), a.shape)
+    solve = lambda rhs: jax.scipy.linalg.solve_triangular(eye + a, rhs, lower=True, unit_diagonal=True)
+    g_exp = jnp.exp(gamma)[..., None]
+    u_tilde = solve(beta[..., None] * v)
+    w = solve(beta[..., None] * g_exp * k)
+    attn = decay * jnp.einsum("...rd,...sd->...rs", q, k)
+    k_to_end = k * jnp.exp(gamma[..., -1:] - gamma)[..., None]
+    return u_tilde, w, attn, g_exp * q, k_to_end, jnp.exp(gamma[..., -1])
+
+
+def delta_rule_chunked(q, k, v, g, beta, initial_state=None, chunk=CHUNK):
+    """The chunked WY form (module docstring), chunk length `chunk`; returns `(o, final_state)`."""
+    batch, seq, heads, key_dim = q.shape
+    padded = -(-seq // chunk) * chunk
+    num_chunks = padded // chunk
+
+    def chunks(x):  # [B, T, H, ...] -> [B, H, N, C, ...], zero-padded (g = beta = 0 leaves S unchanged)
+        x = jnp.pad(x.astype(jnp.float32), [(0, 0), (0, padded - seq)] + [(0, 0)] * (x.ndim - 2))
+        x = x.reshape(batch, num_chunks, chunk, heads, *x.shape[3:])
+        return jnp.moveaxis(x, 3, 1)
+
+    u_tilde, w, attn, q_decayed, k_to_end, chunk_decay = _chunk_terms(*map(chunks, (q, k, v, g, beta)))
+
+    def step(state, xs):  # state [B, H, Dk, Dv]
+        u_tilde, w, attn, q_decayed, k_to_end, chunk_decay = xs
+        u = u_tilde - jnp.einsum("bhck,bhkv->bhcv", w, state)
+        out = jnp.einsum("bhck,bhkv->bhcv", q_decayed, state) + jnp.einsum("bhcs,bhsv->bhcv", attn, u)
+        state = chunk_decay[..., None, None] * state + jnp.einsum("bhck,bhcv->bhkv", k_to_end, u)
+        return state, out
+
+    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u_tilde, w, attn, q_decayed, k_to_end, chunk_decay))
+    final, out = jax.lax.scan(step, _initial(q, v, initial_state), xs)
+    out = jnp.moveaxis(out, 0, 2).reshape(batch, heads, padded, -1)[:, :, :seq]
+    return jnp.moveaxis(out, 1, 2).astype(v.dtype), final
+
+
+_IMPLS = {"recurrent": delta_rule_recurrent, "chunked": delta_rule_chunked}
+
+
+def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, output_final_state=False, impl="auto"):
+    """Gated DeltaNet's token mixer (module docstring for the formulas, shapes and the paper).
+
+    `impl`: "recurrent" (a scan over positions), "chunked" (XLA, WY form, chunk 64) or "auto" (chunked).
+    Returns `o`, or `(o, final_state)` when `output_final_state`.
+    """
+    _check(q, k, v, g, beta, initial_state)
+    if impl == "auto":
+        impl = "chunked"
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
+    out, final = _IMPLS[impl](q, k, v, g, beta, initial_state)
+    return (out, final) if output_final_state else out
