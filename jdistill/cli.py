@@ -2,6 +2,7 @@
 
     jdistill train [--config NAME|PATH] [--run-dir DIR] [--resume] [key.sub=value ...]
     jdistill info
+    jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
 """
@@ -14,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from jdistill.bench import add_attention_arguments, run_attention
 from jdistill.errors import RunDirError, UserError
 
 
@@ -86,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     info = sub.add_parser("info", help="versions, devices, presets, data directory")
     info.set_defaults(func=cmd_info)
+    bench = sub.add_parser("bench", help="kernel benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bench_attention = bench_sub.add_parser("attention", help="time the gated-attention implementations here")
+    add_attention_arguments(bench_attention)
+    bench_attention.set_defaults(func=run_attention)
     return parser
 
 

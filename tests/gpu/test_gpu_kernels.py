@@ -1,0 +1,52 @@
+"""GPU-only checks (skipped elsewhere): the compiled Pallas GPU kernel and the cuDNN path against the XLA
+reference at realistic sizes, values and gradients. bfloat16 tolerances: 4e-2 absolute + relative against the
+float32 reference on the same bf16 inputs (one bf16 rounding of p and of the output); float32: 1e-3 (TF32-free
+dots are not guaranteed on GPU, so this is looser than the CPU interpret tests). Run with
+`bash tests/gpu/run_gpu_checks.sh`."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jdistill.kernels import gated_attention
+from tests.kernels.attention_cases import assert_close, make_inputs, reference_in_float32, values_and_grads
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (jax backend is not gpu)")
+
+CASES = [  # (q_len, kv_len, heads, kv_heads, head_dim, gate, causal, segments)
+    (1000, 1000, 8, 2, 128, "headwise", True, False),
+    (777, 1031, 4, 4, 64, "elementwise", True, False),
+    (512, 512, 4, 1, 256, "none", False, True),
+    (1024, 1024, 8, 8, 128, "headwise", True, True),
+]
+
+
+def _check(impl, case, dtype, tol):
+    q_len, kv_len, heads, kv_heads, head_dim, gate, causal, segments = case
+    args, segment_ids, cotangent = make_inputs(0, 2, q_len, kv_len, heads, kv_heads, head_dim, gate, segments, dtype)
+    kwargs = dict(causal=causal, segment_ids=segment_ids)
+    out, grads = values_and_grads(functools.partial(gated_attention, impl=impl), args, cotangent, **kwargs)
+    with jax.default_matmul_precision("highest"):
+        want_out, want_grads = reference_in_float32(args, cotangent, **kwargs)
+    assert_close(out, want_out, tol, tol, f"{impl} output")
+    for name, got, want in zip(["dq", "dk", "dv", "dgate"], grads, want_grads):
+        assert_close(got, want, 2 * tol, 2 * tol, f"{impl} {name}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 4e-2), (jnp.float32, 1e-3)], ids=["bf16", "f32"])
+def test_pallas_gpu_matches_reference(case, dtype, tol):
+    _check("pallas_gpu", case, dtype, tol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cudnn_path_matches_reference(case):
+    _check("cudnn", case, jnp.bfloat16, 4e-2)
+
+
+def test_auto_picks_the_pallas_gpu_kernel():
+    from jdistill.kernels.attention import _auto_impl
+
+    assert _auto_impl() == "pallas_gpu"
