@@ -26,6 +26,7 @@ class ModelConfig:
       norm_eps: epsilon of every RMSNorm.
       patch_size, image_size, num_channels, num_classes, pooling: classifier input and head.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
+      exit_layers: 1-based blocks with an early exit (shared exit head, methods.md item 20); () for none.
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     """
@@ -55,6 +56,7 @@ class ModelConfig:
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
+    exit_layers: tuple[int, ...] = ()
     attention_impl: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
 
@@ -87,6 +89,9 @@ class ModelConfig:
             problems.append(("num_kv_heads", f"a divisor of num_heads={self.num_heads}"))
         if not 0.0 <= self.rotary_fraction <= 1.0 or int(self.resolved_head_dim * self.rotary_fraction) % 2:
             problems.append(("rotary_fraction", "a fraction in [0, 1] giving an even number of rotary dimensions"))
+        if any(not 1 <= layer <= self.num_layers for layer in self.exit_layers) or \
+                list(self.exit_layers) != sorted(set(self.exit_layers)):
+            problems.append(("exit_layers", f"increasing block numbers in [1, num_layers={self.num_layers}]"))
         if self.norm_eps <= 0:
             problems.append(("norm_eps", "a positive number"))
         if self.kind == "classifier" and self.patch_size >= 1 and self.image_size % self.patch_size:

@@ -9,6 +9,7 @@ from flax import nnx
 from jdistill.models.config import ModelConfig
 from jdistill.models.outputs import ModelOutput
 from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
+from jdistill.nn.exits import ExitHeads
 from jdistill.nn.kv_cache import KVCache
 
 
@@ -28,8 +29,8 @@ class Block(nnx.Module):
             self.mlp = MLP(config.d_model, config.mlp_dim, config.activation, use_bias=config.mlp_bias, dtype=dtype,
                            rngs=rngs)
 
-    def __call__(self, h, *, positions=None, segment_ids=None):
-        h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids)
+    def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None):
+        h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats)
         return h + self.mlp(self.mlp_norm(h))
 
     def decode(self, h, *, positions, cache):
@@ -59,6 +60,9 @@ class Transformer(nnx.Module):
         out_dim = config.num_classes if config.kind == "classifier" else config.vocab_size
         if not (config.kind == "lm" and config.tie_embeddings):
             self.head = nnx.Linear(config.d_model, out_dim, dtype=dtype, rngs=rngs)
+        if config.exit_layers:
+            self.exits = ExitHeads(config.d_model, out_dim, config.exit_layers, config.num_layers, dtype=dtype,
+                                   rngs=rngs)
 
     def _embed(self, inputs):
         cfg = self.config
@@ -70,17 +74,31 @@ class Transformer(nnx.Module):
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
         return self.embed(patches) + self.position[...].astype(self.embed.dtype or jnp.float32)
 
-    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False):
+    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False,
+                 return_stats: bool = False):
+        """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
+        `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
+        block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`."""
         h = self._embed(inputs)
-        hidden = [h] if return_hidden_states else None
+        hidden = [h]
+        layer_stats = []
         for block in self.blocks:
-            h = block(h, positions=positions, segment_ids=segment_ids)
-            if hidden is not None:
-                hidden.append(h)
+            stats = {} if return_stats else None
+            h = block(h, positions=positions, segment_ids=segment_ids, stats=stats)
+            hidden.append(h)
+            if return_stats:
+                layer_stats.append(dict(stats, max_activation=jnp.max(jnp.abs(h.astype(jnp.float32)))))
+        exits = self._exits(hidden) if self.config.exit_layers else None
         h = self.final_norm(h)
         if self.config.kind == "classifier":
             h = h.mean(axis=1)
-        return ModelOutput(logits=self._logits(h), hidden_states=tuple(hidden) if hidden is not None else None)
+        aux = {key: jnp.stack([s[key] for s in layer_stats]) for key in layer_stats[0]} if layer_stats else {}
+        return ModelOutput(logits=self._logits(h), hidden_states=tuple(hidden) if return_hidden_states else None,
+                           exits=exits, aux=aux)
+
+    def _exits(self, hidden):
+        pool = (lambda x: x.mean(axis=1)) if self.config.kind == "classifier" else (lambda x: x)
+        return self.exits([pool(hidden[layer]) for layer in self.config.exit_layers])
 
     def _logits(self, h):
         logits = self.head(h) if hasattr(self, "head") else self.embed.attend(h)

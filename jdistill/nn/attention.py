@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill.kernels import gated_attention
+from jdistill.nn.attention_stats import first_token_attention_share
 from jdistill.nn.kv_cache import KVCache, cached_attention
 from jdistill.nn.norms import RMSNorm
 from jdistill.nn.rope import apply_rope
@@ -80,11 +81,17 @@ class GatedSelfAttention(nnx.Module):
                 gate = None
         return q, k, v, gate
 
-    def __call__(self, x, *, positions=None, segment_ids=None):
+    def __call__(self, x, *, positions=None, segment_ids=None, stats: dict | None = None):
+        """`stats`, when a dict is given, receives `first_token_share` and (gated layers) `mean_gate`."""
         batch, seq, _ = x.shape
         q, k, v, gate = self._project(x, positions)
         out = gated_attention(q, k, v, gate, causal=self.causal, segment_ids=segment_ids,
                               impl=self.config.attention_impl)
+        if stats is not None:
+            stats["first_token_share"] = first_token_attention_share(q, k, causal=self.causal,
+                                                                     segment_ids=segment_ids)
+            if gate is not None:
+                stats["mean_gate"] = jnp.mean(nnx.sigmoid(gate.astype(jnp.float32)))
         return self.output(out.reshape(batch, seq, -1))
 
     def decode(self, x, *, positions, cache: KVCache):

@@ -1,0 +1,91 @@
+"""Attention-sink statistics, multi-exit heads, and feature capture by layer path."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jdistill.models import ModelConfig, Transformer
+from jdistill.models.capture import capture
+from jdistill.nn.attention_stats import first_token_attention_share
+
+LM = ModelConfig(kind="lm", num_layers=3, d_model=32, num_heads=4, mlp_dim=64, vocab_size=40)
+
+
+def test_stats_have_one_value_per_layer_and_are_in_range():
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 40)
+    aux = Transformer(LM, rngs=nnx.Rngs(0))(tokens, return_stats=True).aux
+    assert set(aux) == {"first_token_share", "max_activation", "mean_gate"}
+    for value in aux.values():
+        assert value.shape == (LM.num_layers,)
+    assert np.all((aux["first_token_share"] > 0) & (aux["first_token_share"] < 1))
+    assert np.all((aux["mean_gate"] > 0) & (aux["mean_gate"] < 1))
+    ungated = Transformer(dataclasses.replace(LM, gate="none"), rngs=nnx.Rngs(0))(tokens, return_stats=True).aux
+    assert "mean_gate" not in ungated
+    assert Transformer(LM, rngs=nnx.Rngs(0))(tokens).aux == {}
+
+
+def test_first_token_share_matches_numpy():
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(2, 5, 2, 4)), rng.normal(size=(2, 5, 2, 4))
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+    scores = np.where(np.tril(np.ones((5, 5), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(first_token_attention_share(q, k, causal=True), weights[..., 1:, 0].mean(), rtol=1e-5)
+
+
+def test_truncating_above_an_exit_leaves_its_output_unchanged():
+    config = dataclasses.replace(LM, exit_layers=(1, 2, 3))
+    deep = Transformer(config, rngs=nnx.Rngs(0))
+    shallow = Transformer(dataclasses.replace(config, num_layers=2, exit_layers=(1, 2)), rngs=nnx.Rngs(0))
+    _, deep_state = nnx.split(deep)
+    shallow_graph, shallow_state = nnx.split(shallow)
+    flat_deep = dict(nnx.to_flat_state(deep_state))
+    for path, variable in nnx.to_flat_state(shallow_state):
+        source = flat_deep[path]
+        variable[...] = source[...] if source.shape == variable.shape else source[...][:3]
+    shallow = nnx.merge(shallow_graph, shallow_state)
+    tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, 40)
+    deep_exits, shallow_exits = deep(tokens).exits, shallow(tokens).exits
+    assert len(deep_exits) == 3 and len(shallow_exits) == 2
+    for a, b in zip(deep_exits[:2], shallow_exits):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_classifier_exits_are_pooled():
+    config = ModelConfig(kind="classifier", num_layers=2, d_model=16, num_heads=2, mlp_dim=32, exit_layers=(1,))
+    exits = Transformer(config, rngs=nnx.Rngs(0))(jnp.ones((3, 8, 8, 1))).exits
+    assert [e.shape for e in exits] == [(3, 10)]
+
+
+def test_bad_exit_layers_are_rejected():
+    assert ("exit_layers", "increasing block numbers in [1, num_layers=3]") in \
+        dataclasses.replace(LM, exit_layers=(0, 2)).validate()
+
+
+def test_capture_by_layer_path_inside_jit_and_restores_the_model():
+    model = Transformer(LM, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(2), (2, 6), 0, 40)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def features(state, tokens):
+        merged = nnx.merge(graphdef, state)
+        with capture(merged, ["blocks.0.mlp", "blocks.2"]) as captured:
+            output = merged(tokens, return_hidden_states=True)
+        return captured, output
+
+    captured, output = features(state, tokens)
+    assert captured["blocks.0.mlp"].shape == (2, 6, 32)
+    np.testing.assert_allclose(captured["blocks.2"], output.hidden_states[3], atol=1e-6)
+    assert type(model.blocks[0].mlp).__name__ == "MLP"
+    with capture(model, ["blocks.1.attention"]):
+        pass
+    assert not hasattr(model.blocks[1].attention, "_capture_sink")
+    with pytest.raises(ValueError, match="layer path 'blocks.7': List has no '7'"):
+        with capture(model, ["blocks.7"]):
+            pass
