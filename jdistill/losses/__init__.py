@@ -1,5 +1,6 @@
 """Pure-function distillation objectives (conventions.md, methods.md)."""
 
+from jdistill.losses.chunked import chunked_distillation_loss
 from jdistill.losses.features import (
     attention_map,
     attention_transfer,
@@ -53,6 +54,7 @@ from jdistill.losses.ssl import (
 )
 
 __all__ = [
+    "chunked_distillation_loss",
     "ADR_EMA_DECAY",
     "ADR_LAM",
     "ADR_TEMPERATURE",
