@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from jdistill.kernels import flash_common as fc
 
@@ -25,6 +26,11 @@ def _dot_nt(a, b):
 
 def _dot(a, b):
     return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _triton(cfg, head_dim):
+    """Triton launch parameters (this choice also selects the Triton backend over Mosaic GPU)."""
+    return pltriton.CompilerParams(num_warps=8 if head_dim * cfg.block_q >= 128 * 128 else 4, num_stages=2)
 
 
 def _split_refs(refs, cfg, n_fixed):
@@ -112,7 +118,7 @@ def _forward(cfg, q, k, v, gate, q_seg, k_seg):
         out_specs=[rows(0, head_dim), lse_spec],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((batch, heads, t_pad), jnp.float32)],
-        interpret=cfg.interpret,
+        interpret=cfg.interpret, compiler_params=_triton(cfg, head_dim),
         name="gated_flash_fwd",
     )(q, k, v, *extra)
 
@@ -187,6 +193,7 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
         in_specs=[rows(0, head_dim), whole_kv, whole_kv, rows(0, head_dim), rows(0, head_dim), lse_spec,
                   *extra_specs],
         out_specs=dq_specs, out_shape=dq_shapes, interpret=cfg.interpret, name="gated_flash_bwd_dq",
+        compiler_params=_triton(cfg, head_dim),
     )(q, k, v, out, d_out, lse, *extra)
 
     rows, kv_spec, lse_spec, qs_spec, ks_spec = _specs(cfg, None, t_pad, s_pad, head_dim, gate_dim, False)
@@ -198,7 +205,7 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
                   *extra_specs],
         out_specs=[per_head, per_head],
         out_shape=[jax.ShapeDtypeStruct((batch, s_pad, heads, head_dim), jnp.float32)] * 2,
-        interpret=cfg.interpret, name="gated_flash_bwd_dkdv",
+        interpret=cfg.interpret, name="gated_flash_bwd_dkdv", compiler_params=_triton(cfg, head_dim),
     )(q, k, v, out, d_out, lse, *extra)
     group_sum = lambda x: x.reshape(batch, s_pad, kv_heads, cfg.groups, head_dim).sum(3)
     dgate = dq_out[1] if gate is not None else None

@@ -68,3 +68,20 @@ def test_fully_masked_rows_are_zero_with_zero_gradients():
     args, _, cotangent = make_inputs(3, 1, 9, 4, 2, 2, 8, "headwise", False, jnp.float32)
     out, grads = values_and_grads(small_blocks, args, cotangent, causal=True)
     assert jnp.all(out[:, :5] == 0) and jnp.all(grads[0][:, :5] == 0) and jnp.all(grads[3][:, :5] == 0)
+
+
+@pytest.mark.parametrize("head_dim,gate_kind", [(128, "headwise"), (64, "elementwise")])
+def test_kernels_lower_to_triton_for_cuda_on_this_cpu(head_dim, gate_kind):
+    # Lowering (not PTX compilation) runs the Pallas Triton lowering rules: block shapes, dots, masks, loops.
+    import jax
+
+    seq, dtype = 1100, jnp.bfloat16
+    spec = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
+    gate = spec(1, seq, 4) if gate_kind == "headwise" else spec(1, seq, 4, head_dim)
+    segments = jnp.zeros((1, seq), jnp.int32)
+    forward = lambda q, k, v, g: gated_flash_attention(q, k, v, g, causal=True, segment_ids=segments)
+    backward = jax.grad(lambda *args: jnp.sum(forward(*args).astype(jnp.float32)), argnums=(0, 1, 2, 3))
+    args = (spec(1, seq, 4, head_dim), spec(1, seq, 2, head_dim), spec(1, seq, 2, head_dim), gate)
+    for program, kernels in [(forward, 1), (backward, 3)]:
+        text = jax.jit(program).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        assert text.count("__gpu$xla.gpu.triton") == kernels
