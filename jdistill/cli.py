@@ -2,6 +2,7 @@
 
     jdistill train [--config NAME|PATH] [--run-dir DIR] [--resume] [key.sub=value ...]
     jdistill info
+    jdistill analyze head-gates --run-dir DIR [--stage teacher]
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
@@ -77,6 +78,23 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_analyze_head_gates(args) -> int:
+    from jdistill.eval.head_gating import analyze_head_gates, format_table, plot_head_gates
+    from jdistill.train import inputs
+    from jdistill.train.restore import STAGE_CONFIGS, load_stage
+
+    model, config = load_stage(args.run_dir, args.stage)
+    stage = getattr(config, STAGE_CONFIGS[args.stage])
+    dataset = inputs.train_dataset(config.data, stage.model, stage.train, config.seed)
+    batches = [dataset[index] for index in range(args.batches)]
+    result = analyze_head_gates(model, batches, lam=args.lam, steps=args.steps)
+    out = Path(args.out) if args.out else Path(args.run_dir) / f"head_gates_{args.stage}.png"
+    plot_head_gates(result, out)
+    print(format_table(result))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -88,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     info = sub.add_parser("info", help="versions, devices, presets, data directory")
     info.set_defaults(func=cmd_info)
+    analyze = sub.add_parser("analyze", help="analyses of a trained model")
+    analyze_sub = analyze.add_subparsers(dest="analyze_command", required=True)
+    head_gates = analyze_sub.add_parser("head-gates", help="causal head gating: label heads facilitating / "
+                                                           "interfering / irrelevant, with a heat-map PNG")
+    head_gates.add_argument("--run-dir", required=True, help="a run directory written by `jdistill train`")
+    head_gates.add_argument("--stage", default="teacher", help="teacher, student_scratch or student_kd")
+    head_gates.add_argument("--lam", type=float, default=0.01, help="regulariser strength for G+ / G-")
+    head_gates.add_argument("--steps", type=int, default=200, help="Adam steps per fit")
+    head_gates.add_argument("--batches", type=int, default=8, help="training batches the gates are fitted on")
+    head_gates.add_argument("--out", help="heat-map PNG (default: RUN_DIR/head_gates_<stage>.png)")
+    head_gates.set_defaults(func=cmd_analyze_head_gates)
     bench = sub.add_parser("bench", help="kernel benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_attention = bench_sub.add_parser("attention", help="time the gated-attention implementations here")

@@ -29,8 +29,9 @@ class Block(nnx.Module):
             self.mlp = MLP(config.d_model, config.mlp_dim, config.activation, use_bias=config.mlp_bias, dtype=dtype,
                            rngs=rngs)
 
-    def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None):
-        h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats)
+    def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None):
+        h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats,
+                               head_gates=head_gates)
         return h + self.mlp(self.mlp_norm(h))
 
     def decode(self, h, *, positions, cache):
@@ -75,16 +76,18 @@ class Transformer(nnx.Module):
         return self.embed(patches) + self.position[...].astype(self.embed.dtype or jnp.float32)
 
     def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False,
-                 return_stats: bool = False):
+                 return_stats: bool = False, head_gates=None):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
-        block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`."""
+        block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`.
+        `head_gates [num_layers, num_heads]` multiplies each attention head's output (causal head gating)."""
         h = self._embed(inputs)
         hidden = [h]
         layer_stats = []
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
             stats = {} if return_stats else None
-            h = block(h, positions=positions, segment_ids=segment_ids, stats=stats)
+            gates = None if head_gates is None else head_gates[index]
+            h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates)
             hidden.append(h)
             if return_stats:
                 layer_stats.append(dict(stats, max_activation=jnp.max(jnp.abs(h.astype(jnp.float32)))))

@@ -19,6 +19,7 @@ from flax import nnx
 
 from jdistill.kernels import gated_attention
 from jdistill.nn.attention_stats import first_token_attention_share
+from jdistill.nn.head_gates import apply_head_gates
 from jdistill.nn.kv_cache import KVCache, cached_attention
 from jdistill.nn.norms import RMSNorm
 from jdistill.nn.rope import apply_rope
@@ -81,12 +82,15 @@ class GatedSelfAttention(nnx.Module):
                 gate = None
         return q, k, v, gate
 
-    def __call__(self, x, *, positions=None, segment_ids=None, stats: dict | None = None):
-        """`stats`, when a dict is given, receives `first_token_share` and (gated layers) `mean_gate`."""
+    def __call__(self, x, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None):
+        """`stats`, when a dict is given, receives `first_token_share` and (gated layers) `mean_gate`;
+        `head_gates [heads]` scales each head's output (causal head gating, `jdistill.nn.head_gates`)."""
         batch, seq, _ = x.shape
         q, k, v, gate = self._project(x, positions)
         out = gated_attention(q, k, v, gate, causal=self.causal, segment_ids=segment_ids,
                               impl=self.config.attention_impl)
+        if head_gates is not None:
+            out = apply_head_gates(out, head_gates)
         if stats is not None:
             stats["first_token_share"] = first_token_attention_share(q, k, causal=self.causal,
                                                                      segment_ids=segment_ids)
