@@ -17,7 +17,8 @@ class ModelConfig:
       gate: SDPA output gate (methods.md item 22): "none", "headwise" (one scalar per head) or
         "elementwise" (one per channel).
       gate_position: "sdpa_output" (G1, after attention; the default) or "value" (G2, on the values).
-      activation: MLP activation, "gelu" or "silu".
+      activation: MLP activation (`jdistill.nn.activations`): gelu (tanh form), gelu_exact, silu, atlu, golu, or
+        the expanded-range xgelu / xsilu / xatlu with a trainable alpha per MLP block (initialised 0).
       mlp: "dense" (W_out act(W_in x)) or "glu" (`jdistill.nn.activations.GLUMLP`; order 2 with silu is the
         SwiGLU of Llama and Qwen, W_down(silu(W_gate x) * W_up x); order 1 is g(x W_gate) * (x W_up)).
       mlp_bias: biases in the MLP projections (Llama/Qwen use none).
@@ -40,7 +41,7 @@ class ModelConfig:
     mlp_dim: int = 128
     gate: Literal["none", "headwise", "elementwise"] = "headwise"
     gate_position: Literal["sdpa_output", "value"] = "sdpa_output"
-    activation: Literal["gelu", "silu"] = "gelu"
+    activation: Literal["gelu", "gelu_exact", "silu", "atlu", "golu", "xgelu", "xsilu", "xatlu"] = "gelu"
     mlp: Literal["dense", "glu"] = "dense"
     glu_order: Literal[1, 2] = 2
     mlp_bias: bool = True

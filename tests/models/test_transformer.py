@@ -86,3 +86,15 @@ def test_tied_embeddings_have_no_head():
     untied = Transformer(LM, rngs=nnx.Rngs(0))
     assert count_params(untied) - count_params(tied) == LM.d_model * LM.vocab_size + LM.vocab_size
     assert tied(jnp.ones((1, 4), jnp.int32)).logits.shape == (1, 4, 64)
+
+
+@pytest.mark.parametrize("expanded, base", [("xgelu", "gelu_exact"), ("xsilu", "silu"), ("xatlu", "atlu")])
+def test_expanded_activation_starts_as_its_base_and_alpha_learns(expanded, base):
+    tokens = jax.random.randint(jax.random.key(0), (2, 6), 0, 64)
+    model = Transformer(dataclasses.replace(LM, activation=expanded), rngs=nnx.Rngs(0))
+    plain = Transformer(dataclasses.replace(LM, activation=base), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(model(tokens).logits, plain(tokens).logits, atol=1e-5)
+    graphdef, params = nnx.split(model)
+    grads = jax.grad(lambda p: nnx.merge(graphdef, p)(tokens).logits.std())(params)
+    alpha_grads = [g for path, g in nnx.to_flat_state(grads) if path[-1] == "alpha"]
+    assert len(alpha_grads) == LM.num_layers and all(abs(float(g[...])) > 0 for g in alpha_grads)
