@@ -22,7 +22,8 @@ triangular, A_rs = beta_r (G_r/G_s) k_r.k_s. With T = (I + A)^-1 (the WY represe
     O = (G*Q) S_0 + (causal_incl(Q K^T) * G_r/G_s) U,      S_C = G_C S_0 + (K * G_C/G)^T U.
 
 Everything except the S_0 terms is computed for all chunks at once; a scan over chunks carries S.
-Gradients of both forms are JAX autodiff (the chunked form's backward is the XLA chunked computation).
+Gradients of both forms are JAX autodiff. The Pallas chunked forward kernels (GPU and TPU) are in
+`delta_rule_pallas`; their backward pass is the XLA chunked form's.
 """
 
 from __future__ import annotations
@@ -112,18 +113,34 @@ def delta_rule_chunked(q, k, v, g, beta, initial_state=None, chunk=CHUNK):
     return jnp.moveaxis(out, 1, 2).astype(v.dtype), final
 
 
-_IMPLS = {"recurrent": delta_rule_recurrent, "chunked": delta_rule_chunked}
+def _pallas(backend, interpret=False):
+    def run(q, k, v, g, beta, initial_state):
+        from jdistill.kernels.delta_rule_pallas import delta_rule_pallas
+
+        return delta_rule_pallas(q, k, v, g, beta, initial_state, backend=backend, interpret=interpret)
+
+    return run
+
+
+_IMPLS = {"recurrent": delta_rule_recurrent, "chunked": delta_rule_chunked, "pallas_gpu": _pallas("gpu"),
+          "pallas_tpu": _pallas("tpu"), "interpret": _pallas("gpu", interpret=True)}
+
+
+def _auto_impl() -> str:
+    return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend(), "chunked")
 
 
 def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, output_final_state=False, impl="auto"):
     """Gated DeltaNet's token mixer (module docstring for the formulas, shapes and the paper).
 
-    `impl`: "recurrent" (a scan over positions), "chunked" (XLA, WY form, chunk 64) or "auto" (chunked).
-    Returns `o`, or `(o, final_state)` when `output_final_state`.
+    `impl`: "recurrent" (a scan over positions), "chunked" (XLA, WY form, chunk 64), "pallas_gpu" /
+    "pallas_tpu" (Pallas chunked forward, `delta_rule_pallas`; gradients through the XLA chunked form),
+    "interpret" (the GPU kernel in interpret mode, for CPU tests) or "auto" (pallas_tpu on TPU, pallas_gpu on
+    GPU, chunked elsewhere). Returns `o`, or `(o, final_state)` when `output_final_state`.
     """
     _check(q, k, v, g, beta, initial_state)
     if impl == "auto":
-        impl = "chunked"
+        impl = _auto_impl()
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
     out, final = _IMPLS[impl](q, k, v, g, beta, initial_state)

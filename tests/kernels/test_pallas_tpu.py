@@ -1,7 +1,8 @@
 """The Pallas Mosaic TPU flash kernel: values and gradients in interpret mode on CPU against the XLA reference
 (float32, tolerances 2e-5 on values and 1e-4 on gradients — only summation order differs), and an
 ahead-of-time compile for a TPU v5e topology (libtpu on this CPU) at seq 2048, head dim 128, bfloat16, causal,
-headwise gate, segment ids, forward and backward."""
+headwise gate, segment ids, forward and backward; and the gated delta rule's chunked forward kernel (with its
+XLA chunked backward) at the same size."""
 
 import importlib.util
 import json
@@ -46,3 +47,5 @@ def test_tpu_kernels_compile_ahead_of_time_at_seq_2048():
     assert any("gated_flash_fwd_tpu" in name for name in by_name["forward"]["kernels"])
     backward_kernels = " ".join(by_name["backward"]["kernels"])
     assert "gated_flash_bwd_dq_tpu" in backward_kernels and "gated_flash_bwd_dkdv_tpu" in backward_kernels
+    assert any("gated_delta_rule_fwd_tpu" in name for name in by_name["delta_rule_forward"]["kernels"])
+    assert by_name["delta_rule_backward"]["platform"] == "tpu"

@@ -1,4 +1,4 @@
-"""Compile the Pallas Mosaic TPU attention kernels ahead of time for a v5e topology on a CPU host (libtpu).
+"""Compile the Pallas Mosaic TPU kernels (gated flash attention, gated delta rule) ahead of time for a v5e topology on a CPU host (libtpu).
 
 Run as a script (the test suite runs it in a subprocess, so libtpu never shares a process with the CPU tests);
 prints one JSON line per program: its name and XLA's memory analysis of the compiled TPU executable.
@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
+from jdistill.kernels.delta_rule_pallas import delta_rule_pallas  # noqa: E402
 from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu  # noqa: E402
 
 
@@ -35,12 +36,24 @@ def main(seq=2048, head_dim=128, heads=8, kv_heads=2):
     def loss(*args):
         return jnp.sum(forward(*args).astype(jnp.float32))
 
-    programs = {"forward": forward, "backward": jax.grad(loss, argnums=(0, 1, 2, 3))}
-    for name, program in programs.items():
-        compiled = jax.jit(program).lower(q, kv, kv, gate, segments).compile()
+    def delta_rule(q, k, v, g, beta):
+        return delta_rule_pallas(q, k, v, g, beta, backend="tpu")[0]
+
+    def delta_rule_loss(*args):
+        return jnp.sum(delta_rule(*args).astype(jnp.float32))
+
+    attention_args = (q, kv, kv, gate, segments)
+    qk, decay = spec(1, seq, heads, head_dim), spec(1, seq, heads, dtype=jnp.float32)
+    delta_args = (qk, qk, qk, decay, decay)
+    programs = {"forward": (forward, attention_args),
+                "backward": (jax.grad(loss, argnums=(0, 1, 2, 3)), attention_args),
+                "delta_rule_forward": (delta_rule, delta_args),
+                "delta_rule_backward": (jax.grad(delta_rule_loss, argnums=(0, 1, 2, 3, 4)), delta_args)}
+    for name, (program, args) in programs.items():
+        compiled = jax.jit(program).lower(*args).compile()
         memory = compiled.memory_analysis()
         kernels = sorted({line.split("=")[0].strip().lstrip("%") for line in compiled.as_text().splitlines()
-                          if "custom-call" in line and "gated_flash" in line.split("=")[0]})
+                          if "custom-call" in line and "gated_" in line.split("=")[0]})
         print(json.dumps({"program": name, "platform": topology.devices[0].platform, "kernels": kernels,
                           "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
                           "output_bytes": memory.output_size_in_bytes,
