@@ -61,7 +61,8 @@ def _chunk(q, k, v, beta_col, gamma_col, gamma_row, state):
     g_exp = jnp.exp(gamma_col)
     u = _dot(inverse, beta_col * v) - _dot(_dot(inverse, beta_col * g_exp * k), state)
     out = _dot(g_exp * q, state) + _dot(decay * _dot(q, k, _TRANS_B), u)
-    gamma_last = jnp.sum(jnp.where(jax.lax.broadcasted_iota(jnp.int32, (1, chunk), 1) == chunk - 1, gamma_row, 0.0), axis=1, keepdims=True)  # [1, 1]
+    last = jax.lax.broadcasted_iota(jnp.int32, (1, chunk), 1) == chunk - 1
+    gamma_last = jnp.sum(jnp.where(last, gamma_row, 0.0), axis=1, keepdims=True)  # [1, 1]
     k_to_end = k * jnp.exp(gamma_last - gamma_col)
     return out, jnp.exp(gamma_last) * state + _dot(k_to_end, u, _TRANS_A)
 

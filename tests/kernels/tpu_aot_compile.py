@@ -1,4 +1,5 @@
-"""Compile the Pallas Mosaic TPU kernels (gated flash attention, gated delta rule) ahead of time for a v5e topology on a CPU host (libtpu).
+"""Compile the Pallas Mosaic TPU kernels (gated flash attention, gated delta rule) ahead of time for a v5e
+topology on a CPU host (libtpu).
 
 Run as a script (the test suite runs it in a subprocess, so libtpu never shares a process with the CPU tests);
 prints one JSON line per program: its name and XLA's memory analysis of the compiled TPU executable.
