@@ -27,6 +27,7 @@ class ModelConfig:
       norm_eps: epsilon of every RMSNorm.
       patch_size, image_size, num_channels, num_classes, pooling: classifier input and head.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
+      residual_gates: GateSkip residual gates on every attention and MLP branch (methods.md item 27).
       exit_layers: 1-based blocks with an early exit (shared exit head, methods.md item 20); () for none.
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
@@ -57,6 +58,7 @@ class ModelConfig:
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
+    residual_gates: bool = False
     exit_layers: tuple[int, ...] = ()
     attention_impl: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"

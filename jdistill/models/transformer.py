@@ -10,34 +10,48 @@ from jdistill.models.config import ModelConfig
 from jdistill.models.outputs import ModelOutput
 from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
 from jdistill.nn.exits import ExitHeads
+from jdistill.nn.gateskip import ResidualGate, gate_sparsity_loss
 from jdistill.nn.kv_cache import KVCache
 
 
 class Block(nnx.Module):
-    """Pre-norm block: `h + attn(norm(h))`, then `h + mlp(norm(h))`."""
+    """Pre-norm block: `h + attn(norm(h))`, then `h + mlp(norm(h))`. With `residual_gates` each branch is scaled
+    by a GateSkip gate `sigmoid(W stopgrad(h) + b)` (methods.md item 27) recorded in `stats["residual_gates"]`."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         causal = config.kind == "lm"
+        dtype = jnp.dtype(config.dtype)
         self.attention_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
         self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
-        dtype = jnp.dtype(config.dtype)
         if config.mlp == "glu":
             self.mlp = GLUMLP(config.d_model, config.mlp_dim, config.activation, order=config.glu_order,
                               use_bias=config.mlp_bias, dtype=dtype, rngs=rngs)
         else:
             self.mlp = MLP(config.d_model, config.mlp_dim, config.activation, use_bias=config.mlp_bias, dtype=dtype,
                            rngs=rngs)
+        if config.residual_gates:
+            self.attention_gate = ResidualGate(config.d_model, dtype=dtype, rngs=rngs)
+            self.mlp_gate = ResidualGate(config.d_model, dtype=dtype, rngs=rngs)
+
+    def _residual(self, h, branch_out, gate_name: str, stats):
+        if not hasattr(self, gate_name):
+            return h + branch_out
+        h, gate = getattr(self, gate_name)(h, branch_out)
+        if stats is not None:
+            stats.setdefault("residual_gates", []).append(gate)
+        return h
 
     def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None):
-        h = h + self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats,
-                               head_gates=head_gates)
-        return h + self.mlp(self.mlp_norm(h))
+        attended = self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats,
+                                  head_gates=head_gates)
+        h = self._residual(h, attended, "attention_gate", stats)
+        return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", stats)
 
     def decode(self, h, *, positions, cache):
         attended, cache = self.attention.decode(self.attention_norm(h), positions=positions, cache=cache)
-        h = h + attended
-        return h + self.mlp(self.mlp_norm(h)), cache
+        h = self._residual(h, attended, "attention_gate", None)
+        return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", None), cache
 
 
 class Transformer(nnx.Module):
@@ -79,16 +93,21 @@ class Transformer(nnx.Module):
                  return_stats: bool = False, head_gates=None):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
-        block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`.
-        `head_gates [num_layers, num_heads]` multiplies each attention head's output (causal head gating)."""
+        block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`; models
+        with `residual_gates` return their GateSkip gates (per block: attention, then MLP) and the
+        `gate_sparsity_loss` in `aux`. `head_gates [num_layers, num_heads]` multiplies each attention head's
+        output (causal head gating)."""
         h = self._embed(inputs)
         hidden = [h]
         layer_stats = []
+        residual_gates = []
         for index, block in enumerate(self.blocks):
-            stats = {} if return_stats else None
+            stats = {} if (return_stats or self.config.residual_gates) else None
             gates = None if head_gates is None else head_gates[index]
             h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates)
             hidden.append(h)
+            if stats is not None:
+                residual_gates += stats.pop("residual_gates", [])
             if return_stats:
                 layer_stats.append(dict(stats, max_activation=jnp.max(jnp.abs(h.astype(jnp.float32)))))
         exits = self._exits(hidden) if self.config.exit_layers else None
@@ -96,6 +115,9 @@ class Transformer(nnx.Module):
         if self.config.kind == "classifier":
             h = h.mean(axis=1)
         aux = {key: jnp.stack([s[key] for s in layer_stats]) for key in layer_stats[0]} if layer_stats else {}
+        if residual_gates:
+            aux["gate_sparsity_loss"] = gate_sparsity_loss(residual_gates)
+            aux["residual_gates"] = tuple(residual_gates)
         return ModelOutput(logits=self._logits(h), hidden_states=tuple(hidden) if return_hidden_states else None,
                            exits=exits, aux=aux)
 

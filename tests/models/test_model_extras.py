@@ -89,3 +89,17 @@ def test_capture_by_layer_path_inside_jit_and_restores_the_model():
     with pytest.raises(ValueError, match="layer path 'blocks.7': List has no '7'"):
         with capture(model, ["blocks.7"]):
             pass
+
+
+def test_residual_gates_start_open_and_report_their_sparsity_loss():
+    config = dataclasses.replace(LM, residual_gates=True)
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(3), (2, 7), 0, 40)
+    aux = model(tokens).aux
+    gates = aux["residual_gates"]
+    assert len(gates) == 2 * config.num_layers and gates[0].shape == (2, 7, config.d_model)
+    np.testing.assert_allclose(np.mean([g.mean() for g in gates]), jax.nn.sigmoid(5.0), atol=0.01)
+    np.testing.assert_allclose(aux["gate_sparsity_loss"], 0.01 * np.mean([np.mean(g**2) for g in gates]), rtol=1e-5)
+    caches = model.init_cache(2, 7)
+    logits, _ = model.decode(tokens, positions=jnp.broadcast_to(jnp.arange(7), (2, 7)), caches=caches)
+    np.testing.assert_allclose(logits, model(tokens).logits, atol=1e-5)
