@@ -49,3 +49,15 @@ def test_tpu_kernels_compile_ahead_of_time_at_seq_2048():
     assert "gated_flash_bwd_dq_tpu" in backward_kernels and "gated_flash_bwd_dkdv_tpu" in backward_kernels
     assert any("gated_delta_rule_fwd_tpu" in name for name in by_name["delta_rule_forward"]["kernels"])
     assert by_name["delta_rule_backward"]["platform"] == "tpu"
+
+
+def test_values_and_grads_in_tpu_semantics_interpret_mode():
+    # pltpu.InterpretParams simulates TPU memory spaces, scratch and grid order (generic interpret mode does not).
+    from jax.experimental.pallas import tpu as pltpu
+
+    def tpu_interpret(q, k, v, gate, **kwargs):
+        return gated_flash_attention_tpu(q, k, v, gate, interpret=pltpu.InterpretParams(), block_q=8, block_k=8,
+                                         **kwargs)
+
+    args, segment_ids, cotangent = make_inputs(0, 1, 12, 12, 2, 1, 8, "headwise", True, jnp.float32)
+    check(tpu_interpret, args, segment_ids, cotangent, True, atol=2e-5, rtol=2e-5)
