@@ -1,7 +1,7 @@
 """GPU-only checks (skipped elsewhere): the compiled Pallas GPU kernel and the cuDNN path against the XLA
 reference at realistic sizes, values and gradients. bfloat16 tolerances: 4e-2 absolute + relative against the
-float32 reference on the same bf16 inputs (one bf16 rounding of p and of the output); float32: 1e-3 (TF32-free
-dots are not guaranteed on GPU, so this is looser than the CPU interpret tests). Run with
+float32 reference on the same bf16 inputs (one bf16 rounding of p and of the output); float32: 1e-2 (the
+kernel's dots may run in TF32 on the GPU, so this is looser than the CPU interpret tests). Run with
 `bash tests/gpu/run_gpu_checks.sh`."""
 
 import functools
@@ -36,7 +36,7 @@ def _check(impl, case, dtype, tol):
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 4e-2), (jnp.float32, 1e-3)], ids=["bf16", "f32"])
+@pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 4e-2), (jnp.float32, 1e-2)], ids=["bf16", "f32"])
 def test_pallas_gpu_matches_reference(case, dtype, tol):
     _check("pallas_gpu", case, dtype, tol)
 
