@@ -2,7 +2,8 @@
 (float32, tolerances 2e-5 on values and 1e-4 on gradients — only summation order differs), and an
 ahead-of-time compile for a TPU v5e topology (libtpu on this CPU) at seq 2048, head dim 128, bfloat16, causal,
 headwise gate, segment ids, forward and backward; and the gated delta rule's chunked forward kernel (with its
-XLA chunked backward) at the same size."""
+XLA chunked backward) at the same size; plus variants (head dims 64/256, elementwise/no gate, odd lengths,
+float32) forward and backward."""
 
 import importlib.util
 import json
@@ -48,7 +49,10 @@ def test_tpu_kernels_compile_ahead_of_time_at_seq_2048():
     backward_kernels = " ".join(by_name["backward"]["kernels"])
     assert "gated_flash_bwd_dq_tpu" in backward_kernels and "gated_flash_bwd_dkdv_tpu" in backward_kernels
     assert any("gated_delta_rule_fwd_tpu" in name for name in by_name["delta_rule_forward"]["kernels"])
-    assert by_name["delta_rule_backward"]["platform"] == "tpu"
+    assert all(report["platform"] == "tpu" for report in reports) and len(reports) == 10
+    for name, report in by_name.items():  # other head dims, gates, odd lengths, float32
+        if name.startswith("variant_"):
+            assert report["kernels"], name
 
 
 def test_values_and_grads_in_tpu_semantics_interpret_mode():

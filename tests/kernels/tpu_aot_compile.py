@@ -22,6 +22,24 @@ from jdistill.kernels.delta_rule_pallas import delta_rule_pallas  # noqa: E402
 from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu  # noqa: E402
 
 
+def _variants(spec, heads, kv_heads):
+    """Other head dims, gates, odd lengths and float32, forward and backward (the kernels must lower for all)."""
+    variants = {}
+    for q_len, kv_len, head_dim, gate_kind, causal, dtype in [(1000, 1000, 64, "elementwise", False, jnp.bfloat16),
+                                                             (777, 1031, 256, "none", True, jnp.bfloat16),
+                                                             (640, 640, 128, "headwise", True, jnp.float32)]:
+        gate = {"elementwise": spec(1, q_len, heads, head_dim, dtype=dtype),
+                "headwise": spec(1, q_len, heads, dtype=dtype), "none": None}[gate_kind]
+        args = (spec(1, q_len, heads, head_dim, dtype=dtype), spec(1, kv_len, kv_heads, head_dim, dtype=dtype),
+                spec(1, kv_len, kv_heads, head_dim, dtype=dtype), gate)
+        forward = lambda q, k, v, gate, causal=causal: gated_flash_attention_tpu(q, k, v, gate, causal=causal)
+        backward = jax.grad(lambda *a, f=forward: jnp.sum(f(*a).astype(jnp.float32)), argnums=(0, 1, 2))
+        name = f"variant_{q_len}x{kv_len}_d{head_dim}_{gate_kind}_{'causal' if causal else 'full'}"
+        variants[name + "_forward"] = (forward, args)
+        variants[name + "_backward"] = (backward, args)
+    return variants
+
+
 def main(seq=2048, head_dim=128, heads=8, kv_heads=2):
     topology = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2", chip_config_name="default",
                                             chips_per_host_bounds=(2, 2, 1), num_slices=1)
@@ -50,6 +68,7 @@ def main(seq=2048, head_dim=128, heads=8, kv_heads=2):
                 "backward": (jax.grad(loss, argnums=(0, 1, 2, 3)), attention_args),
                 "delta_rule_forward": (delta_rule, delta_args),
                 "delta_rule_backward": (jax.grad(delta_rule_loss, argnums=(0, 1, 2, 3, 4)), delta_args)}
+    programs.update(_variants(spec, heads, kv_heads))
     for name, (program, args) in programs.items():
         compiled = jax.jit(program).lower(*args).compile()
         memory = compiled.memory_analysis()
