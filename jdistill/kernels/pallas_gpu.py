@@ -74,20 +74,20 @@ def _fwd_kernel(*refs, cfg: fc.FlashConfig):
     lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), fc.NEG_INF)
 
 
-def _specs(cfg, batch_heads_grid, t_pad, s_pad, head_dim, gate_dim, per_query_block: bool):
+def _specs(cfg, t_pad, s_pad, head_dim, per_query_block: bool):
     """BlockSpecs for (q-like row blocks, whole-sequence k/v, gate, segments, lse) in one kernel's grid.
 
     `per_query_block`: the grid's last axis walks query blocks (forward, dq) or key blocks (dk/dv).
     """
     g = cfg.groups
     if per_query_block:
-        rows = lambda n, w: pl.BlockSpec((None, cfg.block_q, None, w), lambda b, h, i: (b, i, h, 0))
+        rows = lambda width: pl.BlockSpec((None, cfg.block_q, None, width), lambda b, h, i: (b, i, h, 0))
         whole_kv = pl.BlockSpec((None, s_pad, None, head_dim), lambda b, h, i: (b, 0, h // g, 0))
         lse = pl.BlockSpec((None, None, cfg.block_q), lambda b, h, i: (b, h, i))
         q_seg = pl.BlockSpec((None, cfg.block_q), lambda b, h, i: (b, i))
         k_seg = pl.BlockSpec((None, s_pad), lambda b, h, i: (b, 0))
         return rows, whole_kv, lse, q_seg, k_seg
-    rows = lambda n, w: pl.BlockSpec((None, t_pad, None, w), lambda b, h, j: (b, 0, h, 0))
+    rows = lambda width: pl.BlockSpec((None, t_pad, None, width), lambda b, h, j: (b, 0, h, 0))
     kv_block = pl.BlockSpec((None, cfg.block_k, None, head_dim), lambda b, h, j: (b, j, h // g, 0))
     lse = pl.BlockSpec((None, None, t_pad), lambda b, h, j: (b, h, 0))
     q_seg = pl.BlockSpec((None, t_pad), lambda b, h, j: (b, 0))
@@ -109,13 +109,13 @@ def _forward(cfg, q, k, v, gate, q_seg, k_seg):
     batch, t_pad, heads, head_dim = q.shape
     s_pad = k.shape[1]
     gate_dim = 1 if gate is None else gate.shape[-1]
-    rows, whole_kv, lse_spec, qs_spec, ks_spec = _specs(cfg, None, t_pad, s_pad, head_dim, gate_dim, True)
-    extra, extra_specs = _optional_inputs(cfg, gate, q_seg, k_seg, rows(0, gate_dim), qs_spec, ks_spec)
+    rows, whole_kv, lse_spec, qs_spec, ks_spec = _specs(cfg, t_pad, s_pad, head_dim, True)
+    extra, extra_specs = _optional_inputs(cfg, gate, q_seg, k_seg, rows(gate_dim), qs_spec, ks_spec)
     return pl.pallas_call(
         functools.partial(_fwd_kernel, cfg=cfg),
         grid=(batch, heads, t_pad // cfg.block_q),
-        in_specs=[rows(0, head_dim), whole_kv, whole_kv, *extra_specs],
-        out_specs=[rows(0, head_dim), lse_spec],
+        in_specs=[rows(head_dim), whole_kv, whole_kv, *extra_specs],
+        out_specs=[rows(head_dim), lse_spec],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((batch, heads, t_pad), jnp.float32)],
         interpret=cfg.interpret, compiler_params=_triton(cfg, head_dim),
@@ -181,27 +181,27 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     batch, t_pad, heads, head_dim = q.shape
     s_pad, kv_heads = k.shape[1], k.shape[2]
     gate_dim = 1 if gate is None else gate.shape[-1]
-    rows, whole_kv, lse_spec, qs_spec, ks_spec = _specs(cfg, None, t_pad, s_pad, head_dim, gate_dim, True)
-    extra, extra_specs = _optional_inputs(cfg, gate, q_seg, k_seg, rows(0, gate_dim), qs_spec, ks_spec)
+    rows, whole_kv, lse_spec, qs_spec, ks_spec = _specs(cfg, t_pad, s_pad, head_dim, True)
+    extra, extra_specs = _optional_inputs(cfg, gate, q_seg, k_seg, rows(gate_dim), qs_spec, ks_spec)
     dq_shapes = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
-    dq_specs = [rows(0, head_dim)]
+    dq_specs = [rows(head_dim)]
     if gate is not None:
         dq_shapes.append(jax.ShapeDtypeStruct(gate.shape, gate.dtype))
-        dq_specs.append(rows(0, gate_dim))
+        dq_specs.append(rows(gate_dim))
     dq_out = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg), grid=(batch, heads, t_pad // cfg.block_q),
-        in_specs=[rows(0, head_dim), whole_kv, whole_kv, rows(0, head_dim), rows(0, head_dim), lse_spec,
+        in_specs=[rows(head_dim), whole_kv, whole_kv, rows(head_dim), rows(head_dim), lse_spec,
                   *extra_specs],
         out_specs=dq_specs, out_shape=dq_shapes, interpret=cfg.interpret, name="gated_flash_bwd_dq",
         compiler_params=_triton(cfg, head_dim),
     )(q, k, v, out, d_out, lse, *extra)
 
-    rows, kv_spec, lse_spec, qs_spec, ks_spec = _specs(cfg, None, t_pad, s_pad, head_dim, gate_dim, False)
-    extra, extra_specs = _optional_inputs(cfg, gate, q_seg, k_seg, rows(0, gate_dim), qs_spec, ks_spec)
+    rows, kv_spec, lse_spec, qs_spec, ks_spec = _specs(cfg, t_pad, s_pad, head_dim, False)
+    extra, extra_specs = _optional_inputs(cfg, gate, q_seg, k_seg, rows(gate_dim), qs_spec, ks_spec)
     per_head = pl.BlockSpec((None, cfg.block_k, None, head_dim), lambda b, h, j: (b, j, h, 0))
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, cfg=cfg), grid=(batch, heads, s_pad // cfg.block_k),
-        in_specs=[rows(0, head_dim), kv_spec, kv_spec, rows(0, head_dim), rows(0, head_dim), lse_spec,
+        in_specs=[rows(head_dim), kv_spec, kv_spec, rows(head_dim), rows(head_dim), lse_spec,
                   *extra_specs],
         out_specs=[per_head, per_head],
         out_shape=[jax.ShapeDtypeStruct((batch, s_pad, heads, head_dim), jnp.float32)] * 2,

@@ -95,7 +95,7 @@ def _q_index(cfg):
     return index
 
 
-def _specs(cfg, head_dim, gate_dim, q_major: bool):
+def _specs(cfg, head_dim, q_major: bool):
     """(row spec maker, kv spec, lse spec, q_seg spec, k_seg spec) for a grid ordered (b, h, q, k) if q_major
     else (b, h, k, q)."""
     if q_major:
@@ -130,7 +130,7 @@ def _params(interpret):
 def _forward(cfg, q, k, v, gate, q_seg, k_seg):
     batch, heads, t_pad, head_dim = q.shape
     gate_dim = 1 if gate is None else gate.shape[-1]
-    specs = _specs(cfg, head_dim, gate_dim, q_major=True)
+    specs = _specs(cfg, head_dim, q_major=True)
     rows, kv, lse_spec = specs[:3]
     extra, extra_specs = _extra(cfg, gate, q_seg, k_seg, specs, gate_dim)
     return pl.pallas_call(
@@ -204,7 +204,7 @@ def _dkdv_kernel(*refs, cfg: fc.FlashConfig):
 def _dq_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     batch, heads, t_pad, head_dim = q.shape
     gate_dim = 1 if gate is None else gate.shape[-1]
-    specs = _specs(cfg, head_dim, gate_dim, q_major=True)
+    specs = _specs(cfg, head_dim, q_major=True)
     rows, kv, lse_spec = specs[:3]
     extra, extra_specs = _extra(cfg, gate, q_seg, k_seg, specs, gate_dim)
     out_shapes, out_specs = [jax.ShapeDtypeStruct(q.shape, q.dtype)], [rows(head_dim)]
@@ -225,7 +225,7 @@ def _dkdv_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     batch, heads, t_pad, head_dim = q.shape
     s_pad = k.shape[2]
     gate_dim = 1 if gate is None else gate.shape[-1]
-    specs = _specs(cfg, head_dim, gate_dim, q_major=False)
+    specs = _specs(cfg, head_dim, q_major=False)
     rows, kv, lse_spec = specs[:3]
     extra, extra_specs = _extra(cfg, gate, q_seg, k_seg, specs, gate_dim)
     per_head = pl.BlockSpec((None, None, cfg.block_k, head_dim), lambda b, h, j, i: (b, h, j, 0))
