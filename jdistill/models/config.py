@@ -27,6 +27,11 @@ class ModelConfig:
       norm_eps: epsilon of every RMSNorm.
       patch_size, image_size, num_channels, num_classes, pooling: classifier input and head.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
+      layer_pattern: token mixer per block, cycled over the layers: "A" full (gated) attention, "D" Gated DeltaNet
+        (methods.md item 23); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
+      linear_key_heads, linear_value_heads, linear_key_head_dim, linear_value_head_dim, linear_conv_kernel,
+        delta_rule_impl: the Gated DeltaNet layers (`jdistill.nn.deltanet`).
+      norm_zero_centered: RMSNorm weights stored as w - 1 and applied as (1 + w) (Qwen3-Next).
       residual_gates: GateSkip residual gates on every attention and MLP branch (methods.md item 27).
       exit_layers: 1-based blocks with an early exit (shared exit head, methods.md item 20); () for none.
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
@@ -58,6 +63,14 @@ class ModelConfig:
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
+    layer_pattern: str = "A"
+    linear_key_heads: int = 2
+    linear_value_heads: int = 4
+    linear_key_head_dim: int = 16
+    linear_value_head_dim: int = 16
+    linear_conv_kernel: int = 4
+    delta_rule_impl: str = "auto"
+    norm_zero_centered: bool = False
     residual_gates: bool = False
     exit_layers: tuple[int, ...] = ()
     attention_impl: str = "auto"
@@ -70,6 +83,10 @@ class ModelConfig:
     @property
     def resolved_kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
+
+    def layer_type(self, index: int) -> str:
+        """"attention" or "deltanet" for block `index` (0-based)."""
+        return {"A": "attention", "D": "deltanet"}[self.layer_pattern[index % len(self.layer_pattern)]]
 
     @property
     def rotary_dim(self) -> int:
@@ -95,6 +112,12 @@ class ModelConfig:
         if any(not 1 <= layer <= self.num_layers for layer in self.exit_layers) or \
                 list(self.exit_layers) != sorted(set(self.exit_layers)):
             problems.append(("exit_layers", f"increasing block numbers in [1, num_layers={self.num_layers}]"))
+        if not self.layer_pattern or set(self.layer_pattern) - {"A", "D"}:
+            problems.append(("layer_pattern", 'a non-empty string of "A" (attention) and "D" (Gated DeltaNet)'))
+        elif "D" in self.layer_pattern and self.kind != "lm":
+            problems.append(("layer_pattern", 'only "A" for classifiers (Gated DeltaNet is causal)'))
+        if self.linear_key_heads >= 1 and self.linear_value_heads % self.linear_key_heads:
+            problems.append(("linear_value_heads", f"a multiple of linear_key_heads={self.linear_key_heads}"))
         if self.norm_eps <= 0:
             problems.append(("norm_eps", "a positive number"))
         if self.kind == "classifier" and self.patch_size >= 1 and self.image_size % self.patch_size:

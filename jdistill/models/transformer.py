@@ -9,6 +9,7 @@ from flax import nnx
 from jdistill.models.config import ModelConfig
 from jdistill.models.outputs import ModelOutput
 from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
+from jdistill.nn.deltanet import GatedDeltaNet
 from jdistill.nn.exits import ExitHeads
 from jdistill.nn.gateskip import ResidualGate, gate_sparsity_loss
 from jdistill.nn.kv_cache import KVCache
@@ -18,12 +19,16 @@ class Block(nnx.Module):
     """Pre-norm block: `h + attn(norm(h))`, then `h + mlp(norm(h))`. With `residual_gates` each branch is scaled
     by a GateSkip gate `sigmoid(W stopgrad(h) + b)` (methods.md item 27) recorded in `stats["residual_gates"]`."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, index: int = 0, *, rngs: nnx.Rngs):
         causal = config.kind == "lm"
         dtype = jnp.dtype(config.dtype)
-        self.attention_norm = RMSNorm(config.d_model, eps=config.norm_eps)
-        self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
-        self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        norm = dict(eps=config.norm_eps, zero_centered=config.norm_zero_centered)
+        self.attention_norm = RMSNorm(config.d_model, **norm)
+        if config.layer_type(index) == "deltanet":
+            self.linear_attention = GatedDeltaNet(config, rngs=rngs)
+        else:
+            self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
+        self.mlp_norm = RMSNorm(config.d_model, **norm)
         if config.mlp == "glu":
             self.mlp = GLUMLP(config.d_model, config.mlp_dim, config.activation, order=config.glu_order,
                               use_bias=config.mlp_bias, dtype=dtype, rngs=rngs)
@@ -43,13 +48,26 @@ class Block(nnx.Module):
         return h
 
     def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None):
-        attended = self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats,
-                                  head_gates=head_gates)
+        if hasattr(self, "linear_attention"):
+            attended = self.linear_attention(self.attention_norm(h))
+        else:
+            attended = self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids,
+                                      stats=stats, head_gates=head_gates)
         h = self._residual(h, attended, "attention_gate", stats)
         return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", stats)
 
+    def init_cache(self, batch: int, max_len: int):
+        """A key/value cache (attention) or a conv + recurrent state (Gated DeltaNet)."""
+        if hasattr(self, "linear_attention"):
+            return self.linear_attention.init_state(batch)
+        cfg = self.attention.config
+        return KVCache.zeros(batch, max_len, cfg.resolved_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype))
+
     def decode(self, h, *, positions, cache):
-        attended, cache = self.attention.decode(self.attention_norm(h), positions=positions, cache=cache)
+        if hasattr(self, "linear_attention"):
+            attended, cache = self.linear_attention.decode(self.attention_norm(h), state=cache)
+        else:
+            attended, cache = self.attention.decode(self.attention_norm(h), positions=positions, cache=cache)
         h = self._residual(h, attended, "attention_gate", None)
         return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", None), cache
 
@@ -70,8 +88,8 @@ class Transformer(nnx.Module):
             self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.num_patches, config.d_model)))
         else:
             self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
-        self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.blocks = nnx.List([Block(config, index, rngs=rngs) for index in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
         out_dim = config.num_classes if config.kind == "classifier" else config.vocab_size
         if not (config.kind == "lm" and config.tie_embeddings):
             self.head = nnx.Linear(config.d_model, out_dim, dtype=dtype, rngs=rngs)
@@ -114,7 +132,8 @@ class Transformer(nnx.Module):
         h = self.final_norm(h)
         if self.config.kind == "classifier":
             h = h.mean(axis=1)
-        aux = {key: jnp.stack([s[key] for s in layer_stats]) for key in layer_stats[0]} if layer_stats else {}
+        keys = sorted({key for stats in layer_stats for key in stats})  # DeltaNet layers have no attention stats
+        aux = {key: jnp.stack([stats.get(key, jnp.nan) for stats in layer_stats]) for key in keys}
         if residual_gates:
             aux["gate_sparsity_loss"] = gate_sparsity_loss(residual_gates)
             aux["residual_gates"] = tuple(residual_gates)
@@ -129,16 +148,15 @@ class Transformer(nnx.Module):
         logits = self.head(h) if hasattr(self, "head") else self.embed.attend(h)
         return logits.astype(jnp.float32)
 
-    def init_cache(self, batch: int, max_len: int) -> tuple[KVCache, ...]:
-        """Empty per-layer key/value caches for decoding up to `max_len` positions (LM only)."""
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        return tuple(KVCache.zeros(batch, max_len, cfg.resolved_kv_heads, cfg.resolved_head_dim, dtype)
-                     for _ in range(cfg.num_layers))
+    def init_cache(self, batch: int, max_len: int) -> tuple:
+        """Empty per-layer decoding state for up to `max_len` positions (LM only): key/value caches for attention
+        layers, conv + recurrent states for Gated DeltaNet layers."""
+        return tuple(block.init_cache(batch, max_len) for block in self.blocks)
 
     def decode(self, tokens, *, positions, caches):
         """Incremental LM forward: `tokens [batch, seq]` at `positions [batch, seq]` attend to everything cached
-        at earlier or equal positions of their row. Returns (logits [batch, seq, vocab], new caches)."""
+        at earlier or equal positions of their row (Gated DeltaNet layers continue their state: every row must
+        advance by the same tokens, as `generate` does). Returns (logits [batch, seq, vocab], new caches)."""
         h = self.embed(tokens)
         new_caches = []
         for block, cache in zip(self.blocks, caches):
