@@ -232,15 +232,19 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def gated_flash_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None,
-                          interpret=False, block_q=128, block_k=128):
+                          interpret=False, block_q=None, block_k=None):
     """Gated flash attention (Pallas GPU kernel, or its interpret-mode run when `interpret=True`).
 
     Same contract as `jdistill.kernels.gated_attention_reference`; `T` and `S` are padded to block multiples
-    internally. Blocks shrink (powers of two, >= 16 for the GPU's tensor-core dots) for short sequences.
+    internally. Default blocks (query x key) are 128 x 64, or 64 x 32 for head dims above 128 so the tiles fit
+    in shared memory; they shrink (powers of two, >= 16 for the tensor-core dots) for short sequences.
     """
     fc.check_shapes(q, k, v, gate, segment_ids)
     batch, q_len, heads, head_dim = q.shape
     kv_len = k.shape[1]
+    wide = head_dim > 128
+    block_q = block_q or (64 if wide else 128)
+    block_k = block_k or (32 if wide else 64)
     minimum = 1 if interpret else 16
     block_q, block_k = fc.pick_block(q_len, block_q, minimum), fc.pick_block(kv_len, block_k, minimum)
     cfg = fc.FlashConfig(scale=float(head_dim**-0.5 if scale is None else scale), causal=causal,
