@@ -5,8 +5,9 @@ from __future__ import annotations
 from jdistill.errors import UserError
 from jdistill.models.config import ModelConfig
 
-SUPPORTED = ("LlamaForCausalLM", "Qwen3ForCausalLM")
-MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
+SUPPORTED = ("LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3NextForCausalLM")
+MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen3NextForCausalLM": "qwen3_next"}
+LAYER_TYPES = {"linear_attention": "D", "full_attention": "A"}
 
 
 class HFImportError(UserError):
@@ -18,6 +19,28 @@ def _rope_theta(hf: dict) -> float:
         return float(hf["rope_theta"])
     parameters = hf.get("rope_parameters") or {}
     return float(parameters.get("rope_theta", 10000.0))
+
+
+def _rope_fraction(hf: dict) -> float:
+    parameters = hf.get("rope_parameters") or {}
+    return float(hf.get("partial_rotary_factor", parameters.get("partial_rotary_factor", 1.0)))
+
+
+def _qwen3_next_fields(hf: dict, source: str) -> dict:
+    """Hybrid layout, gated attention and Gated DeltaNet sizes of a Qwen3-Next config (dense MLPs only)."""
+    layers = hf["num_hidden_layers"]
+    dense = set(hf.get("mlp_only_layers") or []) >= set(range(layers)) or not hf.get("num_experts")
+    if not dense:
+        raise HFImportError(f"{source}: mixture-of-experts layers are not supported (dense MLP layers required: "
+                            "mlp_only_layers must list every layer)")
+    layer_types = hf.get("layer_types") or []
+    if len(layer_types) != layers or set(layer_types) - set(LAYER_TYPES):
+        raise HFImportError(f"{source}: layer_types must list {layers} of {sorted(LAYER_TYPES)}")
+    return dict(gate="elementwise", gate_position="sdpa_output", norm_zero_centered=True,
+                layer_pattern="".join(LAYER_TYPES[t] for t in layer_types),
+                linear_key_heads=hf["linear_num_key_heads"], linear_value_heads=hf["linear_num_value_heads"],
+                linear_key_head_dim=hf["linear_key_head_dim"], linear_value_head_dim=hf["linear_value_head_dim"],
+                linear_conv_kernel=hf["linear_conv_kernel_dim"])
 
 
 def _check_supported(hf: dict, source: str) -> str:
@@ -44,6 +67,9 @@ def model_config_from_hf(hf: dict, *, dtype: str = "float32", source: str = "con
     """The jdistill `ModelConfig` equivalent to a Llama / Qwen3 `config.json`."""
     architecture = _check_supported(hf, source)
     heads = hf["num_attention_heads"]
+    fields = dict(gate="none")
+    if architecture == "Qwen3NextForCausalLM":
+        fields.update(_qwen3_next_fields(hf, source))
     return ModelConfig(
         kind="lm",
         num_layers=hf["num_hidden_layers"],
@@ -52,28 +78,35 @@ def model_config_from_hf(hf: dict, *, dtype: str = "float32", source: str = "con
         num_kv_heads=hf.get("num_key_value_heads") or heads,
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
         mlp_dim=hf["intermediate_size"],
-        gate="none",
         activation="silu",
         mlp="glu",
         mlp_bias=False,
-        qk_norm=architecture == "Qwen3ForCausalLM",
+        qk_norm=architecture in ("Qwen3ForCausalLM", "Qwen3NextForCausalLM"),
+        rotary_fraction=_rope_fraction(hf),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 2048),
         rope_theta=_rope_theta(hf),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         dtype=dtype,
+        **fields,
     )
 
 
 def hf_config_from_model(config: ModelConfig) -> dict:
-    """A `config.json` that transformers loads as the equivalent Llama (or, with qk_norm, Qwen3) model."""
+    """A `config.json` that transformers loads as the equivalent Llama, Qwen3 or (hybrid / gated / zero-centred
+    norms) Qwen3-Next model."""
+    next_style = config.norm_zero_centered or "D" in config.layer_pattern or config.gate != "none"
     if config.kind != "lm" or config.mlp != "glu" or config.glu_order != 2 or config.activation != "silu" \
-            or config.gate != "none" or config.mlp_bias or config.rotary_fraction != 1.0:
-        raise HFImportError("save_pretrained: only Llama / Qwen3-style models (lm, glu + silu, no gate, no MLP "
-                            "bias, full rotary) can be written as Hugging Face checkpoints")
-    architecture = "Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLM"
-    return {
+            or config.mlp_bias or (config.gate not in ("none", "elementwise")) or config.gate_position != "sdpa_output" \
+            or (next_style and not (config.norm_zero_centered and config.qk_norm and config.gate == "elementwise")) \
+            or (not next_style and config.rotary_fraction != 1.0):
+        raise HFImportError("save_pretrained: only Llama / Qwen3 / Qwen3-Next-style models (lm, glu + silu, no MLP "
+                            "bias; Qwen3-Next: elementwise output gate, qk-norm and zero-centred norms) can be "
+                            "written as Hugging Face checkpoints")
+    architecture = "Qwen3NextForCausalLM" if next_style else "Qwen3ForCausalLM" if config.qk_norm \
+        else "LlamaForCausalLM"
+    hf = {
         "architectures": [architecture],
         "model_type": MODEL_TYPES[architecture],
         "hidden_size": config.d_model,
@@ -92,3 +125,13 @@ def hf_config_from_model(config: ModelConfig) -> dict:
         "mlp_bias": False,
         "torch_dtype": "float32",
     }
+    if next_style:
+        layer_names = {value: key for key, value in LAYER_TYPES.items()}
+        hf.update(partial_rotary_factor=config.rotary_fraction,
+                  layer_types=[layer_names["D" if config.layer_type(i) == "deltanet" else "A"]
+                               for i in range(config.num_layers)],
+                  linear_num_key_heads=config.linear_key_heads, linear_num_value_heads=config.linear_value_heads,
+                  linear_key_head_dim=config.linear_key_head_dim, linear_value_head_dim=config.linear_value_head_dim,
+                  linear_conv_kernel_dim=config.linear_conv_kernel, mlp_only_layers=list(range(config.num_layers)),
+                  num_experts=0, decoder_sparse_step=1)
+    return hf

@@ -22,11 +22,51 @@ class TensorMapping:
     param_path: tuple  # attribute names / list indices from the model root to the nnx.Param
     transpose: bool = False
     columns: tuple[int, int] | None = None  # [start, stop) columns of the jdistill parameter
+    row_order: tuple[int, ...] | None = None  # HF rows in jdistill column order (applied before transposing)
+    conv: bool = False  # HF depthwise Conv1d weight [channels, 1, K] <-> jdistill [K, channels]
+
+
+def _query_gate_rows(heads: int, head_dim: int) -> tuple[int, ...]:
+    """Qwen3-Next's q_proj rows are [query_h, gate_h] per head h; jdistill's fused columns are all queries, then
+    all gates (head-major)."""
+    query = [h * 2 * head_dim + j for h in range(heads) for j in range(head_dim)]
+    gate = [h * 2 * head_dim + head_dim + j for h in range(heads) for j in range(head_dim)]
+    return tuple(query + gate)
+
+
+def _attention_mappings(config: ModelConfig, prefix: str, block: tuple) -> list[TensorMapping]:
+    kv_width = config.resolved_kv_heads * config.resolved_head_dim
+    attention = block + ("attention",)
+    rows = _query_gate_rows(config.num_heads, config.resolved_head_dim) if config.gate == "elementwise" else None
+    mappings = [
+        TensorMapping(prefix + "self_attn.q_proj.weight", attention + ("query_and_gate", "kernel"), True,
+                      row_order=rows),
+        TensorMapping(prefix + "self_attn.k_proj.weight", attention + ("key_value", "kernel"), True, (0, kv_width)),
+        TensorMapping(prefix + "self_attn.v_proj.weight", attention + ("key_value", "kernel"), True,
+                      (kv_width, 2 * kv_width)),
+        TensorMapping(prefix + "self_attn.o_proj.weight", attention + ("output", "kernel"), True),
+    ]
+    if config.qk_norm:
+        mappings += [TensorMapping(prefix + "self_attn.q_norm.weight", attention + ("query_norm", "scale")),
+                     TensorMapping(prefix + "self_attn.k_norm.weight", attention + ("key_norm", "scale"))]
+    return mappings
+
+
+def _deltanet_mappings(prefix: str, block: tuple) -> list[TensorMapping]:
+    layer, hf = block + ("linear_attention",), prefix + "linear_attn."
+    return [
+        TensorMapping(hf + "in_proj_qkvz.weight", layer + ("in_proj_qkvz", "kernel"), True),
+        TensorMapping(hf + "in_proj_ba.weight", layer + ("in_proj_ba", "kernel"), True),
+        TensorMapping(hf + "conv1d.weight", layer + ("conv_weight",), conv=True),
+        TensorMapping(hf + "dt_bias", layer + ("dt_bias",)),
+        TensorMapping(hf + "A_log", layer + ("A_log",)),
+        TensorMapping(hf + "norm.weight", layer + ("norm", "scale")),
+        TensorMapping(hf + "out_proj.weight", layer + ("out_proj", "kernel"), True),
+    ]
 
 
 def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
     """Every tensor of the checkpoint, in a fixed order."""
-    kv_width = config.resolved_kv_heads * config.resolved_head_dim
     mappings = [TensorMapping("model.embed_tokens.weight", ("embed", "embedding")),
                 TensorMapping("model.norm.weight", ("final_norm", "scale"))]
     if not config.tie_embeddings:
@@ -36,19 +76,14 @@ def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
         mappings += [
             TensorMapping(prefix + "input_layernorm.weight", block + ("attention_norm", "scale")),
             TensorMapping(prefix + "post_attention_layernorm.weight", block + ("mlp_norm", "scale")),
-            TensorMapping(prefix + "self_attn.q_proj.weight", block + ("attention", "query_and_gate", "kernel"), True),
-            TensorMapping(prefix + "self_attn.k_proj.weight", block + ("attention", "key_value", "kernel"), True,
-                          (0, kv_width)),
-            TensorMapping(prefix + "self_attn.v_proj.weight", block + ("attention", "key_value", "kernel"), True,
-                          (kv_width, 2 * kv_width)),
-            TensorMapping(prefix + "self_attn.o_proj.weight", block + ("attention", "output", "kernel"), True),
             TensorMapping(prefix + "mlp.gate_proj.weight", block + ("mlp", "gate", "kernel"), True),
             TensorMapping(prefix + "mlp.up_proj.weight", block + ("mlp", "up", "kernel"), True),
             TensorMapping(prefix + "mlp.down_proj.weight", block + ("mlp", "down", "kernel"), True),
         ]
-        if config.qk_norm:
-            mappings += [TensorMapping(prefix + "self_attn.q_norm.weight", block + ("attention", "query_norm", "scale")),
-                         TensorMapping(prefix + "self_attn.k_norm.weight", block + ("attention", "key_norm", "scale"))]
+        if config.layer_type(i) == "deltanet":
+            mappings += _deltanet_mappings(prefix, block)
+        else:
+            mappings += _attention_mappings(config, prefix, block)
     return mappings
 
 
@@ -63,13 +98,15 @@ def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], mappings: li
     """Write checkpoint tensors into the model's parameters (shapes checked)."""
     for mapping in mappings:
         param = _param(model, mapping.param_path)
-        value = np.asarray(tensors[mapping.hf_name], np.float32)
-        value = value.T if mapping.transpose else value
+        raw = np.asarray(tensors[mapping.hf_name], np.float32)
         current = np.array(param[...])
         target = current if mapping.columns is None else current[:, slice(*mapping.columns)]
-        if target.shape != value.shape:
-            raise ValueError(f"{mapping.hf_name}: shape {value.shape[::-1] if mapping.transpose else value.shape} "
-                             f"does not match the config")
+        try:
+            value = _to_param_layout(raw, mapping)
+        except IndexError:
+            value = None
+        if value is None or target.shape != value.shape:
+            raise ValueError(f"{mapping.hf_name}: shape {raw.shape} does not match the config")
         if mapping.columns is None:
             current = value
         else:
@@ -84,5 +121,24 @@ def dump_tensors(model: nnx.Module, mappings: list[TensorMapping]) -> dict[str, 
         value = np.asarray(_param(model, mapping.param_path)[...], np.float32)
         if mapping.columns is not None:
             value = value[:, slice(*mapping.columns)]
-        tensors[mapping.hf_name] = np.ascontiguousarray(value.T if mapping.transpose else value)
+        tensors[mapping.hf_name] = np.ascontiguousarray(_to_hf_layout(value, mapping))
     return tensors
+
+
+def _to_param_layout(value: np.ndarray, mapping: TensorMapping) -> np.ndarray:
+    if mapping.conv:
+        return value[:, 0, :].T
+    if mapping.row_order is not None:
+        value = value[np.asarray(mapping.row_order)]
+    return value.T if mapping.transpose else value
+
+
+def _to_hf_layout(value: np.ndarray, mapping: TensorMapping) -> np.ndarray:
+    if mapping.conv:
+        return value.T[:, None, :]
+    value = value.T if mapping.transpose else value
+    if mapping.row_order is not None:
+        restored = np.empty_like(value)
+        restored[np.asarray(mapping.row_order)] = value
+        value = restored
+    return value

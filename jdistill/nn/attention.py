@@ -53,8 +53,8 @@ class GatedSelfAttention(nnx.Module):
         self.output = nnx.Linear(heads * head_dim, config.d_model, use_bias=False, kernel_init=init,
                                  dtype=dtype, rngs=rngs)
         if config.qk_norm:
-            self.query_norm = RMSNorm(head_dim, eps=config.norm_eps)
-            self.key_norm = RMSNorm(head_dim, eps=config.norm_eps)
+            self.query_norm = RMSNorm(head_dim, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
+            self.key_norm = RMSNorm(head_dim, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
 
     def _project(self, x, positions):
         """q `[batch, seq, heads, head_dim]`, k, v `[batch, seq, kv_heads, head_dim]`, output gate or None."""

@@ -25,6 +25,15 @@ ARCHITECTURES = {
               dict(head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
               dict(head_dim=32, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
+    # 3 Gated DeltaNet : 1 gated attention, dense MLPs (mlp_only_layers), more value than key heads.
+    "qwen3_next": (transformers.Qwen3NextConfig, transformers.Qwen3NextForCausalLM,
+                   dict(num_hidden_layers=4, head_dim=16, partial_rotary_factor=0.25, rms_norm_eps=1e-6,
+                        rope_theta=10000.0, tie_word_embeddings=False,
+                        layer_types=["linear_attention"] * 3 + ["full_attention"],
+                        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                        linear_value_head_dim=8, linear_conv_kernel_dim=4, mlp_only_layers=[0, 1, 2, 3],
+                        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                        shared_expert_intermediate_size=32)),
 }
 PROMPT_LENGTH, NEW_TOKENS, BATCH, SHORT_LENGTH = 11, 8, 2, 7
 
@@ -33,8 +42,12 @@ def perturb(model: torch.nn.Module, generator: torch.Generator) -> None:
     """Random weights large enough that the logits are far from uniform (init std 0.02 would hide errors)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
+            if name.endswith("norm.weight"):  # Qwen3-Next's zero-centred norms store w - 1
+                centre = 0.0 if isinstance(model, transformers.Qwen3NextForCausalLM) and "linear_attn" not in name \
+                    else 1.0
+                param.copy_(centre + 0.2 * torch.randn(param.shape, generator=generator))
+            elif name.endswith("A_log"):
+                param.copy_(torch.log(torch.empty(param.shape).uniform_(0.5, 4.0, generator=generator)))
             else:
                 param.copy_(0.15 * torch.randn(param.shape, generator=generator))
 
@@ -43,7 +56,7 @@ def make(name: str, seed: int) -> None:
     config_class, model_class, extra = ARCHITECTURES[name]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    config = config_class(**COMMON, **extra, attn_implementation="eager")
+    config = config_class(**{**COMMON, **extra}, attn_implementation="eager")
     model = model_class(config).eval().to(torch.float32)
     perturb(model, generator)
     directory = FIXTURES / name

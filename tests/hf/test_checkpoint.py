@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 from jdistill.hf import HFImportError, from_pretrained, save_pretrained
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ARCHITECTURES = ["llama", "qwen3"]
+ARCHITECTURES = ["llama", "qwen3", "qwen3_next"]
 
 
 def expected(name):
@@ -77,6 +77,15 @@ def test_missing_tensor_is_named(tmp_path):
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(target / "model.safetensors"))
     with pytest.raises(HFImportError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+        from_pretrained(target)
+
+
+def test_mixture_of_experts_is_refused(tmp_path):
+    target = _copy_fixture(tmp_path, "qwen3_next")
+    config = json.loads((target / "config.json").read_text())
+    config["mlp_only_layers"] = [0, 1]
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HFImportError, match="mixture-of-experts layers are not supported"):
         from_pretrained(target)
 
 

@@ -12,7 +12,7 @@ from jdistill.models.generate import generate
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "qwen3_next"])
 def test_greedy_generation_matches_transformers(name):
     model = from_pretrained(FIXTURES / name)
     data = load_file(str(FIXTURES / name / "expected.safetensors"))
