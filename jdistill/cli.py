@@ -11,6 +11,8 @@ User errors (config, data, run directory) print one line and exit with status 2,
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import logging
 import os
 import sys
@@ -18,6 +20,18 @@ from pathlib import Path
 
 from jdistill.bench import add_attention_arguments, run_attention
 from jdistill.errors import RunDirError, UserError
+
+
+def _select_platforms() -> None:
+    """Off a TPU host, keep JAX from probing for TPUs: an installed libtpu (the test extra ships it for ahead-of-time
+    TPU compilation) otherwise logs initialisation errors to stderr in every process. JAX_PLATFORMS wins if set."""
+    if "JAX_PLATFORMS" in os.environ:
+        return
+    on_tpu_host = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or "TPU_ACCELERATOR_TYPE" in os.environ
+    if on_tpu_host:
+        return
+    has_cuda = any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if has_cuda else "cpu"
 
 
 def _quiet_libraries() -> None:
@@ -130,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 2
+    _select_platforms()
     _quiet_libraries()
     try:
         return args.func(args)

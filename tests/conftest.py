@@ -2,9 +2,13 @@
 
 import os
 
-import pytest
+# The suite is CPU-only (TPU programs are compiled ahead of time in subprocesses); this also keeps an installed
+# libtpu from probing for TPUs and logging to stderr in every process the tests start.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from jdistill.data import load_source
+import pytest  # noqa: E402
+
+from jdistill.data import load_source  # noqa: E402
 
 
 @pytest.fixture(scope="session")

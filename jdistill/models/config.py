@@ -28,7 +28,7 @@ class ModelConfig:
       patch_size, image_size, num_channels, num_classes, pooling: classifier input and head.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
       layer_pattern: token mixer per block, cycled over the layers: "A" full (gated) attention, "D" Gated DeltaNet
-        (methods.md item 23); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
+        (methods.md item 23), "R" ReGLA (item 24); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
       linear_key_heads, linear_value_heads, linear_key_head_dim, linear_value_head_dim, linear_conv_kernel,
         delta_rule_impl: the Gated DeltaNet layers (`jdistill.nn.deltanet`).
       norm_zero_centered: RMSNorm weights stored as w - 1 and applied as (1 + w) (Qwen3-Next).
@@ -86,7 +86,7 @@ class ModelConfig:
 
     def layer_type(self, index: int) -> str:
         """"attention" or "deltanet" for block `index` (0-based)."""
-        return {"A": "attention", "D": "deltanet"}[self.layer_pattern[index % len(self.layer_pattern)]]
+        return {"A": "attention", "D": "deltanet", "R": "regla"}[self.layer_pattern[index % len(self.layer_pattern)]]
 
     @property
     def rotary_dim(self) -> int:
@@ -112,10 +112,11 @@ class ModelConfig:
         if any(not 1 <= layer <= self.num_layers for layer in self.exit_layers) or \
                 list(self.exit_layers) != sorted(set(self.exit_layers)):
             problems.append(("exit_layers", f"increasing block numbers in [1, num_layers={self.num_layers}]"))
-        if not self.layer_pattern or set(self.layer_pattern) - {"A", "D"}:
-            problems.append(("layer_pattern", 'a non-empty string of "A" (attention) and "D" (Gated DeltaNet)'))
-        elif "D" in self.layer_pattern and self.kind != "lm":
-            problems.append(("layer_pattern", 'only "A" for classifiers (Gated DeltaNet is causal)'))
+        if not self.layer_pattern or set(self.layer_pattern) - {"A", "D", "R"}:
+            problems.append(("layer_pattern", 'a non-empty string of "A" (attention), "D" (Gated DeltaNet) and "R" '
+                                              '(ReGLA)'))
+        elif set(self.layer_pattern) - {"A"} and self.kind != "lm":
+            problems.append(("layer_pattern", 'only "A" for classifiers (the linear mixers are causal)'))
         if self.linear_key_heads >= 1 and self.linear_value_heads % self.linear_key_heads:
             problems.append(("linear_value_heads", f"a multiple of linear_key_heads={self.linear_key_heads}"))
         if self.norm_eps <= 0:

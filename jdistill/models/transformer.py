@@ -13,6 +13,7 @@ from jdistill.nn.deltanet import GatedDeltaNet
 from jdistill.nn.exits import ExitHeads
 from jdistill.nn.gateskip import ResidualGate, gate_sparsity_loss
 from jdistill.nn.kv_cache import KVCache
+from jdistill.nn.regla import ReGLA
 
 
 class Block(nnx.Module):
@@ -26,6 +27,8 @@ class Block(nnx.Module):
         self.attention_norm = RMSNorm(config.d_model, **norm)
         if config.layer_type(index) == "deltanet":
             self.linear_attention = GatedDeltaNet(config, rngs=rngs)
+        elif config.layer_type(index) == "regla":
+            self.linear_attention = ReGLA(config.d_model, config.num_heads, dtype=dtype, rngs=rngs)
         else:
             self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
         self.mlp_norm = RMSNorm(config.d_model, **norm)
@@ -57,14 +60,21 @@ class Block(nnx.Module):
         return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", stats)
 
     def init_cache(self, batch: int, max_len: int):
-        """A key/value cache (attention) or a conv + recurrent state (Gated DeltaNet)."""
+        """A key/value cache (attention), a conv + recurrent state (Gated DeltaNet) or a recurrent state (ReGLA)."""
+        if isinstance(getattr(self, "linear_attention", None), ReGLA):
+            mixer = self.linear_attention
+            return jnp.zeros((batch, mixer.num_heads, mixer.head_dim, mixer.head_dim), jnp.float32)
         if hasattr(self, "linear_attention"):
             return self.linear_attention.init_state(batch)
         cfg = self.attention.config
         return KVCache.zeros(batch, max_len, cfg.resolved_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype))
 
     def decode(self, h, *, positions, cache):
-        if hasattr(self, "linear_attention"):
+        if isinstance(getattr(self, "linear_attention", None), ReGLA):
+            mode = "recurrent" if h.shape[1] == 1 else "chunked"
+            attended, cache = self.linear_attention(self.attention_norm(h), mode=mode, initial_state=cache,
+                                                    return_state=True)
+        elif hasattr(self, "linear_attention"):
             attended, cache = self.linear_attention.decode(self.attention_norm(h), state=cache)
         else:
             attended, cache = self.attention.decode(self.attention_norm(h), positions=positions, cache=cache)

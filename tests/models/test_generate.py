@@ -19,7 +19,8 @@ HYBRID = dataclasses.replace(LM, num_layers=3, layer_pattern="DDA", linear_key_h
 
 
 @pytest.mark.parametrize("gate, position, pattern", [("headwise", "sdpa_output", "A"), ("elementwise", "value", "A"),
-                                                     ("none", "sdpa_output", "A"), ("headwise", "sdpa_output", "DA")])
+                                                     ("none", "sdpa_output", "A"), ("headwise", "sdpa_output", "DA"),
+                                                     ("headwise", "sdpa_output", "RA")])
 def test_cached_decoding_equals_full_forward(gate, position, pattern):
     config = dataclasses.replace(LM, gate=gate, gate_position=position, layer_pattern=pattern)
     model = Transformer(config, rngs=nnx.Rngs(0))
