@@ -20,25 +20,27 @@ import jax.numpy as jnp
 _NEG_INF = -1e30
 
 
-def attention_mask(q_len: int, kv_len: int, *, causal: bool, segment_ids=None):
+def attention_mask(q_len: int, kv_len: int, *, causal: bool, segment_ids=None, window: int | None = None):
     """Boolean mask `[batch or 1, 1, q_len, kv_len]`, True where a query may attend to a key.
 
     Causal masking aligns the last query with the last key (so decoding with a cache of length kv_len > q_len
-    sees every earlier key).
+    sees every earlier key). A sliding `window` keeps the `window` nearest keys: k in (q - window, q] when causal,
+    |q - k| < window otherwise.
     """
     mask = jnp.ones((1, 1, q_len, kv_len), dtype=bool)
+    q_pos = jnp.arange(q_len)[:, None] + (kv_len - q_len)
+    k_pos = jnp.arange(kv_len)[None, :]
     if causal:
-        offset = kv_len - q_len
-        q_pos = jnp.arange(q_len)[:, None] + offset
-        k_pos = jnp.arange(kv_len)[None, :]
         mask = mask & (k_pos <= q_pos)[None, None]
+    if window is not None:
+        mask = mask & (jnp.abs(q_pos - k_pos) < window)[None, None]
     if segment_ids is not None:
         same = segment_ids[:, :, None] == segment_ids[:, None, :]
         mask = mask & same[:, None]
     return mask
 
 
-def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None):
+def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, window=None):
     """XLA reference: `sigmoid(gate) * softmax(q k^T * scale + mask) v`, softmax in float32.
 
     A query row whose keys are all masked returns zeros (not NaN).
@@ -51,7 +53,7 @@ def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=N
     groups = heads // kv_heads
     q_grouped = q.reshape(batch, q_len, kv_heads, groups, head_dim)
     scores = jnp.einsum("bqhgd,bkhd->bhgqk", q_grouped, k, preferred_element_type=jnp.float32) * scale
-    mask = attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids)[:, :, None]
+    mask = attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids, window=window)[:, :, None]
     scores = jnp.where(mask, scores, _NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
     weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
@@ -103,7 +105,7 @@ def _auto_impl() -> str:
     return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend(), "xla")
 
 
-def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, impl="auto"):
+def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, window=None, impl="auto"):
     """Gated scaled-dot-product attention (Qiu et al. 2025, "Gated Attention for LLMs", the G1 gate).
 
     `out = sigmoid(gate) * softmax(q k^T * scale + mask) v`; see the module docstring for shapes.
@@ -116,9 +118,14 @@ def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale
       - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` and a separate gate (GPU only).
       - "interpret": the Pallas GPU kernel in interpret mode (any head dim; for CPU tests).
       - "auto": pallas_tpu on TPU, pallas_gpu on GPU, xla on CPU.
+    `window`: sliding-window attention (see `attention_mask`); the fused kernels do not implement it yet, so a
+    window runs the XLA reference whatever `impl` says.
     """
     if impl == "auto":
         impl = _auto_impl()
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
+    if window is not None:
+        return gated_attention_reference(q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale,
+                                         window=window)
     return _IMPLS[impl](q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale)

@@ -25,7 +25,10 @@ class ModelConfig:
       qk_norm: per-head RMSNorm of queries and keys before RoPE (Qwen3).
       rotary_fraction: fraction of each head's dimensions that RoPE rotates (partial rotary; 1 = all).
       norm_eps: epsilon of every RMSNorm.
+      sliding_window: attend only to the `sliding_window` nearest positions (None: full attention).
       patch_size, image_size, num_channels, num_classes, pooling: classifier input and head.
+      classifier_input: "patches" (images `[batch, height, width, channels]`) or "tokens" (ids `[batch, seq]`,
+        vocab_size and max_seq_len apply; learned positions) for the encoder classifier.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
       layer_pattern: token mixer per block, cycled over the layers: "A" full (gated) attention, "D" Gated DeltaNet
         (methods.md item 23), "R" ReGLA (item 24); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
@@ -54,11 +57,13 @@ class ModelConfig:
     qk_norm: bool = False
     rotary_fraction: float = 1.0
     norm_eps: float = 1e-6
+    sliding_window: int | None = None
     patch_size: int = 2
     image_size: int = 8
     num_channels: int = 1
     num_classes: int = 10
     pooling: Literal["mean", "cls"] = "mean"
+    classifier_input: Literal["patches", "tokens"] = "patches"
     vocab_size: int = 256
     max_seq_len: int = 256
     rope_theta: float = 10000.0
@@ -119,8 +124,11 @@ class ModelConfig:
             problems.append(("layer_pattern", 'only "A" for classifiers (the linear mixers are causal)'))
         if self.linear_key_heads >= 1 and self.linear_value_heads % self.linear_key_heads:
             problems.append(("linear_value_heads", f"a multiple of linear_key_heads={self.linear_key_heads}"))
+        if self.sliding_window is not None and self.sliding_window < 1:
+            problems.append(("sliding_window", "a positive integer or null"))
         if self.norm_eps <= 0:
             problems.append(("norm_eps", "a positive number"))
-        if self.kind == "classifier" and self.patch_size >= 1 and self.image_size % self.patch_size:
+        if self.kind == "classifier" and self.classifier_input == "patches" and self.patch_size >= 1 \
+                and self.image_size % self.patch_size:
             problems.append(("patch_size", f"a divisor of image_size={self.image_size}"))
         return problems

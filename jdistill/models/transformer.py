@@ -11,7 +11,7 @@ from jdistill.models.outputs import ModelOutput
 from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
 from jdistill.nn.deltanet import GatedDeltaNet
 from jdistill.nn.exits import ExitHeads
-from jdistill.nn.gateskip import ResidualGate, gate_sparsity_loss
+from jdistill.nn.gateskip import ResidualGate, gate_sparsity_loss, mean_gate, skip_mask, skip_tokens
 from jdistill.nn.kv_cache import KVCache
 from jdistill.nn.regla import ReGLA
 
@@ -42,22 +42,25 @@ class Block(nnx.Module):
             self.attention_gate = ResidualGate(config.d_model, dtype=dtype, rngs=rngs)
             self.mlp_gate = ResidualGate(config.d_model, dtype=dtype, rngs=rngs)
 
-    def _residual(self, h, branch_out, gate_name: str, stats):
+    def _residual(self, h, branch_out, gate_name: str, stats, skip_budget=None):
         if not hasattr(self, gate_name):
             return h + branch_out
-        h, gate = getattr(self, gate_name)(h, branch_out)
+        h_out, gate = getattr(self, gate_name)(h, branch_out)
         if stats is not None:
             stats.setdefault("residual_gates", []).append(gate)
-        return h
+        if skip_budget is None:
+            return h_out
+        return skip_tokens(h, h_out, skip_mask(mean_gate(gate), skip_budget))
 
-    def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None):
+    def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None,
+                 skip_budget=None):
         if hasattr(self, "linear_attention"):
             attended = self.linear_attention(self.attention_norm(h))
         else:
             attended = self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids,
                                       stats=stats, head_gates=head_gates)
-        h = self._residual(h, attended, "attention_gate", stats)
-        return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", stats)
+        h = self._residual(h, attended, "attention_gate", stats, skip_budget)
+        return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", stats, skip_budget)
 
     def init_cache(self, batch: int, max_len: int):
         """A key/value cache (attention), a conv + recurrent state (Gated DeltaNet) or a recurrent state (ReGLA)."""
@@ -85,19 +88,22 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     """`model(inputs) -> ModelOutput`.
 
-    Classifier: `inputs` float `[batch, height, width, channels]`; logits `[batch, num_classes]`.
+    Classifier: `inputs` float `[batch, height, width, channels]` (or int `[batch, seq]` with
+    `classifier_input="tokens"`); logits `[batch, num_classes]`.
     LM: `inputs` int `[batch, seq]`; logits `[batch, seq, vocab_size]` (float32).
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype = jnp.dtype(config.dtype)
-        if config.kind == "classifier":
+        if config.kind == "classifier" and config.classifier_input == "patches":
             patch_dim = config.patch_size**2 * config.num_channels
             self.embed = nnx.Linear(patch_dim, config.d_model, dtype=dtype, rngs=rngs)
             self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.num_patches, config.d_model)))
         else:
             self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
+            if config.kind == "classifier":  # token classifier: no RoPE in its bidirectional blocks
+                self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.max_seq_len, config.d_model)))
         self.blocks = nnx.List([Block(config, index, rngs=rngs) for index in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
         out_dim = config.num_classes if config.kind == "classifier" else config.vocab_size
@@ -111,6 +117,8 @@ class Transformer(nnx.Module):
         cfg = self.config
         if cfg.kind == "lm":
             return self.embed(inputs)
+        if cfg.classifier_input == "tokens":
+            return self.embed(inputs) + self.position[...][: inputs.shape[1]].astype(self.embed.dtype or jnp.float32)
         batch, height, width, channels = inputs.shape
         p = cfg.patch_size
         patches = inputs.reshape(batch, height // p, p, width // p, p, channels)
@@ -118,13 +126,15 @@ class Transformer(nnx.Module):
         return self.embed(patches) + self.position[...].astype(self.embed.dtype or jnp.float32)
 
     def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False,
-                 return_stats: bool = False, head_gates=None):
+                 return_stats: bool = False, head_gates=None, skip_budget: float | None = None):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
         block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`; models
         with `residual_gates` return their GateSkip gates (per block: attention, then MLP) and the
         `gate_sparsity_loss` in `aux`. `head_gates [num_layers, num_heads]` multiplies each attention head's
-        output (causal head gating)."""
+        output (causal head gating). `skip_budget` (GateSkip inference, models with `residual_gates`): in every
+        branch, the tokens whose mean gate is under that quantile keep their residual unchanged (the branch's
+        output is dropped), about that fraction of tokens per branch."""
         h = self._embed(inputs)
         hidden = [h]
         layer_stats = []
@@ -132,7 +142,8 @@ class Transformer(nnx.Module):
         for index, block in enumerate(self.blocks):
             stats = {} if (return_stats or self.config.residual_gates) else None
             gates = None if head_gates is None else head_gates[index]
-            h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates)
+            h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates,
+                      skip_budget=skip_budget)
             hidden.append(h)
             if stats is not None:
                 residual_gates += stats.pop("residual_gates", [])

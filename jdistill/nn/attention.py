@@ -88,7 +88,7 @@ class GatedSelfAttention(nnx.Module):
         batch, seq, _ = x.shape
         q, k, v, gate = self._project(x, positions)
         out = gated_attention(q, k, v, gate, causal=self.causal, segment_ids=segment_ids,
-                              impl=self.config.attention_impl)
+                              window=self.config.sliding_window, impl=self.config.attention_impl)
         if head_gates is not None:
             out = apply_head_gates(out, head_gates)
         if stats is not None:
@@ -104,5 +104,5 @@ class GatedSelfAttention(nnx.Module):
         batch, seq, _ = x.shape
         q, k, v, gate = self._project(x, positions)
         cache = cache.write(k, v, positions)
-        out = cached_attention(q, cache, gate, positions)
+        out = cached_attention(q, cache, gate, positions, window=self.config.sliding_window)
         return self.output(out.reshape(batch, seq, -1)), cache

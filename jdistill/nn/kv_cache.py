@@ -29,8 +29,9 @@ class KVCache:
                        self.values.at[rows, positions].set(values.astype(self.values.dtype)))
 
 
-def cached_attention(q, cache: KVCache, gate, positions):
-    """`sigmoid(gate) * softmax(q k^T / sqrt(d) + mask) v` over the cache, mask: key position <= query position.
+def cached_attention(q, cache: KVCache, gate, positions, window: int | None = None):
+    """`sigmoid(gate) * softmax(q k^T / sqrt(d) + mask) v` over the cache, mask: key position <= query position
+    (and > query position - window with a sliding window).
 
     q `[batch, seq, heads, head_dim]`, positions `[batch, seq]`, gate as in `jdistill.kernels.gated_attention`.
     """
@@ -39,7 +40,10 @@ def cached_attention(q, cache: KVCache, gate, positions):
     q_grouped = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
     scores = jnp.einsum("bqhgd,bkhd->bhgqk", q_grouped, cache.keys, preferred_element_type=jnp.float32)
     scores = scores * head_dim**-0.5
-    allowed = jnp.arange(cache.keys.shape[1])[None, None, :] <= positions[:, :, None]  # [batch, seq, max_len]
+    key_positions = jnp.arange(cache.keys.shape[1])[None, None, :]
+    allowed = key_positions <= positions[:, :, None]  # [batch, seq, max_len]
+    if window is not None:
+        allowed = allowed & (key_positions > positions[:, :, None] - window)
     scores = jnp.where(allowed[:, None, None], scores, -1e30)
     weights = jax.nn.softmax(scores, axis=-1).astype(cache.values.dtype)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, cache.values).reshape(batch, seq, heads, head_dim)

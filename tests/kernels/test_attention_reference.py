@@ -65,3 +65,18 @@ def test_unknown_impl_is_rejected():
     x = np.zeros((1, 2, 1, 4), np.float32)
     with pytest.raises(ValueError, match="impl must be one of"):
         gated_attention(x, x, x, impl="magic")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sliding_window_matches_numpy(causal):
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.normal(size=(1, 7, 2, 4)).astype(np.float32) for _ in range(3))
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+    distance = np.arange(7)[:, None] - np.arange(7)[None, :]
+    allowed = (np.abs(distance) < 3) & ((distance >= 0) if causal else True)
+    weights = np.exp(np.where(allowed, scores, -np.inf) - np.where(allowed, scores, -np.inf).max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    want = np.einsum("bhqk,bkhd->bqhd", weights, v)
+    for impl in ("xla", "interpret"):
+        got = gated_attention(q, k, v, causal=causal, window=3, impl=impl)
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)

@@ -103,3 +103,34 @@ def test_residual_gates_start_open_and_report_their_sparsity_loss():
     caches = model.init_cache(2, 7)
     logits, _ = model.decode(tokens, positions=jnp.broadcast_to(jnp.arange(7), (2, 7)), caches=caches)
     np.testing.assert_allclose(logits, model(tokens).logits, atol=1e-5)
+
+
+def test_gateskip_budget_skips_about_that_fraction_and_zero_budget_is_exact():
+    model = Transformer(dataclasses.replace(LM, residual_gates=True), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(4), (4, 10), 0, 40)
+    full = model(tokens).logits
+    np.testing.assert_allclose(model(tokens, skip_budget=0.0).logits, full, atol=1e-6)
+    skipped = model(tokens, skip_budget=0.5).logits
+    assert not np.allclose(skipped, full, atol=1e-4)
+
+
+def test_sliding_window_limits_attention_in_forward_and_decoding():
+    config = dataclasses.replace(LM, sliding_window=3)
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(5), (2, 10), 0, 40)
+    changed = tokens.at[:, 0].set((tokens[:, 0] + 1) % 40)
+    # one layer reaches 2 positions back, so after 3 layers position 0 is out of reach from position >= 7
+    np.testing.assert_allclose(model(tokens).logits[:, 7:], model(changed).logits[:, 7:], atol=1e-6)
+    assert not np.allclose(model(tokens).logits[:, 2], model(changed).logits[:, 2], atol=1e-6)
+    caches = model.init_cache(2, 10)
+    logits, _ = model.decode(tokens, positions=jnp.broadcast_to(jnp.arange(10), (2, 10)), caches=caches)
+    np.testing.assert_allclose(logits, model(tokens).logits, atol=1e-5)
+
+
+def test_token_classifier():
+    config = ModelConfig(kind="classifier", classifier_input="tokens", num_layers=1, d_model=16, num_heads=2,
+                         mlp_dim=32, vocab_size=30, max_seq_len=12, num_classes=3)
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(6), (5, 12), 0, 30)
+    assert model(tokens).logits.shape == (5, 3)
+    assert not np.allclose(model(tokens).logits, model(tokens.at[:, -1].set(0)).logits)
