@@ -18,6 +18,7 @@ Rows whose keys are all masked give `out = 0` and zero gradients, as in the XLA 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -139,3 +140,25 @@ def gate_backward(do, out, gate):
     if gate.shape[-1] == 1:
         dgate = jnp.sum(dgate, axis=-1, keepdims=True)
     return do * sig, dgate, delta
+
+
+def flash_with_custom_vjp(forward, backward):
+    """`flash(cfg, q, k, v, gate, q_seg, k_seg) -> out` with a fused backward.
+
+    `forward(cfg, q, k, v, gate, q_seg, k_seg) -> (out, lse)`; `backward(cfg, q, k, v, gate, q_seg, k_seg, out, lse,
+    d_out) -> (dq, dk, dv, dgate)`. The logsumexp is the only extra residual; segment ids get no gradient.
+    """
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def flash(cfg, q, k, v, gate, q_seg, k_seg):
+        return forward(cfg, q, k, v, gate, q_seg, k_seg)[0]
+
+    def flash_fwd(cfg, q, k, v, gate, q_seg, k_seg):
+        out, lse = forward(cfg, q, k, v, gate, q_seg, k_seg)
+        return out, (q, k, v, gate, q_seg, k_seg, out, lse)
+
+    def flash_bwd(cfg, residuals, d_out):
+        return (*backward(cfg, *residuals, d_out), None, None)
+
+    flash.defvjp(flash_fwd, flash_bwd)
+    return flash

@@ -212,23 +212,7 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     return dq_out[0], group_sum(dk).astype(k.dtype), group_sum(dv).astype(v.dtype), dgate
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(cfg, q, k, v, gate, q_seg, k_seg):
-    return _forward(cfg, q, k, v, gate, q_seg, k_seg)[0]
-
-
-def _flash_fwd(cfg, q, k, v, gate, q_seg, k_seg):
-    out, lse = _forward(cfg, q, k, v, gate, q_seg, k_seg)
-    return out, (q, k, v, gate, q_seg, k_seg, out, lse)
-
-
-def _flash_bwd(cfg, residuals, d_out):
-    q, k, v, gate, q_seg, k_seg, out, lse = residuals
-    dq, dk, dv, dgate = _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out)
-    return dq, dk, dv, dgate, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = fc.flash_with_custom_vjp(_forward, _backward_calls)
 
 
 def gated_flash_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None,

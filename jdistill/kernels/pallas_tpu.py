@@ -240,27 +240,16 @@ def _dkdv_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     )(q, k, v, out, d_out, lse, *extra)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(cfg, q, k, v, gate, q_seg, k_seg):
-    return _forward(cfg, q, k, v, gate, q_seg, k_seg)[0]
-
-
-def _flash_fwd(cfg, q, k, v, gate, q_seg, k_seg):
-    out, lse = _forward(cfg, q, k, v, gate, q_seg, k_seg)
-    return out, (q, k, v, gate, q_seg, k_seg, out, lse)
-
-
-def _flash_bwd(cfg, residuals, d_out):
-    q, k, v, gate, q_seg, k_seg, out, lse = residuals
+def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     grads = _dq_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out)
     dq, dgate = grads[0], (grads[1] if gate is not None else None)
     dk, dv = _dkdv_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out)
     batch, kv_heads, s_pad, head_dim = k.shape
-    group_sum = lambda x: x.reshape(batch, kv_heads, cfg.groups, s_pad, head_dim).sum(2)
-    return dq, group_sum(dk).astype(k.dtype), group_sum(dv).astype(v.dtype), dgate, None, None
+    group_sum = lambda x: x.reshape(batch, kv_heads, cfg.groups, s_pad, head_dim).sum(2)  # noqa: E731
+    return dq, group_sum(dk).astype(k.dtype), group_sum(dv).astype(v.dtype), dgate
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = fc.flash_with_custom_vjp(_forward, _backward_calls)
 
 
 def gated_flash_attention_tpu(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None,
