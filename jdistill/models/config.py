@@ -19,7 +19,7 @@ class ModelConfig:
       gate_position: "sdpa_output" (G1, after attention; the default) or "value" (G2, on the values).
       activation: MLP activation (`jdistill.nn.activations`): gelu (tanh form), gelu_exact, silu, atlu, golu, or
         the expanded-range xgelu / xsilu / xatlu with a trainable alpha per MLP block (initialised 0).
-      mlp: "dense" (W_out act(W_in x)) or "glu" (`jdistill.nn.activations.GLUMLP`; order 2 with silu is the
+      mlp: "dense" (W_out act(W_in x)) or "glu" (`jdistill.nn.mlp.GLUMLP`; order 2 with silu is the
         SwiGLU of Llama and Qwen, W_down(silu(W_gate x) * W_up x); order 1 is g(x W_gate) * (x W_up)).
       mlp_bias: biases in the MLP projections (Llama/Qwen use none).
       qk_norm: per-head RMSNorm of queries and keys before RoPE (Qwen3).

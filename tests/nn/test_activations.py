@@ -15,7 +15,6 @@ from scipy.special import ndtr
 from jdistill.nn.activations import (
     ACTIVATIONS,
     EXPANDED,
-    GLUMLP,
     ExpandedGatingActivation,
     atlu,
     get_activation,
@@ -26,6 +25,7 @@ from jdistill.nn.activations import (
     xgelu,
     xsilu,
 )
+from jdistill.nn.mlp import GLUMLP
 
 X = np.linspace(-6.0, 6.0, 97, dtype=np.float32)
 NUMPY_GATES = {
