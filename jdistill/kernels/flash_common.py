@@ -162,3 +162,12 @@ def flash_with_custom_vjp(forward, backward):
 
     flash.defvjp(flash_fwd, flash_bwd)
     return flash
+
+
+def split_refs(refs, cfg, n_fixed):
+    """Split a kernel's refs into the fixed ones, the optional (gate, q_seg, k_seg) and the rest."""
+    fixed, rest = list(refs[:n_fixed]), list(refs[n_fixed:])
+    gate = rest.pop(0) if cfg.gate_kind != "none" else None
+    q_seg = rest.pop(0) if cfg.has_segments else None
+    k_seg = rest.pop(0) if cfg.has_segments else None
+    return fixed, gate, q_seg, k_seg, rest

@@ -33,17 +33,8 @@ def _triton(cfg, head_dim):
     return pltriton.CompilerParams(num_warps=8 if head_dim * cfg.block_q >= 128 * 128 else 4, num_stages=2)
 
 
-def _split_refs(refs, cfg, n_fixed):
-    """Split a kernel's refs into the fixed ones, the optional (gate, q_seg, k_seg) and the rest."""
-    fixed, rest = list(refs[:n_fixed]), list(refs[n_fixed:])
-    gate = rest.pop(0) if cfg.gate_kind != "none" else None
-    q_seg = rest.pop(0) if cfg.has_segments else None
-    k_seg = rest.pop(0) if cfg.has_segments else None
-    return fixed, gate, q_seg, k_seg, rest
-
-
 def _fwd_kernel(*refs, cfg: fc.FlashConfig):
-    (q_ref, k_ref, v_ref), gate_ref, qs_ref, ks_ref, (o_ref, lse_ref) = _split_refs(refs, cfg, 3)
+    (q_ref, k_ref, v_ref), gate_ref, qs_ref, ks_ref, (o_ref, lse_ref) = fc.split_refs(refs, cfg, 3)
     q_block = pl.program_id(2)
     num_kv_blocks = k_ref.shape[0] // cfg.block_k
     q = q_ref[...]
@@ -124,7 +115,7 @@ def _forward(cfg, q, k, v, gate, q_seg, k_seg):
 
 
 def _dq_kernel(*refs, cfg: fc.FlashConfig):
-    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, outs = _split_refs(refs, cfg, 6)
+    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, outs = fc.split_refs(refs, cfg, 6)
     dq_ref, dgate_ref = outs[0], (outs[1] if len(outs) > 1 else None)
     q_block = pl.program_id(2)
     q = q_ref[...]
@@ -150,7 +141,7 @@ def _dq_kernel(*refs, cfg: fc.FlashConfig):
 
 
 def _dkdv_kernel(*refs, cfg: fc.FlashConfig):
-    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, (dk_ref, dv_ref) = _split_refs(
+    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, (dk_ref, dv_ref) = fc.split_refs(
         refs, cfg, 6)
     kv_block = pl.program_id(2)
     k, v = k_ref[...], v_ref[...]

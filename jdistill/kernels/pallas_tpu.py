@@ -29,14 +29,6 @@ def _dot(a, b, dims=_PLAIN):
     return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _split_refs(refs, cfg, n_fixed):
-    fixed, rest = list(refs[:n_fixed]), list(refs[n_fixed:])
-    gate = rest.pop(0) if cfg.gate_kind != "none" else None
-    q_seg = rest.pop(0) if cfg.has_segments else None
-    k_seg = rest.pop(0) if cfg.has_segments else None
-    return fixed, gate, q_seg, k_seg, rest
-
-
 def _load(ref):
     return None if ref is None else ref[...]
 
@@ -47,7 +39,7 @@ def _mask(cfg, q_block, kv_block, qs_ref, ks_ref):
 
 
 def _fwd_kernel(*refs, cfg: fc.FlashConfig):
-    (q_ref, k_ref, v_ref), gate_ref, qs_ref, ks_ref, rest = _split_refs(refs, cfg, 3)
+    (q_ref, k_ref, v_ref), gate_ref, qs_ref, ks_ref, rest = fc.split_refs(refs, cfg, 3)
     o_ref, lse_ref, m_scr, l_scr, acc_scr = rest
     i, j = pl.program_id(2), pl.program_id(3)
 
@@ -147,7 +139,7 @@ def _forward(cfg, q, k, v, gate, q_seg, k_seg):
 
 
 def _dq_kernel(*refs, cfg: fc.FlashConfig):
-    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, rest = _split_refs(refs, cfg, 6)
+    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, rest = fc.split_refs(refs, cfg, 6)
     dq_ref, rest = rest[0], rest[1:]
     dgate_ref = rest.pop(0) if gate_ref is not None else None
     dq_scr, da_scr, delta_scr = rest
@@ -175,7 +167,7 @@ def _dq_kernel(*refs, cfg: fc.FlashConfig):
 
 
 def _dkdv_kernel(*refs, cfg: fc.FlashConfig):
-    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, rest = _split_refs(refs, cfg, 6)
+    (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, rest = fc.split_refs(refs, cfg, 6)
     dk_ref, dv_ref, dk_scr, dv_scr = rest
     j, i = pl.program_id(2), pl.program_id(3)
 
