@@ -2,7 +2,8 @@
 
 from jdistill.configs.parsing import load_config as _load_config
 from jdistill.configs.parsing import preset_names, to_dict
-from jdistill.configs.schema import Config, DataConfig, DistillConfig, RunConfig, StageConfig, TrainConfig
+from jdistill.configs.schema import (ClusterConfig, Config, DataConfig, DistillConfig, MeshConfig, RunConfig,
+                                    StageConfig, TrainConfig)
 
 
 def load_config(name_or_path: str | None = "default", overrides=()) -> Config:
@@ -10,5 +11,5 @@ def load_config(name_or_path: str | None = "default", overrides=()) -> Config:
     return _load_config(Config, name_or_path, list(overrides))
 
 
-__all__ = ["Config", "DataConfig", "DistillConfig", "RunConfig", "StageConfig", "TrainConfig", "load_config",
+__all__ = ["ClusterConfig", "Config", "DataConfig", "MeshConfig", "DistillConfig", "RunConfig", "StageConfig", "TrainConfig", "load_config",
            "preset_names", "to_dict"]

@@ -51,6 +51,8 @@ def _describe(tp) -> str:
         return "null"
     if origin in (list, tuple):
         return "a list"
+    if tp is dict or origin is dict:
+        return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
@@ -79,6 +81,10 @@ def _coerce(value: Any, tp, key: str, source: str):
         (item_type, *_) = typing.get_args(tp) or (Any,)
         items = [value_i if item_type is Any else _coerce(value_i, item_type, key, source) for value_i in value]
         return tuple(items) if origin is tuple else items
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise error
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -156,11 +162,18 @@ def merge_override(tree: dict, path: list[str], value, root_cls) -> None:
             node[part] = value
             return
         cls = hints[part]
-        if not dataclasses.is_dataclass(cls):
-            raise _unknown_key(root_cls, ".".join(path), "override")
         child = node.get(part)
         if not isinstance(child, dict):
             child = node[part] = {}
+        if cls is dict or typing.get_origin(cls) is dict:  # a free-form mapping: the rest of the path is its keys
+            for inner in path[depth + 1:-1]:
+                if not isinstance(child.get(inner), dict):
+                    child[inner] = {}
+                child = child[inner]
+            child[path[-1]] = value
+            return
+        if not dataclasses.is_dataclass(cls):
+            raise _unknown_key(root_cls, ".".join(path), "override")
         node = child
 
 

@@ -56,10 +56,13 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    grad_accum_steps: int = 1
 
     def validate(self) -> Problems:
         problems = _positive(self, "steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
-                             "keep_checkpoints")
+                             "keep_checkpoints", "grad_accum_steps")
+        if self.batch_size % self.grad_accum_steps:
+            problems.append(("batch_size", f"a multiple of grad_accum_steps={self.grad_accum_steps}"))
         if self.learning_rate <= 0:
             problems.append(("learning_rate", "a positive number"))
         if not 0 <= self.warmup_steps <= self.steps:
@@ -78,27 +81,34 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """One model and how it is trained."""
+    """One model and how it is trained. `init_from`: start from a pretrained model instead of training it
+    ("hf:DIR" a Hugging Face checkpoint folder, or a run's stage folder RUN_DIR/STAGE); a teacher with
+    `init_from` is not trained."""
 
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    init_from: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """The student's objective: `distill_weight * D(p_t || p_s at temperature) + label_weight * CE(y, s)`.
 
+    recipe: which recipe trains the student (`jdistill recipes` lists them); `options` holds that recipe's own
+    parameters by their paper names (e.g. `alpha_T` for PS-KD), checked against the recipe when it is built.
     objective: the divergence D (direction in the name, conventions.md).
     scale_by_temperature_squared: multiply D by T^2 (Hinton) so gradient size does not shrink with T.
     beta: generalized_jsd interpolation (0: forward KL, 1: reverse KL).
     """
 
+    recipe: str = "kd"
     objective: Literal["forward_kl", "reverse_kl", "generalized_jsd", "tvd"] = "forward_kl"
     temperature: float = 2.0
     distill_weight: float = 1.0
     label_weight: float = 0.0
     beta: float = 0.5
     scale_by_temperature_squared: bool = True
+    options: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> Problems:
         problems = []
@@ -114,11 +124,57 @@ class DistillConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Output and logging of a run."""
+    """Output and logging of a run. `baseline`: also train the student on labels alone (same init, data and
+    budget) so the summary compares the recipe against it."""
 
     progress: bool = True
     tensorboard: bool = True
     plot: bool = True
+    baseline: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh: axes `data` (batch), `fsdp` (batch and parameter shards), `tensor` (heads / mlp /
+    vocabulary), and `dcn_data` (data parallel across slices over the data-centre network; 1 on one slice).
+    `data: -1` takes whatever devices the other axes leave. `rules` override the logical-axis -> mesh-axes
+    table of `jdistill.train.sharding.DEFAULT_RULES` (e.g. `{mlp: tensor, embed: null}`)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    dcn_data: int = 1
+    rules: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> Problems:
+        problems = _positive(self, "fsdp", "tensor", "dcn_data")
+        if self.data < 1 and self.data != -1:
+            problems.append(("data", "a positive integer or -1 (all remaining devices)"))
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Where the job runs. `topology`: e.g. "v5e:4x4" / "v5p-128" / "h100:4x8" (None: this machine).
+    `distributed`: "auto" calls `jax.distributed.initialize()` when the environment describes a multi-host job
+    (TPU pod, Slurm, `JDISTILL_COORDINATOR`), "on" always, "off" never; `coordinator_address`, `num_processes`,
+    `process_id` pass through when set. The launch fields are read by `jdistill launch`."""
+
+    topology: str | None = None
+    num_slices: int = 1
+    distributed: Literal["auto", "on", "off"] = "auto"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    launcher: Literal["gcloud", "xpk", "slurm", "kubernetes"] = "gcloud"
+    name: str = "jdistill"
+    project: str | None = None
+    zone: str | None = None
+    runtime_version: str | None = None
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> Problems:
+        return _positive(self, "num_slices")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +188,8 @@ class Config:
     student: StageConfig = StageConfig()
     distill: DistillConfig = DistillConfig()
     run: RunConfig = RunConfig()
+    mesh: MeshConfig = MeshConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def validate(self) -> Problems:
         problems = []

@@ -8,8 +8,10 @@ from pathlib import Path
 STAGE_LABELS = {"teacher": "teacher", "student_scratch": "student (scratch)", "student_kd": "student (KD)"}
 
 
-def summary_table(summary: dict, stages=tuple(STAGE_LABELS)) -> str:
-    """A fixed-width table: params, accuracy, NLL, ECE (and bits/byte for LMs), wall time per stage."""
+def summary_table(summary: dict, stages=None) -> str:
+    """A fixed-width table: params, accuracy, NLL, ECE (and bits/byte for LMs), wall time per stage (default:
+    every stage in the summary)."""
+    stages = [k for k, v in summary.items() if isinstance(v, dict)] if stages is None else stages
     lm = "bits_per_byte" in summary[stages[0]]
     columns = ["model", "params", "accuracy", "nll", "ece"] + (["bits/byte"] if lm else []) + ["wall s"]
     rows = []

@@ -39,6 +39,8 @@ class ModelConfig:
       exit_layers: 1-based blocks with an early exit (shared exit head, methods.md item 20); () for none.
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
+      remat: rematerialisation of each block in the backward pass: "none" (keep activations), "full" (recompute
+        the block) or "dots" (save matmul outputs without batch dimensions, recompute the rest).
     """
 
     kind: Literal["classifier", "lm"] = "classifier"
@@ -80,6 +82,7 @@ class ModelConfig:
     exit_layers: tuple[int, ...] = ()
     attention_impl: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
 
     @property
     def resolved_head_dim(self) -> int:

@@ -126,7 +126,8 @@ class Transformer(nnx.Module):
         return self.embed(patches) + self.position[...].astype(self.embed.dtype or jnp.float32)
 
     def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False,
-                 return_stats: bool = False, head_gates=None, skip_budget: float | None = None):
+                 return_stats: bool = False, head_gates=None, skip_budget: float | None = None,
+                 logits: bool = True):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
         block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`; models
@@ -142,8 +143,11 @@ class Transformer(nnx.Module):
         for index, block in enumerate(self.blocks):
             stats = {} if (return_stats or self.config.residual_gates) else None
             gates = None if head_gates is None else head_gates[index]
-            h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates,
-                      skip_budget=skip_budget)
+            if stats is None and gates is None and skip_budget is None and self.config.remat != "none":
+                h = _remat_block(block, h, positions, segment_ids, self.config.remat)
+            else:
+                h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates,
+                          skip_budget=skip_budget)
             hidden.append(h)
             if stats is not None:
                 residual_gates += stats.pop("residual_gates", [])
@@ -158,8 +162,14 @@ class Transformer(nnx.Module):
         if residual_gates:
             aux["gate_sparsity_loss"] = gate_sparsity_loss(residual_gates)
             aux["residual_gates"] = tuple(residual_gates)
-        return ModelOutput(logits=self._logits(h), hidden_states=tuple(hidden) if return_hidden_states else None,
-                           exits=exits, aux=aux)
+        return ModelOutput(logits=self._logits(h) if logits else None, exits=exits, aux=aux, features=h,
+                           hidden_states=tuple(hidden) if return_hidden_states else None)
+
+    def head_weights(self):
+        """(kernel [d_model, out_dim], bias [out_dim] or None) of the output head (the embedding when tied)."""
+        if hasattr(self, "head"):
+            return self.head.kernel[...], (self.head.bias[...] if self.head.bias is not None else None)
+        return self.embed.embedding[...].T, None
 
     def _exits(self, hidden):
         pool = (lambda x: x.mean(axis=1)) if self.config.kind == "classifier" else (lambda x: x)
@@ -184,6 +194,18 @@ class Transformer(nnx.Module):
             h, cache = block.decode(h, positions=positions, cache=cache)
             new_caches.append(cache)
         return self._logits(self.final_norm(h)), tuple(new_caches)
+
+
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def _remat_block(block, h, positions, segment_ids, remat: str):
+    """Run `block` under `jax.checkpoint` so its activations are recomputed in the backward pass."""
+
+    def run(block, h, positions, segment_ids):
+        return block(h, positions=positions, segment_ids=segment_ids)
+
+    return nnx.remat(run, policy=REMAT_POLICIES[remat])(block, h, positions, segment_ids)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -1,18 +1,39 @@
 """The recipe interface: a teacher policy, recipe state, and a pure loss.
 
-A recipe never edits the train step. The step calls, inside one jitted function:
+A recipe never edits the train step. Inside one jitted function the step does, per micro-batch:
 
-    teacher_output = stop_gradient(teacher(batch))         # when recipe.teacher_policy != "none"
-    loss, metrics, new_state = recipe.loss(student_output, teacher_output, recipe_state, batch, rng)
+    teacher = merge(teacher_graphdef, stop_gradient(recipe.teacher_params(recipe_state, teacher_params)))
+    student = merge(graphdef, recipe.forward_params(params))            # differentiated w.r.t. params
+    loss, metrics, recipe_state = recipe.loss(student, teacher, recipe_state, batch, rng)
 
-Batches are dicts: classifiers carry `labels [batch]`; LMs carry `targets [batch, seq]` and `mask [batch, seq]`.
+then applies the optimizer update and `recipe_state = recipe.after_update(recipe_state, new_params, step)`.
+
+- `student` / `teacher` are Flax NNX modules (`teacher` is None for policy "none" and "self"); a recipe calls
+  them as often as it needs (several crops, a PGD attack, sampling with the KV cache).
+- `loss` is a scalar (a mean) or a pair `(sum, count)`: with gradient accumulation the step adds the sums and
+  counts of all micro-batches and divides once, so token-level objectives normalise by the global count
+  (conventions.md, Reductions). Scalars are averaged over micro-batches.
+- Batches are dicts: classifiers carry `inputs`, `labels [batch]` and `index [batch]` (the example's position in
+  the training split); LMs carry `inputs`, `targets [batch, seq]` and `mask [batch, seq]`. Every batch also has
+  `epoch` (float: the step's position in passes over the training split).
+
+Teacher policies (conventions.md, Teachers): `frozen` a trained teacher stage (or `teacher.init_from`),
+`ema` an exponential moving average of the student kept in the recipe state, `previous_epoch` the student's
+own predictions from the last epoch (a buffer in the recipe state), `random_init` a teacher frozen at its random
+initialisation, `snapshots` earlier student checkpoints kept in the recipe state, `cached_topk` top-k teacher
+log-probs read from disk with the batch, `self` the student itself (e.g. deeper exits teach earlier ones),
+`none` no teacher.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+import jax
+
 TEACHER_POLICIES = ("frozen", "ema", "previous_epoch", "random_init", "snapshots", "cached_topk", "self", "none")
+# Policies whose teacher is a separate model built from `config.teacher` (trained, loaded or random).
+SEPARATE_TEACHER_POLICIES = ("frozen", "random_init")
 
 
 def targets_and_mask(batch: dict):
@@ -23,13 +44,56 @@ def targets_and_mask(batch: dict):
 
 
 class Recipe(Protocol):
-    """What the train step needs from a recipe."""
+    """What the train step needs from a recipe (`RecipeBase` supplies the defaults)."""
 
     name: str
     teacher_policy: str
 
-    def init_state(self) -> Any:
-        """Recipe state carried across steps (a pytree; `()` when stateless)."""
+    def init(self, student_params, teacher_params, rng) -> tuple[Any, Any]:
+        """(student params to start from, initial recipe state); the state is a pytree (`()` when stateless)."""
 
-    def loss(self, student_output, teacher_output, recipe_state, batch: dict, rng) -> tuple[Any, dict, Any]:
-        """(scalar loss, metrics dict of scalars, new recipe state)."""
+    def teacher_params(self, recipe_state, teacher_params):
+        """The parameters the teacher runs with this step (the fixed teacher, or e.g. the EMA in the state)."""
+
+    def forward_params(self, params):
+        """The parameters the student's forward pass uses (e.g. straight-through quantised); default: `params`."""
+
+    def loss(self, student, teacher, recipe_state, batch: dict, rng) -> tuple[Any, dict, Any]:
+        """(loss: scalar or (sum, count), metrics: dict of scalars, new recipe state)."""
+
+    def after_update(self, recipe_state, params, step):
+        """The recipe state after the optimizer update (e.g. the EMA teacher moves toward `params`)."""
+
+
+class RecipeBase:
+    """Defaults for the optional hooks; recipes are frozen dataclasses that inherit from this."""
+
+    name = "recipe"
+    teacher_policy = "none"
+    # Born-again style recipes train this many student generations, each taught by the previous one.
+    generations = 1
+
+    def init(self, student_params, teacher_params, rng):
+        del teacher_params, rng
+        return student_params, ()
+
+    def teacher_params(self, recipe_state, teacher_params):
+        del recipe_state
+        return teacher_params
+
+    def forward_params(self, params):
+        return params
+
+    def after_update(self, recipe_state, params, step):
+        del params, step
+        return recipe_state
+
+    def wraps_student(self):
+        """None, or a function `(model_config, rngs) -> nnx.Module` building the trained module (e.g. two peer
+        students for mutual distillation); its `__call__` must give the output that is evaluated."""
+        return None
+
+
+def ema_update(average, params, decay):
+    """`decay * average + (1 - decay) * params`, leaf by leaf (the EMA / mean-teacher update)."""
+    return jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p.astype(a.dtype), average, params)

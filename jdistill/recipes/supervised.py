@@ -7,24 +7,21 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill.losses import cross_entropy
-from jdistill.recipes.base import targets_and_mask
+from jdistill.recipes.base import RecipeBase, targets_and_mask
 
 
 @dataclasses.dataclass(frozen=True)
-class Supervised:
+class Supervised(RecipeBase):
     """`CE(y, s)`, mean over valid positions; no teacher."""
 
     label_smoothing: float = 0.0
     name: str = "supervised"
     teacher_policy: str = "none"
 
-    def init_state(self):
-        return ()
-
-    def loss(self, student_output, teacher_output, recipe_state, batch, rng):
-        del teacher_output, rng
+    def loss(self, student, teacher, recipe_state, batch, rng):
+        del teacher, rng
         labels, mask = targets_and_mask(batch)
-        logits = student_output.logits
+        logits = student(batch["inputs"]).logits
         ce = cross_entropy(logits, labels, mask=mask, label_smoothing=self.label_smoothing)
         return ce, {"loss": ce, "ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, recipe_state
 

@@ -27,6 +27,14 @@ def train_dataset(data_config, model_config, train_config, seed: int) -> grain.M
     return data.classification_train_dataset(source, seed=seed, batch_size=per_host, transform=transform, **shard)
 
 
+def train_examples(data_config, kind: str) -> int:
+    """Training examples per epoch: images, or `seq_len`-token windows of the LM stream."""
+    source = _source(data_config, "train")
+    if kind == "lm":
+        return max(len(data.packed_stream(source)) // data_config.seq_len, 1)
+    return len(source)
+
+
 def batches_from(dataset: grain.MapDataset, start: int, stop: int):
     """Iterate steps `[start, stop)` with background prefetching."""
     options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)

@@ -1,10 +1,12 @@
-"""The teacher -> student job (the default `jdistill train`).
+"""A distillation job (`jdistill train`): the stages a recipe needs, each in its own folder of the run directory.
 
-Three stages on one dataset, each in its own folder of the run directory:
-  1. `teacher`          the teacher, trained on labels;
-  2. `student_scratch`  the student, trained on labels only;
-  3. `student_kd`       the same student (same init, same data order, same budget) trained with the
-                        distillation objective against the frozen teacher.
+  1. `teacher`           when the recipe's teacher is a separate model: trained on labels (policy `frozen`,
+                         `cached_topk`), loaded from `teacher.init_from`, or kept at its random init
+                         (`random_init`);
+  2. `student_scratch`   the student on labels only (when `run.baseline`), the comparison for the recipe;
+  3. `student_<recipe>`  the same student (same init, data order and budget) trained with the recipe; recipes
+                         with `generations > 1` (born-again) train `student_<recipe>_gen<k>`, each taught by the
+                         generation before it.
 Then a table, `summary.json`, and `learning_curves.png`.
 """
 
@@ -13,51 +15,90 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import jax
+from flax import nnx
+
 from jdistill.configs import Config, to_dict
 from jdistill.eval import report
-from jdistill.recipes import KnowledgeDistillation, Supervised
+from jdistill.models import Transformer, count_params
+from jdistill.recipes import Supervised
+from jdistill.recipes.registry import build_recipe
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.rundir import prepare_run_dir, write_config
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
-STAGES = ("teacher", "student_scratch", "student_kd")
+TRAINED_TEACHER_POLICIES = ("frozen", "cached_topk")
 
 
-def run_teacher_student(config: Config, run_dir: Path, *, resume: bool = False, progress: bool | None = None,
-                        interrupt_at: tuple[str, int] | None = None) -> dict:
-    """Run (or resume) the three stages; returns the summary written to `run_dir/summary.json`.
+def student_stage_names(recipe) -> list[str]:
+    base = f"student_{recipe.name}"
+    return [base] if recipe.generations == 1 else [f"{base}_gen{k}" for k in range(1, recipe.generations + 1)]
+
+
+def random_teacher(config: Config) -> StageResult:
+    """The teacher at its random initialisation (policy `random_init`): never trained, never changed."""
+    model = Transformer(config.teacher.model, rngs=nnx.Rngs(params=stage_key(config.seed, TEACHER_INIT)))
+    graphdef, params = nnx.split(model)
+    return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
+
+
+def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bool | None = None,
+            interrupt_at: tuple[str, int] | None = None, dataset_fns: dict | None = None) -> dict:
+    """Run (or resume) the stages; returns the summary written to `run_dir/summary.json`.
 
     `interrupt_at=(stage, step)` stops that stage after that step's checkpoint, as if the process were killed,
-    and returns an empty dict (for resume tests).
+    and returns an empty dict (for resume tests). `dataset_fns[stage]` transforms that stage's training data.
     """
     started = time.perf_counter()
+    recipe = build_recipe(config.distill)
     run_dir = prepare_run_dir(Path(run_dir), resume=resume)
-    if not resume:
+    if not resume and jax.process_index() == 0:
         write_config(run_dir, to_dict(config))
     show = config.run.progress if progress is None else progress
     common = dict(data_config=config.data, seed=config.seed, run_dir=run_dir, resume=resume, progress=show,
-                  tensorboard=config.run.tensorboard)
-    kd = KnowledgeDistillation.from_config(config.distill)
-    plan = [
-        ("teacher", config.teacher, Supervised(), TEACHER_INIT, False),
-        ("student_scratch", config.student, Supervised(), STUDENT_INIT, False),
-        ("student_kd", config.student, kd, STUDENT_INIT, True),
-    ]
+                  tensorboard=config.run.tensorboard, mesh_config=config.mesh)
     results: dict[str, StageResult] = {}
-    for name, stage, recipe, purpose, needs_teacher in plan:
+
+    def stage(name, stage_config, stage_recipe, purpose, teacher=None):
         interrupt_step = interrupt_at[1] if interrupt_at and interrupt_at[0] == name else None
-        result = run_stage(name, stage, recipe=recipe, init_key=stage_key(config.seed, purpose),
-                           stage_dir=run_dir / name, teacher=results["teacher"] if needs_teacher else None,
-                           interrupt_at_step=interrupt_step, **common)
-        results[name] = result
-        if interrupt_step is not None and interrupt_step < stage.train.steps:
+        results[name] = run_stage(name, stage_config, recipe=stage_recipe, init_key=stage_key(config.seed, purpose),
+                                  stage_dir=run_dir / name, teacher=teacher, interrupt_at_step=interrupt_step,
+                                  dataset_fn=(dataset_fns or {}).get(name), **common)
+        return interrupt_step is not None and interrupt_step < stage_config.train.steps
+
+    teacher = None
+    if recipe.teacher_policy in TRAINED_TEACHER_POLICIES:
+        if config.teacher.init_from:
+            from jdistill.train.restore import load_pretrained
+
+            teacher = results["teacher"] = load_pretrained(config.teacher)
+        else:
+            if stage("teacher", config.teacher, Supervised(), TEACHER_INIT):
+                return {}
+            teacher = results["teacher"]
+    elif recipe.teacher_policy == "random_init":
+        teacher = random_teacher(config)
+    if config.run.baseline:
+        if stage("student_scratch", config.student, Supervised(), STUDENT_INIT):
             return {}
+    for name in student_stage_names(recipe):
+        if stage(name, config.student, recipe, STUDENT_INIT, teacher=teacher):
+            return {}
+        if recipe.generations > 1:
+            teacher = results[name]
     summary = {name: dict(result.metrics, params=result.params_count, wall_seconds=result.wall_seconds)
-               for name, result in results.items()}
+               for name, result in results.items() if result.metrics}
     summary["wall_seconds"] = time.perf_counter() - started
     summary["data"] = config.data.name
-    write_json_atomic(run_dir / "summary.json", summary)
-    if config.run.plot:
-        report.plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curves.png", STAGES)
+    summary["recipe"] = recipe.name
+    if jax.process_index() == 0:
+        write_json_atomic(run_dir / "summary.json", summary)
+        if config.run.plot:
+            report.plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curves.png", list(results))
     return summary
+
+
+def run_teacher_student(config: Config, run_dir: Path, **kwargs) -> dict:
+    """The default job (KD recipe): teacher, student_scratch, student_kd. Kept as the documented entry point."""
+    return run_job(config, run_dir, **kwargs)

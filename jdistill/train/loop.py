@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jdistill.configs.schema import MeshConfig
 from jdistill.eval.metrics import add_stats, summarize
 from jdistill.models import Transformer, count_params
-from jdistill.train import inputs
+from jdistill.train import inputs, sharding
 from jdistill.train.checkpoint import Checkpointer
 from jdistill.train.optim import make_optimizer
-from jdistill.train.state import create_train_state
-from jdistill.train.step import make_eval_step, make_train_step
+from jdistill.train.state import TrainState
+from jdistill.train.step import StepShardings, make_eval_step, make_train_step
 from jdistill.train.writers import MetricsWriter, truncate_jsonl, write_json_atomic
 
 
@@ -52,20 +54,48 @@ def _mean_metrics(window: list[dict]) -> dict:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def build_student(stage_config, recipe, init_key):
+    """The module a stage trains: the config's transformer, or the recipe's wrapper around it (peer students)."""
+    rngs = nnx.Rngs(params=init_key)
+    factory = recipe.wraps_student()
+    return factory(stage_config.model, rngs) if factory is not None else Transformer(stage_config.model, rngs=rngs)
+
+
+def steps_per_epoch(data_config, train_config, kind: str) -> float:
+    """Optimizer steps per pass over the training split (examples, or LM windows)."""
+    examples = inputs.train_examples(data_config, kind)
+    return max(examples / train_config.batch_size, 1e-9)
+
+
 def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_key, stage_dir: Path,
               run_dir: Path, teacher: StageResult | None = None, resume: bool = False, progress: bool = True,
-              tensorboard: bool = True, interrupt_at_step: int | None = None) -> StageResult:
+              tensorboard: bool = True, interrupt_at_step: int | None = None, mesh_config=None,
+              dataset_fn=None) -> StageResult:
     """Train (or resume, or reload a finished) stage and return its result.
 
+    The step runs on the mesh of `mesh_config` (default: data parallel over every device) with explicit
+    shardings. `dataset_fn(dataset) -> dataset` may add fields to the training batches (e.g. a teacher cache).
     `interrupt_at_step` stops after that step's checkpoint as if the process were killed (for resume tests).
     """
     started = time.perf_counter()
     model_config, train_config = stage_config.model, stage_config.train
-    model = Transformer(model_config, rngs=nnx.Rngs(params=init_key))
+    model = build_student(stage_config, recipe, init_key)
     optimizer = make_optimizer(train_config)
-    graphdef, state = create_train_state(model, optimizer, recipe.init_state())
     params_count = count_params(model)
+    graphdef, params = nnx.split(model)
     del model
+    teacher_params = teacher.params if teacher is not None else None
+    params, recipe_state = recipe.init(params, teacher_params, jax.random.fold_in(init_key, 7))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                       recipe_state=recipe_state)
+    mesh = sharding.make_mesh(mesh_config or MeshConfig())
+    rules = sharding.resolve_rules((mesh_config or MeshConfig()).rules)
+    state_shardings = sharding.state_shardings(state, mesh, rules)
+    state = sharding.shard(state, state_shardings)
+    teacher_shardings = None
+    if teacher_params is not None:
+        teacher_shardings = sharding.param_shardings(teacher_params, mesh, rules)
+        teacher_params = sharding.shard(teacher_params, teacher_shardings)
     checkpointer = Checkpointer(stage_dir / "checkpoints", keep=train_config.keep_checkpoints)
     result_path = stage_dir / "result.json"
     start = 0
@@ -79,26 +109,31 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     if jax.process_index() == 0:
         truncate_jsonl(run_dir / "metrics.jsonl", name, start)
     writer = MetricsWriter(run_dir, name, tensorboard=tensorboard)
-    teacher_graphdef = teacher.graphdef if teacher is not None else None
-    teacher_params = teacher.params if teacher is not None else None
-    train_step = make_train_step(graphdef, recipe, optimizer, seed=seed, teacher_graphdef=teacher_graphdef)
+    dataset = inputs.train_dataset(data_config, model_config, train_config, seed)
+    if dataset_fn is not None:
+        dataset = dataset_fn(dataset)
+    batch_shardings = sharding.batch_shardings(dataset[0], mesh, rules)
+    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh))
+    train_step = make_train_step(graphdef, recipe, optimizer, seed=seed,
+                                 teacher_graphdef=teacher.graphdef if teacher is not None else None,
+                                 grad_accum_steps=train_config.grad_accum_steps, shardings=shardings,
+                                 steps_per_epoch=steps_per_epoch(data_config, train_config, model_config.kind))
     eval_step = make_eval_step(graphdef)
     eval_batches = inputs.eval_batches(data_config, model_config.kind)
-    dataset = inputs.train_dataset(data_config, model_config, train_config, seed)
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)
-    bar = tqdm(total=train_config.steps, initial=start, desc=name, disable=not progress, dynamic_ncols=True,
-               leave=True)
+    bar = tqdm(total=train_config.steps, initial=start, desc=name, dynamic_ncols=True, leave=True,
+               disable=not progress or jax.process_index() != 0)
     window, window_start = [], time.perf_counter()
     metrics = None
     for step, batch in zip(range(start + 1, stop + 1), inputs.batches_from(dataset, start, stop)):
-        state, step_metrics = train_step(state, teacher_params, batch)
+        state, step_metrics = train_step(state, teacher_params, sharding.global_batch(batch, batch_shardings))
         window.append(step_metrics)
         bar.update(1)
         if step % train_config.log_every == 0 or step == stop:
             train_metrics = _mean_metrics(window)
             train_metrics["steps_per_second"] = len(window) / (time.perf_counter() - window_start)
             writer.write(step, "train", train_metrics)
-            bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", acc=f"{train_metrics['accuracy']:.3f}",
+            bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", acc=f"{train_metrics.get('accuracy', 0.0):.3f}",
                             steps_s=f"{train_metrics['steps_per_second']:.1f}")
             window, window_start = [], time.perf_counter()
         if step % train_config.eval_every == 0 or step == train_config.steps:

@@ -1,13 +1,19 @@
 """The generic, pure train step and the evaluation step.
 
-`train_step(state, teacher_params, batch) -> (state, metrics)`: the teacher (if the recipe has one) runs
-inside the same jitted function under `stop_gradient`; its parameters are a separate, non-donated argument
-and never reach the optimizer. The student state is donated. Randomness: `fold_in(fold_in(seed, purpose), step)`.
+`train_step(state, teacher_params, batch) -> (state, metrics)` is one jitted function for every recipe: the
+teacher (when the recipe's policy has one) runs inside it under `stop_gradient` with the parameters the policy
+selects; its parameters are a separate, non-donated argument and never reach the optimizer. The student state
+is donated. With `grad_accum_steps = A` the batch is split into A micro-batches scanned in sequence; losses given
+as `(sum, count)` are normalised once by the global count. Randomness: `fold_in(fold_in(seed, purpose), step)`.
+With `shardings` the step is jitted with explicit in/out shardings (see `jdistill.train.sharding`).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -18,35 +24,106 @@ from jdistill.train.state import TrainState
 PURPOSE_STEP_RNG = 1
 
 
+class StepShardings(NamedTuple):
+    """Explicit shardings of the step's arguments: the TrainState tree, the teacher params, the batch dict."""
+
+    state: object
+    teacher: object
+    batch: object
+    replicated: object
+
+
 def step_rng(seed: int, step):
     """The key for a step: derived from the config seed and the step, so a resumed run sees the same keys."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), PURPOSE_STEP_RNG), step)
 
 
-def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=None):
+def as_sum_count(loss):
+    """A recipe loss as (sum, count): a scalar mean counts as one unit."""
+    if isinstance(loss, tuple):
+        return loss[0].astype(jnp.float32), jnp.asarray(loss[1], jnp.float32)
+    return loss.astype(jnp.float32), jnp.ones((), jnp.float32)
+
+
+def split_micro_batches(batch: dict, count: int) -> dict:
+    """[batch, ...] -> [count, batch // count, ...] for every per-example leaf."""
+    return jax.tree.map(lambda x: x.reshape(count, x.shape[0] // count, *x.shape[1:]), batch)
+
+
+def make_loss_and_grad(graphdef, recipe, teacher_graphdef):
+    """`(params, recipe_state, teacher_params, batch, rng) -> ((sum, count), metrics, recipe_state, grad of sum)`."""
+
+    def loss_and_grad(params, recipe_state, teacher_params, batch, rng):
+        teacher = None
+        if recipe.teacher_policy not in ("none", "self", "cached_topk"):
+            selected = jax.lax.stop_gradient(recipe.teacher_params(recipe_state, teacher_params))
+            teacher = nnx.merge(teacher_graphdef or graphdef, selected)
+
+        def loss_fn(params):
+            student = nnx.merge(graphdef, recipe.forward_params(params))
+            loss, metrics, new_state = recipe.loss(student, teacher, recipe_state, batch, rng)
+            total, count = as_sum_count(loss)
+            return total, (count, metrics, new_state)
+
+        (total, (count, metrics, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return (total, count), metrics, new_state, grads
+
+    return loss_and_grad
+
+
+def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=None, grad_accum_steps: int = 1,
+                    steps_per_epoch: float | None = None, shardings: StepShardings | None = None):
     """Build the jitted `train_step(state, teacher_params, batch) -> (state, metrics)`."""
+    loss_and_grad = make_loss_and_grad(graphdef, recipe, teacher_graphdef)
 
     def train_step(state: TrainState, teacher_params, batch):
         rng = step_rng(seed, state.step)
-        teacher_output = None
-        if teacher_graphdef is not None:
-            teacher = nnx.merge(teacher_graphdef, teacher_params)
-            teacher_output = jax.lax.stop_gradient(teacher(batch["inputs"]))
-
-        def loss_fn(params):
-            student = nnx.merge(graphdef, params)
-            output = student(batch["inputs"])
-            loss, metrics, recipe_state = recipe.loss(output, teacher_output, state.recipe_state, batch, rng)
-            return loss, (metrics, recipe_state)
-
-        (_, (metrics, recipe_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        epoch = jnp.asarray(state.step, jnp.float32) / steps_per_epoch if steps_per_epoch else jnp.zeros(())
+        if grad_accum_steps == 1:
+            (total, count), metrics, recipe_state, grads = loss_and_grad(
+                state.params, state.recipe_state, teacher_params, dict(batch, epoch=epoch), rng)
+        else:
+            total, count, metrics, recipe_state, grads = _accumulate(
+                loss_and_grad, state, teacher_params, batch, epoch, rng, grad_accum_steps)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        recipe_state = recipe.after_update(recipe_state, params, state.step + 1)
+        metrics = dict(metrics, loss=total / jnp.maximum(count, 1.0), grad_norm=optax.tree.norm(grads))
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, recipe_state=recipe_state)
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    return jax.jit(train_step, donate_argnums=(0,),
+                   in_shardings=(shardings.state, shardings.teacher, shardings.batch),
+                   out_shardings=(shardings.state, shardings.replicated))
+
+
+def _accumulate(loss_and_grad, state, teacher_params, batch, epoch, rng, count_micro: int):
+    """Scan the micro-batches, adding gradient sums, loss sums and counts; metrics are averaged."""
+    micro_batches = split_micro_batches(batch, count_micro)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+
+    def body(carry, xs):
+        grads, total, count, recipe_state, metric_sums = carry
+        index, micro = xs
+        micro = dict(micro, epoch=epoch)
+        (t, c), metrics, recipe_state, g = loss_and_grad(state.params, recipe_state, teacher_params, micro,
+                                                         jax.random.fold_in(rng, index))
+        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+        metric_sums = jax.tree.map(lambda a, b: a + b / count_micro, metric_sums, metrics)
+        return (grads, total + t, count + c, recipe_state, metric_sums), None
+
+    first = dict(jax.tree.map(lambda x: x[0], micro_batches), epoch=epoch)
+    metric_shapes = jax.eval_shape(lambda: loss_and_grad(state.params, state.recipe_state, teacher_params, first,
+                                                         rng)[1])
+    metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes)
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), state.recipe_state, metric_zeros)
+    (grads, total, count, recipe_state, metrics), _ = jax.lax.scan(
+        body, init, (jnp.arange(count_micro), micro_batches))
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    return total, count, metrics, recipe_state, grads
 
 
 def make_eval_step(graphdef):
