@@ -88,6 +88,12 @@ class RecipeBase:
         del params, step
         return recipe_state
 
+    def extra_metrics(self, model, eval_batches, rng) -> dict:
+        """Recipe-specific evaluation of the trained student at the end of its stage (e.g. robust accuracy,
+        linear-probe accuracy), merged into the stage's metrics; default none."""
+        del model, eval_batches, rng
+        return {}
+
     def wraps_student(self):
         """None, or a function `(model_config, rngs) -> nnx.Module` building the trained module (e.g. two peer
         students for mutual distillation); its `__call__` must give the output that is evaluated."""

@@ -146,6 +146,8 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     checkpointer.close()
     if metrics is None or stop < train_config.steps:
         metrics = evaluate(eval_step, state.params, eval_batches, kind=model_config.kind)
+    metrics = dict(metrics, **recipe.extra_metrics(nnx.merge(graphdef, state.params), eval_batches,
+                                                   jax.random.fold_in(init_key, 11)))
     wall = time.perf_counter() - started
     if stop == train_config.steps and jax.process_index() == 0:
         write_json_atomic(result_path, {"metrics": metrics, "wall_seconds": wall, "params": params_count})
