@@ -3,7 +3,12 @@
     jdistill train [--config NAME|PATH] [--run-dir DIR] [--resume] [key.sub=value ...]
     jdistill info
     jdistill analyze head-gates --run-dir DIR [--stage teacher]
+    jdistill recipes
+    jdistill cache-teacher --config NAME|PATH [--out DIR] [--top-k K] [--split train] [key.sub=value ...]
+    jdistill compile --config NAME|PATH [--topology NAME] [key.sub=value ...]
+    jdistill launch --config NAME|PATH [--dry-run] [key.sub=value ...]
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
+    jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
 """
@@ -77,6 +82,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    from jdistill.configs import preset_names
+    from jdistill.recipes.registry import recipe_table
+
+    presets = set(preset_names())
+    rows = recipe_table()
+    width = max(len(name) for name, _, _ in rows)
+    policy_width = max(len(policy) for _, policy, _ in rows)
+    for name, policy, description in rows:
+        preset = f"  [--config {name}]" if name in presets else ""
+        print(f"{name.ljust(width)}  {policy.ljust(policy_width)}  {description}{preset}")
+    return 0
+
+
+def _lazy(module: str, function: str):
+    """A command whose implementation is imported only when it runs (keeps `jdistill --help` fast)."""
+
+    def run(args):
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
 def cmd_info(args) -> int:
     import jax
 
@@ -120,6 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     info = sub.add_parser("info", help="versions, devices, presets, data directory")
     info.set_defaults(func=cmd_info)
+    recipes = sub.add_parser("recipes", help="list every distillation recipe (name, teacher policy, what it does)")
+    recipes.set_defaults(func=cmd_recipes)
+    cache = sub.add_parser("cache-teacher", help="run a teacher over a dataset once; store top-k log-probs per token")
+    cache.add_argument("--config", help="preset name or YAML path (its teacher is trained unless init_from is set)")
+    cache.add_argument("--run-dir", help="a run whose trained teacher stage to use (default: train one)")
+    cache.add_argument("--out", help="output folder (default: RUN_DIR/teacher_cache)")
+    cache.add_argument("--top-k", type=int, default=None, help="log-probs kept per token (default: the config's)")
+    cache.add_argument("--split", default="train", help="dataset split to cache")
+    cache.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    cache.set_defaults(func=_lazy("jdistill.train.teacher_cache", "cmd_cache_teacher"))
+    compile_ = sub.add_parser("compile", help="compile the sharded train step ahead of time for the config's "
+                                              "topology; print per-chip memory, FLOPs, MFU-bound step time")
+    compile_.add_argument("--config", required=True, help="a tpu_configs/*.yaml file, preset name or YAML path")
+    compile_.add_argument("--topology", help="override cluster.topology (e.g. v5e:4x4, v5p-128, h100:1x8)")
+    compile_.add_argument("--json", help="also write the figures to this JSON file")
+    compile_.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    compile_.set_defaults(func=_lazy("jdistill.scale.compile", "cmd_compile"))
+    launch = sub.add_parser("launch", help="start the config's job on its cluster (TPU VM, xpk, Slurm, Kubernetes)")
+    launch.add_argument("--config", required=True, help="a tpu_configs/*.yaml file, preset name or YAML path")
+    launch.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
+    launch.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    launch.set_defaults(func=_lazy("jdistill.scale.launch", "cmd_launch"))
     analyze = sub.add_parser("analyze", help="analyses of a trained model")
     analyze_sub = analyze.add_subparsers(dest="analyze_command", required=True)
     head_gates = analyze_sub.add_parser("head-gates", help="causal head gating: label heads facilitating / "
@@ -136,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_attention = bench_sub.add_parser("attention", help="time the gated-attention implementations here")
     add_attention_arguments(bench_attention)
     bench_attention.set_defaults(func=run_attention)
+    bench_step = bench_sub.add_parser("train-step", help="KD train step vs an equivalent PyTorch loop and vs a "
+                                                         "plain cross-entropy step")
+    bench_step.add_argument("--steps", type=int, default=20, help="timed steps per contender")
+    bench_step.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    bench_step.add_argument("--batch", type=int, default=16, help="sequences per step")
+    bench_step.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+    bench_step.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
+    bench_step.add_argument("--profile", help="write a jax.profiler trace and per-op HLO timings to this folder")
+    bench_step.add_argument("--json", help="also write the figures to this JSON file")
+    bench_step.set_defaults(func=_lazy("jdistill.bench.train_step", "run_train_step"))
     return parser
 
 

@@ -25,6 +25,8 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "generalized_jsd", "tvd")
 
 @dataclasses.dataclass(frozen=True)
 class KnowledgeDistillation(RecipeBase):
+    """Logit KD from a frozen trained teacher (Hinton et al. 2015), any divergence of the catalogue."""
+
     objective: str = "forward_kl"
     temperature: float = 2.0
     distill_weight: float = 1.0
