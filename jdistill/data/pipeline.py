@@ -8,7 +8,8 @@ batches are cut from the endless stream of epochs, so a batch may straddle an ep
 (every example is seen equally often).
 
 Batch formats:
-- train: `{"inputs": float32 [batch, *image_shape] in [0, 1], "labels": int32 [batch]}`
+- train: `{"inputs": float32 [batch, *image_shape] in [0, 1], "labels": int32 [batch], "index": int32 [batch]}`,
+  `index` being the example's position in the (unsharded) training split (per-example state, e.g. PS-KD)
 - eval:  the same plus `"mask": bool [batch]`, False on the padding rows of the last batch.
 """
 
@@ -57,10 +58,10 @@ def classification_train_dataset(
 def _classification_batches(source, to_example, seed, batch_size, process_index, process_count):
     if len(source) > IN_MEMORY_MAX_EXAMPLES:
         return (
-            host_shard(grain.MapDataset.source(source), process_index, process_count)
+            host_shard(grain.MapDataset.range(len(source)), process_index, process_count)
             .shuffle(seed=shuffle_seed(seed))
             .repeat()
-            .map(to_example)
+            .map(functools.partial(_indexed_example, source, to_example))
             .batch(batch_size, drop_remainder=True)
         )
     # Small sources: decode once into arrays and gather whole batches by index (same order as above,
@@ -75,13 +76,17 @@ def _classification_batches(source, to_example, seed, batch_size, process_index,
     )
 
 
+def _indexed_example(source: Sequence[dict], to_example, index: int) -> dict[str, np.ndarray]:
+    return dict(to_example(source[index]), index=np.int32(index))
+
+
 def _decoded_table(source: Sequence[dict], to_example) -> dict[str, np.ndarray]:
     examples = [to_example(source[index]) for index in range(len(source))]
     return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
 
 
 def _gather_rows(table: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
-    return {key: column[indices] for key, column in table.items()}
+    return dict({key: column[indices] for key, column in table.items()}, index=np.asarray(indices, np.int32))
 
 
 def classification_eval_batches(

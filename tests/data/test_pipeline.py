@@ -20,10 +20,21 @@ def labels_of_steps(dataset, num_steps: int) -> np.ndarray:
 
 def test_train_batch_format(digits_train):
     batch = classification_train_dataset(digits_train, seed=0, batch_size=32)[5]
-    assert set(batch) == {"inputs", "labels"}
+    assert set(batch) == {"inputs", "labels", "index"}
     assert batch["inputs"].dtype == np.float32 and batch["inputs"].shape == (32, 8, 8, 1)
     assert batch["labels"].dtype == np.int32 and batch["labels"].shape == (32,)
     assert 0.0 <= batch["inputs"].min() and batch["inputs"].max() == 1.0  # digits: divided by 16
+
+
+@pytest.mark.parametrize("num_examples", [100, 101])
+def test_index_is_the_position_in_the_training_split(num_examples, monkeypatch):
+    monkeypatch.setattr(pipeline, "IN_MEMORY_MAX_EXAMPLES", 100)  # 101 examples take the streaming path
+    source = indexed_source(num_examples)
+    dataset = classification_train_dataset(source, seed=3, batch_size=10)
+    for step in (0, 9, 10, 25):
+        batch = dataset[step]
+        assert batch["index"].dtype == np.int32
+        np.testing.assert_array_equal(batch["index"], batch["labels"])  # the label is the position here
 
 
 def test_uint8_images_without_metadata_are_scaled_by_255():
