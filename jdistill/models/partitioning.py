@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 
 import jax
+from jax.sharding import PartitionSpec
+
+# Mesh axes that split the batch dimension of activations (jdistill.train.sharding.DEFAULT_RULES["batch"]).
+BATCH_MESH_AXES = ("data", "fsdp")
 
 # (regular expression over "a/b/c" parameter paths, logical axes of that parameter); first match wins.
 PARAMETER_AXES: tuple[tuple[str, tuple], ...] = (
@@ -47,3 +51,19 @@ def logical_axes(path: str, ndim: int) -> tuple:
 def tree_logical_axes(params):
     """A pytree like `params` whose leaves are the logical-axes tuples."""
     return jax.tree_util.tree_map_with_path(lambda path, leaf: logical_axes(path_string(path), leaf.ndim), params)
+
+
+def constrain_batch(x):
+    """Keep activations `[batch, ...]` split over the batch mesh axes when traced under a mesh (`jax.set_mesh`);
+    without it XLA may follow a parameter's layout (the embedding's `embed` shards) and replicate activations.
+    A no-op outside a mesh or when the axes do not divide the batch."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    size = 1
+    for a in axes:
+        size *= mesh.shape[a]
+    if not axes or x.shape[0] % size:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes, *([None] * (x.ndim - 1))))

@@ -8,6 +8,7 @@ from flax import nnx
 
 from jdistill.models.config import ModelConfig
 from jdistill.models.outputs import ModelOutput
+from jdistill.models.partitioning import constrain_batch
 from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
 from jdistill.nn.deltanet import GatedDeltaNet
 from jdistill.nn.exits import ExitHeads
@@ -136,7 +137,7 @@ class Transformer(nnx.Module):
         output (causal head gating). `skip_budget` (GateSkip inference, models with `residual_gates`): in every
         branch, the tokens whose mean gate is under that quantile keep their residual unchanged (the branch's
         output is dropped), about that fraction of tokens per branch."""
-        h = self._embed(inputs)
+        h = constrain_batch(self._embed(inputs))
         hidden = [h]
         layer_stats = []
         residual_gates = []
@@ -148,6 +149,7 @@ class Transformer(nnx.Module):
             else:
                 h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates,
                           skip_budget=skip_budget)
+            h = constrain_batch(h)
             hidden.append(h)
             if stats is not None:
                 residual_gates += stats.pop("residual_gates", [])

@@ -40,14 +40,15 @@ class MeshError(UserError):
 
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) sizes, with `data: -1` taking the devices the other axes leave."""
+    """(data, fsdp, tensor) sizes, with `data: -1` taking the devices the other axes leave. A mesh smaller than
+    the devices is allowed on one process (it uses the first devices: `mesh.data=1` runs on one device)."""
     fixed = mesh_config.fsdp * mesh_config.tensor
     data = mesh_config.data
     if data == -1:
         if num_devices % fixed:
             raise MeshError(f"mesh: fsdp*tensor = {fixed} does not divide the {num_devices} devices")
         data = num_devices // fixed
-    if data * fixed != num_devices:
+    if data * fixed > num_devices or (data * fixed < num_devices and jax.process_count() > 1):
         raise MeshError(f"mesh: data*fsdp*tensor = {data}*{mesh_config.fsdp}*{mesh_config.tensor} = "
                         f"{data * fixed}, but there are {num_devices} devices")
     return data, mesh_config.fsdp, mesh_config.tensor
@@ -64,6 +65,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
         grid = mesh_utils.create_hybrid_device_mesh((data, fsdp, tensor), (slices, 1, 1), devices=devices)
         return Mesh(grid, MESH_AXES)
     shape = mesh_shape(mesh_config, len(devices))
+    devices = devices[: math.prod(shape)]
     try:
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
     except (AssertionError, NotImplementedError, ValueError):

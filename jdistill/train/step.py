@@ -95,7 +95,13 @@ def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=
 
     if shardings is None:
         return jax.jit(train_step, donate_argnums=(0,))
-    return jax.jit(train_step, donate_argnums=(0,),
+    abstract_mesh = shardings.replicated.mesh.abstract_mesh
+
+    def train_step_on_mesh(state, teacher_params, batch):
+        with jax.sharding.use_abstract_mesh(abstract_mesh):  # lets layers constrain activations to the batch axes
+            return train_step(state, teacher_params, batch)
+
+    return jax.jit(train_step_on_mesh, donate_argnums=(0,),
                    in_shardings=(shardings.state, shardings.teacher, shardings.batch),
                    out_shardings=(shardings.state, shardings.replicated))
 
