@@ -73,8 +73,16 @@ def cmd_train(args) -> int:
     if args.resume and args.config:
         raise RunDirError("--resume reads the run's own config.yaml; drop --config")
     config = _load_for_train(args)
+    from jdistill.train.distributed import maybe_initialize
+
+    if maybe_initialize(config.cluster) and args.run_dir is None:
+        raise RunDirError("a multi-host run needs --run-dir DIR (the same shared folder on every host)")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
     summary = run_teacher_student(config, run_dir, resume=args.resume)
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print()
     print(summary_table(summary))
     print(f"\nwall time {summary['wall_seconds']:.1f} s; wrote {run_dir}/summary.json, learning_curves.png, "

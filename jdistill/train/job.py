@@ -23,8 +23,9 @@ from jdistill.eval import report
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
+from jdistill.train.distributed import barrier
 from jdistill.train.loop import StageResult, run_stage, stage_key
-from jdistill.train.rundir import prepare_run_dir, write_config
+from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
@@ -52,9 +53,14 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
     """
     started = time.perf_counter()
     recipe = build_recipe(config.distill)
-    run_dir = prepare_run_dir(Path(run_dir), resume=resume)
-    if not resume and jax.process_index() == 0:
-        write_config(run_dir, to_dict(config))
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
+    barrier("run_dir_checked")
+    if jax.process_index() == 0:
+        prepare_run_dir(run_dir, resume=resume)
+        if not resume:
+            write_config(run_dir, to_dict(config))
+    barrier("run_dir")  # other hosts start once process 0 has created the run directory
     show = config.run.progress if progress is None else progress
     common = dict(data_config=config.data, seed=config.seed, run_dir=run_dir, resume=resume, progress=show,
                   tensorboard=config.run.tensorboard, mesh_config=config.mesh)

@@ -22,8 +22,8 @@ def default_run_dir(base: Path = Path("runs")) -> Path:
     return path
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool) -> Path:
-    """Create (or, with `resume`, reopen) a run directory; fail with one line if that is not possible."""
+def check_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """Fail with one line unless `run_dir` can be started (empty or absent) or resumed (has config.yaml)."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / "config.yaml").is_file():
@@ -31,6 +31,12 @@ def prepare_run_dir(run_dir: Path, *, resume: bool) -> Path:
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunDirError(f"{run_dir}: run directory already exists and is not empty; pass --resume to continue "
                           "it or choose another --run-dir")
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool) -> Path:
+    """Create (or, with `resume`, reopen) a run directory; fail with one line if that is not possible."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"

@@ -11,8 +11,7 @@ import os
 import re
 import sys
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -45,7 +44,8 @@ def batches(count=3):
                "mask": (rng.random((8, 16)) > 0.2)}
 
 
-def run(mesh_config):
+def build(mesh_config):
+    """(jitted sharded step, sharded state, sharded teacher params, batch shardings) for a mesh."""
     teacher_graphdef, teacher_params = nnx.split(Transformer(TEACHER, rngs=nnx.Rngs(1)))
     graphdef, params = nnx.split(Transformer(STUDENT, rngs=nnx.Rngs(2)))
     optimizer = make_optimizer(TRAIN)
@@ -62,6 +62,16 @@ def run(mesh_config):
                            shardings=shardings)
     state = sharding.shard(state, state_shardings)
     teacher_params = sharding.shard(teacher_params, teacher_shardings)
+    return step, state, teacher_params, batch_shardings, mesh
+
+
+def flat_params(state):
+    return np.concatenate([np.asarray(jax.device_get(x)).ravel() for x in jax.tree.leaves(state.params)])
+
+
+def run(mesh_config):
+    step, state, teacher_params, batch_shardings, mesh = build(mesh_config)
+    first = next(batches(1))
     compiled = step.lower(state, teacher_params, sharding.global_batch(first, batch_shardings)).compile()
     hlo = compiled.as_text()
     memory = compiled.memory_analysis()
@@ -69,12 +79,11 @@ def run(mesh_config):
     for batch in batches():
         state, metrics = step(state, teacher_params, sharding.global_batch(batch, batch_shardings))
         losses.append(float(metrics["loss"]))
-    leaves = [np.asarray(jax.device_get(x)).ravel() for x in jax.tree.leaves(state.params)]
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
     shard_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state.params))
     return {
         "losses": losses,
-        "params": np.concatenate(leaves).tolist(),
+        "params": flat_params(state).tolist(),
         "collectives": {name: len(re.findall(rf"\b{name}(-start)?\(", hlo)) for name in COLLECTIVES},
         "argument_bytes": memory.argument_size_in_bytes,
         "param_bytes": param_bytes,
@@ -84,5 +93,6 @@ def run(mesh_config):
 
 
 if __name__ == "__main__":
+    jax.config.update("jax_num_cpu_devices", 8)
     names = sys.argv[1:] or list(MESHES)
     print(json.dumps({name: run(MESHES[name]) for name in names}))
