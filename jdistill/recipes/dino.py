@@ -1,0 +1,130 @@
+"""DINO: self-distillation with no labels, an EMA teacher, centring and sharpening, multi-crop (Caron et al. 2021,
+"Emerging Properties in Self-Supervised Vision Transformers"; methods.md item 12).
+
+Per step, from the batch images and the step key (pure, so a resumed run sees the same views):
+
+    views  = 2 global + n_local local crops (`jdistill.data.crops.multi_crop`), every one at the model's input size
+    g_s^j  = student head on view j (all views);  g_t^i = EMA-teacher head on global view i
+    L      = 1/n_pairs * sum_{i != j} mean_b CE(softmax((g_t^i - c) / tau_t), log_softmax(g_s^j / tau_s))
+    c     <- 0.9 c + 0.1 mean(g_t)                                         (after the loss, recipe state)
+    theta_t <- m theta_t + (1 - m) theta_s,  m_it = 1 - 0.5 (1 - 0.996)(1 + cos(pi it / total))  (after the update)
+
+with n_pairs = 2 (n_crops - 1) (pairs of the same view are skipped), tau_s = 0.1 and tau_t warmed up linearly from
+0.04 to 0.07 over the first `teacher_temperature_warmup_epochs` epochs (`jdistill.losses.ssl`). The teacher starts
+as a copy of the student and lives in the recipe state (policy `ema`); `it` is the 0-based index of the update
+(the official code's `momentum_schedule[it]`), `total` = `total_steps` (set it to the stage's train.steps;
+0 keeps m = 0.996 throughout).
+
+Choices for jdistill's digits patch transformer:
+- Local crops: the model's position embeddings are fixed to one input size, so local crops are small random
+  regions (`local_scale` of the area) upsampled to that size, not lower-resolution inputs (`jdistill.data.crops`).
+- The DINO head: the paper's head is a 3-layer MLP, an L2 bottleneck and a weight-normalised projection to
+  `out_dim` = 65536 prototypes. Here the transformer's own classifier head is the projection: set the student's
+  `model.num_classes` to `out_dim` (the preset uses 64). Its "accuracy" against labels is therefore meaningless;
+  the representation is judged by `extra_metrics`: linear-probe and weighted k-NN (k = 20) accuracy on the
+  encoder features (`ModelOutput.features`, `jdistill.eval.probes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jdistill.data.crops import GLOBAL_SCALE, LOCAL_SCALE, multi_crop
+from jdistill.eval.probes import KNN_K, probe_metrics
+from jdistill.losses import dino_center_update, dino_loss, dino_teacher_temperature, ema_momentum, ema_update
+from jdistill.recipes.base import RecipeBase
+
+
+def copy_params(params):
+    """A copy of a parameter tree in fresh buffers (an EMA teacher must not alias the donated student)."""
+    return jax.tree.map(jnp.copy, params)
+
+
+def output_dim(params) -> int:
+    """Width of the classifier head of a Transformer parameter tree (DINO's `out_dim`)."""
+    return int(params["head"]["kernel"].shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dino(RecipeBase):
+    """DINO (Caron et al. 2021): label-free self-distillation from an EMA teacher, centring, multi-crop."""
+
+    n_global_crops: int = 2
+    n_local_crops: int = 6
+    student_temperature: float = 0.1
+    teacher_temperature_start: float = 0.04
+    teacher_temperature_end: float = 0.07
+    teacher_temperature_warmup_epochs: int = 30
+    center_momentum: float = 0.9
+    momentum_base: float = 0.996
+    total_steps: int = 0
+    global_scale: tuple = GLOBAL_SCALE
+    local_scale: tuple = LOCAL_SCALE
+    flip_prob: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    probe_k: int = KNN_K
+    name: str = "dino"
+    teacher_policy: str = "ema"
+
+    def __post_init__(self):
+        object.__setattr__(self, "global_scale", tuple(self.global_scale))
+        object.__setattr__(self, "local_scale", tuple(self.local_scale))
+        if self.n_global_crops < 1 or self.n_local_crops < 0 or self.n_global_crops + self.n_local_crops < 2:
+            raise ValueError("need n_global_crops >= 1, n_local_crops >= 0 and at least 2 crops in all")
+        if not 0.0 <= self.momentum_base <= 1.0 or not 0.0 <= self.center_momentum <= 1.0:
+            raise ValueError("momentum_base and center_momentum must be in [0, 1]")
+        for field in ("global_scale", "local_scale"):
+            low, high = getattr(self, field)
+            if not 0.0 < low <= high <= 1.0:
+                raise ValueError(f"{field} must be (low, high) with 0 < low <= high <= 1")
+
+    def init(self, student_params, teacher_params, rng):
+        del teacher_params, rng
+        state = {"teacher": copy_params(student_params), "center": jnp.zeros((output_dim(student_params),))}
+        return student_params, state
+
+    def teacher_params(self, recipe_state, teacher_params):
+        del teacher_params
+        return recipe_state["teacher"]
+
+    def views(self, images, rng):
+        """The crops of this step, `[n_crops, batch, H, W, C]`, global ones first."""
+        return multi_crop(rng, images, n_global=self.n_global_crops, n_local=self.n_local_crops,
+                          global_scale=self.global_scale, local_scale=self.local_scale, flip_prob=self.flip_prob,
+                          brightness=self.brightness, contrast=self.contrast)
+
+    def teacher_temperature(self, epoch):
+        return dino_teacher_temperature(epoch, self.teacher_temperature_warmup_epochs,
+                                        self.teacher_temperature_start, self.teacher_temperature_end)
+
+    def loss(self, student, teacher, recipe_state, batch, rng):
+        views = self.views(batch["inputs"], rng)
+        n_crops, size = views.shape[:2]
+        flat = views.reshape(n_crops * size, *views.shape[2:])
+        student_out = student(flat).logits.reshape(n_crops, size, -1)
+        teacher_out = teacher(flat[: self.n_global_crops * size]).logits.reshape(self.n_global_crops, size, -1)
+        tau_t = self.teacher_temperature(batch["epoch"])
+        loss = dino_loss(student_out, teacher_out, recipe_state["center"], student_temperature=self.student_temperature,
+                         teacher_temperature=tau_t, n_global_crops=self.n_global_crops)
+        center = dino_center_update(recipe_state["center"], teacher_out, self.center_momentum)
+        teacher_probs = jax.nn.softmax((teacher_out - recipe_state["center"]) / tau_t, axis=-1)
+        entropy = -jnp.sum(teacher_probs * jnp.log(teacher_probs + 1e-12), axis=-1).mean()
+        metrics = {"dino": loss, "teacher_temperature": tau_t, "teacher_entropy": entropy}
+        return loss, metrics, dict(recipe_state, center=center)
+
+    def momentum(self, step):
+        """Teacher momentum for the update that produced step `step` (1-based): m at it = step - 1."""
+        if self.total_steps <= 0:
+            return jnp.asarray(self.momentum_base, jnp.float32)
+        return ema_momentum(jnp.asarray(step) - 1, self.total_steps, self.momentum_base)
+
+    def after_update(self, recipe_state, params, step):
+        teacher = ema_update(recipe_state["teacher"], params, self.momentum(step))
+        return dict(recipe_state, teacher=teacher)
+
+    def extra_metrics(self, model, eval_batches, rng):
+        return probe_metrics(model, eval_batches, rng, k=self.probe_k)
