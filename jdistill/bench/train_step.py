@@ -1,0 +1,235 @@
+"""`jdistill bench train-step`: the KD train step against an equivalent eager PyTorch loop and a plain CE step.
+
+One process, one machine. Contenders (each one step per call, results blocked on):
+  - `kd`: jdistill's KD step (teacher forward + student forward/backward + AdamW), built by the library's own
+    path: `Transformer` + `KnowledgeDistillation` (forward KL, T = 2, times T^2) + `make_train_step` +
+    `make_optimizer`.
+  - `ce`: the same student trained on labels alone (`Supervised`), no teacher.
+  - `teacher_fwd`: the teacher's forward pass alone (jitted).
+  - `torch_kd`, `torch_ce`, `torch_teacher_fwd`: the same three in eager PyTorch (`torch_reference`), with the
+    jdistill weights copied in, `torch.set_num_threads(cpu count)`.
+Models: a gated transformer LM (headwise SDPA-output gate, 4 heads, tanh-GELU MLP 4x, 256 byte vocab), teacher
+4 layers d=256, student 2 layers d=256. Timing: after `warmup` untimed calls each, `steps` rounds that call
+every contender once, in alternating order, so load from other processes hits all of them alike; a
+contender's time is the median of its calls. Ratios: speedup = jdistill KD steps/s / PyTorch KD steps/s,
+teacher_overhead = KD step time / CE step time, teacher_forward_fraction = teacher forward time / CE step time
+(so a KD step costs no more than a CE step plus a teacher forward when overhead <= 1 + fraction).
+Memory: jax from the compiled step's `memory_analysis()` (temp + argument bytes); PyTorch as the increase of the
+process's peak RSS (`resource.ru_maxrss`) over building the torch KD models and running their warm-up steps,
+measured before JAX compiles anything (an upper bound: it includes allocator slack and lazily loaded kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdistill.configs.schema import TrainConfig
+from jdistill.models import ModelConfig, Transformer
+from jdistill.recipes import KnowledgeDistillation, Supervised
+from jdistill.train.optim import make_optimizer
+from jdistill.train.state import create_train_state
+from jdistill.train.step import make_train_step
+
+TEMPERATURE = 2.0
+MODEL = dict(kind="lm", d_model=256, num_heads=4, mlp_dim=1024, gate="headwise", activation="gelu", vocab_size=256)
+
+
+def bench_configs(seq: int, *, teacher_layers: int = 4, student_layers: int = 2, **overrides):
+    """(teacher, student) `ModelConfig`s of the benchmark; `overrides` change both (tests shrink them)."""
+    common = dict(MODEL, max_seq_len=seq, **overrides)
+    return ModelConfig(num_layers=teacher_layers, **common), ModelConfig(num_layers=student_layers, **common)
+
+
+def bench_train_config(batch: int) -> TrainConfig:
+    return TrainConfig(steps=10_000, batch_size=batch, learning_rate=1e-3, warmup_steps=10)
+
+
+def make_batch(batch: int, seq: int, seed: int = 0) -> dict:
+    tokens = np.random.default_rng(seed).integers(0, 256, (batch, seq + 1), dtype=np.int32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((batch, seq), np.float32)}
+
+
+class JaxStep:
+    """A compiled jdistill train step that carries its own (donated) state between calls."""
+
+    def __init__(self, student_config, recipe, train_config, batch, teacher=None):
+        optimizer = make_optimizer(train_config)
+        graphdef, self.state = create_train_state(Transformer(student_config, rngs=nnx.Rngs(1)), optimizer)
+        t_graphdef, self.teacher_params = nnx.split(teacher) if teacher is not None else (None, None)
+        step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=t_graphdef)
+        self.batch = jax.device_put(batch)
+        self.compiled = step.lower(self.state, self.teacher_params, self.batch).compile()
+
+    def __call__(self):
+        self.state, metrics = self.compiled(self.state, self.teacher_params, self.batch)
+        jax.block_until_ready(metrics)
+        return metrics
+
+
+class JaxForward:
+    def __init__(self, model, inputs):
+        graphdef, params = nnx.split(model)
+        forward = jax.jit(lambda params, x: nnx.merge(graphdef, params)(x).logits)
+        self.params, self.inputs = params, jnp.asarray(inputs)
+        self.compiled = forward.lower(params, self.inputs).compile()
+
+    def __call__(self):
+        return jax.block_until_ready(self.compiled(self.params, self.inputs))
+
+
+def jax_memory_bytes(compiled) -> int | None:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes)
+
+
+def build_torch(teacher, teacher_config, student_config, train_config, batch):
+    """{name: callable} of the PyTorch contenders and the peak-RSS increase (bytes) of the KD one."""
+    import torch
+
+    from jdistill.bench import torch_reference as ref
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    inputs = torch.from_numpy(batch["inputs"]).long()
+    targets = torch.from_numpy(batch["targets"]).long()
+    torch_teacher = ref.TorchLM(teacher_config)
+    ref.load_jdistill_weights(torch_teacher, nnx.state(teacher))
+    students = []
+    for _ in range(2):
+        student = ref.TorchLM(student_config)
+        ref.load_jdistill_weights(student, nnx.state(Transformer(student_config, rngs=nnx.Rngs(1))))
+        students.append(student)
+    kd = ref.TorchTrainer(students[0], train_config, teacher=torch_teacher, temperature=TEMPERATURE)
+    for _ in range(2):
+        kd(inputs, targets)
+    rss_delta = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024  # kilobytes on Linux
+    ce = ref.TorchTrainer(students[1], train_config)
+    return {"torch_kd": lambda: kd(inputs, targets), "torch_ce": lambda: ce(inputs, targets),
+            "torch_teacher_fwd": lambda: ref.teacher_forward(torch_teacher, inputs)}, rss_delta
+
+
+def time_interleaved(contenders: dict, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of every contender, calling each once per round, in alternating order."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    names = list(contenders)
+    for round_index in range(steps):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times: dict[str, list[float]], results: dict) -> dict:
+    median = {name: statistics.median(values) for name, values in times.items()}
+    for name, seconds in median.items():
+        results[f"{name}_ms"] = 1e3 * seconds
+    results["jdistill_steps_per_s"] = 1.0 / median["kd"]
+    results["jdistill_ce_steps_per_s"] = 1.0 / median["ce"]
+    results["teacher_forward_per_s"] = 1.0 / median["teacher_fwd"]
+    results["teacher_overhead"] = median["kd"] / median["ce"]
+    results["teacher_forward_fraction"] = median["teacher_fwd"] / median["ce"]
+    if "torch_kd" in median:
+        results["pytorch_steps_per_s"] = 1.0 / median["torch_kd"]
+        results["pytorch_ce_steps_per_s"] = 1.0 / median["torch_ce"]
+        results["speedup"] = median["torch_kd"] / median["kd"]
+        results["speedup_ce"] = median["torch_ce"] / median["ce"]
+        results["pytorch_teacher_overhead"] = median["torch_kd"] / median["torch_ce"]
+        results["pytorch_teacher_forward_fraction"] = median["torch_teacher_fwd"] / median["torch_ce"]
+    return results
+
+
+def profile_kd(step: JaxStep, directory: str, steps: int = 5) -> str:
+    """Trace `steps` KD steps with jax.profiler into `directory` and write the per-op table; returns the table."""
+    from jdistill.bench.hlo_profile import format_table, op_table
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.profiler.start_trace(directory)
+    for _ in range(steps):
+        step()
+    jax.profiler.stop_trace()
+    hlo = step.compiled.as_text()
+    (Path(directory) / "kd_step.hlo.txt").write_text(hlo)
+    rows = op_table(directory, hlo, steps)
+    table = format_table(rows)
+    (Path(directory) / "kd_step_ops.txt").write_text(table + "\n")
+    (Path(directory) / "kd_step_ops.json").write_text(json.dumps(rows, indent=1))
+    return table
+
+
+def run_train_step(args) -> int:
+    """The CLI entry point (`jdistill bench train-step`)."""
+    results = run(steps=args.steps, warmup=args.warmup, batch=args.batch, seq=args.seq, use_torch=not args.no_torch,
+                  profile=args.profile)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def run(*, steps: int = 20, warmup: int = 3, batch: int = 16, seq: int = 128, use_torch: bool = True,
+        profile: str | None = None, **model_overrides) -> dict:
+    """Time every contender, print the summary (and the per-op profile), return the figures."""
+    teacher_config, student_config = bench_configs(seq, **model_overrides)
+    train_config = bench_train_config(batch)
+    data = make_batch(batch, seq)
+    teacher = Transformer(teacher_config, rngs=nnx.Rngs(0))
+    results = {"batch": batch, "seq": seq, "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+               "temperature": TEMPERATURE, "steps": steps}
+    contenders = {}
+    if use_torch:
+        import torch
+
+        torch_fns, results["pytorch_peak_rss_delta_bytes"] = build_torch(teacher, teacher_config, student_config,
+                                                                         train_config, data)
+        results["torch_version"] = torch.__version__
+    kd = JaxStep(student_config, KnowledgeDistillation(temperature=TEMPERATURE), train_config, data, teacher)
+    ce = JaxStep(student_config, Supervised(), train_config, data)
+    contenders.update(kd=kd, ce=ce, teacher_fwd=JaxForward(teacher, data["inputs"]))
+    results["jax_kd_memory_bytes"] = jax_memory_bytes(kd.compiled)
+    results["jax_ce_memory_bytes"] = jax_memory_bytes(ce.compiled)
+    if use_torch:
+        contenders.update(torch_fns)
+    summarize(time_interleaved(contenders, steps, warmup), results)
+    print(format_results(results))
+    if profile:
+        print(profile_kd(kd, profile))
+    return results
+
+
+def format_results(r: dict) -> str:
+    lines = [f"train step, batch {r['batch']} x {r['seq']} tokens, {r['cpu_count']} cores ({r['backend']})",
+             f"  jdistill KD      {r['jdistill_steps_per_s']:7.2f} steps/s  ({r['kd_ms']:.1f} ms)",
+             f"  jdistill CE      {r['jdistill_ce_steps_per_s']:7.2f} steps/s  ({r['ce_ms']:.1f} ms)",
+             f"  teacher forward  {r['teacher_forward_per_s']:7.2f} /s       ({r['teacher_fwd_ms']:.1f} ms)"]
+    if "speedup" in r:
+        lines += [f"  PyTorch KD       {r['pytorch_steps_per_s']:7.2f} steps/s  ({r['torch_kd_ms']:.1f} ms)",
+                  f"  PyTorch CE       {r['pytorch_ce_steps_per_s']:7.2f} steps/s  ({r['torch_ce_ms']:.1f} ms)",
+                  f"  PyTorch teacher  {1e3 / r['torch_teacher_fwd_ms']:7.2f} /s       "
+                  f"({r['torch_teacher_fwd_ms']:.1f} ms)",
+                  f"  speedup jdistill/PyTorch: KD {r['speedup']:.2f}x, CE {r['speedup_ce']:.2f}x"]
+    lines.append(f"  teacher_overhead (KD/CE) {r['teacher_overhead']:.2f}, teacher_forward_fraction "
+                 f"{r['teacher_forward_fraction']:.2f}")
+    if "speedup" in r:
+        lines.append(f"  PyTorch: teacher_overhead {r['pytorch_teacher_overhead']:.2f}, teacher_forward_fraction "
+                     f"{r['pytorch_teacher_forward_fraction']:.2f}")
+    memory = f"  memory: jax KD temp+args {r['jax_kd_memory_bytes'] / 2**20:.1f} MiB (compiled memory_analysis)"
+    if "pytorch_peak_rss_delta_bytes" in r:
+        memory += f"; PyTorch KD peak-RSS increase {r['pytorch_peak_rss_delta_bytes'] / 2**20:.1f} MiB (ru_maxrss)"
+    lines.append(memory)
+    return "\n".join(lines)
