@@ -1,0 +1,74 @@
+"""Random-teacher recipe: the teacher never changes, the loss is 0 when student == teacher, the interpolated
+initialisation follows its formula, and the preset runs end to end with probe metrics."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jdistill.configs import load_config
+from jdistill.errors import ConfigError
+from jdistill.models import ModelConfig
+from jdistill.recipes.random_teacher import RandomTeacher
+from jdistill.train import make_train_step
+from jdistill.train.job import run_job
+from tests.recipes.ssl_robust_helpers import CONFIG, batch, leaves, prepared_state, tiny_job, tiny_model
+
+
+def _teacher():
+    return nnx.split(tiny_model(seed=1))
+
+
+@pytest.mark.parametrize("a", [0.0, 0.3, 1.0])
+def test_student_init_is_the_variance_preserving_interpolation(a):
+    _, teacher_params = _teacher()
+    own = nnx.split(tiny_model(seed=0))[1]
+    student, state = RandomTeacher(init_alpha=a).init(own, teacher_params, jax.random.key(0))
+    assert state == ()
+    scale = 1.0 / math.sqrt(2 * a * a - 2 * a + 1)
+    for s, t, r in zip(leaves(student), leaves(teacher_params), leaves(own)):
+        np.testing.assert_allclose(s, ((1 - a) * t + a * r) * scale, rtol=1e-6, atol=1e-7)
+
+
+def test_loss_is_zero_when_the_student_is_a_copy_of_the_teacher():
+    graphdef, teacher_params = _teacher()
+    recipe = RandomTeacher(init_alpha=0.0)
+    student_params, _ = recipe.init(nnx.split(tiny_model())[1], teacher_params, jax.random.key(0))
+    student, teacher = nnx.merge(graphdef, student_params), nnx.merge(graphdef, teacher_params)
+    loss, metrics, _ = recipe.loss(student, teacher, (), batch(), None)
+    assert abs(float(loss)) < 1e-6 and float(metrics["teacher_agreement"]) == 1.0
+    loss, _, _ = RandomTeacher(init_alpha=1.0).loss(tiny_model(), teacher, (), batch(), None)
+    assert float(loss) > 1e-4  # an independent student disagrees
+
+
+def test_teacher_params_never_change_while_the_student_learns():
+    teacher_graphdef, teacher_params = _teacher()
+    before = leaves(teacher_params)
+    recipe = RandomTeacher(init_alpha=0.1)
+    graphdef, state, optimizer = prepared_state(recipe, tiny_model(), teacher_params)
+    student_start = leaves(state.params)
+    step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef)
+    for seed in range(3):
+        state, _ = step(state, teacher_params, batch(seed))
+    assert all(np.array_equal(a, b) for a, b in zip(before, leaves(teacher_params)))
+    assert not all(np.array_equal(a, b) for a, b in zip(student_start, leaves(state.params)))
+    assert recipe.teacher_params((), teacher_params) is teacher_params
+
+
+def test_mismatched_architectures_are_a_config_error_unless_the_init_is_independent():
+    _, teacher_params = _teacher()
+    other = nnx.split(tiny_model(config=ModelConfig(**{**CONFIG.__dict__, "d_model": 8})))[1]
+    with pytest.raises(ConfigError, match="student.model must equal teacher.model"):
+        RandomTeacher(init_alpha=0.5).init(other, teacher_params, None)
+    params, _ = RandomTeacher(init_alpha=1.0).init(other, teacher_params, None)
+    assert params is other
+
+
+def test_random_teacher_preset_runs_end_to_end(tmp_path, data_dir):
+    config = load_config("random_teacher", tiny_job(stages=("teacher", "student")))
+    summary = run_job(config, tmp_path / "run", progress=False)
+    assert "teacher" not in summary  # never trained, never evaluated as a stage
+    metrics = summary["student_random_teacher"]
+    assert 0.2 < metrics["linear_probe_accuracy"] <= 1.0 and 0.2 < metrics["knn_accuracy"] <= 1.0
