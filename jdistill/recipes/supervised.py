@@ -12,7 +12,7 @@ from jdistill.recipes.base import RecipeBase, targets_and_mask
 
 @dataclasses.dataclass(frozen=True)
 class Supervised(RecipeBase):
-    """`CE(y, s)`, mean over valid positions; no teacher."""
+    """`CE(y, s)` on labels alone, no teacher (the teacher's own training and the from-scratch baseline)."""
 
     label_smoothing: float = 0.0
     name: str = "supervised"
@@ -22,8 +22,10 @@ class Supervised(RecipeBase):
         del teacher, rng
         labels, mask = targets_and_mask(batch)
         logits = student(batch["inputs"]).logits
-        ce = cross_entropy(logits, labels, mask=mask, label_smoothing=self.label_smoothing)
-        return ce, {"loss": ce, "ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, recipe_state
+        total, count = cross_entropy(logits, labels, mask=mask, label_smoothing=self.label_smoothing,
+                                     reduction="sum_count")
+        ce = total / jnp.maximum(count, 1.0)
+        return (total, count), {"ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, recipe_state
 
 
 def token_accuracy(logits, labels, mask=None):
