@@ -48,10 +48,12 @@ def fgsm_attack(model_fn, inputs, targets, *, epsilon: float, clip_min=None, cli
 
 
 def robust_accuracy(model_fn, batches, rng, *, epsilon: float, step_size: float, steps: int, clip_min=None,
-                    clip_max=None) -> float:
-    """Accuracy on PGD examples over evaluation batches (`labels`, optional `mask` of valid rows)."""
+                    clip_max=None, random_start: bool = True) -> float:
+    """Accuracy on PGD examples over evaluation batches (`labels`, optional `mask` of valid rows); FGSM is
+    `steps=1, step_size=epsilon, random_start=False`."""
     attack = jax.jit(lambda x, y, key: pgd_attack(model_fn, x, y, key, epsilon=epsilon, step_size=step_size,
-                                                  steps=steps, clip_min=clip_min, clip_max=clip_max))
+                                                  steps=steps, random_start=random_start, clip_min=clip_min,
+                                                  clip_max=clip_max))
     correct, total = 0.0, 0.0
     for index, batch in enumerate(batches):
         adversarial = attack(batch["inputs"], batch["labels"], jax.random.fold_in(rng, index))
