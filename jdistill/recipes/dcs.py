@@ -1,0 +1,75 @@
+"""DCS: dynamic corrective self-distillation with per-example weights (methods.md item 16; paper-inspired, the
+update rule is open: the choices below are this library's).
+
+A frozen teacher (policy `frozen`; the preset gives it the student's architecture, i.e. self-distillation from a
+trained copy) teaches the student; every training example i carries a weight w_i (recipe state, `[num_examples]`,
+initialised to 1) read at the batch's `index`:
+
+    L   = sum_b w_b [(1 - a) CE(y_b, s_b) + a T^2 KL(p_t,b || p_s,b)] / sum_b w_b          (`losses.dcs_loss`)
+    d_i = [argmax s_i != argmax t_i]   (kind "indicator")   or KL(p_t,i || p_s,i)   (kind "kl")
+    w  <- w * exp(eta * d)   on the batch's examples, then the whole table renormalised to mean 1
+                                                                                      (`losses.dcs_update_weights`)
+
+with a = `distill_weight`, T = `temperature`. Examples on which the student keeps disagreeing with its teacher
+gain weight multiplicatively, as in boosting; uniform agreement leaves the weights unchanged. The loss uses the
+weights from before this step's update. Recipes do not see the data, so `num_examples` (the training split's size;
+digits: 1437) is an option; an `index` beyond it is clamped on read and dropped on write. Classifiers only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from jdistill.errors import ConfigError
+from jdistill.losses import dcs_disagreement, dcs_loss, dcs_update_weights
+from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.supervised import token_accuracy
+
+KINDS = ("indicator", "kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicCorrectiveSelfDistillation(RecipeBase):
+    """Dynamic corrective self-distillation (paper-inspired): KD with boosting-style per-example weights."""
+
+    eta: float = 0.5
+    kind: str = "indicator"
+    num_examples: int = 1437
+    distill_weight: float = 0.5
+    temperature: float = 2.0
+    scale_by_temperature_squared: bool = True
+    name: str = "dcs"
+    teacher_policy: str = "frozen"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.num_examples < 1 or self.eta < 0:
+            raise ValueError("num_examples must be positive (the training split's size) and eta >= 0")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight (a) must be in [0, 1], got {self.distill_weight}")
+
+    def init(self, student_params, teacher_params, rng):
+        del teacher_params, rng
+        return student_params, {"weights": jnp.ones((self.num_examples,), jnp.float32)}
+
+    def loss(self, student, teacher, recipe_state, batch, rng):
+        del rng
+        index = batch.get("index")
+        if index is None:
+            raise ConfigError("recipe 'dcs' needs training batches with a per-example `index` (classification data)")
+        labels = batch["labels"]
+        student_logits = student(batch["inputs"]).logits
+        teacher_logits = teacher(batch["inputs"]).logits
+        table = recipe_state["weights"]
+        weights = table.at[index].get(mode="clip")
+        loss = dcs_loss(student_logits, teacher_logits, labels, weights, distill_weight=self.distill_weight,
+                        temperature=self.temperature, scale_by_temperature_squared=self.scale_by_temperature_squared)
+        disagreement = dcs_disagreement(student_logits, teacher_logits, kind=self.kind)
+        full = jnp.zeros_like(table).at[index].set(disagreement, mode="drop")
+        table = dcs_update_weights(table, full, self.eta)
+        metrics = {"dcs": loss, "accuracy": token_accuracy(student_logits, labels),
+                   "disagreement": disagreement.mean(), "max_weight": table.max()}
+        return loss, metrics, {"weights": table}

@@ -1,0 +1,80 @@
+"""DCS recipe: constant agreement keeps the weights uniform, a disagreeing example gains exp(eta) relative weight,
+the loss is the weighted KD mix, a batch without `index` is a config error, and the preset runs end to end."""
+
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdistill.configs import load_config
+from jdistill.errors import ConfigError
+from jdistill.losses import kd
+from jdistill.recipes.dcs import DynamicCorrectiveSelfDistillation as DCS
+from jdistill.train.job import run_job
+from tests.recipes.ssl_robust_helpers import batch, tiny_job, tiny_model
+
+N = 8
+
+
+def _fixed(logits):
+    """A stand-in teacher that returns fixed logits."""
+    return lambda inputs: types.SimpleNamespace(logits=jnp.asarray(logits))
+
+
+def _run(recipe, teacher, state, data):
+    return recipe.loss(tiny_model(), teacher, state, dict(data, epoch=jnp.zeros(())), None)
+
+
+def test_constant_agreement_keeps_the_weights_uniform():
+    recipe = DCS(num_examples=20, eta=1.0)
+    _, state = recipe.init(None, None, None)
+    model = tiny_model()
+    for seed in range(3):  # the teacher is the student itself: argmax always agrees
+        _, metrics, state = recipe.loss(model, model, state, batch(seed, num_examples=20), None)
+        assert float(metrics["disagreement"]) == 0.0
+    np.testing.assert_allclose(state["weights"], np.ones(20), rtol=1e-6)
+
+
+def test_uniform_disagreement_over_the_whole_table_also_keeps_them_uniform():
+    recipe = DCS(num_examples=N, eta=1.0)
+    _, state = recipe.init(None, None, None)
+    data = batch(0, size=N, num_examples=N)  # every example of the table, all disagreeing
+    student = np.asarray(tiny_model()(data["inputs"]).logits)
+    teacher = 10 * np.eye(10)[(student.argmax(-1) + 1) % 10]
+    _, metrics, state = _run(recipe, _fixed(teacher), state, data)
+    assert float(metrics["disagreement"]) == 1.0
+    np.testing.assert_allclose(state["weights"], np.ones(N), rtol=1e-6)
+
+
+def test_a_disagreeing_example_gains_weight_exp_eta_and_the_loss_is_the_weighted_mix():
+    recipe = DCS(num_examples=N, eta=0.7, distill_weight=0.3, temperature=2.0)
+    _, state = recipe.init(None, None, None)
+    data = batch(0, size=N, num_examples=N)
+    student = np.asarray(tiny_model()(data["inputs"]).logits)
+    teacher = student.copy()
+    wrong = int(np.flatnonzero(data["index"] == 3)[0])
+    teacher[wrong] = np.eye(10)[(student[wrong].argmax() + 1) % 10] * 10
+    loss, _, state = _run(recipe, _fixed(teacher), state, data)
+    weights = np.asarray(state["weights"])
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[3] / weights[0] == pytest.approx(np.exp(0.7), rel=1e-5)
+    per_example = kd(student, teacher, data["labels"], temperature=2.0, distill_weight=0.3, label_weight=0.7,
+                     reduction="none")
+    assert float(loss) == pytest.approx(float(np.mean(per_example)), rel=1e-5)  # uniform weights before the update
+    loss, _, _ = _run(recipe, _fixed(teacher), state, data)
+    w = weights[data["index"]]
+    assert float(loss) == pytest.approx(float((w * per_example).sum() / w.sum()), rel=1e-5)
+
+
+def test_batches_without_index_are_a_config_error():
+    recipe = DCS(num_examples=N)
+    _, state = recipe.init(None, None, None)
+    with pytest.raises(ConfigError, match="index"):
+        recipe.loss(tiny_model(), tiny_model(), state, batch(), None)
+
+
+def test_dcs_preset_runs_end_to_end(tmp_path, data_dir):
+    config = load_config("dcs", tiny_job(stages=("teacher", "student")))
+    summary = run_job(config, tmp_path / "run", progress=False)
+    assert 0.0 <= summary["student_dcs"]["accuracy"] <= 1.0 and "teacher" in summary
