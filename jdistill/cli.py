@@ -133,10 +133,10 @@ def cmd_info(args) -> int:
 def cmd_analyze_head_gates(args) -> int:
     from jdistill.eval.head_gating import analyze_head_gates, format_table, plot_head_gates
     from jdistill.train import inputs
-    from jdistill.train.restore import STAGE_CONFIGS, load_stage
+    from jdistill.train.restore import load_stage, stage_config_for
 
     model, config = load_stage(args.run_dir, args.stage)
-    stage = getattr(config, STAGE_CONFIGS[args.stage])
+    stage = stage_config_for(config, args.stage)
     dataset = inputs.train_dataset(config.data, stage.model, stage.train, config.seed)
     batches = [dataset[index] for index in range(args.batches)]
     result = analyze_head_gates(model, batches, lam=args.lam, steps=args.steps)

@@ -1,4 +1,4 @@
-"""Load a trained stage of a run directory back as a model (for analysis and evaluation)."""
+"""Load trained models back: a stage of a run directory, or a pretrained teacher (`init_from`)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,57 @@ from pathlib import Path
 from flax import nnx
 
 from jdistill.configs import load_config
-from jdistill.errors import RunDirError
-from jdistill.models import Transformer
+from jdistill.errors import ConfigError, RunDirError
+from jdistill.models import Transformer, count_params
 from jdistill.train.checkpoint import Checkpointer
-from jdistill.train.optim import make_optimizer
-from jdistill.train.state import create_train_state
 
-STAGE_CONFIGS = {"teacher": "teacher", "student_scratch": "student", "student_kd": "student"}
+
+def stage_config_for(config, stage: str):
+    """The teacher's config for "teacher", the student's for every student stage."""
+    if stage == "teacher":
+        return config.teacher
+    if stage.startswith("student"):
+        return config.student
+    raise RunDirError(f"--stage {stage}: expected teacher or a student stage (student_scratch, student_kd, ...)")
+
+
+def load_stage_params(stage_dir: Path, model_config):
+    """(graphdef, params) of the newest checkpoint in `stage_dir/checkpoints` for a model of `model_config`."""
+    graphdef, params = nnx.split(Transformer(model_config, rngs=nnx.Rngs(0)))
+    checkpointer = Checkpointer(Path(stage_dir) / "checkpoints", keep=1)
+    step = checkpointer.latest_step()
+    if step is None:
+        checkpointer.close()
+        raise RunDirError(f"{stage_dir}: no checkpoint to load")
+    params = checkpointer.restore_params(step, params)
+    checkpointer.close()
+    return graphdef, params
 
 
 def load_stage(run_dir, stage: str):
     """(model with the stage's newest checkpoint, run Config)."""
     run_dir = Path(run_dir)
-    if stage not in STAGE_CONFIGS:
-        raise RunDirError(f"--stage {stage}: expected one of {', '.join(STAGE_CONFIGS)}")
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no config.yaml)")
     config = load_config(str(run_dir / "config.yaml"))
-    stage_config = getattr(config, STAGE_CONFIGS[stage])
-    model = Transformer(stage_config.model, rngs=nnx.Rngs(0))
-    graphdef, state = create_train_state(model, make_optimizer(stage_config.train))
-    checkpointer = Checkpointer(run_dir / stage / "checkpoints", keep=stage_config.train.keep_checkpoints)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise RunDirError(f"{run_dir / stage}: no checkpoint to load")
-    state = checkpointer.restore(step, state)
-    checkpointer.close()
-    return nnx.merge(graphdef, state.params), config
+    graphdef, params = load_stage_params(run_dir / stage, stage_config_for(config, stage).model)
+    return nnx.merge(graphdef, params), config
+
+
+def load_pretrained(stage_config):
+    """A `StageResult` for `init_from`: "hf:DIR" (a Hugging Face checkpoint folder) or RUN_DIR/STAGE."""
+    from jdistill.train.loop import StageResult
+
+    source = stage_config.init_from
+    if source.startswith("hf:"):
+        from jdistill.hf import from_pretrained
+
+        model = from_pretrained(source[3:], dtype=stage_config.model.dtype)
+        graphdef, params = nnx.split(model)
+        return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
+    stage_dir = Path(source)
+    if not (stage_dir / "checkpoints").is_dir():
+        raise ConfigError(f"teacher.init_from: {source} is neither hf:DIR nor a run's stage folder (RUN_DIR/STAGE)")
+    graphdef, params = load_stage_params(stage_dir, stage_config.model)
+    model = nnx.merge(graphdef, params)
+    return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
