@@ -1,0 +1,170 @@
+"""`jdistill compile`: compile the config's sharded train step ahead of time and report what one chip needs.
+
+The compile runs in a subprocess (`jdistill.scale.aot`): for a TPU topology through libtpu on this host (no TPU
+needed: libtpu describes the slice and compiles for it); for a GPU cluster on as many simulated CPU devices, so
+its memory figures are an estimate of the per-GPU program (XLA's CPU compiler, the XLA attention reference
+instead of a flash kernel). Per chip: arguments (parameters, optimizer state, teacher, batch), outputs,
+temporaries (activations, gradients, logits chunks), total against the chip's HBM. FLOPs per step: XLA's
+cost analysis of the compiled program (it counts a loop body once: gradient accumulation and the chunked
+vocabulary loss are loops), and the model FLOPs from the architecture,
+
+    train FLOPs / token = (6 + 2 * remat) * N_student + 2 * N_teacher + attention terms,
+
+(N: matmul parameters incl. the head; attention 2 * 2 * seq * heads * head_dim per layer and forward pass),
+from which the step time at 100 % and 50 % MFU follows: total FLOPs / (chips * peak bf16 FLOP/s * MFU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from jdistill.errors import ConfigError, UserError
+from jdistill.scale.topologies import GiB, Topology, parse_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CompileError(UserError):
+    """The step did not compile, or does not fit in the chips' memory."""
+
+
+def resolve_topology(config, name: str | None = None) -> Topology:
+    name = name or config.cluster.topology
+    if not name:
+        raise ConfigError("cluster.topology: not set; give one in the config or with --topology (e.g. v5e-16)")
+    return parse_topology(name, config.cluster.num_slices)
+
+
+def run_aot(jobs: list[dict], topology: Topology, timeout: float = 3600) -> list[dict]:
+    """Compile `jobs` ({"config", "overrides", "topology"}) in one subprocess for `topology`'s platform."""
+    env = {key: value for key, value in os.environ.items() if key not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if topology.platform == "tpu":
+        env["JDISTILL_AOT_PLATFORM"] = "tpu"
+    else:
+        env["JAX_PLATFORMS"] = "cpu"
+        flags = os.environ.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={topology.num_chips}".strip()
+    done = subprocess.run([sys.executable, "-m", "jdistill.scale.aot", json.dumps(jobs)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if len(reports) != len(jobs):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CompileError(f"the compile worker stopped (exit {done.returncode}): {tail[:300]}")
+    return reports
+
+
+def _model_matmul_params(model) -> tuple[int, int]:
+    """(matmul parameters per layer, head parameters) of an attention LM / classifier config."""
+    head_dim, heads, kv = model.resolved_head_dim, model.num_heads, model.resolved_kv_heads
+    attention = model.d_model * head_dim * (2 * heads + 2 * kv)
+    attention += model.d_model * heads * {"none": 0, "headwise": 1, "elementwise": head_dim}[model.gate]
+    mlp = model.d_model * model.mlp_dim * (3 if model.mlp == "glu" else 2)
+    outputs = model.vocab_size if model.kind == "lm" else model.num_classes
+    return attention + mlp, model.d_model * outputs
+
+
+def forward_flops_per_token(model, seq_len: int) -> float:
+    """Matmul FLOPs of one forward pass per token: 2 * N plus attention scores and values (full, not causal:
+    the XLA reference computes the whole square)."""
+    per_layer, head = _model_matmul_params(model)
+    attention = 4 * seq_len * model.num_heads * model.resolved_head_dim
+    return model.num_layers * (2 * per_layer + attention) + 2 * head
+
+
+def model_flops_per_step(config, separate_teacher: bool = True) -> float:
+    """Student forward + backward (+ one more forward of the blocks under remat) and teacher forward."""
+    tokens = config.student.train.batch_size * config.data.seq_len
+    student = config.student.model
+    per_token = 3 * forward_flops_per_token(student, config.data.seq_len)
+    if student.remat != "none":
+        per_layer, head = _model_matmul_params(student)
+        per_token += forward_flops_per_token(student, config.data.seq_len) - 2 * head
+    if separate_teacher:
+        per_token += forward_flops_per_token(config.teacher.model, config.data.seq_len)
+    return float(per_token * tokens)
+
+
+def summarize(report: dict, config, topology: Topology) -> dict:
+    """Per-chip memory against HBM, FLOPs and MFU-bound step times."""
+    hbm = topology.chip.hbm_bytes
+    flops = model_flops_per_step(config, report.get("teacher_params", 0) > 0)
+    per_chip = flops / topology.num_chips
+    peak = topology.chip.peak_bf16_flops
+    return dict(report, topology=topology.describe(), num_chips=topology.num_chips, hbm_bytes=hbm,
+                fits=report["total_bytes"] <= hbm, model_flops_per_step=flops, model_flops_per_chip=per_chip,
+                step_seconds_at_100_mfu=per_chip / peak, step_seconds_at_50_mfu=per_chip / (0.5 * peak),
+                tokens_per_step=config.student.train.batch_size * config.data.seq_len,
+                estimate=topology.platform != "tpu",
+                teacher_layers=config.teacher.model.num_layers, student_layers=config.student.model.num_layers)
+
+
+def format_summary(summary: dict, depth_note: str = "") -> str:
+    gib = lambda key: f"{summary[key] / GiB:8.2f} GiB"  # noqa: E731
+    kind = "simulated CPU devices: an ESTIMATE of the per-GPU program" if summary["estimate"] else \
+        f"{summary['device_kind']} via libtpu"
+    mesh = " x ".join(f"{axis} {size}" for axis, size in summary["mesh"].items())
+    lines = [f"{summary['topology']}: {summary['num_chips']} chips, mesh {mesh} ({kind}); "
+             f"compiled in {summary['compile_seconds']:.0f} s",
+             f"  parameters: student {summary['student_params'] / 1e9:.3f} B, teacher "
+             f"{summary['teacher_params'] / 1e9:.3f} B (layers: teacher {summary['teacher_layers']}, student "
+             f"{summary['student_layers']}){depth_note}",
+             "  memory per chip:",
+             f"    arguments   {gib('argument_bytes')}  (parameters, optimizer state, teacher, batch)",
+             f"    outputs     {gib('output_bytes')}  ({summary['alias_bytes'] / GiB:.2f} GiB aliased to "
+             "donated arguments)",
+             f"    temporaries {gib('temp_bytes')}",
+             f"    code        {gib('code_bytes')}",
+             f"    total       {gib('total_bytes')}  of {summary['hbm_bytes'] / GiB:.0f} GiB HBM "
+             f"({100 * summary['total_bytes'] / summary['hbm_bytes']:.0f} %)",
+             f"  FLOPs per step: model {summary['model_flops_per_step']:.3e} ({summary['model_flops_per_chip']:.3e}"
+             f" per chip); XLA cost analysis {summary['flops_per_device']:.3e} per chip (loop bodies counted once)",
+             f"  step time ({summary['tokens_per_step']} tokens): >= {summary['step_seconds_at_100_mfu']:.3f} s at "
+             f"100 % MFU, {summary['step_seconds_at_50_mfu']:.3f} s at 50 % MFU"]
+    return "\n".join(lines)
+
+
+def _depth_note(config, base) -> str:
+    reduced = [(name, getattr(config, name).model.num_layers, getattr(base, name).model.num_layers)
+               for name in ("teacher", "student")]
+    reduced = [(n, now, was) for n, now, was in reduced if now != was]
+    if not reduced:
+        return ""
+    parts = ", ".join(f"{n} {was} -> {now}" for n, now, was in reduced)
+    return (f"\n  NOTE: depth overridden ({parts}); memory and FLOPs are those of the shallower program. "
+            "Parameter and optimizer memory grow linearly per layer; compile two depths to extrapolate.")
+
+
+def compile_config(path: str, overrides=(), topology_name: str | None = None) -> dict:
+    """Compile one config (path or preset) and return its summary (see `summarize`)."""
+    from jdistill.configs import load_config
+
+    config = load_config(path, list(overrides))
+    topology = resolve_topology(config, topology_name)
+    if config.mesh.dcn_data != topology.num_slices:
+        raise ConfigError(f"mesh.dcn_data: {config.mesh.dcn_data}, but the topology has {topology.num_slices} "
+                          "slice(s) (cluster.num_slices); they must match")
+    report = run_aot([{"config": str(path), "overrides": list(overrides), "topology": topology.name,
+                       "num_slices": topology.num_slices}], topology)[0]
+    if "error" in report:
+        raise CompileError(f"{path}: the train step did not compile for {topology.describe()}: {report['error']}")
+    return summarize(report, config, topology)
+
+
+def cmd_compile(args) -> int:
+    from jdistill.configs import load_config
+
+    summary = compile_config(args.config, args.overrides, args.topology)
+    print(format_summary(summary, _depth_note(load_config(args.config, list(args.overrides)),
+                                              load_config(args.config))))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if not summary["fits"]:
+        raise CompileError(f"{args.config}: needs {summary['total_bytes'] / GiB:.2f} GiB per chip, more than the "
+                           f"{summary['hbm_bytes'] / GiB:.0f} GiB HBM of {summary['topology']}")
+    return 0
