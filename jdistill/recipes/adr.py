@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from jdistill.eval.attacks import pgd_attack, robust_accuracy
