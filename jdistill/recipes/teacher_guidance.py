@@ -1,0 +1,89 @@
+"""Ground-truth-guided self-distillation, deep form (paper-inspired; Borup & Andersen 2023, "Even your Teacher
+Needs Guidance: Ground-Truth Targets Dampen Regularization Imposed by Self-Distillation"; methods.md A3).
+
+    target = alpha * onehot(y) + (1 - alpha) * p_t,    loss = CE(target, softmax(s / T))   (no T^2)
+
+i.e. `losses.xi_self_distillation` with xi = 1 - alpha. The teacher is the trained teacher (generation 1, trained
+on labels; it must have the student's architecture) and with `generations > 1` each student generation teaches the
+next (the job's born-again mechanism). The kernel form and its closed-form alpha are in `teacher_guidance_kernel`.
+
+alpha: a fixed `alpha`, or (alpha = None) chosen per generation by the kernel form's linearity, which the paper
+states for kernel ridge regression only; its deep transfer here is this library's choice ("open"). Each training
+batch is split in halves; two ridge probes (`probe_ridge`, with intercept) on the teacher's features of the first
+half are fitted, one to the one-hot labels (alpha = 1) and one to the teacher's probabilities (alpha = 0); any
+alpha's probe is their affine combination, so the alpha in [0, 1] whose probe best predicts the second half's
+one-hot labels is closed-form (`teacher_guidance_kernel.probe_alpha`). That is, the next generation is modelled as
+kernel regression with the teacher's feature kernel. The estimates of the first `probe_batches` steps are averaged
+(recipe state) and the average is used; after that it stays fixed for the rest of the generation. Classifiers only
+when alpha is chosen (a fixed alpha works for LMs too, token-level).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jdistill import losses
+from jdistill.recipes.base import RecipeBase, targets_and_mask
+from jdistill.recipes.born_again import require_same_architecture
+from jdistill.recipes.supervised import token_accuracy
+from jdistill.recipes.teacher_guidance_kernel import probe_alpha
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherGuidance(RecipeBase):
+    """Guided self-distillation (Borup & Andersen 2023): CE to alpha*onehot + (1-alpha)*p_teacher, alpha from probes."""
+
+    alpha: float | None = None
+    generations: int = 2
+    temperature: float = 1.0
+    probe_ridge: float = 1.0
+    probe_batches: int = 50
+    name: str = "teacher_guidance"
+    teacher_policy: str = "frozen"
+
+    def __post_init__(self):
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] or null (chosen by probes), got {self.alpha}")
+        if self.generations < 1 or self.probe_batches < 1 or self.probe_ridge <= 0:
+            raise ValueError("generations and probe_batches must be >= 1 and probe_ridge > 0")
+
+    def init(self, student_params, teacher_params, rng):
+        require_same_architecture(self.name, student_params, teacher_params)
+        return student_params, {"alpha_sum": jnp.zeros((), jnp.float32), "estimates": jnp.zeros((), jnp.int32)}
+
+    def batch_alpha(self, teacher_features, teacher_logits, labels):
+        """This batch's probe estimate of alpha (first half fits, second half validates)."""
+        half = labels.shape[0] // 2
+        onehot = jax.nn.one_hot(labels, teacher_logits.shape[-1], dtype=jnp.float32)
+        teacher_probs = jax.nn.softmax(teacher_logits.astype(jnp.float32) / self.temperature, axis=-1)
+        features = teacher_features.astype(jnp.float32)
+        return probe_alpha(features[:half], onehot[:half], teacher_probs[:half], features[half:], onehot[half:],
+                           self.probe_ridge)
+
+    def current_alpha(self, recipe_state, teacher_output, labels):
+        """(alpha for this step, new state): the running mean of the first `probe_batches` estimates."""
+        if self.alpha is not None:
+            return jnp.asarray(self.alpha, jnp.float32), recipe_state
+        if labels.ndim != 1:
+            raise ValueError("teacher_guidance chooses alpha for classifiers only; set distill.options.alpha for LMs")
+        probing = recipe_state["estimates"] < self.probe_batches
+        estimate = self.batch_alpha(teacher_output.features, teacher_output.logits, labels)
+        alpha_sum = recipe_state["alpha_sum"] + jnp.where(probing, estimate, 0.0)
+        estimates = recipe_state["estimates"] + probing.astype(jnp.int32)
+        alpha = jax.lax.stop_gradient(alpha_sum / jnp.maximum(estimates, 1))
+        return alpha, {"alpha_sum": alpha_sum, "estimates": estimates}
+
+    def loss(self, student, teacher, recipe_state, batch, rng):
+        del rng
+        labels, mask = targets_and_mask(batch)
+        student_logits = student(batch["inputs"]).logits
+        teacher_output = teacher(batch["inputs"])
+        alpha, recipe_state = self.current_alpha(recipe_state, teacher_output, labels)
+        total, count = losses.xi_self_distillation(student_logits, teacher_output.logits, labels, xi=1.0 - alpha,
+                                                   temperature=self.temperature, mask=mask, reduction="sum_count")
+        metrics = {"guided_ce": total / jnp.maximum(count, 1.0), "alpha": alpha,
+                   "accuracy": token_accuracy(student_logits, labels, mask)}
+        return (total, count), metrics, recipe_state

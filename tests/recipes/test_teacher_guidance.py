@@ -1,0 +1,83 @@
+"""Guided self-distillation (deep form): the loss is CE to alpha*onehot + (1-alpha)*p_teacher, the probe alpha is
+the grid-best mix of two explicit ridge probes, its running mean freezes after `probe_batches`, and the preset
+trains two guided generations end to end."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jdistill.configs import load_config
+from jdistill.models import ModelConfig, Transformer
+from jdistill.recipes.teacher_guidance import TeacherGuidance
+from jdistill.train.job import run_job
+from tests.recipes.family_a import tiny_job
+
+CONFIG = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32)
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _state(alpha_sum=0.0, estimates=0):
+    return {"alpha_sum": jnp.asarray(alpha_sum, jnp.float32), "estimates": jnp.asarray(estimates, jnp.int32)}
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_fixed_alpha_loss_is_cross_entropy_to_the_guided_target(alpha):
+    student, teacher = Transformer(CONFIG, rngs=nnx.Rngs(0)), Transformer(CONFIG, rngs=nnx.Rngs(1))
+    rng = np.random.default_rng(0)
+    batch = {"inputs": rng.random((6, 8, 8, 1), np.float32), "labels": rng.integers(0, 10, 6).astype(np.int32)}
+    (total, count), metrics, state = TeacherGuidance(alpha=alpha).loss(student, teacher, _state(), batch,
+                                                                      jax.random.key(0))
+    p_t = np.exp(_log_softmax(np.asarray(teacher(batch["inputs"]).logits, np.float64)))
+    target = alpha * np.eye(10)[batch["labels"]] + (1 - alpha) * p_t
+    expected = -(target * _log_softmax(np.asarray(student(batch["inputs"]).logits, np.float64))).sum(-1).mean()
+    np.testing.assert_allclose(float(total / count), expected, rtol=1e-5)
+    assert float(metrics["alpha"]) == pytest.approx(alpha) and int(state["estimates"]) == 0
+
+
+def test_probe_alpha_is_the_grid_best_mix_of_two_ridge_probes():
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(20, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, 20)
+    teacher_logits = (features @ rng.normal(size=(6, 4)) + 2 * np.eye(4)[labels]).astype(np.float32)
+    recipe = TeacherGuidance(probe_ridge=0.5)
+    alpha = float(recipe.batch_alpha(jnp.asarray(features), jnp.asarray(teacher_logits), jnp.asarray(labels)))
+
+    def probe(targets):  # explicit ridge with intercept on the first half, predicting the second half
+        design = np.concatenate([features, np.ones((20, 1))], 1).astype(np.float64)
+        weights = np.linalg.solve(design[:10].T @ design[:10] + 0.5 * np.eye(7), design[:10].T @ targets[:10])
+        return design[10:] @ weights
+
+    onehot, p_t = np.eye(4)[labels], np.exp(_log_softmax(teacher_logits.astype(np.float64)))
+    grid = np.linspace(0, 1, 1001)
+    errors = [np.sum((probe(a * onehot + (1 - a) * p_t) - onehot[10:]) ** 2) for a in grid]
+    assert abs(alpha - grid[int(np.argmin(errors))]) <= 2e-3
+
+
+def test_alpha_is_the_running_mean_of_the_first_probe_batches():
+    recipe = TeacherGuidance(probe_batches=2)
+    output = type("Output", (), {})()
+    rng = np.random.default_rng(0)
+    output.features, output.logits = jnp.asarray(rng.normal(size=(8, 5))), jnp.asarray(rng.normal(size=(8, 3)))
+    labels = jnp.asarray(rng.integers(0, 3, 8))
+    estimate = float(recipe.batch_alpha(output.features, output.logits, labels))
+    alpha, state = recipe.current_alpha(_state(0.5, 1), output, labels)
+    assert float(alpha) == pytest.approx((0.5 + estimate) / 2) and int(state["estimates"]) == 2
+    frozen, state = recipe.current_alpha(state, output, jnp.asarray(rng.integers(0, 3, 8)))
+    assert float(frozen) == pytest.approx(float(alpha)) and int(state["estimates"]) == 2
+
+
+def test_preset_trains_guided_generations_end_to_end(tmp_path, data_dir):
+    summary = run_job(load_config("teacher_guidance", tiny_job("distill.options.probe_batches=2", steps=3)),
+                      tmp_path / "run", progress=False)
+    assert {"teacher", "student_teacher_guidance_gen1", "student_teacher_guidance_gen2"} <= set(summary)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    alphas = [row["alpha"] for row in rows if "alpha" in row]
+    assert alphas and all(0.0 <= a <= 1.0 for a in alphas)
