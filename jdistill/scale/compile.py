@@ -8,7 +8,7 @@ temporaries (activations, gradients, logits chunks), total against the chip's HB
 cost analysis of the compiled program (it counts a loop body once: gradient accumulation and the chunked
 vocabulary loss are loops), and the model FLOPs from the architecture,
 
-    train FLOPs / token = (6 + 2 * remat) * N_student + 2 * N_teacher + attention terms,
+    train FLOPs / token = (6 + 2 * full_remat) * N_student + 2 * N_teacher + attention terms,
 
 (N: matmul parameters incl. the head; attention 2 * 2 * seq * heads * head_dim per layer and forward pass),
 from which the step time at 100 % and 50 % MFU follows: total FLOPs / (chips * peak bf16 FLOP/s * MFU).
@@ -82,9 +82,8 @@ def model_flops_per_step(config, separate_teacher: bool = True) -> float:
     tokens = config.student.train.batch_size * config.data.seq_len
     student = config.student.model
     per_token = 3 * forward_flops_per_token(student, config.data.seq_len)
-    if student.remat != "none":
-        per_layer, head = _model_matmul_params(student)
-        per_token += forward_flops_per_token(student, config.data.seq_len) - 2 * head
+    if student.remat == "full":  # the backward pass runs every block's forward again ("dots" keeps matmuls)
+        per_token += forward_flops_per_token(student, config.data.seq_len) - 2 * _model_matmul_params(student)[1]
     if separate_teacher:
         per_token += forward_flops_per_token(config.teacher.model, config.data.seq_len)
     return float(per_token * tokens)
