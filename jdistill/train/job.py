@@ -74,7 +74,7 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
     teacher = None
-    if recipe.teacher_policy in TRAINED_TEACHER_POLICIES:
+    if recipe.teacher_policy in TRAINED_TEACHER_POLICIES and not getattr(recipe, "cache_dir", None):
         if config.teacher.init_from:
             from jdistill.train.restore import load_pretrained
 
@@ -85,6 +85,12 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
             teacher = results["teacher"]
     elif recipe.teacher_policy == "random_init":
         teacher = random_teacher(config)
+    if recipe.teacher_policy == "cached_topk":  # the student reads the teacher's top-k from disk, never the teacher
+        from jdistill.train.teacher_cache import job_dataset_fn
+
+        cached = job_dataset_fn(config, recipe, teacher, run_dir)
+        dataset_fns = {**{name: cached for name in student_stage_names(recipe)}, **(dataset_fns or {})}
+        teacher = None
     if config.run.baseline:
         if stage("student_scratch", config.student, Supervised(), STUDENT_INIT):
             return {}
