@@ -27,6 +27,7 @@ log-probs read from disk with the batch, `self` the student itself (e.g. deeper 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import jax
@@ -53,7 +54,8 @@ class Recipe(Protocol):
         """(student params to start from, initial recipe state); the state is a pytree (`()` when stateless)."""
 
     def teacher_params(self, recipe_state, teacher_params):
-        """The parameters the teacher runs with this step (the fixed teacher, or e.g. the EMA in the state)."""
+        """The parameters the teacher runs with this step (the fixed teacher, or e.g. the EMA in the state);
+        None: no teacher module (policies `none`, `self`, `previous_epoch`, `cached_topk`)."""
 
     def forward_params(self, params):
         """The parameters the student's forward pass uses (e.g. straight-through quantised); default: `params`."""
@@ -65,6 +67,24 @@ class Recipe(Protocol):
         """The recipe state after the optimizer update (e.g. the EMA teacher moves toward `params`)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+    """What a stage knows that a recipe may need: its step budget, the training split's size, steps per epoch."""
+
+    total_steps: int
+    steps_per_epoch: float
+    num_examples: int
+    batch_size: int
+
+    @property
+    def num_epochs(self) -> float:
+        return self.total_steps / self.steps_per_epoch
+
+
+# Recipe fields that `RecipeBase.bind` fills from the stage's RunFacts when the config leaves them None.
+FACT_FIELDS = ("total_steps", "steps_per_epoch", "num_examples", "num_epochs", "batch_size")
+
+
 class RecipeBase:
     """Defaults for the optional hooks; recipes are frozen dataclasses that inherit from this."""
 
@@ -72,6 +92,13 @@ class RecipeBase:
     teacher_policy = "none"
     # Born-again style recipes train this many student generations, each taught by the previous one.
     generations = 1
+
+    def bind(self, facts: RunFacts):
+        """This recipe with every `FACT_FIELDS` field that is None set from the stage (schedules over the step
+        budget, per-example buffers over the training split); the job calls it before training."""
+        names = {field.name for field in dataclasses.fields(self)} if dataclasses.is_dataclass(self) else set()
+        updates = {name: getattr(facts, name) for name in FACT_FIELDS if name in names and getattr(self, name) is None}
+        return dataclasses.replace(self, **updates) if updates else self
 
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from jdistill.configs.schema import MeshConfig
 from jdistill.eval.metrics import add_stats, summarize
 from jdistill.models import Transformer, count_params
+from jdistill.recipes.base import RunFacts
 from jdistill.train import inputs, sharding
 from jdistill.train.checkpoint import Checkpointer
 from jdistill.train.optim import make_optimizer
@@ -79,6 +80,10 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     """
     started = time.perf_counter()
     model_config, train_config = stage_config.model, stage_config.train
+    per_epoch = steps_per_epoch(data_config, train_config, model_config.kind)
+    recipe = recipe.bind(RunFacts(total_steps=train_config.steps, steps_per_epoch=per_epoch,
+                                  num_examples=inputs.train_examples(data_config, model_config.kind),
+                                  batch_size=train_config.batch_size))
     model = build_student(stage_config, recipe, init_key)
     optimizer = make_optimizer(train_config)
     params_count = count_params(model)
@@ -117,7 +122,7 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     train_step = make_train_step(graphdef, recipe, optimizer, seed=seed,
                                  teacher_graphdef=teacher.graphdef if teacher is not None else None,
                                  grad_accum_steps=train_config.grad_accum_steps, shardings=shardings,
-                                 steps_per_epoch=steps_per_epoch(data_config, train_config, model_config.kind))
+                                 steps_per_epoch=per_epoch)
     eval_step = make_eval_step(graphdef)
     eval_batches = inputs.eval_batches(data_config, model_config.kind)
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)

@@ -55,9 +55,9 @@ def make_loss_and_grad(graphdef, recipe, teacher_graphdef):
 
     def loss_and_grad(params, recipe_state, teacher_params, batch, rng):
         teacher = None
-        if recipe.teacher_policy not in ("none", "self", "cached_topk"):
-            selected = jax.lax.stop_gradient(recipe.teacher_params(recipe_state, teacher_params))
-            teacher = nnx.merge(teacher_graphdef or graphdef, selected)
+        selected = recipe.teacher_params(recipe_state, teacher_params)
+        if selected is not None and recipe.teacher_policy not in ("none", "self", "cached_topk", "previous_epoch"):
+            teacher = nnx.merge(teacher_graphdef or graphdef, jax.lax.stop_gradient(selected))
 
         def loss_fn(params):
             student = nnx.merge(graphdef, recipe.forward_params(params))

@@ -49,3 +49,20 @@ def test_cli_lists_the_recipes():
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert names == sorted(recipe_classes())
+
+
+def test_bind_fills_unset_run_facts_only():
+    import dataclasses
+
+    from jdistill.recipes.base import RecipeBase, RunFacts
+
+    @dataclasses.dataclass(frozen=True)
+    class Scheduled(RecipeBase):
+        total_steps: int | None = None
+        num_epochs: float | None = 3.0
+        num_examples: int | None = None
+
+    facts = RunFacts(total_steps=200, steps_per_epoch=20.0, num_examples=1437, batch_size=64)
+    bound = Scheduled().bind(facts)
+    assert (bound.total_steps, bound.num_epochs, bound.num_examples) == (200, 3.0, 1437)
+    assert Scheduled(num_epochs=None).bind(facts).num_epochs == 10.0
