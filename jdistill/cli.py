@@ -91,15 +91,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from jdistill.configs import preset_names
+    from jdistill.configs import load_config, preset_names
     from jdistill.recipes.registry import recipe_table
 
-    presets = set(preset_names())
+    presets: dict[str, list[str]] = {}
+    for preset in preset_names():
+        presets.setdefault(load_config(preset).distill.recipe, []).append(preset)
     rows = recipe_table()
     width = max(len(name) for name, _, _ in rows)
     policy_width = max(len(policy) for _, policy, _ in rows)
     for name, policy, description in rows:
-        preset = f"  [--config {name}]" if name in presets else ""
+        preset = f"  [--config {'|'.join(presets[name])}]" if name in presets else ""
         print(f"{name.ljust(width)}  {policy.ljust(policy_width)}  {description}{preset}")
     return 0
 

@@ -18,3 +18,11 @@ def test_ci_runs_the_readme_test_command():
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
     assert 'pip install -e ".[test]" && python3 -m pytest -q' in readme
     assert "python3 -m pytest -q" in ci and '-e ".[test]"' in ci
+
+
+def test_readme_lists_every_recipe():
+    from jdistill.recipes.registry import recipe_classes
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in recipe_classes() if name != "supervised" and f"`{name}`" not in readme]
+    assert not missing, f"README recipe table misses {missing}"
