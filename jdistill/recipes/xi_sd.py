@@ -26,7 +26,7 @@ from jdistill.recipes.supervised import token_accuracy
 
 @dataclasses.dataclass(frozen=True)
 class XiSelfDistillation(RecipeBase):
-    """Self-distillation with xi (Das & Sanghavi 2023): CE to xi*p_teacher + (1-xi)*onehot, same-architecture teacher."""
+    """Self-distillation with xi (Das & Sanghavi 2023): CE to xi*p_teacher + (1-xi)*onehot, same-size teacher."""
 
     xi: float = 1.5
     temperature: float = 1.0
