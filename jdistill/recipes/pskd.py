@@ -11,10 +11,9 @@ the current softmax after use, so each read returns what the network predicted f
 The buffer starts as one-hot labels (the labels are not known at init, so an all-zero row stands for its
 example's one-hot label): the first epoch's targets are the labels. Classifiers only.
 
-Recipes do not see the data or the step budget, so `num_examples` (the training split's size; digits: 1437) and
-`num_epochs` (E = steps * batch_size / num_examples) are options that must match the config; an `index` beyond
-`num_examples` is clamped on read and dropped on write. alpha_t is capped at alpha_T when training runs longer
-than E epochs.
+`num_examples` (the training split's size) and `num_epochs` (E, the stage's step budget in epochs) come from the
+stage through `bind` unless set as options; an `index` beyond `num_examples` is clamped on read and dropped on
+write. alpha_t is capped at alpha_T when training runs longer than E epochs.
 """
 
 from __future__ import annotations
@@ -34,21 +33,26 @@ class ProgressiveSelfKD(RecipeBase):
     """PS-KD (Kim et al. 2021): CE to (1-alpha_t)*onehot + alpha_t*(the network's own softmax from the last epoch)."""
 
     alpha_T: float = 0.8
-    num_epochs: float = 45.0
-    num_examples: int = 1437
+    num_epochs: float | None = None
+    num_examples: int | None = None
     name: str = "pskd"
-    # Conceptually policy "previous_epoch"; the generic step builds a teacher module for that policy, and this
-    # recipe's teacher is a buffer, so it declares "self" (no teacher module), which is also what it is.
-    teacher_policy: str = "self"
+    teacher_policy: str = "previous_epoch"
 
     def __post_init__(self):
         if not 0.0 <= self.alpha_T <= 1.0:
             raise ValueError(f"alpha_T must be in [0, 1], got {self.alpha_T}")
-        if self.num_epochs <= 0 or self.num_examples < 1:
+        if (self.num_epochs is not None and self.num_epochs <= 0) or (self.num_examples is not None
+                                                                      and self.num_examples < 1):
             raise ValueError("num_epochs and num_examples must be positive (the training split's epochs and size)")
+
+    def teacher_params(self, recipe_state, teacher_params):
+        del recipe_state, teacher_params
+        return None  # the teacher is the buffer in the recipe state, not a module
 
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng
+        if self.num_epochs is None or self.num_examples is None:
+            raise ValueError("pskd needs num_epochs and num_examples (the job sets them through bind)")
         num_classes = student_params["head"]["kernel"].shape[-1]
         return student_params, jnp.zeros((self.num_examples, num_classes), jnp.float32)
 

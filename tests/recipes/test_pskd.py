@@ -10,6 +10,7 @@ from flax import nnx
 from jdistill.configs import TrainConfig, load_config
 from jdistill.data import classification_train_dataset
 from jdistill.models import ModelConfig, Transformer
+from jdistill.recipes.base import RunFacts
 from jdistill.recipes.pskd import ProgressiveSelfKD
 from jdistill.train import create_train_state, make_train_step
 from jdistill.train.job import run_job
@@ -72,6 +73,15 @@ def test_buffer_holds_the_last_epochs_predictions_at_the_right_indices():
     assert float(metrics["alpha"]) == pytest.approx(0.8 * 2 / 3)
     np.testing.assert_allclose(np.asarray(state.recipe_state), expected, atol=1e-5)
     assert not np.allclose(expected.sum(-1), 0.0)
+
+
+def test_the_job_binds_the_split_size_and_epoch_budget():
+    facts = RunFacts(total_steps=100, steps_per_epoch=25.0, num_examples=1437, batch_size=64)
+    bound = ProgressiveSelfKD().bind(facts)
+    assert (bound.num_examples, bound.num_epochs) == (1437, 4.0)
+    assert ProgressiveSelfKD(num_epochs=9).bind(facts).num_epochs == 9
+    with pytest.raises(ValueError, match="bind"):
+        ProgressiveSelfKD().init(nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(0)))[1], None, None)
 
 
 def test_preset_runs_end_to_end(tmp_path, data_dir):
