@@ -19,8 +19,11 @@ Choices for jdistill's digits patch transformer:
 - Local crops: the model's position embeddings are fixed to one input size, so local crops are small random
   regions (`local_scale` of the area) upsampled to that size, not lower-resolution inputs (`jdistill.data.crops`).
 - The DINO head: the paper's head is a 3-layer MLP, an L2 bottleneck and a weight-normalised projection to
-  `out_dim` = 65536 prototypes. Here the transformer's own classifier head is the projection: set the student's
-  `model.num_classes` to `out_dim` (the preset uses 64). Its "accuracy" against labels is therefore meaningless;
+  `out_dim` = 65536 prototypes (last-layer norm frozen at 1). Here the transformer's own classifier head is the
+  projection: set the student's `model.num_classes` to `out_dim` (the preset uses 64). With `normalized_head`
+  (default) it is used as DINO's last layer, g = (f / |f|) . (W_k / |W_k|) (cosine logits in [-1, 1], bias
+  unused): without the normalisation the head can shrink its weights and the outputs collapse to uniform (seen on
+  digits: teacher entropy -> log out_dim). The MLP is omitted. Label "accuracy" of this head is meaningless;
   the representation is judged by `extra_metrics`: linear-probe and weighted k-NN (k = 20) accuracy on the
   encoder features (`ModelOutput.features`, `jdistill.eval.probes`).
 """
@@ -66,6 +69,7 @@ class Dino(RecipeBase):
     flip_prob: float = 0.5
     brightness: float = 0.4
     contrast: float = 0.4
+    normalized_head: bool = True
     probe_k: int = KNN_K
     name: str = "dino"
     teacher_policy: str = "ema"
@@ -97,6 +101,16 @@ class Dino(RecipeBase):
                           global_scale=self.global_scale, local_scale=self.local_scale, flip_prob=self.flip_prob,
                           brightness=self.brightness, contrast=self.contrast)
 
+    def head(self, model, inputs):
+        """DINO head outputs `[batch, out_dim]`: cosine logits (`normalized_head`) or the plain head's logits."""
+        if not self.normalized_head:
+            return model(inputs).logits
+        features = model(inputs, logits=False).features.astype(jnp.float32)
+        kernel = model.head_weights()[0].astype(jnp.float32)
+        features = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-6)
+        kernel = kernel / jnp.maximum(jnp.linalg.norm(kernel, axis=0, keepdims=True), 1e-6)
+        return features @ kernel
+
     def teacher_temperature(self, epoch):
         return dino_teacher_temperature(epoch, self.teacher_temperature_warmup_epochs,
                                         self.teacher_temperature_start, self.teacher_temperature_end)
@@ -105,8 +119,8 @@ class Dino(RecipeBase):
         views = self.views(batch["inputs"], rng)
         n_crops, size = views.shape[:2]
         flat = views.reshape(n_crops * size, *views.shape[2:])
-        student_out = student(flat).logits.reshape(n_crops, size, -1)
-        teacher_out = teacher(flat[: self.n_global_crops * size]).logits.reshape(self.n_global_crops, size, -1)
+        student_out = self.head(student, flat).reshape(n_crops, size, -1)
+        teacher_out = self.head(teacher, flat[: self.n_global_crops * size]).reshape(self.n_global_crops, size, -1)
         tau_t = self.teacher_temperature(batch["epoch"])
         loss = dino_loss(student_out, teacher_out, recipe_state["center"], student_temperature=self.student_temperature,
                          teacher_temperature=tau_t, n_global_crops=self.n_global_crops)

@@ -81,6 +81,17 @@ def test_ema_teacher_moves_by_exactly_the_schedule_and_centre_updates():
     assert float(metrics["teacher_temperature"]) == pytest.approx(0.04 + 0.03 * (1 / 5) / 2)
 
 
+def test_normalized_head_gives_cosine_logits_and_the_plain_head_its_logits():
+    model, x = tiny_model(), jnp.asarray(batch()["inputs"])
+    cosine = np.asarray(Dino().head(model, x))
+    assert cosine.shape == (8, 10) and np.abs(cosine).max() <= 1.0 + 1e-6
+    kernel = np.asarray(model.head.kernel[...])
+    features = np.asarray(model(x).features)
+    expected = (features / np.linalg.norm(features, axis=-1, keepdims=True)) @ (kernel / np.linalg.norm(kernel, axis=0))
+    np.testing.assert_allclose(cosine, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(Dino(normalized_head=False).head(model, x), model(x).logits)
+
+
 def test_centre_moves_ten_percent_towards_the_teacher_mean():
     recipe = Dino(n_local_crops=1)
     model = tiny_model()
@@ -90,7 +101,7 @@ def test_centre_moves_ten_percent_towards_the_teacher_mean():
     data = dict(batch(), epoch=jnp.zeros(()))
     _, _, new_state = recipe.loss(model, model, state, data, jax.random.key(1))
     views = recipe.views(jnp.asarray(data["inputs"]), jax.random.key(1))
-    teacher_out = model(views[:2].reshape(16, 8, 8, 1)).logits
+    teacher_out = recipe.head(model, views[:2].reshape(16, 8, 8, 1))
     expected = 0.9 * np.ones(10) + 0.1 * np.asarray(teacher_out).mean(axis=0)
     np.testing.assert_allclose(new_state["center"], expected, rtol=1e-5, atol=1e-6)
 
