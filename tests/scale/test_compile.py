@@ -1,0 +1,103 @@
+"""`jdistill compile`: every TPU config in tpu_configs/ compiles ahead of time for its own topology on this CPU host
+(libtpu, in a subprocess) and fits its chips' HBM; the topology table; the model-FLOPs formula against XLA's count.
+
+Compile time: a full-depth 8B teacher takes many minutes to compile here, so the compile tests override the DEPTH
+to one teacher and one student layer. Width (d_model, heads, MLP, vocabulary), sequence length, batch, mesh and
+sharding stay the config's. Per-chip parameter memory is checked against the sharded parameter count, so a lost
+sharding would fail. One config (v4-8) runs by default; the others are marked slow (each takes minutes here).
+"""
+
+import importlib.util
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from jdistill.configs import load_config
+from jdistill.errors import ConfigError
+from jdistill.models import Transformer
+from jdistill.models.config import ModelConfig
+from jdistill.scale import compile as aot_compile
+from jdistill.scale.topologies import GiB, parse_topology
+
+SHALLOW = ["teacher.model.num_layers=1", "student.model.num_layers=1"]  # width and sharding kept
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+TPU_CONFIGS = [pytest.param("v4-8", marks=needs_libtpu)] + [
+    pytest.param(name, marks=[needs_libtpu, pytest.mark.slow])
+    for name in ("v4-32", "v5e-16", "v5e-256", "v5p-128", "2x-v5e-256")]
+
+
+@pytest.mark.parametrize("name", TPU_CONFIGS)
+def test_tpu_config_compiles_for_its_topology_and_fits(name):
+    path = f"tpu_configs/{name}.yaml"
+    summary = aot_compile.compile_config(path, SHALLOW)
+    config = load_config(path, SHALLOW)
+    topology = parse_topology(config.cluster.topology, config.cluster.num_slices)
+    assert summary["platform"] == "tpu" and summary["devices"] == topology.num_chips
+    assert summary["mesh"] == {"data": config.mesh.data * config.mesh.dcn_data, "fsdp": config.mesh.fsdp,
+                               "tensor": config.mesh.tensor}
+    assert summary["fits"] and summary["total_bytes"] <= topology.chip.hbm_bytes
+    # Arguments: student parameters + two AdamW moments (12 bytes each) and the float32 teacher (4 bytes), split
+    # over fsdp x tensor; plus the batch and a few replicated scalars and norms.
+    shards = config.mesh.fsdp * config.mesh.tensor
+    expected = (12 * summary["student_params"] + 4 * summary["teacher_params"]) / shards
+    assert 0.95 * expected <= summary["argument_bytes"] <= 1.2 * expected + 64 * 2**20
+    assert summary["temp_bytes"] > 0 and summary["alias_bytes"] > 0.9 * summary["output_bytes"] - 2**20
+    assert summary["step_seconds_at_50_mfu"] == pytest.approx(2 * summary["step_seconds_at_100_mfu"])
+
+
+@pytest.mark.parametrize("text, chips, grid, hosts, accelerator, hbm_gib", [
+    ("v4-8", 4, (2, 2, 1), 1, "v4-8", 32),
+    ("v4-32", 16, (2, 2, 4), 4, "v4-32", 32),
+    ("v5e-16", 16, (4, 4), 4, "v5litepod-16", 16),
+    ("v5litepod-256", 256, (16, 16), 64, "v5litepod-256", 16),
+    ("v5p-128", 64, (4, 4, 4), 16, "v5p-128", 95),
+    ("v5e:4x4", 16, (4, 4), 4, "v5litepod-16", 16),
+    ("h100:4x8", 32, (4, 8), 4, None, 80),
+])
+def test_topology_names(text, chips, grid, hosts, accelerator, hbm_gib):
+    topology = parse_topology(text)
+    assert (topology.num_chips, topology.grid, topology.num_hosts) == (chips, grid, hosts)
+    assert topology.chip.hbm_bytes == hbm_gib * GiB
+    if accelerator:
+        assert topology.accelerator_type == accelerator
+    two = parse_topology(text, num_slices=2)
+    assert (two.num_chips, two.num_hosts) == (2 * chips, 2 * hosts)
+
+
+@pytest.mark.parametrize("text", ["v4-7", "v9-8", "v5e-24", "h100:1x2x3", "tpu"])
+def test_bad_topology_is_a_config_error(text):
+    with pytest.raises(ConfigError, match="cluster.topology"):
+        parse_topology(text)
+
+
+def test_model_flops_match_xla_count_of_a_forward_pass():
+    config = ModelConfig(kind="lm", num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256, mlp="glu",
+                         activation="silu", mlp_bias=False, gate="headwise", vocab_size=512, max_seq_len=64,
+                         attention_impl="xla")
+    graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
+    tokens = jnp.zeros((2, 64), jnp.int32)
+    forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x).logits)
+    cost = forward.lower(params, tokens).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    model = aot_compile.forward_flops_per_token(config, 64) * tokens.size
+    assert model <= xla <= 1.1 * model  # XLA also counts norms, softmax and activations
+
+
+def test_not_fitting_in_hbm_exits_non_zero(monkeypatch, capsys, tmp_path):
+    fake = {"argument_bytes": 10 * GiB, "output_bytes": GiB, "alias_bytes": GiB, "temp_bytes": 20 * GiB,
+            "code_bytes": 0, "total_bytes": 30 * GiB, "student_params": 10**9, "teacher_params": 8 * 10**9,
+            "flops_per_device": 1.0, "bytes_accessed_per_device": 1.0, "mesh": {"data": 1, "fsdp": 16, "tensor": 1},
+            "devices": 16, "platform": "tpu", "device_kind": "TPU v5 lite", "compile_seconds": 1.0}
+    monkeypatch.setattr(aot_compile, "run_aot", lambda jobs, topology: [dict(fake)])
+    args = SimpleNamespace(config="tpu_configs/v5e-16.yaml", topology=None, json=str(tmp_path / "c.json"),
+                           overrides=SHALLOW)
+    with pytest.raises(aot_compile.CompileError, match="more than the 16 GiB HBM"):
+        aot_compile.cmd_compile(args)
+    printed = capsys.readouterr().out
+    assert "depth overridden (teacher 28 -> 1, student 16 -> 1)" in printed
+    assert (tmp_path / "c.json").exists()
+    args.topology = "v5p-128"  # the same program on 95 GiB chips fits
+    assert aot_compile.cmd_compile(args) == 0
