@@ -5,7 +5,7 @@
     jdistill analyze head-gates --run-dir DIR [--stage teacher]
     jdistill recipes
     jdistill cache-teacher --config NAME|PATH [--out DIR] [--top-k K] [--split train] [key.sub=value ...]
-    jdistill compile --config NAME|PATH [--topology NAME] [key.sub=value ...]
+    jdistill compile --config NAME|PATH [--topology NAME] [--extrapolate] [key.sub=value ...]
     jdistill launch --config NAME|PATH [--dry-run] [key.sub=value ...]
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
     jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--config", required=True, help="a tpu_configs/*.yaml file, preset name or YAML path")
     compile_.add_argument("--topology", help="override cluster.topology (e.g. v5e:4x4, v5p-128, h100:1x8)")
     compile_.add_argument("--json", help="also write the figures to this JSON file")
+    compile_.add_argument("--extrapolate", action="store_true", help="compile at 1 and 2 layers (width and sharding "
+                                                                      "kept) and extrapolate linearly to the depth")
     compile_.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     compile_.set_defaults(func=_lazy("jdistill.scale.compile", "cmd_compile"))
     launch = sub.add_parser("launch", help="start the config's job on its cluster (TPU VM, xpk, Slurm, Kubernetes)")
