@@ -68,7 +68,6 @@ class GatedSelfAttention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         if self.rope:
-            positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq)) if positions is None else positions
             q = apply_rope(q, positions, theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim)
             k = apply_rope(k, positions, theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim)
         gate = None
