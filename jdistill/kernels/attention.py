@@ -14,8 +14,11 @@ Shapes (documented once, here):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NEG_INF = -1e30
 
@@ -43,7 +46,10 @@ def attention_mask(q_len: int, kv_len: int, *, causal: bool, segment_ids=None, w
 def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, window=None):
     """XLA reference: `sigmoid(gate) * softmax(q k^T * scale + mask) v`, softmax in float32.
 
-    A query row whose keys are all masked returns zeros (not NaN).
+    A query row whose keys are all masked returns zeros (not NaN). The core runs head-major
+    (`[batch, kv_heads, groups * q_len, head_dim]`, the query heads that share a key/value head stacked along
+    the query axis) with a hand-written backward (`_attention_core`); without segment ids the mask is a
+    trace-time constant.
     """
     batch, q_len, heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
@@ -51,18 +57,77 @@ def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=N
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     scale = head_dim**-0.5 if scale is None else scale
     groups = heads // kv_heads
-    q_grouped = q.reshape(batch, q_len, kv_heads, groups, head_dim)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q_grouped, k, preferred_element_type=jnp.float32) * scale
-    mask = attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids, window=window)[:, :, None]
-    scores = jnp.where(mask, scores, _NEG_INF)
-    weights = jax.nn.softmax(scores, axis=-1)
-    weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", weights.astype(v.dtype), v).reshape(batch, q_len, heads, head_dim)
+    q_major = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    q_major = q_major.reshape(batch, kv_heads, groups * q_len, head_dim)
+    k_major, v_major = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    if segment_ids is None:
+        mask = _static_mask(q_len, kv_len, causal, window)
+    else:
+        mask = attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids, window=window)
+    mask = jnp.tile(mask, (1, 1, groups, 1)) if groups > 1 else mask  # rows g * q_len + i
+    empty_rows = segment_ids is not None or kv_len < q_len  # otherwise every query sees at least one key
+    out = _attention_core(q_major, k_major, v_major, mask, float(scale), empty_rows)
+    out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
+    out = out.reshape(batch, q_len, heads, head_dim)
     if gate is not None:
         if gate.ndim == 3:
             gate = gate[..., None]
         out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
     return out
+
+
+def _static_mask(q_len: int, kv_len: int, causal: bool, window: int | None) -> np.ndarray:
+    """`attention_mask` without segment ids, as a numpy constant `[1, 1, q_len, kv_len]`."""
+    q_pos = np.arange(q_len)[:, None] + (kv_len - q_len)
+    k_pos = np.arange(kv_len)[None, :]
+    mask = np.ones((q_len, kv_len), bool)
+    if causal:
+        mask &= k_pos <= q_pos
+    if window is not None:
+        mask &= np.abs(q_pos - k_pos) < window
+    return mask[None, None]
+
+
+def _softmax_weights(q, k, mask, scale: float, may_have_empty_rows: bool):
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    weights = jax.nn.softmax(jnp.where(mask, scores, _NEG_INF), axis=-1)
+    if may_have_empty_rows:
+        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+    return weights
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention_core(q, k, v, mask, scale: float, may_have_empty_rows: bool):
+    """`softmax(q k^T * scale, masked) v` for head-major `q [b, h, m, d]`, `k, v [b, h, n, d]`, mask `[b or 1, 1, m, n]`.
+
+    The backward is the usual one of FlashAttention (Dao et al. 2022) without tiling: with P the saved
+    weights and O the output, dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)) * scale,
+    dQ = dS K, dK = dS^T Q.
+    """
+    weights = _softmax_weights(q, k, mask, scale, may_have_empty_rows)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
+
+
+def _attention_core_fwd(q, k, v, mask, scale, may_have_empty_rows):
+    weights = _softmax_weights(q, k, mask, scale, may_have_empty_rows)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
+    return out, (q, k, v, weights, out)
+
+
+def _attention_core_bwd(scale, may_have_empty_rows, residuals, d_out):
+    del may_have_empty_rows  # empty rows have zero weights, so their dS is 0 already
+    q, k, v, weights, out = residuals
+    f32 = jnp.float32
+    d_v = jnp.einsum("bhqk,bhqd->bhkd", weights.astype(v.dtype), d_out.astype(v.dtype))
+    d_weights = jnp.einsum("bhqd,bhkd->bhqk", d_out, v, preferred_element_type=f32)
+    row = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
+    d_scores = weights * (d_weights - row) * scale
+    d_q = jnp.einsum("bhqk,bhkd->bhqd", d_scores.astype(k.dtype), k)
+    d_k = jnp.einsum("bhqk,bhqd->bhkd", d_scores.astype(q.dtype), q)
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 _KERNEL_HEAD_DIMS = (64, 128, 256)
