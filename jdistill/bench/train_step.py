@@ -11,7 +11,7 @@ One process, one machine. Contenders (each one step per call, results blocked on
 Models: a gated transformer LM (headwise SDPA-output gate, 4 heads, tanh-GELU MLP 4x, 256 byte vocab), teacher
 4 layers d=256, student 2 layers d=256. Timing: after `warmup` untimed calls each, `steps` rounds that call
 every contender once, in alternating order, so load from other processes hits all of them alike; a
-contender's time is the median of its calls. Ratios: speedup = jdistill KD steps/s / PyTorch KD steps/s,
+contender's time is the median of its calls (process CPU time per call is recorded too: `*_cpu_ms`). Ratios: speedup = jdistill KD steps/s / PyTorch KD steps/s,
 teacher_overhead = KD step time / CE step time, teacher_forward_fraction = teacher forward time / CE step time
 (so a KD step costs no more than a CE step plus a teacher forward when overhead <= 1 + fraction).
 Memory: jax from the compiled step's `memory_analysis()` (temp + argument bytes); PyTorch as the increase of the
@@ -120,25 +120,30 @@ def build_torch(teacher, teacher_config, student_config, train_config, batch):
             "torch_teacher_fwd": lambda: ref.teacher_forward(torch_teacher, inputs)}, rss_delta
 
 
-def time_interleaved(contenders: dict, steps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of every contender, calling each once per round, in alternating order."""
+def time_interleaved(contenders: dict, steps: int, warmup: int) -> tuple[dict, dict]:
+    """(wall seconds, process CPU seconds) per call of every contender, calling each once per round, in
+    alternating order."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in contenders}
+    wall = {name: [] for name in contenders}
+    cpu = {name: [] for name in contenders}
     names = list(contenders)
     for round_index in range(steps):
         for name in names if round_index % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
-def summarize(times: dict[str, list[float]], results: dict) -> dict:
+def summarize(timings: tuple[dict, dict], results: dict) -> dict:
+    times, cpu = timings
     median = {name: statistics.median(values) for name, values in times.items()}
     for name, seconds in median.items():
         results[f"{name}_ms"] = 1e3 * seconds
+        results[f"{name}_cpu_ms"] = 1e3 * statistics.median(cpu[name])
     results["jdistill_steps_per_s"] = 1.0 / median["kd"]
     results["jdistill_ce_steps_per_s"] = 1.0 / median["ce"]
     results["teacher_forward_per_s"] = 1.0 / median["teacher_fwd"]
