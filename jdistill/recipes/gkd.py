@@ -26,8 +26,8 @@ from flax import nnx
 from jdistill import losses
 from jdistill.errors import ConfigError
 from jdistill.models.generate import generate
-from jdistill.recipes.supervised import token_accuracy
 from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.supervised import token_accuracy
 
 
 @dataclasses.dataclass(frozen=True)
