@@ -192,7 +192,17 @@ def read_yaml(path: Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return data
+    return _unshared(data)
+
+
+def _unshared(value):
+    """A copy in which YAML anchors/aliases (`&model` ... `*model`) no longer share one object, so an override
+    of `teacher.model.d_model` never changes the student that aliased the teacher's model."""
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
 
 
 def resolve_config_path(name_or_path: str) -> Path:

@@ -98,3 +98,12 @@ def test_partial_yaml_file_fills_defaults(tmp_path):
 def test_all_keys_lists_nested_leaves():
     keys = all_keys(Config)
     assert "teacher.model.gate" in keys and "distill.temperature" in keys and "data.name" in keys
+
+
+def test_yaml_aliases_do_not_couple_overrides(tmp_path):
+    from jdistill.configs import load_config
+
+    path = tmp_path / "aliased.yaml"
+    path.write_text("teacher:\n  model: &model {d_model: 32, num_heads: 2}\nstudent:\n  model: *model\n")
+    config = load_config(str(path), ["teacher.model.d_model=64"])
+    assert config.teacher.model.d_model == 64 and config.student.model.d_model == 32
