@@ -117,7 +117,7 @@ def job_dataset_fn(config, recipe, teacher, run_dir):
         out = Path(recipe.cache_dir)
     else:
         out = Path(run_dir) / "teacher_cache"
-        key = {"dataset": config.data.name, "seed": config.seed, "steps": train.steps,
+        key = {"dataset": config.data.name, "seq_len": config.data.seq_len, "seed": config.seed, "steps": train.steps,
                "batch_size": train.batch_size, "num_split_windows": len(windows)}
         settings = CacheSettings(recipe.top_k, recipe.temperature, recipe.logprob_dtype)
         existing = cache_format.read_metadata(out)
