@@ -136,7 +136,7 @@ def _depth_note(config, base) -> str:
         return ""
     parts = ", ".join(f"{n} {was} -> {now}" for n, now, was in reduced)
     return (f"\n  NOTE: depth overridden ({parts}); memory and FLOPs are those of the shallower program. "
-            "Parameter and optimizer memory grow linearly per layer; compile two depths to extrapolate.")
+            "Use --extrapolate to estimate the full depth from compiles at 1 and 2 layers.")
 
 
 def compile_config(path: str, overrides=(), topology_name: str | None = None) -> dict:
@@ -155,12 +155,51 @@ def compile_config(path: str, overrides=(), topology_name: str | None = None) ->
     return summarize(report, config, topology)
 
 
+MEMORY_KEYS = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "code_bytes", "total_bytes",
+               "student_params", "teacher_params", "flops_per_device", "bytes_accessed_per_device")
+
+
+def extrapolate(shallow: dict, deeper: dict, layers: int) -> dict:
+    """Linear in depth from compiles at 1 and 2 layers (teacher and student together): value(1) + (layers - 1) *
+    (value(2) - value(1)). With `layers` the deeper model's depth this is an upper bound: past the shallower
+    model's depth only the other model's layers are added (the teacher's: parameters, no saved activations)."""
+    out = dict(shallow, compile_seconds=shallow["compile_seconds"] + deeper["compile_seconds"])
+    for key in MEMORY_KEYS:
+        out[key] = type(shallow[key])(shallow[key] + (layers - 1) * (deeper[key] - shallow[key]))
+    out["per_layer_bytes"] = deeper["total_bytes"] - shallow["total_bytes"]
+    return out
+
+
+def compile_extrapolated(path: str, overrides=(), topology_name: str | None = None) -> dict:
+    """Compile at 1 and 2 layers (width and sharding kept) and extrapolate to the config's depth."""
+    from jdistill.configs import load_config
+
+    config = load_config(path, list(overrides))
+    topology = resolve_topology(config, topology_name)
+    layers = max(config.teacher.model.num_layers, config.student.model.num_layers)
+    jobs = [{"config": str(path), "overrides": [*overrides, f"teacher.model.num_layers={depth}",
+                                                f"student.model.num_layers={depth}"],
+             "topology": topology.name, "num_slices": topology.num_slices} for depth in (1, 2)]
+    reports = run_aot(jobs, topology)
+    for report in reports:
+        if "error" in report:
+            raise CompileError(f"{path}: the train step did not compile for {topology.describe()}: "
+                               f"{report['error']}")
+    return dict(summarize(extrapolate(*reports, layers), config, topology), extrapolated_from=(1, 2))
+
+
 def cmd_compile(args) -> int:
     from jdistill.configs import load_config
 
-    summary = compile_config(args.config, args.overrides, args.topology)
-    print(format_summary(summary, _depth_note(load_config(args.config, list(args.overrides)),
-                                              load_config(args.config))))
+    if getattr(args, "extrapolate", False):
+        summary = compile_extrapolated(args.config, args.overrides, args.topology)
+        note = ("\n  NOTE: EXTRAPOLATED to this depth from compiles at 1 and 2 layers "
+                f"({summary['per_layer_bytes'] / GiB:.2f} GiB per layer pair, linear; an upper bound when the "
+                "depths differ)")
+    else:
+        summary = compile_config(args.config, args.overrides, args.topology)
+        note = _depth_note(load_config(args.config, list(args.overrides)), load_config(args.config))
+    print(format_summary(summary, note))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["fits"]:

@@ -101,3 +101,26 @@ def test_not_fitting_in_hbm_exits_non_zero(monkeypatch, capsys, tmp_path):
     assert (tmp_path / "c.json").exists()
     args.topology = "v5p-128"  # the same program on 95 GiB chips fits
     assert aot_compile.cmd_compile(args) == 0
+
+
+def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys):
+    base = {"argument_bytes": GiB, "output_bytes": GiB // 2, "alias_bytes": GiB // 2, "temp_bytes": 3 * GiB,
+            "code_bytes": 0, "total_bytes": 4 * GiB, "student_params": 3 * 10**8, "teacher_params": 10**9,
+            "flops_per_device": 1e12, "bytes_accessed_per_device": 1e10, "mesh": {"data": 1, "fsdp": 16, "tensor": 1},
+            "devices": 16, "platform": "tpu", "device_kind": "TPU v5 lite", "compile_seconds": 1.0}
+    grow = {"argument_bytes": GiB // 8, "total_bytes": GiB // 4, "temp_bytes": GiB // 8, "teacher_params": 10**8}
+    seen = []
+
+    def fake_run_aot(jobs, topology):
+        seen.extend(job["overrides"][-2:] for job in jobs)
+        return [dict(base), dict(base, **{key: base[key] + value for key, value in grow.items()})]
+
+    monkeypatch.setattr(aot_compile, "run_aot", fake_run_aot)
+    args = SimpleNamespace(config="tpu_configs/v5e-16.yaml", topology=None, json=None, overrides=[], extrapolate=True)
+    assert aot_compile.cmd_compile(args) == 0
+    assert seen == [[f"teacher.model.num_layers={d}", f"student.model.num_layers={d}"] for d in (1, 2)]
+    summary = aot_compile.compile_extrapolated("tpu_configs/v5e-16.yaml")
+    layers = 28  # the teacher, the deeper of the two
+    assert summary["total_bytes"] == 4 * GiB + (layers - 1) * GiB // 4
+    assert summary["teacher_params"] == 10**9 + (layers - 1) * 10**8
+    assert "EXTRAPOLATED" in capsys.readouterr().out
