@@ -75,6 +75,7 @@ class RunFacts:
     steps_per_epoch: float
     num_examples: int
     batch_size: int
+    weight_decay: float = 0.0
 
     @property
     def num_epochs(self) -> float:
@@ -82,7 +83,7 @@ class RunFacts:
 
 
 # Recipe fields that `RecipeBase.bind` fills from the stage's RunFacts when the config leaves them None.
-FACT_FIELDS = ("total_steps", "steps_per_epoch", "num_examples", "num_epochs", "batch_size")
+FACT_FIELDS = ("total_steps", "steps_per_epoch", "num_examples", "num_epochs", "batch_size", "weight_decay")
 
 
 class RecipeBase:

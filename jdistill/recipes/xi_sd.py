@@ -7,8 +7,8 @@ with p = softmax(logits / T) on both sides (the paper: T = 1) and no T^2 factor 
 The teacher is a frozen, trained model of the student's own architecture (`teacher.model` must equal
 `student.model`). xi may exceed 1 (the paper's optima at 50% symmetric label noise: 1.5 to 3.5); then tau has a
 negative entry and the loss is unbounded below unless the student is regularised, so the recipe warns once when
-xi > 1 and `weight_decay` is 0. Recipes do not see the student's optimizer settings, so `weight_decay` is a recipe
-option that must restate `student.train.weight_decay` (None: unknown, treated as 0 for the warning).
+xi > 1 and the student's weight decay is 0 (`weight_decay` comes from `student.train.weight_decay` through
+`bind`; the check runs in `init`, when the recipe knows it).
 Token-level for LMs: (sum, count) over valid tokens.
 """
 
@@ -34,10 +34,8 @@ class XiSelfDistillation(RecipeBase):
     name: str = "xi_sd"
     teacher_policy: str = "frozen"
 
-    def __post_init__(self):
-        losses.warn_if_unregularised(self.xi, self.weight_decay or 0.0)
-
     def init(self, student_params, teacher_params, rng):
+        losses.warn_if_unregularised(self.xi, self.weight_decay or 0.0)
         require_same_architecture(self.name, student_params, teacher_params)
         return super().init(student_params, teacher_params, rng)
 

@@ -83,7 +83,7 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     per_epoch = steps_per_epoch(data_config, train_config, model_config.kind)
     recipe = recipe.bind(RunFacts(total_steps=train_config.steps, steps_per_epoch=per_epoch,
                                   num_examples=inputs.train_examples(data_config, model_config.kind),
-                                  batch_size=train_config.batch_size))
+                                  batch_size=train_config.batch_size, weight_decay=train_config.weight_decay))
     model = build_student(stage_config, recipe, init_key)
     optimizer = make_optimizer(train_config)
     params_count = count_params(model)

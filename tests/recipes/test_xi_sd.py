@@ -4,6 +4,7 @@ xi > 1 without weight decay warns, and the preset runs end to end."""
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -53,12 +54,21 @@ def test_teacher_of_another_architecture_is_a_config_error():
 
 
 def test_xi_above_one_warns_only_without_weight_decay():
+    from jdistill.recipes.base import RunFacts
+
+    params = {"w": jnp.zeros((2, 2))}
+
+    def start(xi, weight_decay):
+        facts = RunFacts(total_steps=10, steps_per_epoch=5.0, num_examples=20, batch_size=4,
+                         weight_decay=weight_decay)
+        XiSelfDistillation(xi=xi).bind(facts).init(params, params, jax.random.key(0))
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        XiSelfDistillation(xi=1.5, weight_decay=0.05)
-        XiSelfDistillation(xi=0.8, weight_decay=0.0)
+        start(1.5, 0.05)
+        start(0.8, 0.0)
         assert not caught
-        XiSelfDistillation(xi=1.5, weight_decay=0.0)
+        start(1.5, 0.0)  # the student's weight decay reaches the recipe through bind()
         assert len(caught) == 1 and "unbounded below" in str(caught[0].message)
 
 
