@@ -17,6 +17,7 @@ from which the step time at 100 % and 50 % MFU follows: total FLOPs / (chips * p
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,6 +92,10 @@ def model_flops_per_step(config, separate_teacher: bool = True) -> float:
 
 def summarize(report: dict, config, topology: Topology) -> dict:
     """Per-chip memory against HBM, FLOPs and MFU-bound step times."""
+    mesh_devices = math.prod(report["mesh"].values())
+    if mesh_devices != topology.num_chips:
+        raise ConfigError(f"mesh: data*fsdp*tensor*dcn_data = {mesh_devices}, but {topology.describe()} has "
+                          f"{topology.num_chips} chips")
     hbm = topology.chip.hbm_bytes
     flops = model_flops_per_step(config, report.get("teacher_params", 0) > 0)
     per_chip = flops / topology.num_chips
