@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jdistill.configs import load_config
 from jdistill.losses import adr_labels
@@ -42,9 +43,11 @@ def test_rectified_labels_use_lam_when_the_teacher_is_right_and_sum_to_one():
 
 
 def test_adversarial_examples_stay_in_the_epsilon_ball_and_the_image_range():
-    model, data = tiny_model(), batch()
+    graphdef, params = nnx.split(tiny_model())
+    data = batch()
     targets = jax.nn.one_hot(data["labels"], 10)
-    adversarial = np.asarray(RECIPE.attack(model, jnp.asarray(data["inputs"]), targets, jax.random.key(0)))
+    attack = jax.jit(lambda params, x: RECIPE.attack(nnx.merge(graphdef, params), x, targets, jax.random.key(0)))
+    adversarial = np.asarray(attack(params, jnp.asarray(data["inputs"])))
     delta = np.abs(adversarial - data["inputs"])
     assert delta.max() <= 0.1 + 1e-6 and delta.max() > 0.05
     assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
