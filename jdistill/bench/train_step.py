@@ -7,7 +7,8 @@ One process, one machine. Contenders (each one step per call, results blocked on
   - `ce`: the same student trained on labels alone (`Supervised`), no teacher.
   - `teacher_fwd`: the teacher's forward pass alone (jitted).
   - `torch_kd`, `torch_ce`, `torch_teacher_fwd`: the same three in eager PyTorch (`torch_reference`), with the
-    jdistill weights copied in, `torch.set_num_threads(cpu count)`.
+    jdistill weights copied in, `torch.set_num_threads(cores)`, cores
+    being those this process may run on (so `taskset -c 0 jdistill bench train-step` compares one core each).
 Models: a gated transformer LM (headwise SDPA-output gate, 4 heads, tanh-GELU MLP 4x, 256 byte vocab), teacher
 4 layers d=256, student 2 layers d=256. Timing: after `warmup` untimed calls each, `steps` rounds that call
 every contender once, in alternating order, so load from other processes hits all of them alike; a
@@ -94,13 +95,21 @@ def jax_memory_bytes(compiled) -> int | None:
     return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes)
 
 
+def available_cores() -> int:
+    """Cores this process may run on (respects `taskset`), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def build_torch(teacher, teacher_config, student_config, train_config, batch):
     """{name: callable} of the PyTorch contenders and the peak-RSS increase (bytes) of the KD one."""
     import torch
 
     from jdistill.bench import torch_reference as ref
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(available_cores())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     inputs = torch.from_numpy(batch["inputs"]).long()
     targets = torch.from_numpy(batch["targets"]).long()
@@ -194,7 +203,7 @@ def run(*, steps: int = 20, warmup: int = 3, batch: int = 16, seq: int = 128, us
     train_config = bench_train_config(batch)
     data = make_batch(batch, seq)
     teacher = Transformer(teacher_config, rngs=nnx.Rngs(0))
-    results = {"batch": batch, "seq": seq, "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+    results = {"batch": batch, "seq": seq, "cpu_count": available_cores(), "backend": jax.default_backend(),
                "temperature": TEMPERATURE, "steps": steps}
     contenders = {}
     if use_torch:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from flax import nnx
 
 from jdistill.nn.activations import EXPANDED, GATES, ExpandedGatingActivation, get_activation, get_gate, glu
+from jdistill.nn.mlp_core import dense_mlp
 
 
 class MLP(nnx.Module):
     """`W_out act(W_in x)`: [batch, seq, d_model] -> same. The expanded-range activations (xgelu, xsilu, xatlu)
-    carry one trainable alpha per block, initialised 0."""
+    carry one trainable alpha per block, initialised 0. The fixed activations run through `dense_mlp` (same
+    values, a hand-written backward that is faster on CPU)."""
 
     def __init__(self, d_model: int, mlp_dim: int, activation: str, *, use_bias: bool = True, dtype=None,
                  rngs: nnx.Rngs):
@@ -19,7 +21,13 @@ class MLP(nnx.Module):
         self.down = nnx.Linear(mlp_dim, d_model, use_bias=use_bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
-        return self.down(self.activation(self.up(x)))
+        if isinstance(self.activation, ExpandedGatingActivation):
+            return self.down(self.activation(self.up(x)))
+        up, down = self.up, self.down
+        weights = (up.kernel[...], up.bias[...] if up.bias is not None else None, down.kernel[...],
+                   down.bias[...] if down.bias is not None else None)
+        x, *weights = up.promote_dtype((x, *weights), dtype=up.dtype)
+        return dense_mlp(self.activation, x, *weights)
 
 
 class GLUMLP(nnx.Module):
