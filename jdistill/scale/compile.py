@@ -164,13 +164,15 @@ MEMORY_KEYS = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "c
                "student_params", "teacher_params", "flops_per_device", "bytes_accessed_per_device")
 
 
-def extrapolate(shallow: dict, deeper: dict, layers: int) -> dict:
+def extrapolate(shallow: dict, deeper: dict, layers: int, teacher_layers: int, student_layers: int) -> dict:
     """Linear in depth from compiles at 1 and 2 layers (teacher and student together): value(1) + (layers - 1) *
     (value(2) - value(1)). With `layers` the deeper model's depth this is an upper bound: past the shallower
-    model's depth only the other model's layers are added (the teacher's: parameters, no saved activations)."""
+    model's depth only the other model's layers are added (the teacher's: parameters, no saved activations).
+    Parameter counts are extrapolated per model, exactly."""
     out = dict(shallow, compile_seconds=shallow["compile_seconds"] + deeper["compile_seconds"])
+    depths = {"teacher_params": teacher_layers, "student_params": student_layers}
     for key in MEMORY_KEYS:
-        out[key] = type(shallow[key])(shallow[key] + (layers - 1) * (deeper[key] - shallow[key]))
+        out[key] = type(shallow[key])(shallow[key] + (depths.get(key, layers) - 1) * (deeper[key] - shallow[key]))
     out["per_layer_bytes"] = deeper["total_bytes"] - shallow["total_bytes"]
     return out
 
@@ -181,7 +183,7 @@ def compile_extrapolated(path: str, overrides=(), topology_name: str | None = No
 
     config = load_config(path, list(overrides))
     topology = resolve_topology(config, topology_name)
-    layers = max(config.teacher.model.num_layers, config.student.model.num_layers)
+    depths = config.teacher.model.num_layers, config.student.model.num_layers
     jobs = [{"config": str(path), "overrides": [*overrides, f"teacher.model.num_layers={depth}",
                                                 f"student.model.num_layers={depth}"],
              "topology": topology.name, "num_slices": topology.num_slices} for depth in (1, 2)]
@@ -190,7 +192,8 @@ def compile_extrapolated(path: str, overrides=(), topology_name: str | None = No
         if "error" in report:
             raise CompileError(f"{path}: the train step did not compile for {topology.describe()}: "
                                f"{report['error']}")
-    return dict(summarize(extrapolate(*reports, layers), config, topology), extrapolated_from=(1, 2))
+    summary = summarize(extrapolate(*reports, max(depths), *depths), config, topology)
+    return dict(summary, extrapolated_from=(1, 2))
 
 
 def cmd_compile(args) -> int:
@@ -207,7 +210,11 @@ def cmd_compile(args) -> int:
     print(format_summary(summary, note))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
-    if not summary["fits"]:
+    if not summary["fits"] and summary["estimate"]:
+        print(f"WARNING: the estimate ({summary['total_bytes'] / GiB:.1f} GiB) exceeds the "
+              f"{summary['hbm_bytes'] / GiB:.0f} GiB HBM, but XLA:CPU keeps activations that rematerialisation "
+              "frees on a GPU (an upper bound); check on a GPU")
+    elif not summary["fits"]:
         raise CompileError(f"{args.config}: needs {summary['total_bytes'] / GiB:.2f} GiB per chip, more than the "
                            f"{summary['hbm_bytes'] / GiB:.0f} GiB HBM of {summary['topology']}")
     return 0

@@ -108,7 +108,8 @@ def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys)
             "code_bytes": 0, "total_bytes": 4 * GiB, "student_params": 3 * 10**8, "teacher_params": 10**9,
             "flops_per_device": 1e12, "bytes_accessed_per_device": 1e10, "mesh": {"data": 1, "fsdp": 16, "tensor": 1},
             "devices": 16, "platform": "tpu", "device_kind": "TPU v5 lite", "compile_seconds": 1.0}
-    grow = {"argument_bytes": GiB // 8, "total_bytes": GiB // 4, "temp_bytes": GiB // 8, "teacher_params": 10**8}
+    grow = {"argument_bytes": GiB // 8, "total_bytes": GiB // 4, "temp_bytes": GiB // 8, "teacher_params": 10**8,
+            "student_params": 5 * 10**7}
     seen = []
 
     def fake_run_aot(jobs, topology):
@@ -120,7 +121,8 @@ def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys)
     assert aot_compile.cmd_compile(args) == 0
     assert seen == [[f"teacher.model.num_layers={d}", f"student.model.num_layers={d}"] for d in (1, 2)]
     summary = aot_compile.compile_extrapolated("tpu_configs/v5e-16.yaml")
-    layers = 28  # the teacher, the deeper of the two
+    layers = 28  # the teacher, the deeper of the two (student: 16)
     assert summary["total_bytes"] == 4 * GiB + (layers - 1) * GiB // 4
     assert summary["teacher_params"] == 10**9 + (layers - 1) * 10**8
+    assert summary["student_params"] == 3 * 10**8 + (16 - 1) * 5 * 10**7  # per model, not per layer pair
     assert "EXTRAPOLATED" in capsys.readouterr().out
