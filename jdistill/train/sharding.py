@@ -62,7 +62,8 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
         if len(devices) % slices:
             raise MeshError(f"mesh.dcn_data={slices} does not divide the {len(devices)} devices")
         data, fsdp, tensor = mesh_shape(mesh_config, len(devices) // slices)
-        grid = mesh_utils.create_hybrid_device_mesh((data, fsdp, tensor), (slices, 1, 1), devices=devices)
+        grid = mesh_utils.create_hybrid_device_mesh((data, fsdp, tensor), (slices, 1, 1), devices=devices,
+                                                    allow_split_physical_axes=True)
         return Mesh(grid, MESH_AXES)
     shape = mesh_shape(mesh_config, len(devices))
     devices = devices[: math.prod(shape)]
