@@ -12,7 +12,7 @@ Per step, with an EMA of the student as teacher (policy `ema`, decay 0.995, kept
 
 tau and lam follow cosine schedules over training, tau 2.5 -> 2.0 and lam 0.7 -> 0.95 (`losses.cosine_schedule`,
 the paper's CIFAR-10 values), indexed by the number of completed updates (kept in the recipe state) over
-`total_steps` (set it to the stage's train.steps; 0 holds the start values). The PGD defaults are CIFAR-10's
+`total_steps` (the stage's train.steps, filled in by `bind`; 0 holds the start values). The PGD defaults are CIFAR-10's
 (eps 8/255, step 2/255, 10 steps); the digits preset uses a larger ball for its 8x8 images. `extra_metrics`
 adds the robust accuracy under the same PGD attack (`robust_accuracy`) on the evaluation split.
 """
@@ -40,7 +40,7 @@ class AnnealingSelfDistillationRectification(RecipeBase):
     tau_end: float = ADR_TEMPERATURE[1]
     lam_start: float = ADR_LAM[0]
     lam_end: float = ADR_LAM[1]
-    total_steps: int = 0
+    total_steps: int | None = None
     epsilon: float = 8 / 255
     step_size: float = 2 / 255
     attack_steps: int = 10
@@ -65,7 +65,7 @@ class AnnealingSelfDistillationRectification(RecipeBase):
 
     def schedules(self, step):
         """(tau, lam) after `step` completed updates."""
-        if self.total_steps <= 0:
+        if not self.total_steps or self.total_steps <= 0:
             return jnp.asarray(self.tau_start, jnp.float32), jnp.asarray(self.lam_start, jnp.float32)
         return (cosine_schedule(step, self.total_steps, self.tau_start, self.tau_end),
                 cosine_schedule(step, self.total_steps, self.lam_start, self.lam_end))

@@ -12,8 +12,8 @@ initialised to 1) read at the batch's `index`:
 
 with a = `distill_weight`, T = `temperature`. Examples on which the student keeps disagreeing with its teacher
 gain weight multiplicatively, as in boosting; uniform agreement leaves the weights unchanged. The loss uses the
-weights from before this step's update. Recipes do not see the data, so `num_examples` (the training split's size;
-digits: 1437) is an option; an `index` beyond it is clamped on read and dropped on write. Classifiers only.
+weights from before this step's update. `num_examples` (the training split's size) comes from the stage through
+`bind` unless set; an `index` beyond it is clamped on read and dropped on write. Classifiers only.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class DynamicCorrectiveSelfDistillation(RecipeBase):
 
     eta: float = 0.5
     kind: str = "indicator"
-    num_examples: int = 1437
+    num_examples: int | None = None
     distill_weight: float = 0.5
     temperature: float = 2.0
     scale_by_temperature_squared: bool = True
@@ -46,13 +46,15 @@ class DynamicCorrectiveSelfDistillation(RecipeBase):
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.num_examples < 1 or self.eta < 0:
+        if (self.num_examples is not None and self.num_examples < 1) or self.eta < 0:
             raise ValueError("num_examples must be positive (the training split's size) and eta >= 0")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight (a) must be in [0, 1], got {self.distill_weight}")
 
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng
+        if self.num_examples is None:
+            raise ValueError("dcs needs num_examples (the job sets it through bind)")
         return student_params, {"weights": jnp.ones((self.num_examples,), jnp.float32)}
 
     def loss(self, student, teacher, recipe_state, batch, rng):

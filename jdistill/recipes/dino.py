@@ -12,8 +12,8 @@ Per step, from the batch images and the step key (pure, so a resumed run sees th
 with n_pairs = 2 (n_crops - 1) (pairs of the same view are skipped), tau_s = 0.1 and tau_t warmed up linearly from
 0.04 to 0.07 over the first `teacher_temperature_warmup_epochs` epochs (`jdistill.losses.ssl`). The teacher starts
 as a copy of the student and lives in the recipe state (policy `ema`); `it` is the 0-based index of the update
-(the official code's `momentum_schedule[it]`), `total` = `total_steps` (set it to the stage's train.steps;
-0 keeps m = 0.996 throughout).
+(the official code's `momentum_schedule[it]`), `total` = `total_steps` (the stage's train.steps, filled in by
+`bind`; 0 keeps m = 0.996 throughout).
 
 Choices for jdistill's digits patch transformer:
 - Local crops: the model's position embeddings are fixed to one input size, so local crops are small random
@@ -63,7 +63,7 @@ class Dino(RecipeBase):
     teacher_temperature_warmup_epochs: int = 30
     center_momentum: float = 0.9
     momentum_base: float = 0.996
-    total_steps: int = 0
+    total_steps: int | None = None
     global_scale: tuple = GLOBAL_SCALE
     local_scale: tuple = LOCAL_SCALE
     flip_prob: float = 0.5
@@ -132,7 +132,7 @@ class Dino(RecipeBase):
 
     def momentum(self, step):
         """Teacher momentum for the update that produced step `step` (1-based): m at it = step - 1."""
-        if self.total_steps <= 0:
+        if not self.total_steps or self.total_steps <= 0:
             return jnp.asarray(self.momentum_base, jnp.float32)
         return ema_momentum(jnp.asarray(step) - 1, self.total_steps, self.momentum_base)
 
