@@ -21,9 +21,12 @@ def stage_config_for(config, stage: str):
     raise RunDirError(f"--stage {stage}: expected teacher or a student stage (student_scratch, student_kd, ...)")
 
 
-def load_stage_params(stage_dir: Path, model_config):
-    """(graphdef, params) of the newest checkpoint in `stage_dir/checkpoints` for a model of `model_config`."""
-    graphdef, params = nnx.split(Transformer(model_config, rngs=nnx.Rngs(0)))
+def load_stage_params(stage_dir: Path, model_config, recipe=None):
+    """(graphdef, params) of the newest checkpoint in `stage_dir/checkpoints` for a model of `model_config` (built
+    by `recipe` when it wraps the student, e.g. peer students)."""
+    factory = recipe.wraps_student() if recipe is not None else None
+    model = factory(model_config, nnx.Rngs(0)) if factory else Transformer(model_config, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
     checkpointer = Checkpointer(Path(stage_dir) / "checkpoints", keep=1)
     step = checkpointer.latest_step()
     if step is None:
@@ -40,7 +43,12 @@ def load_stage(run_dir, stage: str):
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no config.yaml)")
     config = load_config(str(run_dir / "config.yaml"))
-    graphdef, params = load_stage_params(run_dir / stage, stage_config_for(config, stage).model)
+    recipe = None
+    if stage.startswith("student_") and stage != "student_scratch":
+        from jdistill.recipes.registry import build_recipe
+
+        recipe = build_recipe(config.distill)
+    graphdef, params = load_stage_params(run_dir / stage, stage_config_for(config, stage).model, recipe)
     return nnx.merge(graphdef, params), config
 
 
