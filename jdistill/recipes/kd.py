@@ -64,7 +64,10 @@ class KnowledgeDistillation(RecipeBase):
         ce, _ = losses.cross_entropy(student_logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "ce": ce * per, "accuracy": token_accuracy(student_logits, labels, mask)}
-        return (self.distill_weight * distill + self.label_weight * ce, count), metrics
+        total = self.distill_weight * distill
+        if self.label_weight:  # at label_weight 0 the CE stays a metric: no backward pass through it
+            total = total + self.label_weight * ce
+        return (total, count), metrics
 
     def _chunked_loss(self, student, teacher, recipe_state, batch, labels, mask):
         s_out, t_out = student(batch["inputs"], logits=False), teacher(batch["inputs"], logits=False)
