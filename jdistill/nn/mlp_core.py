@@ -1,4 +1,5 @@
-"""The two-layer MLP `W_out act(x W_in + b_in) + b_out` as one function with a hand-written backward.
+"""The two-layer MLP `W_out act(x W_in + b_in) + b_out` as one function with a hand-written backward, and a
+bias-free `linear` with the same treatment (the attention projections).
 
 Autodiff of the same expression leaves XLA's CPU backend free to pick operand layouts for the weight-gradient
 dots; it materialises a transposed copy of the hidden gradient and runs the slow transposed-operand matmul (the
@@ -66,3 +67,24 @@ def _dense_mlp_bwd(activation, residuals, d_y):
 
 
 dense_mlp.defvjp(_dense_mlp_fwd, _dense_mlp_bwd)
+
+
+@jax.custom_vjp
+def linear(x, w):
+    """`x W` over the last axis (no bias), with the same explicit backward: dW = x^T dy, dx = dy W^T."""
+    return _matmul(x, w)
+
+
+def _linear_fwd(x, w):
+    return _matmul(x, w), (x, w)
+
+
+def _linear_bwd(residuals, d_y):
+    x, w = residuals
+    d_y2 = d_y.reshape(-1, d_y.shape[-1])
+    d_w = _contract_rows(x.reshape(-1, x.shape[-1]), d_y2)
+    d_x = jax.lax.dot_general(d_y2, w, (((1,), (1,)), ((), ()))).reshape(x.shape)
+    return d_x, d_w.astype(w.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)

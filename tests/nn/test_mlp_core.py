@@ -56,3 +56,17 @@ def test_mlp_module_gradients_and_bf16(name):
     grads = jax.grad(lambda p: jnp.sum(nnx.merge(*nnx.split(bf16)[:1], p)(x).astype(jnp.float32)))(
         nnx.split(bf16)[1])
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(grads))
+
+
+def test_linear_gradients_match_autodiff():
+    from jdistill.nn.mlp_core import linear
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(5, 7)), jnp.float32)
+    d_y = jnp.asarray(rng.normal(size=(2, 3, 7)), jnp.float32)
+    np.testing.assert_allclose(linear(x, w), x @ w, rtol=1e-6)
+    ours = jax.grad(lambda x, w: jnp.sum(linear(x, w) * d_y), argnums=(0, 1))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum((x @ w) * d_y), argnums=(0, 1))(x, w)
+    for got, expected in zip(ours, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
