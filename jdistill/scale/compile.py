@@ -40,6 +40,17 @@ def resolve_topology(config, name: str | None = None) -> Topology:
     return parse_topology(name, config.cluster.num_slices)
 
 
+def check_mesh(config, topology: Topology) -> None:
+    """The mesh must cover every chip (before spending minutes compiling on a subset)."""
+    mesh = config.mesh
+    if mesh.dcn_data != topology.num_slices:
+        raise ConfigError(f"mesh.dcn_data: {mesh.dcn_data}, but the topology has {topology.num_slices} slice(s) "
+                          "(cluster.num_slices); they must match")
+    if mesh.data != -1 and mesh.data * mesh.fsdp * mesh.tensor * mesh.dcn_data != topology.num_chips:
+        raise ConfigError(f"mesh: data*fsdp*tensor*dcn_data = {mesh.data * mesh.fsdp * mesh.tensor * mesh.dcn_data}"
+                          f", but {topology.describe()} has {topology.num_chips} chips")
+
+
 def run_aot(jobs: list[dict], topology: Topology, timeout: float = 3600) -> list[dict]:
     """Compile `jobs` ({"config", "overrides", "topology"}) in one subprocess for `topology`'s platform."""
     env = {key: value for key, value in os.environ.items() if key not in ("JAX_PLATFORMS", "XLA_FLAGS")}
@@ -150,9 +161,7 @@ def compile_config(path: str, overrides=(), topology_name: str | None = None) ->
 
     config = load_config(path, list(overrides))
     topology = resolve_topology(config, topology_name)
-    if config.mesh.dcn_data != topology.num_slices:
-        raise ConfigError(f"mesh.dcn_data: {config.mesh.dcn_data}, but the topology has {topology.num_slices} "
-                          "slice(s) (cluster.num_slices); they must match")
+    check_mesh(config, topology)
     report = run_aot([{"config": str(path), "overrides": list(overrides), "topology": topology.name,
                        "num_slices": topology.num_slices}], topology)[0]
     if "error" in report:
@@ -183,6 +192,7 @@ def compile_extrapolated(path: str, overrides=(), topology_name: str | None = No
 
     config = load_config(path, list(overrides))
     topology = resolve_topology(config, topology_name)
+    check_mesh(config, topology)
     depths = config.teacher.model.num_layers, config.student.model.num_layers
     jobs = [{"config": str(path), "overrides": [*overrides, f"teacher.model.num_layers={depth}",
                                                 f"student.model.num_layers={depth}"],

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from jdistill.errors import ConfigError, UserError
-from jdistill.scale.compile import resolve_topology
+from jdistill.scale.compile import check_mesh, resolve_topology
 from jdistill.scale.plans import GPU_LAUNCHERS, PLANS, TPU_LAUNCHERS, Step, cleanup_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,8 +34,7 @@ def plan(config, config_path: str, overrides=(), launcher: str | None = None) ->
     if launcher not in allowed:
         raise ConfigError(f"cluster.launcher: {launcher!r} cannot start {topology.platform.upper()} topology "
                           f"{topology.name!r}; use one of {', '.join(allowed)}")
-    if config.mesh.dcn_data != topology.num_slices:
-        raise ConfigError(f"mesh.dcn_data: {config.mesh.dcn_data}, but cluster.num_slices is {topology.num_slices}")
+    check_mesh(config, topology)
     return PLANS[launcher](cluster, topology, str(config_path), REPO, list(overrides))
 
 

@@ -126,3 +126,10 @@ def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys)
     assert summary["teacher_params"] == 10**9 + (layers - 1) * 10**8
     assert summary["student_params"] == 3 * 10**8 + (16 - 1) * 5 * 10**7  # per model, not per layer pair
     assert "EXTRAPOLATED" in capsys.readouterr().out
+
+
+def test_a_mesh_that_does_not_cover_the_topology_is_a_config_error():
+    with pytest.raises(ConfigError, match="mesh: data\\*fsdp\\*tensor\\*dcn_data = 16, but v5p-128"):
+        aot_compile.compile_config("tpu_configs/v5e-16.yaml", topology_name="v5p-128")
+    with pytest.raises(ConfigError, match="mesh.dcn_data"):
+        aot_compile.compile_config("tpu_configs/v5e-256.yaml", ["cluster.num_slices=2"])
