@@ -2,12 +2,13 @@
 --profile`).
 
 The XLA CPU runtime records one trace event per executed thunk (a fusion, a dot, a copy...) named after its HLO
-instruction, on the client's worker threads. `op_table` takes, per name, the time covered by its events (an op that several
-worker threads execute together counts once) over the traced steps, divided by the step count; the share column
-is each op's part of the summed op time (independent thunks may still run concurrently, so the sum can exceed
-the step's wall time: read shares, not the sum). Each row also carries
-the op's kind (`fusion`, `dot`, `copy`, ...) and, for fusions, the HLO opcodes inside it, read from the
-compiled module's text, so one can see where elementwise transcendental ops and transposes sit.
+instruction, on the client's worker threads. `op_table` takes, per name, the time covered by its events (an op
+that several worker threads execute together counts once) over the traced steps, divided by the step count;
+the share column is each op's part of the summed op time (independent thunks may still run concurrently, so the
+sum can exceed the step's wall time: read shares, not the sum). Each row also carries the op's kind (`fusion`,
+`dot`, `copy`, ...; for fusions, the HLO opcodes inside) and its source (the innermost jdistill file:line of the
+stack that emitted it, from the module's stack-frame tables), so one can see where elementwise transcendental
+ops and transposes come from. Timings under load include time the op's threads were preempted.
 """
 
 from __future__ import annotations

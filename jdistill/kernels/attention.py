@@ -98,7 +98,8 @@ def _softmax_weights(q, k, mask, scale: float, may_have_empty_rows: bool):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _attention_core(q, k, v, mask, scale: float, may_have_empty_rows: bool):
-    """`softmax(q k^T * scale, masked) v` for head-major `q [b, h, m, d]`, `k, v [b, h, n, d]`, mask `[b or 1, 1, m, n]`.
+    """`softmax(q k^T * scale, masked) v` for head-major `q [b, h, m, d]`, `k, v [b, h, n, d]`, mask
+    `[b or 1, 1, m, n]`.
 
     The backward is the usual one of FlashAttention (Dao et al. 2022) without tiling: with P the saved
     weights and O the output, dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)) * scale,
