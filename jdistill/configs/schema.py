@@ -96,28 +96,29 @@ class DistillConfig:
 
     recipe: which recipe trains the student (`jdistill recipes` lists them); `options` holds that recipe's own
     parameters by their paper names (e.g. `alpha_T` for PS-KD), checked against the recipe when it is built.
+    The shared fields below reach every recipe that has them; unset (null) means the recipe's own default.
     objective: the divergence D (direction in the name, conventions.md).
     scale_by_temperature_squared: multiply D by T^2 (Hinton) so gradient size does not shrink with T.
     beta: generalized_jsd interpolation (0: forward KL, 1: reverse KL).
     """
 
     recipe: str = "kd"
-    objective: Literal["forward_kl", "reverse_kl", "generalized_jsd", "tvd"] = "forward_kl"
-    temperature: float = 2.0
-    distill_weight: float = 1.0
-    label_weight: float = 0.0
-    beta: float = 0.5
-    scale_by_temperature_squared: bool = True
+    objective: Literal["forward_kl", "reverse_kl", "generalized_jsd", "tvd"] | None = None
+    temperature: float | None = None
+    distill_weight: float | None = None
+    label_weight: float | None = None
+    beta: float | None = None
+    scale_by_temperature_squared: bool | None = None
     options: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> Problems:
         problems = []
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             problems.append(("temperature", "a positive number"))
         for name in ("distill_weight", "label_weight"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 problems.append((name, "a number >= 0"))
-        if not 0.0 <= self.beta <= 1.0:
+        if self.beta is not None and not 0.0 <= self.beta <= 1.0:
             problems.append(("beta", "a number in [0, 1]"))
         return problems
 

@@ -10,7 +10,7 @@ exits z_1..z_n shallow to deep (z_n the final head), p = softmax(z / T), teacher
 the final head (`teacher: final`) under stop_gradient, no distillation term on the final head. Per-exit weights:
 `exit_weights` (one per exit including the final head, renormalised to sum 1) or `weight_scheme` (`linear`:
 w_k proportional to k; `uniform`). The labels are the only signal for the final head, so `label_weight` must be
-> 0 (the preset sets 1.0: `distill.label_weight` is shared by every recipe and its global default is 0).
+> 0 (default 1.0).
 Token-level for LMs: (sum, count) over valid tokens. `extra_metrics` adds each exit's accuracy on the evaluation
 split (`exit<layer>_accuracy`).
 """

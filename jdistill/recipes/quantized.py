@@ -8,8 +8,7 @@ are quantized; norm scales and biases stay in full precision. The loss is the pa
 
     loss = distill_weight * T^2 * KL(p_t || p_s at T) + (1 - distill_weight) * CE(y, s),
 
-defaults distill_weight = 0.7 (the preset sets it: `distill.distill_weight` is shared with every recipe and its
-global default is 1.0) and T = 2, as in the official code (`losses.quantized_distillation_loss`). Token-level for
+defaults distill_weight = 0.7 and T = 2, as in the official code (`losses.quantized_distillation_loss`). Token-level for
 LMs: (sum, count) over valid tokens.
 
 Evaluation: the job's evaluation runs the full-precision weights (the step's evaluation ignores

@@ -64,7 +64,8 @@ def build_recipe(distill_config, **extra):
         raise ConfigError(f"distill.recipe: unknown recipe {name!r}{hint}; see `jdistill recipes`")
     cls = classes[name]
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {key: getattr(distill_config, key) for key in SHARED_FIELDS if key in fields}
+    kwargs = {key: getattr(distill_config, key) for key in SHARED_FIELDS
+              if key in fields and getattr(distill_config, key) is not None}
     for key, value in dict(distill_config.options).items():
         if key not in fields or key in ("name", "teacher_policy"):
             options = sorted(fields - set(SHARED_FIELDS) - {"name", "teacher_policy"})

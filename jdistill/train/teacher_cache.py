@@ -44,7 +44,8 @@ def settings_for(config, top_k: int | None = None) -> CacheSettings:
         recipe = build_recipe(config.distill)
         base = CacheSettings(recipe.top_k, recipe.temperature, recipe.logprob_dtype)
     else:
-        base = CacheSettings(DEFAULT_TOP_K, config.distill.temperature, "float16")
+        temperature = config.distill.temperature if config.distill.temperature is not None else 1.0
+        base = CacheSettings(DEFAULT_TOP_K, temperature, "float16")
     if top_k is not None:
         vocab = config.teacher.model.vocab_size
         if not 1 <= top_k <= vocab:
