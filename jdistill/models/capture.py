@@ -52,11 +52,11 @@ def capture(model: nnx.Module, paths):
             originals.append((module, module.__class__))
             object.__setattr__(module, "_capture_sink", features)
             object.__setattr__(module, "_capture_path", path)
-            module.__class__ = _recorder_class(module.__class__)
+            object.__setattr__(module, "__class__", _recorder_class(module.__class__))  # also on merged modules
         yield features
     finally:
         for module, cls in originals:
-            module.__class__ = cls
+            object.__setattr__(module, "__class__", cls)
             for name in ("_capture_sink", "_capture_path"):
                 if name in vars(module):
                     object.__delattr__(module, name)

@@ -123,7 +123,7 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
                                  teacher_graphdef=teacher.graphdef if teacher is not None else None,
                                  grad_accum_steps=train_config.grad_accum_steps, shardings=shardings,
                                  steps_per_epoch=per_epoch)
-    eval_step = make_eval_step(graphdef)
+    eval_step = make_eval_step(graphdef, recipe.forward_params)
     eval_batches = inputs.eval_batches(data_config, model_config.kind)
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)
     bar = tqdm(total=train_config.steps, initial=start, desc=name, dynamic_ncols=True, leave=True,

@@ -132,11 +132,12 @@ def _accumulate(loss_and_grad, state, teacher_params, batch, epoch, rng, count_m
     return total, count, metrics, recipe_state, grads
 
 
-def make_eval_step(graphdef):
-    """Jitted `eval_step(params, batch) -> summed prediction stats` (see `jdistill.eval.metrics`)."""
+def make_eval_step(graphdef, forward_params=None):
+    """Jitted `eval_step(params, batch) -> summed prediction stats` (see `jdistill.eval.metrics`); the model runs
+    with `forward_params(params)` when given (the recipe's deployed weights, e.g. quantised)."""
 
     def eval_step(params, batch):
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, params if forward_params is None else forward_params(params))
         labels, mask = targets_and_mask(batch)
         return prediction_stats(model(batch["inputs"]).logits, labels, mask)
 
