@@ -204,10 +204,12 @@ REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_bat
 def _remat_block(block, h, positions, segment_ids, remat: str):
     """Run `block` under `jax.checkpoint` so its activations are recomputed in the backward pass."""
 
-    def run(block, h, positions, segment_ids):
-        return block(h, positions=positions, segment_ids=segment_ids)
+    graphdef, state = nnx.split(block)  # functional form: also works on modules merged in an outer trace
 
-    return nnx.remat(run, policy=REMAT_POLICIES[remat])(block, h, positions, segment_ids)
+    def run(state, h, positions, segment_ids):
+        return nnx.merge(graphdef, state)(h, positions=positions, segment_ids=segment_ids)
+
+    return jax.checkpoint(run, policy=REMAT_POLICIES[remat])(state, h, positions, segment_ids)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -73,3 +73,17 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     losses, params = _run(KnowledgeDistillation(), 1, dataclasses.replace(LM, dtype="bfloat16"))
     assert all(p.dtype == np.float32 for p in params)  # parameters and their updates stay float32
     np.testing.assert_allclose(losses, base_losses, rtol=3e-2)  # bf16 matmuls: ~3 significant digits
+
+
+def test_a_rematerialised_teacher_traces_and_changes_nothing():
+    import dataclasses
+
+    optimizer = make_optimizer(TRAIN)
+    losses = []
+    for remat in ("none", "full"):
+        graphdef, state = create_train_state(Transformer(LM, rngs=nnx.Rngs(0)), optimizer)
+        teacher_graphdef, teacher_params = nnx.split(Transformer(dataclasses.replace(LM, remat=remat),
+                                                                 rngs=nnx.Rngs(5)))
+        step = make_train_step(graphdef, KnowledgeDistillation(), optimizer, seed=0, teacher_graphdef=teacher_graphdef)
+        losses.append(float(step(state, teacher_params, _batch())[1]["loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
