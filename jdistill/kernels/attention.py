@@ -15,10 +15,12 @@ Shapes (documented once, here):
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 _NEG_INF = -1e30
 
@@ -194,4 +196,41 @@ def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale
     if window is not None:
         return gated_attention_reference(q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale,
                                          window=window)
+    if impl in _KERNEL_IMPLS:
+        return _per_shard(_IMPLS[impl], q, k, v, gate, segment_ids, causal=causal, scale=scale)
     return _IMPLS[impl](q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale)
+
+
+_KERNEL_IMPLS = ("pallas_gpu", "pallas_tpu", "interpret")
+
+
+def _per_shard(kernel, q, k, v, gate, segment_ids, **kwargs):
+    """Run a Pallas kernel once per device under the current mesh (`jax.shard_map`): XLA cannot partition a
+    Mosaic/Triton custom call itself. Batch rows split over the batch mesh axes (`data`, `fsdp`) and heads over
+    `tensor` when they divide; attention needs nothing from other shards, so there is no communication. Outside
+    a mesh (or on one device) the kernel is called directly."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v, gate, segment_ids=segment_ids, **kwargs)
+    batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
+        batch_axes = ()
+    tensor = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tensor > 1 and q.shape[2] % tensor == 0 and k.shape[2] % tensor == 0 else None
+    batch = batch_axes or None
+    spec = P(batch, None, heads, None)
+    args, specs = [q, k, v], [spec, spec, spec]
+    if gate is not None:
+        args.append(gate)
+        specs.append(P(batch, None, heads, *([None] * (gate.ndim - 3))))
+    if segment_ids is not None:
+        args.append(segment_ids)
+        specs.append(P(batch, None))
+
+    def local(*local_args):
+        q, k, v, *rest = local_args
+        local_gate = rest.pop(0) if gate is not None else None
+        local_segments = rest.pop(0) if segment_ids is not None else None
+        return kernel(q, k, v, local_gate, segment_ids=local_segments, **kwargs)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs), out_specs=spec, check_vma=False)(*args)

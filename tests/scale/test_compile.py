@@ -29,11 +29,17 @@ TPU_CONFIGS = [pytest.param("v4-8", marks=needs_libtpu)] + [
     for name in ("v4-32", "v5e-16", "v5e-256", "v5p-128", "2x-v5e-256")]
 
 
+# The config that runs by default also switches to the fused Pallas TPU attention kernel: it compiles on a
+# sharded mesh because `gated_attention` runs it per shard under `jax.shard_map`.
+PALLAS = ["teacher.model.attention_impl=pallas_tpu", "student.model.attention_impl=pallas_tpu"]
+
+
 @pytest.mark.parametrize("name", TPU_CONFIGS)
 def test_tpu_config_compiles_for_its_topology_and_fits(name):
     path = f"tpu_configs/{name}.yaml"
-    summary = aot_compile.compile_config(path, SHALLOW)
-    config = load_config(path, SHALLOW)
+    overrides = SHALLOW + (PALLAS if name == "v4-8" else [])
+    summary = aot_compile.compile_config(path, overrides)
+    config = load_config(path, overrides)
     topology = parse_topology(config.cluster.topology, config.cluster.num_slices)
     assert summary["platform"] == "tpu" and summary["devices"] == topology.num_chips
     assert summary["mesh"] == {"data": config.mesh.data * config.mesh.dcn_data, "fsdp": config.mesh.fsdp,
