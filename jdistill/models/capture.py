@@ -41,10 +41,19 @@ def _recorder_class(cls: type) -> type:
     return _RECORDERS[cls]
 
 
+class Captured(dict):
+    """`{path: output}`; reading a path that recorded nothing says why instead of a bare KeyError."""
+
+    def __missing__(self, path):
+        raise KeyError(f"layer path {path!r} recorded nothing: that module was not called in the forward pass "
+                       "(the dense MLP and attention projections run fused through jdistill.nn.mlp_core, so capture "
+                       "their parent, e.g. 'blocks.0.mlp' or 'blocks.0.attention')")
+
+
 @contextlib.contextmanager
 def capture(model: nnx.Module, paths):
     """Yield a dict filled with `{path: output}` for every forward pass of `model` inside the context."""
-    features: dict = {}
+    features = Captured()
     modules = [(path, resolve(model, path)) for path in paths]
     originals = []
     try:

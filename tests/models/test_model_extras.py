@@ -134,3 +134,20 @@ def test_token_classifier():
     tokens = jax.random.randint(jax.random.key(6), (5, 12), 0, 30)
     assert model(tokens).logits.shape == (5, 3)
     assert not np.allclose(model(tokens).logits, model(tokens.at[:, -1].set(0)).logits)
+
+
+def test_capturing_a_module_the_forward_pass_does_not_call_says_so():
+    import jax.numpy as jnp
+    import pytest
+    from flax import nnx
+
+    from jdistill.models import ModelConfig, Transformer
+    from jdistill.models.capture import capture
+
+    model = Transformer(ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32),
+                        rngs=nnx.Rngs(0))
+    with capture(model, ["blocks.0.mlp", "blocks.0.mlp.up"]) as features:
+        model(jnp.zeros((1, 4), jnp.int32))
+    assert features["blocks.0.mlp"].shape == (1, 4, 16)
+    with pytest.raises(KeyError, match="recorded nothing"):
+        features["blocks.0.mlp.up"]
