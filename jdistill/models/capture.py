@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
+import jax
 from flax import nnx
 
 _RECORDERS: dict[type, type] = {}
@@ -48,6 +49,11 @@ class Captured(dict):
         raise KeyError(f"layer path {path!r} recorded nothing: that module was not called in the forward pass "
                        "(the dense MLP and attention projections run fused through jdistill.nn.mlp_core, so capture "
                        "their parent, e.g. 'blocks.0.mlp' or 'blocks.0.attention')")
+
+
+jax.tree_util.register_pytree_node(  # a pytree like a dict, so captured features can leave a jitted function
+    Captured, lambda captured: (tuple(captured.values()), tuple(captured)),
+    lambda paths, values: Captured(zip(paths, values)))
 
 
 @contextlib.contextmanager
