@@ -171,3 +171,15 @@ def split_refs(refs, cfg, n_fixed):
     q_seg = rest.pop(0) if cfg.has_segments else None
     k_seg = rest.pop(0) if cfg.has_segments else None
     return fixed, gate, q_seg, k_seg, rest
+
+
+def make_config(q, k, gate, segment_ids, *, scale, causal: bool, block_q: int, block_k: int, minimum: int,
+                interpret: bool) -> FlashConfig:
+    """The static kernel configuration shared by the GPU and TPU kernels: blocks shrunk to the sequences (never
+    below `minimum`), the softmax scale (default head_dim^-0.5), GQA groups, segment and gate kinds."""
+    q_len, heads, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    kv_len = k.shape[1]
+    return FlashConfig(scale=float(head_dim**-0.5 if scale is None else scale), causal=causal, q_len=q_len,
+                       kv_len=kv_len, block_q=pick_block(q_len, block_q, minimum),
+                       block_k=pick_block(kv_len, block_k, minimum), groups=heads // k.shape[2],
+                       has_segments=segment_ids is not None, gate_kind=gate_kind(gate), interpret=interpret)
