@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jdistill.kernels import support
+
 _NEG_INF = -1e30
 
 
@@ -133,14 +135,9 @@ def _attention_core_bwd(scale, may_have_empty_rows, residuals, d_out):
 _attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
-_KERNEL_HEAD_DIMS = (64, 128, 256)
-
-
 def _pallas_gpu(q, k, v, gate, **kwargs):
     from jdistill.kernels.pallas_gpu import gated_flash_attention
 
-    if q.shape[-1] not in _KERNEL_HEAD_DIMS:
-        return gated_attention_reference(q, k, v, gate, **kwargs)
     return gated_flash_attention(q, k, v, gate, **kwargs)
 
 
@@ -153,8 +150,6 @@ def _interpret(q, k, v, gate, **kwargs):
 def _pallas_tpu(q, k, v, gate, **kwargs):
     from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu
 
-    if q.shape[-1] not in _KERNEL_HEAD_DIMS:
-        return gated_attention_reference(q, k, v, gate, **kwargs)
     return gated_flash_attention_tpu(q, k, v, gate, **kwargs)
 
 
@@ -166,11 +161,19 @@ def _cudnn(q, k, v, gate, **kwargs):
 
 _IMPLS = {"xla": gated_attention_reference, "pallas_gpu": _pallas_gpu, "pallas_tpu": _pallas_tpu,
           "interpret": _interpret, "cudnn": _cudnn}
+_WHAT = "attention_impl"
 
 
 def _auto_impl() -> str:
-    """pallas_tpu on TPU, pallas_gpu on GPU, the XLA reference elsewhere (CPU)."""
-    return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend(), "xla")
+    """The platform's preferred implementation: pallas_tpu on TPU, pallas_gpu on GPU, the XLA reference elsewhere
+    (`_choose_auto` passes it over for calls it cannot run)."""
+    return support.ATTENTION_AUTO.get(support.target_platform(), "xla")
+
+
+def _problem(impl, q, k, causal, segment_ids, window, platform=None):
+    explicit_mask = segment_ids is not None or (causal and q.shape[1] != k.shape[1])
+    return support.attention_problem(impl, head_dim=q.shape[-1], dtype=q.dtype, window=window, platform=platform,
+                                     q_len=q.shape[1], kv_len=k.shape[1], explicit_mask=explicit_mask)
 
 
 def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, window=None, impl="auto"):
@@ -178,21 +181,26 @@ def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale
 
     `out = sigmoid(gate) * softmax(q k^T * scale + mask) v`; see the module docstring for shapes.
     `impl`:
-      - "xla": the reference above (autodiff through XLA).
+      - "xla": the reference above (autodiff through XLA); runs every call.
       - "pallas_gpu": the fused Pallas flash kernel with the gate in its epilogue and a Pallas backward
-        (`jdistill.kernels.pallas_gpu`); head dims other than 64/128/256 go through the reference.
-      - "pallas_tpu": the same kernel in Pallas Mosaic TPU (`jdistill.kernels.pallas_tpu`); head dims other
-        than 64/128/256 go through the reference.
-      - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` and a separate gate (GPU only).
+        (`jdistill.kernels.pallas_gpu`); GPU, head dims 64/128/256.
+      - "pallas_tpu": the same kernel in Pallas Mosaic TPU (`jdistill.kernels.pallas_tpu`); TPU, head dims
+        64/128/256, float32 or bfloat16.
+      - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` and a separate gate; GPU, bf16/fp16.
       - "interpret": the Pallas GPU kernel in interpret mode (any head dim; for CPU tests).
-      - "auto": pallas_tpu on TPU, pallas_gpu on GPU, xla on CPU.
-    `window`: sliding-window attention (see `attention_mask`); the fused kernels do not implement it yet, so a
-    window runs the XLA reference whatever `impl` says.
+      - "auto": pallas_tpu on TPU, pallas_gpu on GPU, xla on CPU, and xla wherever the fused kernel cannot run
+        the call; the choice and its reason are logged once (`jdistill.kernels.support`).
+    An explicit implementation that cannot run the call (wrong platform, head dim, dtype, or a sliding `window`,
+    which only "xla" implements) raises `KernelUnsupportedError` naming it and the reason; nothing falls back.
     """
     if impl == "auto":
-        impl = _auto_impl()
+        impl = support.choose(_WHAT, support.ATTENTION_AUTO, "xla",
+                              lambda name, platform: _problem(name, q, k, causal, segment_ids, window, platform))
     if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
+        raise support.KernelUnsupportedError(f"{_WHAT} must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
+    problem = _problem(impl, q, k, causal, segment_ids, window)
+    if problem is not None:
+        support.raise_unsupported(_WHAT, impl, problem, "xla")
     if window is not None:
         return gated_attention_reference(q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale,
                                          window=window)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jdistill.kernels import support
+
 CHUNK = 64
 
 
@@ -126,22 +128,34 @@ _IMPLS = {"recurrent": delta_rule_recurrent, "chunked": delta_rule_chunked, "pal
           "pallas_tpu": _pallas("tpu"), "interpret": _pallas("gpu", interpret=True)}
 
 
+_WHAT = "delta_rule_impl"
+
+
 def _auto_impl() -> str:
-    return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend(), "chunked")
+    """The platform's preferred implementation: pallas_tpu on TPU, pallas_gpu on GPU, chunked elsewhere."""
+    return support.DELTA_AUTO.get(support.target_platform(), "chunked")
 
 
 def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, output_final_state=False, impl="auto"):
     """Gated DeltaNet's token mixer (module docstring for the formulas, shapes and the paper).
 
     `impl`: "recurrent" (a scan over positions), "chunked" (XLA, WY form, chunk 64), "pallas_gpu" /
-    "pallas_tpu" (Pallas chunked forward, `delta_rule_pallas`; gradients through the XLA chunked form),
-    "interpret" (the GPU kernel in interpret mode, for CPU tests) or "auto" (pallas_tpu on TPU, pallas_gpu on
-    GPU, chunked elsewhere). Returns `o`, or `(o, final_state)` when `output_final_state`.
+    "pallas_tpu" (Pallas chunked forward, `delta_rule_pallas`; gradients through the XLA chunked form; the GPU
+    kernel needs key and value head dims that are powers of two >= 16), "interpret" (the GPU kernel in interpret
+    mode, for CPU tests) or "auto" (pallas_tpu on TPU, pallas_gpu on GPU when it can run the call, chunked
+    otherwise; the choice is logged once, `jdistill.kernels.support`). An explicit implementation that cannot run
+    raises `KernelUnsupportedError`. Returns `o`, or `(o, final_state)` when `output_final_state`.
     """
     _check(q, k, v, g, beta, initial_state)
+
+    def problem(name, platform=None):
+        return support.delta_rule_problem(name, key_dim=q.shape[-1], value_dim=v.shape[-1], platform=platform)
+
     if impl == "auto":
-        impl = _auto_impl()
+        impl = support.choose(_WHAT, support.DELTA_AUTO, "chunked", problem)
     if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
+        raise support.KernelUnsupportedError(f"{_WHAT} must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
+    if (reason := problem(impl)) is not None:
+        support.raise_unsupported(_WHAT, impl, reason, "chunked")
     out, final = _IMPLS[impl](q, k, v, g, beta, initial_state)
     return (out, final) if output_final_state else out

@@ -21,6 +21,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
+from jdistill.kernels import support
 from jdistill.kernels.delta_rule import CHUNK, _initial, delta_rule_chunked
 
 _TRANS_A = (((0,), (0,)), ((), ()))
@@ -172,6 +173,14 @@ _delta_rule.defvjp(_delta_rule_fwd, _delta_rule_bwd)
 def delta_rule_pallas(q, k, v, g, beta, initial_state=None, *, backend="gpu", interpret=False, chunk=CHUNK):
     """Chunked gated delta rule with a Pallas forward (`backend` "gpu" or "tpu"); returns `(o, final_state)`.
 
-    Gradients come from the XLA chunked form (module docstring).
+    Gradients come from the XLA chunked form (module docstring). A backend or head dims the kernel does not
+    take raise `KernelUnsupportedError` (interpret mode takes any head dims).
     """
+    if backend not in ("gpu", "tpu"):
+        raise support.KernelUnsupportedError(f"delta_rule_pallas backend must be 'gpu' or 'tpu', got {backend!r}")
+    if backend == "gpu" and not interpret:
+        problem = support.delta_rule_problem("pallas_gpu", key_dim=q.shape[-1], value_dim=v.shape[-1],
+                                             platform="gpu")
+        if problem is not None:
+            raise support.KernelUnsupportedError(f"pallas_gpu delta rule cannot run: {problem}")
     return _delta_rule(q, k, v, g, beta, initial_state, backend, interpret, chunk)

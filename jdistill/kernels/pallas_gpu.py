@@ -220,8 +220,8 @@ def gated_flash_attention(q, k, v, gate=None, *, causal=False, segment_ids=None,
     wide = head_dim > 128
     block_q = block_q or (64 if wide else 128)
     block_k = block_k or (32 if wide else 64)
-    cfg = fc.make_config(q, k, gate, segment_ids, scale=scale, causal=causal, block_q=block_q, block_k=block_k,
-                         minimum=1 if interpret else 16, interpret=interpret)
+    cfg = fc.make_config("pallas_gpu", q, k, gate, segment_ids, scale=scale, causal=causal, block_q=block_q,
+                         block_k=block_k, minimum=1 if interpret else 16, interpret=interpret)
     block_q, block_k = cfg.block_q, cfg.block_k
     t_pad, s_pad = fc.round_up(q_len, block_q), fc.round_up(kv_len, block_k)
     if gate is not None and gate.ndim == 3:

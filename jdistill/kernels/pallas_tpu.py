@@ -254,8 +254,8 @@ def gated_flash_attention_tpu(q, k, v, gate=None, *, causal=False, segment_ids=N
     fc.check_shapes(q, k, v, gate, segment_ids)
     batch, q_len, heads, head_dim = q.shape
     kv_len = k.shape[1]
-    cfg = fc.make_config(q, k, gate, segment_ids, scale=scale, causal=causal, block_q=block_q, block_k=block_k,
-                         minimum=1 if interpret else 128, interpret=interpret)
+    cfg = fc.make_config("pallas_tpu", q, k, gate, segment_ids, scale=scale, causal=causal, block_q=block_q,
+                         block_k=block_k, minimum=1 if interpret else 128, interpret=interpret)
     block_q, block_k = cfg.block_q, cfg.block_k
     t_pad, s_pad = fc.round_up(q_len, block_q), fc.round_up(kv_len, block_k)
     heads_first = lambda x, size: None if x is None else fc.pad_axis(x, 1, size).transpose(0, 2, 1, 3)
