@@ -170,6 +170,19 @@ def _auto_impl() -> str:
     return support.ATTENTION_AUTO.get(support.target_platform(), "xla")
 
 
+def attention_impl_problem(impl: str, *, head_dim: int, dtype, window: int | None = None) -> str | None:
+    """What a model config should use instead of `impl` (None when `impl` can run its attention on the platform
+    `impl` is for): checked when the config is loaded, before any compute. The platform itself is checked when
+    the step is traced (an ahead-of-time compile targets another platform than the host's)."""
+    if impl == "auto":
+        return None
+    if impl not in _IMPLS:
+        return f"one of {sorted(_IMPLS) + ['auto']}"
+    problem = support.attention_problem(impl, head_dim=head_dim, dtype=dtype, window=window,
+                                        platform=support.ATTENTION_PLATFORM.get(impl, "any"))
+    return None if problem is None else f"'auto' or 'xla' ({impl} cannot run: {problem})"
+
+
 def _problem(impl, q, k, causal, segment_ids, window, platform=None):
     explicit_mask = segment_ids is not None or (causal and q.shape[1] != k.shape[1])
     return support.attention_problem(impl, head_dim=q.shape[-1], dtype=q.dtype, window=window, platform=platform,

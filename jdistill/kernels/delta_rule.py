@@ -136,6 +136,18 @@ def _auto_impl() -> str:
     return support.DELTA_AUTO.get(support.target_platform(), "chunked")
 
 
+def delta_rule_impl_problem(impl: str, *, key_dim: int, value_dim: int) -> str | None:
+    """What a model config should use instead of `impl` (None when it can run on the platform it is for);
+    checked when the config is loaded, before any compute."""
+    if impl == "auto":
+        return None
+    if impl not in _IMPLS:
+        return f"one of {sorted(_IMPLS) + ['auto']}"
+    problem = support.delta_rule_problem(impl, key_dim=key_dim, value_dim=value_dim,
+                                         platform=support.DELTA_PLATFORM.get(impl, "any"))
+    return None if problem is None else f"'auto' or 'chunked' ({impl} cannot run: {problem})"
+
+
 def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, output_final_state=False, impl="auto"):
     """Gated DeltaNet's token mixer (module docstring for the formulas, shapes and the paper).
 

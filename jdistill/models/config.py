@@ -134,4 +134,20 @@ class ModelConfig:
         if self.kind == "classifier" and self.classifier_input == "patches" and self.patch_size >= 1 \
                 and self.image_size % self.patch_size:
             problems.append(("patch_size", f"a divisor of image_size={self.image_size}"))
+        problems += self._kernel_problems()
+        return problems
+
+    def _kernel_problems(self) -> list[tuple[str, str]]:
+        """An explicit attention / delta-rule implementation that cannot run this model (head dim, dtype, window)."""
+        from jdistill.kernels import attention_impl_problem, delta_rule_impl_problem  # jax: imported when needed
+
+        problems = []
+        if "A" in self.layer_pattern and self.resolved_head_dim >= 1:
+            wrong = attention_impl_problem(self.attention_impl, head_dim=self.resolved_head_dim, dtype=self.dtype,
+                                           window=self.sliding_window)
+            problems += [("attention_impl", wrong)] if wrong else []
+        if "D" in self.layer_pattern:
+            wrong = delta_rule_impl_problem(self.delta_rule_impl, key_dim=self.linear_key_head_dim,
+                                            value_dim=self.linear_value_head_dim)
+            problems += [("delta_rule_impl", wrong)] if wrong else []
         return problems
