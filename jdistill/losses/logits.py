@@ -14,7 +14,8 @@ Conventions shared by every function here (see conventions.md):
     shards that must divide by the global count) or "none" (per-position values, masked ones 0).
   - Only `kd` multiplies by T^2 (Hinton-style); the divergences `forward_kl`, `reverse_kl`, `tvd` and
     `generalized_jsd` do not (GKD-style): they measure the divergence between the softened
-    distributions themselves; a caller who wants Hinton's gradient scale multiplies by T^2.
+    distributions themselves; a caller who wants Hinton's gradient scale multiplies by T^2. The recipes
+    read each divergence's default scaling from the catalogue in `divergences.py` (T^2 for forward KL).
 """
 
 from __future__ import annotations

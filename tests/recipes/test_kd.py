@@ -100,3 +100,11 @@ def test_unknown_objective_in_options_is_a_one_line_config_error(recipe):
     message = str(info.value)
     assert f"recipe {recipe!r}" in message and "unknown divergence 'kl'" in message and "\n" not in message
     assert "forward_kl, reverse_kl, generalized_jsd, tvd" in message
+
+
+@pytest.mark.parametrize("objective", sorted(EXPECTED_T2))
+def test_the_default_preset_scales_each_objective_by_its_convention(objective):
+    recipe = build_recipe(load_config("default", [f"distill.objective={objective}"]).distill)
+    assert recipe.temperature_scale == (4.0**2 if EXPECTED_T2[objective] else 1.0)  # the preset's T = 4
+    explicit = load_config("default", [f"distill.objective={objective}", "distill.scale_by_temperature_squared=true"])
+    assert build_recipe(explicit.distill).temperature_scale == 4.0**2
