@@ -53,6 +53,11 @@ def _numpy_loss(objective, student, teacher, batch, scale):
     return DISTILL_WEIGHT * scale * distill[mask].sum() + LABEL_WEIGHT * ce[mask].sum(), mask.sum()
 
 
+def _explicit(override):
+    """The keyword for an explicit choice; none at all for the default (so the field's default is what is tested)."""
+    return {} if override is None else {"scale_by_temperature_squared": override}
+
+
 def _kd(objective, **kwargs):
     return KnowledgeDistillation(objective=objective, temperature=T, beta=BETA, distill_weight=DISTILL_WEIGHT,
                                  label_weight=LABEL_WEIGHT, **kwargs)
@@ -65,7 +70,7 @@ def test_kd_recipe_loss_is_the_named_divergence_with_its_temperature_scaling(obj
     scaled = EXPECTED_T2[objective] if override is None else override
     expected, count = _numpy_loss(objective, student, teacher, batch, T**2 if scaled else 1.0)
     for vocab_chunk in (0, 5):  # the dense path and the chunked large-vocabulary path
-        recipe = _kd(objective, scale_by_temperature_squared=override, vocab_chunk=vocab_chunk)
+        recipe = _kd(objective, vocab_chunk=vocab_chunk, **_explicit(override))
         (total, got_count), _, _ = recipe.loss(student, teacher, (), batch, None)
         np.testing.assert_allclose(float(total), expected, rtol=2e-5, err_msg=f"vocab_chunk={vocab_chunk}")
         assert float(got_count) == count
@@ -79,7 +84,7 @@ def test_cached_topk_at_k_equal_vocab_is_the_kd_recipe(objective, override):
     ids = np.argsort(-teacher_log_probs, axis=-1)
     cached = dict(batch, teacher_topk_ids=ids, teacher_topk_logprobs=np.take_along_axis(teacher_log_probs, ids, -1))
     recipe = CachedTopK(top_k=VOCAB, objective=objective, temperature=T, beta=BETA, distill_weight=DISTILL_WEIGHT,
-                        label_weight=LABEL_WEIGHT, scale_by_temperature_squared=override)
+                        label_weight=LABEL_WEIGHT, **_explicit(override))
     (total, count), _, _ = recipe.loss(student, None, (), cached, None)
     scaled = EXPECTED_T2[objective] if override is None else override
     expected, expected_count = _numpy_loss(objective, student, teacher, batch, T**2 if scaled else 1.0)
