@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from jdistill.losses.divergences import DIVERGENCES
 from jdistill.models.config import ModelConfig
 
 Problems = list[tuple[str, str]]
@@ -97,13 +98,15 @@ class DistillConfig:
     recipe: which recipe trains the student (`jdistill recipes` lists them); `options` holds that recipe's own
     parameters by their paper names (e.g. `alpha_T` for PS-KD), checked against the recipe when it is built.
     The shared fields below reach every recipe that has them; unset (null) means the recipe's own default.
-    objective: the divergence D (direction in the name, conventions.md).
-    scale_by_temperature_squared: multiply D by T^2 (Hinton) so gradient size does not shrink with T.
+    objective: the divergence D, a name of `jdistill.losses.DIVERGENCES` (direction in the name,
+    docs/conventions.md).
+    scale_by_temperature_squared: multiply D by T^2 (Hinton) so gradient size does not shrink with T; null takes the
+    divergence's default (T^2 for forward_kl only, none for the GKD-style reverse_kl, generalized_jsd, tvd).
     beta: generalized_jsd interpolation (0: forward KL, 1: reverse KL).
     """
 
     recipe: str = "kd"
-    objective: Literal["forward_kl", "reverse_kl", "generalized_jsd", "tvd"] | None = None
+    objective: str | None = None
     temperature: float | None = None
     distill_weight: float | None = None
     label_weight: float | None = None
@@ -113,6 +116,8 @@ class DistillConfig:
 
     def validate(self) -> Problems:
         problems = []
+        if self.objective is not None and self.objective not in DIVERGENCES:
+            problems.append(("objective", "one of " + ", ".join(DIVERGENCES)))
         if self.temperature is not None and self.temperature <= 0:
             problems.append(("temperature", "a positive number"))
         for name in ("distill_weight", "label_weight"):

@@ -15,9 +15,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jdistill.eval.batch import targets_and_mask
 from jdistill.losses import cross_entropy
 from jdistill.nn.head_gates import HEAD_ROLES, INITIAL_LOGIT, classify_heads, head_gating_objective
-from jdistill.recipes.base import targets_and_mask
 
 
 @dataclasses.dataclass

@@ -16,6 +16,15 @@ import numpy as np
 NUM_CALIBRATION_BINS = 15
 
 
+def token_accuracy(logits, labels, mask=None):
+    """Top-1 accuracy over valid positions, sum(correct * mask) / max(sum(mask), 1): the per-step training metric."""
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    if mask is None:
+        return correct.mean()
+    weight = mask.astype(jnp.float32)
+    return (correct * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+
+
 def prediction_stats(logits, labels, mask=None, *, num_bins: int = NUM_CALIBRATION_BINS) -> dict:
     """Sums over valid positions: count, correct, NLL (nats), and per-confidence-bin count/confidence/correct.
 

@@ -1,6 +1,7 @@
-"""Pure-function distillation objectives (conventions.md, methods.md)."""
+"""Pure-function distillation objectives (docs/conventions.md, docs/methods.md)."""
 
 from jdistill.losses.chunked import chunked_distillation_loss
+from jdistill.losses.divergences import DIVERGENCES, Divergence, divergence
 from jdistill.losses.features import (
     attention_map,
     attention_transfer,
@@ -8,6 +9,16 @@ from jdistill.losses.features import (
     hint_cosine,
     hint_mse,
     multi_exit_weights,
+)
+from jdistill.losses.kernel_ridge import (
+    best_ground_truth_weight,
+    guided_generations,
+    krr_operator,
+    krr_query_operator,
+    probe_alpha,
+    probe_operator,
+    self_distillation_iterates,
+    self_distillation_limit,
 )
 from jdistill.losses.logits import cross_entropy, forward_kl, generalized_jsd, kd, reverse_kl, tvd
 from jdistill.losses.quantize import quantize, quantize_ste, quantize_tree_ste, quantized_distillation_loss
@@ -28,14 +39,10 @@ from jdistill.losses.robust import (
     soft_cross_entropy,
 )
 from jdistill.losses.selfdistill import (
-    best_ground_truth_weight,
     ensemble_teacher_log_probs,
-    krr_operator,
     pskd_alpha,
     pskd_initial_buffer,
     pskd_targets,
-    self_distillation_iterates,
-    self_distillation_limit,
     self_evolution_kd,
     token_difficulty,
     warn_if_unregularised,
@@ -54,16 +61,18 @@ from jdistill.losses.ssl import (
 )
 
 __all__ = [
-    "chunked_distillation_loss",
     "ADR_EMA_DECAY",
     "ADR_LAM",
     "ADR_TEMPERATURE",
+    "DIVERGENCES",
     "REDUCTIONS",
     "TAIL_FLOOR",
+    "Divergence",
     "adr_labels",
     "attention_map",
     "attention_transfer",
     "best_ground_truth_weight",
+    "chunked_distillation_loss",
     "cosine_schedule",
     "cross_entropy",
     "dcs_disagreement",
@@ -73,18 +82,23 @@ __all__ = [
     "dino_loss",
     "dino_pair_count",
     "dino_teacher_temperature",
+    "divergence",
     "ema_momentum",
     "ema_update",
     "ensemble_teacher_log_probs",
     "filter_pseudo_labels",
     "forward_kl",
     "generalized_jsd",
+    "guided_generations",
     "hierarchical_multi_exit_loss",
     "hint_cosine",
     "hint_mse",
     "kd",
     "krr_operator",
+    "krr_query_operator",
     "multi_exit_weights",
+    "probe_alpha",
+    "probe_operator",
     "pskd_alpha",
     "pskd_initial_buffer",
     "pskd_targets",

@@ -18,43 +18,41 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jdistill.losses import logits as dense
+from jdistill.losses.divergences import Divergence, divergence
+from jdistill.losses.logits import cross_entropy
 from jdistill.losses.reduction import check_reduction
 
-OBJECTIVES = ("forward_kl", "reverse_kl", "generalized_jsd", "tvd")
 
-
-def _chunk_sum(objective, temperature, beta, distill_scale, label_weight, heads, carry, chunk):
+def _chunk_sum(entry: Divergence, temperature, beta, distill_scale, label_weight, heads, carry, chunk):
     """(sum, count) of `distill_scale * D + label_weight * CE` over one chunk of tokens."""
     s_head, s_bias, t_head, t_bias = heads
     s_hidden, t_hidden, labels, mask = chunk
     student = jnp.dot(s_hidden, s_head, preferred_element_type=jnp.float32) + s_bias
     teacher = jax.lax.stop_gradient(jnp.dot(t_hidden, t_head, preferred_element_type=jnp.float32) + t_bias)
-    kwargs = {"beta": beta} if objective == "generalized_jsd" else {}
-    fn = getattr(dense, objective)
-    total, count = fn(student, teacher, temperature=temperature, mask=mask, reduction="sum_count", **kwargs)
+    total, count = entry(student, teacher, temperature=temperature, beta=beta, mask=mask, reduction="sum_count")
     total = distill_scale * total
     if label_weight:
-        ce, _ = dense.cross_entropy(student, labels, mask=mask, reduction="sum_count")
+        ce, _ = cross_entropy(student, labels, mask=mask, reduction="sum_count")
         total = total + label_weight * ce
     return (carry[0] + total, carry[1] + count), None
 
 
 def chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teacher_head, labels=None, *,
                               objective: str = "forward_kl", temperature=1.0, beta=0.5, distill_weight=1.0,
-                              label_weight=0.0, scale_by_temperature_squared: bool = False, mask=None,
+                              label_weight=0.0, scale_by_temperature_squared: bool | None = None, mask=None,
                               student_bias=None, teacher_bias=None, chunk_size: int = 256,
                               reduction: str = "mean"):
     """`distill_weight * c * D(p_t, p_s at T) + label_weight * CE(y, s)` over valid tokens, chunked.
 
-    D is one of `forward_kl` (KL(p_t || p_s)), `reverse_kl` (KL(p_s || p_t)), `generalized_jsd` (with `beta`,
-    TRL's convention) or `tvd`; c = T^2 when `scale_by_temperature_squared` (Hinton; default off as in GKD).
+    D is a divergence of the catalogue (`losses.DIVERGENCES`): `forward_kl` (KL(p_t || p_s)), `reverse_kl`
+    (KL(p_s || p_t)), `generalized_jsd` (with `beta`, TRL's convention) or `tvd`; c = T^2 or 1, the divergence's
+    default (T^2 for `forward_kl` only, Hinton; none for the GKD-style ones) unless `scale_by_temperature_squared`
+    is given (docs/conventions.md, Temperatures).
     The teacher side is under `stop_gradient`. Equal to the dense objective on `hidden @ head + bias`
     (Hinton et al. 2015 for KD; Agarwal et al. 2024 for the GKD divergences). `reduction`: "mean" (sum over
     valid tokens / their count), "sum" or "sum_count".
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    entry = divergence(objective)
     check_reduction(reduction)
     if reduction == "none":
         raise ValueError("reduction='none' would materialise per-token values; use 'mean', 'sum' or 'sum_count'")
@@ -77,8 +75,8 @@ def chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teac
     s_bias = zeros if student_bias is None else student_bias.astype(jnp.float32)
     t_bias = zeros if teacher_bias is None else teacher_bias.astype(jnp.float32)
     xs = (chunks(student_hidden), chunks(teacher_hidden), chunks(labels), chunks(weights))
-    scale = distill_weight * (temperature**2 if scale_by_temperature_squared else 1.0)
-    chunk_sum = jax.checkpoint(functools.partial(_chunk_sum, objective, temperature, beta, scale, label_weight))
+    scale = distill_weight * entry.temperature_scale(temperature, scale_by_temperature_squared)
+    chunk_sum = jax.checkpoint(functools.partial(_chunk_sum, entry, temperature, beta, scale, label_weight))
     heads = (student_head, s_bias, teacher_head, t_bias)
     init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
     (total, count), _ = jax.lax.scan(lambda carry, chunk: chunk_sum(heads, carry, chunk), init, xs)

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.losses.logits import _is_zero, cross_entropy, kd
+from jdistill.losses import _common
+from jdistill.losses._common import Reduced
+from jdistill.losses.logits import cross_entropy, kd
 from jdistill.losses.reduction import reduce_tokens
-
-Reduced = Array | tuple[Array, Array]
 
 
 def _float32_or_wider(x: ArrayLike) -> Array:
@@ -192,7 +192,7 @@ def hierarchical_multi_exit_loss(
     num_exits = len(exit_logits)
     if teacher not in ("next", "final"):
         raise ValueError(f"teacher must be 'next' or 'final'; got {teacher!r}")
-    if labels is None and not _is_zero(label_weight):
+    if labels is None and not _common.is_zero(label_weight):
         raise ValueError(f"hierarchical_multi_exit_loss needs labels when label_weight != 0; got {label_weight!r}")
     weights = multi_exit_weights(num_exits) if weights is None else jnp.asarray(weights, jnp.float32)
     if weights.shape != (num_exits,):
@@ -203,7 +203,7 @@ def hierarchical_multi_exit_loss(
         per_token = kd(logits, target, labels, temperature=temperature, distill_weight=distill_weight,
                        label_weight=label_weight, reduction="none")
         total = total + weights[k] * per_token
-    if not _is_zero(label_weight):
+    if not _common.is_zero(label_weight):
         total = total + weights[-1] * label_weight * cross_entropy(exit_logits[-1], labels, reduction="none")
     total = jnp.broadcast_to(jnp.asarray(total), jnp.shape(exit_logits[-1])[:-1])
     return reduce_tokens(total, mask, reduction)

@@ -14,68 +14,28 @@ Conventions shared by every function here (see conventions.md):
     shards that must divide by the global count) or "none" (per-position values, masked ones 0).
   - Only `kd` multiplies by T^2 (Hinton-style); the divergences `forward_kl`, `reverse_kl`, `tvd` and
     `generalized_jsd` do not (GKD-style): they measure the divergence between the softened
-    distributions themselves; a caller who wants Hinton's gradient scale multiplies by T^2.
+    distributions themselves; a caller who wants Hinton's gradient scale multiplies by T^2. The recipes
+    read each divergence's default scaling from the catalogue in `divergences.py` (T^2 for forward KL).
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from jdistill.losses import _common
+from jdistill.losses._common import Reduced
 from jdistill.losses.reduction import reduce_tokens
-
-Reduced = Array | tuple[Array, Array]
-
-
-def _is_concrete_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_zero(value) -> bool:
-    """True only for a Python number equal to 0, so a term can be skipped at trace time."""
-    return _is_concrete_number(value) and value == 0
-
-
-def _log_probs(logits: ArrayLike, temperature) -> Array:
-    """`log_softmax(logits / temperature)` over the last axis, in at least float32."""
-    if _is_concrete_number(temperature) and temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature!r}")
-    logits = jnp.asarray(logits)
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    return jax.nn.log_softmax(logits / temperature, axis=-1)
-
-
-def _pair_log_probs(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature) -> tuple[Array, Array]:
-    """Student and teacher log-probabilities at `temperature`, after checking the vocab sizes agree."""
-    student_vocab, teacher_vocab = jnp.shape(student_logits)[-1], jnp.shape(teacher_logits)[-1]
-    if student_vocab != teacher_vocab:
-        raise ValueError(
-            f"student_logits and teacher_logits must share the vocab axis; got {student_vocab} and {teacher_vocab}"
-        )
-    return _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
-
-
-def _kl(log_p: Array, log_q: Array) -> Array:
-    """KL(p || q) = sum_v p_v (log p_v - log q_v) over the last axis, from log-probabilities.
-
-    A term whose p_v is 0 (underflowed, or a -inf logit) contributes exactly 0 with a zero gradient,
-    instead of `0 * (-inf) = NaN`.
-    """
-    p = jnp.exp(log_p)
-    support = p > 0
-    log_ratio = jnp.where(support, log_p - log_q, 0.0)
-    return jnp.sum(jnp.where(support, p * log_ratio, 0.0), axis=-1)
 
 
 def _cross_entropy_tokens(logits: ArrayLike, labels: ArrayLike, label_smoothing) -> Array:
     """Per-position CE of integer `labels` `[...]` under `softmax(logits)` `[..., vocab]`."""
-    log_p = _log_probs(logits, 1.0)
+    log_p = _common.log_probs(logits, 1.0)
     # Out-of-range labels (e.g. an ignore index such as -100) are clipped so masked positions stay finite.
     labels = jnp.clip(jnp.asarray(labels), 0, log_p.shape[-1] - 1)
     nll = -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
-    if _is_zero(label_smoothing):
+    if _common.is_zero(label_smoothing):
         return nll
     return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)
 
@@ -94,8 +54,8 @@ def forward_kl(
       reduction: "mean" (sum over valid / count of valid, 0 if none), "sum", "sum_count" -> (sum, count),
         or "none" -> per-position `[...]` with masked positions 0.
     """
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
-    return reduce_tokens(_kl(log_pt, log_ps), mask, reduction)
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
+    return reduce_tokens(_common.kl(log_pt, log_ps), mask, reduction)
 
 
 def reverse_kl(
@@ -111,8 +71,8 @@ def reverse_kl(
       temperature: T, divides both logits. No T^2 factor (GKD-style).
       mask, reduction: as in `forward_kl`.
     """
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
-    return reduce_tokens(_kl(log_ps, log_pt), mask, reduction)
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
+    return reduce_tokens(_common.kl(log_ps, log_pt), mask, reduction)
 
 
 def tvd(
@@ -128,21 +88,9 @@ def tvd(
       temperature: T, divides both logits. No T^2 factor (GKD-style).
       mask, reduction: as in `forward_kl`.
     """
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
     per_token = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_pt) - jnp.exp(log_ps)), axis=-1)
     return reduce_tokens(per_token, mask, reduction)
-
-
-def _generalized_jsd_tokens(log_ps: Array, log_pt: Array, beta) -> Array:
-    """Per-position generalized JSD; `beta` may be a traced scalar."""
-    beta = jnp.asarray(beta, dtype=log_ps.dtype)
-    at_zero, at_one = beta == 0, beta == 1
-    # Double-where: the mixture branch sees a harmless beta at the endpoints, so log(0) never enters
-    # its forward or backward pass and the gradient stays finite there.
-    inner = jnp.where(at_zero | at_one, 0.5, beta)
-    log_m = jnp.logaddexp(log_pt + jnp.log(inner), log_ps + jnp.log1p(-inner))
-    jsd = inner * _kl(log_pt, log_m) + (1.0 - inner) * _kl(log_ps, log_m)
-    return jnp.where(at_zero, _kl(log_pt, log_ps), jnp.where(at_one, _kl(log_ps, log_pt), jsd))
 
 
 def generalized_jsd(
@@ -177,10 +125,10 @@ def generalized_jsd(
       temperature: T, divides both logits. No T^2 factor (GKD-style, as in GKD).
       mask, reduction: as in `forward_kl`.
     """
-    if _is_concrete_number(beta) and not 0 <= beta <= 1:
+    if _common.is_concrete_number(beta) and not 0 <= beta <= 1:
         raise ValueError(f"beta must be in [0, 1]; got {beta!r}")
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
-    return reduce_tokens(_generalized_jsd_tokens(log_ps, log_pt, beta), mask, reduction)
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
+    return reduce_tokens(_common.generalized_jsd_per_position(log_ps, log_pt, beta), mask, reduction)
 
 
 def cross_entropy(
@@ -233,12 +181,12 @@ def kd(
       reduction: as in `forward_kl`; both terms are combined per position before reducing, so with
         "sum_count" the returned `sum / count` equals the "mean" result.
     """
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
     scale = temperature**2 if scale_by_temperature_squared else 1.0
-    per_token = distill_weight * scale * _kl(log_pt, log_ps)
+    per_token = distill_weight * scale * _common.kl(log_pt, log_ps)
     if labels is None:
-        if not _is_zero(label_weight):
+        if not _common.is_zero(label_weight):
             raise ValueError(f"kd needs labels when label_weight != 0; got labels=None, label_weight={label_weight!r}")
-    elif not _is_zero(label_weight):
+    elif not _common.is_zero(label_weight):
         per_token = per_token + label_weight * _cross_entropy_tokens(student_logits, labels, 0.0)
     return reduce_tokens(per_token, mask, reduction)

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.losses.logits import _log_probs, cross_entropy, forward_kl, kd
+from jdistill.losses import _common
+from jdistill.losses.logits import cross_entropy, forward_kl, kd
 
 # ADR's CIFAR-10 defaults (Wu et al. 2024): temperature and lam are annealed from the first value to
 # the second with `cosine_schedule` over training; the EMA teacher decays at ADR_EMA_DECAY.
@@ -63,7 +64,7 @@ def adr_labels(ema_logits: ArrayLike, labels: ArrayLike, *, temperature, lam) ->
     Returns:
       Soft labels `[..., classes]`, float32, each row summing to 1.
     """
-    probs = jnp.exp(_log_probs(jax.lax.stop_gradient(jnp.asarray(ema_logits)), temperature))
+    probs = jnp.exp(_common.log_probs(jax.lax.stop_gradient(jnp.asarray(ema_logits)), temperature))
     onehot = jax.nn.one_hot(labels, probs.shape[-1], dtype=probs.dtype)
     true_prob = jnp.sum(probs * onehot, axis=-1)
     lam_i = jnp.clip(lam - (jnp.max(probs, axis=-1) - true_prob), 0.0, 1.0)[..., None]
@@ -76,7 +77,7 @@ def soft_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> Array:
     The training loss used with `adr_labels`; the targets get no gradient.
     """
     targets = jax.lax.stop_gradient(jnp.asarray(targets))
-    return jnp.mean(-jnp.sum(targets * _log_probs(logits, 1.0), axis=-1))
+    return jnp.mean(-jnp.sum(targets * _common.log_probs(logits, 1.0), axis=-1))
 
 
 def dcs_disagreement(student_logits: ArrayLike, teacher_logits: ArrayLike, *, kind: str = "indicator") -> Array:
@@ -228,11 +229,11 @@ def filter_pseudo_labels(
       `(labels, keep)`: integer labels `[...]` and a bool mask `[...]` (use it as the `mask` of a
       token-level objective, or to drop samples).
     """
-    teacher_log_probs = _log_probs(jax.lax.stop_gradient(jnp.asarray(teacher_logits)), 1.0)
+    teacher_log_probs = _common.log_probs(jax.lax.stop_gradient(jnp.asarray(teacher_logits)), 1.0)
     labels = jnp.argmax(teacher_log_probs, axis=-1)
     if proxy_logits is None:
         score_log_probs = teacher_log_probs
     else:
-        score_log_probs = _log_probs(jax.lax.stop_gradient(jnp.asarray(proxy_logits)), 1.0)
+        score_log_probs = _common.log_probs(jax.lax.stop_gradient(jnp.asarray(proxy_logits)), 1.0)
     score = jnp.exp(jnp.take_along_axis(score_log_probs, labels[..., None], axis=-1)[..., 0])
     return labels, score >= threshold

@@ -7,8 +7,7 @@ temperature, `p_s = softmax(s / T)`, `p_t = softmax(t / T)`, `onehot(y)` the lab
 The token-level objectives here follow `logits.py`: float32 log-probabilities whatever the input
 dtype, mixtures formed in log space, `mask=None` means every position counts, and `reduction` is
 "mean", "sum", "sum_count" or "none" (see `reduce_tokens`). None of them multiplies by T^2.
-The kernel-ridge functions (Borup & Andersen) accept numpy or jax arrays: all-numpy inputs are
-computed in numpy (float64 stays float64), anything else in jax (jit-safe).
+Self-distillation in kernel-ridge form (Borup & Andersen) is in `kernel_ridge.py`.
 """
 
 from __future__ import annotations
@@ -18,11 +17,11 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.losses.logits import Reduced, _is_concrete_number, _kl, _log_probs, _pair_log_probs
+from jdistill.losses import _common
+from jdistill.losses._common import Reduced
 from jdistill.losses.reduction import reduce_tokens
 
 ENSEMBLE_METHODS = ("mean", "vote")
@@ -74,7 +73,7 @@ def xi_self_distillation(
         paper's setting is T = 1. No T^2 factor.
       mask, reduction: as in `forward_kl`.
     """
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
     per_token = xi * _soft_cross_entropy(log_pt, log_ps) - (1.0 - xi) * _label_log_probs(log_ps, labels)
     return reduce_tokens(per_token, mask, reduction)
 
@@ -140,73 +139,6 @@ def pskd_targets(labels: ArrayLike, past_probs: ArrayLike, alpha) -> Array:
     return (1.0 - alpha) * labels.astype(past_probs.dtype) + alpha * past_probs
 
 
-# --- iterated self-distillation in kernel form (Borup & Andersen 2023) -------------------------------
-
-
-def _xp(*arrays):
-    """numpy when every input is a numpy array or number, else jax.numpy."""
-    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
-
-
-def krr_operator(K: ArrayLike, lam) -> ArrayLike:
-    """Kernel ridge regression's hat matrix A = K (K + lam I)^-1 `[n, n]` (fitted values = A y).
-
-    Borup & Andersen 2023, "Even your Teacher Needs Guidance: Ground-Truth Targets Dampen
-    Regularization Imposed by Self-Distillation". `K` is the `[n, n]` Gram matrix, `lam` > 0.
-    """
-    xp = _xp(K)
-    K = xp.asarray(K)
-    regularised = K + lam * xp.eye(K.shape[0], dtype=K.dtype)
-    return xp.linalg.solve(regularised.T, K.T).T
-
-
-def self_distillation_iterates(K: ArrayLike, y: ArrayLike, lam, alpha, steps: int) -> ArrayLike:
-    """Fitted values of `steps` generations of self-distilled KRR, stacked `[steps, n, ...]`.
-
-    Borup & Andersen 2023 (see `krr_operator`): y_1 = A y and
-    y_tau = A (alpha * y + (1 - alpha) * y_{tau-1}), i.e. each generation is fitted to a mix of the
-    ground truth (weight alpha) and the previous generation's predictions. alpha = 1 is plain KRR
-    every step; alpha = 0 is pure self-distillation, A^tau y.
-    """
-    xp = _xp(K, y)
-    A, y = krr_operator(K, lam), xp.asarray(y)
-    iterates, current = [], y
-    for _ in range(steps):
-        current = A @ (alpha * y + (1 - alpha) * current)
-        iterates.append(current)
-    return xp.stack(iterates)
-
-
-def self_distillation_limit(K_query: ArrayLike, K: ArrayLike, y: ArrayLike, lam, alpha) -> ArrayLike:
-    """The limit of `self_distillation_iterates`, f_inf(x) = alpha * k(x)^T (alpha K + lam I)^-1 y.
-
-    Borup & Andersen 2023: the fixed point of y = A (alpha y_0 + (1 - alpha) y) is KRR with the
-    regularisation amplified from lam to lam / alpha. `K_query` `[m, n]` holds k(x) for m query points
-    (pass `K` itself for the training points); 0 < alpha <= 1.
-    """
-    xp = _xp(K_query, K, y)
-    K = xp.asarray(K)
-    regularised = alpha * K + lam * xp.eye(K.shape[0], dtype=K.dtype)
-    return alpha * (xp.asarray(K_query) @ xp.linalg.solve(regularised, xp.asarray(y)))
-
-
-def best_ground_truth_weight(A: ArrayLike, y: ArrayLike, y_prev: ArrayLike, y_star: ArrayLike):
-    """The alpha minimising ||y_tau(alpha) - y*||^2 for the next generation, in closed form.
-
-    Borup & Andersen 2023: y_tau(alpha) = A y_prev + alpha A (y - y_prev) is affine in alpha, so
-        alpha* = <A (y - y_prev), y* - A y_prev> / ||A (y - y_prev)||^2.
-    `y_star` is the target the generation should approach (e.g. noise-free values or a validation
-    fit). Where A (y - y_prev) = 0 every alpha gives the same fit and 1.0 (plain KRR) is returned.
-    """
-    xp = _xp(A, y, y_prev, y_star)
-    A = xp.asarray(A)
-    direction = A @ (xp.asarray(y) - xp.asarray(y_prev))
-    residual = xp.asarray(y_star) - A @ xp.asarray(y_prev)
-    numerator, denominator = xp.sum(direction * residual), xp.sum(direction * direction)
-    positive = denominator > 0
-    return xp.where(positive, numerator / xp.where(positive, denominator, 1.0), 1.0)
-
-
 # --- Self-Evolution KD (paper-inspired; Song et al. 2024) ---------------------------------------------
 
 
@@ -226,8 +158,8 @@ def token_difficulty(
     Translation". Large when the student misses both the teacher and the label. T divides both logits.
     Masked positions (`mask` as in `forward_kl`) are 0.
     """
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
-    return reduce_tokens(_kl(_prior_log_probs(log_pt, labels), log_ps), mask, "none")
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
+    return reduce_tokens(_common.kl(_prior_log_probs(log_pt, labels), log_ps), mask, "none")
 
 
 def _hard_token_gammas(difficulty: Array, valid: Array, hard_fraction, gamma_max) -> Array:
@@ -276,21 +208,21 @@ def self_evolution_kd(
       temperature: T divides both logits (difficulty, prior and loss). No T^2 factor.
       mask, reduction: as in `forward_kl`.
     """
-    if _is_concrete_number(gamma_max) and not 0 <= gamma_max < 1:
+    if _common.is_concrete_number(gamma_max) and not 0 <= gamma_max < 1:
         raise ValueError(f"gamma_max must be in [0, 1); got {gamma_max!r}")
-    if _is_concrete_number(hard_fraction) and not 0 <= hard_fraction <= 1:
+    if _common.is_concrete_number(hard_fraction) and not 0 <= hard_fraction <= 1:
         raise ValueError(f"hard_fraction must be in [0, 1]; got {hard_fraction!r}")
-    log_ps, log_pt = _pair_log_probs(student_logits, teacher_logits, temperature)
+    log_ps, log_pt = _common.pair_log_probs(student_logits, teacher_logits, temperature)
     log_r = _prior_log_probs(log_pt, labels)
     batch_shape = log_ps.shape[:-1]
     valid = jnp.ones(batch_shape, bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask) != 0, batch_shape)
-    difficulty = jax.lax.stop_gradient(_kl(log_r, log_ps))
+    difficulty = jax.lax.stop_gradient(_common.kl(log_r, log_ps))
     gamma = jax.lax.stop_gradient(_hard_token_gammas(difficulty, valid, hard_fraction, gamma_max))[..., None]
     # Double-where: the mixture sees a harmless gamma where gamma == 0, so log(0) never enters its gradient.
     mixed = gamma > 0
     inner = jnp.where(mixed, gamma, 0.5)
     log_mixture = jnp.logaddexp(jnp.log1p(-inner) + log_ps, jnp.log(inner) + log_r)
-    per_token = jnp.where(mixed[..., 0], _kl(log_pt, log_mixture), _kl(log_pt, log_ps))
+    per_token = jnp.where(mixed[..., 0], _common.kl(log_pt, log_mixture), _common.kl(log_pt, log_ps))
     return reduce_tokens(per_token, valid, reduction)
 
 
@@ -318,7 +250,7 @@ def ensemble_teacher_log_probs(
     stack_shape = jnp.shape(teacher_logits_stack)
     if len(stack_shape) < 2 or stack_shape[0] == 0:
         raise ValueError(f"teacher_logits_stack must be [models >= 1, ..., vocab]; got shape {stack_shape}")
-    log_p = _log_probs(teacher_logits_stack, temperature)
+    log_p = _common.log_probs(teacher_logits_stack, temperature)
     num_models, vocab = log_p.shape[0], log_p.shape[-1]
     log_mean = jax.nn.logsumexp(log_p, axis=0) - math.log(num_models)
     if method == "mean":

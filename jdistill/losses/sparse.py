@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.losses.logits import Reduced, _generalized_jsd_tokens, _is_concrete_number, _log_probs
+from jdistill.losses import _common
+from jdistill.losses._common import Reduced
 from jdistill.losses.reduction import reduce_tokens
 
 # The tail bucket's probability is kept >= this, so that the loss and its gradient stay finite when the
@@ -91,14 +92,14 @@ def topk_kd(
       mask, reduction: as in `forward_kl`.
     """
     _check_topk_shapes(jnp.shape(student_logits), jnp.shape(teacher_topk_logprobs), jnp.shape(teacher_topk_ids))
-    if _is_concrete_number(beta) and not 0 <= beta <= 1:
+    if _common.is_concrete_number(beta) and not 0 <= beta <= 1:
         raise ValueError(f"beta must be in [0, 1]; got {beta!r}")
-    log_ps = _log_probs(student_logits, temperature)
+    log_ps = _common.log_probs(student_logits, temperature)
     ids = jnp.clip(jnp.asarray(teacher_topk_ids), 0, log_ps.shape[-1] - 1)
     student = _with_tail_bucket(jnp.take_along_axis(log_ps, ids, axis=-1))
     teacher = jnp.asarray(teacher_topk_logprobs)
     teacher = _with_tail_bucket(teacher.astype(jnp.promote_types(teacher.dtype, log_ps.dtype)))
-    return reduce_tokens(_generalized_jsd_tokens(student, teacher, beta), mask, reduction)
+    return reduce_tokens(_common.generalized_jsd_per_position(student, teacher, beta), mask, reduction)
 
 
 def _sorted_probs(log_probs: Array, size: int) -> Array:
@@ -135,6 +136,6 @@ def uld_loss(
             f"student_logits and teacher_logits must share the leading shape; got {student_shape} and {teacher_shape}"
         )
     size = max(student_shape[-1], teacher_shape[-1])
-    student = _sorted_probs(_log_probs(student_logits, temperature), size)
-    teacher = _sorted_probs(_log_probs(teacher_logits, temperature), size)
+    student = _sorted_probs(_common.log_probs(student_logits, temperature), size)
+    teacher = _sorted_probs(_common.log_probs(teacher_logits, temperature), size)
     return reduce_tokens(jnp.sum(jnp.abs(student - teacher), axis=-1), mask, reduction)

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.losses.logits import _log_probs, forward_kl
+from jdistill.losses import _common
+from jdistill.losses.logits import forward_kl
 
 
 def _float32_or_wider(x: ArrayLike) -> Array:
@@ -85,8 +86,8 @@ def dino_loss(
         )
     n_pairs = dino_pair_count(n_crops, n_global_crops)
     teacher = jax.lax.stop_gradient(_float32_or_wider(teacher_outputs) - jnp.asarray(center))
-    teacher_probs = jnp.exp(_log_probs(teacher, teacher_temperature))
-    student_log_probs = _log_probs(student_outputs, student_temperature)
+    teacher_probs = jnp.exp(_common.log_probs(teacher, teacher_temperature))
+    student_log_probs = _common.log_probs(student_outputs, student_temperature)
     # cross[i, j] = sum_b sum_k -P_t^i[b, k] log P_s^j[b, k]; HIGHEST keeps the contraction in float32
     # on accelerators whose default matmul precision is lower.
     cross = -jnp.einsum("ibk,jbk->ij", teacher_probs, student_log_probs, precision=jax.lax.Precision.HIGHEST)

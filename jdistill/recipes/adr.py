@@ -24,11 +24,11 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill.eval.attacks import pgd_attack, robust_accuracy
+from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import ADR_EMA_DECAY, ADR_LAM, ADR_TEMPERATURE, adr_labels, cosine_schedule, soft_cross_entropy
 from jdistill.losses.ssl import ema_update
 from jdistill.recipes.base import RecipeBase
 from jdistill.recipes.dino import copy_params
-from jdistill.recipes.supervised import token_accuracy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,16 +32,11 @@ from typing import Any, Protocol
 
 import jax
 
+from jdistill.eval.batch import targets_and_mask  # noqa: F401 (re-exported until every recipe imports it from there)
+
 TEACHER_POLICIES = ("frozen", "ema", "previous_epoch", "random_init", "snapshots", "cached_topk", "self", "none")
 # Policies whose teacher is a separate model built from `config.teacher` (trained, loaded or random).
 SEPARATE_TEACHER_POLICIES = ("frozen", "random_init")
-
-
-def targets_and_mask(batch: dict):
-    """(integer targets, mask or None) for either batch layout."""
-    if "targets" in batch:
-        return batch["targets"], batch.get("mask")
-    return batch["labels"], batch.get("mask")
 
 
 class Recipe(Protocol):

@@ -9,8 +9,10 @@ distributions stay normalised over k + 1 categories (`losses.topk_kd`):
     loss = distill_weight * c * D(q_{1..k}, 1 - sum q || p_s,{1..k}, 1 - sum p_s) + label_weight * CE(y, s),
 
 p_s = softmax(s / T), D forward KL (`objective: forward_kl`, the classic KD direction), reverse KL, or the
-generalized JSD with `beta`; c = T^2 when `scale_by_temperature_squared`. With k = vocab it is dense KD. LM only;
-(sum, count) over valid tokens. `top_k` is how many entries are cached (and used); `logprob_dtype` how they are
+generalized JSD with `beta` (the catalogue's divergences that are members of the generalized-JSD family; tvd is
+not); c the divergence's default temperature scaling (T^2 for forward KL only), unless
+`scale_by_temperature_squared` says otherwise (docs/conventions.md, Temperatures). With k = vocab it is dense KD.
+LM only; (sum, count) over valid tokens. `top_k` is how many entries are cached (and used); `logprob_dtype` how they are
 stored (float16 halves the cache at ~1e-3 precision on the log-probs). The job (`jdistill train`) writes the cache
 right after its teacher stage, for the windows the student reads, unless `cache_dir` names one written beforehand
 by `jdistill cache-teacher` (then no teacher is trained or loaded).
@@ -24,10 +26,9 @@ import jax.numpy as jnp
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.recipes.base import RecipeBase, targets_and_mask
-from jdistill.recipes.supervised import token_accuracy
-
-TOPK_OBJECTIVES = ("forward_kl", "reverse_kl", "generalized_jsd")
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
+from jdistill.recipes.base import RecipeBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,22 +43,26 @@ class CachedTopK(RecipeBase):
     distill_weight: float = 1.0
     label_weight: float = 0.0
     beta: float = 0.5
-    scale_by_temperature_squared: bool = True
+    scale_by_temperature_squared: bool | None = None  # None: the divergence's default (T^2 for forward_kl only)
     name: str = "cached_topk"
     teacher_policy: str = "cached_topk"
 
     def __post_init__(self):
-        if self.objective not in TOPK_OBJECTIVES:
-            raise ValueError(f"objective must be one of {TOPK_OBJECTIVES} with a top-k teacher, got {self.objective!r}")
+        if self.divergence().topk_beta(self.beta) is None:
+            topk = [name for name, entry in losses.DIVERGENCES.items() if entry.topk_beta(self.beta) is not None]
+            raise ValueError(f"objective must be one of {', '.join(topk)} with a top-k teacher, got {self.objective!r}")
         if not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
         if self.logprob_dtype not in ("float16", "float32"):
             raise ValueError(f"logprob_dtype must be float16 or float32, got {self.logprob_dtype!r}")
 
+    def divergence(self) -> losses.Divergence:
+        return losses.divergence(self.objective)
+
     @property
     def jsd_beta(self) -> float:
-        """The generalized-JSD beta of the objective: 0 forward KL, 1 reverse KL."""
-        return {"forward_kl": 0.0, "reverse_kl": 1.0}.get(self.objective, self.beta)
+        """The generalized-JSD beta of the objective: 0 forward KL, 1 reverse KL, `beta` for generalized_jsd."""
+        return self.divergence().topk_beta(self.beta)
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, rng
@@ -70,8 +75,7 @@ class CachedTopK(RecipeBase):
         reduce = dict(mask=mask, reduction="sum_count")
         distill, count = losses.topk_kd(logits, batch["teacher_topk_logprobs"], batch["teacher_topk_ids"],
                                         beta=self.jsd_beta, temperature=self.temperature, **reduce)
-        if self.scale_by_temperature_squared:
-            distill = distill * self.temperature**2
+        distill = distill * self.divergence().temperature_scale(self.temperature, self.scale_by_temperature_squared)
         ce, _ = losses.cross_entropy(logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "ce": ce * per, "accuracy": token_accuracy(logits, labels, mask)}

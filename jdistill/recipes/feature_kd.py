@@ -33,7 +33,7 @@ from jdistill.errors import ConfigError
 from jdistill.models import Transformer
 from jdistill.models.capture import capture
 from jdistill.recipes.base import RecipeBase, targets_and_mask
-from jdistill.recipes.kd import DIVERGENCES, KnowledgeDistillation
+from jdistill.recipes.kd import KnowledgeDistillation
 
 FEATURE_LOSSES = {"mse": losses.hint_mse, "cosine": losses.hint_cosine}
 
@@ -112,7 +112,7 @@ class FeatureDistillation(RecipeBase):
     distill_weight: float = 1.0
     label_weight: float = 0.0
     beta: float = 0.5
-    scale_by_temperature_squared: bool = True
+    scale_by_temperature_squared: bool | None = None
     name: str = "feature_kd"
     teacher_policy: str = "frozen"
 
@@ -120,8 +120,7 @@ class FeatureDistillation(RecipeBase):
         parse_layer_map(self.layer_map)
         if self.feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"feature_loss must be one of {sorted(FEATURE_LOSSES)}, got {self.feature_loss!r}")
-        if self.objective not in DIVERGENCES:
-            raise ValueError(f"objective must be one of {DIVERGENCES}, got {self.objective!r}")
+        losses.divergence(self.objective)
         if self.teacher_width is not None and self.teacher_width < 1:
             raise ValueError(f"teacher_width must be a positive integer, got {self.teacher_width!r}")
 

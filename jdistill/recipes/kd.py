@@ -2,8 +2,10 @@
 
     loss = distill_weight * c * D(p_t, p_s at temperature T) + label_weight * CE(y, s at T = 1)
 
-with D the configured divergence (`forward_kl` is classic KD) and c = T^2 when `scale_by_temperature_squared`
-(Hinton: keeps the gradient size independent of T), else 1. Token-level for LMs: returned as (sum, count) over
+with D the configured divergence of the catalogue (`losses.DIVERGENCES`; `forward_kl` is classic KD) and c its
+temperature scaling: by default T^2 for Hinton's forward KL (keeps the gradient size independent of T) and 1 for
+the GKD-style objectives (reverse_kl, generalized_jsd, tvd); an explicit `scale_by_temperature_squared` true or
+false overrides it (docs/conventions.md, Temperatures). Token-level for LMs: returned as (sum, count) over
 valid tokens, so gradient accumulation and data parallelism normalise by the global token count. With
 `vocab_chunk > 0` (LMs) the head is applied in chunks of that many tokens (`losses.chunked_distillation_loss`):
 neither `[batch, seq, vocab]` logit tensor is ever materialised.
@@ -12,15 +14,13 @@ neither `[batch, seq, vocab]` logit tensor is ever materialised.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax.numpy as jnp
 
 from jdistill import losses
-from jdistill.recipes.base import RecipeBase, targets_and_mask
-from jdistill.recipes.supervised import token_accuracy
-
-DIVERGENCES = ("forward_kl", "reverse_kl", "generalized_jsd", "tvd")
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
+from jdistill.recipes.base import RecipeBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +32,21 @@ class KnowledgeDistillation(RecipeBase):
     distill_weight: float = 1.0
     label_weight: float = 0.0
     beta: float = 0.5
-    scale_by_temperature_squared: bool = True
+    scale_by_temperature_squared: bool | None = None  # None: the divergence's default (T^2 for forward_kl only)
     vocab_chunk: int = 0
     name: str = "kd"
     teacher_policy: str = "frozen"
 
     def __post_init__(self):
-        if self.objective not in DIVERGENCES:
-            raise ValueError(f"objective must be one of {DIVERGENCES}, got {self.objective!r}")
+        self.divergence()  # an unknown objective fails when the recipe is built, before any compute
 
-    def divergence(self):
-        fn = getattr(losses, self.objective)
-        return functools.partial(fn, beta=self.beta) if self.objective == "generalized_jsd" else fn
+    def divergence(self) -> losses.Divergence:
+        return losses.divergence(self.objective)
+
+    @property
+    def temperature_scale(self):
+        """c: T^2 or 1, the divergence's default unless `scale_by_temperature_squared` says otherwise."""
+        return self.divergence().temperature_scale(self.temperature, self.scale_by_temperature_squared)
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
@@ -58,9 +61,9 @@ class KnowledgeDistillation(RecipeBase):
     def loss_from_logits(self, student_logits, teacher_logits, labels, mask):
         """((sum, count) over valid positions, metrics): the divergence and CE are each computed once."""
         reduce = dict(mask=mask, reduction="sum_count")
-        distill, count = self.divergence()(student_logits, teacher_logits, temperature=self.temperature, **reduce)
-        if self.scale_by_temperature_squared:
-            distill = distill * self.temperature**2
+        distill, count = self.divergence()(student_logits, teacher_logits, temperature=self.temperature,
+                                           beta=self.beta, **reduce)
+        distill = distill * self.temperature_scale
         ce, _ = losses.cross_entropy(student_logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "ce": ce * per, "accuracy": token_accuracy(student_logits, labels, mask)}

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import kd
 from jdistill.models import Transformer
 from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.supervised import token_accuracy
 
 
 class PeerStudents(nnx.Module):

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from jdistill import losses
+from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.supervised import token_accuracy
 
 
 @dataclasses.dataclass(frozen=True)

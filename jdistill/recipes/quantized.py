@@ -11,9 +11,9 @@ are quantized; norm scales and biases stay in full precision. The loss is the pa
 defaults distill_weight = 0.7 and T = 2, as in the official code (`losses.quantized_distillation_loss`). Token-level for
 LMs: (sum, count) over valid tokens.
 
-Evaluation: the job's evaluation runs the full-precision weights (the step's evaluation ignores
-`forward_params`); `extra_metrics` adds the quantized model's `quantized_accuracy` and `quantized_nll`, the numbers
-the paper reports.
+Evaluation: the job's evaluation runs the quantized weights Q(w), the deployed model (the eval step runs the
+recipe's `forward_params`), so the stage's accuracy and NLL are the quantized student's, the numbers the paper
+reports; `extra_metrics` records the same two under the explicit names `quantized_accuracy` and `quantized_nll`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill import losses
-from jdistill.eval.metrics import add_stats, prediction_stats, summarize
-from jdistill.recipes.base import RecipeBase, targets_and_mask
-from jdistill.recipes.supervised import token_accuracy
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import add_stats, prediction_stats, summarize, token_accuracy
+from jdistill.recipes.base import RecipeBase
 
 
 def is_weight_matrix(leaf) -> bool:

@@ -75,7 +75,7 @@ def build_recipe(distill_config, **extra):
     kwargs.update(extra)
     try:
         recipe = cls(**kwargs)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ConfigError) as error:
         raise ConfigError(f"distill.options: recipe {name!r}: {error}") from None
     if recipe.teacher_policy not in TEACHER_POLICIES:
         raise ConfigError(f"recipe {name!r}: teacher_policy {recipe.teacher_policy!r} is not one of "

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import sla_aggregate, sla_self_distillation_loss
 from jdistill.models import Transformer
 from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.supervised import token_accuracy
 
 
 def rotations(images, count: int):

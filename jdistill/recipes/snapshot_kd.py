@@ -22,8 +22,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill import losses
-from jdistill.recipes.base import RecipeBase, targets_and_mask
-from jdistill.recipes.supervised import token_accuracy
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
+from jdistill.recipes.base import RecipeBase
 
 
 @dataclasses.dataclass(frozen=True)

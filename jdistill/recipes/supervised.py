@@ -6,8 +6,10 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import cross_entropy
-from jdistill.recipes.base import RecipeBase, targets_and_mask
+from jdistill.recipes.base import RecipeBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +29,3 @@ class Supervised(RecipeBase):
         ce = total / jnp.maximum(count, 1.0)
         return (total, count), {"ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, recipe_state
 
-
-def token_accuracy(logits, labels, mask=None):
-    """Top-1 accuracy over valid positions."""
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    if mask is None:
-        return correct.mean()
-    weight = mask.astype(jnp.float32)
-    return (correct * weight).sum() / jnp.maximum(weight.sum(), 1.0)

@@ -5,14 +5,14 @@ Needs Guidance: Ground-Truth Targets Dampen Regularization Imposed by Self-Disti
 
 i.e. `losses.xi_self_distillation` with xi = 1 - alpha. The teacher is the trained teacher (generation 1, trained
 on labels; it must have the student's architecture) and with `generations > 1` each student generation teaches the
-next (the job's born-again mechanism). The kernel form and its closed-form alpha are in `teacher_guidance_kernel`.
+next (the job's born-again mechanism). The kernel form and its closed-form alpha are in `losses.kernel_ridge`.
 
 alpha: a fixed `alpha`, or (alpha = None) chosen per generation by the kernel form's linearity, which the paper
 states for kernel ridge regression only; its deep transfer here is this library's choice ("open"). Each training
 batch is split in halves; two ridge probes (`probe_ridge`, with intercept) on the teacher's features of the first
 half are fitted, one to the one-hot labels (alpha = 1) and one to the teacher's probabilities (alpha = 0); any
 alpha's probe is their affine combination, so the alpha in [0, 1] whose probe best predicts the second half's
-one-hot labels is closed-form (`teacher_guidance_kernel.probe_alpha`). That is, the next generation is modelled as
+one-hot labels is closed-form (`losses.probe_alpha`). That is, the next generation is modelled as
 kernel regression with the teacher's feature kernel. The estimates of the first `probe_batches` steps are averaged
 (recipe state) and the average is used; after that it stays fixed for the rest of the generation. Classifiers only
 when alpha is chosen (a fixed alpha works for LMs too, token-level).
@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from jdistill import losses
-from jdistill.recipes.base import RecipeBase, targets_and_mask
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
+from jdistill.recipes.base import RecipeBase
 from jdistill.recipes.born_again import require_same_architecture
-from jdistill.recipes.supervised import token_accuracy
-from jdistill.recipes.teacher_guidance_kernel import probe_alpha
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ class TeacherGuidance(RecipeBase):
         onehot = jax.nn.one_hot(labels, teacher_logits.shape[-1], dtype=jnp.float32)
         teacher_probs = jax.nn.softmax(teacher_logits.astype(jnp.float32) / self.temperature, axis=-1)
         features = teacher_features.astype(jnp.float32)
-        return probe_alpha(features[:half], onehot[:half], teacher_probs[:half], features[half:], onehot[half:],
+        return losses.probe_alpha(features[:half], onehot[:half], teacher_probs[:half], features[half:], onehot[half:],
                            self.probe_ridge)
 
     def current_alpha(self, recipe_state, teacher_output, labels):

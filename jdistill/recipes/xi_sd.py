@@ -19,9 +19,10 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill import losses
-from jdistill.recipes.base import RecipeBase, targets_and_mask
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
+from jdistill.recipes.base import RecipeBase
 from jdistill.recipes.born_again import require_same_architecture
-from jdistill.recipes.supervised import token_accuracy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import prediction_stats
-from jdistill.recipes.base import targets_and_mask
 from jdistill.train.state import TrainState
 
 PURPOSE_STEP_RNG = 1

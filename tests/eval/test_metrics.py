@@ -3,6 +3,8 @@
 import numpy as np
 
 from jdistill.eval import add_stats, prediction_stats, summarize
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
 
 
 def numpy_metrics(logits, labels, mask, bins=15):
@@ -53,3 +55,21 @@ def test_perfectly_confident_correct_predictions_have_zero_ece():
     logits = np.eye(4, dtype=np.float32) * 100
     got = summarize(prediction_stats(logits, np.arange(4)))
     assert got["accuracy"] == 1.0 and got["ece"] < 1e-6 and got["nll"] < 1e-6
+
+
+def test_token_accuracy_counts_valid_positions_only():
+    rng = np.random.default_rng(3)
+    logits, labels = rng.normal(size=(4, 9, 5)), rng.integers(0, 5, (4, 9))
+    mask = rng.random((4, 9)) < 0.6
+    correct = logits.argmax(-1) == labels
+    np.testing.assert_allclose(float(token_accuracy(logits, labels, mask)), correct[mask].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(token_accuracy(logits, labels)), correct.mean(), rtol=1e-6)
+    assert float(token_accuracy(logits, labels, np.zeros_like(mask))) == 0.0
+
+
+def test_targets_and_mask_reads_both_batch_layouts():
+    targets, mask, labels = np.arange(6).reshape(2, 3), np.ones((2, 3), bool), np.array([4, 5])
+    lm_targets, lm_mask = targets_and_mask({"inputs": targets, "targets": targets + 1, "mask": mask})
+    assert (lm_targets == targets + 1).all() and lm_mask is mask
+    classifier_labels, no_mask = targets_and_mask({"inputs": targets, "labels": labels, "index": labels})
+    assert classifier_labels is labels and no_mask is None

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdistill.errors import ConfigError
 from jdistill.losses import cross_entropy, forward_kl, generalized_jsd, reverse_kl, tvd
 from jdistill.losses.chunked import chunked_distillation_loss
 
@@ -24,10 +25,16 @@ def _problem(batch=2, seq=37, d_student=16, d_teacher=24, vocab=300, seed=0):
     )
 
 
-def _dense(p, objective, temperature, label_weight, student_head=None):
+# The chunked path reads the divergence catalogue's default temperature scaling: T^2 for Hinton's forward KL only.
+DEFAULT_T2 = {"forward_kl": True, "reverse_kl": False, "generalized_jsd": False, "tvd": False}
+
+
+def _dense(p, objective, temperature, label_weight, student_head=None, scale_by_temperature_squared=None):
     head = p["student_head"] if student_head is None else student_head
     student, teacher = p["student_hidden"] @ head, p["teacher_hidden"] @ p["teacher_head"]
     loss = DENSE[objective](student, teacher, temperature=temperature, mask=p["mask"])
+    scaled = DEFAULT_T2[objective] if scale_by_temperature_squared is None else scale_by_temperature_squared
+    loss = loss * (temperature**2 if scaled else 1.0)
     return loss + label_weight * cross_entropy(student, p["labels"], mask=p["mask"])
 
 
@@ -42,6 +49,24 @@ def test_chunked_equals_dense_in_value_and_gradient(objective, chunk_size):
     np.testing.assert_allclose(chunked(p["student_head"]), dense(p["student_head"]), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(chunked)(p["student_head"]), jax.grad(dense)(p["student_head"]),
                                rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("objective", sorted(DENSE))
+@pytest.mark.parametrize("scale_by_temperature_squared", [True, False])
+def test_explicit_temperature_scaling_overrides_the_default(objective, scale_by_temperature_squared):
+    p = _problem(seq=9)
+    chunked = chunked_distillation_loss(
+        p["student_hidden"], p["student_head"], p["teacher_hidden"], p["teacher_head"], p["labels"],
+        objective=objective, beta=0.3, temperature=3.0, mask=p["mask"], chunk_size=8,
+        scale_by_temperature_squared=scale_by_temperature_squared)
+    np.testing.assert_allclose(chunked, _dense(p, objective, 3.0, 0.0, None, scale_by_temperature_squared), rtol=1e-5)
+
+
+def test_unknown_objective_is_a_one_line_config_error():
+    p = _problem(seq=4)
+    with pytest.raises(ConfigError, match="unknown divergence 'kl'; expected one of forward_kl, reverse_kl"):
+        chunked_distillation_loss(p["student_hidden"], p["student_head"], p["teacher_hidden"], p["teacher_head"],
+                                  objective="kl")
 
 
 def test_sum_count_and_all_masked():
