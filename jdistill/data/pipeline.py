@@ -186,8 +186,5 @@ def _image_max_value(
     """The largest pixel value: metadata `image_max_value`, else by dtype (uint8: 255, float: 1)."""
     if info is not None and info.metadata and "image_max_value" in info.metadata:
         return float(info.metadata["image_max_value"])
-    if info is not None:
-        dtype = np.dtype(info.features[image_key].np_dtype)
-    else:
-        dtype = np.asarray(source[0][image_key]).dtype
+    dtype = np.dtype(info.features[image_key].np_dtype) if info is not None else np.asarray(source[0][image_key]).dtype
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0

@@ -32,10 +32,13 @@ def multi_process_environment(environ=os.environ) -> bool:
 
 def initialize_arguments(cluster, environ=os.environ) -> dict:
     """Keyword arguments for `jax.distributed.initialize` from the config, then the JDISTILL_* variables."""
+    def configured_or_env(value, variable):
+        return value if value is not None else _int(environ, variable)
+
     arguments = {
         "coordinator_address": cluster.coordinator_address or environ.get(ENV_COORDINATOR),
-        "num_processes": cluster.num_processes if cluster.num_processes is not None else _int(environ, ENV_NUM_PROCESSES),
-        "process_id": cluster.process_id if cluster.process_id is not None else _int(environ, ENV_PROCESS_ID),
+        "num_processes": configured_or_env(cluster.num_processes, ENV_NUM_PROCESSES),
+        "process_id": configured_or_env(cluster.process_id, ENV_PROCESS_ID),
     }
     return {key: value for key, value in arguments.items() if value is not None}
 
@@ -77,7 +80,3 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-def is_main_process() -> bool:
-    return jax.process_index() == 0

@@ -12,14 +12,14 @@ import sys
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jdistill.kernels.delta_rule_pallas import delta_rule_pallas  # noqa: E402
-from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu  # noqa: E402
+from jdistill.kernels.delta_rule_pallas import delta_rule_pallas
+from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu
 
 
 def _variants(spec, heads, kv_heads):

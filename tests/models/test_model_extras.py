@@ -86,9 +86,8 @@ def test_capture_by_layer_path_inside_jit_and_restores_the_model():
     with capture(model, ["blocks.1.attention"]):
         pass
     assert not hasattr(model.blocks[1].attention, "_capture_sink")
-    with pytest.raises(ValueError, match="layer path 'blocks.7': List has no '7'"):
-        with capture(model, ["blocks.7"]):
-            pass
+    with pytest.raises(ValueError, match="layer path 'blocks.7': List has no '7'"), capture(model, ["blocks.7"]):
+        pass
 
 
 def test_residual_gates_start_open_and_report_their_sparsity_loss():

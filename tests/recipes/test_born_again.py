@@ -4,7 +4,6 @@ generation is the student architecture, and fewer than two generations is a conf
 import jax
 import numpy as np
 import pytest
-
 from flax import nnx
 
 from jdistill.configs import load_config
