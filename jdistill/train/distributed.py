@@ -11,16 +11,19 @@ go through gloo, so several processes on one machine form one job (how the tests
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 
+from jdistill.configs.schema import ClusterConfig
 from jdistill.errors import UserError
 
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JDISTILL_COORDINATOR", "JDISTILL_NUM_PROCESSES", \
     "JDISTILL_PROCESS_ID"
 
 
-def multi_process_environment(environ=os.environ) -> bool:
+def multi_process_environment(environ: Mapping[str, str] = os.environ) -> bool:
     """Does the environment describe a job of several processes?"""
     if environ.get(ENV_COORDINATOR):
         return True
@@ -30,9 +33,9 @@ def multi_process_environment(environ=os.environ) -> bool:
     return int(environ.get("SLURM_NTASKS", "1") or 1) > 1
 
 
-def initialize_arguments(cluster, environ=os.environ) -> dict:
+def initialize_arguments(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Keyword arguments for `jax.distributed.initialize` from the config, then the JDISTILL_* variables."""
-    def configured_or_env(value, variable):
+    def configured_or_env(value: int | None, variable: str) -> int | None:
         return value if value is not None else _int(environ, variable)
 
     arguments = {
@@ -43,7 +46,7 @@ def initialize_arguments(cluster, environ=os.environ) -> dict:
     return {key: value for key, value in arguments.items() if value is not None}
 
 
-def _int(environ, name):
+def _int(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name)
     if value is None:
         return None
@@ -56,7 +59,7 @@ def _int(environ, name):
 _initialized = False
 
 
-def maybe_initialize(cluster, environ=os.environ) -> bool:
+def maybe_initialize(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ) -> bool:
     """Initialise the multi-host runtime if the config or the environment asks for it; True if it did."""
     global _initialized
     wanted = cluster.distributed == "on" or (cluster.distributed == "auto" and (
