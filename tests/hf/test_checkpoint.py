@@ -35,7 +35,8 @@ def test_save_then_load_is_the_identity(name, tmp_path):
     save_pretrained(model, tmp_path / "out")
     again = from_pretrained(tmp_path / "out")
     assert again.config == model.config
-    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))):
+    params, params_again = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (model, again))
+    for a, b in zip(params, params_again, strict=True):
         np.testing.assert_array_equal(a, b)
     original = load_file(str(FIXTURES / name / "model.safetensors"))
     written = load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -76,7 +77,7 @@ def test_missing_tensor_is_named(tmp_path):
     tensors = load_file(str(target / "model.safetensors"))
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(target / "model.safetensors"))
-    with pytest.raises(HFImportError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+    with pytest.raises(HFImportError, match=r"missing tensor model\.layers\.1\.mlp\.up_proj\.weight"):
         from_pretrained(target)
 
 

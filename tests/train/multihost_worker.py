@@ -54,7 +54,8 @@ def train(checkpoint_dir: Path | None):
 def gathered_params(state):
     from jax.experimental import multihost_utils
 
-    leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)).ravel() for x in jax.tree.leaves(state.params)]
+    leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)).ravel()
+              for x in jax.tree.leaves(state.params)]
     return np.concatenate(leaves)
 
 
