@@ -101,8 +101,7 @@ def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
     next_style = config.norm_zero_centered or "D" in config.layer_pattern or config.gate != "none"
     qwen3_next_complete = config.norm_zero_centered and config.qk_norm and config.gate == "elementwise"
     exportable = (config.kind == "lm" and config.mlp == "glu" and config.glu_order == 2 and config.activation == "silu"
-                  and not config.mlp_bias and config.gate in ("none", "elementwise")
-                  and config.gate_position == "sdpa_output"
+                  and not config.mlp_bias and config.gate_position == "sdpa_output"
                   and (qwen3_next_complete if next_style else config.rotary_fraction == 1.0))
     if not exportable:
         raise HFImportError("save_pretrained: only Llama / Qwen3 / Qwen3-Next-style models (lm, glu + silu, no MLP "

@@ -11,6 +11,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jdistill.hf import HFImportError, from_pretrained, save_pretrained
+from jdistill.hf.config import hf_config_from_model
+from jdistill.models.config import ModelConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ARCHITECTURES = ["llama", "qwen3", "qwen3_next"]
@@ -113,3 +115,34 @@ def test_wrong_shape_and_missing_files(tmp_path):
         from_pretrained(target)
     with pytest.raises(HFImportError, match="no such file"):
         from_pretrained(tmp_path / "nowhere")
+
+
+LLAMA_STYLE = dict(kind="lm", mlp="glu", activation="silu", mlp_bias=False, gate="none")
+QWEN3_NEXT_STYLE = dict(LLAMA_STYLE, gate="elementwise", qk_norm=True, norm_zero_centered=True, rotary_fraction=0.25)
+
+
+@pytest.mark.parametrize("fields, architecture", [
+    (LLAMA_STYLE, "LlamaForCausalLM"),
+    (dict(LLAMA_STYLE, qk_norm=True), "Qwen3ForCausalLM"),
+    (QWEN3_NEXT_STYLE, "Qwen3NextForCausalLM"),
+])
+def test_exportable_configs_name_their_architecture(fields, architecture):
+    assert hf_config_from_model(ModelConfig(**fields))["architectures"] == [architecture]
+
+
+@pytest.mark.parametrize("fields", [
+    dict(LLAMA_STYLE, kind="classifier"),
+    dict(LLAMA_STYLE, mlp="dense"),
+    dict(LLAMA_STYLE, glu_order=1),
+    dict(LLAMA_STYLE, activation="gelu"),
+    dict(LLAMA_STYLE, mlp_bias=True),
+    dict(LLAMA_STYLE, gate="headwise"),
+    dict(LLAMA_STYLE, rotary_fraction=0.5),  # partial rotary only in the Qwen3-Next layout
+    dict(QWEN3_NEXT_STYLE, gate_position="value"),
+    dict(QWEN3_NEXT_STYLE, qk_norm=False),
+    dict(QWEN3_NEXT_STYLE, norm_zero_centered=False, layer_pattern="DA"),
+    dict(QWEN3_NEXT_STYLE, gate="none", layer_pattern="DA"),
+])
+def test_configs_transformers_cannot_load_are_refused(fields):
+    with pytest.raises(HFImportError, match="save_pretrained: only"):
+        hf_config_from_model(ModelConfig(**fields))
