@@ -6,9 +6,9 @@ import os
 # libtpu from probing for TPUs and logging to stderr in every process the tests start.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # noqa: E402
+import pytest
 
-from jdistill.data import load_source  # noqa: E402
+from jdistill.data import load_source
 
 
 @pytest.fixture(scope="session")

@@ -92,28 +92,34 @@ def _inputs(case, batch, heads, kv_heads, dtype, seed=0):
 def run_case(case, impls, batch, heads, kv_heads, dtype, repeats):
     """Rows (dicts) for one case: each impl's time, TFLOP/s and ratios to the baseline and to XLA."""
     args = _inputs(case, batch, heads, kv_heads, dtype)
-    seconds = {}
+    seconds: dict[str, float | str] = {}  # an implementation's time, or why it failed
     for impl in impls:
         try:
             seconds[impl] = time_call(_program(impl, case), args, repeats)
         except Exception as error:  # one impl failing (e.g. XLA out of memory at 16k) must not stop the table
             seconds[impl] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
     baseline = BASELINE if BASELINE in impls else "xla_sdpa"
+
+    def ratio(ref: str, t: float | str) -> float | None:
+        ref_seconds = seconds.get(ref)
+        return ref_seconds / t if isinstance(t, float) and isinstance(ref_seconds, float) else None
+
     rows = []
     for impl in impls:
         t = seconds[impl]
-        ratio = lambda ref: seconds[ref] / t if isinstance(t, float) and isinstance(seconds.get(ref), float) else None
         rows.append({**dataclasses.asdict(case), "impl": impl, "batch": batch, "heads": heads, "kv_heads": kv_heads,
                      "dtype": jnp.dtype(dtype).name, "seconds": t if isinstance(t, float) else None,
                      "error": None if isinstance(t, float) else t,
                      "tflops": flops(case, batch, heads) / t / 1e12 if isinstance(t, float) else None,
-                     "vs_cudnn": ratio(baseline), "vs_xla": ratio("xla")})
+                     "vs_cudnn": ratio(baseline, t), "vs_xla": ratio("xla", t)})
     return rows
 
 
 def format_row(row) -> str:
-    num = lambda x, spec: "-" if x is None else format(x, spec)
-    text = (f"{row['impl']:<11} {row['seq']:>6} {row['head_dim']:>4} {str(row['causal']):<6} {row['mode']:<8}"
+    def num(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    text = (f"{row['impl']:<11} {row['seq']:>6} {row['head_dim']:>4} {row['causal']!s:<6} {row['mode']:<8}"
             f" {num(row['seconds'] and row['seconds'] * 1e3, '10.3f')} {num(row['tflops'], '8.3f')}"
             f" {num(row['vs_cudnn'], '9.2f')} {num(row['vs_xla'], '7.2f')}")
     return text + (f"  {row['error']}" if row["error"] else "")

@@ -17,6 +17,7 @@ import collections
 import glob
 import os
 import re
+from typing import Any
 
 _SKIP = ("ThreadpoolListener", "ThunkExecutor", "SlinkyThreadPool", "end: ", "Await", "PjRt", "Execute")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+\s+([\w\-]+)\(")
@@ -69,7 +70,7 @@ def hlo_op_sources(hlo_text: str, package: str = "jdistill/") -> dict[str, str]:
             section = line
             continue
         row = _TABLE_ROW.match(line) if section else None
-        if row:
+        if row and section:
             tables[section][int(row.group(1))] = row.group(2)
             continue
         section = None
@@ -122,14 +123,15 @@ def _covered(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def op_table(trace_dir: str, hlo_text: str, steps: int, top: int = 40) -> list[dict]:
+def op_table(trace_dir: str, hlo_text: str, steps: int, top: int = 40) -> list[dict[str, Any]]:
     """Rows {op, kind, source, ms_per_step, share} sorted by time, the `top` largest."""
     times = trace_op_times(trace_dir)
     summary = hlo_op_summary(hlo_text)
     sources = hlo_op_sources(hlo_text)
     total = sum(times.values()) or 1.0
-    rows = [dict(op=name, kind=summary.get(name, "?"), source=sources.get(name, "?"), ms_per_step=ns / steps / 1e6,
-                 share=ns / total) for name, ns in times.items()]
+    rows: list[dict[str, Any]] = [
+        dict(op=name, kind=summary.get(name, "?"), source=sources.get(name, "?"), ms_per_step=ns / steps / 1e6,
+             share=ns / total) for name, ns in times.items()]
     rows.sort(key=lambda row: -row["ms_per_step"])
     return rows[:top]
 

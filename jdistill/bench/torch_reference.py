@@ -170,7 +170,8 @@ def load_jdistill_weights(torch_model: TorchLM, nnx_params) -> None:
     p = nnx_params
     with torch.no_grad():
         torch_model.embed.weight.copy_(array(p["embed"]["embedding"]))
-        for block, src in zip(torch_model.blocks, [p["blocks"][i] for i in range(len(torch_model.blocks))]):
+        for i, block in enumerate(torch_model.blocks):
+            src = p["blocks"][i]
             block.attention_norm.weight.copy_(array(src["attention_norm"]["scale"]))
             block.mlp_norm.weight.copy_(array(src["mlp_norm"]["scale"]))
             for name in ("query_and_gate", "key_value", "output"):

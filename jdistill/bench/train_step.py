@@ -30,6 +30,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -69,6 +70,7 @@ class JaxStep:
     def __init__(self, student_config, recipe, train_config, batch, teacher=None):
         optimizer = make_optimizer(train_config)
         graphdef, self.state = create_train_state(Transformer(student_config, rngs=nnx.Rngs(1)), optimizer)
+        self.teacher_params: nnx.State | None
         t_graphdef, self.teacher_params = nnx.split(teacher) if teacher is not None else (None, None)
         step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=t_graphdef)
         self.batch = jax.device_put(batch)
@@ -152,8 +154,8 @@ def time_interleaved(contenders: dict, steps: int, warmup: int) -> tuple[dict, d
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
-    wall = {name: [] for name in contenders}
-    cpu = {name: [] for name in contenders}
+    wall: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for round_index in range(steps):
         for name in names if round_index % 2 == 0 else names[::-1]:
@@ -227,7 +229,7 @@ def run(*, steps: int = 20, warmup: int = 3, batch: int = 16, seq: int = 128, us
     teacher = Transformer(teacher_config, rngs=nnx.Rngs(0))
     results = {"batch": batch, "seq": seq, "cpu_count": available_cores(), "backend": jax.default_backend(),
                "temperature": TEMPERATURE, "steps": steps}
-    contenders = {}
+    contenders: dict[str, Callable[[], object]] = {}
     if use_torch:
         import torch
 

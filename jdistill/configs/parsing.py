@@ -5,43 +5,46 @@ Every error names the dotted key and what was expected, and suggests the closest
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from jdistill.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent
+ConfigT = TypeVar("ConfigT")  # a config dataclass
 
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def all_keys(cls, prefix: str = "") -> list[str]:
+def all_keys(cls: type, prefix: str = "") -> list[str]:
     """Every dotted key of a config dataclass (leaves and sections)."""
     keys = []
     for field in dataclasses.fields(cls):
         key = prefix + field.name
         keys.append(key)
         field_type = typing.get_type_hints(cls)[field.name]
-        if dataclasses.is_dataclass(field_type):
+        if isinstance(field_type, type) and dataclasses.is_dataclass(field_type):
             keys.extend(all_keys(field_type, key + "."))
     return keys
 
 
-def _unknown_key(root_cls, key: str, source: str) -> ConfigError:
+def _unknown_key(root_cls: type, key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, all_keys(root_cls), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return ConfigError(f"{source}: unknown key {key!r}{hint}")
 
 
-def _describe(tp) -> str:
+def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -56,7 +59,7 @@ def _describe(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp, key: str, source: str):
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
     error = ConfigError(f"{source}: {key} expected {_describe(tp)}, got {value!r}")
@@ -104,13 +107,13 @@ def _coerce(value: Any, tp, key: str, source: str):
     return value
 
 
-def build(cls, values: dict, source: str, prefix: str = "", root_cls=None):
+def build(cls: type[ConfigT], values: Any, source: str, prefix: str = "", root_cls: type | None = None) -> ConfigT:
     """Build dataclass `cls` from a nested dict, checking keys, types and each section's `validate()`."""
     root_cls = root_cls or cls
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for name, value in values.items():
         key = prefix + str(name)
         if name not in hints:
@@ -127,7 +130,7 @@ def build(cls, values: dict, source: str, prefix: str = "", root_cls=None):
     return config
 
 
-def _lookup(config, dotted: str):
+def _lookup(config: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         config = getattr(config, part)
     return config
@@ -143,17 +146,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     # YAML reads 1e-3 as a string; accept plain-float spellings.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") and value.lower() not in ("e",) else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and any(c in value for c in ".eE") and value.lower() != "e":
+        with contextlib.suppress(ValueError):
+            value = float(value)
     return key.strip().split("."), value
 
 
-def merge_override(tree: dict, path: list[str], value, root_cls) -> None:
+def merge_override(tree: dict[str, Any], path: list[str], value: Any, root_cls: type) -> None:
     """Set `tree[path] = value`, rejecting keys the schema does not have (with a suggestion)."""
-    cls, node = root_cls, tree
+    cls: Any = root_cls
+    node = tree
     for depth, part in enumerate(path):
         hints = typing.get_type_hints(cls)
         if part not in hints:
@@ -177,7 +179,7 @@ def merge_override(tree: dict, path: list[str], value, root_cls) -> None:
         node = child
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -195,7 +197,7 @@ def read_yaml(path: Path) -> dict:
     return _unshared(data)
 
 
-def _unshared(value):
+def _unshared(value: Any) -> Any:
     """A copy in which YAML anchors/aliases (`&model` ... `*model`) no longer share one object, so an override
     of `teacher.model.d_model` never changes the student that aliased the teacher's model."""
     if isinstance(value, dict):
@@ -220,16 +222,18 @@ def resolve_config_path(name_or_path: str) -> Path:
     return preset
 
 
-def load_config(root_cls, name_or_path: str | None = "default", overrides: list[str] = ()):
+def load_config(root_cls: type[ConfigT], name_or_path: str | None = "default",
+                overrides: Iterable[str] = ()) -> ConfigT:
     """Read a preset or file, apply overrides, and validate into `root_cls`."""
     path = resolve_config_path(name_or_path or "default")
     tree = read_yaml(path)
     build(root_cls, tree, str(path))  # errors in the file are reported against the file
+    overrides = list(overrides)
     for text in overrides:
         key_path, value = parse_override(text)
         merge_override(tree, key_path, value, root_cls)
     return build(root_cls, tree, "override" if overrides else str(path))
 
 
-def to_dict(config) -> dict:
+def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)

@@ -63,12 +63,6 @@ def resize_crops(images, boxes, out_size: tuple[int, int] | None = None):
     return jnp.einsum("boh,bhwc,bpw->bopc", rows, images, cols, precision=jax.lax.Precision.HIGHEST)
 
 
-def random_resized_crop(rng, images, *, scale=GLOBAL_SCALE, ratio=ASPECT_RATIO, out_size=None):
-    """A random box per image (`crop_boxes`), resampled to `out_size` (default: the input size)."""
-    batch, height, width, _ = images.shape
-    return resize_crops(images, crop_boxes(rng, batch, height, width, scale=scale, ratio=ratio), out_size)
-
-
 def random_flip(rng, images, prob: float = 0.5):
     """Mirror each image left-right with probability `prob`."""
     flip = jax.random.bernoulli(rng, prob, (images.shape[0],))
@@ -88,18 +82,6 @@ def color_jitter(rng, images, *, brightness: float = 0.4, contrast: float = 0.4)
     images = images * b
     mean = images.mean(axis=(1, 2, 3), keepdims=True)
     return jnp.clip(mean + c * (images - mean), 0.0, 1.0)
-
-
-def augment_view(rng, images, *, scale, flip_prob: float = 0.5, brightness: float = 0.4, contrast: float = 0.4,
-                 out_size=None):
-    """One augmented view: random resized crop (area fraction `scale`), flip, brightness/contrast jitter."""
-    k_crop, k_flip, k_jitter = jax.random.split(rng, 3)
-    view = random_resized_crop(k_crop, images, scale=scale, out_size=out_size)
-    if flip_prob > 0:
-        view = random_flip(k_flip, view, flip_prob)
-    if brightness > 0 or contrast > 0:
-        view = color_jitter(k_jitter, view, brightness=brightness, contrast=contrast)
-    return view
 
 
 def multi_crop(rng, images, *, n_global: int = 2, n_local: int = 6, global_scale=GLOBAL_SCALE,

@@ -33,8 +33,9 @@ _PACKED_STREAMS: dict[tuple[str, str], np.ndarray] = {}
 
 def packed_stream(source: Sequence[dict], *, text_key: str = "bytes") -> np.ndarray:
     """uint8 [num_tokens]: each document's bytes then SEPARATOR, in source order (memoized)."""
-    info = getattr(source, "dataset_info", None)
-    memo_key = (str(info.data_dir), str(source.split)) if info is not None else None
+    info = getattr(source, "dataset_info", None)  # tfds sources know their dataset and split; plain lists do not
+    split = getattr(source, "split", None)
+    memo_key = (str(info.data_dir), str(split)) if info is not None else None
     if memo_key in _PACKED_STREAMS:
         return _PACKED_STREAMS[memo_key]
     pieces = []
@@ -50,7 +51,7 @@ def packed_stream(source: Sequence[dict], *, text_key: str = "bytes") -> np.ndar
     return stream
 
 
-class LMWindows(Sequence):
+class LMWindows(Sequence[dict[str, np.ndarray]]):
     """Random-access windows of a packed stream: `windows[k]` -> {"inputs", "targets", "mask"}.
 
     Each value has shape [seq_len].
@@ -71,7 +72,7 @@ class LMWindows(Sequence):
     def __len__(self) -> int:
         return self.num_windows
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:  # type: ignore[override]  # windows: no slicing
         if not 0 <= index < self.num_windows:
             raise IndexError(f"window {index} out of range [0, {self.num_windows})")
         start = index * self.seq_len

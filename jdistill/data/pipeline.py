@@ -14,7 +14,7 @@ Batch formats:
 """
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jdistill.data.transforms import BatchTransform, seeded
+
+ExampleFn = Callable[[dict[str, Any]], dict[str, np.ndarray]]  # one source example -> {"inputs", "labels"}
 
 IN_MEMORY_MAX_EXAMPLES = 200_000
 
@@ -55,7 +57,8 @@ def classification_train_dataset(
     return batches
 
 
-def _classification_batches(source, to_example, seed, batch_size, process_index, process_count):
+def _classification_batches(source: Sequence[dict], to_example: ExampleFn, seed: int, batch_size: int,
+                            process_index: int, process_count: int) -> grain.MapDataset:
     if len(source) > IN_MEMORY_MAX_EXAMPLES:
         return (
             host_shard(grain.MapDataset.range(len(source)), process_index, process_count)
@@ -76,11 +79,11 @@ def _classification_batches(source, to_example, seed, batch_size, process_index,
     )
 
 
-def _indexed_example(source: Sequence[dict], to_example, index: int) -> dict[str, np.ndarray]:
+def _indexed_example(source: Sequence[dict], to_example: ExampleFn, index: int) -> dict[str, Any]:
     return dict(to_example(source[index]), index=np.int32(index))
 
 
-def _decoded_table(source: Sequence[dict], to_example) -> dict[str, np.ndarray]:
+def _decoded_table(source: Sequence[dict], to_example: ExampleFn) -> dict[str, np.ndarray]:
     examples = [to_example(source[index]) for index in range(len(source))]
     return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
 
@@ -151,7 +154,7 @@ def _classification_example_fn(
     image_key: str | None,
     label_key: str | None,
     image_max_value: float | None,
-):
+) -> ExampleFn:
     """The per-example map `{image_key, label_key, ...} -> {"inputs", "labels"}` for this source."""
     info = getattr(source, "dataset_info", None)
     default_image_key, default_label_key = _supervised_keys(info)
@@ -186,8 +189,5 @@ def _image_max_value(
     """The largest pixel value: metadata `image_max_value`, else by dtype (uint8: 255, float: 1)."""
     if info is not None and info.metadata and "image_max_value" in info.metadata:
         return float(info.metadata["image_max_value"])
-    if info is not None:
-        dtype = np.dtype(info.features[image_key].np_dtype)
-    else:
-        dtype = np.asarray(source[0][image_key]).dtype
+    dtype = np.dtype(info.features[image_key].np_dtype) if info is not None else np.asarray(source[0][image_key]).dtype
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0

@@ -82,15 +82,16 @@ def write_teacher_cache(out_dir, records: Iterable[tuple[np.ndarray, np.ndarray,
     layout = record_layout(seq_len, top_k, vocab_size, logprob_dtype)
     num_shards = max(1, -(-len(window_ids) // records_per_shard))
     files = [f"{split}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-    writer, written = None, 0
+    writer: ArrayRecordWriter | None = None
+    written = 0
     try:
         for fields in records:
-            if written % records_per_shard == 0:
+            if writer is None or written % records_per_shard == 0:
                 if writer is not None:
                     writer.close()
                 writer = ArrayRecordWriter(str(tmp / files[written // records_per_shard]), "group_size:1")
             arrays = [np.ascontiguousarray(np.asarray(value).astype(dtype).reshape(shape))
-                      for value, (_, dtype, shape) in zip(fields, layout)]
+                      for value, (_, dtype, shape) in zip(fields, layout, strict=True)]
             writer.write(b"".join(a.tobytes() for a in arrays))
             written += 1
     finally:
@@ -124,11 +125,11 @@ class TeacherCache:
 
     def __init__(self, cache_dir):
         self.dir = Path(cache_dir)
-        self.metadata = read_metadata(self.dir)
-        if self.metadata is None or self.metadata.get("format") != FORMAT:
+        meta = read_metadata(self.dir)
+        if meta is None or meta.get("format") != FORMAT:
             raise DataError(f"{self.dir}: not a complete teacher cache (no {METADATA}); write one with "
                             "`jdistill cache-teacher`")
-        meta = self.metadata
+        self.metadata: dict = meta
         self.layout = record_layout(meta["seq_len"], meta["top_k"], meta["vocab_size"], meta["logprob_dtype"])
         self.window_ids = np.load(self.dir / WINDOW_IDS)
         self.source = grain.sources.ArrayRecordDataSource([str(self.dir / name) for name in meta["files"]])

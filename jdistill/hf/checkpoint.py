@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -15,12 +16,13 @@ from safetensors.numpy import save_file
 from jdistill.hf.config import HFImportError, hf_config_from_model, model_config_from_hf
 from jdistill.hf.weights import dump_tensors, load_tensors, tensor_mappings
 from jdistill.models import Transformer
+from jdistill.models.config import DType
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -37,7 +39,7 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
     if not (directory / SINGLE_FILE).is_file():
         raise HFImportError(f"{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
     with safe_open(directory / SINGLE_FILE, framework="np") as f:
-        return {name: directory / SINGLE_FILE for name in f.keys()}
+        return {name: directory / SINGLE_FILE for name in f.keys()}  # noqa: SIM118 - safe_open is not a dict
 
 
 def read_tensors(directory: Path, names: list[str]) -> dict[str, np.ndarray]:
@@ -56,7 +58,7 @@ def read_tensors(directory: Path, names: list[str]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype: str = "float32") -> Transformer:
+def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Transformer:
     """A jdistill decoder LM with the weights of a local `LlamaForCausalLM` / `Qwen3ForCausalLM` checkpoint.
 
     `dtype` is the compute dtype; parameters are kept in float32. `model(input_ids).logits` matches

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jdistill.errors import UserError
-from jdistill.models.config import ModelConfig
+from jdistill.models.config import DType, ModelConfig
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3NextForCausalLM")
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen3NextForCausalLM": "qwen3_next"}
@@ -14,19 +16,19 @@ class HFImportError(UserError):
     """A checkpoint jdistill cannot import (unsupported architecture or option, missing tensor)."""
 
 
-def _rope_theta(hf: dict) -> float:
+def _rope_theta(hf: dict[str, Any]) -> float:
     if "rope_theta" in hf:
         return float(hf["rope_theta"])
     parameters = hf.get("rope_parameters") or {}
     return float(parameters.get("rope_theta", 10000.0))
 
 
-def _rope_fraction(hf: dict) -> float:
+def _rope_fraction(hf: dict[str, Any]) -> float:
     parameters = hf.get("rope_parameters") or {}
     return float(hf.get("partial_rotary_factor", parameters.get("partial_rotary_factor", 1.0)))
 
 
-def _qwen3_next_fields(hf: dict, source: str) -> dict:
+def _qwen3_next_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
     """Hybrid layout, gated attention and Gated DeltaNet sizes of a Qwen3-Next config (dense MLPs only)."""
     layers = hf["num_hidden_layers"]
     dense = set(hf.get("mlp_only_layers") or []) >= set(range(layers)) or not hf.get("num_experts")
@@ -43,7 +45,7 @@ def _qwen3_next_fields(hf: dict, source: str) -> dict:
                 linear_conv_kernel=hf["linear_conv_kernel_dim"])
 
 
-def _check_supported(hf: dict, source: str) -> str:
+def _check_supported(hf: dict[str, Any], source: str) -> str:
     architectures = hf.get("architectures") or []
     architecture = next((a for a in architectures if a in SUPPORTED), None)
     if architecture is None:
@@ -63,11 +65,11 @@ def _check_supported(hf: dict, source: str) -> str:
     return architecture
 
 
-def model_config_from_hf(hf: dict, *, dtype: str = "float32", source: str = "config.json") -> ModelConfig:
+def model_config_from_hf(hf: dict[str, Any], *, dtype: DType = "float32", source: str = "config.json") -> ModelConfig:
     """The jdistill `ModelConfig` equivalent to a Llama / Qwen3 `config.json`."""
     architecture = _check_supported(hf, source)
     heads = hf["num_attention_heads"]
-    fields = dict(gate="none")
+    fields: dict[str, Any] = {"gate": "none"}
     if architecture == "Qwen3NextForCausalLM":
         fields.update(_qwen3_next_fields(hf, source))
     return ModelConfig(
@@ -93,14 +95,15 @@ def model_config_from_hf(hf: dict, *, dtype: str = "float32", source: str = "con
     )
 
 
-def hf_config_from_model(config: ModelConfig) -> dict:
+def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
     """A `config.json` that transformers loads as the equivalent Llama, Qwen3 or (hybrid / gated / zero-centred
     norms) Qwen3-Next model."""
     next_style = config.norm_zero_centered or "D" in config.layer_pattern or config.gate != "none"
-    if config.kind != "lm" or config.mlp != "glu" or config.glu_order != 2 or config.activation != "silu" \
-            or config.mlp_bias or (config.gate not in ("none", "elementwise")) or config.gate_position != "sdpa_output" \
-            or (next_style and not (config.norm_zero_centered and config.qk_norm and config.gate == "elementwise")) \
-            or (not next_style and config.rotary_fraction != 1.0):
+    qwen3_next_complete = config.norm_zero_centered and config.qk_norm and config.gate == "elementwise"
+    exportable = (config.kind == "lm" and config.mlp == "glu" and config.glu_order == 2 and config.activation == "silu"
+                  and not config.mlp_bias and config.gate_position == "sdpa_output"
+                  and (qwen3_next_complete if next_style else config.rotary_fraction == 1.0))
+    if not exportable:
         raise HFImportError("save_pretrained: only Llama / Qwen3 / Qwen3-Next-style models (lm, glu + silu, no MLP "
                             "bias; Qwen3-Next: elementwise output gate, qk-norm and zero-centred norms) can be "
                             "written as Hugging Face checkpoints")

@@ -7,11 +7,14 @@ values share one fused jdistill kernel (`key_value`: keys in the first `kv_heads
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 from flax import nnx
 
 from jdistill.models.config import ModelConfig
+
+ParamPath = tuple[str | int, ...]  # attribute names and list indices from the model root down to one nnx.Param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +22,7 @@ class TensorMapping:
     """One HF tensor <-> (a slice of the columns of) one jdistill parameter."""
 
     hf_name: str
-    param_path: tuple  # attribute names / list indices from the model root to the nnx.Param
+    param_path: ParamPath
     transpose: bool = False
     columns: tuple[int, int] | None = None  # [start, stop) columns of the jdistill parameter
     row_order: tuple[int, ...] | None = None  # HF rows in jdistill column order (applied before transposing)
@@ -34,7 +37,7 @@ def _query_gate_rows(heads: int, head_dim: int) -> tuple[int, ...]:
     return tuple(query + gate)
 
 
-def _attention_mappings(config: ModelConfig, prefix: str, block: tuple) -> list[TensorMapping]:
+def _attention_mappings(config: ModelConfig, prefix: str, block: ParamPath) -> list[TensorMapping]:
     kv_width = config.resolved_kv_heads * config.resolved_head_dim
     attention = block + ("attention",)
     rows = _query_gate_rows(config.num_heads, config.resolved_head_dim) if config.gate == "elementwise" else None
@@ -52,7 +55,7 @@ def _attention_mappings(config: ModelConfig, prefix: str, block: tuple) -> list[
     return mappings
 
 
-def _deltanet_mappings(prefix: str, block: tuple) -> list[TensorMapping]:
+def _deltanet_mappings(prefix: str, block: ParamPath) -> list[TensorMapping]:
     layer, hf = block + ("linear_attention",), prefix + "linear_attn."
     return [
         TensorMapping(hf + "in_proj_qkvz.weight", layer + ("in_proj_qkvz", "kernel"), True),
@@ -87,8 +90,8 @@ def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
     return mappings
 
 
-def _param(model: nnx.Module, path: tuple) -> nnx.Param:
-    node = model
+def _param(model: nnx.Module, path: ParamPath) -> nnx.Param:
+    node: Any = model
     for step in path:
         node = node[step] if isinstance(step, int) else getattr(node, step)
     return node

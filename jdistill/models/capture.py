@@ -11,6 +11,7 @@ context only, a subclass whose `__call__` records its result; their parameters a
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import jax
 from flax import nnx
@@ -20,7 +21,7 @@ _RECORDERS: dict[type, type] = {}
 
 def resolve(model: nnx.Module, path: str) -> nnx.Module:
     """`"blocks.0.mlp"` -> model.blocks[0].mlp; a clear error names the part that does not exist."""
-    node = model
+    node: Any = model
     for part in path.split("."):
         try:
             node = node[int(part)] if part.isdigit() else getattr(node, part)
@@ -53,7 +54,7 @@ class Captured(dict):
 
 jax.tree_util.register_pytree_node(  # a pytree like a dict, so captured features can leave a jitted function
     Captured, lambda captured: (tuple(captured.values()), tuple(captured)),
-    lambda paths, values: Captured(zip(paths, values)))
+    lambda paths, values: Captured(zip(paths, values, strict=True)))
 
 
 @contextlib.contextmanager

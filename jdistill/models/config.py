@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+DType = Literal["float32", "bfloat16"]  # a model's parameter and compute dtype
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -64,7 +65,7 @@ class ModelConfig:
     image_size: int = 8
     num_channels: int = 1
     num_classes: int = 10
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean"] = "mean"  # the only pooling the classifier implements (it has no class token)
     classifier_input: Literal["patches", "tokens"] = "patches"
     vocab_size: int = 256
     max_seq_len: int = 256
@@ -81,7 +82,7 @@ class ModelConfig:
     residual_gates: bool = False
     exit_layers: tuple[int, ...] = ()
     attention_impl: str = "auto"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: DType = "float32"
     remat: Literal["none", "full", "dots"] = "none"
 
     @property

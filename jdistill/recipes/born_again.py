@@ -22,12 +22,16 @@ from jdistill.errors import ConfigError
 from jdistill.recipes.kd import KnowledgeDistillation
 
 
+def same_shapes(a, b) -> bool:
+    """Whether two parameter trees have the same structure and leaf shapes."""
+    if jax.tree.structure(a) != jax.tree.structure(b):  # type: ignore[operator]  # jaxlib has no PyTreeDef stub
+        return False
+    return all(x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
 def require_same_architecture(recipe_name: str, student_params, teacher_params) -> None:
     """A one-line config error unless the teacher's parameters have the student's tree and shapes."""
-    if teacher_params is None:
-        return
-    student_shapes, teacher_shapes = ([x.shape for x in jax.tree.leaves(p)] for p in (student_params, teacher_params))
-    if jax.tree.structure(student_params) != jax.tree.structure(teacher_params) or student_shapes != teacher_shapes:
+    if teacher_params is not None and not same_shapes(student_params, teacher_params):
         raise ConfigError(f"recipe {recipe_name!r} distils a model into its own architecture: set teacher.model "
                           f"equal to student.model")
 

@@ -73,7 +73,6 @@ class DefensiveDistillation(RecipeBase):
         def model_fn(inputs):
             return nnx.merge(graphdef, params)(inputs).logits
 
-        clip = dict(clip_min=self.clip_min, clip_max=self.clip_max)
         predict = jax.jit(lambda x: jnp.argmax(model_fn(x), -1))
         correct = total = 0.0
         for batch in eval_batches:
@@ -81,7 +80,9 @@ class DefensiveDistillation(RecipeBase):
             correct += float(((predict(batch["inputs"]) == batch["labels"]) * valid).sum())
             total += float(valid.sum())
         fgsm = attacks.robust_accuracy(model_fn, eval_batches, rng, epsilon=self.epsilon, step_size=self.epsilon,
-                                       steps=1, random_start=False, **clip)
+                                       steps=1, random_start=False, clip_min=self.clip_min,
+                                       clip_max=self.clip_max)
         pgd = attacks.robust_accuracy(model_fn, eval_batches, jax.random.fold_in(rng, 1), epsilon=self.epsilon,
-                                      step_size=self.pgd_step_size, steps=self.pgd_steps, **clip)
+                                      step_size=self.pgd_step_size, steps=self.pgd_steps,
+                                      clip_min=self.clip_min, clip_max=self.clip_max)
         return {"clean_accuracy": correct / max(total, 1.0), "fgsm_accuracy": fgsm, "pgd_accuracy": pgd}

@@ -58,6 +58,7 @@ class ProgressiveSelfKD(RecipeBase):
 
     def alpha(self, epoch):
         """alpha_t for the (float) epoch of the step, capped at alpha_T."""
+        assert self.num_epochs is not None, "init checked that bind set num_epochs"
         return jnp.minimum(losses.pskd_alpha(jnp.floor(epoch), self.num_epochs, self.alpha_T), self.alpha_T)
 
     def targets(self, buffer, batch):

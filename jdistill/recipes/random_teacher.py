@@ -24,19 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
 from jdistill.errors import ConfigError
 from jdistill.eval.probes import KNN_K, probe_metrics
 from jdistill.losses import random_teacher_interpolation, random_teacher_loss
 from jdistill.recipes.base import RecipeBase
-
-
-def same_shapes(a, b) -> bool:
-    """Whether two parameter trees have the same structure and leaf shapes."""
-    if jax.tree.structure(a) != jax.tree.structure(b):
-        return False
-    return all(x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+from jdistill.recipes.born_again import same_shapes
 
 
 @dataclasses.dataclass(frozen=True)

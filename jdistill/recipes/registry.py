@@ -24,7 +24,7 @@ SHARED_FIELDS = ("objective", "temperature", "distill_weight", "label_weight", "
 @functools.cache
 def recipe_classes() -> dict[str, type]:
     """{name: class} over every module in `jdistill.recipes`."""
-    found = {}
+    found: dict[str, type] = {}
     for module_info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{module_info.name}")
         for value in vars(module).values():

@@ -202,7 +202,7 @@ def compile_extrapolated(path: str, overrides=(), topology_name: str | None = No
         if "error" in report:
             raise CompileError(f"{path}: the train step did not compile for {topology.describe()}: "
                                f"{report['error']}")
-    summary = summarize(extrapolate(*reports, max(depths), *depths), config, topology)
+    summary = summarize(extrapolate(reports[0], reports[1], max(depths), *depths), config, topology)
     return dict(summary, extrapolated_from=(1, 2))
 
 

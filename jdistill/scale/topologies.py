@@ -102,7 +102,10 @@ class Topology:
             return (1, 1, 1)
         if self.chips_per_host == 8:
             return (2, 4, 1)
-        return (2, 2, 1) if self.chips_per_slice >= 4 else (*self.grid, 1)[:3]
+        if self.chips_per_slice >= 4:
+            return (2, 2, 1)
+        x, y, z = (*self.grid, 1)[:3]
+        return (x, y, z)
 
     @property
     def accelerator_type(self) -> str:

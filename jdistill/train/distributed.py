@@ -11,16 +11,19 @@ go through gloo, so several processes on one machine form one job (how the tests
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 
+from jdistill.configs.schema import ClusterConfig
 from jdistill.errors import UserError
 
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JDISTILL_COORDINATOR", "JDISTILL_NUM_PROCESSES", \
     "JDISTILL_PROCESS_ID"
 
 
-def multi_process_environment(environ=os.environ) -> bool:
+def multi_process_environment(environ: Mapping[str, str] = os.environ) -> bool:
     """Does the environment describe a job of several processes?"""
     if environ.get(ENV_COORDINATOR):
         return True
@@ -30,17 +33,20 @@ def multi_process_environment(environ=os.environ) -> bool:
     return int(environ.get("SLURM_NTASKS", "1") or 1) > 1
 
 
-def initialize_arguments(cluster, environ=os.environ) -> dict:
+def initialize_arguments(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Keyword arguments for `jax.distributed.initialize` from the config, then the JDISTILL_* variables."""
+    def configured_or_env(value: int | None, variable: str) -> int | None:
+        return value if value is not None else _int(environ, variable)
+
     arguments = {
         "coordinator_address": cluster.coordinator_address or environ.get(ENV_COORDINATOR),
-        "num_processes": cluster.num_processes if cluster.num_processes is not None else _int(environ, ENV_NUM_PROCESSES),
-        "process_id": cluster.process_id if cluster.process_id is not None else _int(environ, ENV_PROCESS_ID),
+        "num_processes": configured_or_env(cluster.num_processes, ENV_NUM_PROCESSES),
+        "process_id": configured_or_env(cluster.process_id, ENV_PROCESS_ID),
     }
     return {key: value for key, value in arguments.items() if value is not None}
 
 
-def _int(environ, name):
+def _int(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name)
     if value is None:
         return None
@@ -53,7 +59,7 @@ def _int(environ, name):
 _initialized = False
 
 
-def maybe_initialize(cluster, environ=os.environ) -> bool:
+def maybe_initialize(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ) -> bool:
     """Initialise the multi-host runtime if the config or the environment asks for it; True if it did."""
     global _initialized
     wanted = cluster.distributed == "on" or (cluster.distributed == "auto" and (
@@ -77,7 +83,3 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-def is_main_process() -> bool:
-    return jax.process_index() == 0

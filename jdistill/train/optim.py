@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
+from jdistill.configs.schema import TrainConfig
 
-def learning_rate_schedule(train_config) -> optax.Schedule:
+
+def learning_rate_schedule(train_config: TrainConfig) -> optax.Schedule:
     """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, cosine decay to
     `final_lr_fraction * learning_rate` at `steps`."""
     return optax.warmup_cosine_decay_schedule(
@@ -18,12 +22,12 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
     )
 
 
-def _decay_mask(params):
+def _decay_mask(params: Any) -> Any:
     """Weight decay on matrices only (ndim >= 2): not on biases, norm scales or scalars."""
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
+def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
     adamw = optax.adamw(learning_rate_schedule(train_config), b1=train_config.b1, b2=train_config.b2,
                         weight_decay=train_config.weight_decay, mask=_decay_mask)
     if train_config.grad_clip_norm is None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx, struct
 
 
@@ -19,7 +20,8 @@ class TrainState:
     recipe_state: Any = ()
 
 
-def create_train_state(model: nnx.Module, optimizer, recipe_state=()) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformation, recipe_state: Any = ()
+                       ) -> tuple[nnx.GraphDef, TrainState]:
     """Split the model once; the graph definition is static, the state is what the jitted step carries."""
     graphdef, params = nnx.split(model)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),

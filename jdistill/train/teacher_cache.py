@@ -81,7 +81,7 @@ def write_cache(graphdef, params, windows: LMWindows, window_ids, out_dir, setti
             tokens = np.stack([windows.stream[w * seq_len: w * seq_len + seq_len + 1] for w in chunk])
             padded = np.pad(tokens[:, :-1].astype(np.int32), ((0, BATCH_WINDOWS - len(chunk)), (0, 0)))
             ids, values = jax.device_get(top_k(params, padded))
-            yield from zip(tokens, ids[:len(chunk)], values[:len(chunk)])
+            yield from zip(tokens, ids[:len(chunk)], values[:len(chunk)], strict=True)
 
     return cache_format.write_teacher_cache(
         out_dir, records(), window_ids, seq_len=seq_len, top_k=settings.top_k, vocab_size=config.vocab_size,

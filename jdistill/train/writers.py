@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
 
-def _plain(value):
+def _plain(value: Any) -> float | list:
     return float(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
 
 

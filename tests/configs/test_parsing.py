@@ -70,7 +70,7 @@ def test_bad_overrides_give_one_line_errors_naming_the_key(override, message):
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ConfigError, match="unknown preset.*presets: .*default"):
+    with pytest.raises(ConfigError, match=r"unknown preset.*presets: .*default"):
         load_config("defualt")
 
 
@@ -81,7 +81,7 @@ def test_yaml_file_errors_name_the_file(tmp_path):
                                           r"teacher.train.steps\?\)"):
         load_config(str(path))
     path.write_text("seed: [unclosed\n")
-    with pytest.raises(ConfigError, match="mine.yaml: not valid YAML at line"):
+    with pytest.raises(ConfigError, match=r"mine\.yaml: not valid YAML at line"):
         load_config(str(path))
     with pytest.raises(ConfigError, match="no such file"):
         load_config(str(tmp_path / "missing.yaml"))

@@ -43,6 +43,6 @@ def test_building_twice_gives_identical_examples(data_dir, rebuilt_data_dir):
         first = all_examples(load_source("digits", split, data_dir))
         second = all_examples(load_source("digits", split, rebuilt_data_dir))
         assert [example["id"] for example in first] == [example["id"] for example in second]
-        for a, b in zip(first, second):
+        for a, b in zip(first, second, strict=True):
             np.testing.assert_array_equal(a["image"], b["image"])
             assert a["label"] == b["label"]

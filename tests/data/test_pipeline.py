@@ -23,7 +23,7 @@ def test_train_batch_format(digits_train):
     assert set(batch) == {"inputs", "labels", "index"}
     assert batch["inputs"].dtype == np.float32 and batch["inputs"].shape == (32, 8, 8, 1)
     assert batch["labels"].dtype == np.int32 and batch["labels"].shape == (32,)
-    assert 0.0 <= batch["inputs"].min() and batch["inputs"].max() == 1.0  # digits: divided by 16
+    assert batch["inputs"].min() >= 0.0 and batch["inputs"].max() == 1.0  # digits: divided by 16
 
 
 @pytest.mark.parametrize("num_examples", [100, 101])

@@ -63,4 +63,4 @@ def test_building_twice_gives_identical_examples(data_dir, rebuilt_data_dir):
         first = all_examples(load_source("pystdlib_text", split, data_dir))
         second = all_examples(load_source("pystdlib_text", split, rebuilt_data_dir))
         assert [example["path"] for example in first] == [example["path"] for example in second]
-        assert all(a["bytes"].tobytes() == b["bytes"].tobytes() for a, b in zip(first, second))
+        assert all(a["bytes"].tobytes() == b["bytes"].tobytes() for a, b in zip(first, second, strict=True))

@@ -7,9 +7,13 @@ import sys
 
 
 def main(path: str) -> int:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    pick = lambda **want: [r for r in rows if r["impl"] == "pallas_gpu" and r["seq"] == 8192 and r["head_dim"] == 128
-                           and all(r[key] == value for key, value in want.items())]
+    with open(path) as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+
+    def pick(**want):
+        return [r for r in rows if r["impl"] == "pallas_gpu" and r["seq"] == 8192 and r["head_dim"] == 128
+                and all(r[key] == value for key, value in want.items())]
+
     goals = [("forward vs cudnn+gate >= 1.2x", pick(mode="fwd"), "vs_cudnn", 1.2),
              ("causal forward >= 450 TFLOP/s", pick(mode="fwd", causal=True), "tflops", 450.0),
              ("forward+backward vs cudnn+gate >= 1.1x", pick(mode="fwd+bwd"), "vs_cudnn", 1.1)]

@@ -11,6 +11,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jdistill.hf import HFImportError, from_pretrained, save_pretrained
+from jdistill.hf.config import hf_config_from_model
+from jdistill.models.config import ModelConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ARCHITECTURES = ["llama", "qwen3", "qwen3_next"]
@@ -35,7 +37,8 @@ def test_save_then_load_is_the_identity(name, tmp_path):
     save_pretrained(model, tmp_path / "out")
     again = from_pretrained(tmp_path / "out")
     assert again.config == model.config
-    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))):
+    params, params_again = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (model, again))
+    for a, b in zip(params, params_again, strict=True):
         np.testing.assert_array_equal(a, b)
     original = load_file(str(FIXTURES / name / "model.safetensors"))
     written = load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -76,7 +79,7 @@ def test_missing_tensor_is_named(tmp_path):
     tensors = load_file(str(target / "model.safetensors"))
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(target / "model.safetensors"))
-    with pytest.raises(HFImportError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+    with pytest.raises(HFImportError, match=r"missing tensor model\.layers\.1\.mlp\.up_proj\.weight"):
         from_pretrained(target)
 
 
@@ -112,3 +115,34 @@ def test_wrong_shape_and_missing_files(tmp_path):
         from_pretrained(target)
     with pytest.raises(HFImportError, match="no such file"):
         from_pretrained(tmp_path / "nowhere")
+
+
+LLAMA_STYLE = dict(kind="lm", mlp="glu", activation="silu", mlp_bias=False, gate="none")
+QWEN3_NEXT_STYLE = dict(LLAMA_STYLE, gate="elementwise", qk_norm=True, norm_zero_centered=True, rotary_fraction=0.25)
+
+
+@pytest.mark.parametrize("fields, architecture", [
+    (LLAMA_STYLE, "LlamaForCausalLM"),
+    (dict(LLAMA_STYLE, qk_norm=True), "Qwen3ForCausalLM"),
+    (QWEN3_NEXT_STYLE, "Qwen3NextForCausalLM"),
+])
+def test_exportable_configs_name_their_architecture(fields, architecture):
+    assert hf_config_from_model(ModelConfig(**fields))["architectures"] == [architecture]
+
+
+@pytest.mark.parametrize("fields", [
+    dict(LLAMA_STYLE, kind="classifier"),
+    dict(LLAMA_STYLE, mlp="dense"),
+    dict(LLAMA_STYLE, glu_order=1),
+    dict(LLAMA_STYLE, activation="gelu"),
+    dict(LLAMA_STYLE, mlp_bias=True),
+    dict(LLAMA_STYLE, gate="headwise"),
+    dict(LLAMA_STYLE, rotary_fraction=0.5),  # partial rotary only in the Qwen3-Next layout
+    dict(QWEN3_NEXT_STYLE, gate_position="value"),
+    dict(QWEN3_NEXT_STYLE, qk_norm=False),
+    dict(QWEN3_NEXT_STYLE, norm_zero_centered=False, layer_pattern="DA"),
+    dict(QWEN3_NEXT_STYLE, gate="none", layer_pattern="DA"),
+])
+def test_configs_transformers_cannot_load_are_refused(fields):
+    with pytest.raises(HFImportError, match="save_pretrained: only"):
+        hf_config_from_model(ModelConfig(**fields))

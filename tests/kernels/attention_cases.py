@@ -9,7 +9,10 @@ from jdistill.kernels import gated_attention_reference
 
 def make_inputs(seed, batch, q_len, kv_len, heads, kv_heads, head_dim, gate_kind, segments, dtype):
     rng = np.random.default_rng(seed)
-    normal = lambda *shape: jnp.asarray(rng.normal(size=shape), dtype)
+
+    def normal(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype)
+
     q = normal(batch, q_len, heads, head_dim)
     k, v = normal(batch, kv_len, kv_heads, head_dim), normal(batch, kv_len, kv_heads, head_dim)
     gate = {"none": None, "headwise": lambda: normal(batch, q_len, heads),
@@ -39,7 +42,9 @@ def values_and_grads(attention, args, cotangent, **kwargs):
 
 
 def reference_in_float32(args, cotangent, **kwargs):
-    up = lambda x: None if x is None else x.astype(jnp.float32)
+    def up(x):
+        return None if x is None else x.astype(jnp.float32)
+
     return values_and_grads(gated_attention_reference, tuple(map(up, args)), up(cotangent), **kwargs)
 
 

@@ -10,7 +10,7 @@ from jdistill.kernels import attention_mask, gated_attention_reference
 
 def plain_attention(q, k, v, gate, *, causal, segment_ids, window, scale=None):
     """softmax(q k^T * scale + mask) v times sigmoid(gate), written directly (autodiff gives its gradient)."""
-    batch, q_len, heads, head_dim = q.shape
+    _, q_len, heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     scale = head_dim**-0.5 if scale is None else scale
     k = jnp.repeat(k, heads // kv_heads, axis=2)
@@ -58,7 +58,7 @@ def test_gradients_match_autodiff_of_the_formula(q_len, kv_len, heads, kv_heads,
     expected = jax.grad(wrap(plain_attention), argnums=argnums)(*args)
     np.testing.assert_allclose(gated_attention_reference(q, k, v, gate, **options),
                                plain_attention(q, k, v, gate, **options), rtol=1e-5, atol=1e-6)
-    for got, want in zip(ours, expected):
+    for got, want in zip(ours, expected, strict=True):
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -72,5 +72,5 @@ def test_gradient_of_a_custom_scale_and_under_jit():
 
     ours = jax.jit(jax.grad(lambda *a: loss(gated_attention_reference, *a), argnums=(0, 1, 2)))(q, k, v)
     expected = jax.grad(lambda *a: loss(plain_attention, *a), argnums=(0, 1, 2))(q, k, v)
-    for got, want in zip(ours, expected):
+    for got, want in zip(ours, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -15,7 +15,10 @@ from jdistill.kernels.delta_rule import delta_rule_chunked, delta_rule_recurrent
 
 def make_inputs(seed, batch, seq, heads, key_dim, value_dim, with_state):
     rng = np.random.default_rng(seed)
-    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+
+    def normal(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+
     k = normal(batch, seq, heads, key_dim)
     k /= np.linalg.norm(k, axis=-1, keepdims=True)
     g = -np.abs(normal(batch, seq, heads)) * 0.5
@@ -67,7 +70,7 @@ def test_chunked_form_values_and_grads_match_recurrence(seq, heads, dims, seed):
     cotangent = jnp.asarray(np.random.default_rng(seed).normal(size=v.shape), jnp.float32)
     (grads_r, (out_r, final_r)), (grads_c, (out_c, final_c)) = _both_forms(q, k, v, g, beta, state, cotangent)
     for name, got, want in [("out", out_c, out_r), ("final", final_c, final_r)] + list(
-            zip(["dq", "dk", "dv", "dg", "dbeta", "dstate"], grads_c, grads_r)):
+            zip(["dq", "dk", "dv", "dg", "dbeta", "dstate"], grads_c, grads_r, strict=True)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-4, err_msg=name)
 
 
@@ -93,7 +96,7 @@ def test_pallas_forward_matches_chunked_form_in_interpret_mode(backend, seq, wit
                                for x in make_inputs(4, 2, seq, 2, 8, 4, with_state=with_state))
     want = delta_rule_chunked(q, k, v, g, beta, state, chunk=8)
     got = delta_rule_pallas(q, k, v, g, beta, state, backend=backend, interpret=True, chunk=8)
-    for name, a, b in zip(["out", "final"], got, want):
+    for name, a, b in zip(["out", "final"], got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
@@ -108,14 +111,16 @@ def test_pallas_gradients_are_the_chunked_forms():
 
     got = jax.grad(loss("interpret"), argnums=tuple(range(6)))(*args)
     want = jax.grad(loss("chunked"), argnums=tuple(range(6)))(*args)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
 
 def test_pallas_gpu_forward_lowers_to_triton_for_cuda():
     from jdistill.kernels.delta_rule_pallas import delta_rule_pallas
 
-    spec = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)
+    def spec(*shape, dtype=jnp.bfloat16):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
     args = (spec(1, 200, 2, 128), spec(1, 200, 2, 128), spec(1, 200, 2, 128), spec(1, 200, 2, dtype=jnp.float32),
             spec(1, 200, 2, dtype=jnp.float32))
     program = jax.jit(lambda *xs: delta_rule_pallas(*xs, backend="gpu")[0])

@@ -30,7 +30,7 @@ def check(attention, args, segment_ids, cotangent, causal, atol, rtol):
     out, grads = values_and_grads(attention, args, cotangent, **kwargs)
     want_out, want_grads = reference_in_float32(args, cotangent, **kwargs)
     assert_close(out, want_out, atol, rtol, "output")
-    for name, got, want in zip(["dq", "dk", "dv", "dgate"], grads, want_grads):
+    for name, got, want in zip(["dq", "dk", "dv", "dgate"][:len(want_grads)], grads, want_grads, strict=True):
         assert_close(got, want, 5 * atol, 5 * rtol, name)
 
 
@@ -76,10 +76,15 @@ def test_kernels_lower_to_triton_for_cuda_on_this_cpu(head_dim, gate_kind):
     import jax
 
     seq, dtype = 1100, jnp.bfloat16
-    spec = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
+
+    def spec(*shape):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    def forward(q, k, v, g):
+        return gated_flash_attention(q, k, v, g, causal=True, segment_ids=segments)
+
     gate = spec(1, seq, 4) if gate_kind == "headwise" else spec(1, seq, 4, head_dim)
     segments = jnp.zeros((1, seq), jnp.int32)
-    forward = lambda q, k, v, g: gated_flash_attention(q, k, v, g, causal=True, segment_ids=segments)
     backward = jax.grad(lambda *args: jnp.sum(forward(*args).astype(jnp.float32)), argnums=(0, 1, 2, 3))
     args = (spec(1, seq, 4, head_dim), spec(1, seq, 2, head_dim), spec(1, seq, 2, head_dim), gate)
     for program, kernels in [(forward, 1), (backward, 3)]:

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu
-from tests.kernels.test_pallas_gpu import GATES, HEADS, check
 from tests.kernels.attention_cases import make_inputs
+from tests.kernels.test_pallas_gpu import GATES, HEADS, check
 
 
 def small_blocks(q, k, v, gate, **kwargs):

@@ -12,14 +12,14 @@ import sys
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jdistill.kernels.delta_rule_pallas import delta_rule_pallas  # noqa: E402
-from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu  # noqa: E402
+from jdistill.kernels.delta_rule_pallas import delta_rule_pallas
+from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu
 
 
 def _variants(spec, heads, kv_heads):
@@ -32,7 +32,10 @@ def _variants(spec, heads, kv_heads):
                 "headwise": spec(1, q_len, heads, dtype=dtype), "none": None}[gate_kind]
         args = (spec(1, q_len, heads, head_dim, dtype=dtype), spec(1, kv_len, kv_heads, head_dim, dtype=dtype),
                 spec(1, kv_len, kv_heads, head_dim, dtype=dtype), gate)
-        forward = lambda q, k, v, gate, causal=causal: gated_flash_attention_tpu(q, k, v, gate, causal=causal)
+
+        def forward(q, k, v, gate, causal=causal):
+            return gated_flash_attention_tpu(q, k, v, gate, causal=causal)
+
         backward = jax.grad(lambda *a, f=forward: jnp.sum(f(*a).astype(jnp.float32)), argnums=(0, 1, 2))
         name = f"variant_{q_len}x{kv_len}_d{head_dim}_{gate_kind}_{'causal' if causal else 'full'}"
         variants[name + "_forward"] = (forward, args)
@@ -45,7 +48,10 @@ def main(seq=2048, head_dim=128, heads=8, kv_heads=2):
                                             chips_per_host_bounds=(2, 2, 1), num_slices=1)
     mesh = Mesh(np.array(topology.devices[:1]), ("x",))
     replicated = NamedSharding(mesh, PartitionSpec())
-    spec = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+
+    def spec(*shape, dtype=jnp.bfloat16):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+
     q, kv = spec(1, seq, heads, head_dim), spec(1, seq, kv_heads, head_dim)
     gate, segments = spec(1, seq, heads), spec(1, seq, dtype=jnp.int32)
 

@@ -1,6 +1,5 @@
 """Tests for jdistill.losses.features: hint losses, attention transfer, multi-exit self-distillation."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

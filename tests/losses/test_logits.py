@@ -302,7 +302,7 @@ def test_bf16_logits_are_upcast_to_float32(name):
 
 
 def micro_batches(*arrays, count=4):
-    return zip(*(np.split(x, count) for x in arrays))
+    return zip(*(np.split(x, count) for x in arrays), strict=True)
 
 
 @pytest.mark.parametrize("name", CORE)
@@ -379,7 +379,7 @@ logit_values = st.one_of(
 def core_values(s, t, mask, temperature):
     return {
         (name, reduction): fn(s, t, temperature=temperature, mask=mask, reduction=reduction)
-        for name, fn in zip(CORE, CORE_FNS)
+        for name, fn in zip(CORE, CORE_FNS, strict=True)
         for reduction in ("mean", "none")
     }
 
@@ -387,8 +387,8 @@ def core_values(s, t, mask, temperature):
 @jax.jit
 def core_gradients(s, t, mask, temperature):
     return {
-        name: jax.grad(lambda s_, t_: fn(s_, t_, temperature=temperature, mask=mask), argnums=(0, 1))(s, t)
-        for name, fn in zip(CORE, CORE_FNS)
+        name: jax.grad(lambda s_, t_, fn=fn: fn(s_, t_, temperature=temperature, mask=mask), argnums=(0, 1))(s, t)
+        for name, fn in zip(CORE, CORE_FNS, strict=True)
     }
 
 

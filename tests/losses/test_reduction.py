@@ -74,7 +74,7 @@ def test_non_finite_masked_values_do_not_leak(values_and_mask):
 
 def test_sum_count_over_micro_batches_equals_full_mean(values_and_mask):
     values, mask = values_and_mask
-    pieces = [reduce_tokens(v, m, "sum_count") for v, m in zip(np.split(values, 3), np.split(mask, 3))]
+    pieces = [reduce_tokens(v, m, "sum_count") for v, m in zip(np.split(values, 3), np.split(mask, 3), strict=True)]
     total = sum(p[0] for p in pieces) / sum(p[1] for p in pieces)
     np.testing.assert_allclose(total, reduce_tokens(values, mask, "mean"), rtol=1e-6)
 

@@ -211,7 +211,10 @@ def test_sla_distillation_term_gives_joint_head_no_gradient():
     single, _, labels = random_case(seed=11)
     grad_full = jax.jit(jax.grad(sla_self_distillation_loss))(joint, single, labels, temperature=2.0)
     joint_labels = labels[None, :] * 2 + np.arange(2)[:, None]
-    joint_ce = lambda z: jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(z), joint_labels[..., None], axis=-1))
+
+    def joint_ce(z):
+        return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(z), joint_labels[..., None], axis=-1))
+
     grad_joint_ce = jax.jit(jax.grad(joint_ce))(joint)
     np.testing.assert_allclose(grad_full, grad_joint_ce, rtol=1e-5, atol=1e-8)
 

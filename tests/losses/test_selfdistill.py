@@ -221,7 +221,7 @@ def kernel_problem(seed=40, n=12, m=5):
 
 
 def test_krr_operator_matches_numpy_and_runs_in_jax():
-    K, _, y, _ = kernel_problem()
+    K, _, _, _ = kernel_problem()
     expected = K @ np.linalg.inv(K + 0.1 * np.eye(len(K)))
     got = krr_operator(K, 0.1)
     assert isinstance(got, np.ndarray) and got.dtype == np.float64
@@ -411,7 +411,7 @@ def test_all_masked_input_gives_zero_losses_and_finite_gradients():
         "xi": functools.partial(xi_self_distillation, xi=1.5),
         "self_evolution_kd": self_evolution_kd,
     }
-    values_and_grads = jax.jit(lambda s_: {name: jax.value_and_grad(lambda x: fn(x, t, labels, mask=mask))(s_)
+    values_and_grads = jax.jit(lambda s_: {name: jax.value_and_grad(lambda x, fn=fn: fn(x, t, labels, mask=mask))(s_)
                                            for name, fn in losses.items()})(s)
     for name, (value, grad) in values_and_grads.items():
         assert value == 0.0 and np.all(np.isfinite(grad)), name

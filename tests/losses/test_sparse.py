@@ -229,9 +229,9 @@ def test_jit_with_traced_arguments_and_vmap_agree_with_eager():
         return (topk_kd(s_, lp, i, beta=0.5, temperature=2.0, mask=m, reduction="sum"),
                 uld_loss(s_, t_, temperature=2.0, mask=m, reduction="sum"))
 
-    for got, eager in zip(jitted(0.5, 2.0), (eager_topk, eager_uld)):
+    for got, eager in zip(jitted(0.5, 2.0), (eager_topk, eager_uld), strict=True):
         np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-7)
-    for got, eager in zip(per_row(s, log_probs, ids, t, mask), (eager_topk, eager_uld)):
+    for got, eager in zip(per_row(s, log_probs, ids, t, mask), (eager_topk, eager_uld), strict=True):
         np.testing.assert_allclose(got, np.asarray(eager).sum(-1), rtol=1e-5, atol=1e-6)
 
 

@@ -52,7 +52,7 @@ def test_truncating_above_an_exit_leaves_its_output_unchanged():
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, 40)
     deep_exits, shallow_exits = deep(tokens).exits, shallow(tokens).exits
     assert len(deep_exits) == 3 and len(shallow_exits) == 2
-    for a, b in zip(deep_exits[:2], shallow_exits):
+    for a, b in zip(deep_exits[:2], shallow_exits, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -86,9 +86,8 @@ def test_capture_by_layer_path_inside_jit_and_restores_the_model():
     with capture(model, ["blocks.1.attention"]):
         pass
     assert not hasattr(model.blocks[1].attention, "_capture_sink")
-    with pytest.raises(ValueError, match="layer path 'blocks.7': List has no '7'"):
-        with capture(model, ["blocks.7"]):
-            pass
+    with pytest.raises(ValueError, match=r"layer path 'blocks\.7': List has no '7'"), capture(model, ["blocks.7"]):
+        pass
 
 
 def test_residual_gates_start_open_and_report_their_sparsity_loss():

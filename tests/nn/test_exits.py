@@ -37,7 +37,7 @@ def test_one_logit_tensor_per_exit():
     exits = _all_exits(all_states)
     assert len(exits) == len(EXITS)
     assert all(out.shape == (2, 7, OUTPUTS) and out.dtype == jnp.float32 for out in exits)
-    for out, layer in zip(exits, EXITS):
+    for out, layer in zip(exits, EXITS, strict=True):
         np.testing.assert_allclose(out, heads.exit_logits(all_states[layer], layer), rtol=1e-6, atol=1e-6)
 
 

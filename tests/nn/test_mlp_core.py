@@ -29,7 +29,7 @@ def test_gradients_match_autodiff(name, bias):
     np.testing.assert_allclose(dense_mlp(act, *args), plain_mlp(act, *args), rtol=1e-6, atol=1e-6)
     ours = jax.grad(lambda *a: jnp.sum(dense_mlp(act, *a) * d_y), argnums=(0, 1, 2, 3, 4))(*args)
     want = jax.grad(lambda *a: jnp.sum(plain_mlp(act, *a) * d_y), argnums=(0, 1, 2, 3, 4))(*args)
-    for got, expected in zip(ours, want):
+    for got, expected in zip(ours, want, strict=True):
         if expected is None:
             assert got is None
         else:
@@ -49,7 +49,7 @@ def test_mlp_module_gradients_and_bf16(name):
 
     ours = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x)))))(params)
     want = jax.grad(lambda p: jnp.sum(jnp.sin(reference(p, x))))(params)
-    for got, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(want)):
+    for got, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     bf16 = MLP(6, 12, name, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     assert bf16(x).dtype == jnp.bfloat16
@@ -68,5 +68,5 @@ def test_linear_gradients_match_autodiff():
     np.testing.assert_allclose(linear(x, w), x @ w, rtol=1e-6)
     ours = jax.grad(lambda x, w: jnp.sum(linear(x, w) * d_y), argnums=(0, 1))(x, w)
     want = jax.grad(lambda x, w: jnp.sum((x @ w) * d_y), argnums=(0, 1))(x, w)
-    for got, expected in zip(ours, want):
+    for got, expected in zip(ours, want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

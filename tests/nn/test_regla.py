@@ -60,7 +60,7 @@ def test_chunked_equals_recurrent_for_any_length(seq, seed):
 
 def test_chunked_is_finite_and_equal_under_strong_decay():
     inputs = _inputs(29, seed=3, decay_scale=60.0)
-    out_r, state_r = _recurrent(*inputs)
+    out_r, _ = _recurrent(*inputs)
     out_c, state_c = _chunked(*inputs, chunk_size=CHUNK)
     assert np.all(np.isfinite(out_c)) and np.all(np.isfinite(state_c))
     np.testing.assert_allclose(out_c, out_r, rtol=1e-4, atol=1e-6)
@@ -83,7 +83,7 @@ def test_chunked_gradients_equal_recurrent():
     grads_r = jax.jit(jax.grad(lambda *a: loss(gla_recurrent, *a), argnums=(0, 1, 2, 3)))(*inputs)
     chunked = jax.grad(lambda *a: loss(lambda *b: gla_chunked(*b, chunk_size=CHUNK), *a), argnums=(0, 1, 2, 3))
     grads_c = jax.jit(chunked)(*inputs)
-    for grad_c, grad_r in zip(grads_c, grads_r):
+    for grad_c, grad_r in zip(grads_c, grads_r, strict=True):
         np.testing.assert_allclose(grad_c, grad_r, rtol=1e-4, atol=1e-5)
 
 

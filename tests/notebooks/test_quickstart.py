@@ -13,6 +13,7 @@ def test_quickstart_notebook_runs(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("JDISTILL_DATA_DIR", str(data_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    resources = {"metadata": {"path": str(tmp_path)}}
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "student (KD)" in outputs and "forward KL" in outputs

@@ -62,7 +62,7 @@ def test_ema_teacher_moves_by_its_decay_and_the_step_counter_advances():
     assert int(state.recipe_state["step"]) == 2
     assert float(metrics["lam"]) == pytest.approx(float(RECIPE.schedules(1)[1]))
     moved = False
-    for old, new, student in zip(before, leaves(state.recipe_state["teacher"]), leaves(state.params)):
+    for old, new, student in zip(before, leaves(state.recipe_state["teacher"]), leaves(state.params), strict=True):
         np.testing.assert_allclose(new, 0.995 * old + 0.005 * student, rtol=1e-5, atol=1e-7)
         moved |= not np.allclose(new, old)
     assert moved

@@ -43,8 +43,8 @@ def _synthetic_cache(out, windows: LMWindows, window_ids, k=3, dtype="float32"):
 def test_cache_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     window_ids = np.array([0, 3, 5, 9, 12])
-    fields = [(rng.integers(0, 256, SEQ + 1), rng.integers(0, 300, (SEQ, 4)), (-rng.random((SEQ, 4)) * 20).astype(np.float32))
-              for _ in window_ids]
+    fields = [(rng.integers(0, 256, SEQ + 1), rng.integers(0, 300, (SEQ, 4)),
+               (-rng.random((SEQ, 4)) * 20).astype(np.float32)) for _ in window_ids]
     for dtype, tolerance in (("float32", 0.0), ("float16", 1e-2)):
         metadata = tc.write_teacher_cache(tmp_path / dtype, iter(fields), window_ids, seq_len=SEQ, top_k=4,
                                           vocab_size=300, split="train", logprob_dtype=dtype, records_per_shard=2,
@@ -57,7 +57,7 @@ def test_cache_round_trip(tmp_path):
         assert metadata["payload_bytes_per_token"] == payload
         assert metadata["bytes_per_token"] > 0  # files this small are mostly array_record's fixed overhead
         rows = cache.rows([9, 0])
-        for row, index in zip(range(2), (3, 0)):
+        for row, index in zip(range(2), (3, 0), strict=True):
             np.testing.assert_array_equal(rows["tokens"][row], fields[index][0])
             np.testing.assert_array_equal(rows["ids"][row], fields[index][1])
             np.testing.assert_allclose(rows["logprobs"][row], fields[index][2], atol=tolerance, rtol=tolerance)
@@ -123,14 +123,14 @@ def test_at_k_equal_to_the_vocabulary_the_loss_is_dense_kd(tmp_path):
     (teacher_graphdef, teacher_params), (graphdef, params) = _teacher_and_student()
     batch = _cached_batch(tmp_path, k=32)
     common = dict(temperature=2.0, distill_weight=0.7, label_weight=0.3)
-    (total, count), metrics, _, grads = jax.jit(make_loss_and_grad(graphdef, CachedTopK(top_k=32, **common), None))(
+    (total, count), _, _, grads = jax.jit(make_loss_and_grad(graphdef, CachedTopK(top_k=32, **common), None))(
         params, (), None, batch, jax.random.key(0))
     dense_batch = {key: batch[key] for key in ("inputs", "targets", "mask")}
     (d_total, d_count), _, _, d_grads = jax.jit(make_loss_and_grad(graphdef, KnowledgeDistillation(**common),
                                                                    teacher_graphdef))(
         params, (), teacher_params, dense_batch, jax.random.key(0))
     np.testing.assert_allclose(total / count, d_total / d_count, rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(d_grads)):
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(d_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     sparse = _cached_batch(tmp_path, k=4)
     (s_total, s_count), _, _, _ = jax.jit(make_loss_and_grad(graphdef, CachedTopK(top_k=4, **common), None))(

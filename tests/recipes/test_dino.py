@@ -1,6 +1,7 @@
 """DINO recipe: cosine EMA momentum 0.996 -> 1, pair count, the EMA teacher moves by exactly the schedule, the
 centre update, deterministic crops, and the preset end to end."""
 
+import itertools
 import math
 
 import jax
@@ -30,7 +31,7 @@ def test_momentum_schedule_goes_from_0996_to_1():
     assert float(recipe.momentum(51)) == pytest.approx(_schedule(50, 100), abs=1e-7)
     assert float(recipe.momentum(101)) == pytest.approx(1.0)
     values = [float(recipe.momentum(s)) for s in range(1, 102)]
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(values))
     assert float(Dino(total_steps=0).momentum(50)) == pytest.approx(0.996)
 
 
@@ -73,9 +74,10 @@ def test_ema_teacher_moves_by_exactly_the_schedule_and_centre_updates():
 
     new_state, metrics = step(state, None, data)
     m = _schedule(1, 10)  # the second update: it = 1
-    for old, new, student in zip(teacher_before, leaves(new_state.recipe_state["teacher"]), leaves(new_state.params)):
+    teacher_after = leaves(new_state.recipe_state["teacher"])
+    for old, new, student in zip(teacher_before, teacher_after, leaves(new_state.params), strict=True):
         np.testing.assert_allclose(new, m * old + (1 - m) * student, rtol=1e-5, atol=1e-7)
-    assert not all(np.allclose(a, b) for a, b in zip(teacher_before, leaves(new_state.recipe_state["teacher"])))
+    assert not all(np.allclose(a, b) for a, b in zip(teacher_before, teacher_after, strict=True))
     centre = np.asarray(new_state.recipe_state["center"])
     assert centre.shape == (10,) and not np.allclose(centre, centre_before)
     assert float(metrics["teacher_temperature"]) == pytest.approx(0.04 + 0.03 * (1 / 5) / 2)

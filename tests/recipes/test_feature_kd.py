@@ -47,7 +47,7 @@ def test_the_projection_is_a_student_parameter_and_gets_gradients():
     recipe = FeatureDistillation(layer_map="1:2,2:3", teacher_width=24, attention_weight=10.0)
     student = recipe.wraps_student()(STUDENT, nnx.Rngs(0))
     assert isinstance(student, FeatureStudent) and len(student.projections) == 2
-    (total, count), metrics, _, grads = _loss_and_grad(recipe, student, Transformer(TEACHER, rngs=nnx.Rngs(1)))
+    _, metrics, _, grads = _loss_and_grad(recipe, student, Transformer(TEACHER, rngs=nnx.Rngs(1)))
     for projection in grads["projections"].values():
         assert projection["kernel"][...].shape == (16, 24)
         assert float(jnp.abs(projection["kernel"][...]).max()) > 0
@@ -57,7 +57,7 @@ def test_the_projection_is_a_student_parameter_and_gets_gradients():
     u = student.model(_batch()["inputs"], return_hidden_states=True).hidden_states
     v = teacher(_batch()["inputs"], return_hidden_states=True).hidden_states
     hint = sum(np.mean((np.asarray(u[s]) @ np.asarray(p.kernel[...]) - np.asarray(v[t])) ** 2)
-               for (s, t), p in zip(((1, 2), (2, 3)), student.projections))
+               for (s, t), p in zip(((1, 2), (2, 3)), student.projections, strict=True))
     np.testing.assert_allclose(metrics["feature"], hint, rtol=1e-4)
 
 

@@ -47,7 +47,7 @@ def test_forward_pass_runs_at_the_quantized_weights():
     graphdef, params, teacher_graphdef, teacher_params, batch = _setup()
     recipe = QuantizedDistillation(bits=2, bucket_size=64)
     forward, quantized = recipe.forward_params(params), _plain_quantize(recipe, params)
-    for leaf, q, w in zip(jax.tree.leaves(forward), jax.tree.leaves(quantized), jax.tree.leaves(params)):
+    for leaf, q, w in zip(jax.tree.leaves(forward), jax.tree.leaves(quantized), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(leaf, q, atol=1e-6)  # w + stop_gradient(Q(w) - w) == Q(w) up to rounding
         if is_weight_matrix(w):
             buckets = np.pad(np.ravel(q), (0, -q.size % 64), mode="edge").reshape(-1, 64)
@@ -71,9 +71,10 @@ def test_straight_through_gradient_is_taken_at_q_of_w_and_applied_to_w():
     quantized = _plain_quantize(recipe, params)
     count = batch["labels"].shape[0]
     expected = jax.jit(jax.grad(lambda q: _loss(graphdef, q, teacher, batch, 2.0, 0.7) * count))(quantized)
-    for got, want, w in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), jax.tree.leaves(params)):
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    kernel_grads = [g for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(params)) if is_weight_matrix(w)]
+    kernel_grads = [g for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(params), strict=True)
+                    if is_weight_matrix(w)]
     assert all(float(jnp.abs(g).max()) > 0 for g in kernel_grads)  # rounding alone would give zero gradients
     # the update lands on the full-precision weights, which stay off the 4-level grid
     updated = jax.tree.map(lambda w, g: w - 0.1 * g, params, grads)
@@ -90,7 +91,7 @@ def test_32_bits_is_plain_kd():
     (k_total, k_count), _, _, k_grads = jax.jit(make_loss_and_grad(graphdef, kd, teacher_graphdef))(
         params, (), teacher_params, batch, jax.random.key(0))
     np.testing.assert_allclose(q_total / q_count, k_total / k_count, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(q_grads), jax.tree.leaves(k_grads)):
+    for a, b in zip(jax.tree.leaves(q_grads), jax.tree.leaves(k_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 

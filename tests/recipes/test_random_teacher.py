@@ -28,7 +28,7 @@ def test_student_init_is_the_variance_preserving_interpolation(a):
     student, state = RandomTeacher(init_alpha=a).init(own, teacher_params, jax.random.key(0))
     assert state == ()
     scale = 1.0 / math.sqrt(2 * a * a - 2 * a + 1)
-    for s, t, r in zip(leaves(student), leaves(teacher_params), leaves(own)):
+    for s, t, r in zip(leaves(student), leaves(teacher_params), leaves(own), strict=True):
         np.testing.assert_allclose(s, ((1 - a) * t + a * r) * scale, rtol=1e-6, atol=1e-7)
 
 
@@ -52,15 +52,15 @@ def test_teacher_params_never_change_while_the_student_learns():
     step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef)
     for seed in range(3):
         state, _ = step(state, teacher_params, batch(seed))
-    assert all(np.array_equal(a, b) for a, b in zip(before, leaves(teacher_params)))
-    assert not all(np.array_equal(a, b) for a, b in zip(student_start, leaves(state.params)))
+    assert all(np.array_equal(a, b) for a, b in zip(before, leaves(teacher_params), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(student_start, leaves(state.params), strict=True))
     assert recipe.teacher_params((), teacher_params) is teacher_params
 
 
 def test_mismatched_architectures_are_a_config_error_unless_the_init_is_independent():
     _, teacher_params = _teacher()
     other = nnx.split(tiny_model(config=ModelConfig(**{**CONFIG.__dict__, "d_model": 8})))[1]
-    with pytest.raises(ConfigError, match="student.model must equal teacher.model"):
+    with pytest.raises(ConfigError, match=r"student\.model must equal teacher\.model"):
         RandomTeacher(init_alpha=0.5).init(other, teacher_params, None)
     params, _ = RandomTeacher(init_alpha=1.0).init(other, teacher_params, None)
     assert params is other

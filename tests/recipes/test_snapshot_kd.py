@@ -44,8 +44,9 @@ def test_snapshots_are_taken_every_n_steps_into_a_ring():
         active[index] = float(metrics["teacher_active"])
     assert int(state.recipe_state["taken"]) == 3  # steps 2, 4, 6
     snapshots = state.recipe_state["snapshots"]
-    assert all(np.array_equal(a, b) for a, b in zip(_slot(snapshots, 0), after[6]))  # step 6 overwrote step 2
-    assert all(np.array_equal(a, b) for a, b in zip(_slot(snapshots, 1), after[4]))
+    # step 6 overwrote step 2
+    assert all(np.array_equal(a, b) for a, b in zip(_slot(snapshots, 0), after[6], strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(_slot(snapshots, 1), after[4], strict=True))
     # The loss of step k sees the state after step k - 1: two snapshots exist from step 5 on.
     assert [active[k] for k in range(1, 7)] == [0, 0, 0, 0, 1, 1]
 

@@ -75,7 +75,7 @@ def test_topology_names(text, chips, grid, hosts, accelerator, hbm_gib):
 
 @pytest.mark.parametrize("text", ["v4-7", "v9-8", "v5e-24", "h100:1x2x3", "tpu"])
 def test_bad_topology_is_a_config_error(text):
-    with pytest.raises(ConfigError, match="cluster.topology"):
+    with pytest.raises(ConfigError, match=r"cluster\.topology"):
         parse_topology(text)
 
 
@@ -137,5 +137,5 @@ def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys)
 def test_a_mesh_that_does_not_cover_the_topology_is_a_config_error():
     with pytest.raises(ConfigError, match="mesh: data\\*fsdp\\*tensor\\*dcn_data = 16, but v5p-128"):
         aot_compile.compile_config("tpu_configs/v5e-16.yaml", topology_name="v5p-128")
-    with pytest.raises(ConfigError, match="mesh.dcn_data"):
+    with pytest.raises(ConfigError, match=r"mesh\.dcn_data"):
         aot_compile.compile_config("tpu_configs/v5e-256.yaml", ["cluster.num_slices=2"])

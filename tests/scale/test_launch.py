@@ -144,7 +144,7 @@ def test_missing_project_or_zone_is_a_one_line_error(capsys, monkeypatch):
 
 def test_wrong_launcher_for_the_platform_is_a_config_error():
     config = load_config("tpu_configs/h100-1x8.yaml", ["cluster.launcher=gcloud"])
-    with pytest.raises(launch.ConfigError, match="cluster.launcher"):
+    with pytest.raises(launch.ConfigError, match=r"cluster\.launcher"):
         launch.plan(config, "tpu_configs/h100-1x8.yaml")
 
 

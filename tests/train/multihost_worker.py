@@ -19,13 +19,13 @@ from pathlib import Path
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, str(Path(__file__).parent))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from jdistill.configs import ClusterConfig, MeshConfig  # noqa: E402
-from jdistill.train import sharding  # noqa: E402
-from jdistill.train.checkpoint import Checkpointer  # noqa: E402
-from jdistill.train.distributed import maybe_initialize  # noqa: E402
+from jdistill.configs import ClusterConfig, MeshConfig
+from jdistill.train import sharding
+from jdistill.train.checkpoint import Checkpointer
+from jdistill.train.distributed import maybe_initialize
 
 MESH = MeshConfig(data=4, fsdp=2)
 
@@ -54,7 +54,8 @@ def train(checkpoint_dir: Path | None):
 def gathered_params(state):
     from jax.experimental import multihost_utils
 
-    leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)).ravel() for x in jax.tree.leaves(state.params)]
+    leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)).ravel()
+              for x in jax.tree.leaves(state.params)]
     return np.concatenate(leaves)
 
 

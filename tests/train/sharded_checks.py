@@ -13,18 +13,18 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-from jdistill.configs import MeshConfig, TrainConfig  # noqa: E402
-from jdistill.models import ModelConfig, Transformer  # noqa: E402
-from jdistill.recipes.kd import KnowledgeDistillation  # noqa: E402
-from jdistill.train import sharding  # noqa: E402
-from jdistill.train.optim import make_optimizer  # noqa: E402
-from jdistill.train.state import TrainState  # noqa: E402
-from jdistill.train.step import StepShardings, make_train_step  # noqa: E402
+from jdistill.configs import MeshConfig, TrainConfig
+from jdistill.models import ModelConfig, Transformer
+from jdistill.recipes.kd import KnowledgeDistillation
+from jdistill.train import sharding
+from jdistill.train.optim import make_optimizer
+from jdistill.train.state import TrainState
+from jdistill.train.step import StepShardings, make_train_step
 
 TEACHER = ModelConfig(kind="lm", num_layers=2, d_model=64, num_heads=4, mlp_dim=128, vocab_size=256,
                       max_seq_len=32)

@@ -43,7 +43,7 @@ def test_accumulated_step_equals_the_full_batch_step(recipe, micro):
     full_losses, full_params = _run(recipe, 1)
     losses, params = _run(recipe, micro)
     np.testing.assert_allclose(losses, full_losses, rtol=1e-5)
-    for a, b in zip(params, full_params):
+    for a, b in zip(params, full_params, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-6)
 
 
@@ -54,7 +54,7 @@ def test_remat_gives_the_same_step(remat):
     base_losses, base_params = _run(KnowledgeDistillation(), 1)
     losses, params = _run(KnowledgeDistillation(), 1, dataclasses.replace(LM, remat=remat))
     np.testing.assert_allclose(losses, base_losses, rtol=1e-6)
-    for a, b in zip(params, base_params):
+    for a, b in zip(params, base_params, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -62,7 +62,7 @@ def test_chunked_head_kd_equals_dense_kd():
     dense_losses, dense_params = _run(KnowledgeDistillation(label_weight=0.3), 1)
     chunked_losses, chunked_params = _run(KnowledgeDistillation(label_weight=0.3, vocab_chunk=16), 1)
     np.testing.assert_allclose(chunked_losses, dense_losses, rtol=1e-5)
-    for a, b in zip(chunked_params, dense_params):
+    for a, b in zip(chunked_params, dense_params, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-6)
 
 

@@ -34,7 +34,7 @@ def test_two_processes_match_one_process_and_checkpoints_cross_restore(tmp_path)
     processes = [subprocess.Popen(worker + [str(i), port, str(checkpoints)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     outputs = [p.communicate(timeout=400) for p in processes]
-    for process, (_, err) in zip(processes, outputs):
+    for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
     multi = _json_line(outputs[0][0])
     assert multi["processes"] == 2
@@ -70,7 +70,7 @@ def test_cli_job_across_two_processes(tmp_path, data_dir):
                                            "--run-dir", str(run_dir), *tiny], stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, env=env))
     outputs = [p.communicate(timeout=400) for p in processes]
-    for process, (_, err) in zip(processes, outputs):
+    for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
     assert "student (KD)" in outputs[0][0] and "student (KD)" not in outputs[1][0]  # the table: process 0 only
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -35,4 +35,4 @@ def test_stateful_recipe_resumes_exactly(tmp_path, data_dir, preset, extra):
     run_job(config, tmp_path / "resumed", resume=True)
     full, resumed = _student_losses(tmp_path / "full", stage), _student_losses(tmp_path / "resumed", stage)
     assert [s for s, _ in resumed] == [s for s, _ in full] == list(range(1, 7))
-    np.testing.assert_allclose([l for _, l in resumed], [l for _, l in full], rtol=1e-6)
+    np.testing.assert_allclose([loss for _, loss in resumed], [loss for _, loss in full], rtol=1e-6)

@@ -36,8 +36,8 @@ def test_kd_step_updates_student_and_leaves_teacher_untouched():
     new_state, metrics = step(state, teacher_params, _batch())
     new_state, metrics = step(new_state, teacher_params, _batch())  # the first step's learning rate is 0
     assert int(new_state.step) == 2
-    assert all(np.array_equal(a, b) for a, b in zip(teacher_before, _leaves(teacher_params)))
-    assert not all(np.array_equal(a, b) for a, b in zip(student_before, _leaves(new_state.params)))
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_before, _leaves(teacher_params), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(student_before, _leaves(new_state.params), strict=True))
     assert float(metrics["distill"]) > 0
     assert all(not x.is_deleted() for x in jax.tree.leaves(teacher_params))  # not donated
 

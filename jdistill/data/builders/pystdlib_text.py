@@ -104,7 +104,7 @@ class PystdlibText(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # The corpus is the local interpreter's standard library.
         root = stdlib_root()
-        paths_by_split = {"train": [], "test": []}
+        paths_by_split: dict[str, list[str]] = {"train": [], "test": []}
         for relative_path in list_stdlib_files(root):
             paths_by_split[split_of(relative_path)].append(relative_path)
         return {
