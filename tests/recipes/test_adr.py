@@ -82,6 +82,5 @@ def test_adr_preset_anneals_over_the_stage_and_reports_robust_accuracy(tmp_path,
     assert metrics["nll"] < before["nll"] - 0.1 and metrics["robust_accuracy"] <= metrics["accuracy"]
     # the job binds the schedules to the stage's 20 steps: lam 0.7 -> 0.95 and tau 2.5 -> 2.0 by its last step
     lam, tau = (train_log(tmp_path / "run", "student_adr", key) for key in ("lam", "tau"))
-    print("E2E adr", metrics, before, lam, tau)
     assert lam[0] < 0.71 and tau[0] > 2.49 and lam[-1] > 0.94 and tau[-1] < 2.01
     assert lam == sorted(lam) and tau == sorted(tau, reverse=True)
