@@ -93,7 +93,6 @@ def test_preset_learns_and_distils_once_the_ring_is_full(tmp_path, untrained):
     student, before = summary["student_snapshot_kd"], untrained(config)
     active = train_log(tmp_path / "run", "student_snapshot_kd", "teacher_active")
     distill = train_log(tmp_path / "run", "student_snapshot_kd", "distill")
-    print("E2E snapshot", student, before, active, distill)
     assert student["accuracy"] > before["accuracy"] + 0.15 and student["nll"] < before["nll"] - 0.4
     # snapshots after steps 5 and 10: the loss of step 11 is the first with a full ring
     assert active == [0.0] * 10 + [1.0] * 20 and min(distill[10:]) > 0

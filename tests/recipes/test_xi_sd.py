@@ -76,5 +76,4 @@ def test_preset_learns_from_a_trained_teacher(tmp_path, pretrained_teacher, untr
     config = load_config("xi_sd", tiny_job(*pretrained_teacher, "student.train.learning_rate=0.01", steps=40))
     summary = run_job(config, tmp_path / "run", progress=False)
     student, before = summary["student_xi_sd"], untrained(config)
-    print("E2E xi_sd", student, before)
     assert student["accuracy"] > before["accuracy"] + 0.15 and student["nll"] < before["nll"] - 0.4
