@@ -12,6 +12,8 @@ from jdistill.train.state import TrainState
 
 CONFIG = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32)
 TRAIN = TrainConfig(steps=10, warmup_steps=1, learning_rate=1e-2)
+# The student's learning rate in the end-to-end tests: a few dozen steps move it well off its initialisation.
+FAST = ["student.train.learning_rate=0.01"]
 
 
 def batch(seed=0, size=8, num_examples=None):

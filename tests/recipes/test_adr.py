@@ -12,7 +12,14 @@ from jdistill.losses import adr_labels
 from jdistill.recipes.adr import AnnealingSelfDistillationRectification as ADR
 from jdistill.train import make_train_step
 from jdistill.train.job import run_job
-from tests.recipes.ssl_robust_helpers import batch, leaves, prepared_state, tiny_job, tiny_model
+from tests.recipes.family_a import train_log
+from tests.recipes.ssl_robust_helpers import (
+    batch,
+    leaves,
+    prepared_state,
+    tiny_job,
+    tiny_model,
+)
 
 RECIPE = ADR(total_steps=10, epsilon=0.1, step_size=0.03, attack_steps=3)
 
@@ -68,7 +75,12 @@ def test_ema_teacher_moves_by_its_decay_and_the_step_counter_advances():
     assert moved
 
 
-def test_adr_preset_runs_end_to_end_with_robust_accuracy(tmp_path, data_dir):
-    config = load_config("adr", tiny_job(extra=["distill.options.total_steps=4", "distill.options.attack_steps=2"]))
+def test_adr_preset_anneals_over_the_stage_and_reports_robust_accuracy(tmp_path, untrained):
+    config = load_config("adr", tiny_job(steps=20, extra=["distill.options.attack_steps=2"]))
     metrics = run_job(config, tmp_path / "run", progress=False)["student_adr"]
-    assert 0.0 <= metrics["robust_accuracy"] <= metrics["accuracy"] + 0.05
+    before = untrained(config)
+    assert metrics["nll"] < before["nll"] - 0.1 and metrics["robust_accuracy"] <= metrics["accuracy"]
+    # the job binds the schedules to the stage's 20 steps: lam 0.7 -> 0.95 and tau 2.5 -> 2.0 by its last step
+    lam, tau = (train_log(tmp_path / "run", "student_adr", key) for key in ("lam", "tau"))
+    assert lam[0] < 0.71 and tau[0] > 2.49 and lam[-1] > 0.94 and tau[-1] < 2.01
+    assert lam == sorted(lam) and tau == sorted(tau, reverse=True)

@@ -12,9 +12,11 @@ from jdistill.errors import ConfigError
 from jdistill.losses import kd
 from jdistill.recipes.dcs import DynamicCorrectiveSelfDistillation as DCS
 from jdistill.train.job import run_job
-from tests.recipes.ssl_robust_helpers import batch, tiny_job, tiny_model
+from tests.recipes.family_a import train_log
+from tests.recipes.ssl_robust_helpers import FAST, batch, tiny_job, tiny_model
 
 N = 8
+STEPS = 40
 
 
 def _fixed(logits):
@@ -74,7 +76,13 @@ def test_batches_without_index_are_a_config_error():
         recipe.loss(tiny_model(), tiny_model(), state, batch(), None)
 
 
-def test_dcs_preset_runs_end_to_end(tmp_path, data_dir):
-    config = load_config("dcs", tiny_job(stages=("teacher", "student")))
+def test_dcs_preset_learns_from_a_trained_teacher_and_reweights_disagreements(tmp_path, pretrained_teacher,
+                                                                               untrained):
+    config = load_config("dcs", tiny_job(steps=STEPS, extra=[*pretrained_teacher, *FAST]))
     summary = run_job(config, tmp_path / "run", progress=False)
-    assert 0.0 <= summary["student_dcs"]["accuracy"] <= 1.0 and "teacher" in summary
+    student, before = summary["student_dcs"], untrained(config)
+    assert student["accuracy"] > before["accuracy"] + 0.15 and student["nll"] < before["nll"] - 0.4
+    # the untrained student disagrees with the teacher, so the table moves off uniform (mean 1, max above it)
+    disagreement = train_log(tmp_path / "run", "student_dcs", "disagreement")
+    assert disagreement[0] > 0.5 and disagreement[-1] < disagreement[0]
+    assert min(train_log(tmp_path / "run", "student_dcs", "max_weight")) > 1.1

@@ -119,5 +119,4 @@ def test_dino_preset_runs_end_to_end_with_probe_metrics(tmp_path, data_dir):
     config = load_config("dino", tiny_job(extra=["distill.options.total_steps=4", "distill.options.n_local_crops=2"]))
     summary = run_job(config, tmp_path / "run", progress=False)
     metrics = summary["student_dino"]
-    assert 0.0 <= metrics["linear_probe_accuracy"] <= 1.0 and 0.0 <= metrics["knn_accuracy"] <= 1.0
-    assert metrics["linear_probe_accuracy"] > 0.2  # well above chance (0.1) even for a barely trained encoder
+    assert metrics["linear_probe_accuracy"] > 0.2 and metrics["knn_accuracy"] > 0.2  # well above chance (0.1) even for a barely trained encoder

@@ -15,7 +15,7 @@ from jdistill.recipes.pskd import ProgressiveSelfKD
 from jdistill.train import create_train_state, make_train_step
 from jdistill.train.job import run_job
 from jdistill.train.optim import make_optimizer
-from tests.recipes.family_a import tiny_job
+from tests.recipes.family_a import tiny_job, train_log
 
 CONFIG = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32)
 
@@ -84,7 +84,16 @@ def test_the_job_binds_the_split_size_and_epoch_budget():
         ProgressiveSelfKD().init(nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(0)))[1], None, None)
 
 
-def test_preset_runs_end_to_end(tmp_path, data_dir):
-    summary = run_job(load_config("pskd", tiny_job()), tmp_path / "run", progress=False)
+def test_preset_learns_and_moves_to_the_previous_epochs_targets(tmp_path, untrained):
+    # 30 steps of 64 examples: the first epoch (1437 examples) ends at step 23, E = 30 * 64 / 1437 epochs
+    config = load_config("pskd", tiny_job("student.train.batch_size=64", "student.train.learning_rate=0.01",
+                                          "student.train.log_every=1", steps=30))
+    summary = run_job(config, tmp_path / "run", progress=False)
     assert set(summary) >= {"student_pskd"} and "teacher" not in summary
-    assert 0.0 <= summary["student_pskd"]["accuracy"] <= 1.0
+    student, before = summary["student_pskd"], untrained(config)
+    alphas = train_log(tmp_path / "run", "student_pskd", "alpha")
+    assert student["accuracy"] > before["accuracy"] + 0.15 and student["nll"] < before["nll"] - 0.4
+    # alpha_t = 0.8 (epoch + 1) / E: epoch 0 until the split is seen once, then the cap 0.8
+    epochs = 30 * 64 / 1437
+    np.testing.assert_allclose(alphas[:22], 0.8 / epochs, rtol=1e-5)
+    np.testing.assert_allclose(alphas[23:], 0.8, rtol=1e-5)

@@ -13,7 +13,7 @@ from jdistill.recipes.snapshot_kd import SnapshotKD
 from jdistill.train import create_train_state, make_train_step
 from jdistill.train.job import run_job
 from jdistill.train.optim import make_optimizer
-from tests.recipes.family_a import tiny_job
+from tests.recipes.family_a import tiny_job, train_log
 
 CONFIG = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32)
 
@@ -85,7 +85,15 @@ def test_loss_adds_the_distillation_term_only_when_the_ring_is_full():
     assert float(metrics["distill"]) > 0
 
 
-def test_preset_runs_end_to_end(tmp_path, data_dir):
-    config = load_config("snapshot_kd", tiny_job("distill.options.snapshot_every=1", "distill.options.num_snapshots=2"))
+def test_preset_learns_and_distils_once_the_ring_is_full(tmp_path, untrained):
+    config = load_config("snapshot_kd", tiny_job("distill.options.snapshot_every=5", "distill.options.num_snapshots=2",
+                                                 "student.train.learning_rate=0.01", "student.train.log_every=1",
+                                                 steps=30))
     summary = run_job(config, tmp_path / "run", progress=False)
-    assert "teacher" not in summary and 0.0 <= summary["student_snapshot_kd"]["accuracy"] <= 1.0
+    assert "teacher" not in summary
+    student, before = summary["student_snapshot_kd"], untrained(config)
+    active = train_log(tmp_path / "run", "student_snapshot_kd", "teacher_active")
+    distill = train_log(tmp_path / "run", "student_snapshot_kd", "distill")
+    assert student["accuracy"] > before["accuracy"] + 0.15 and student["nll"] < before["nll"] - 0.4
+    # snapshots after steps 5 and 10: the loss of step 11 is the first with a full ring
+    assert active == [0.0] * 10 + [1.0] * 20 and min(distill[10:]) > 0

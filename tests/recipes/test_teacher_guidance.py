@@ -2,8 +2,6 @@
 the grid-best mix of two explicit ridge probes, its running mean freezes after `probe_batches`, and the preset
 trains two guided generations end to end."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,7 @@ from jdistill.configs import load_config
 from jdistill.models import ModelConfig, Transformer
 from jdistill.recipes.teacher_guidance import TeacherGuidance
 from jdistill.train.job import run_job
-from tests.recipes.family_a import tiny_job
+from tests.recipes.family_a import tiny_job, train_log
 
 CONFIG = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32)
 
@@ -74,10 +72,16 @@ def test_alpha_is_the_running_mean_of_the_first_probe_batches():
     assert float(frozen) == pytest.approx(float(alpha)) and int(state["estimates"]) == 2
 
 
-def test_preset_trains_guided_generations_end_to_end(tmp_path, data_dir):
-    summary = run_job(load_config("teacher_guidance", tiny_job("distill.options.probe_batches=2", steps=3)),
-                      tmp_path / "run", progress=False)
-    assert {"teacher", "student_teacher_guidance_gen1", "student_teacher_guidance_gen2"} <= set(summary)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    alphas = [row["alpha"] for row in rows if "alpha" in row]
-    assert alphas and all(0.0 <= a <= 1.0 for a in alphas)
+def test_preset_trains_guided_generations_end_to_end(tmp_path, pretrained_teacher, untrained):
+    config = load_config("teacher_guidance", tiny_job("distill.options.probe_batches=2",
+                                                      *pretrained_teacher, "student.train.learning_rate=0.01",
+                                                      "student.train.log_every=1", steps=30))
+    summary = run_job(config, tmp_path / "run", progress=False)
+    generations = ["student_teacher_guidance_gen1", "student_teacher_guidance_gen2"]
+    assert set(generations) <= set(summary)
+    before = untrained(config)
+    for stage in generations:
+        alphas = train_log(tmp_path / "run", stage, "alpha")
+        assert summary[stage]["accuracy"] > before["accuracy"] + 0.15
+        # the probe's alpha is estimated on the first 2 batches, then frozen for the rest of the generation
+        assert 0.0 <= alphas[1] <= 1.0 and alphas[2:] == [alphas[1]] * (len(alphas) - 2)
