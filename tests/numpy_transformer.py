@@ -89,7 +89,7 @@ def gated_attention_layer(p, x, cfg, *, causal: bool, use_rope: bool):
 
 def lm_logits(p, tokens, cfg):
     """Logits `[batch, seq, vocab]` of a pre-norm decoder LM (dense tanh-GELU MLP, untied head)."""
-    f = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    f = lambda x: np.asarray(x, np.float64)
     h = f(p["embed"]["embedding"])[tokens]
     for index in range(cfg.num_layers):
         block = p["blocks"][index]

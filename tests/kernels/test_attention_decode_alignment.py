@@ -57,7 +57,7 @@ def _inputs(q_len, kv_len, heads, kv_heads, gate, seed=0):
 @pytest.mark.parametrize("q_len, kv_len, heads, kv_heads, gate, causal, window", CASES)
 def test_values_match_numpy(q_len, kv_len, heads, kv_heads, gate, causal, window):
     q, k, v, g = _inputs(q_len, kv_len, heads, kv_heads, gate)
-    f32 = lambda x: None if x is None else jnp.asarray(x, jnp.float32)  # noqa: E731
+    f32 = lambda x: None if x is None else jnp.asarray(x, jnp.float32)
     got = gated_attention(f32(q), f32(k), f32(v), f32(g), causal=causal, window=window, impl="xla")
     want = numpy_decode_attention(q, k, v, g, causal=causal, window=window)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=2e-5)

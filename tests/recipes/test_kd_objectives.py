@@ -37,7 +37,7 @@ class FixedLM:
 @pytest.fixture(scope="module")
 def setup():
     rng = np.random.default_rng(0)
-    normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
+    normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
     student = FixedLM(normal(3, 9, 16), normal(16, VOCAB) * 0.5, normal(VOCAB))
     teacher = FixedLM(normal(3, 9, 20), normal(20, VOCAB) * 0.5, normal(VOCAB))
     batch = {"inputs": None, "targets": jnp.asarray(rng.integers(0, VOCAB, (3, 9)), jnp.int32),

@@ -19,7 +19,7 @@ STUDENT = ModelConfig(kind="lm", num_layers=2, d_model=8, num_heads=2, num_kv_he
                       vocab_size=12, max_seq_len=16, attention_impl="xla")
 TEACHER = ModelConfig(kind="lm", num_layers=1, d_model=12, num_heads=3, mlp_dim=16, vocab_size=12, max_seq_len=16,
                       gate="elementwise", attention_impl="xla")
-KD = dict(temperature=2.0, distill_weight=0.8, label_weight=0.4)
+KD = {"temperature": 2.0, "distill_weight": 0.8, "label_weight": 0.4}
 
 
 def _model(config, seed):

@@ -28,7 +28,7 @@ def run(tmp_path_factory, data_dir):
 
 @pytest.mark.parametrize("stage", ["teacher", "student_kd"])
 def test_a_loaded_stage_re_evaluates_to_its_recorded_metrics(run, stage):
-    run_dir, summary = run
+    run_dir, _ = run
     model, config = load_stage(run_dir, stage)
     stage_config = config.teacher if stage == "teacher" else config.student
     forward_params = None if stage == "teacher" else build_recipe(config.distill).forward_params
