@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.recipes.base import RecipeBase, targets_and_mask
+from jdistill.recipes.base import RecipeBase, require_kind, targets_and_mask
 from jdistill.recipes.supervised import token_accuracy
 
 TOPK_OBJECTIVES = ("forward_kl", "reverse_kl", "generalized_jsd")
@@ -55,6 +55,14 @@ class CachedTopK(RecipeBase):
             raise ValueError(f"logprob_dtype must be float16 or float32, got {self.logprob_dtype!r}")
 
     @property
+    def needs_teacher_stage(self) -> bool:
+        """No teacher stage when `cache_dir` names a cache written beforehand."""
+        return not self.cache_dir
+
+    def check(self, config):
+        require_kind(self.name, config, "lm")
+
+    @property
     def jsd_beta(self) -> float:
         """The generalized-JSD beta of the objective: 0 forward KL, 1 reverse KL."""
         return {"forward_kl": 0.0, "reverse_kl": 1.0}.get(self.objective, self.beta)
@@ -75,4 +83,4 @@ class CachedTopK(RecipeBase):
         ce, _ = losses.cross_entropy(logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "ce": ce * per, "accuracy": token_accuracy(logits, labels, mask)}
-        return (self.distill_weight * distill + self.label_weight * ce, count), metrics, recipe_state
+        return (self.distill_weight * distill + self.label_weight * ce, count), metrics, ()

@@ -28,7 +28,7 @@ from flax import nnx
 
 from jdistill import losses
 from jdistill.eval import attacks
-from jdistill.recipes.base import RecipeBase, targets_and_mask
+from jdistill.recipes.base import RecipeBase, require_images, targets_and_mask
 from jdistill.recipes.supervised import token_accuracy
 
 
@@ -51,6 +51,10 @@ class DefensiveDistillation(RecipeBase):
         if self.temperature <= 0 or self.teacher_trained_temperature <= 0:
             raise ValueError("temperature and teacher_trained_temperature must be positive")
 
+    def check(self, config):
+        super().check(config)
+        require_images(self.name, config)  # FGSM / PGD in pixel space
+
     def objective(self, student_logits, teacher_logits, labels, mask=None):
         """(sum, count) of CE(tau, softmax(s / T)) with the teacher's logits rescaled as if trained at T."""
         teacher_at_T = teacher_logits * (self.temperature / self.teacher_trained_temperature)
@@ -64,7 +68,7 @@ class DefensiveDistillation(RecipeBase):
         total, count = self.objective(student_logits, teacher(batch["inputs"]).logits, labels, mask)
         metrics = {"soft_ce": total / jnp.maximum(count, 1.0),
                    "accuracy": token_accuracy(student_logits, labels, mask)}
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng):
         graphdef, params = nnx.split(model)
