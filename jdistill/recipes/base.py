@@ -125,6 +125,12 @@ class RecipeBase:
         if self.policy.separate_teacher:
             require_same_outputs(self.name, config)
 
+    def batch_fields(self, batch: dict) -> dict:
+        """The fields the recipe's data adds to the pipeline's batch (`batch`: its `jax.ShapeDtypeStruct`s), as
+        `jax.ShapeDtypeStruct`s; default none."""
+        del batch
+        return {}
+
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng
         return student_params, ()

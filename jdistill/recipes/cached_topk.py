@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from jdistill import losses
@@ -61,6 +62,12 @@ class CachedTopK(RecipeBase):
 
     def check(self, config):
         require_kind(self.name, config, "lm")
+
+    def batch_fields(self, batch):
+        """The cache's top-k ids (int32) and log-probs (float32) per token (`attach_teacher_cache`)."""
+        shape = (*batch["targets"].shape, self.top_k)
+        return {"teacher_topk_ids": jax.ShapeDtypeStruct(shape, jnp.int32),
+                "teacher_topk_logprobs": jax.ShapeDtypeStruct(shape, jnp.float32)}
 
     @property
     def jsd_beta(self) -> float:
