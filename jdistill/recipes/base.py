@@ -120,10 +120,8 @@ class RecipeBase:
 
     def check(self, config) -> None:
         """Raise a one-line `ConfigError` when the recipe cannot train this job (`config`: the whole job's
-        `Config`); called by the job and `jdistill compile` before any stage. Default: the student and a separate
-        teacher must predict over the same outputs."""
-        if self.policy.separate_teacher:
-            require_same_outputs(self.name, config)
+        `Config`, already valid on its own); called by the job and `jdistill compile` before any stage."""
+        del config
 
     def batch_fields(self, batch: dict) -> dict:
         """The fields the recipe's data adds to the pipeline's batch (`batch`: its `jax.ShapeDtypeStruct`s), as
@@ -160,20 +158,6 @@ class RecipeBase:
         """None, or a function `(model_config, rngs) -> nnx.Module` building the trained module (e.g. two peer
         students for mutual distillation); its `__call__` must give the output that is evaluated."""
         return None
-
-
-def output_width(model_config) -> int:
-    """The number of outputs a model predicts over: classes for classifiers, the vocabulary for LMs."""
-    return model_config.vocab_size if model_config.kind == "lm" else model_config.num_classes
-
-
-def require_same_outputs(recipe_name: str, config) -> None:
-    """A one-line config error unless teacher and student are of the same kind with the same output width."""
-    student, teacher = config.student.model, config.teacher.model
-    if (student.kind, output_width(student)) != (teacher.kind, output_width(teacher)):
-        raise ConfigError(f"recipe {recipe_name!r}: the teacher ({teacher.kind}, {output_width(teacher)} outputs) and "
-                          f"the student ({student.kind}, {output_width(student)} outputs) must predict over the same "
-                          "outputs; set teacher.model and student.model to the same kind and num_classes/vocab_size")
 
 
 def require_kind(recipe_name: str, config, kind: str) -> None:

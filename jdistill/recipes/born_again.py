@@ -61,7 +61,6 @@ class BornAgain(KnowledgeDistillation):
             raise ValueError(f"generations must be >= 2 (one generation is plain `kd`), got {self.generations}")
 
     def check(self, config):
-        super().check(config)
         require_same_architecture_config(self.name, config)
 
     def init(self, student_params, teacher_params, rng):

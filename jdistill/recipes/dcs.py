@@ -59,7 +59,6 @@ class DynamicCorrectiveSelfDistillation(RecipeBase):
         return student_params, {"weights": jnp.ones((self.num_examples,), jnp.float32)}
 
     def check(self, config):
-        super().check(config)
         require_kind(self.name, config, "classifier")  # per-example weights: batches carry `index`
 
     def loss(self, student, teacher, recipe_state, batch, rng):

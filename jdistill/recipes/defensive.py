@@ -52,7 +52,6 @@ class DefensiveDistillation(RecipeBase):
             raise ValueError("temperature and teacher_trained_temperature must be positive")
 
     def check(self, config):
-        super().check(config)
         require_images(self.name, config)  # FGSM / PGD in pixel space
 
     def objective(self, student_logits, teacher_logits, labels, mask=None):

@@ -157,23 +157,23 @@ class FeatureDistillation(RecipeBase):
     def check(self, config):
         """Trace both models' features on an abstract batch (nothing is computed): every layer number and module
         path must exist, and the widths must match (or `teacher_width` give the projection)."""
-        super().check(config)
         student = nnx.eval_shape(lambda: self.wraps_student()(config.student.model, nnx.Rngs(0)))
         teacher = nnx.eval_shape(lambda: Transformer(config.teacher.model, rngs=nnx.Rngs(1)))
         inputs = example_inputs(config.student.model, config.data.seq_len)
         pairs = self.pairs
 
-        def widths(student_state, teacher_state):
+        def paired_features(student_state, teacher_state):
             s_model = nnx.merge(nnx.graphdef(student), student_state)
             s_model = s_model.model if isinstance(s_model, FeatureStudent) else s_model
             _, s_feats = features(s_model, inputs, [s for s, _ in pairs])
             _, t_feats = features(nnx.merge(nnx.graphdef(teacher), teacher_state), inputs, [t for _, t in pairs])
-            return [(s.shape[-1], t.shape[-1]) for s, t in zip(s_feats, t_feats)]
+            return s_feats, t_feats
 
         try:
-            found = jax.eval_shape(widths, nnx.state(student), nnx.state(teacher))
+            s_feats, t_feats = jax.eval_shape(paired_features, nnx.state(student), nnx.state(teacher))
         except (ValueError, KeyError) as error:  # a module path that does not exist or is not called
             raise ConfigError(f"distill.options.layer_map: {str(error).strip(chr(34) + chr(39))}") from None
+        found = [(s.shape[-1], t.shape[-1]) for s, t in zip(s_feats, t_feats)]
         d_model = config.student.model.d_model
         projection = (d_model, self.teacher_width) if self.teacher_width not in (None, d_model) else None
         for d_s, d_t in found:

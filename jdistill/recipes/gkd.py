@@ -54,7 +54,6 @@ class GKD(RecipeBase):
             raise ValueError(f"sample_temperature must be >= 0, got {self.sample_temperature!r}")
 
     def check(self, config):
-        super().check(config)
         require_kind(self.name, config, "lm")
         if self.prompt_len > config.data.seq_len:
             raise ConfigError(f"distill.options.prompt_len={self.prompt_len} exceeds data.seq_len={config.data.seq_len}")

@@ -61,7 +61,6 @@ class RandomTeacher(RecipeBase):
             raise ValueError(f"tau must be positive, got {self.tau}")
 
     def check(self, config):
-        super().check(config)
         require_kind(self.name, config, "classifier")  # the probes of `extra_metrics` read labels
         if self.init_alpha < 1.0 and not same_shapes(abstract_params(config.student.model),
                                                      abstract_params(config.teacher.model)):

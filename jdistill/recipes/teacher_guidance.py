@@ -53,7 +53,6 @@ class TeacherGuidance(RecipeBase):
             raise ValueError("generations and probe_batches must be >= 1 and probe_ridge > 0")
 
     def check(self, config):
-        super().check(config)
         require_same_architecture_config(self.name, config)
         if self.alpha is None and config.student.model.kind != "classifier":
             raise ConfigError("recipe 'teacher_guidance' chooses alpha for classifiers only; set distill.options.alpha "

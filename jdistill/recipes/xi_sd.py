@@ -35,7 +35,6 @@ class XiSelfDistillation(RecipeBase):
     teacher_policy: str = "frozen"
 
     def check(self, config):
-        super().check(config)
         require_same_architecture_config(self.name, config)
 
     def init(self, student_params, teacher_params, rng):

@@ -67,13 +67,6 @@ def test_a_disagreeing_example_gains_weight_exp_eta_and_the_loss_is_the_weighted
     assert float(loss) == pytest.approx(float((w * per_example).sum() / w.sum()), rel=1e-5)
 
 
-def test_batches_without_index_are_a_config_error():
-    recipe = DCS(num_examples=N)
-    _, state = recipe.init(None, None, None)
-    with pytest.raises(ConfigError, match="index"):
-        recipe.loss(tiny_model(), tiny_model(), state, batch(), None)
-
-
 def test_dcs_preset_runs_end_to_end(tmp_path, data_dir):
     config = load_config("dcs", tiny_job(stages=("teacher", "student")))
     summary = run_job(config, tmp_path / "run", progress=False)
