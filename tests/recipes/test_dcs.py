@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from jdistill.configs import load_config
-from jdistill.errors import ConfigError
 from jdistill.losses import kd
 from jdistill.recipes.dcs import DynamicCorrectiveSelfDistillation as DCS
 from jdistill.train.job import run_job

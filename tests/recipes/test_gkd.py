@@ -8,7 +8,6 @@ import pytest
 from flax import nnx
 
 from jdistill.configs import load_config
-from jdistill.errors import ConfigError
 from jdistill.models import ModelConfig, Transformer
 from jdistill.models.generate import generate
 from jdistill.recipes.gkd import GKD

@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 
 from jdistill.configs import load_config
-from jdistill.errors import ConfigError
 from jdistill.models import ModelConfig, Transformer
 from jdistill.models.outputs import ModelOutput
 from jdistill.recipes.multi_exit import MultiExitSelfDistillation
