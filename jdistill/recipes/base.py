@@ -54,6 +54,10 @@ class Recipe(Protocol):
     name: str
     teacher_policy: str
 
+    @property
+    def policy(self) -> TeacherPolicy:
+        """The teacher policy named by `teacher_policy`."""
+
     def init(self, student_params, teacher_params, rng) -> tuple[Any, Any]:
         """(student params to start from, initial recipe state); the state is a pytree (`()` when stateless)."""
 
@@ -72,6 +76,9 @@ class Recipe(Protocol):
 
     def after_update(self, recipe_state, params, step):
         """The recipe state after the optimizer update (e.g. the EMA teacher moves toward `params`)."""
+
+    def check(self, config) -> None:
+        """Raise a one-line ConfigError when the recipe cannot train the job `config` (before any stage)."""
 
 
 @dataclasses.dataclass(frozen=True)

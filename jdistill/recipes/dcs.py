@@ -72,7 +72,8 @@ class DynamicCorrectiveSelfDistillation(RecipeBase):
         disagreement = jax.lax.stop_gradient(dcs_disagreement(student_logits, teacher_logits, kind=self.kind))
         metrics = {"dcs": loss, "accuracy": token_accuracy(student_logits, labels),
                    "disagreement": disagreement.mean(), "max_weight": recipe_state["weights"].max()}
-        return loss, metrics, {"index": index, "disagreement": disagreement}
+        # (sum_b w_b l_b, sum_b w_b): accumulated micro-batches normalise by the whole batch's weight
+        return (loss * weights.sum(), weights.sum()), metrics, {"index": index, "disagreement": disagreement}
 
     def update_state(self, recipe_state, statistics):
         """w <- w * exp(eta * d) on the whole batch's examples, renormalised (once per optimizer step)."""
