@@ -2,8 +2,16 @@
 
 from jdistill.configs.parsing import load_config as _load_config
 from jdistill.configs.parsing import preset_names, to_dict
-from jdistill.configs.schema import (ClusterConfig, Config, DataConfig, DistillConfig, MeshConfig, RunConfig,
-                                    StageConfig, TrainConfig)
+from jdistill.configs.schema import (
+    ClusterConfig,
+    Config,
+    DataConfig,
+    DistillConfig,
+    MeshConfig,
+    RunConfig,
+    StageConfig,
+    TrainConfig,
+)
 
 
 def load_config(name_or_path: str | None = "default", overrides=()) -> Config:

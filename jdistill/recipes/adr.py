@@ -27,7 +27,7 @@ from jdistill.eval.attacks import pgd_attack, robust_accuracy
 from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import ADR_EMA_DECAY, ADR_LAM, ADR_TEMPERATURE, adr_labels, cosine_schedule, soft_cross_entropy
 from jdistill.losses.ssl import ema_update
-from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.base import RecipeBase, require_images
 from jdistill.recipes.dino import copy_params
 
 
@@ -54,6 +54,9 @@ class AnnealingSelfDistillationRectification(RecipeBase):
             raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.epsilon < 0 or self.step_size < 0 or self.attack_steps < 0:
             raise ValueError("epsilon, step_size and attack_steps must be >= 0")
+
+    def check(self, config):
+        require_images(self.name, config)  # PGD in pixel space
 
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng
@@ -84,7 +87,7 @@ class AnnealingSelfDistillationRectification(RecipeBase):
         loss = soft_cross_entropy(logits, targets)
         metrics = {"adr_ce": loss, "tau": tau, "lam": lam, "adversarial_accuracy": token_accuracy(logits, labels),
                    "target_true_prob": jnp.take_along_axis(targets, labels[:, None], axis=-1).mean()}
-        return loss, metrics, recipe_state
+        return loss, metrics, ()
 
     def after_update(self, recipe_state, params, step):
         teacher = ema_update(recipe_state["teacher"], params, self.ema_decay)

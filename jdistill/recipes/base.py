@@ -6,18 +6,25 @@ A recipe never edits the train step. Inside one jitted function the step does, p
     student = merge(graphdef, recipe.forward_params(params))            # differentiated w.r.t. params
     loss, metrics, recipe_state = recipe.loss(student, teacher, recipe_state, batch, rng)
 
-then applies the optimizer update and `recipe_state = recipe.after_update(recipe_state, new_params, step)`.
+then, once per optimizer step, `recipe_state = recipe.update_state(recipe_state, statistics)` with the statistics of
+the whole batch, the optimizer update, and `recipe_state = recipe.after_update(recipe_state, new_params, step)`.
 
-- `student` / `teacher` are Flax NNX modules (`teacher` is None for policy "none" and "self"); a recipe calls
-  them as often as it needs (several crops, a PGD attack, sampling with the KV cache).
+- `student` / `teacher` are Flax NNX modules (`teacher` is None unless the policy's `module_in_step`); a recipe
+  calls them as often as it needs (several crops, a PGD attack, sampling with the KV cache).
 - `loss` is a scalar (a mean) or a pair `(sum, count)`: with gradient accumulation the step adds the sums and
   counts of all micro-batches and divides once, so token-level objectives normalise by the global count
-  (conventions.md, Reductions). Scalars are averaged over micro-batches.
+  (docs/conventions.md, Reductions). Scalars are averaged over micro-batches.
+- `loss` never changes the recipe state: its third output is `statistics`, a pytree of per-example arrays
+  (leading axis: the batch's examples; `()` for none). With gradient accumulation the step concatenates them
+  over the micro-batches, so `update_state` sees the whole batch's statistics once per optimizer step and an
+  accumulated step updates the state exactly as the large batch does (e.g. DINO's centre gets one EMA update).
+- `check(config)` raises a one-line `ConfigError` when the recipe's options do not fit the job (model kind,
+  depth, exits, teacher architecture ...): the job and `jdistill compile` call it before any stage.
 - Batches are dicts: classifiers carry `inputs`, `labels [batch]` and `index [batch]` (the example's position in
   the training split); LMs carry `inputs`, `targets [batch, seq]` and `mask [batch, seq]`. Every batch also has
   `epoch` (float: the step's position in passes over the training split).
 
-Teacher policies (conventions.md, Teachers): `frozen` a trained teacher stage (or `teacher.init_from`),
+Teacher policies (docs/conventions.md, Teachers; `jdistill.recipes.teacher_policy`): `frozen` a trained teacher stage (or `teacher.init_from`),
 `ema` an exponential moving average of the student kept in the recipe state, `previous_epoch` the student's
 own predictions from the last epoch (a buffer in the recipe state), `random_init` a teacher frozen at its random
 initialisation, `snapshots` earlier student checkpoints kept in the recipe state, `cached_topk` top-k teacher
@@ -30,13 +37,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-import jax
-
-from jdistill.eval.batch import targets_and_mask  # noqa: F401 (re-exported until every recipe imports it from there)
-
-TEACHER_POLICIES = ("frozen", "ema", "previous_epoch", "random_init", "snapshots", "cached_topk", "self", "none")
-# Policies whose teacher is a separate model built from `config.teacher` (trained, loaded or random).
-SEPARATE_TEACHER_POLICIES = ("frozen", "random_init")
+from jdistill.errors import ConfigError
+from jdistill.recipes.teacher_policy import TEACHER_POLICIES, TeacherPolicy, policy_named  # noqa: F401
 
 
 class Recipe(Protocol):
@@ -44,6 +46,10 @@ class Recipe(Protocol):
 
     name: str
     teacher_policy: str
+
+    @property
+    def policy(self) -> TeacherPolicy:
+        """The teacher policy named by `teacher_policy`."""
 
     def init(self, student_params, teacher_params, rng) -> tuple[Any, Any]:
         """(student params to start from, initial recipe state); the state is a pytree (`()` when stateless)."""
@@ -56,10 +62,16 @@ class Recipe(Protocol):
         """The parameters the student's forward pass uses (e.g. straight-through quantised); default: `params`."""
 
     def loss(self, student, teacher, recipe_state, batch: dict, rng) -> tuple[Any, dict, Any]:
-        """(loss: scalar or (sum, count), metrics: dict of scalars, new recipe state)."""
+        """(loss: scalar or (sum, count), metrics: dict of scalars, statistics: per-example pytree or `()`)."""
+
+    def update_state(self, recipe_state, statistics):
+        """The recipe state after this optimizer step's batch, from the whole batch's `statistics` (once per step)."""
 
     def after_update(self, recipe_state, params, step):
         """The recipe state after the optimizer update (e.g. the EMA teacher moves toward `params`)."""
+
+    def check(self, config) -> None:
+        """Raise a one-line ConfigError when the recipe cannot train the job `config` (before any stage)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +97,7 @@ class RecipeBase:
     """Defaults for the optional hooks; recipes are frozen dataclasses that inherit from this."""
 
     name = "recipe"
-    teacher_policy = "none"
+    teacher_policy = "none"  # the policy's name; `policy` is the TeacherPolicy
     # Born-again style recipes train this many student generations, each taught by the previous one.
     generations = 1
 
@@ -95,6 +107,27 @@ class RecipeBase:
         names = {field.name for field in dataclasses.fields(self)} if dataclasses.is_dataclass(self) else set()
         updates = {name: getattr(facts, name) for name in FACT_FIELDS if name in names and getattr(self, name) is None}
         return dataclasses.replace(self, **updates) if updates else self
+
+    @property
+    def policy(self) -> TeacherPolicy:
+        """The recipe's teacher policy as an object (`jdistill.recipes.teacher_policy`)."""
+        return policy_named(self.teacher_policy)
+
+    @property
+    def needs_teacher_stage(self) -> bool:
+        """Whether the job trains (or loads) a teacher before the student stages."""
+        return self.policy.trained_teacher
+
+    def check(self, config) -> None:
+        """Raise a one-line `ConfigError` when the recipe cannot train this job (`config`: the whole job's
+        `Config`, already valid on its own); called by the job and `jdistill compile` before any stage."""
+        del config
+
+    def batch_fields(self, batch: dict) -> dict:
+        """The fields the recipe's data adds to the pipeline's batch (`batch`: its `jax.ShapeDtypeStruct`s), as
+        `jax.ShapeDtypeStruct`s; default none."""
+        del batch
+        return {}
 
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng
@@ -106,6 +139,10 @@ class RecipeBase:
 
     def forward_params(self, params):
         return params
+
+    def update_state(self, recipe_state, statistics):
+        del statistics
+        return recipe_state
 
     def after_update(self, recipe_state, params, step):
         del params, step
@@ -123,6 +160,16 @@ class RecipeBase:
         return None
 
 
-def ema_update(average, params, decay):
-    """`decay * average + (1 - decay) * params`, leaf by leaf (the EMA / mean-teacher update)."""
-    return jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p.astype(a.dtype), average, params)
+def require_kind(recipe_name: str, config, kind: str) -> None:
+    """A one-line config error unless the student is a `kind` model ("classifier" or "lm")."""
+    if config.student.model.kind != kind:
+        what = "classifiers" if kind == "classifier" else "language models"
+        raise ConfigError(f"recipe {recipe_name!r} trains {what} only: set student.model.kind={kind} "
+                          f"(it is {config.student.model.kind})")
+
+
+def require_images(recipe_name: str, config) -> None:
+    """A one-line config error unless the student classifies images (crops, rotations, pixel attacks)."""
+    require_kind(recipe_name, config, "classifier")
+    if config.student.model.classifier_input != "patches":
+        raise ConfigError(f"recipe {recipe_name!r} transforms images: set student.model.classifier_input=patches")

@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+from flax import nnx
 
 from jdistill.errors import ConfigError
+from jdistill.models import Transformer
 from jdistill.recipes.kd import KnowledgeDistillation
 
 
@@ -36,6 +38,18 @@ def require_same_architecture(recipe_name: str, student_params, teacher_params) 
                           f"equal to student.model")
 
 
+def abstract_params(model_config):
+    """The parameters of a Transformer of `model_config` as shapes and dtypes (nothing allocated)."""
+    return nnx.state(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))))
+
+
+def require_same_architecture_config(recipe_name: str, config) -> None:
+    """`require_same_architecture` on the abstract parameters of `config.teacher.model` and `config.student.model`:
+    the check before the teacher is trained."""
+    require_same_architecture(recipe_name, abstract_params(config.student.model),
+                              abstract_params(config.teacher.model))
+
+
 @dataclasses.dataclass(frozen=True)
 class BornAgain(KnowledgeDistillation):
     """Born-again networks: `generations` students of one architecture, each distilled from the one before."""
@@ -49,6 +63,9 @@ class BornAgain(KnowledgeDistillation):
         super().__post_init__()
         if self.generations < 2:
             raise ValueError(f"generations must be >= 2 (one generation is plain `kd`), got {self.generations}")
+
+    def check(self, config):
+        require_same_architecture_config(self.name, config)
 
     def init(self, student_params, teacher_params, rng):
         require_same_architecture(self.name, student_params, teacher_params)

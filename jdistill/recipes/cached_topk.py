@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from jdistill import losses
 from jdistill.errors import ConfigError
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import token_accuracy
-from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.base import RecipeBase, require_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,20 @@ class CachedTopK(RecipeBase):
         return losses.divergence(self.objective)
 
     @property
+    def needs_teacher_stage(self) -> bool:
+        """No teacher stage when `cache_dir` names a cache written beforehand."""
+        return not self.cache_dir
+
+    def check(self, config):
+        require_kind(self.name, config, "lm")
+
+    def batch_fields(self, batch):
+        """The cache's top-k ids (int32) and log-probs (float32) per token (`attach_teacher_cache`)."""
+        shape = (*batch["targets"].shape, self.top_k)
+        return {"teacher_topk_ids": jax.ShapeDtypeStruct(shape, jnp.int32),
+                "teacher_topk_logprobs": jax.ShapeDtypeStruct(shape, jnp.float32)}
+
+    @property
     def jsd_beta(self) -> float:
         """The generalized-JSD beta of the objective: 0 forward KL, 1 reverse KL, `beta` for generalized_jsd."""
         return self.divergence().topk_beta(self.beta)
@@ -79,4 +94,4 @@ class CachedTopK(RecipeBase):
         ce, _ = losses.cross_entropy(logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "ce": ce * per, "accuracy": token_accuracy(logits, labels, mask)}
-        return (self.distill_weight * distill + self.label_weight * ce, count), metrics, recipe_state
+        return (self.distill_weight * distill + self.label_weight * ce, count), metrics, ()

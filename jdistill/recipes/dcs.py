@@ -12,7 +12,8 @@ initialised to 1) read at the batch's `index`:
 
 with a = `distill_weight`, T = `temperature`. Examples on which the student keeps disagreeing with its teacher
 gain weight multiplicatively, as in boosting; uniform agreement leaves the weights unchanged. The loss uses the
-weights from before this step's update. `num_examples` (the training split's size) comes from the stage through
+weights from before this step's update, which happens once per optimizer step from the whole batch (also under
+gradient accumulation). `num_examples` (the training split's size) comes from the stage through
 `bind` unless set; an `index` beyond it is clamped on read and dropped on write. Classifiers only.
 """
 
@@ -20,12 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
-from jdistill.errors import ConfigError
+from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import dcs_disagreement, dcs_loss, dcs_update_weights
-from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.supervised import token_accuracy
+from jdistill.recipes.base import RecipeBase, require_kind
 
 KINDS = ("indicator", "kl")
 
@@ -57,21 +58,25 @@ class DynamicCorrectiveSelfDistillation(RecipeBase):
             raise ValueError("dcs needs num_examples (the job sets it through bind)")
         return student_params, {"weights": jnp.ones((self.num_examples,), jnp.float32)}
 
+    def check(self, config):
+        require_kind(self.name, config, "classifier")  # per-example weights: batches carry `index`
+
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
-        index = batch.get("index")
-        if index is None:
-            raise ConfigError("recipe 'dcs' needs training batches with a per-example `index` (classification data)")
-        labels = batch["labels"]
+        index, labels = batch["index"], batch["labels"]
         student_logits = student(batch["inputs"]).logits
         teacher_logits = teacher(batch["inputs"]).logits
-        table = recipe_state["weights"]
-        weights = table.at[index].get(mode="clip")
+        weights = recipe_state["weights"].at[index].get(mode="clip")
         loss = dcs_loss(student_logits, teacher_logits, labels, weights, distill_weight=self.distill_weight,
                         temperature=self.temperature, scale_by_temperature_squared=self.scale_by_temperature_squared)
-        disagreement = dcs_disagreement(student_logits, teacher_logits, kind=self.kind)
-        full = jnp.zeros_like(table).at[index].set(disagreement, mode="drop")
-        table = dcs_update_weights(table, full, self.eta)
+        disagreement = jax.lax.stop_gradient(dcs_disagreement(student_logits, teacher_logits, kind=self.kind))
         metrics = {"dcs": loss, "accuracy": token_accuracy(student_logits, labels),
-                   "disagreement": disagreement.mean(), "max_weight": table.max()}
-        return loss, metrics, {"weights": table}
+                   "disagreement": disagreement.mean(), "max_weight": recipe_state["weights"].max()}
+        # (sum_b w_b l_b, sum_b w_b): accumulated micro-batches normalise by the whole batch's weight
+        return (loss * weights.sum(), weights.sum()), metrics, {"index": index, "disagreement": disagreement}
+
+    def update_state(self, recipe_state, statistics):
+        """w <- w * exp(eta * d) on the whole batch's examples, renormalised (once per optimizer step)."""
+        table = recipe_state["weights"]
+        full = jnp.zeros_like(table).at[statistics["index"]].set(statistics["disagreement"], mode="drop")
+        return {"weights": dcs_update_weights(table, full, self.eta)}

@@ -30,7 +30,7 @@ from jdistill import losses
 from jdistill.eval import attacks
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import token_accuracy
-from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.base import RecipeBase, require_images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,9 @@ class DefensiveDistillation(RecipeBase):
         if self.temperature <= 0 or self.teacher_trained_temperature <= 0:
             raise ValueError("temperature and teacher_trained_temperature must be positive")
 
+    def check(self, config):
+        require_images(self.name, config)  # FGSM / PGD in pixel space
+
     def objective(self, student_logits, teacher_logits, labels, mask=None):
         """(sum, count) of CE(tau, softmax(s / T)) with the teacher's logits rescaled as if trained at T."""
         teacher_at_T = teacher_logits * (self.temperature / self.teacher_trained_temperature)
@@ -65,7 +68,7 @@ class DefensiveDistillation(RecipeBase):
         total, count = self.objective(student_logits, teacher(batch["inputs"]).logits, labels, mask)
         metrics = {"soft_ce": total / jnp.maximum(count, 1.0),
                    "accuracy": token_accuracy(student_logits, labels, mask)}
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng):
         graphdef, params = nnx.split(model)

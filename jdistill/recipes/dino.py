@@ -6,11 +6,12 @@ Per step, from the batch images and the step key (pure, so a resumed run sees th
     views  = 2 global + n_local local crops (`jdistill.data.crops.multi_crop`), every one at the model's input size
     g_s^j  = student head on view j (all views);  g_t^i = EMA-teacher head on global view i
     L      = 1/n_pairs * sum_{i != j} mean_b CE(softmax((g_t^i - c) / tau_t), log_softmax(g_s^j / tau_s))
-    c     <- 0.9 c + 0.1 mean(g_t)                                         (after the loss, recipe state)
+    c     <- 0.9 c + 0.1 mean(g_t)                 (recipe state, once per optimizer step from the whole batch)
     theta_t <- m theta_t + (1 - m) theta_s,  m_it = 1 - 0.5 (1 - 0.996)(1 + cos(pi it / total))  (after the update)
 
 with n_pairs = 2 (n_crops - 1) (pairs of the same view are skipped), tau_s = 0.1 and tau_t warmed up linearly from
-0.04 to 0.07 over the first `teacher_temperature_warmup_epochs` epochs (`jdistill.losses.ssl`). The teacher starts
+0.04 to 0.07 over the first `teacher_temperature_warmup_epochs` epochs, moving once per epoch (at the epoch's
+integer part, as the official per-epoch table; `jdistill.losses.ssl`). The teacher starts
 as a copy of the student and lives in the recipe state (policy `ema`); `it` is the 0-based index of the update
 (the official code's `momentum_schedule[it]`), `total` = `total_steps` (the stage's train.steps, filled in by
 `bind`; 0 keeps m = 0.996 throughout).
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 from jdistill.data.crops import GLOBAL_SCALE, LOCAL_SCALE, multi_crop
 from jdistill.eval.probes import KNN_K, probe_metrics
 from jdistill.losses import dino_center_update, dino_loss, dino_teacher_temperature, ema_momentum, ema_update
-from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.base import RecipeBase, require_images
 
 
 def copy_params(params):
@@ -86,6 +87,9 @@ class Dino(RecipeBase):
             if not 0.0 < low <= high <= 1.0:
                 raise ValueError(f"{field} must be (low, high) with 0 < low <= high <= 1")
 
+    def check(self, config):
+        require_images(self.name, config)
+
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng
         state = {"teacher": copy_params(student_params), "center": jnp.zeros((output_dim(student_params),))}
@@ -112,7 +116,8 @@ class Dino(RecipeBase):
         return features @ kernel
 
     def teacher_temperature(self, epoch):
-        return dino_teacher_temperature(epoch, self.teacher_temperature_warmup_epochs,
+        """tau_t of the step's epoch: the warm-up moves once per epoch (the official code's per-epoch table)."""
+        return dino_teacher_temperature(jnp.floor(epoch), self.teacher_temperature_warmup_epochs,
                                         self.teacher_temperature_start, self.teacher_temperature_end)
 
     def loss(self, student, teacher, recipe_state, batch, rng):
@@ -124,11 +129,17 @@ class Dino(RecipeBase):
         tau_t = self.teacher_temperature(batch["epoch"])
         loss = dino_loss(student_out, teacher_out, recipe_state["center"], student_temperature=self.student_temperature,
                          teacher_temperature=tau_t, n_global_crops=self.n_global_crops)
-        center = dino_center_update(recipe_state["center"], teacher_out, self.center_momentum)
         teacher_probs = jax.nn.softmax((teacher_out - recipe_state["center"]) / tau_t, axis=-1)
         entropy = -jnp.sum(teacher_probs * jnp.log(teacher_probs + 1e-12), axis=-1).mean()
         metrics = {"dino": loss, "teacher_temperature": tau_t, "teacher_entropy": entropy}
-        return loss, metrics, dict(recipe_state, center=center)
+        # Per example (batch axis first): the centre moves once per optimizer step, from the whole batch.
+        statistics = {"teacher_out": jax.lax.stop_gradient(jnp.swapaxes(teacher_out, 0, 1))}
+        return loss, metrics, statistics
+
+    def update_state(self, recipe_state, statistics):
+        """c <- m c + (1 - m) mean(g_t) over the whole batch's global crops (once per optimizer step)."""
+        teacher_out = jnp.swapaxes(statistics["teacher_out"], 0, 1)
+        return dict(recipe_state, center=dino_center_update(recipe_state["center"], teacher_out, self.center_momentum))
 
     def momentum(self, step):
         """Teacher momentum for the update that produced step `step` (1-based): m at it = step - 1."""

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jdistill import losses
 from jdistill.errors import ConfigError
+from jdistill.eval.batch import targets_and_mask
 from jdistill.models import Transformer
 from jdistill.models.capture import capture
-from jdistill.recipes.base import RecipeBase, targets_and_mask
+from jdistill.recipes.base import RecipeBase
 from jdistill.recipes.kd import KnowledgeDistillation
 
 FEATURE_LOSSES = {"mse": losses.hint_mse, "cosine": losses.hint_cosine}
@@ -97,6 +99,14 @@ def features(model, inputs, sides):
     return output, found
 
 
+def example_inputs(model_config, seq_len: int):
+    """A one-example input of the model's kind, for abstract tracing (`jax.eval_shape`)."""
+    if model_config.kind == "lm" or model_config.classifier_input == "tokens":
+        return jnp.zeros((1, seq_len), jnp.int32)
+    size = model_config.image_size
+    return jnp.zeros((1, size, size, model_config.num_channels), jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureDistillation(RecipeBase):
     """Hint (MSE / cosine, learned projection) and attention-transfer distillation over a layer map, plus logit KD."""
@@ -144,12 +154,36 @@ class FeatureDistillation(RecipeBase):
 
         return build
 
+    def check(self, config):
+        """Trace both models' features on an abstract batch (nothing is computed): every layer number and module
+        path must exist, and the widths must match (or `teacher_width` give the projection)."""
+        student = nnx.eval_shape(lambda: self.wraps_student()(config.student.model, nnx.Rngs(0)))
+        teacher = nnx.eval_shape(lambda: Transformer(config.teacher.model, rngs=nnx.Rngs(1)))
+        inputs = example_inputs(config.student.model, config.data.seq_len)
+        pairs = self.pairs
+
+        def paired_features(student_state, teacher_state):
+            s_model = nnx.merge(nnx.graphdef(student), student_state)
+            s_model = s_model.model if isinstance(s_model, FeatureStudent) else s_model
+            _, s_feats = features(s_model, inputs, [s for s, _ in pairs])
+            _, t_feats = features(nnx.merge(nnx.graphdef(teacher), teacher_state), inputs, [t for _, t in pairs])
+            return s_feats, t_feats
+
+        try:
+            s_feats, t_feats = jax.eval_shape(paired_features, nnx.state(student), nnx.state(teacher))
+        except (ValueError, KeyError) as error:  # a module path that does not exist or is not called
+            raise ConfigError(f"distill.options.layer_map: {str(error).strip(chr(34) + chr(39))}") from None
+        found = [(s.shape[-1], t.shape[-1]) for s, t in zip(s_feats, t_feats)]
+        d_model = config.student.model.d_model
+        projection = (d_model, self.teacher_width) if self.teacher_width not in (None, d_model) else None
+        for d_s, d_t in found:
+            if (projection is None and d_s != d_t) or (projection is not None and projection != (d_s, d_t)):
+                raise ConfigError(f"recipe feature_kd: student features of width {d_s}, teacher features of width "
+                                  f"{d_t}; set distill.options.teacher_width={d_t} (a learned projection "
+                                  f"{d_s}->{d_t})")
+
     def _hint(self, student_feature, teacher_feature, projection, mask):
-        d_s, d_t = student_feature.shape[-1], teacher_feature.shape[-1]
         kernel = None if projection is None else projection.kernel[...]
-        if (kernel is None and d_s != d_t) or (kernel is not None and kernel.shape != (d_s, d_t)):
-            raise ConfigError(f"recipe feature_kd: student features of width {d_s}, teacher features of width {d_t}; "
-                              f"set distill.options.teacher_width={d_t} (a learned projection {d_s}->{d_t})")
         if mask is not None:
             mask = jnp.reshape(mask, mask.shape + (1,) * (student_feature.ndim - 1 - mask.ndim))
         return FEATURE_LOSSES[self.feature_loss](student_feature, teacher_feature, projection=kernel, mask=mask)
@@ -166,4 +200,4 @@ class FeatureDistillation(RecipeBase):
         attention = sum(losses.attention_transfer(s, t, p=self.attention_p) for s, t in zip(s_feats, t_feats))
         total = total + count * (self.feature_weight * hint + self.attention_weight * attention)
         metrics = dict(metrics, feature=hint, attention_transfer=attention)
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()

@@ -25,9 +25,9 @@ from flax import nnx
 
 from jdistill import losses
 from jdistill.errors import ConfigError
+from jdistill.eval.metrics import token_accuracy
 from jdistill.models.generate import generate
-from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.supervised import token_accuracy
+from jdistill.recipes.base import RecipeBase, require_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,11 @@ class GKD(RecipeBase):
         if self.sample_temperature < 0:
             raise ValueError(f"sample_temperature must be >= 0, got {self.sample_temperature!r}")
 
+    def check(self, config):
+        require_kind(self.name, config, "lm")
+        if self.prompt_len > config.data.seq_len:
+            raise ConfigError(f"distill.options.prompt_len={self.prompt_len} exceeds data.seq_len={config.data.seq_len}")
+
     @staticmethod
     def keys(rng):
         """(decision key, sampling key) of a step key."""
@@ -76,12 +81,8 @@ class GKD(RecipeBase):
         sampled from the student (w.p. lam), else from the teacher (`seq_kd`) or kept. The mask keeps the batch's
         mask at the positions whose target is a continuation token (i >= P - 1).
         """
-        if "targets" not in batch:
-            raise ConfigError("recipe gkd distils language models only (model.kind: lm)")
         inputs, targets = batch["inputs"], batch["targets"]
         seq_len = inputs.shape[1]
-        if self.prompt_len > seq_len:
-            raise ConfigError(f"distill.options.prompt_len={self.prompt_len} exceeds data.seq_len={seq_len}")
         stream = jnp.concatenate([inputs, targets[:, -1:]], axis=1).astype(jnp.int32)
         prompt, num_new = stream[:, :self.prompt_len], seq_len + 1 - self.prompt_len
         sample_key = self.keys(rng)[1]
@@ -105,4 +106,4 @@ class GKD(RecipeBase):
                                               temperature=self.temperature, mask=mask, reduction="sum_count")
         metrics = {"jsd": total / jnp.maximum(count, 1.0), "on_policy": on_policy.astype(jnp.float32),
                    "accuracy": token_accuracy(student_logits, targets, mask)}
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()

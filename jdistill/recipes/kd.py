@@ -56,7 +56,7 @@ class KnowledgeDistillation(RecipeBase):
         student_logits = student(batch["inputs"]).logits
         teacher_logits = teacher(batch["inputs"]).logits
         (total, count), metrics = self.loss_from_logits(student_logits, teacher_logits, labels, mask)
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()
 
     def loss_from_logits(self, student_logits, teacher_logits, labels, mask):
         """((sum, count) over valid positions, metrics): the divergence and CE are each computed once."""
@@ -82,4 +82,4 @@ class KnowledgeDistillation(RecipeBase):
             label_weight=self.label_weight, scale_by_temperature_squared=self.scale_by_temperature_squared,
             mask=mask, student_bias=s_bias, teacher_bias=t_bias, chunk_size=self.vocab_chunk,
             reduction="sum_count")
-        return (total, count), {"distill_and_ce": total / jnp.maximum(count, 1.0)}, recipe_state
+        return (total, count), {"distill_and_ce": total / jnp.maximum(count, 1.0)}, ()

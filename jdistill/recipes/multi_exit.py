@@ -26,8 +26,9 @@ from flax import nnx
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.recipes.base import RecipeBase, targets_and_mask
-from jdistill.recipes.supervised import token_accuracy
+from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.metrics import token_accuracy
+from jdistill.recipes.base import RecipeBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +55,22 @@ class MultiExitSelfDistillation(RecipeBase):
                                               or sum(self.exit_weights) <= 0):
             raise ValueError(f"exit_weights must be non-negative numbers with a positive sum, got {self.exit_weights}")
 
+    def check(self, config):
+        exit_layers = config.student.model.exit_layers
+        if not exit_layers:
+            raise ConfigError("recipe multi_exit: the student has no exits; set student.model.exit_layers")
+        if self.exit_weights is not None and len(self.exit_weights) != len(exit_layers) + 1:
+            raise ConfigError(f"distill.options.exit_weights: {len(self.exit_weights)} weights for "
+                              f"{len(exit_layers) + 1} exits (one per exit layer plus the final head)")
+
     def weights(self, num_exits: int):
         """Per-exit weights (shallow to deep, the final head last), summing to 1."""
         if self.exit_weights is None:
             return losses.multi_exit_weights(num_exits, scheme=self.weight_scheme)
-        if len(self.exit_weights) != num_exits:
-            raise ConfigError(f"distill.options.exit_weights: {len(self.exit_weights)} weights for {num_exits} "
-                              "exits (one per exit layer plus the final head)")
         weights = jnp.asarray(self.exit_weights, jnp.float32)
         return weights / weights.sum()
 
     def exit_logits(self, output) -> tuple:
-        if output.exits is None:
-            raise ConfigError("recipe multi_exit: the student has no exits; set student.model.exit_layers")
         return tuple(output.exits) + (output.logits,)
 
     def loss(self, student, teacher, recipe_state, batch, rng):
@@ -81,7 +85,7 @@ class MultiExitSelfDistillation(RecipeBase):
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "accuracy": token_accuracy(logits[-1], labels, mask),
                    "first_exit_accuracy": token_accuracy(logits[0], labels, mask)}
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng) -> dict:
         """Top-1 accuracy of every early exit on the evaluation batches."""

@@ -23,7 +23,7 @@ from flax import nnx
 from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import kd
 from jdistill.models import Transformer
-from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.base import RecipeBase, require_kind
 
 
 class PeerStudents(nnx.Module):
@@ -68,6 +68,9 @@ class MutualLearning(RecipeBase):
         if self.num_peers < 2:
             raise ValueError(f"num_peers must be at least 2, got {self.num_peers}")
 
+    def check(self, config):
+        require_kind(self.name, config, "classifier")  # peers are compared on class labels
+
     def wraps_student(self):
         return lambda model_config, rngs: PeerStudents(model_config, self.num_peers, rngs=rngs)
 
@@ -79,4 +82,4 @@ class MutualLearning(RecipeBase):
                            label_weight=self.label_weight)
         metrics = {f"accuracy_peer{k}": token_accuracy(logits[k], labels) for k in range(self.num_peers)}
         metrics["accuracy"] = metrics["accuracy_peer0"]
-        return loss, metrics, recipe_state
+        return loss, metrics, ()

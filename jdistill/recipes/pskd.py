@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jdistill import losses
 from jdistill.eval.metrics import token_accuracy
-from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.base import RecipeBase, require_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +69,18 @@ class ProgressiveSelfKD(RecipeBase):
         alpha = self.alpha(batch["epoch"])
         return losses.pskd_targets(batch["labels"], past, alpha), alpha
 
+    def check(self, config):
+        require_kind(self.name, config, "classifier")  # a per-example buffer: batches carry `index`
+
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, rng
-        if batch["labels"].ndim != 1 or "index" not in batch:
-            raise ValueError("pskd trains classifiers: batches need labels [batch] and index [batch]")
         logits = student(batch["inputs"]).logits
         targets, alpha = self.targets(recipe_state, batch)
         ce = losses.soft_cross_entropy(logits, targets)
         probs = jax.lax.stop_gradient(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
-        buffer = recipe_state.at[batch["index"]].set(probs, mode="drop")
         metrics = {"pskd_ce": ce, "alpha": alpha, "accuracy": token_accuracy(logits, batch["labels"])}
-        return ce, metrics, buffer
+        return ce, metrics, {"index": batch["index"], "probs": probs}
+
+    def update_state(self, recipe_state, statistics):
+        """P[index] <- this step's softmax, for the whole batch (once per optimizer step)."""
+        return recipe_state.at[statistics["index"]].set(statistics["probs"], mode="drop")

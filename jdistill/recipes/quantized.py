@@ -72,7 +72,7 @@ class QuantizedDistillation(RecipeBase):
             student_logits, teacher_logits, labels, self.temperature, distill_weight=self.distill_weight,
             mask=mask, reduction="sum_count")
         metrics = {"accuracy": token_accuracy(student_logits, labels, mask)}
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng) -> dict:
         """Accuracy and NLL of the quantized student (the deployed model) on the evaluation batches."""

@@ -27,8 +27,11 @@ import dataclasses
 from jdistill.errors import ConfigError
 from jdistill.eval.probes import KNN_K, probe_metrics
 from jdistill.losses import random_teacher_interpolation, random_teacher_loss
-from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.born_again import same_shapes
+from jdistill.recipes.base import RecipeBase, require_kind
+from jdistill.recipes.born_again import abstract_params, same_shapes
+
+SAME_ARCHITECTURE = ("random_teacher: distill.options.init_alpha < 1 starts the student from the teacher, so "
+                     "student.model must equal teacher.model (or set init_alpha: 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +50,18 @@ class RandomTeacher(RecipeBase):
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
 
+    def check(self, config):
+        require_kind(self.name, config, "classifier")  # the probes of `extra_metrics` read labels
+        if self.init_alpha < 1.0 and not same_shapes(abstract_params(config.student.model),
+                                                     abstract_params(config.teacher.model)):
+            raise ConfigError(SAME_ARCHITECTURE)
+
     def init(self, student_params, teacher_params, rng):
         del rng
         if self.init_alpha == 1.0:
             return student_params, ()
         if teacher_params is None or not same_shapes(student_params, teacher_params):
-            raise ConfigError("random_teacher: distill.options.init_alpha < 1 starts the student from the teacher, "
-                              "so student.model must equal teacher.model (or set init_alpha: 1)")
+            raise ConfigError(SAME_ARCHITECTURE)
         return random_teacher_interpolation(teacher_params, student_params, self.init_alpha), ()
 
     def loss(self, student, teacher, recipe_state, batch, rng):
@@ -62,7 +70,7 @@ class RandomTeacher(RecipeBase):
         teacher_logits = teacher(batch["inputs"]).logits
         loss = random_teacher_loss(student_logits, teacher_logits, temperature=self.tau)
         agreement = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).mean()
-        return loss, {"random_teacher_kl": loss, "teacher_agreement": agreement}, recipe_state
+        return loss, {"random_teacher_kl": loss, "teacher_agreement": agreement}, ()
 
     def extra_metrics(self, model, eval_batches, rng):
         return probe_metrics(model, eval_batches, rng, k=self.probe_k)

@@ -15,7 +15,7 @@ import pkgutil
 
 import jdistill.recipes as package
 from jdistill.errors import ConfigError
-from jdistill.recipes.base import TEACHER_POLICIES, RecipeBase
+from jdistill.recipes.base import RecipeBase
 
 SHARED_FIELDS = ("objective", "temperature", "distill_weight", "label_weight", "beta",
                  "scale_by_temperature_squared")
@@ -77,7 +77,8 @@ def build_recipe(distill_config, **extra):
         recipe = cls(**kwargs)
     except (TypeError, ValueError, ConfigError) as error:
         raise ConfigError(f"distill.options: recipe {name!r}: {error}") from None
-    if recipe.teacher_policy not in TEACHER_POLICIES:
-        raise ConfigError(f"recipe {name!r}: teacher_policy {recipe.teacher_policy!r} is not one of "
-                          f"{', '.join(TEACHER_POLICIES)}")
+    try:
+        recipe.policy  # noqa: B018 -- the policy's name must be known
+    except ValueError as error:
+        raise ConfigError(f"recipe {name!r}: {error}") from None
     return recipe

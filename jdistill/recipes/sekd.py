@@ -59,4 +59,4 @@ class SelfEvolutionKD(RecipeBase):
         ce, _ = losses.cross_entropy(student_logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "ce": ce * per, "accuracy": token_accuracy(student_logits, labels, mask)}
-        return (self.distill_weight * distill + self.label_weight * ce, count), metrics, recipe_state
+        return (self.distill_weight * distill + self.label_weight * ce, count), metrics, ()

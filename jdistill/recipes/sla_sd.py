@@ -28,7 +28,7 @@ from flax import nnx
 from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import sla_aggregate, sla_self_distillation_loss
 from jdistill.models import Transformer
-from jdistill.recipes.base import RecipeBase
+from jdistill.recipes.base import RecipeBase, require_images
 
 
 def rotations(images, count: int):
@@ -79,6 +79,9 @@ class SLASelfDistillation(RecipeBase):
         if not 1 <= self.n_transforms <= 4:
             raise ValueError(f"n_transforms (rotations by 90 degrees) must be in 1..4, got {self.n_transforms}")
 
+    def check(self, config):
+        require_images(self.name, config)
+
     def wraps_student(self):
         return lambda model_config, rngs: SLAStudent(model_config, self.n_transforms, rngs=rngs)
 
@@ -90,7 +93,7 @@ class SLASelfDistillation(RecipeBase):
         aggregated = sla_aggregate(joint, single.shape[-1], self.n_transforms)
         metrics = {"sla_sd": loss, "accuracy": token_accuracy(single, labels),
                    "aggregated_accuracy": token_accuracy(aggregated, labels)}
-        return loss, metrics, recipe_state
+        return loss, metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng):
         del rng

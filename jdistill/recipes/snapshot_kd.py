@@ -90,4 +90,4 @@ class SnapshotKD(RecipeBase):
         per = 1.0 / jnp.maximum(count, 1.0)
         metrics = {"distill": distill * per, "ce": ce * per, "teacher_active": active,
                    "accuracy": token_accuracy(student_logits, labels, mask)}
-        return (active * self.distill_weight * distill + self.label_weight * ce, count), metrics, recipe_state
+        return (active * self.distill_weight * distill + self.label_weight * ce, count), metrics, ()

@@ -27,5 +27,5 @@ class Supervised(RecipeBase):
         total, count = cross_entropy(logits, labels, mask=mask, label_smoothing=self.label_smoothing,
                                      reduction="sum_count")
         ce = total / jnp.maximum(count, 1.0)
-        return (total, count), {"ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, recipe_state
+        return (total, count), {"ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, ()
 

@@ -13,8 +13,9 @@ batch is split in halves; two ridge probes (`probe_ridge`, with intercept) on th
 half are fitted, one to the one-hot labels (alpha = 1) and one to the teacher's probabilities (alpha = 0); any
 alpha's probe is their affine combination, so the alpha in [0, 1] whose probe best predicts the second half's
 one-hot labels is closed-form (`losses.probe_alpha`). That is, the next generation is modelled as
-kernel regression with the teacher's feature kernel. The estimates of the first `probe_batches` steps are averaged
-(recipe state) and the average is used; after that it stays fixed for the rest of the generation. Classifiers only
+kernel regression with the teacher's feature kernel. The estimates of the first `probe_batches` steps (each from
+its whole batch, once per optimizer step) are averaged in the recipe state; a step's loss uses the average of the
+steps before it (the first step: its own batch's estimate), fixed once probing ends. Classifiers only
 when alpha is chosen (a fixed alpha works for LMs too, token-level).
 """
 
@@ -26,10 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from jdistill import losses
+from jdistill.errors import ConfigError
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.born_again import require_same_architecture
+from jdistill.recipes.born_again import require_same_architecture, require_same_architecture_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,12 @@ class TeacherGuidance(RecipeBase):
         if self.generations < 1 or self.probe_batches < 1 or self.probe_ridge <= 0:
             raise ValueError("generations and probe_batches must be >= 1 and probe_ridge > 0")
 
+    def check(self, config):
+        require_same_architecture_config(self.name, config)
+        if self.alpha is None and config.student.model.kind != "classifier":
+            raise ConfigError("recipe 'teacher_guidance' chooses alpha for classifiers only; set distill.options.alpha "
+                              "for language models")
+
     def init(self, student_params, teacher_params, rng):
         require_same_architecture(self.name, student_params, teacher_params)
         return student_params, {"alpha_sum": jnp.zeros((), jnp.float32), "estimates": jnp.zeros((), jnp.int32)}
@@ -64,26 +72,34 @@ class TeacherGuidance(RecipeBase):
                            self.probe_ridge)
 
     def current_alpha(self, recipe_state, teacher_output, labels):
-        """(alpha for this step, new state): the running mean of the first `probe_batches` estimates."""
+        """alpha for this step's loss: the fixed `alpha`, else the mean of the earlier steps' estimates (at the
+        first step, before any, this batch's own estimate)."""
         if self.alpha is not None:
-            return jnp.asarray(self.alpha, jnp.float32), recipe_state
-        if labels.ndim != 1:
-            raise ValueError("teacher_guidance chooses alpha for classifiers only; set distill.options.alpha for LMs")
-        probing = recipe_state["estimates"] < self.probe_batches
-        estimate = self.batch_alpha(teacher_output.features, teacher_output.logits, labels)
-        alpha_sum = recipe_state["alpha_sum"] + jnp.where(probing, estimate, 0.0)
-        estimates = recipe_state["estimates"] + probing.astype(jnp.int32)
-        alpha = jax.lax.stop_gradient(alpha_sum / jnp.maximum(estimates, 1))
-        return alpha, {"alpha_sum": alpha_sum, "estimates": estimates}
+            return jnp.asarray(self.alpha, jnp.float32)
+        estimates = recipe_state["estimates"]
+        mean = recipe_state["alpha_sum"] / jnp.maximum(estimates, 1)
+        own = self.batch_alpha(teacher_output.features, teacher_output.logits, labels)
+        return jax.lax.stop_gradient(jnp.where(estimates > 0, mean, own))
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
         student_logits = student(batch["inputs"]).logits
         teacher_output = teacher(batch["inputs"])
-        alpha, recipe_state = self.current_alpha(recipe_state, teacher_output, labels)
+        alpha = self.current_alpha(recipe_state, teacher_output, labels)
         total, count = losses.xi_self_distillation(student_logits, teacher_output.logits, labels, xi=1.0 - alpha,
                                                    temperature=self.temperature, mask=mask, reduction="sum_count")
         metrics = {"guided_ce": total / jnp.maximum(count, 1.0), "alpha": alpha,
                    "accuracy": token_accuracy(student_logits, labels, mask)}
-        return (total, count), metrics, recipe_state
+        statistics = () if self.alpha is not None else {
+            "features": teacher_output.features, "logits": teacher_output.logits, "labels": labels}
+        return (total, count), metrics, statistics
+
+    def update_state(self, recipe_state, statistics):
+        """While probing (the first `probe_batches` steps), add the whole batch's probe estimate of alpha."""
+        if self.alpha is not None:
+            return recipe_state
+        probing = recipe_state["estimates"] < self.probe_batches
+        estimate = self.batch_alpha(statistics["features"], statistics["logits"], statistics["labels"])
+        return {"alpha_sum": recipe_state["alpha_sum"] + jnp.where(probing, estimate, 0.0),
+                "estimates": recipe_state["estimates"] + probing.astype(jnp.int32)}

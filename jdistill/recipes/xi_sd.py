@@ -22,7 +22,7 @@ from jdistill import losses
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
-from jdistill.recipes.born_again import require_same_architecture
+from jdistill.recipes.born_again import require_same_architecture, require_same_architecture_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,9 @@ class XiSelfDistillation(RecipeBase):
     weight_decay: float | None = None
     name: str = "xi_sd"
     teacher_policy: str = "frozen"
+
+    def check(self, config):
+        require_same_architecture_config(self.name, config)
 
     def init(self, student_params, teacher_params, rng):
         losses.warn_if_unregularised(self.xi, self.weight_decay or 0.0)
@@ -49,4 +52,4 @@ class XiSelfDistillation(RecipeBase):
                                                    temperature=self.temperature, mask=mask, reduction="sum_count")
         metrics = {"xi_ce": total / jnp.maximum(count, 1.0),
                    "accuracy": token_accuracy(student_logits, labels, mask)}
-        return (total, count), metrics, recipe_state
+        return (total, count), metrics, ()

@@ -3,9 +3,10 @@
 This module is the compile *worker*: `jdistill.scale.compile` runs it in a fresh process (libtpu for a TPU
 topology, or N simulated CPU devices for a GPU cluster), because the target platform must be chosen before JAX
 initialises. It builds exactly what `jdistill train` runs for the recipe stage (`run_stage`): the student and
-teacher as abstract NNX modules (`nnx.eval_shape`, no parameter is allocated), the recipe's initial state, the
-AdamW state, the mesh and logical-axis shardings of `jdistill.train.sharding`, and
-`jdistill.train.step.make_train_step`; then lowers and compiles it for the topology's devices.
+teacher as abstract NNX modules, the bound recipe's initial state, the AdamW state, the mesh, the shardings and
+the step, all from `jdistill.train.stage.build_stage` (the function `run_stage` trains with) in its abstract mode
+(nothing is allocated), for the abstract batch of the config's input pipeline
+(`jdistill.train.batch_spec.abstract_batch`); then lowers and compiles it for the topology's devices.
 
     python -m jdistill.scale.aot '[{"config": PATH, "overrides": [...], "topology": NAME}, ...]'
 
@@ -27,8 +28,6 @@ if os.environ.get("JDISTILL_AOT_PLATFORM") == "tpu":  # before JAX initialises: 
 import dataclasses  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from jdistill.scale.topologies import Topology, parse_topology  # noqa: E402
 
@@ -58,57 +57,50 @@ def _for_target(model_config, platform: str):
     return dataclasses.replace(model_config, attention_impl=TARGET_ATTENTION[platform])
 
 
-def abstract_model(model_config):
-    """(graphdef, abstract params): shapes and dtypes only, nothing allocated."""
-    from jdistill.models import Transformer
-
-    return nnx.split(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))))
-
-
 def count(tree) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(tree))
 
 
+def compile_facts(config):
+    """The recipe stage's RunFacts: the training split's size when its data is readable here, else (data on a
+    cluster's storage) one epoch = the whole run, `steps * batch_size` examples (per-example recipe buffers are
+    then sized for that)."""
+    from jdistill.errors import UserError
+    from jdistill.train.stage import stage_facts
+
+    try:
+        return stage_facts(config.student, config.data)
+    except (UserError, OSError):
+        train = config.student.train
+        return stage_facts(config.student, config.data, num_examples=train.steps * train.batch_size)
+
+
 def build_step(config, devices, platform: str):
-    """(jitted train step, abstract (state, teacher_params, batch), mesh, parameter counts)."""
-    from jdistill.models import Transformer
-    from jdistill.recipes.base import SEPARATE_TEACHER_POLICIES
-    from jdistill.recipes.registry import build_recipe
-    from jdistill.train import sharding
-    from jdistill.train.optim import make_optimizer
-    from jdistill.train.state import TrainState
-    from jdistill.train.step import StepShardings, make_train_step
+    """(jitted train step, abstract (state, teacher_params, batch), mesh, parameter counts) of the config's recipe
+    stage: `jdistill.train.stage.build_stage` with `abstract=True`, as `run_stage` builds it for training."""
+    from jdistill.train.batch_spec import abstract_batch
+    from jdistill.train.job import STUDENT_INIT, checked_recipe
+    from jdistill.train.loop import stage_key
+    from jdistill.train.stage import abstract_teacher, build_stage
 
-    recipe = build_recipe(config.distill)
-    student_config = _for_target(config.student.model, platform)
-    teacher_config = _for_target(config.teacher.model, platform)
-    separate_teacher = recipe.teacher_policy in SEPARATE_TEACHER_POLICIES
-    optimizer = make_optimizer(config.student.train)
+    recipe = checked_recipe(config)
+    student = dataclasses.replace(config.student, model=_for_target(config.student.model, platform))
+    teacher_graphdef = teacher_params = None
+    if recipe.policy.separate_teacher:
+        teacher_graphdef, teacher_params = abstract_teacher(_for_target(config.teacher.model, platform))
+    batch = abstract_batch(config.data, student, recipe)
+    stage = build_stage(student, recipe=recipe, facts=compile_facts(config), batch=batch, seed=config.seed,
+                        init_key=stage_key(config.seed, STUDENT_INIT), mesh_config=config.mesh, devices=devices,
+                        teacher_graphdef=teacher_graphdef, teacher_params=teacher_params, abstract=True)
+    counts = {"student_params": stage.params_count,
+              "teacher_params": count(teacher_params) if teacher_params is not None else 0}
+    return stage.train_step, stage.step_args(batch), stage.mesh, counts
 
-    def init():  # what run_stage builds, traced abstractly by nnx.eval_shape: nothing is allocated
-        params = nnx.split(Transformer(student_config, rngs=nnx.Rngs(0)))[1]
-        teacher = nnx.split(Transformer(teacher_config, rngs=nnx.Rngs(1)))[1] if separate_teacher else None
-        params, recipe_state = recipe.init(params, teacher, jax.random.key(0))
-        return params, recipe_state, optimizer.init(params), teacher
 
-    params, recipe_state, opt_state, teacher_params = nnx.eval_shape(init)
-    graphdef = abstract_model(student_config)[0]
-    teacher_graphdef = abstract_model(teacher_config)[0] if separate_teacher else None
-    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
-                       recipe_state=recipe_state)
-    mesh = sharding.make_mesh(config.mesh, devices)
-    rules = sharding.resolve_rules(config.mesh.rules)
-    batch_shape = (config.student.train.batch_size, config.data.seq_len)
-    batch = {"inputs": jax.ShapeDtypeStruct(batch_shape, jnp.int32),
-             "targets": jax.ShapeDtypeStruct(batch_shape, jnp.int32),
-             "mask": jax.ShapeDtypeStruct(batch_shape, jnp.bool_)}
-    teacher_shardings = None if teacher_params is None else sharding.param_shardings(teacher_params, mesh, rules)
-    shardings = StepShardings(sharding.state_shardings(state, mesh, rules), teacher_shardings,
-                              sharding.batch_shardings(batch, mesh, rules), sharding.replicated(mesh))
-    step = make_train_step(graphdef, recipe, optimizer, seed=config.seed, teacher_graphdef=teacher_graphdef,
-                           grad_accum_steps=config.student.train.grad_accum_steps, shardings=shardings)
-    counts = {"student_params": count(params), "teacher_params": count(teacher_params) if teacher_params else 0}
-    return step, (state, teacher_params, batch), mesh, counts
+def input_avals(args) -> list:
+    """[path, shape, dtype] of every leaf of the step's arguments (state, teacher, batch), in tree order."""
+    leaves = jax.tree_util.tree_flatten_with_path(args)[0]
+    return [[jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype)] for path, leaf in leaves]
 
 
 def compile_report(config, topology: Topology) -> dict:
@@ -117,6 +109,7 @@ def compile_report(config, topology: Topology) -> dict:
     devices = target_devices(topology)
     step, args, mesh, counts = build_step(config, devices, topology.platform)
     compiled = step.lower(*args).compile()
+    avals = {"input_avals": input_avals(args)}
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -130,7 +123,7 @@ def compile_report(config, topology: Topology) -> dict:
     # Donated state: outputs that alias arguments occupy the same buffers.
     figures["total_bytes"] = (figures["argument_bytes"] + figures["output_bytes"] - figures["alias_bytes"]
                               + figures["temp_bytes"] + figures["code_bytes"])
-    return dict(figures, **counts, flops_per_device=float(cost.get("flops", 0.0)),
+    return dict(figures, **counts, **avals, flops_per_device=float(cost.get("flops", 0.0)),
                 bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
                 mesh=dict(mesh.shape), devices=len(devices), platform=devices[0].platform,
                 device_kind=devices[0].device_kind, compile_seconds=time.perf_counter() - started)

@@ -158,8 +158,10 @@ def _depth_note(config, base) -> str:
 def compile_config(path: str, overrides=(), topology_name: str | None = None) -> dict:
     """Compile one config (path or preset) and return its summary (see `summarize`)."""
     from jdistill.configs import load_config
+    from jdistill.train.job import checked_recipe
 
     config = load_config(path, list(overrides))
+    checked_recipe(config)  # the recipe's option and compatibility errors, before minutes of compiling
     topology = resolve_topology(config, topology_name)
     check_mesh(config, topology)
     report = run_aot([{"config": str(path), "overrides": list(overrides), "topology": topology.name,
@@ -189,8 +191,10 @@ def extrapolate(shallow: dict, deeper: dict, layers: int, teacher_layers: int, s
 def compile_extrapolated(path: str, overrides=(), topology_name: str | None = None) -> dict:
     """Compile at 1 and 2 layers (width and sharding kept) and extrapolate to the config's depth."""
     from jdistill.configs import load_config
+    from jdistill.train.job import checked_recipe
 
     config = load_config(path, list(overrides))
+    checked_recipe(config)  # the recipe's option and compatibility errors, before minutes of compiling
     topology = resolve_topology(config, topology_name)
     check_mesh(config, topology)
     depths = config.teacher.model.num_layers, config.student.model.num_layers

@@ -29,7 +29,14 @@ from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
-TRAINED_TEACHER_POLICIES = ("frozen", "cached_topk")
+
+
+def checked_recipe(config: Config):
+    """The job's recipe, after its `check` against the whole config: option and compatibility errors are one-line
+    `ConfigError`s here, before any stage trains (also run by `jdistill compile`)."""
+    recipe = build_recipe(config.distill)
+    recipe.check(config)
+    return recipe
 
 
 def student_stage_names(recipe) -> list[str]:
@@ -52,7 +59,7 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
     and returns an empty dict (for resume tests). `dataset_fns[stage]` transforms that stage's training data.
     """
     started = time.perf_counter()
-    recipe = build_recipe(config.distill)
+    recipe = checked_recipe(config)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
     barrier("run_dir_checked")
@@ -74,7 +81,7 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
     teacher = None
-    if recipe.teacher_policy in TRAINED_TEACHER_POLICIES and not getattr(recipe, "cache_dir", None):
+    if recipe.needs_teacher_stage:
         if config.teacher.init_from:
             from jdistill.train.restore import load_pretrained
 
@@ -83,9 +90,9 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
             if stage("teacher", config.teacher, Supervised(), TEACHER_INIT):
                 return {}
             teacher = results["teacher"]
-    elif recipe.teacher_policy == "random_init":
+    elif recipe.policy.random_teacher:
         teacher = random_teacher(config)
-    if recipe.teacher_policy == "cached_topk":  # the student reads the teacher's top-k from disk, never the teacher
+    if recipe.policy.cache:  # the student reads the teacher's top-k from disk, never the teacher
         from jdistill.train.teacher_cache import job_dataset_fn
 
         cached = job_dataset_fn(config, recipe, teacher, run_dir)

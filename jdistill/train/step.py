@@ -1,10 +1,13 @@
 """The generic, pure train step and the evaluation step.
 
 `train_step(state, teacher_params, batch) -> (state, metrics)` is one jitted function for every recipe: the
-teacher (when the recipe's policy has one) runs inside it under `stop_gradient` with the parameters the policy
-selects; its parameters are a separate, non-donated argument and never reach the optimizer. The student state
-is donated. With `grad_accum_steps = A` the batch is split into A micro-batches scanned in sequence; losses given
-as `(sum, count)` are normalised once by the global count. Randomness: `fold_in(fold_in(seed, purpose), step)`.
+teacher (when the recipe's policy runs a module in the step) runs inside it under `stop_gradient` with the
+parameters the recipe selects; its parameters are a separate, non-donated argument and never reach the optimizer.
+The student state is donated. With `grad_accum_steps = A` the batch is split into A micro-batches scanned in
+sequence, all reading the same recipe state; losses given as `(sum, count)` are normalised once by the global
+count, and the recipe's per-example statistics are concatenated over the micro-batches, so the recipe state is
+updated once per optimizer step from the whole batch (`recipe.update_state`), as without accumulation.
+Randomness: `fold_in(fold_in(seed, purpose), step)`, folded with the micro-batch index under accumulation.
 With `shardings` the step is jitted with explicit in/out shardings (see `jdistill.train.sharding`).
 """
 
@@ -51,22 +54,23 @@ def split_micro_batches(batch: dict, count: int) -> dict:
 
 
 def make_loss_and_grad(graphdef, recipe, teacher_graphdef):
-    """`(params, recipe_state, teacher_params, batch, rng) -> ((sum, count), metrics, recipe_state, grad of sum)`."""
+    """`(params, recipe_state, teacher_params, batch, rng) -> ((sum, count), metrics, statistics, grad of sum)`:
+    `statistics` the recipe's per-example pytree for `recipe.update_state` (the state itself is not changed)."""
 
     def loss_and_grad(params, recipe_state, teacher_params, batch, rng):
         teacher = None
         selected = recipe.teacher_params(recipe_state, teacher_params)
-        if selected is not None and recipe.teacher_policy not in ("none", "self", "cached_topk", "previous_epoch"):
+        if selected is not None and recipe.policy.module_in_step:
             teacher = nnx.merge(teacher_graphdef or graphdef, jax.lax.stop_gradient(selected))
 
         def loss_fn(params):
             student = nnx.merge(graphdef, recipe.forward_params(params))
-            loss, metrics, new_state = recipe.loss(student, teacher, recipe_state, batch, rng)
+            loss, metrics, statistics = recipe.loss(student, teacher, recipe_state, batch, rng)
             total, count = as_sum_count(loss)
-            return total, (count, metrics, new_state)
+            return total, (count, metrics, statistics)
 
-        (total, (count, metrics, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return (total, count), metrics, new_state, grads
+        (total, (count, metrics, statistics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return (total, count), metrics, statistics, grads
 
     return loss_and_grad
 
@@ -80,11 +84,12 @@ def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=
         rng = step_rng(seed, state.step)
         epoch = jnp.asarray(state.step, jnp.float32) / steps_per_epoch if steps_per_epoch else jnp.zeros(())
         if grad_accum_steps == 1:
-            (total, count), metrics, recipe_state, grads = loss_and_grad(
+            (total, count), metrics, statistics, grads = loss_and_grad(
                 state.params, state.recipe_state, teacher_params, dict(batch, epoch=epoch), rng)
         else:
-            total, count, metrics, recipe_state, grads = _accumulate(
+            total, count, metrics, statistics, grads = _accumulate(
                 loss_and_grad, state, teacher_params, batch, epoch, rng, grad_accum_steps)
+        recipe_state = recipe.update_state(state.recipe_state, statistics)  # once per step, from the whole batch
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -107,29 +112,34 @@ def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=
 
 
 def _accumulate(loss_and_grad, state, teacher_params, batch, epoch, rng, count_micro: int):
-    """Scan the micro-batches, adding gradient sums, loss sums and counts; metrics are averaged."""
+    """Scan the micro-batches, adding gradient sums, loss sums and counts; metrics are averaged; the recipe's
+    per-example statistics are concatenated back into the whole batch's order."""
     micro_batches = split_micro_batches(batch, count_micro)
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
 
     def body(carry, xs):
-        grads, total, count, recipe_state, metric_sums = carry
+        grads, total, count, metric_sums = carry
         index, micro = xs
         micro = dict(micro, epoch=epoch)
-        (t, c), metrics, recipe_state, g = loss_and_grad(state.params, recipe_state, teacher_params, micro,
-                                                         jax.random.fold_in(rng, index))
+        (t, c), metrics, statistics, g = loss_and_grad(state.params, state.recipe_state, teacher_params, micro,
+                                                       jax.random.fold_in(rng, index))
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
         metric_sums = jax.tree.map(lambda a, b: a + b / count_micro, metric_sums, metrics)
-        return (grads, total + t, count + c, recipe_state, metric_sums), None
+        return (grads, total + t, count + c, metric_sums), statistics
 
     first = dict(jax.tree.map(lambda x: x[0], micro_batches), epoch=epoch)
-    metric_shapes = jax.eval_shape(lambda: loss_and_grad(state.params, state.recipe_state, teacher_params, first,
-                                                         rng)[1])
+    metric_shapes, statistic_shapes = jax.eval_shape(
+        lambda: loss_and_grad(state.params, state.recipe_state, teacher_params, first, rng)[1:3])
+    for leaf in jax.tree.leaves(statistic_shapes):
+        if not leaf.shape:
+            raise ValueError("recipe statistics must be per-example arrays (a leading batch axis) to be "
+                             "concatenated over micro-batches; got a scalar")
     metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes)
-    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), state.recipe_state, metric_zeros)
-    (grads, total, count, recipe_state, metrics), _ = jax.lax.scan(
-        body, init, (jnp.arange(count_micro), micro_batches))
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), metric_zeros)
+    (grads, total, count, metrics), statistics = jax.lax.scan(body, init, (jnp.arange(count_micro), micro_batches))
+    statistics = jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), statistics)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    return total, count, metrics, recipe_state, grads
+    return total, count, metrics, statistics, grads
 
 
 def make_eval_step(graphdef, forward_params=None):

@@ -13,8 +13,15 @@ import pytest
 
 from jdistill.configs import load_config
 from jdistill.errors import ConfigError, UserError
-from jdistill.kernels import (KernelUnsupportedError, attention, delta_rule, gated_attention,
-                              gated_attention_reference, gated_delta_rule, support)
+from jdistill.kernels import (
+    KernelUnsupportedError,
+    attention,
+    delta_rule,
+    gated_attention,
+    gated_attention_reference,
+    gated_delta_rule,
+    support,
+)
 from jdistill.kernels.delta_rule_pallas import delta_rule_pallas
 from jdistill.kernels.pallas_gpu import gated_flash_attention
 from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu

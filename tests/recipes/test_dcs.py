@@ -1,14 +1,14 @@
 """DCS recipe: constant agreement keeps the weights uniform, a disagreeing example gains exp(eta) relative weight,
-the loss is the weighted KD mix, a batch without `index` is a config error, and the preset runs end to end."""
+the loss is the weighted KD mix, an accumulated step equals the full batch, and the preset runs end to end."""
 
 import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jdistill.configs import load_config
-from jdistill.errors import ConfigError
 from jdistill.losses import kd
 from jdistill.recipes.dcs import DynamicCorrectiveSelfDistillation as DCS
 from jdistill.train.job import run_job
@@ -24,8 +24,11 @@ def _fixed(logits):
     return lambda inputs: types.SimpleNamespace(logits=jnp.asarray(logits))
 
 
-def _run(recipe, teacher, state, data):
-    return recipe.loss(tiny_model(), teacher, state, dict(data, epoch=jnp.zeros(())), None)
+def _run(recipe, teacher, state, data, model=None):
+    """(weighted mean loss, metrics, the state after this step's update) for one batch."""
+    (total, count), metrics, statistics = recipe.loss(model or tiny_model(), teacher, state,
+                                                      dict(data, epoch=jnp.zeros(())), None)
+    return total / count, metrics, recipe.update_state(state, statistics)
 
 
 def test_constant_agreement_keeps_the_weights_uniform():
@@ -33,7 +36,7 @@ def test_constant_agreement_keeps_the_weights_uniform():
     _, state = recipe.init(None, None, None)
     model = tiny_model()
     for seed in range(3):  # the teacher is the student itself: argmax always agrees
-        _, metrics, state = recipe.loss(model, model, state, batch(seed, num_examples=20), None)
+        _, metrics, state = _run(recipe, model, state, batch(seed, num_examples=20), model)
         assert float(metrics["disagreement"]) == 0.0
     np.testing.assert_allclose(state["weights"], np.ones(20), rtol=1e-6)
 
@@ -69,11 +72,28 @@ def test_a_disagreeing_example_gains_weight_exp_eta_and_the_loss_is_the_weighted
     assert float(loss) == pytest.approx(float((w * per_example).sum() / w.sum()), rel=1e-5)
 
 
-def test_batches_without_index_are_a_config_error():
-    recipe = DCS(num_examples=N)
-    _, state = recipe.init(None, None, None)
-    with pytest.raises(ConfigError, match="index"):
-        recipe.loss(tiny_model(), tiny_model(), state, batch(), None)
+def test_accumulated_dcs_step_equals_the_full_batch_step():
+    """One weight update per optimizer step from the whole batch, and the weighted loss normalised by the whole
+    batch's weight: two micro-batches give the full batch's weights and parameters (over steps whose weights
+    differ)."""
+    from jdistill.train import make_train_step
+    from tests.recipes.ssl_robust_helpers import leaves, prepared_state
+
+    recipe = DCS(num_examples=N, eta=1.0, kind="kl")
+    teacher_graphdef, teacher_params = nnx.split(tiny_model(seed=3))
+    results = []
+    for accumulate in (1, 2):
+        graphdef, state, optimizer = prepared_state(recipe, tiny_model())
+        step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef,
+                               grad_accum_steps=accumulate)
+        for seed in range(3):
+            state, _ = step(state, teacher_params, batch(seed, size=N, num_examples=N))
+        results.append(state)
+    full, accumulated = results
+    assert np.ptp(np.asarray(full.recipe_state["weights"])) > 1e-3  # the weights did move apart
+    np.testing.assert_allclose(accumulated.recipe_state["weights"], full.recipe_state["weights"], rtol=1e-5)
+    for a, b in zip(leaves(accumulated.params), leaves(full.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_dcs_preset_learns_from_a_trained_teacher_and_reweights_disagreements(tmp_path, pretrained_teacher,

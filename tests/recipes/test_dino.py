@@ -80,7 +80,12 @@ def test_ema_teacher_moves_by_exactly_the_schedule_and_centre_updates():
     assert not all(np.allclose(a, b) for a, b in zip(teacher_before, teacher_after, strict=True))
     centre = np.asarray(new_state.recipe_state["center"])
     assert centre.shape == (10,) and not np.allclose(centre, centre_before)
-    assert float(metrics["teacher_temperature"]) == pytest.approx(0.04 + 0.03 * (1 / 5) / 2)
+    assert float(metrics["teacher_temperature"]) == pytest.approx(0.04)  # epoch 0.2: still the first epoch's
+
+
+def test_teacher_temperature_moves_once_per_epoch():
+    tau = [float(DINO.teacher_temperature(jnp.asarray(epoch, jnp.float32))) for epoch in (0.0, 0.99, 1.0, 1.5, 2.0, 7.0)]
+    np.testing.assert_allclose(tau, [0.04, 0.04, 0.055, 0.055, 0.07, 0.07], rtol=1e-6)
 
 
 def test_normalized_head_gives_cosine_logits_and_the_plain_head_its_logits():
@@ -104,7 +109,7 @@ def test_centre_moves_ten_percent_towards_the_teacher_mean():
     @jax.jit
     def run(params, state):
         model = nnx.merge(graphdef, params)
-        new_state = recipe.loss(model, model, state, data, key)[2]
+        new_state = recipe.update_state(state, recipe.loss(model, model, state, data, key)[2])
         views = recipe.views(jnp.asarray(data["inputs"]), key)
         return new_state["center"], recipe.head(model, views[:2].reshape(16, 8, 8, 1))
 
@@ -120,3 +125,35 @@ def test_dino_preset_runs_end_to_end_with_probe_metrics(tmp_path, data_dir):
     summary = run_job(config, tmp_path / "run", progress=False)
     metrics = summary["student_dino"]
     assert metrics["linear_probe_accuracy"] > 0.2 and metrics["knn_accuracy"] > 0.2  # well above chance (0.1) even for a barely trained encoder
+
+
+def test_accumulated_dino_step_equals_the_full_batch_step():
+    """Two micro-batches: one centre update per optimizer step from the whole batch (not two chained EMA updates),
+    so state and parameters equal the full batch's. The views are fixed (the image and its mirror): random draws
+    are per micro-batch by design, which is not what this test is about."""
+    import dataclasses
+
+    from tests.recipes.ssl_robust_helpers import TRAIN
+
+    @dataclasses.dataclass(frozen=True)
+    class FixedViews(Dino):
+        def views(self, images, rng):
+            return jnp.stack([images, images[:, :, ::-1, :], 0.5 * images])
+
+    recipe = FixedViews(n_local_crops=1, total_steps=10, center_momentum=0.5)
+    train = dataclasses.replace(TRAIN, warmup_steps=0)
+    results = []
+    for accumulate in (1, 2):
+        graphdef, state, optimizer = prepared_state(recipe, tiny_model(), train=train)
+        step = make_train_step(graphdef, recipe, optimizer, seed=0, steps_per_epoch=5.0,
+                               grad_accum_steps=accumulate)
+        for seed in range(3):
+            state, _ = step(state, None, batch(seed))
+        results.append(state)
+    full, accumulated = results
+    assert not np.allclose(full.recipe_state["center"], 0.0)
+    np.testing.assert_allclose(accumulated.recipe_state["center"], full.recipe_state["center"], rtol=1e-4, atol=1e-6)
+    for a, b in zip(leaves(accumulated.params), leaves(full.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(leaves(accumulated.recipe_state["teacher"]), leaves(full.recipe_state["teacher"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 
 from jdistill.configs import load_config
-from jdistill.errors import ConfigError
 from jdistill.models import ModelConfig, Transformer
 from jdistill.models.outputs import ModelOutput
 from jdistill.recipes.multi_exit import MultiExitSelfDistillation
@@ -81,14 +80,7 @@ def test_the_exit_heads_are_trained_through_the_loss():
     assert float(metrics["distill"]) > 0
 
 
-def test_errors_are_one_line_config_errors():
-    graphdef, params = nnx.split(Transformer(ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2,
-                                                         mlp_dim=32), rngs=nnx.Rngs(0)))
-    batch = {"inputs": np.zeros((2, 8, 8, 1), np.float32), "labels": np.zeros(2, np.int32)}
-    with pytest.raises(ConfigError, match="exit_layers"):
-        MultiExitSelfDistillation().loss(nnx.merge(graphdef, params), None, (), batch, None)
-    with pytest.raises(ConfigError, match="3 exits"):
-        MultiExitSelfDistillation(exit_weights=[1.0, 2.0]).weights(3)
+def test_label_weight_zero_is_refused():  # missing exits, wrong exit_weights: tests/train/test_checks_before_training.py
     with pytest.raises(ValueError, match="label_weight"):
         MultiExitSelfDistillation(label_weight=0.0)
 

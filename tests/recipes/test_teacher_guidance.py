@@ -31,13 +31,13 @@ def test_fixed_alpha_loss_is_cross_entropy_to_the_guided_target(alpha):
     student, teacher = Transformer(CONFIG, rngs=nnx.Rngs(0)), Transformer(CONFIG, rngs=nnx.Rngs(1))
     rng = np.random.default_rng(0)
     batch = {"inputs": rng.random((6, 8, 8, 1), np.float32), "labels": rng.integers(0, 10, 6).astype(np.int32)}
-    (total, count), metrics, state = TeacherGuidance(alpha=alpha).loss(student, teacher, _state(), batch,
-                                                                      jax.random.key(0))
+    (total, count), metrics, statistics = TeacherGuidance(alpha=alpha).loss(student, teacher, _state(), batch,
+                                                                           jax.random.key(0))
     p_t = np.exp(_log_softmax(np.asarray(teacher(batch["inputs"]).logits, np.float64)))
     target = alpha * np.eye(10)[batch["labels"]] + (1 - alpha) * p_t
     expected = -(target * _log_softmax(np.asarray(student(batch["inputs"]).logits, np.float64))).sum(-1).mean()
     np.testing.assert_allclose(float(total / count), expected, rtol=1e-5)
-    assert float(metrics["alpha"]) == pytest.approx(alpha) and int(state["estimates"]) == 0
+    assert float(metrics["alpha"]) == pytest.approx(alpha) and statistics == ()  # a fixed alpha keeps no state
 
 
 def test_probe_alpha_is_the_grid_best_mix_of_two_ridge_probes():
@@ -60,16 +60,22 @@ def test_probe_alpha_is_the_grid_best_mix_of_two_ridge_probes():
 
 
 def test_alpha_is_the_running_mean_of_the_first_probe_batches():
+    """The loss uses the mean of the earlier steps' estimates (its own batch's at the first step); each step adds
+    its whole batch's estimate once, while probing."""
     recipe = TeacherGuidance(probe_batches=2)
     output = type("Output", (), {})()
     rng = np.random.default_rng(0)
     output.features, output.logits = jnp.asarray(rng.normal(size=(8, 5))), jnp.asarray(rng.normal(size=(8, 3)))
     labels = jnp.asarray(rng.integers(0, 3, 8))
     estimate = float(recipe.batch_alpha(output.features, output.logits, labels))
-    alpha, state = recipe.current_alpha(_state(0.5, 1), output, labels)
-    assert float(alpha) == pytest.approx((0.5 + estimate) / 2) and int(state["estimates"]) == 2
-    frozen, state = recipe.current_alpha(state, output, jnp.asarray(rng.integers(0, 3, 8)))
-    assert float(frozen) == pytest.approx(float(alpha)) and int(state["estimates"]) == 2
+    assert float(recipe.current_alpha(_state(), output, labels)) == pytest.approx(estimate)  # first step: its own
+    assert float(recipe.current_alpha(_state(0.5, 1), output, labels)) == pytest.approx(0.5)  # the earlier mean
+    statistics = {"features": output.features, "logits": output.logits, "labels": labels}
+    state = recipe.update_state(_state(0.5, 1), statistics)
+    assert float(state["alpha_sum"]) == pytest.approx(0.5 + estimate) and int(state["estimates"]) == 2
+    frozen = recipe.update_state(state, statistics)  # probing is over: the state no longer moves
+    assert float(frozen["alpha_sum"]) == float(state["alpha_sum"]) and int(frozen["estimates"]) == 2
+    assert float(recipe.current_alpha(frozen, output, labels)) == pytest.approx((0.5 + estimate) / 2)
 
 
 def test_preset_trains_guided_generations_end_to_end(tmp_path, pretrained_teacher, untrained):
