@@ -104,7 +104,7 @@ def build_step(config, devices, platform: str):
              "mask": jax.ShapeDtypeStruct(batch_shape, jnp.bool_)}
     teacher_shardings = None if teacher_params is None else sharding.param_shardings(teacher_params, mesh, rules)
     shardings = StepShardings(sharding.state_shardings(state, mesh, rules), teacher_shardings,
-                              sharding.batch_shardings(batch, mesh, rules), sharding.replicated(mesh))
+                              sharding.batch_shardings(batch, mesh, rules), sharding.replicated(mesh), rules)
     step = make_train_step(graphdef, recipe, optimizer, seed=config.seed, teacher_graphdef=teacher_graphdef,
                            grad_accum_steps=config.student.train.grad_accum_steps, shardings=shardings)
     counts = {"student_params": count(params), "teacher_params": count(teacher_params) if teacher_params else 0}

@@ -118,7 +118,7 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     if dataset_fn is not None:
         dataset = dataset_fn(dataset)
     batch_shardings = sharding.batch_shardings(dataset[0], mesh, rules)
-    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh))
+    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh), rules)
     train_step = make_train_step(graphdef, recipe, optimizer, seed=seed,
                                  teacher_graphdef=teacher.graphdef if teacher is not None else None,
                                  grad_accum_steps=train_config.grad_accum_steps, shardings=shardings,

@@ -57,7 +57,7 @@ def build(mesh_config):
     teacher_shardings = sharding.param_shardings(teacher_params, mesh, rules)
     first = next(batches(1))
     batch_shardings = sharding.batch_shardings(first, mesh, rules)
-    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh))
+    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh), rules)
     step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef,
                            shardings=shardings)
     state = sharding.shard(state, state_shardings)
