@@ -14,6 +14,9 @@ Every parameter names each of its dimensions when it is created (`jdistill.nn.pa
     traces under; outside it they use `DEFAULT_RULES`.
 A mesh axis that does not divide the dimension, is absent or of size 1, or was used by an earlier dimension of
 the same array leaves that dimension unsharded (small heads, odd vocabularies), never an error.
+
+The rules are read while a function is traced, and `jax.jit` caches traces by function (not by these rules): a
+function traced under other rules must be a new function, as the train step is (built per stage with its rules).
 """
 
 from __future__ import annotations
