@@ -27,10 +27,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jdistill.errors import UserError
 from jdistill.partitioning import DEFAULT_RULES, MESH_AXES, logical_axes, mesh_axes_of, spec_for
 
-__all__ = ["DEFAULT_RULES", "MESH_AXES", "MeshError", "batch_sharding", "batch_shardings", "global_batch",
-           "make_mesh", "mesh_shape", "param_shardings", "replicated", "resolve_rules", "shard", "spec_for",
-           "state_shardings"]
-
 
 class MeshError(UserError):
     """The mesh in the config does not fit the devices."""

@@ -38,7 +38,7 @@ def _specs(tree):
 
 @pytest.fixture(scope="module")
 def state():
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(CONFIG, rngs=nnx.Rngs(0))))
+    _, params = nnx.split(nnx.eval_shape(lambda: Transformer(CONFIG, rngs=nnx.Rngs(0))))
     optimizer = make_optimizer(TrainConfig(steps=2, warmup_steps=1))
     stacked = jax.tree.map(lambda p: jax.ShapeDtypeStruct((3, *p.shape), p.dtype), params)
     recipe_state = {"teacher": jax.eval_shape(copy_params, params), "snapshots": stacked,
