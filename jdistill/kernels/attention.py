@@ -15,7 +15,6 @@ Shapes (documented once, here):
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jdistill.kernels import support
+from jdistill.partitioning import current_rules, spec_for
 
 _NEG_INF = -1e30
 
@@ -227,18 +227,18 @@ _KERNEL_IMPLS = ("pallas_gpu", "pallas_tpu", "interpret")
 
 def _per_shard(kernel, q, k, v, gate, segment_ids, **kwargs):
     """Run a Pallas kernel once per device under the current mesh (`jax.shard_map`): XLA cannot partition a
-    Mosaic/Triton custom call itself. Batch rows split over the batch mesh axes (`data`, `fsdp`) and heads over
-    `tensor` when they divide; attention needs nothing from other shards, so there is no communication. Outside
-    a mesh (or on one device) the kernel is called directly."""
+    Mosaic/Triton custom call itself. Batch rows split over the mesh axes of the logical `batch` axis and heads
+    over those of `heads`, in the rules the step traces under (`jdistill.partitioning.axis_rules`: the same table
+    as the activations' and the batch's shardings), when they divide; attention needs nothing from other shards,
+    so there is no communication. Outside a mesh (or on one device) the kernel is called directly."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return kernel(q, k, v, gate, segment_ids=segment_ids, **kwargs)
-    batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
-    if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
-        batch_axes = ()
-    tensor = mesh.shape.get("tensor", 1)
-    heads = "tensor" if tensor > 1 and q.shape[2] % tensor == 0 and k.shape[2] % tensor == 0 else None
-    batch = batch_axes or None
+    rules = current_rules()
+    logical = ("batch", None, "heads", None)
+    batch, _, heads, _ = spec_for(logical, q.shape, mesh, rules)
+    if spec_for(logical, k.shape, mesh, rules)[2] != heads:  # grouped kv heads the head axes do not divide
+        heads = None
     spec = P(batch, None, heads, None)
     args, specs = [q, k, v], [spec, spec, spec]
     if gate is not None:

@@ -8,13 +8,14 @@ from flax import nnx
 
 from jdistill.models.config import ModelConfig
 from jdistill.models.outputs import ModelOutput
-from jdistill.models.partitioning import constrain_batch
 from jdistill.nn import GLUMLP, MLP, GatedSelfAttention, RMSNorm
 from jdistill.nn.deltanet import GatedDeltaNet
 from jdistill.nn.exits import ExitHeads
 from jdistill.nn.gateskip import ResidualGate, gate_sparsity_loss, mean_gate, skip_mask, skip_tokens
 from jdistill.nn.kv_cache import KVCache
+from jdistill.nn.params import dense, embedding, param
 from jdistill.nn.regla import ReGLA
+from jdistill.partitioning import constrain_batch
 
 
 class Block(nnx.Module):
@@ -86,6 +87,11 @@ class Block(nnx.Module):
         return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", None), cache
 
 
+def _positions(count: int, d_model: int, rngs: nnx.Rngs) -> nnx.Param:
+    """A learned position table `[count, d_model]`, N(0, 0.02^2)."""
+    return param(0.02 * jax.random.normal(rngs.params(), (count, d_model)), ("position", "embed"))
+
+
 class Transformer(nnx.Module):
     """`model(inputs) -> ModelOutput`.
 
@@ -99,17 +105,17 @@ class Transformer(nnx.Module):
         dtype = jnp.dtype(config.dtype)
         if config.kind == "classifier" and config.classifier_input == "patches":
             patch_dim = config.patch_size**2 * config.num_channels
-            self.embed = nnx.Linear(patch_dim, config.d_model, dtype=dtype, rngs=rngs)
-            self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.num_patches, config.d_model)))
+            self.embed = dense(patch_dim, config.d_model, ("patch", "embed"), dtype=dtype, rngs=rngs)
+            self.position = _positions(config.num_patches, config.d_model, rngs)
         else:
-            self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
+            self.embed = embedding(config.vocab_size, config.d_model, ("vocab", "embed"), dtype=dtype, rngs=rngs)
             if config.kind == "classifier":  # token classifier: no RoPE in its bidirectional blocks
-                self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.max_seq_len, config.d_model)))
+                self.position = _positions(config.max_seq_len, config.d_model, rngs)
         self.blocks = nnx.List([Block(config, index, rngs=rngs) for index in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
         out_dim = config.num_classes if config.kind == "classifier" else config.vocab_size
         if not (config.kind == "lm" and config.tie_embeddings):
-            self.head = nnx.Linear(config.d_model, out_dim, dtype=dtype, rngs=rngs)
+            self.head = dense(config.d_model, out_dim, ("embed", "vocab"), dtype=dtype, rngs=rngs)
         if config.exit_layers:
             self.exits = ExitHeads(config.d_model, out_dim, config.exit_layers, config.num_layers, dtype=dtype,
                                    rngs=rngs)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdistill.nn.params import param
+
 # exp(-exp(7)) = exp(-1096.6) is 0 in float64 (and so in float32 and bfloat16), so clamping x at -7 before the
 # double exponential leaves every GoLU value unchanged while keeping exp(-x) (and the gradient) finite.
 _GOMPERTZ_CLAMP = -7.0
@@ -140,7 +142,7 @@ class ExpandedGatingActivation(nnx.Module):
         if kind not in EXPANDED:
             raise ValueError(f"expanded activation must be one of {list(EXPANDED)}, got {kind!r}")
         self.kind = kind
-        self.alpha = nnx.Param(jnp.zeros((), jnp.float32))
+        self.alpha = param(jnp.zeros((), jnp.float32), ())
 
     def gate(self, x):
         return expand_gate(GATES[self.kind](x), self.alpha[...].astype(x.dtype))

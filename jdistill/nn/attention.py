@@ -23,6 +23,7 @@ from jdistill.nn.head_gates import apply_head_gates
 from jdistill.nn.kv_cache import KVCache, cached_attention
 from jdistill.nn.mlp_core import linear
 from jdistill.nn.norms import RMSNorm
+from jdistill.nn.params import dense
 from jdistill.nn.rope import apply_rope
 
 if TYPE_CHECKING:  # models import nn, not the other way round
@@ -53,12 +54,10 @@ class GatedSelfAttention(nnx.Module):
         init = nnx.initializers.lecun_normal()
         dtype = jnp.dtype(config.dtype)
         self.gate_width = _gate_width(config)
-        self.query_and_gate = nnx.Linear(config.d_model, heads * head_dim + self.gate_width, use_bias=False,
-                                         kernel_init=init, dtype=dtype, rngs=rngs)
-        self.key_value = nnx.Linear(config.d_model, 2 * kv_heads * head_dim, use_bias=False,
-                                    kernel_init=init, dtype=dtype, rngs=rngs)
-        self.output = nnx.Linear(heads * head_dim, config.d_model, use_bias=False, kernel_init=init,
-                                 dtype=dtype, rngs=rngs)
+        linear = dict(use_bias=False, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.query_and_gate = dense(config.d_model, heads * head_dim + self.gate_width, ("embed", "heads"), **linear)
+        self.key_value = dense(config.d_model, 2 * kv_heads * head_dim, ("embed", "heads"), **linear)
+        self.output = dense(heads * head_dim, config.d_model, ("heads", "embed"), **linear)
         if config.qk_norm:
             self.query_norm = RMSNorm(head_dim, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
             self.key_norm = RMSNorm(head_dim, eps=config.norm_eps, zero_centered=config.norm_zero_centered)

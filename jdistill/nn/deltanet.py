@@ -19,6 +19,7 @@ from flax import nnx, struct
 
 from jdistill.kernels import gated_delta_rule
 from jdistill.nn.norms import GatedRMSNorm
+from jdistill.nn.params import dense, param
 
 L2_EPS = 1e-6
 
@@ -61,15 +62,16 @@ class GatedDeltaNet(nnx.Module):
         self.conv_dim = 2 * self.key_dim + self.value_dim
         dtype = jnp.dtype(config.dtype)
         linear = dict(use_bias=False, dtype=dtype, rngs=rngs)
-        self.in_proj_qkvz = nnx.Linear(config.d_model, 2 * self.key_dim + 2 * self.value_dim, **linear)
-        self.in_proj_ba = nnx.Linear(config.d_model, 2 * heads_v, **linear)
+        self.in_proj_qkvz = dense(config.d_model, 2 * self.key_dim + 2 * self.value_dim, ("embed", "heads"), **linear)
+        self.in_proj_ba = dense(config.d_model, 2 * heads_v, ("embed", "heads"), **linear)
         bound = config.linear_conv_kernel**-0.5
-        self.conv_weight = nnx.Param(jax.random.uniform(rngs.params(), (config.linear_conv_kernel, self.conv_dim),
-                                                        minval=-bound, maxval=bound))
-        self.dt_bias = nnx.Param(jnp.ones((heads_v,), jnp.float32))
-        self.A_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (heads_v,), minval=0.01, maxval=16.0)))
+        self.conv_weight = param(jax.random.uniform(rngs.params(), (config.linear_conv_kernel, self.conv_dim),
+                                                    minval=-bound, maxval=bound), ("conv", "heads"))
+        self.dt_bias = param(jnp.ones((heads_v,), jnp.float32), ("heads",))
+        self.A_log = param(jnp.log(jax.random.uniform(rngs.params(), (heads_v,), minval=0.01, maxval=16.0)),
+                           ("heads",))
         self.norm = GatedRMSNorm(dim_v, eps=config.norm_eps)
-        self.out_proj = nnx.Linear(self.value_dim, config.d_model, **linear)
+        self.out_proj = dense(self.value_dim, config.d_model, ("heads", "embed"), **linear)
 
     def _split(self, x):
         """Qwen3-Next's grouped layout -> q, k `[B, T, Hk, Dk]`, v, z `[B, T, Hv, Dv]`, b, a `[B, T, Hv]`."""

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill.nn.norms import RMSNorm
+from jdistill.nn.params import dense, embedding
 
 
 def _validate_exit_layers(exit_layers: Sequence[int], num_layers: int) -> tuple[int, ...]:
@@ -39,8 +40,9 @@ class ExitHeads(nnx.Module):
         self.num_layers = num_layers
         self.norm = RMSNorm(d_model)
         # row i is block i; row 0 (the embeddings) is unused, so that rows are block numbers
-        self.layer_embedding = nnx.Embed(num_layers + 1, embed_dim, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(d_model + embed_dim, num_outputs, dtype=dtype, rngs=rngs)
+        self.layer_embedding = embedding(num_layers + 1, embed_dim, ("layers", "layer_embed"), dtype=dtype,
+                                         rngs=rngs)
+        self.head = dense(d_model + embed_dim, num_outputs, ("embed", "vocab"), dtype=dtype, rngs=rngs)
 
     def exit_logits(self, hidden, layer: int):
         """Logits of the exit at block `layer` from that block's output `hidden [..., d_model]`."""

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdistill.nn.params import dense
+
 GATE_BIAS_INIT = 5.0
 GATE_WEIGHT_STDDEV = 0.01
 SPARSITY_WEIGHT = 0.01
@@ -31,8 +33,8 @@ class ResidualGate(nnx.Module):
 
     def __init__(self, d_model: int, *, per_channel: bool = True, dtype=None, rngs: nnx.Rngs):
         width = d_model if per_channel else 1
-        self.projection = nnx.Linear(
-            d_model, width, dtype=dtype, rngs=rngs,
+        self.projection = dense(
+            d_model, width, ("embed", "gate"), dtype=dtype, rngs=rngs,
             kernel_init=nnx.initializers.normal(GATE_WEIGHT_STDDEV),
             bias_init=nnx.initializers.constant(GATE_BIAS_INIT),
         )

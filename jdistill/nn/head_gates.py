@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdistill.nn.params import param
+
 INITIAL_LOGIT = 3.0
 HEAD_ROLES = ("facilitating", "interfering", "irrelevant", "unclassified")
 
@@ -34,7 +36,7 @@ class HeadGates(nnx.Module):
     """Per-head gate logits `[num_layers, num_heads]`; `gates()` is sigmoid(logits) in float32."""
 
     def __init__(self, num_layers: int, num_heads: int, *, initial_logit: float = INITIAL_LOGIT):
-        self.logits = nnx.Param(jnp.full((num_layers, num_heads), initial_logit, jnp.float32))
+        self.logits = param(jnp.full((num_layers, num_heads), initial_logit, jnp.float32), ("layers", "heads"))
 
     def gates(self, layer: int | None = None):
         """All gates `[num_layers, num_heads]`, or one layer's `[num_heads]`."""

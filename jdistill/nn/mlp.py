@@ -6,6 +6,7 @@ from flax import nnx
 
 from jdistill.nn.activations import EXPANDED, GATES, ExpandedGatingActivation, get_activation, get_gate, glu
 from jdistill.nn.mlp_core import dense_mlp
+from jdistill.nn.params import dense
 
 
 class MLP(nnx.Module):
@@ -17,8 +18,8 @@ class MLP(nnx.Module):
                  rngs: nnx.Rngs):
         self.activation = ExpandedGatingActivation(activation) if activation in EXPANDED else \
             get_activation(activation)
-        self.up = nnx.Linear(d_model, mlp_dim, use_bias=use_bias, dtype=dtype, rngs=rngs)
-        self.down = nnx.Linear(mlp_dim, d_model, use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.up = dense(d_model, mlp_dim, ("embed", "mlp"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.down = dense(mlp_dim, d_model, ("mlp", "embed"), use_bias=use_bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         if isinstance(self.activation, ExpandedGatingActivation):
@@ -47,9 +48,9 @@ class GLUMLP(nnx.Module):
         get_gate(activation)  # validates the name
         self.gating = ExpandedGatingActivation(activation) if activation in EXPANDED else None
         linear = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
-        self.gate = nnx.Linear(d_model, hidden, **linear)
-        self.up = nnx.Linear(d_model, hidden, **linear)
-        self.down = nnx.Linear(hidden, d_model, **linear)
+        self.gate = dense(d_model, hidden, ("embed", "mlp"), **linear)
+        self.up = dense(d_model, hidden, ("embed", "mlp"), **linear)
+        self.down = dense(hidden, d_model, ("mlp", "embed"), **linear)
 
     def __call__(self, x):
         gate_fn = self.gating.gate if self.gating is not None else GATES[self.activation]

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdistill.nn.params import param
+
 
 def rms_normalize(x, eps: float):
     """`x / sqrt(mean(x^2, last axis) + eps)` in float32 (returns float32)."""
@@ -24,7 +26,7 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.zero_centered = zero_centered
         init = jnp.zeros if zero_centered else jnp.ones
-        self.scale = nnx.Param(init((dim,), jnp.float32))
+        self.scale = param(init((dim,), jnp.float32), ("norm",))
 
     def __call__(self, x):
         scale = self.scale[...].astype(jnp.float32)
@@ -42,7 +44,7 @@ class GatedRMSNorm(nnx.Module):
 
     def __init__(self, dim: int, *, eps: float = 1e-6):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.scale = param(jnp.ones((dim,), jnp.float32), ("norm",))
 
     def __call__(self, x, gate):
         normed = rms_normalize(x, self.eps) * self.scale[...].astype(jnp.float32)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill.nn.norms import RMSNorm
+from jdistill.nn.params import dense
 
 FORGET_BIAS_INIT = 3.0
 
@@ -129,14 +130,15 @@ class ReGLA(nnx.Module):
         self.head_dim = d_model // num_heads
         self.chunk_size = chunk_size
         linear = dict(use_bias=False, dtype=dtype, rngs=rngs)
-        self.query = nnx.Linear(d_model, d_model, **linear)
-        self.key = nnx.Linear(d_model, d_model, **linear)
-        self.value = nnx.Linear(d_model, d_model, **linear)
-        self.forget_gate = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs,
-                                      bias_init=nnx.initializers.constant(FORGET_BIAS_INIT))
-        self.refine_gate = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
+        into_heads = ("embed", "heads")
+        self.query = dense(d_model, d_model, into_heads, **linear)
+        self.key = dense(d_model, d_model, into_heads, **linear)
+        self.value = dense(d_model, d_model, into_heads, **linear)
+        self.forget_gate = dense(d_model, d_model, into_heads, dtype=dtype, rngs=rngs,
+                                 bias_init=nnx.initializers.constant(FORGET_BIAS_INIT))
+        self.refine_gate = dense(d_model, d_model, into_heads, dtype=dtype, rngs=rngs)
         self.output_norm = RMSNorm(self.head_dim)
-        self.output = nnx.Linear(d_model, d_model, **linear)
+        self.output = dense(d_model, d_model, ("heads", "embed"), **linear)
 
     def __call__(self, x, *, mode: str = "chunked", initial_state=None, return_state: bool = False):
         """Returns y, or (y, final state `[batch, heads, head_dim, head_dim]`) with `return_state=True`."""

@@ -34,6 +34,7 @@ from jdistill.errors import ConfigError
 from jdistill.eval.batch import targets_and_mask
 from jdistill.models import Transformer
 from jdistill.models.capture import capture
+from jdistill.nn.params import dense
 from jdistill.recipes.base import RecipeBase
 from jdistill.recipes.kd import KnowledgeDistillation
 
@@ -64,7 +65,8 @@ class FeatureStudent(nnx.Module):
 
     def __init__(self, config, num_pairs: int, teacher_width: int, *, rngs: nnx.Rngs):
         self.model = Transformer(config, rngs=rngs)
-        self.projections = nnx.List([nnx.Linear(config.d_model, teacher_width, use_bias=False, rngs=rngs)
+        self.projections = nnx.List([dense(config.d_model, teacher_width, ("embed", "projection"), use_bias=False,
+                                           rngs=rngs)
                                      for _ in range(num_pairs)])
 
     @property

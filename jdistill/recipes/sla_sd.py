@@ -28,6 +28,7 @@ from flax import nnx
 from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import sla_aggregate, sla_self_distillation_loss
 from jdistill.models import Transformer
+from jdistill.nn.params import dense
 from jdistill.recipes.base import RecipeBase, require_images
 
 
@@ -43,7 +44,7 @@ class SLAStudent(nnx.Module):
         self.num_classes, self.n_transforms = config.num_classes, n_transforms
         self.backbone = Transformer(dataclasses.replace(config, num_classes=config.num_classes * n_transforms),
                                     rngs=rngs)
-        self.single = nnx.Linear(config.d_model, config.num_classes, rngs=rngs)
+        self.single = dense(config.d_model, config.num_classes, ("embed", "vocab"), rngs=rngs)
 
     def __call__(self, inputs, **kwargs):
         """The backbone's output with `logits` from the single head (what evaluation scores)."""

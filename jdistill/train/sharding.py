@@ -1,12 +1,15 @@
-"""The device mesh and the logical-axis rules that place parameters, optimizer state and batches on it.
+"""The device mesh, and the shardings of parameters, optimizer state, recipe state and batches on it.
 
 Mesh axes: `data` (batch only), `fsdp` (batch and parameter shards: ZeRO-3 style, gathered per layer by XLA),
 `tensor` (attention heads, MLP hidden units, vocabulary). Multi-slice jobs put `dcn_data` slices along the
 data axis (`create_hybrid_device_mesh`), so only gradient all-reduces cross the data-centre network.
 
-Parameters carry logical axes (`jdistill.models.partitioning`); `DEFAULT_RULES` maps each logical axis to mesh
-axes, and `mesh.rules` in the config overrides entries. An axis whose mesh size does not divide the dimension
-is replicated instead (small heads, odd vocabularies), never an error.
+Every parameter carries its logical axes from where it was created (`jdistill.nn.params`); the one rule table
+(`jdistill.partitioning.DEFAULT_RULES`, with the config's `mesh.rules` applied by `resolve_rules`) maps them to
+mesh axes. Optax moments, EMA teachers and snapshot stacks are Variables made from the parameters, so they carry
+the same names and are sharded like them. A parameter without logical axes is an error, never silently
+replicated. The same rules reach the layers' activation constraints and the per-shard kernels through
+`jdistill.partitioning.axis_rules`, which the train step enters while it traces.
 """
 
 from __future__ import annotations
@@ -17,22 +20,12 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdistill.errors import UserError
-from jdistill.models.partitioning import tree_logical_axes
-
-MESH_AXES = ("data", "fsdp", "tensor")
-
-DEFAULT_RULES: dict[str, Any] = {
-    "batch": ("data", "fsdp"),
-    "embed": "fsdp",
-    "vocab": "tensor",
-    "heads": "tensor",
-    "mlp": "tensor",
-    "conv": None,
-}
+from jdistill.partitioning import DEFAULT_RULES, MESH_AXES, logical_axes, mesh_axes_of, spec_for
 
 
 class MeshError(UserError):
@@ -75,11 +68,13 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
 
 
 def resolve_rules(overrides: dict | None = None) -> dict[str, Any]:
-    """The default table with the config's `mesh.rules` applied (unknown mesh axes are a config error)."""
+    """The default table with the config's `mesh.rules` applied (unknown logical or mesh axes are config
+    errors)."""
     rules = dict(DEFAULT_RULES)
     for logical, axes in (overrides or {}).items():
-        names = axes if isinstance(axes, (list, tuple)) else (axes,)
-        bad = [a for a in names if a is not None and a not in MESH_AXES]
+        if logical not in DEFAULT_RULES:
+            raise MeshError(f"mesh.rules.{logical}: not a logical axis ({', '.join(DEFAULT_RULES)})")
+        bad = [a for a in mesh_axes_of(axes) if a not in MESH_AXES]
         if bad:
             raise MeshError(f"mesh.rules.{logical}: {bad[0]!r} is not a mesh axis ({', '.join(MESH_AXES)})")
         rules[logical] = tuple(axes) if isinstance(axes, list) else axes
@@ -87,38 +82,31 @@ def resolve_rules(overrides: dict | None = None) -> dict[str, Any]:
 
 
 def _axis_size(mesh: Mesh, axes) -> int:
-    names = axes if isinstance(axes, tuple) else (axes,)
-    return math.prod(mesh.shape[a] for a in names if a is not None)
+    return math.prod(mesh.shape[a] for a in mesh_axes_of(axes))
 
 
-def spec_for(logical: tuple, shape: tuple, mesh: Mesh, rules: dict) -> PartitionSpec:
-    """PartitionSpec for one array: each logical axis -> its mesh axes, unless they do not divide that dimension
-    or were already used by an earlier dimension."""
-    used, parts = set(), []
-    for name, size in zip(logical, shape):
-        axes = rules.get(name) if name is not None else None
-        names = axes if isinstance(axes, tuple) else (axes,)
-        names = tuple(a for a in names if a is not None and a not in used and mesh.shape[a] > 1)
-        if not names or size % _axis_size(mesh, names):
-            parts.append(None)
-            continue
-        used.update(names)
-        parts.append(names if len(names) > 1 else names[0])
-    return PartitionSpec(*parts)
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
 
 
 def param_shardings(params, mesh: Mesh, rules: dict):
-    """NamedShardings for a parameter tree (real or abstract arrays), from the logical axes of each path."""
-    axes = tree_logical_axes(params)
-    return jax.tree.map(lambda leaf, logical: NamedSharding(mesh, spec_for(logical, leaf.shape, mesh, rules)),
-                        params, axes, is_leaf=lambda x: isinstance(x, tuple) and all(
-                            a is None or isinstance(a, str) for a in x))
+    """NamedShardings for a parameter tree (nnx.State of real or abstract arrays) from each parameter's logical
+    axes. A parameter created without them, or with a different number of axes than dimensions, is an error."""
+
+    def one(path, variable):
+        axes = logical_axes(variable)
+        if axes is None or len(axes) != variable.ndim:
+            found = "no logical axes" if axes is None else f"logical axes {axes}"
+            raise ValueError(f"parameter {jax.tree_util.keystr(path)} of shape {tuple(variable.shape)} has {found}: "
+                             "create it with jdistill.nn.params (param / dense / embedding)")
+        return variable.replace(NamedSharding(mesh, spec_for(axes, variable.shape, mesh, rules)))
+
+    return jax.tree_util.tree_map_with_path(one, params, is_leaf=_is_variable)
 
 
 def batch_sharding(mesh: Mesh, rules: dict, ndim: int) -> NamedSharding:
     """Batch arrays split along their leading axis over the batch mesh axes."""
-    axes = rules["batch"]
-    names = tuple(a for a in (axes if isinstance(axes, tuple) else (axes,)) if a is not None)
+    names = mesh_axes_of(rules["batch"])
     return NamedSharding(mesh, PartitionSpec(names if len(names) > 1 else (names[0] if names else None),
                                              *([None] * (ndim - 1))))
 
@@ -140,45 +128,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def state_shardings(state, mesh: Mesh, rules: dict):
-    """Shardings for a `TrainState`: parameters by their logical axes; optimizer moments follow the parameter
-    they belong to (matched by path suffix); everything else (step, counts, recipe scalars) is replicated.
-    Recipe-state subtrees shaped like the parameters (EMA teachers, snapshots) are sharded like them."""
-    param_spec = param_shardings(state.params, mesh, rules)
-    by_path = {_path_key(path): sharding for path, sharding in jax.tree_util.tree_flatten_with_path(param_spec)[0]}
-    shapes = {_path_key(path): leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]}
-
-    def like_param(path, leaf):
-        key = _path_key(path)
-        for suffix_len in range(len(key), 0, -1):
-            suffix = key[-suffix_len:]
-            sharding = by_path.get(suffix)
-            if sharding is not None and shapes[suffix] == getattr(leaf, "shape", None):
-                return sharding
-            if suffix_len <= 2:
-                break
-        return _replicate_or_stacked(leaf, key, by_path, shapes, mesh)
-
+    """Shardings for a `TrainState`: parameters by their logical axes; every other leaf that is a Variable made
+    from a parameter (optax moments, EMA teachers, snapshots) by the axes it inherited; the rest (step, counts,
+    recipe scalars and buffers) replicated."""
     return dataclasses.replace(
         state,
         step=replicated(mesh),
-        params=param_spec,
-        opt_state=jax.tree_util.tree_map_with_path(like_param, state.opt_state),
-        recipe_state=jax.tree_util.tree_map_with_path(like_param, state.recipe_state),
+        params=param_shardings(state.params, mesh, rules),
+        opt_state=inherited_shardings(state.opt_state, mesh, rules),
+        recipe_state=inherited_shardings(state.recipe_state, mesh, rules),
     )
 
 
-def _replicate_or_stacked(leaf, key, by_path, shapes, mesh):
-    """A leaf stacked over a leading axis of a parameter's shape (snapshots) keeps that parameter's spec."""
-    shape = getattr(leaf, "shape", ())
-    for suffix_len in range(len(key), 2, -1):
-        suffix = key[-suffix_len:]
-        if suffix in by_path and tuple(shape[1:]) == tuple(shapes[suffix]):
-            return NamedSharding(mesh, PartitionSpec(None, *by_path[suffix].spec))
-    return replicated(mesh)
+def inherited_shardings(tree, mesh: Mesh, rules: dict):
+    """A Variable with as many dimensions as logical axes is sharded by them; one with a leading extra
+    dimension (a stack over parameters, e.g. snapshots `[K, ...]`) keeps that dimension whole and shards the
+    rest; anything else (plain arrays, Variables of another shape) is replicated."""
 
+    def one(leaf):
+        axes = logical_axes(leaf) if _is_variable(leaf) else None
+        shape = tuple(getattr(leaf, "shape", ()))
+        if axes is None or len(shape) not in (len(axes), len(axes) + 1):
+            sharding = replicated(mesh)
+        else:
+            stacked = len(shape) - len(axes)
+            spec = spec_for(axes, shape[stacked:], mesh, rules)
+            sharding = NamedSharding(mesh, PartitionSpec(*([None] * stacked), *spec))
+        return leaf.replace(sharding) if _is_variable(leaf) else sharding
 
-def _path_key(path) -> tuple:
-    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+    return jax.tree.map(one, tree, is_leaf=_is_variable)
 
 
 def shard(tree, shardings):

@@ -108,7 +108,7 @@ def build_stage(stage_config, *, recipe, facts, batch, seed: int, init_key, mesh
         if teacher_params is not None:
             teacher_params = sharding.shard(teacher_params, teacher_shardings)
     shardings = StepShardings(state_shardings, teacher_shardings, sharding.batch_shardings(batch, mesh, rules),
-                              sharding.replicated(mesh))
+                              sharding.replicated(mesh), rules)
     train_step = make_train_step(graphdef, recipe, optimizer, seed=seed, teacher_graphdef=teacher_graphdef,
                                  grad_accum_steps=stage_config.train.grad_accum_steps, shardings=shardings,
                                  steps_per_epoch=facts.steps_per_epoch)

@@ -22,6 +22,7 @@ from flax import nnx
 
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import prediction_stats
+from jdistill.partitioning import DEFAULT_RULES, axis_rules
 from jdistill.train.state import TrainState
 
 PURPOSE_STEP_RNG = 1
@@ -34,6 +35,7 @@ class StepShardings(NamedTuple):
     teacher: object
     batch: object
     replicated: object
+    rules: object = None  # the logical -> mesh axes table the shardings were made with (None: the defaults)
 
 
 def step_rng(seed: int, step):
@@ -103,7 +105,8 @@ def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=
     abstract_mesh = shardings.replicated.mesh.abstract_mesh
 
     def train_step_on_mesh(state, teacher_params, batch):
-        with jax.sharding.use_abstract_mesh(abstract_mesh):  # lets layers constrain activations to the batch axes
+        # layers constrain activations and kernels split per shard by the same rules as the step's shardings
+        with jax.sharding.use_abstract_mesh(abstract_mesh), axis_rules(shardings.rules or DEFAULT_RULES):
             return train_step(state, teacher_params, batch)
 
     return jax.jit(train_step_on_mesh, donate_argnums=(0,),

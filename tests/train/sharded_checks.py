@@ -57,7 +57,7 @@ def build(mesh_config):
     teacher_shardings = sharding.param_shardings(teacher_params, mesh, rules)
     first = next(batches(1))
     batch_shardings = sharding.batch_shardings(first, mesh, rules)
-    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh))
+    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh), rules)
     step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef,
                            shardings=shardings)
     state = sharding.shard(state, state_shardings)
@@ -92,7 +92,31 @@ def run(mesh_config):
     }
 
 
+def activation_constraints(mesh_config):
+    """The PartitionSpecs (as strings) of the sharding constraints in the traced step: the layers' activations."""
+    step, state, teacher_params, batch_shardings, _ = build(mesh_config)
+    jaxpr = step.trace(state, teacher_params, sharding.global_batch(next(batches(1)), batch_shardings)).jaxpr
+
+    def eqns(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", value)
+                if hasattr(inner, "eqns"):
+                    yield from eqns(inner)
+
+    return sorted({str(eqn.params["sharding"].spec) for eqn in eqns(jaxpr.jaxpr)
+                   if eqn.primitive.name == "sharding_constraint"})
+
+
+# mesh.rules.batch reaches the layers through the step: the batch over `data` only, parameters still over fsdp
+RULE_MESHES = {"data4_fsdp2": MESHES["data4_fsdp2"],
+               "data4_fsdp2_batch_data": MeshConfig(data=4, fsdp=2, rules={"batch": "data"})}
+
+
 if __name__ == "__main__":
     jax.config.update("jax_num_cpu_devices", 8)
     names = sys.argv[1:] or list(MESHES)
-    print(json.dumps({name: run(MESHES[name]) for name in names}))
+    results = {name: run(MESHES[name]) for name in names}
+    results["constraints"] = {name: activation_constraints(config) for name, config in RULE_MESHES.items()}
+    print(json.dumps(results))

@@ -50,6 +50,12 @@ def test_collectives_are_the_expected_ones(meshes):
     assert tensor["all-reduce"] > meshes["data4_fsdp2"]["collectives"]["all-reduce"]  # partial sums over heads
 
 
+def test_the_config_batch_rule_reaches_the_layers_in_the_step(meshes):
+    constraints = meshes["constraints"]
+    assert constraints["data4_fsdp2"] == ["P(('data', 'fsdp'), None, None)"]
+    assert constraints["data4_fsdp2_batch_data"] == ["P('data', None, None)"]
+
+
 @pytest.mark.parametrize("name,fsdp", [("data4_fsdp2", 2), ("fsdp8", 8)])
 def test_parameter_memory_per_device_is_about_one_over_fsdp(meshes, name, fsdp):
     result = meshes[name]
