@@ -4,8 +4,8 @@ The compile runs in a subprocess (`jdistill.scale.aot`): for a TPU topology thro
 needed: libtpu describes the slice and compiles for it). A GPU cluster cannot be compiled for without GPUs, so
 its step is compiled twice: on as many simulated CPU devices (XLA:CPU), and, when libtpu is installed, for a
 TPU v5p slice with as many chips and the same mesh (`proxy_topology`). XLA:CPU overstates badly (it keeps
-several layers' float32 attention-score buffers and float32 copies of bf16 work live at once: 2-3x the TPU
-figure on the H100 configs, docs/scaling_out.md), so the fit is decided with the TPU compile of the same
+several layers' float32 attention-score buffers and float32 copies of bf16 work live at once: several-fold
+the TPU figure at full depth, docs/scaling_out.md), so the fit is decided with the TPU compile of the same
 sharded program, and both figures and their ratio are printed. Per chip: arguments (parameters, optimizer state, teacher, batch), outputs,
 temporaries (activations, gradients, logits chunks), total against the chip's HBM. FLOPs per step: XLA's
 cost analysis of the compiled program (it counts a loop body once: gradient accumulation and the chunked
@@ -166,11 +166,11 @@ def _gpu_lines(summary: dict) -> list[str]:
     """How far to trust the XLA:CPU figure, and the TPU compile of the same step the fit is decided with."""
     check = summary.get("tpu_check")
     if check is None:
-        return ["  XLA:CPU figure only (libtpu is not installed): it overstates a GPU's needs 2-3x "
-                "(docs/scaling_out.md); not decisive"]
+        return ["  XLA:CPU figure only (libtpu is not installed): it overstates a GPU's needs "
+                "several-fold (docs/scaling_out.md); not decisive"]
     if "error" in check:
         return [f"  same step for {check['topology']} (libtpu) did not compile: {check['error'][:200]}",
-                "  XLA:CPU figure only: it overstates a GPU's needs 2-3x (docs/scaling_out.md); not decisive"]
+                "  XLA:CPU figure only: it overstates a GPU's needs several-fold (docs/scaling_out.md); not decisive"]
     hbm = summary["hbm_bytes"]
     verdict = "fits" if summary["fits"] else "does NOT fit"
     return [f"  same step compiled for {check['topology']} (libtpu, same mesh): {check['total_bytes'] / GiB:.2f} "
