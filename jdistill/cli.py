@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--config", required=True, help="a tpu_configs/*.yaml file, preset name or YAML path")
     compile_.add_argument("--topology", help="override cluster.topology (e.g. v5e:4x4, v5p-128, h100:1x8)")
     compile_.add_argument("--json", help="also write the figures to this JSON file")
-    compile_.add_argument("--extrapolate", action="store_true", help="compile at 1 and 2 layers (width and sharding "
-                                                                      "kept) and extrapolate linearly to the depth")
+    compile_.add_argument("--extrapolate", action="store_true", help="a rough early estimate, not a bound: compile "
+                          "at 1 and 2 layers and extrapolate linearly to the depth (compile at full depth to decide)")
     compile_.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     compile_.set_defaults(func=_lazy("jdistill.scale.compile", "cmd_compile"))
     launch = sub.add_parser("launch", help="start the config's job on its cluster (TPU VM, xpk, Slurm, Kubernetes)")

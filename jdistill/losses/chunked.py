@@ -1,9 +1,14 @@
 """Token-level logit objectives for large vocabularies, computed chunk by chunk from hidden states.
 
 Given the final hidden states and output projections of both models, the loss is accumulated over chunks of
-`chunk_size` tokens inside `lax.scan`; each chunk's body is rematerialised (`jax.checkpoint`), so neither the
+about `chunk_size` tokens inside `lax.scan`; each chunk's body is rematerialised (`jax.checkpoint`), so neither the
 forward nor the backward pass ever holds the full `[batch, seq, vocab]` logits of teacher or student — only one
-`[chunk_size, vocab]` block of each. The result equals the dense objective on `hidden @ head (+ bias)`.
+`[batch, chunk_size // batch, vocab]` block of each. The result equals the dense objective on `hidden @ head (+ bias)`.
+
+A chunk is `chunk_size // batch` consecutive positions of EVERY sequence (the scan runs along the sequence), so
+the batch axis stays whole inside each chunk: on a mesh that splits the batch, each device computes the logits of
+its own rows only. (Chunks of the flattened `batch * seq` tokens would put the scanned axis on the batch shards,
+and XLA would all-gather every token's hidden states to every device and compute each chunk on all of them.)
 
 Shapes:
     student_hidden [batch, seq, d_student], student_head [d_student, vocab] (bias [vocab] optional)
@@ -60,16 +65,16 @@ def chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teac
     if teacher_head.shape[-1] != vocab:
         raise ValueError(f"student_head and teacher_head must share the vocab axis; got {vocab} and "
                          f"{teacher_head.shape[-1]}")
-    tokens = student_hidden.shape[0] * student_hidden.shape[1]
-    num_chunks = -(-tokens // chunk_size)
-    pad = num_chunks * chunk_size - tokens
-    weights = jnp.ones(student_hidden.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
-    labels = jnp.zeros(student_hidden.shape[:2], jnp.int32) if labels is None else labels
+    batch, seq = student_hidden.shape[:2]
+    positions = min(seq, max(1, chunk_size // batch))  # per sequence and chunk
+    num_chunks = -(-seq // positions)
+    pad = num_chunks * positions - seq
+    weights = jnp.ones((batch, seq), jnp.float32) if mask is None else mask.astype(jnp.float32)
+    labels = jnp.zeros((batch, seq), jnp.int32) if labels is None else labels
 
-    def chunks(x):
-        x = x.reshape(tokens, *x.shape[2:])
-        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-        return x.reshape(num_chunks, chunk_size, *x.shape[1:])
+    def chunks(x):  # [batch, seq, ...] -> [num_chunks, batch, positions, ...]; padding has weight 0
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.swapaxes(x.reshape(batch, num_chunks, positions, *x.shape[2:]), 0, 1)
 
     zeros = jnp.zeros((vocab,), jnp.float32)
     s_bias = zeros if student_bias is None else student_bias.astype(jnp.float32)
@@ -77,7 +82,9 @@ def chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teac
     xs = (chunks(student_hidden), chunks(teacher_hidden), chunks(labels), chunks(weights))
     scale = distill_weight * entry.temperature_scale(temperature, scale_by_temperature_squared)
     chunk_sum = jax.checkpoint(functools.partial(_chunk_sum, entry, temperature, beta, scale, label_weight))
-    heads = (student_head, s_bias, teacher_head, t_bias)
+    # The heads in the hidden states' dtype, as the models' own heads compute (nnx.Linear and Embed.attend cast
+    # to the compute dtype); the dots accumulate in float32.
+    heads = (student_head.astype(student_hidden.dtype), s_bias, teacher_head.astype(teacher_hidden.dtype), t_bias)
     init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
     (total, count), _ = jax.lax.scan(lambda carry, chunk: chunk_sum(heads, carry, chunk), init, xs)
     if reduction == "sum_count":

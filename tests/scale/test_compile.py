@@ -1,13 +1,20 @@
-"""`jdistill compile`: every TPU config in tpu_configs/ compiles ahead of time for its own topology on this CPU host
-(libtpu, in a subprocess) and fits its chips' HBM; the topology table; the model-FLOPs formula against XLA's count.
+"""`jdistill compile`: every config in tpu_configs/ compiles ahead of time for its own topology on this CPU host
+(libtpu, in a subprocess) and fits its chips' HBM; GPU configs are decided with the TPU compile of the same step;
+the topology table; the model-FLOPs formula against XLA's count.
 
-Compile time: a full-depth 8B teacher takes many minutes to compile here, so the compile tests override the DEPTH
-to one teacher and one student layer. Width (d_model, heads, MLP, vocabulary), sequence length, batch, mesh and
-sharding stay the config's. Per-chip parameter memory is checked against the sharded parameter count, so a lost
-sharding would fail. One config (v4-8) runs by default; the others are marked slow (each takes minutes here).
+Compile time: a full-depth 8B teacher takes 3-15 minutes to compile here, so the default test compiles v4-8 at
+one teacher and one student layer (width, sequence, batch, mesh and sharding kept; per-chip parameter memory is
+checked against the sharded parameter count, so a lost sharding fails). The memory each config's header claims is
+checked at FULL depth by the slow tests (`pytest -m slow tests/scale`).
 """
 
 import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -24,23 +31,18 @@ from jdistill.scale.topologies import GiB, parse_topology
 
 SHALLOW = ["teacher.model.num_layers=1", "student.model.num_layers=1"]  # width and sharding kept
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
-TPU_CONFIGS = [pytest.param("v4-8", marks=needs_libtpu)] + [
-    pytest.param(name, marks=[needs_libtpu, pytest.mark.slow])
-    for name in ("v4-32", "v5e-16", "v5e-256", "v5p-128", "2x-v5e-256")]
+TPU_NAMES = ("v4-8", "v4-32", "v5e-16", "v5e-256", "v5p-128", "2x-v5e-256")
+GPU_NAMES = ("h100-1x8", "h100-4x8")
+HERE = Path(__file__).resolve().parent
+# "Full depth, compiled by `jdistill compile` (...): 10.82 GiB per chip" in each config's header.
+CLAIM = re.compile(r"Full depth, compiled by `jdistill compile`[^:]*: ([0-9.]+) GiB per")
 
-
-# The config that runs by default also switches to the fused Pallas TPU attention kernel: it compiles on a
-# sharded mesh because `gated_attention` runs it per shard under `jax.shard_map`.
+# The default test also switches to the fused Pallas TPU attention kernel: it compiles on a sharded mesh because
+# `gated_attention` runs it per shard under `jax.shard_map`.
 PALLAS = ["teacher.model.attention_impl=pallas_tpu", "student.model.attention_impl=pallas_tpu"]
 
 
-@pytest.mark.parametrize("name", TPU_CONFIGS)
-def test_tpu_config_compiles_for_its_topology_and_fits(name):
-    path = f"tpu_configs/{name}.yaml"
-    overrides = SHALLOW + (PALLAS if name == "v4-8" else [])
-    summary = aot_compile.compile_config(path, overrides)
-    config = load_config(path, overrides)
-    topology = parse_topology(config.cluster.topology, config.cluster.num_slices)
+def _check_compiled_step(summary, config, topology):
     assert summary["platform"] == "tpu" and summary["devices"] == topology.num_chips
     assert summary["mesh"] == {"data": config.mesh.data * config.mesh.dcn_data, "fsdp": config.mesh.fsdp,
                                "tensor": config.mesh.tensor}
@@ -52,6 +54,72 @@ def test_tpu_config_compiles_for_its_topology_and_fits(name):
     assert 0.95 * expected <= summary["argument_bytes"] <= 1.2 * expected + 64 * 2**20
     assert summary["temp_bytes"] > 0 and summary["alias_bytes"] > 0.9 * summary["output_bytes"] - 2**20
     assert summary["step_seconds_at_50_mfu"] == pytest.approx(2 * summary["step_seconds_at_100_mfu"])
+
+
+@needs_libtpu
+def test_v4_8_compiles_for_its_topology_with_the_pallas_kernel():
+    path = "tpu_configs/v4-8.yaml"
+    overrides = SHALLOW + PALLAS
+    summary = aot_compile.compile_config(path, overrides)
+    config = load_config(path, overrides)
+    _check_compiled_step(summary, config, parse_topology(config.cluster.topology, config.cluster.num_slices))
+
+
+def _claimed_gib(path: str) -> float | None:
+    """The header's full-depth figure, or None where it says plainly that it has not been compiled yet."""
+    text = Path(path).read_text()
+    claims = CLAIM.findall(text)
+    if not claims and "# Full depth: not compiled yet" in text:
+        return None
+    assert len(claims) == 1, f"{path}: the header must state its full-depth compiled memory once"
+    return float(claims[0])
+
+
+@pytest.mark.slow
+@needs_libtpu
+@pytest.mark.parametrize("name", TPU_NAMES)
+def test_tpu_config_fits_at_full_depth_as_its_header_says(name):
+    path = f"tpu_configs/{name}.yaml"
+    summary = aot_compile.compile_config(path)
+    config = load_config(path)
+    _check_compiled_step(summary, config, parse_topology(config.cluster.topology, config.cluster.num_slices))
+    claimed = _claimed_gib(path)
+    assert claimed is None or summary["total_bytes"] / GiB == pytest.approx(claimed, rel=0.03)
+
+
+@pytest.mark.slow
+@needs_libtpu
+@pytest.mark.parametrize("name", GPU_NAMES)
+def test_gpu_config_fits_at_full_depth_by_the_tpu_compile_of_its_step(name):
+    path = f"tpu_configs/{name}.yaml"
+    summary = aot_compile.compile_config(path)
+    assert summary["estimate"] and summary["platform"] == "cpu" and "error" not in summary["tpu_check"]
+    assert summary["fits"] and summary["decision_bytes"] <= 0.75 * summary["hbm_bytes"]  # JAX's preallocation
+    claimed = _claimed_gib(path)
+    assert claimed is None or summary["decision_bytes"] / GiB == pytest.approx(claimed, rel=0.03)
+    assert summary["cpu_over_tpu"] > 1.0  # XLA:CPU overstates; the header and docs say by how much
+
+
+def test_every_config_states_its_full_depth_memory_and_no_extrapolated_bound():
+    for name in TPU_NAMES + GPU_NAMES:
+        text = Path(f"tpu_configs/{name}.yaml").read_text()
+        claimed = _claimed_gib(f"tpu_configs/{name}.yaml")
+        assert claimed is None or claimed > 0
+        assert "upper bound" not in text and "extrapolated" not in text.lower(), name
+
+
+def test_chunked_loss_keeps_the_batch_split_over_devices():
+    """On 8 devices with the batch split, each device computes only its rows' logits: per-device temporaries of the
+    chunked KD loss and its gradient are ~1/8 of one device's (chunks of the flattened tokens put the scanned
+    axis on the batch shards, so every device gathered all hidden states: 1/2)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(HERE.parents[1]))
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    done = subprocess.run([sys.executable, str(HERE / "chunked_sharded_check.py")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8
+    assert result["sharded"] < 0.25 * result["single"]
 
 
 @pytest.mark.parametrize("text, chips, grid, hosts, accelerator, hbm_gib", [
@@ -107,6 +175,46 @@ def test_not_fitting_in_hbm_exits_non_zero(monkeypatch, capsys, tmp_path):
     assert (tmp_path / "c.json").exists()
     args.topology = "v5p-32"  # the same program on 16 v5p chips (95 GiB each) fits
     assert aot_compile.cmd_compile(args) == 0
+
+
+def _gpu_report(total_gib, platform):
+    return {"argument_bytes": GiB, "output_bytes": GiB // 2, "alias_bytes": GiB // 2,
+            "temp_bytes": int((total_gib - 1) * GiB), "code_bytes": 0, "total_bytes": int(total_gib * GiB),
+            "student_params": 10**9, "teacher_params": 8 * 10**9, "flops_per_device": 1.0,
+            "bytes_accessed_per_device": 1.0, "mesh": {"data": 1, "fsdp": 8, "tensor": 1}, "devices": 8,
+            "platform": platform, "device_kind": platform, "compile_seconds": 1.0}
+
+
+@needs_libtpu
+@pytest.mark.parametrize("tpu_gib, fits", [(40.0, True), (90.0, False)])
+def test_a_gpu_config_is_decided_with_the_tpu_compile_of_the_same_step(monkeypatch, capsys, tpu_gib, fits):
+    seen = []
+
+    def fake_run_aot(jobs, topology):
+        seen.append((topology.platform, topology.num_chips, jobs[0]["topology"]))
+        return [_gpu_report(120.0, "cpu") if topology.platform == "gpu" else _gpu_report(tpu_gib, "tpu")]
+
+    monkeypatch.setattr(aot_compile, "run_aot", fake_run_aot)
+    args = SimpleNamespace(config="tpu_configs/h100-1x8.yaml", topology=None, json=None, overrides=[])
+    if fits:
+        assert aot_compile.cmd_compile(args) == 0
+    else:
+        with pytest.raises(aot_compile.CompileError, match="needs 90.00 GiB .*decided with the TPU compile"):
+            aot_compile.cmd_compile(args)
+    assert seen == [("gpu", 8, "h100:1x8"), ("tpu", 8, "v5p-16")]  # as many v5p chips, same config and mesh
+    printed = capsys.readouterr().out
+    assert f"{tpu_gib:.2f} GiB per chip" in printed and f"XLA:CPU / TPU = {120 / tpu_gib:.2f}" in printed
+    assert ("decided with the TPU figure: fits" in printed) == fits
+
+
+def test_proxy_topology_has_as_many_chips():
+    four_nodes = parse_topology("h100:4x8")
+    proxy = aot_compile.proxy_topology(four_nodes)
+    if importlib.util.find_spec("libtpu") is None:
+        assert proxy is None
+        return
+    assert (proxy.platform, proxy.num_chips, proxy.chip.generation) == ("tpu", 32, "v5p")
+    assert aot_compile.proxy_topology(parse_topology("v4-8")) is None
 
 
 def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys):

@@ -25,7 +25,7 @@ BAD = {
              "transforms images"),
     "feature_kd": ("feature_kd", ['distill.options.layer_map="9:1"'], "layer 9 does not exist"),
     "gkd": ("gkd", ["distill.options.prompt_len=4096"], "prompt_len=4096 exceeds data.seq_len"),
-    "kd": ("default", ["distill.options.objective=kl"], "objective must be one of"),
+    "kd": ("default", ["distill.options.objective=kl"], "unknown divergence .kl.; expected one of"),
     "multi_exit": ("multi_exit", ["distill.options.exit_weights=[1,1]"], "2 weights for 3 exits"),
     "mutual": ("lm_kd", ["distill.recipe=mutual"], "trains classifiers only"),
     "pskd": ("lm_kd", ["distill.recipe=pskd"], "trains classifiers only"),
