@@ -1,5 +1,5 @@
 """The run configuration as frozen dataclasses. YAML presets and `key.sub=value` overrides are validated
-into these by `jdistill.configs.parsing`; every field's meaning follows `shared/SPEC/conventions.md`."""
+into these by `jdistill.configs.parsing`; every field's meaning follows `docs/conventions.md`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Causal head gating analysis of a frozen model (Nam et al. 2025; methods.md item 28).
+"""Causal head gating analysis of a frozen model (Nam et al. 2025; docs/methods.md#causal-head-gating).
 
 Per-head gates G = sigmoid(logit) `[num_layers, num_heads]` multiply each attention head's output. Only the logits
 are fitted (Adam, the model frozen) to L = NLL - lam * sum(logit): first with lam = 0, then, from that

@@ -1,10 +1,10 @@
 """Intermediate and structural distillation: hint losses, attention transfer, multi-exit self-distillation.
 
-methods.md, section D, items 19 and 20. Shapes at the boundary: features `[..., d]` (e.g.
+docs/methods.md#feature-and-attention-transfer, docs/methods.md#multi-exit-self-distillation. Shapes at the boundary: features `[..., d]` (e.g.
 `[batch, seq, d]`), one vector per position; activation maps `[batch, *spatial, channels]`
 (channels last, the JAX layout; `channel_axis` changes it); exit logits `[..., vocab]`.
 
-Conventions shared by every function here (see conventions.md):
+Conventions shared by every function here (see docs/conventions.md):
   - Math in float32 whatever the input dtype (bf16 is upcast, float64 is kept).
   - `mask` and `reduction` of the per-position losses work as in `jdistill.losses.logits`
     (`reduce_tokens`: sum over valid positions / number of valid positions, or "sum", "sum_count",

@@ -1,10 +1,10 @@
-"""Token-level logit distillation objectives (methods.md, section A, items 1 and 7).
+"""Token-level logit distillation objectives (docs/methods.md#hinton-kd, docs/methods.md#generalized-jsd-and-the-other-divergences).
 
 Shapes at the boundary: logits `[..., vocab]` (e.g. `[batch, seq, vocab]`), integer labels and the
 mask `[...]`. Symbols in the formulas: `s`, `t` student and teacher logits, `T` the temperature,
 `p_s = softmax(s / T)`, `p_t = softmax(t / T)`.
 
-Conventions shared by every function here (see conventions.md):
+Conventions shared by every function here (see docs/conventions.md):
   - Log-probabilities come from `log_softmax` in float32 whatever the input dtype (bf16 is upcast,
     float64 is kept); mixtures are formed in log space. Never `log(softmax(x))`.
   - The temperature divides the logits of both student and teacher.

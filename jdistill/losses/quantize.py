@@ -1,4 +1,4 @@
-"""Quantized distillation (methods.md, section D, item 21).
+"""Quantized distillation (docs/methods.md#quantized-distillation).
 
 Polino, Pascanu & Alistarh 2018, "Model compression via distillation and quantization". The student
 keeps full-precision weights w; every forward and backward pass runs at the quantized weights Q(w),

@@ -1,9 +1,9 @@
 """Robustness and sample weighting: ADR, DCS, SLA + self-distillation, pseudo-label filtering.
 
-methods.md, section C, items 15-18. Shapes at the boundary: class logits `[batch, classes]` (any
+docs/methods.md#robustness-and-sample-weighting. Shapes at the boundary: class logits `[batch, classes]` (any
 leading axes work where noted), integer labels `[batch]`.
 
-Conventions shared by every function here (see conventions.md):
+Conventions shared by every function here (see docs/conventions.md):
   - Log-probabilities come from `log_softmax` in float32 whatever the input dtype, through
     `jdistill.losses.logits._log_probs`; teacher-side targets are wrapped in `jax.lax.stop_gradient`.
   - Sample-level objectives reduce by the mean over the batch, optionally weighted with the weights
@@ -212,7 +212,7 @@ def sla_self_distillation_loss(
 def filter_pseudo_labels(
     teacher_logits: ArrayLike, *, threshold, proxy_logits: ArrayLike | None = None
 ) -> tuple[Array, Array]:
-    """Label-free pseudo-label filtering (methods.md item 18; the scoring rule is open).
+    """Label-free pseudo-label filtering (docs/methods.md#pseudo-label-filtering; the scoring rule is open).
 
     The pseudo-label is the teacher's argmax. Its score is
       - without a proxy: the teacher's confidence max_k softmax(teacher)_k;

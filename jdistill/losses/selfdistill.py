@@ -1,4 +1,4 @@
-"""Self-distillation objectives and targets (methods.md, section A, items 2, 3, 5, 6 and 9).
+"""Self-distillation objectives and targets (docs/methods.md, section Logit distillation).
 
 Shapes at the boundary: logits `[..., vocab]` (e.g. `[batch, seq, vocab]` or `[batch, classes]`),
 integer labels and the mask `[...]`. Symbols: `s`, `t` student and teacher logits, `T` the

@@ -1,4 +1,4 @@
-"""Distillation from partial or mismatched teachers (methods.md, section A, items 8 and 11).
+"""Distillation from partial or mismatched teachers (docs/methods.md#top-k-cached-teacher, docs/methods.md#universal-logit-distillation).
 
 `topk_kd` distils from a cached teacher that kept only its top-k log-probabilities per position;
 `uld_loss` compares distributions over different vocabularies. Shapes at the boundary: student
@@ -74,7 +74,7 @@ def topk_kd(
     skewed JSD with M = beta * teacher + (1 - beta) * student. With k = vocab it is the dense loss.
     Each tail is log(1 - e^logsumexp(top-k)) computed stably and clipped (>= TAIL_FLOOR, then the
     k + 1 entries renormalised), so no category has probability 0 and nothing is NaN.
-    The tail bucket keeps both distributions normalised (conventions.md, "Teachers"); the JSD family is
+    The tail bucket keeps both distributions normalised (docs/conventions.md#cached-teachers); the JSD family is
     Agarwal et al. 2024, "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes".
 
     Temperature: the teacher's full distribution is not available, so the cached top-k cannot be

@@ -1,9 +1,9 @@
-"""Self-supervised self-distillation: DINO and random teachers (methods.md, section B, items 12 and 13).
+"""Self-supervised self-distillation: DINO and random teachers (docs/methods.md#dino, docs/methods.md#random-teachers).
 
 Shapes at the boundary: projection-head outputs `[n_crops, batch, dim]` (crop-major: the first
 `n_global_crops` crops are the global views), parameters as any pytree of arrays.
 
-Conventions shared by every function here (see conventions.md):
+Conventions shared by every function here (see docs/conventions.md):
   - Log-probabilities come from `log_softmax` in float32 whatever the input dtype (bf16 is upcast,
     float64 is kept), through `jdistill.losses.logits._log_probs`.
   - Teacher targets are wrapped in `jax.lax.stop_gradient`: in DINO the teacher is an EMA of the

@@ -15,7 +15,7 @@ class ModelConfig:
       kind: "classifier" (bidirectional encoder, pooled head) or "lm" (causal decoder, per-token head).
       num_layers, d_model, num_heads, mlp_dim: the usual sizes; head_dim defaults to d_model // num_heads.
       num_kv_heads: key/value heads for grouped-query attention (None: equal to num_heads).
-      gate: SDPA output gate (methods.md item 22): "none", "headwise" (one scalar per head) or
+      gate: SDPA output gate (docs/methods.md#gated-attention): "none", "headwise" (one scalar per head) or
         "elementwise" (one per channel).
       gate_position: "sdpa_output" (G1, after attention; the default) or "value" (G2, on the values).
       activation: MLP activation (`jdistill.nn.activations`): gelu (tanh form), gelu_exact, silu, atlu, golu, or
@@ -32,12 +32,12 @@ class ModelConfig:
         vocab_size and max_seq_len apply; learned positions) for the encoder classifier.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
       layer_pattern: token mixer per block, cycled over the layers: "A" full (gated) attention, "D" Gated DeltaNet
-        (methods.md item 23), "R" ReGLA (item 24); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
+        (docs/methods.md#gated-deltanet), "R" ReGLA (item 24); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
       linear_key_heads, linear_value_heads, linear_key_head_dim, linear_value_head_dim, linear_conv_kernel,
         delta_rule_impl: the Gated DeltaNet layers (`jdistill.nn.deltanet`).
       norm_zero_centered: RMSNorm weights stored as w - 1 and applied as (1 + w) (Qwen3-Next).
-      residual_gates: GateSkip residual gates on every attention and MLP branch (methods.md item 27).
-      exit_layers: 1-based blocks with an early exit (shared exit head, methods.md item 20); () for none.
+      residual_gates: GateSkip residual gates on every attention and MLP branch (docs/methods.md#gateskip).
+      exit_layers: 1-based blocks with an early exit (shared exit head, docs/methods.md#multi-exit-self-distillation); () for none.
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
       remat: rematerialisation of each block in the backward pass: "none" (keep activations), "full" (recompute

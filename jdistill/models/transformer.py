@@ -20,7 +20,7 @@ from jdistill.partitioning import constrain_batch
 
 class Block(nnx.Module):
     """Pre-norm block: `h + attn(norm(h))`, then `h + mlp(norm(h))`. With `residual_gates` each branch is scaled
-    by a GateSkip gate `sigmoid(W stopgrad(h) + b)` (methods.md item 27) recorded in `stats["residual_gates"]`."""
+    by a GateSkip gate `sigmoid(W stopgrad(h) + b)` (docs/methods.md#gateskip) recorded in `stats["residual_gates"]`."""
 
     def __init__(self, config: ModelConfig, index: int = 0, *, rngs: nnx.Rngs):
         causal = config.kind == "lm"

@@ -1,5 +1,5 @@
 """Gated DeltaNet token mixer (Yang, Kautz & Hatamizadeh 2024, "Gated Delta Networks: Improving Mamba2 with Delta
-Rule"), laid out as in Qwen3-Next's linear-attention layers (methods.md item 23).
+Rule"), laid out as in Qwen3-Next's linear-attention layers (docs/methods.md#gated-deltanet).
 
     [q k v z] = x W_qkvz (grouped per key head),  [b a] = x W_ba
     q, k, v  <- silu(causal depthwise conv_4([q k v]))

@@ -1,4 +1,4 @@
-"""Multi-exit heads (MoSE-style hierarchical multi-exit self-distillation; methods.md item 20).
+"""Multi-exit heads (MoSE-style hierarchical multi-exit self-distillation; docs/methods.md#multi-exit-self-distillation).
 
 One head is shared by all exits. Before it, the exit's hidden state is RMS-normalised (a shared RMSNorm: the
 mid-stack residual stream is not normalised like the final one) and a small learned embedding of the exit's

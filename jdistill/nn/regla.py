@@ -5,7 +5,7 @@ Per head, with a state S `[d_k, d_v]` and a per-key-channel decay g_t in (0, 1)^
     S_t = diag(g_t) S_{t-1} + phi(k_t)^T v_t,      o_t = rmsnorm(phi(q_t) S_t) * w,      y = W_o [o_t per head]
 
 The paper's three ingredients, and the details this implementation had to choose (the exact formulas were not
-available; see methods.md item 24):
+available; see docs/methods.md#regla):
   - Bounded feature map ("safe exp", a normalised exponential with a variance-reducing scale):
     phi(x) = exp((x - max_j x_j) / sqrt(d_k)). Values lie in [0, 1], so the state grows at most linearly in t
     and no exponential overflows. Chosen: the 1/sqrt(d_k) scale inside the exponential, and the per-token max

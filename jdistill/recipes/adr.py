@@ -1,5 +1,5 @@
 """ADR: annealing self-distillation rectification for adversarial training (Wu et al. 2024, "Annealing
-Self-Distillation Rectification Improves Adversarial Training"; methods.md item 15).
+Self-Distillation Rectification Improves Adversarial Training"; docs/methods.md#adr).
 
 Per step, with an EMA of the student as teacher (policy `ema`, decay 0.995, kept in the recipe state):
 

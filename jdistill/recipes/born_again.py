@@ -1,5 +1,5 @@
 """Born-again networks / multi-generation self-distillation (Furlanello et al. 2018; Tian et al. 2020,
-"Rethinking Few-Shot Image Classification", methods.md A4).
+"Rethinking Few-Shot Image Classification", docs/methods.md#born-again-networks).
 
     generation 1 is distilled from the trained teacher, generation k > 1 from generation k - 1:
     loss_k = distill_weight * c * D(p_{k-1}, p_k at temperature T) + label_weight * CE(y, s_k)

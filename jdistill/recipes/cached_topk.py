@@ -1,5 +1,5 @@
 """Sparse KD from an offline teacher cache: the teacher's top-k log-probabilities per token, read with the batch
-(methods.md item 8; the cache: `jdistill.data.teacher_cache`).
+(docs/methods.md#top-k-cached-teacher; the cache: `jdistill.data.teacher_cache`).
 
 No teacher runs during the student's training. Each batch carries `teacher_topk_ids` and `teacher_topk_logprobs`
 `[batch, seq, k]` (written once by `jdistill cache-teacher`, or by the job right after its teacher stage, at

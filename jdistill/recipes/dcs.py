@@ -1,4 +1,4 @@
-"""DCS: dynamic corrective self-distillation with per-example weights (methods.md item 16; paper-inspired, the
+"""DCS: dynamic corrective self-distillation with per-example weights (docs/methods.md#dcs; paper-inspired, the
 update rule is open: the choices below are this library's).
 
 A frozen teacher (policy `frozen`; the preset gives it the student's architecture, i.e. self-distillation from a

@@ -1,5 +1,5 @@
 """Defensive distillation (Papernot et al. 2016, "Distillation as a Defense to Adversarial Perturbations against
-Deep Neural Networks"; methods.md A10), with an FGSM / PGD evaluation of the deployed student.
+Deep Neural Networks"; docs/methods.md#defensive-distillation), with an FGSM / PGD evaluation of the deployed student.
 
     p_t = softmax(z_T / T),  z_T = t * T / teacher_trained_temperature   (the teacher's logits as if trained at T)
     loss = CE(tau, softmax(s / T)),  tau = (1 - label_weight) * p_t + label_weight * onehot(y)

@@ -1,5 +1,5 @@
 """DINO: self-distillation with no labels, an EMA teacher, centring and sharpening, multi-crop (Caron et al. 2021,
-"Emerging Properties in Self-Supervised Vision Transformers"; methods.md item 12).
+"Emerging Properties in Self-Supervised Vision Transformers"; docs/methods.md#dino).
 
 Per step, from the batch images and the step key (pure, so a resumed run sees the same views):
 

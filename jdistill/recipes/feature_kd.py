@@ -1,4 +1,4 @@
-"""Feature / hint distillation and attention transfer with a student -> teacher layer map (methods.md item 19).
+"""Feature / hint distillation and attention transfer with a student -> teacher layer map (docs/methods.md#feature-and-attention-transfer).
 
     loss = KD(s, t) + feature_weight * sum_pairs H(r_j(u_j), v_j) + attention_weight * sum_pairs AT(u_j, v_j)
 

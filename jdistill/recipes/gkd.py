@@ -1,5 +1,5 @@
 """GKD, on-policy distillation of language models (Agarwal et al. 2024, "On-Policy Distillation of Language
-Models: Learning from Self-Generated Mistakes"; methods.md item 7).
+Models: Learning from Self-Generated Mistakes"; docs/methods.md#gkd-on-policy-distillation).
 
 Per step, with probability `lam` (the paper's student-data fraction) the batch's continuations are sampled from
 the student itself; otherwise the dataset's tokens are used (or, with `seq_kd`, continuations sampled from the

@@ -1,4 +1,4 @@
-"""Hierarchical multi-exit self-distillation (paper-inspired, after MoSE; methods.md item 20).
+"""Hierarchical multi-exit self-distillation (paper-inspired, after MoSE; docs/methods.md#multi-exit-self-distillation).
 
 The student has early exits at `student.model.exit_layers` (a shared exit head over the RMS-normalised hidden
 state with a small layer-index embedding, `jdistill.nn.exits`); its final head is the last exit. Teacher policy

@@ -1,4 +1,4 @@
-"""Online mutual distillation of peer students (Zhang et al. 2018, "Deep Mutual Learning"; methods.md item 14,
+"""Online mutual distillation of peer students (Zhang et al. 2018, "Deep Mutual Learning"; docs/methods.md#deep-mutual-learning,
 the cross-distillation part of MOKD, Song et al. 2023).
 
 K peers (default 2) train together from scratch, no pre-trained teacher; every peer k learns from the labels and

@@ -1,5 +1,5 @@
 """Progressive self-knowledge distillation, PS-KD (Kim et al. 2021, "Self-Knowledge Distillation with Progressive
-Refinement of Targets"; methods.md A5; checked against the official code).
+Refinement of Targets"; docs/methods.md#ps-kd; checked against the official code).
 
     alpha_t = alpha_T * (epoch + 1) / E                 (epoch = floor(batch["epoch"]), counted from 0)
     target  = (1 - alpha_t) * onehot(y) + alpha_t * P[index]

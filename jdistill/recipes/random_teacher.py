@@ -1,4 +1,4 @@
-"""Random teachers (Sarnthein et al. 2023, "Random Teachers are Good Teachers"; methods.md item 13).
+"""Random teachers (Sarnthein et al. 2023, "Random Teachers are Good Teachers"; docs/methods.md#random-teachers).
 
 The teacher is frozen at its random initialisation (policy `random_init`: the job builds it from
 `config.teacher.model` and never trains it); the student distils it with DINO's objective stripped down:

@@ -1,5 +1,5 @@
 """Self-Evolution KD: token-difficulty-aware distillation (paper-inspired; Song et al. 2024, "Self-Evolution
-Knowledge Distillation for LLM-based Machine Translation"; methods.md A6).
+Knowledge Distillation for LLM-based Machine Translation"; docs/methods.md#self-evolution-kd).
 
     d_i     = KL(r_i || p_s,i),  r = 0.5 * (p_t + onehot(y))                    (token difficulty)
     hard i  (the ceil(hard_fraction * n) hardest valid tokens of the batch):  gamma_i = gamma_max * d_i / max d,

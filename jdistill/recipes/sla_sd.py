@@ -1,5 +1,5 @@
 """SLA + self-distillation (Lee et al. 2020, "Self-supervised Label Augmentation via Input Transformations";
-methods.md item 17; the official code's `sla_sd` mode).
+docs/methods.md#sla-and-self-distillation; the official code's `sla_sd` mode).
 
 Every image is shown under M = 4 rotations (0, 90, 180, 270 degrees, made inside the step); a joint head
 classifies (class, rotation) pairs, joint label y * M + j, and a single head classifies the plain label:

@@ -1,5 +1,5 @@
 """Voting / snapshot teachers (SD-DARTS: Zhu, Li, Liu & Wang 2023, "Improving Differentiable Architecture Search
-via Self-Distillation"; methods.md A9).
+via Self-Distillation"; docs/methods.md#snapshot-and-voting-teachers).
 
     teacher = ensemble of the last K snapshots of the student, taken every `snapshot_every` steps:
       "mean":  p_t = (1/K) sum_k softmax(s_k / T)

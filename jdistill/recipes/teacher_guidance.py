@@ -1,5 +1,5 @@
 """Ground-truth-guided self-distillation, deep form (paper-inspired; Borup & Andersen 2023, "Even your Teacher
-Needs Guidance: Ground-Truth Targets Dampen Regularization Imposed by Self-Distillation"; methods.md A3).
+Needs Guidance: Ground-Truth Targets Dampen Regularization Imposed by Self-Distillation"; docs/methods.md#ground-truth-guided-self-distillation).
 
     target = alpha * onehot(y) + (1 - alpha) * p_t,    loss = CE(target, softmax(s / T))   (no T^2)
 

@@ -1,5 +1,5 @@
 """Self-distillation with a mixing weight xi (Das & Sanghavi 2023, "Understanding Self-Distillation in the
-Presence of Label Noise"; methods.md A2, conventions.md "Weights have names").
+Presence of Label Noise"; docs/methods.md#self-distillation-with-xi, docs/conventions.md#weights).
 
     loss = CE(tau, p_s) = xi * CE(p_t, p_s) + (1 - xi) * CE(onehot(y), p_s),   tau = xi * p_t + (1 - xi) * onehot(y)
 
