@@ -85,8 +85,10 @@ def cmd_train(args) -> int:
         return 0
     print()
     print(summary_table(summary))
-    print(f"\nwall time {summary['wall_seconds']:.1f} s; wrote {run_dir}/summary.json, learning_curves.png, "
-          "metrics.jsonl, events/ (TensorBoard), checkpoints per stage")
+    print(
+        f"\nwall time {summary['wall_seconds']:.1f} s; wrote {run_dir}/summary.json, learning_curves.png, "
+        "metrics.jsonl, events/ (TensorBoard), checkpoints per stage"
+    )
     return 0
 
 
@@ -125,8 +127,10 @@ def cmd_info(args) -> int:
     from jdistill.data import resolve_data_dir
 
     print(f"jdistill {jdistill.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
-    print(f"devices: {jax.device_count()} ({', '.join(sorted({d.device_kind for d in jax.devices()}))}), "
-          f"processes: {jax.process_count()}")
+    print(
+        f"devices: {jax.device_count()} ({', '.join(sorted({d.device_kind for d in jax.devices()}))}), "
+        f"processes: {jax.process_count()}"
+    )
     print(f"presets: {', '.join(preset_names())}")
     print(f"data dir: {resolve_data_dir(None)}")
     return 0
@@ -170,13 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--split", default="train", help="dataset split to cache")
     cache.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     cache.set_defaults(func=_lazy("jdistill.train.teacher_cache", "cmd_cache_teacher"))
-    compile_ = sub.add_parser("compile", help="compile the sharded train step ahead of time for the config's "
-                                              "topology; print per-chip memory, FLOPs, MFU-bound step time")
+    compile_ = sub.add_parser(
+        "compile",
+        help="compile the sharded train step ahead of time for the config's "
+        "topology; print per-chip memory, FLOPs, MFU-bound step time",
+    )
     compile_.add_argument("--config", required=True, help="a tpu_configs/*.yaml file, preset name or YAML path")
     compile_.add_argument("--topology", help="override cluster.topology (e.g. v5e:4x4, v5p-128, h100:1x8)")
     compile_.add_argument("--json", help="also write the figures to this JSON file")
-    compile_.add_argument("--extrapolate", action="store_true", help="a rough early estimate, not a bound: compile "
-                          "at 1 and 2 layers and extrapolate linearly to the depth (compile at full depth to decide)")
+    compile_.add_argument(
+        "--extrapolate",
+        action="store_true",
+        help="a rough early estimate, not a bound: compile "
+        "at 1 and 2 layers and extrapolate linearly to the depth (compile at full depth to decide)",
+    )
     compile_.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     compile_.set_defaults(func=_lazy("jdistill.scale.compile", "cmd_compile"))
     launch = sub.add_parser("launch", help="start the config's job on its cluster (TPU VM, xpk, Slurm, Kubernetes)")
@@ -186,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.set_defaults(func=_lazy("jdistill.scale.launch", "cmd_launch"))
     analyze = sub.add_parser("analyze", help="analyses of a trained model")
     analyze_sub = analyze.add_subparsers(dest="analyze_command", required=True)
-    head_gates = analyze_sub.add_parser("head-gates", help="causal head gating: label heads facilitating / "
-                                                           "interfering / irrelevant, with a heat-map PNG")
+    head_gates = analyze_sub.add_parser(
+        "head-gates",
+        help="causal head gating: label heads facilitating / interfering / irrelevant, with a heat-map PNG",
+    )
     head_gates.add_argument("--run-dir", required=True, help="a run directory written by `jdistill train`")
     head_gates.add_argument("--stage", default="teacher", help="teacher, student_scratch or student_kd")
     head_gates.add_argument("--lam", type=float, default=0.01, help="regulariser strength for G+ / G-")
@@ -200,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_attention = bench_sub.add_parser("attention", help="time the gated-attention implementations here")
     add_attention_arguments(bench_attention)
     bench_attention.set_defaults(func=run_attention)
-    bench_step = bench_sub.add_parser("train-step", help="KD train step vs an equivalent PyTorch loop and vs a "
-                                                         "plain cross-entropy step")
+    bench_step = bench_sub.add_parser(
+        "train-step", help="KD train step vs an equivalent PyTorch loop and vs a plain cross-entropy step"
+    )
     bench_step.add_argument("--steps", type=int, default=20, help="timed steps per contender")
     bench_step.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     bench_step.add_argument("--batch", type=int, default=16, help="sequences per step")

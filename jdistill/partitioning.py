@@ -36,25 +36,24 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # activation uses must be a key here (tests/models/test_partitioning.py checks every model kind).
 DEFAULT_RULES: dict[str, Any] = {
     "batch": ("data", "fsdp"),  # the leading axis of batches and activations
-    "embed": "fsdp",            # d_model: parameter shards gathered per layer (ZeRO-3)
-    "vocab": "tensor",          # the output head's outputs (vocabulary or classes) and the embedding's rows
-    "heads": "tensor",          # attention and linear-mixer projections' head channels, per-head vectors
-    "mlp": "tensor",            # MLP hidden units
-    "conv": None,               # taps of the Gated DeltaNet's causal depthwise convolution
-    "norm": None,               # normalisation scales
-    "patch": None,              # pixels of one flattened image patch (the patch embedding's input)
-    "position": None,           # rows of a learned position table
-    "gate": None,               # GateSkip residual gates' outputs
-    "layers": None,             # per-layer tables (exit layer embeddings' rows, head-gate rows)
-    "layer_embed": None,        # features of the exits' layer embedding
-    "projection": None,         # feature distillation's projection outputs (the teacher's width)
+    "embed": "fsdp",  # d_model: parameter shards gathered per layer (ZeRO-3)
+    "vocab": "tensor",  # the output head's outputs (vocabulary or classes) and the embedding's rows
+    "heads": "tensor",  # attention and linear-mixer projections' head channels, per-head vectors
+    "mlp": "tensor",  # MLP hidden units
+    "conv": None,  # taps of the Gated DeltaNet's causal depthwise convolution
+    "norm": None,  # normalisation scales
+    "patch": None,  # pixels of one flattened image patch (the patch embedding's input)
+    "position": None,  # rows of a learned position table
+    "gate": None,  # GateSkip residual gates' outputs
+    "layers": None,  # per-layer tables (exit layer embeddings' rows, head-gate rows)
+    "layer_embed": None,  # features of the exits' layer embedding
+    "projection": None,  # feature distillation's projection outputs (the teacher's width)
 }
 
 # The Variable metadata key that holds a parameter's logical axes (Flax NNX's sharding annotation).
 AXES_METADATA = "out_sharding"
 
-_RULES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("jdistill_axis_rules",
-                                                                                  default=None)
+_RULES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("jdistill_axis_rules", default=None)
 
 
 @contextlib.contextmanager
@@ -90,7 +89,7 @@ def spec_for(logical: tuple, shape: tuple, mesh, rules: Mapping[str, Any]) -> Pa
     """PartitionSpec of one array: each logical axis -> its mesh axes (None: unsharded), unless they do not
     divide that dimension or an earlier dimension already uses them. `mesh`: a Mesh or an AbstractMesh."""
     used, parts = set(), []
-    for name, size in zip(logical, shape):
+    for name, size in zip(logical, shape, strict=True):
         if name is not None and name not in rules:
             raise KeyError(f"logical axis {name!r} has no rule (known: {', '.join(sorted(rules))})")
         names = mesh_axes_of(rules[name]) if name is not None else ()

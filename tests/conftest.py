@@ -22,8 +22,9 @@ import pytest  # noqa: E402
 
 # In case jax was imported (and read its environment) before this file.
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
+)
 
 from jdistill.data import load_source  # noqa: E402
 
@@ -59,11 +60,15 @@ def untrained(data_dir):
         stage_config = getattr(config, stage)
         recipe = Supervised() if stage == "teacher" else build_recipe(config.distill)
         model_config, train_config = stage_config.model, stage_config.train
-        recipe = recipe.bind(RunFacts(
-            total_steps=train_config.steps, steps_per_epoch=steps_per_epoch(config.data, train_config,
-                                                                            model_config.kind),
-            num_examples=inputs.train_examples(config.data, model_config.kind), batch_size=train_config.batch_size,
-            weight_decay=train_config.weight_decay))
+        recipe = recipe.bind(
+            RunFacts(
+                total_steps=train_config.steps,
+                steps_per_epoch=steps_per_epoch(config.data, train_config, model_config.kind),
+                num_examples=inputs.train_examples(config.data, model_config.kind),
+                batch_size=train_config.batch_size,
+                weight_decay=train_config.weight_decay,
+            )
+        )
         init_key = stage_key(config.seed, TEACHER_INIT if stage == "teacher" else STUDENT_INIT)
         model = build_student(stage_config, recipe, init_key)
         graphdef, params = nnx.split(model)

@@ -65,11 +65,11 @@ def gated_attention_layer(p, x, cfg, *, causal: bool, use_rope: bool):
     batch, seq, _ = x.shape
     heads, kv_heads, dim = cfg.num_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
     w_fused = np.asarray(p["query_and_gate"]["kernel"], np.float64)
-    w_q, w_theta = w_fused[:, : heads * dim], w_fused[:, heads * dim:]
+    w_q, w_theta = w_fused[:, : heads * dim], w_fused[:, heads * dim :]
     w_kv = np.asarray(p["key_value"]["kernel"], np.float64)
     q = (x @ w_q).reshape(batch, seq, heads, dim)
     k = (x @ w_kv[:, : kv_heads * dim]).reshape(batch, seq, kv_heads, dim)
-    v = (x @ w_kv[:, kv_heads * dim:]).reshape(batch, seq, kv_heads, dim)
+    v = (x @ w_kv[:, kv_heads * dim :]).reshape(batch, seq, kv_heads, dim)
     if cfg.qk_norm:
         q = rms_norm(q, np.asarray(p["query_norm"]["scale"], np.float64), cfg.norm_eps)
         k = rms_norm(k, np.asarray(p["key_norm"]["scale"], np.float64), cfg.norm_eps)

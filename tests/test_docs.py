@@ -35,8 +35,9 @@ def slug(heading: str) -> str:
 
 
 def anchors(doc: Path) -> set[str]:
-    return {slug(line.lstrip("#")) for line in doc.read_text(encoding="utf-8").splitlines()
-            if re.match(r"#{1,6} ", line)}
+    return {
+        slug(line.lstrip("#")) for line in doc.read_text(encoding="utf-8").splitlines() if re.match(r"#{1,6} ", line)
+    }
 
 
 def test_slug_follows_github():
@@ -45,8 +46,11 @@ def test_slug_follows_github():
 
 
 def test_docs_are_named_with_their_docs_prefix():
-    bare = [f"{where}: {line.strip()}" for where, line in package_lines()
-            if BARE_DOC.search(line.replace("docs/conventions.md", "").replace("docs/methods.md", ""))]
+    bare = [
+        f"{where}: {line.strip()}"
+        for where, line in package_lines()
+        if BARE_DOC.search(line.replace("docs/conventions.md", "").replace("docs/methods.md", ""))
+    ]
     assert not bare, "point to docs/conventions.md or docs/methods.md:\n" + "\n".join(bare)
 
 
@@ -81,6 +85,9 @@ def test_methods_cover_every_recipe_and_public_objective():
 
     methods = (DOCS / "methods.md").read_text(encoding="utf-8")
     missing_recipes = [name for name in recipe_classes() if f"recipe `{name}`" not in methods.lower()]
-    missing_functions = [name for name in jdistill.losses.__all__ if callable(getattr(jdistill.losses, name))
-                         and f"`losses.{name}`" not in methods and f"`{name}`" not in methods]
+    missing_functions = [
+        name
+        for name in jdistill.losses.__all__
+        if callable(getattr(jdistill.losses, name)) and f"`losses.{name}`" not in methods and f"`{name}`" not in methods
+    ]
     assert not missing_recipes and not missing_functions, (missing_recipes, missing_functions)

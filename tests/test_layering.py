@@ -38,8 +38,11 @@ def _modules(*subpackages):
 
 
 def _is_recipes(module: str, name: str | None) -> bool:
-    return module == "jdistill.recipes" or module.startswith("jdistill.recipes.") or (
-        module == "jdistill" and name == "recipes")
+    return (
+        module == "jdistill.recipes"
+        or module.startswith("jdistill.recipes.")
+        or (module == "jdistill" and name == "recipes")
+    )
 
 
 def _private(module: str, name: str | None) -> bool:
@@ -75,8 +78,12 @@ def test_loss_modules_share_private_helpers_only_through_common():
 
 
 def test_kernel_ridge_lives_with_the_losses():
-    recipe_functions = {node.name for path in _modules("recipes")
-                        for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef)}
+    recipe_functions = {
+        node.name
+        for path in _modules("recipes")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+    }
     assert not {name for name in recipe_functions if name.startswith("krr") or "ridge" in name}
     from jdistill.losses import kernel_ridge
 
@@ -87,10 +94,16 @@ def test_the_checks_see_what_they_are_meant_to(tmp_path):
     """The walker resolves `from jdistill import recipes`, relative imports and private module paths."""
     module = tmp_path / "jdistill" / "eval" / "probe.py"
     module.parent.mkdir(parents=True)
-    module.write_text("from jdistill import recipes\nfrom ..recipes.base import RecipeBase\n"
-                      "from jdistill.losses._common import kl\nfrom jdistill.losses.logits import _x\n")
+    module.write_text(
+        "from jdistill import recipes\nfrom ..recipes.base import RecipeBase\n"
+        "from jdistill.losses._common import kl\nfrom jdistill.losses.logits import _x\n"
+    )
     found = list(imports(module, root=tmp_path))
-    assert [m for m, _ in found] == ["jdistill", "jdistill.recipes.base", "jdistill.losses._common",
-                                     "jdistill.losses.logits"]
+    assert [m for m, _ in found] == [
+        "jdistill",
+        "jdistill.recipes.base",
+        "jdistill.losses._common",
+        "jdistill.losses.logits",
+    ]
     assert [_is_recipes(m, n) for m, n in found] == [True, True, False, False]
     assert [_private(m, n) for m, n in found] == [False, False, True, True]

@@ -9,8 +9,11 @@ ROOT = Path(__file__).parents[1]
 
 def test_catalogue_lists_every_public_objective():
     readme = (ROOT / "README.md").read_text()
-    missing = [name for name in jdistill.losses.__all__
-               if callable(getattr(jdistill.losses, name)) and f"`{name}`" not in readme]
+    missing = [
+        name
+        for name in jdistill.losses.__all__
+        if callable(getattr(jdistill.losses, name)) and f"`{name}`" not in readme
+    ]
     assert not missing, f"README catalogue misses {missing}"
 
 

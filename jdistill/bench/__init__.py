@@ -14,8 +14,9 @@ def _int_list(text: str) -> list[int]:
 
 def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `jdistill bench attention`."""
-    parser.add_argument("--seq", type=_int_list, help="sequence lengths, e.g. 1024,8192 (default: 1k..16k on "
-                        "GPU/TPU, 128..512 on CPU)")
+    parser.add_argument(
+        "--seq", type=_int_list, help="sequence lengths, e.g. 1024,8192 (default: 1k..16k on GPU/TPU, 128..512 on CPU)"
+    )
     parser.add_argument("--head-dim", type=_int_list, default=[128], help="head dims (default 128)")
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
     parser.add_argument("--mode", choices=["fwd", "fwd+bwd", "both"], default="both")
@@ -32,7 +33,16 @@ def run_attention(args) -> int:
 
     causal = {"yes": (True,), "no": (False,), "both": (False, True)}[args.causal]
     modes = ("fwd", "fwd+bwd") if args.mode == "both" else (args.mode,)
-    run(seqs=args.seq, head_dims=tuple(args.head_dim), causal=causal, modes=modes, batch=args.batch,
-        heads=args.heads, kv_heads=args.kv_heads or args.heads, impls=args.impls, repeats=args.repeats,
-        json_path=args.json_path)
+    run(
+        seqs=args.seq,
+        head_dims=tuple(args.head_dim),
+        causal=causal,
+        modes=modes,
+        batch=args.batch,
+        heads=args.heads,
+        kv_heads=args.kv_heads or args.heads,
+        impls=args.impls,
+        repeats=args.repeats,
+        json_path=args.json_path,
+    )
     return 0

@@ -41,11 +41,14 @@ def backend_impls(backend: str) -> tuple[list[str], str]:
     if backend == "gpu":
         return ["pallas_gpu", "cudnn", "xla"], "GPU: fused Pallas kernel vs cuDNN + separate gate vs XLA"
     if backend == "tpu":
-        return ["pallas_tpu", "xla_sdpa", "xla"], ("TPU: no cuDNN; the baseline column is "
-                                                 "jax.nn.dot_product_attention(xla) + separate gate")
-    return ["xla_sdpa", "xla"], (f"{backend.upper()}: XLA paths only — Pallas kernels run here only in interpret "
-                                 "mode (a simulator) and cuDNN needs a GPU; the baseline column is "
-                                 "jax.nn.dot_product_attention(xla) + separate gate")
+        return ["pallas_tpu", "xla_sdpa", "xla"], (
+            "TPU: no cuDNN; the baseline column is jax.nn.dot_product_attention(xla) + separate gate"
+        )
+    return ["xla_sdpa", "xla"], (
+        f"{backend.upper()}: XLA paths only — Pallas kernels run here only in interpret "
+        "mode (a simulator) and cuDNN needs a GPU; the baseline column is "
+        "jax.nn.dot_product_attention(xla) + separate gate"
+    )
 
 
 def _attention_fn(impl: str, causal: bool):
@@ -107,11 +110,21 @@ def run_case(case, impls, batch, heads, kv_heads, dtype, repeats):
     rows = []
     for impl in impls:
         t = seconds[impl]
-        rows.append({**dataclasses.asdict(case), "impl": impl, "batch": batch, "heads": heads, "kv_heads": kv_heads,
-                     "dtype": jnp.dtype(dtype).name, "seconds": t if isinstance(t, float) else None,
-                     "error": None if isinstance(t, float) else t,
-                     "tflops": flops(case, batch, heads) / t / 1e12 if isinstance(t, float) else None,
-                     "vs_cudnn": ratio(baseline, t), "vs_xla": ratio("xla", t)})
+        rows.append(
+            {
+                **dataclasses.asdict(case),
+                "impl": impl,
+                "batch": batch,
+                "heads": heads,
+                "kv_heads": kv_heads,
+                "dtype": jnp.dtype(dtype).name,
+                "seconds": t if isinstance(t, float) else None,
+                "error": None if isinstance(t, float) else t,
+                "tflops": flops(case, batch, heads) / t / 1e12 if isinstance(t, float) else None,
+                "vs_cudnn": ratio(baseline, t),
+                "vs_xla": ratio("xla", t),
+            }
+        )
     return rows
 
 
@@ -119,18 +132,33 @@ def format_row(row) -> str:
     def num(x, spec):
         return "-" if x is None else format(x, spec)
 
-    text = (f"{row['impl']:<11} {row['seq']:>6} {row['head_dim']:>4} {row['causal']!s:<6} {row['mode']:<8}"
-            f" {num(row['seconds'] and row['seconds'] * 1e3, '10.3f')} {num(row['tflops'], '8.3f')}"
-            f" {num(row['vs_cudnn'], '9.2f')} {num(row['vs_xla'], '7.2f')}")
+    text = (
+        f"{row['impl']:<11} {row['seq']:>6} {row['head_dim']:>4} {row['causal']!s:<6} {row['mode']:<8}"
+        f" {num(row['seconds'] and row['seconds'] * 1e3, '10.3f')} {num(row['tflops'], '8.3f')}"
+        f" {num(row['vs_cudnn'], '9.2f')} {num(row['vs_xla'], '7.2f')}"
+    )
     return text + (f"  {row['error']}" if row["error"] else "")
 
 
-HEADER = (f"{'impl':<11} {'seq':>6} {'hdim':>4} {'causal':<6} {'mode':<8} {'ms':>10} {'TFLOP/s':>8}"
-          f" {'vs_cudnn':>9} {'vs_xla':>7}")
+HEADER = (
+    f"{'impl':<11} {'seq':>6} {'hdim':>4} {'causal':<6} {'mode':<8} {'ms':>10} {'TFLOP/s':>8}"
+    f" {'vs_cudnn':>9} {'vs_xla':>7}"
+)
 
 
-def run(seqs=None, head_dims=(128,), causal=(False, True), modes=("fwd", "fwd+bwd"), batch=1, heads=16,
-        kv_heads=16, impls=None, repeats=5, json_path=None, printer=print):
+def run(
+    seqs=None,
+    head_dims=(128,),
+    causal=(False, True),
+    modes=("fwd", "fwd+bwd"),
+    batch=1,
+    heads=16,
+    kv_heads=16,
+    impls=None,
+    repeats=5,
+    json_path=None,
+    printer=print,
+):
     """Run the benchmark grid, print the table (and the backend note), optionally write JSON lines."""
     backend = jax.default_backend()
     default_impls, note = backend_impls(backend)
@@ -138,8 +166,10 @@ def run(seqs=None, head_dims=(128,), causal=(False, True), modes=("fwd", "fwd+bw
     if seqs is None:
         seqs = [1024, 2048, 4096, 8192, 16384] if backend in ("gpu", "tpu") else [128, 256, 512]
     dtype = jnp.bfloat16 if backend in ("gpu", "tpu") else jnp.float32
-    printer(f"backend {backend} ({jax.devices()[0].device_kind}), {jnp.dtype(dtype).name}, batch {batch}, heads "
-            f"{heads}/{kv_heads} kv, headwise gate, median of {repeats}. {note}")
+    printer(
+        f"backend {backend} ({jax.devices()[0].device_kind}), {jnp.dtype(dtype).name}, batch {batch}, heads "
+        f"{heads}/{kv_heads} kv, headwise gate, median of {repeats}. {note}"
+    )
     printer(HEADER)
     rows = []
     for seq in seqs:

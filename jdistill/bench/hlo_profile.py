@@ -84,8 +84,10 @@ def hlo_op_sources(hlo_text: str, package: str = "jdistill/") -> dict[str, str]:
         while frame_id and frame_id not in seen and frame_id in tables["StackFrames"]:
             seen.add(frame_id)
             fields = dict((k, int(v)) for k, v in _FIELD.findall(tables["StackFrames"][frame_id]))
-            location = dict((k, int(v)) for k, v in _FIELD.findall(
-                tables["FileLocations"].get(fields.get("file_location_id", 0), "")))
+            location = dict(
+                (k, int(v))
+                for k, v in _FIELD.findall(tables["FileLocations"].get(fields.get("file_location_id", 0), ""))
+            )
             path = tables["FileNames"].get(location.get("file_name_id", 0), "").strip('"')
             if package in path and f"{package}bench/" not in path:
                 return f"{path.split(package, 1)[1]}:{location.get('line', '?')}"
@@ -130,14 +132,24 @@ def op_table(trace_dir: str, hlo_text: str, steps: int, top: int = 40) -> list[d
     sources = hlo_op_sources(hlo_text)
     total = sum(times.values()) or 1.0
     rows: list[dict[str, Any]] = [
-        dict(op=name, kind=summary.get(name, "?"), source=sources.get(name, "?"), ms_per_step=ns / steps / 1e6,
-             share=ns / total) for name, ns in times.items()]
+        dict(
+            op=name,
+            kind=summary.get(name, "?"),
+            source=sources.get(name, "?"),
+            ms_per_step=ns / steps / 1e6,
+            share=ns / total,
+        )
+        for name, ns in times.items()
+    ]
     rows.sort(key=lambda row: -row["ms_per_step"])
     return rows[:top]
 
 
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'op':<32} {'ms/step':>9} {'share':>6}  {'source':<28} kind"]
-    lines += [f"{row['op'][:32]:<32} {row['ms_per_step']:>9.3f} {row['share']:>6.1%}  {row['source'][:28]:<28} "
-              f"{row['kind'][:80]}" for row in rows]
+    lines += [
+        f"{row['op'][:32]:<32} {row['ms_per_step']:>9.3f} {row['share']:>6.1%}  {row['source'][:28]:<28} "
+        f"{row['kind'][:80]}"
+        for row in rows
+    ]
     return "\n".join(lines)

@@ -77,10 +77,18 @@ class TorchLM(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if config.kind != "lm" or config.gate != "headwise" or config.mlp != "dense" or config.tie_embeddings \
-                or config.activation != "gelu" or config.resolved_kv_heads != config.num_heads:
-            raise ValueError("the PyTorch reference covers LMs with a headwise gate, a dense tanh-GELU MLP, no GQA "
-                             "and an untied head")
+        if (
+            config.kind != "lm"
+            or config.gate != "headwise"
+            or config.mlp != "dense"
+            or config.tie_embeddings
+            or config.activation != "gelu"
+            or config.resolved_kv_heads != config.num_heads
+        ):
+            raise ValueError(
+                "the PyTorch reference covers LMs with a headwise gate, a dense tanh-GELU MLP, no GQA "
+                "and an untied head"
+            )
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, config.norm_eps)
@@ -128,10 +136,13 @@ class TorchTrainer:
             teacher.eval().requires_grad_(False)
         decay = [p for p in student.parameters() if p.ndim >= 2]
         no_decay = [p for p in student.parameters() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": train_config.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=warmup_cosine(0, train_config),
-                                           betas=(train_config.b1, train_config.b2), eps=1e-8, fused=True)
+        groups = [
+            {"params": decay, "weight_decay": train_config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=warmup_cosine(0, train_config), betas=(train_config.b1, train_config.b2), eps=1e-8, fused=True
+        )
         self.step_count = 0
 
     def loss(self, inputs, targets):
@@ -164,8 +175,9 @@ def load_jdistill_weights(torch_model: TorchLM, nnx_params) -> None:
     """Copy the parameters of a jdistill `Transformer` (its `nnx.state`) into `torch_model` (in place)."""
 
     def array(x):
-        return torch.from_numpy(np.array(x[...] if hasattr(x, "get_value") or hasattr(x, "value") else x,
-                                         dtype=np.float32))
+        return torch.from_numpy(
+            np.array(x[...] if hasattr(x, "get_value") or hasattr(x, "value") else x, dtype=np.float32)
+        )
 
     p = nnx_params
     with torch.no_grad():

@@ -139,10 +139,14 @@ def build_torch(teacher, teacher_config, student_config, train_config, batch):
                 return fn()
             finally:
                 torch.set_num_threads(cores)
+
         return run
 
-    fns = {"torch_kd": lambda: kd(inputs, targets), "torch_ce": lambda: ce(inputs, targets),
-           "torch_teacher_fwd": lambda: ref.teacher_forward(torch_teacher, inputs)}
+    fns = {
+        "torch_kd": lambda: kd(inputs, targets),
+        "torch_ce": lambda: ce(inputs, targets),
+        "torch_teacher_fwd": lambda: ref.teacher_forward(torch_teacher, inputs),
+    }
     if cores > 1:
         fns.update(torch_kd_1thread=one_thread(fns["torch_kd"]), torch_ce_1thread=one_thread(fns["torch_ce"]))
     return fns, rss_delta
@@ -212,29 +216,50 @@ def profile_kd(step: JaxStep, directory: str, steps: int = 5) -> str:
 
 def run_train_step(args) -> int:
     """The CLI entry point (`jdistill bench train-step`)."""
-    results = run(steps=args.steps, warmup=args.warmup, batch=args.batch, seq=args.seq, use_torch=not args.no_torch,
-                  profile=args.profile)
+    results = run(
+        steps=args.steps,
+        warmup=args.warmup,
+        batch=args.batch,
+        seq=args.seq,
+        use_torch=not args.no_torch,
+        profile=args.profile,
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 
-def run(*, steps: int = 20, warmup: int = 3, batch: int = 16, seq: int = 128, use_torch: bool = True,
-        profile: str | None = None, **model_overrides) -> dict:
+def run(
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    batch: int = 16,
+    seq: int = 128,
+    use_torch: bool = True,
+    profile: str | None = None,
+    **model_overrides,
+) -> dict:
     """Time every contender, print the summary (and the per-op profile), return the figures."""
     teacher_config, student_config = bench_configs(seq, **model_overrides)
     train_config = bench_train_config(batch)
     data = make_batch(batch, seq)
     teacher = Transformer(teacher_config, rngs=nnx.Rngs(0))
-    results = {"batch": batch, "seq": seq, "cpu_count": available_cores(), "backend": jax.default_backend(),
-               "temperature": TEMPERATURE, "steps": steps}
+    results = {
+        "batch": batch,
+        "seq": seq,
+        "cpu_count": available_cores(),
+        "backend": jax.default_backend(),
+        "temperature": TEMPERATURE,
+        "steps": steps,
+    }
     contenders: dict[str, Callable[[], object]] = {}
     if use_torch:
         import torch
 
-        torch_fns, results["pytorch_peak_rss_delta_bytes"] = build_torch(teacher, teacher_config, student_config,
-                                                                         train_config, data)
+        torch_fns, results["pytorch_peak_rss_delta_bytes"] = build_torch(
+            teacher, teacher_config, student_config, train_config, data
+        )
         results["torch_version"] = torch.__version__
     kd = JaxStep(student_config, KnowledgeDistillation(temperature=TEMPERATURE), train_config, data, teacher)
     ce = JaxStep(student_config, Supervised(), train_config, data)
@@ -251,25 +276,34 @@ def run(*, steps: int = 20, warmup: int = 3, batch: int = 16, seq: int = 128, us
 
 
 def format_results(r: dict) -> str:
-    lines = [f"train step, batch {r['batch']} x {r['seq']} tokens, {r['cpu_count']} cores ({r['backend']})",
-             f"  jdistill KD      {r['jdistill_steps_per_s']:7.2f} steps/s  ({r['kd_ms']:.1f} ms)",
-             f"  jdistill CE      {r['jdistill_ce_steps_per_s']:7.2f} steps/s  ({r['ce_ms']:.1f} ms)",
-             f"  teacher forward  {r['teacher_forward_per_s']:7.2f} /s       ({r['teacher_fwd_ms']:.1f} ms)"]
+    lines = [
+        f"train step, batch {r['batch']} x {r['seq']} tokens, {r['cpu_count']} cores ({r['backend']})",
+        f"  jdistill KD      {r['jdistill_steps_per_s']:7.2f} steps/s  ({r['kd_ms']:.1f} ms)",
+        f"  jdistill CE      {r['jdistill_ce_steps_per_s']:7.2f} steps/s  ({r['ce_ms']:.1f} ms)",
+        f"  teacher forward  {r['teacher_forward_per_s']:7.2f} /s       ({r['teacher_fwd_ms']:.1f} ms)",
+    ]
     if "speedup" in r:
-        lines += [f"  PyTorch KD       {r['pytorch_steps_per_s']:7.2f} steps/s  ({r['torch_kd_ms']:.1f} ms)",
-                  f"  PyTorch CE       {r['pytorch_ce_steps_per_s']:7.2f} steps/s  ({r['torch_ce_ms']:.1f} ms)",
-                  f"  PyTorch teacher  {1e3 / r['torch_teacher_fwd_ms']:7.2f} /s       "
-                  f"({r['torch_teacher_fwd_ms']:.1f} ms)",
-                  f"  speedup jdistill/PyTorch: KD {r['speedup']:.2f}x, CE {r['speedup_ce']:.2f}x"]
+        lines += [
+            f"  PyTorch KD       {r['pytorch_steps_per_s']:7.2f} steps/s  ({r['torch_kd_ms']:.1f} ms)",
+            f"  PyTorch CE       {r['pytorch_ce_steps_per_s']:7.2f} steps/s  ({r['torch_ce_ms']:.1f} ms)",
+            f"  PyTorch teacher  {1e3 / r['torch_teacher_fwd_ms']:7.2f} /s       ({r['torch_teacher_fwd_ms']:.1f} ms)",
+            f"  speedup jdistill/PyTorch: KD {r['speedup']:.2f}x, CE {r['speedup_ce']:.2f}x",
+        ]
         if "torch_kd_1thread_ms" in r:
-            lines.append(f"  PyTorch, 1 thread: KD {1e3 / r['torch_kd_1thread_ms']:.2f} steps/s, CE "
-                         f"{1e3 / r['torch_ce_1thread_ms']:.2f} steps/s; jdistill KD vs the faster PyTorch setting "
-                         f"{r['speedup_vs_best_pytorch']:.2f}x")
-    lines.append(f"  teacher_overhead (KD/CE) {r['teacher_overhead']:.2f}, teacher_forward_fraction "
-                 f"{r['teacher_forward_fraction']:.2f}, KD / (CE + teacher forward) {r['kd_over_ce_plus_teacher']:.2f}")
+            lines.append(
+                f"  PyTorch, 1 thread: KD {1e3 / r['torch_kd_1thread_ms']:.2f} steps/s, CE "
+                f"{1e3 / r['torch_ce_1thread_ms']:.2f} steps/s; jdistill KD vs the faster PyTorch setting "
+                f"{r['speedup_vs_best_pytorch']:.2f}x"
+            )
+    lines.append(
+        f"  teacher_overhead (KD/CE) {r['teacher_overhead']:.2f}, teacher_forward_fraction "
+        f"{r['teacher_forward_fraction']:.2f}, KD / (CE + teacher forward) {r['kd_over_ce_plus_teacher']:.2f}"
+    )
     if "speedup" in r:
-        lines.append(f"  PyTorch: teacher_overhead {r['pytorch_teacher_overhead']:.2f}, teacher_forward_fraction "
-                     f"{r['pytorch_teacher_forward_fraction']:.2f}")
+        lines.append(
+            f"  PyTorch: teacher_overhead {r['pytorch_teacher_overhead']:.2f}, teacher_forward_fraction "
+            f"{r['pytorch_teacher_forward_fraction']:.2f}"
+        )
     memory = f"  memory: jax KD temp+args {r['jax_kd_memory_bytes'] / 2**20:.1f} MiB (compiled memory_analysis)"
     if "pytorch_peak_rss_delta_bytes" in r:
         memory += f"; PyTorch KD peak-RSS increase {r['pytorch_peak_rss_delta_bytes'] / 2**20:.1f} MiB (ru_maxrss)"

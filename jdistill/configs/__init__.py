@@ -19,5 +19,16 @@ def load_config(name_or_path: str | None = "default", overrides=()) -> Config:
     return _load_config(Config, name_or_path, list(overrides))
 
 
-__all__ = ["ClusterConfig", "Config", "DataConfig", "MeshConfig", "DistillConfig", "RunConfig", "StageConfig", "TrainConfig", "load_config",
-           "preset_names", "to_dict"]
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "DataConfig",
+    "DistillConfig",
+    "MeshConfig",
+    "RunConfig",
+    "StageConfig",
+    "TrainConfig",
+    "load_config",
+    "preset_names",
+    "to_dict",
+]

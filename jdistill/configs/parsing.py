@@ -168,7 +168,7 @@ def merge_override(tree: dict[str, Any], path: list[str], value: Any, root_cls: 
         if not isinstance(child, dict):
             child = node[part] = {}
         if cls is dict or typing.get_origin(cls) is dict:  # a free-form mapping: the rest of the path is its keys
-            for inner in path[depth + 1:-1]:
+            for inner in path[depth + 1 : -1]:
                 if not isinstance(child.get(inner), dict):
                     child[inner] = {}
                 child = child[inner]
@@ -222,8 +222,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     return preset
 
 
-def load_config(root_cls: type[ConfigT], name_or_path: str | None = "default",
-                overrides: Iterable[str] = ()) -> ConfigT:
+def load_config(
+    root_cls: type[ConfigT], name_or_path: str | None = "default", overrides: Iterable[str] = ()
+) -> ConfigT:
     """Read a preset or file, apply overrides, and validate into `root_cls`."""
     path = resolve_config_path(name_or_path or "default")
     tree = read_yaml(path)

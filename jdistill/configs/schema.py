@@ -60,8 +60,16 @@ class TrainConfig:
     grad_accum_steps: int = 1
 
     def validate(self) -> Problems:
-        problems = _positive(self, "steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
-                             "keep_checkpoints", "grad_accum_steps")
+        problems = _positive(
+            self,
+            "steps",
+            "batch_size",
+            "eval_every",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "grad_accum_steps",
+        )
         if self.batch_size % self.grad_accum_steps:
             problems.append(("batch_size", f"a multiple of grad_accum_steps={self.grad_accum_steps}"))
         if self.learning_rate <= 0:
@@ -86,7 +94,7 @@ class StageConfig:
     ("hf:DIR" a Hugging Face checkpoint folder, or a run's stage folder RUN_DIR/STAGE); a teacher with
     `init_from` is not trained."""
 
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = ModelConfig()  # noqa: RUF009 (frozen, immutable)
     train: TrainConfig = TrainConfig()
     init_from: str | None = None
 

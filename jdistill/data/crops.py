@@ -84,8 +84,18 @@ def color_jitter(rng, images, *, brightness: float = 0.4, contrast: float = 0.4)
     return jnp.clip(mean + c * (images - mean), 0.0, 1.0)
 
 
-def multi_crop(rng, images, *, n_global: int = 2, n_local: int = 6, global_scale=GLOBAL_SCALE,
-               local_scale=LOCAL_SCALE, flip_prob: float = 0.5, brightness: float = 0.4, contrast: float = 0.4):
+def multi_crop(
+    rng,
+    images,
+    *,
+    n_global: int = 2,
+    n_local: int = 6,
+    global_scale=GLOBAL_SCALE,
+    local_scale=LOCAL_SCALE,
+    flip_prob: float = 0.5,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+):
     """DINO multi-crop: `[n_global + n_local, batch, H, W, C]`, the global views first, all at the input size.
 
     Global views cover `global_scale` of the image, local ones `local_scale` (upsampled to the input size, see the

@@ -57,8 +57,9 @@ def classification_train_dataset(
     return batches
 
 
-def _classification_batches(source: Sequence[dict], to_example: ExampleFn, seed: int, batch_size: int,
-                            process_index: int, process_count: int) -> grain.MapDataset:
+def _classification_batches(
+    source: Sequence[dict], to_example: ExampleFn, seed: int, batch_size: int, process_index: int, process_count: int
+) -> grain.MapDataset:
     if len(source) > IN_MEMORY_MAX_EXAMPLES:
         return (
             host_shard(grain.MapDataset.range(len(source)), process_index, process_count)
@@ -107,19 +108,13 @@ def classification_eval_batches(
         yield padded_batch([to_example(source[index]) for index in range(start, stop)], batch_size)
 
 
-def host_shard(
-    dataset: grain.MapDataset, process_index: int, process_count: int
-) -> grain.MapDataset:
+def host_shard(dataset: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
     """This host's disjoint shard `dataset[process_index::process_count]`."""
     if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"process_index {process_index} must be in [0, process_count={process_count})"
-        )
+        raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
     shard = dataset[process_index::process_count]
     if len(shard) == 0:
-        raise ValueError(
-            f"shard {process_index}/{process_count} of {len(dataset)} elements is empty"
-        )
+        raise ValueError(f"shard {process_index}/{process_count} of {len(dataset)} elements is empty")
     return shard
 
 
@@ -183,9 +178,7 @@ def _supervised_keys(info: tfds.core.DatasetInfo | None) -> tuple[str, str]:
     return "image", "label"
 
 
-def _image_max_value(
-    source: Sequence[dict], info: tfds.core.DatasetInfo | None, image_key: str
-) -> float:
+def _image_max_value(source: Sequence[dict], info: tfds.core.DatasetInfo | None, image_key: str) -> float:
     """The largest pixel value: metadata `image_max_value`, else by dtype (uint8: 255, float: 1)."""
     if info is not None and info.metadata and "image_max_value" in info.metadata:
         return float(info.metadata["image_max_value"])

@@ -55,15 +55,12 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
     """
     directory = resolve_data_dir(data_dir)
     if name.startswith(TFDS_PREFIX):
-        builder = _prepared_tfds_builder(name[len(TFDS_PREFIX):], directory)
+        builder = _prepared_tfds_builder(name[len(TFDS_PREFIX) :], directory)
     elif name in EMBEDDED:
         builder = _built_embedded_builder(name, directory)
     else:
         valid = ", ".join(sorted(EMBEDDED))
-        raise DataError(
-            f"unknown dataset {name!r}: expected one of {valid}, "
-            "or tfds:NAME for a prepared tfds dataset"
-        )
+        raise DataError(f"unknown dataset {name!r}: expected one of {valid}, or tfds:NAME for a prepared tfds dataset")
     _check_split(name, split, builder)
     return builder.as_data_source(split=split)
 
@@ -76,13 +73,10 @@ def _built_embedded_builder(name: str, directory: pathlib.Path) -> tfds.core.Dat
     with _exclusive_lock(directory, name):
         builder = EMBEDDED[name](data_dir=str(directory), file_format="array_record")
         if not builder.is_prepared():  # Another process may have built it while we waited.
-            print(f"jdistill: building embedded dataset {name} in {directory} (first use, offline)",
-                  file=sys.stderr)
+            print(f"jdistill: building embedded dataset {name} in {directory} (first use, offline)", file=sys.stderr)
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading ..." here
-                    builder.download_and_prepare(
-                        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-                    )
+                    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
             except OSError as error:
                 raise DataError(
                     f"cannot build dataset {name} in data dir {directory}: "
@@ -144,7 +138,4 @@ def _check_split(name: str, split: str, builder: tfds.core.DatasetBuilder) -> No
     available = sorted(builder.info.splits.keys())
     base_split = split.split("[", 1)[0]
     if base_split not in available:
-        raise DataError(
-            f"dataset {name} has no split {split!r}: available splits are {', '.join(available)}"
-        )
-
+        raise DataError(f"dataset {name} has no split {split!r}: available splits are {', '.join(available)}")

@@ -50,8 +50,11 @@ def id_dtype(vocab_size: int) -> np.dtype:
 
 def record_layout(seq_len: int, top_k: int, vocab_size: int, logprob_dtype: str) -> list[tuple[str, np.dtype, tuple]]:
     """(name, dtype, shape) of a record's fields, in storage order."""
-    return [("tokens", np.dtype(np.uint8), (seq_len + 1,)), ("ids", id_dtype(vocab_size), (seq_len, top_k)),
-            ("logprobs", np.dtype(logprob_dtype), (seq_len, top_k))]
+    return [
+        ("tokens", np.dtype(np.uint8), (seq_len + 1,)),
+        ("ids", id_dtype(vocab_size), (seq_len, top_k)),
+        ("logprobs", np.dtype(logprob_dtype), (seq_len, top_k)),
+    ]
 
 
 def _decode(raw: bytes, layout) -> dict[str, np.ndarray]:
@@ -64,9 +67,19 @@ def _decode(raw: bytes, layout) -> dict[str, np.ndarray]:
     return fields
 
 
-def write_teacher_cache(out_dir, records: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], window_ids, *,
-                        seq_len: int, top_k: int, vocab_size: int, split: str, logprob_dtype: str = "float16",
-                        records_per_shard: int = 8192, extra_metadata: dict | None = None) -> dict:
+def write_teacher_cache(
+    out_dir,
+    records: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    window_ids,
+    *,
+    seq_len: int,
+    top_k: int,
+    vocab_size: int,
+    split: str,
+    logprob_dtype: str = "float16",
+    records_per_shard: int = 8192,
+    extra_metadata: dict | None = None,
+) -> dict:
     """Write `records` ((tokens [seq_len + 1], ids [seq_len, k], logprobs [seq_len, k]) for each window of
     `window_ids`, in that order) to `out_dir`; returns the metadata. The folder is built beside `out_dir` and
     renamed into place, so a crash never leaves a cache that looks complete."""
@@ -90,8 +103,10 @@ def write_teacher_cache(out_dir, records: Iterable[tuple[np.ndarray, np.ndarray,
                 if writer is not None:
                     writer.close()
                 writer = ArrayRecordWriter(str(tmp / files[written // records_per_shard]), "group_size:1")
-            arrays = [np.ascontiguousarray(np.asarray(value).astype(dtype).reshape(shape))
-                      for value, (_, dtype, shape) in zip(fields, layout, strict=True)]
+            arrays = [
+                np.ascontiguousarray(np.asarray(value).astype(dtype).reshape(shape))
+                for value, (_, dtype, shape) in zip(fields, layout, strict=True)
+            ]
             writer.write(b"".join(a.tobytes() for a in arrays))
             written += 1
     finally:
@@ -102,11 +117,22 @@ def write_teacher_cache(out_dir, records: Iterable[tuple[np.ndarray, np.ndarray,
     np.save(tmp / WINDOW_IDS, window_ids)
     disk = sum((tmp / name).stat().st_size for name in files if (tmp / name).exists())
     tokens = max(len(window_ids) * seq_len, 1)
-    metadata = dict(extra_metadata or {}, format=FORMAT, tokenizer="bytes", vocab_size=vocab_size, top_k=top_k,
-                    seq_len=seq_len, split=split, num_windows=len(window_ids), num_tokens=len(window_ids) * seq_len,
-                    logprob_dtype=logprob_dtype, id_dtype=id_dtype(vocab_size).name, files=files,
-                    bytes_per_token=disk / tokens,
-                    payload_bytes_per_token=sum(np.dtype(d).itemsize * int(np.prod(s)) for _, d, s in layout) / seq_len)
+    metadata = dict(
+        extra_metadata or {},
+        format=FORMAT,
+        tokenizer="bytes",
+        vocab_size=vocab_size,
+        top_k=top_k,
+        seq_len=seq_len,
+        split=split,
+        num_windows=len(window_ids),
+        num_tokens=len(window_ids) * seq_len,
+        logprob_dtype=logprob_dtype,
+        id_dtype=id_dtype(vocab_size).name,
+        files=files,
+        bytes_per_token=disk / tokens,
+        payload_bytes_per_token=sum(np.dtype(d).itemsize * int(np.prod(s)) for _, d, s in layout) / seq_len,
+    )
     (tmp / METADATA).write_text(json.dumps(metadata, indent=1, default=str))
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -127,8 +153,9 @@ class TeacherCache:
         self.dir = Path(cache_dir)
         meta = read_metadata(self.dir)
         if meta is None or meta.get("format") != FORMAT:
-            raise DataError(f"{self.dir}: not a complete teacher cache (no {METADATA}); write one with "
-                            "`jdistill cache-teacher`")
+            raise DataError(
+                f"{self.dir}: not a complete teacher cache (no {METADATA}); write one with `jdistill cache-teacher`"
+            )
         self.metadata: dict = meta
         self.layout = record_layout(meta["seq_len"], meta["top_k"], meta["vocab_size"], meta["logprob_dtype"])
         self.window_ids = np.load(self.dir / WINDOW_IDS)
@@ -143,8 +170,10 @@ class TeacherCache:
         position = np.minimum(np.searchsorted(self.window_ids, windows), len(self.window_ids) - 1)
         missing = self.window_ids[position] != windows
         if np.any(missing):
-            raise DataError(f"{self.dir}: window {int(windows[missing][0])} is not in the teacher cache "
-                            "(it was written for other windows, seq_len or steps)")
+            raise DataError(
+                f"{self.dir}: window {int(windows[missing][0])} is not in the teacher cache "
+                "(it was written for other windows, seq_len or steps)"
+            )
         return position
 
     def rows(self, windows) -> dict[str, np.ndarray]:
@@ -153,41 +182,66 @@ class TeacherCache:
         return {key: np.stack([record[key] for record in records]) for key in records[0]}
 
 
-def window_index_dataset(num_windows: int, *, seed: int, batch_size: int, process_index: int = 0,
-                         process_count: int = 1) -> grain.MapDataset:
+def window_index_dataset(
+    num_windows: int, *, seed: int, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """Element `step` is the window indices `[batch_size]` of the LM training batch for that step: the same grain
     pipeline as `lm_train_dataset`, run over indices (the shuffle depends only on the length and the seed)."""
-    return (host_shard(grain.MapDataset.range(num_windows), process_index, process_count)
-            .shuffle(seed=shuffle_seed(seed)).repeat().batch(batch_size, drop_remainder=True))
+    return (
+        host_shard(grain.MapDataset.range(num_windows), process_index, process_count)
+        .shuffle(seed=shuffle_seed(seed))
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+    )
 
 
 def visited_windows(num_windows: int, steps: int, *, seed: int, batch_size: int, process_count: int = 1):
     """The sorted distinct windows that `steps` training steps read, over every host."""
     per_host = batch_size // process_count
-    visited = [window_index_dataset(num_windows, seed=seed, batch_size=per_host, process_index=p,
-                                    process_count=process_count)[step]
-               for p in range(process_count) for step in range(steps)]
+    visited = [
+        window_index_dataset(num_windows, seed=seed, batch_size=per_host, process_index=p, process_count=process_count)[
+            step
+        ]
+        for p in range(process_count)
+        for step in range(steps)
+    ]
     return np.unique(np.concatenate(visited)) if visited else np.zeros(0, np.int64)
 
 
-def attach_teacher_cache(dataset: grain.MapDataset, cache: TeacherCache, *, num_windows: int, seed: int,
-                         batch_size: int, process_index: int = 0, process_count: int = 1, top_k: int | None = None):
+def attach_teacher_cache(
+    dataset: grain.MapDataset,
+    cache: TeacherCache,
+    *,
+    num_windows: int,
+    seed: int,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    top_k: int | None = None,
+):
     """`dataset` (LM training batches) with `teacher_topk_ids` int32 and `teacher_topk_logprobs` float32
     `[batch, seq_len, k]` from the cache, row by row; a row whose tokens differ from its cached window is a
     `DataError`. `top_k` keeps the k most likely of the cached entries (k <= the cache's)."""
-    indices = window_index_dataset(num_windows, seed=seed, batch_size=batch_size, process_index=process_index,
-                                   process_count=process_count)
+    indices = window_index_dataset(
+        num_windows, seed=seed, batch_size=batch_size, process_index=process_index, process_count=process_count
+    )
     k = cache.metadata["top_k"] if top_k is None else top_k
     if not 1 <= k <= cache.metadata["top_k"]:
         raise DataError(f"{cache.dir}: top_k={k} but the cache holds only the top {cache.metadata['top_k']}")
 
     def add(step, batch):
         rows = cache.rows(indices[step])
-        if not np.array_equal(rows["tokens"][:, :-1], batch["inputs"]) or \
-                not np.array_equal(rows["tokens"][:, 1:], batch["targets"]):
-            raise DataError(f"{cache.dir}: cached windows do not match the training batch of step {step} "
-                            "(another dataset, split or seq_len?)")
-        return dict(batch, teacher_topk_ids=rows["ids"][..., :k],
-                    teacher_topk_logprobs=rows["logprobs"][..., :k].astype(np.float32))
+        if not np.array_equal(rows["tokens"][:, :-1], batch["inputs"]) or not np.array_equal(
+            rows["tokens"][:, 1:], batch["targets"]
+        ):
+            raise DataError(
+                f"{cache.dir}: cached windows do not match the training batch of step {step} "
+                "(another dataset, split or seq_len?)"
+            )
+        return dict(
+            batch,
+            teacher_topk_ids=rows["ids"][..., :k],
+            teacher_topk_logprobs=rows["logprobs"][..., :k].astype(np.float32),
+        )
 
     return dataset.map_with_index(add)

@@ -21,8 +21,19 @@ def attack_loss(logits, targets):
     return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1).mean()
 
 
-def pgd_attack(model_fn, inputs, targets, rng=None, *, epsilon: float, step_size: float, steps: int,
-               random_start: bool = True, clip_min: float | None = None, clip_max: float | None = None):
+def pgd_attack(
+    model_fn,
+    inputs,
+    targets,
+    rng=None,
+    *,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    clip_min: float | None = None,
+    clip_max: float | None = None,
+):
     """PGD-`steps` examples within `epsilon` of `inputs` (L-inf), maximising `attack_loss`."""
     inputs = jax.lax.stop_gradient(inputs)
     x = inputs
@@ -43,17 +54,47 @@ def pgd_attack(model_fn, inputs, targets, rng=None, *, epsilon: float, step_size
 
 def fgsm_attack(model_fn, inputs, targets, *, epsilon: float, clip_min=None, clip_max=None):
     """One signed-gradient step of size `epsilon` (PGD with one step and no random start)."""
-    return pgd_attack(model_fn, inputs, targets, epsilon=epsilon, step_size=epsilon, steps=1, random_start=False,
-                      clip_min=clip_min, clip_max=clip_max)
+    return pgd_attack(
+        model_fn,
+        inputs,
+        targets,
+        epsilon=epsilon,
+        step_size=epsilon,
+        steps=1,
+        random_start=False,
+        clip_min=clip_min,
+        clip_max=clip_max,
+    )
 
 
-def robust_accuracy(model_fn, batches, rng, *, epsilon: float, step_size: float, steps: int, clip_min=None,
-                    clip_max=None, random_start: bool = True) -> float:
+def robust_accuracy(
+    model_fn,
+    batches,
+    rng,
+    *,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    clip_min=None,
+    clip_max=None,
+    random_start: bool = True,
+) -> float:
     """Accuracy on PGD examples over evaluation batches (`labels`, optional `mask` of valid rows); FGSM is
     `steps=1, step_size=epsilon, random_start=False`."""
-    attack = jax.jit(lambda x, y, key: pgd_attack(model_fn, x, y, key, epsilon=epsilon, step_size=step_size,
-                                                  steps=steps, random_start=random_start, clip_min=clip_min,
-                                                  clip_max=clip_max))
+    attack = jax.jit(
+        lambda x, y, key: pgd_attack(
+            model_fn,
+            x,
+            y,
+            key,
+            epsilon=epsilon,
+            step_size=step_size,
+            steps=steps,
+            random_start=random_start,
+            clip_min=clip_min,
+            clip_max=clip_max,
+        )
+    )
     correct, total = 0.0, 0.0
     for index, batch in enumerate(batches):
         adversarial = attack(batch["inputs"], batch["labels"], jax.random.fold_in(rng, index))

@@ -22,10 +22,10 @@ from jdistill.nn.head_gates import HEAD_ROLES, INITIAL_LOGIT, classify_heads, he
 
 @dataclasses.dataclass
 class HeadGatingResult:
-    g_zero: np.ndarray   # [num_layers, num_heads], lam = 0
-    g_plus: np.ndarray   # lam > 0
+    g_zero: np.ndarray  # [num_layers, num_heads], lam = 0
+    g_plus: np.ndarray  # lam > 0
     g_minus: np.ndarray  # lam < 0
-    roles: np.ndarray    # [num_layers, num_heads] of HEAD_ROLES
+    roles: np.ndarray  # [num_layers, num_heads] of HEAD_ROLES
     nll_ungated: float
     nll_gated: float
 
@@ -43,7 +43,7 @@ def fit_gate_logits(graphdef, params, batches, init_logits, *, lam: float, steps
 
     @jax.jit
     def step(logits, opt_state, batch):
-        objective = lambda lg: head_gating_objective(_nll(graphdef, params, lg, batch), lg, lam)  # noqa: E731
+        objective = lambda lg: head_gating_objective(_nll(graphdef, params, lg, batch), lg, lam)
         grads = jax.grad(objective)(logits)
         updates, opt_state = optimizer.update(grads, opt_state)
         return optax.apply_updates(logits, updates), opt_state
@@ -54,29 +54,45 @@ def fit_gate_logits(graphdef, params, batches, init_logits, *, lam: float, steps
     return logits
 
 
-def analyze_head_gates(model, batches, *, lam: float = 0.01, steps: int = 200, learning_rate: float = 0.05,
-                       threshold: float = 0.5) -> HeadGatingResult:
+def analyze_head_gates(
+    model, batches, *, lam: float = 0.01, steps: int = 200, learning_rate: float = 0.05, threshold: float = 0.5
+) -> HeadGatingResult:
     """Fit G (lam = 0), then G+ and G- from it, and label every head."""
     config = model.config
     graphdef, params = nnx.split(model)
     init = jnp.full((config.num_layers, config.num_heads), INITIAL_LOGIT, jnp.float32)
-    fit = lambda start, lam_: fit_gate_logits(graphdef, params, batches, start, lam=lam_, steps=steps,  # noqa: E731
-                                              learning_rate=learning_rate)
+    fit = lambda start, lam_: fit_gate_logits(
+        graphdef,
+        params,
+        batches,
+        start,
+        lam=lam_,
+        steps=steps,
+        learning_rate=learning_rate,
+    )
     zero = fit(init, 0.0)
     plus, minus = fit(zero, lam), fit(zero, -lam)
     g_plus, g_minus = np.asarray(jax.nn.sigmoid(plus)), np.asarray(jax.nn.sigmoid(minus))
     ones = jnp.full_like(init, 30.0)  # sigmoid(30) == 1 in float32: the ungated model
-    mean_nll = lambda lg: float(np.mean([_nll(graphdef, params, lg, b) for b in batches]))  # noqa: E731
-    return HeadGatingResult(np.asarray(jax.nn.sigmoid(zero)), g_plus, g_minus,
-                            classify_heads(g_plus, g_minus, threshold), mean_nll(ones), mean_nll(zero))
+    mean_nll = lambda lg: float(np.mean([_nll(graphdef, params, lg, b) for b in batches]))
+    return HeadGatingResult(
+        np.asarray(jax.nn.sigmoid(zero)),
+        g_plus,
+        g_minus,
+        classify_heads(g_plus, g_minus, threshold),
+        mean_nll(ones),
+        mean_nll(zero),
+    )
 
 
 def format_table(result: HeadGatingResult) -> str:
     """One line per head: layer, head, G, G+, G-, role; then the role counts."""
     lines = ["layer  head      G     G+     G-  role", "-----  ----  -----  -----  -----  ------------"]
     for layer, head in np.ndindex(result.roles.shape):
-        lines.append(f"{layer:5d}  {head:4d}  {result.g_zero[layer, head]:5.2f}  {result.g_plus[layer, head]:5.2f}"
-                     f"  {result.g_minus[layer, head]:5.2f}  {result.roles[layer, head]}")
+        lines.append(
+            f"{layer:5d}  {head:4d}  {result.g_zero[layer, head]:5.2f}  {result.g_plus[layer, head]:5.2f}"
+            f"  {result.g_minus[layer, head]:5.2f}  {result.roles[layer, head]}"
+        )
     counts = ", ".join(f"{role} {int((result.roles == role).sum())}" for role in HEAD_ROLES)
     lines.append(f"\n{counts}; NLL ungated {result.nll_ungated:.4f}, gated (lam=0) {result.nll_gated:.4f}")
     return "\n".join(lines)
@@ -91,8 +107,9 @@ def plot_head_gates(result: HeadGatingResult, path) -> None:
 
     marks = {"facilitating": "F", "interfering": "I", "irrelevant": "-", "unclassified": "?"}
     fig, axes = plt.subplots(1, 3, figsize=(4 + 1.2 * result.roles.shape[1] * 3, 1 + 0.6 * result.roles.shape[0]))
-    for ax, (title, gates) in zip(axes, (("G (lam = 0)", result.g_zero), ("G+", result.g_plus),
-                                         ("G-", result.g_minus))):
+    for ax, (title, gates) in zip(
+        axes, (("G (lam = 0)", result.g_zero), ("G+", result.g_plus), ("G-", result.g_minus)), strict=False
+    ):
         image = ax.imshow(gates, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for layer, head in np.ndindex(gates.shape):
             ax.text(head, layer, marks[result.roles[layer, head]], ha="center", va="center", color="white")

@@ -39,7 +39,7 @@ def prediction_stats(logits, labels, mask=None, *, num_bins: int = NUM_CALIBRATI
     confidence = jnp.exp(jnp.max(log_probs, axis=-1))
     bins = jnp.clip((confidence * num_bins).astype(jnp.int32), 0, num_bins - 1)
     one_hot_bins = jax.nn.one_hot(bins, num_bins) * weight[..., None]
-    flat = lambda x: x.reshape(-1, num_bins).sum(axis=0)  # noqa: E731
+    flat = lambda x: x.reshape(-1, num_bins).sum(axis=0)
     return {
         "count": weight.sum(),
         "correct": (correct * weight).sum(),

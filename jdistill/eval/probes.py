@@ -43,12 +43,13 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, *, c: float = 1.0, m
     return float(probe.score(scaler.transform(test_x), test_y))
 
 
-def knn_predict(train_x, train_y, test_x, *, k: int = KNN_K, temperature: float = KNN_TEMPERATURE,
-                num_classes: int | None = None) -> np.ndarray:
+def knn_predict(
+    train_x, train_y, test_x, *, k: int = KNN_K, temperature: float = KNN_TEMPERATURE, num_classes: int | None = None
+) -> np.ndarray:
     """Weighted k-NN class predictions `[n_test]` (DINO's vote: weight exp(cos / temperature))."""
     train_x = np.asarray(train_x, np.float64)
     test_x = np.asarray(test_x, np.float64)
-    normalise = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    normalise = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     similarity = normalise(test_x) @ normalise(train_x).T
     k = min(k, train_x.shape[0])
     neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
@@ -68,8 +69,10 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = KNN_K, temperatur
 
 def probe_scores(train_x, train_y, test_x, test_y, *, k: int = KNN_K) -> dict:
     """{"linear_probe_accuracy", "knn_accuracy"} for one train/test split of features."""
-    return {"linear_probe_accuracy": linear_probe_accuracy(train_x, train_y, test_x, test_y),
-            "knn_accuracy": knn_accuracy(train_x, train_y, test_x, test_y, k=k)}
+    return {
+        "linear_probe_accuracy": linear_probe_accuracy(train_x, train_y, test_x, test_y),
+        "knn_accuracy": knn_accuracy(train_x, train_y, test_x, test_y, k=k),
+    }
 
 
 def probe_metrics(model, eval_batches, rng=None, *, train_batches=None, k: int = KNN_K) -> dict:

@@ -17,12 +17,22 @@ def summary_table(summary: dict, stages=None) -> str:
     rows = []
     for stage in stages:
         m = summary[stage]
-        row = [STAGE_LABELS.get(stage, stage), f"{m['params']:,}", f"{m['accuracy']:.4f}", f"{m['nll']:.4f}",
-               f"{m['ece']:.4f}"] + ([f"{m['bits_per_byte']:.4f}"] if lm else []) + [f"{m['wall_seconds']:.1f}"]
+        row = (
+            [
+                STAGE_LABELS.get(stage, stage),
+                f"{m['params']:,}",
+                f"{m['accuracy']:.4f}",
+                f"{m['nll']:.4f}",
+                f"{m['ece']:.4f}",
+            ]
+            + ([f"{m['bits_per_byte']:.4f}"] if lm else [])
+            + [f"{m['wall_seconds']:.1f}"]
+        )
         rows.append(row)
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    fmt = lambda cells: "  ".join(
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
     lines = [fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     return "\n".join(lines)
 

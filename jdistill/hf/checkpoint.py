@@ -65,8 +65,9 @@ def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Tra
     transformers' logits (float32: max abs difference <= 1e-4 in the tests).
     """
     directory = Path(path)
-    config = model_config_from_hf(_read_json(directory / "config.json"), dtype=dtype,
-                                  source=str(directory / "config.json"))
+    config = model_config_from_hf(
+        _read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
+    )
     model = Transformer(config, rngs=nnx.Rngs(0))
     mappings = tensor_mappings(config)
     tensors = read_tensors(directory, [m.hf_name for m in mappings])

@@ -33,24 +33,33 @@ def _qwen3_next_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
     layers = hf["num_hidden_layers"]
     dense = set(hf.get("mlp_only_layers") or []) >= set(range(layers)) or not hf.get("num_experts")
     if not dense:
-        raise HFImportError(f"{source}: mixture-of-experts layers are not supported (dense MLP layers required: "
-                            "mlp_only_layers must list every layer)")
+        raise HFImportError(
+            f"{source}: mixture-of-experts layers are not supported (dense MLP layers required: "
+            "mlp_only_layers must list every layer)"
+        )
     layer_types = hf.get("layer_types") or []
     if len(layer_types) != layers or set(layer_types) - set(LAYER_TYPES):
         raise HFImportError(f"{source}: layer_types must list {layers} of {sorted(LAYER_TYPES)}")
-    return dict(gate="elementwise", gate_position="sdpa_output", norm_zero_centered=True,
-                layer_pattern="".join(LAYER_TYPES[t] for t in layer_types),
-                linear_key_heads=hf["linear_num_key_heads"], linear_value_heads=hf["linear_num_value_heads"],
-                linear_key_head_dim=hf["linear_key_head_dim"], linear_value_head_dim=hf["linear_value_head_dim"],
-                linear_conv_kernel=hf["linear_conv_kernel_dim"])
+    return dict(
+        gate="elementwise",
+        gate_position="sdpa_output",
+        norm_zero_centered=True,
+        layer_pattern="".join(LAYER_TYPES[t] for t in layer_types),
+        linear_key_heads=hf["linear_num_key_heads"],
+        linear_value_heads=hf["linear_num_value_heads"],
+        linear_key_head_dim=hf["linear_key_head_dim"],
+        linear_value_head_dim=hf["linear_value_head_dim"],
+        linear_conv_kernel=hf["linear_conv_kernel_dim"],
+    )
 
 
 def _check_supported(hf: dict[str, Any], source: str) -> str:
     architectures = hf.get("architectures") or []
     architecture = next((a for a in architectures if a in SUPPORTED), None)
     if architecture is None:
-        raise HFImportError(f"{source}: architecture {architectures or '(none)'} is not supported "
-                            f"(supported: {', '.join(SUPPORTED)})")
+        raise HFImportError(
+            f"{source}: architecture {architectures or '(none)'} is not supported (supported: {', '.join(SUPPORTED)})"
+        )
     scaling = hf.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type", scaling.get("type")) or (hf.get("rope_parameters") or {}).get("rope_type")
     if rope_type not in (None, "default"):
@@ -100,15 +109,24 @@ def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
     norms) Qwen3-Next model."""
     next_style = config.norm_zero_centered or "D" in config.layer_pattern or config.gate != "none"
     qwen3_next_complete = config.norm_zero_centered and config.qk_norm and config.gate == "elementwise"
-    exportable = (config.kind == "lm" and config.mlp == "glu" and config.glu_order == 2 and config.activation == "silu"
-                  and not config.mlp_bias and config.gate_position == "sdpa_output"
-                  and (qwen3_next_complete if next_style else config.rotary_fraction == 1.0))
+    exportable = (
+        config.kind == "lm"
+        and config.mlp == "glu"
+        and config.glu_order == 2
+        and config.activation == "silu"
+        and not config.mlp_bias
+        and config.gate_position == "sdpa_output"
+        and (qwen3_next_complete if next_style else config.rotary_fraction == 1.0)
+    )
     if not exportable:
-        raise HFImportError("save_pretrained: only Llama / Qwen3 / Qwen3-Next-style models (lm, glu + silu, no MLP "
-                            "bias; Qwen3-Next: elementwise output gate, qk-norm and zero-centred norms) can be "
-                            "written as Hugging Face checkpoints")
-    architecture = "Qwen3NextForCausalLM" if next_style else "Qwen3ForCausalLM" if config.qk_norm \
-        else "LlamaForCausalLM"
+        raise HFImportError(
+            "save_pretrained: only Llama / Qwen3 / Qwen3-Next-style models (lm, glu + silu, no MLP "
+            "bias; Qwen3-Next: elementwise output gate, qk-norm and zero-centred norms) can be "
+            "written as Hugging Face checkpoints"
+        )
+    architecture = (
+        "Qwen3NextForCausalLM" if next_style else "Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLM"
+    )
     hf = {
         "architectures": [architecture],
         "model_type": MODEL_TYPES[architecture],
@@ -130,11 +148,18 @@ def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
     }
     if next_style:
         layer_names = {value: key for key, value in LAYER_TYPES.items()}
-        hf.update(partial_rotary_factor=config.rotary_fraction,
-                  layer_types=[layer_names["D" if config.layer_type(i) == "deltanet" else "A"]
-                               for i in range(config.num_layers)],
-                  linear_num_key_heads=config.linear_key_heads, linear_num_value_heads=config.linear_value_heads,
-                  linear_key_head_dim=config.linear_key_head_dim, linear_value_head_dim=config.linear_value_head_dim,
-                  linear_conv_kernel_dim=config.linear_conv_kernel, mlp_only_layers=list(range(config.num_layers)),
-                  num_experts=0, decoder_sparse_step=1)
+        hf.update(
+            partial_rotary_factor=config.rotary_fraction,
+            layer_types=[
+                layer_names["D" if config.layer_type(i) == "deltanet" else "A"] for i in range(config.num_layers)
+            ],
+            linear_num_key_heads=config.linear_key_heads,
+            linear_num_value_heads=config.linear_value_heads,
+            linear_key_head_dim=config.linear_key_head_dim,
+            linear_value_head_dim=config.linear_value_head_dim,
+            linear_conv_kernel_dim=config.linear_conv_kernel,
+            mlp_only_layers=list(range(config.num_layers)),
+            num_experts=0,
+            decoder_sparse_step=1,
+        )
     return hf

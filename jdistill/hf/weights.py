@@ -42,16 +42,20 @@ def _attention_mappings(config: ModelConfig, prefix: str, block: ParamPath) -> l
     attention = block + ("attention",)
     rows = _query_gate_rows(config.num_heads, config.resolved_head_dim) if config.gate == "elementwise" else None
     mappings = [
-        TensorMapping(prefix + "self_attn.q_proj.weight", attention + ("query_and_gate", "kernel"), True,
-                      row_order=rows),
+        TensorMapping(
+            prefix + "self_attn.q_proj.weight", attention + ("query_and_gate", "kernel"), True, row_order=rows
+        ),
         TensorMapping(prefix + "self_attn.k_proj.weight", attention + ("key_value", "kernel"), True, (0, kv_width)),
-        TensorMapping(prefix + "self_attn.v_proj.weight", attention + ("key_value", "kernel"), True,
-                      (kv_width, 2 * kv_width)),
+        TensorMapping(
+            prefix + "self_attn.v_proj.weight", attention + ("key_value", "kernel"), True, (kv_width, 2 * kv_width)
+        ),
         TensorMapping(prefix + "self_attn.o_proj.weight", attention + ("output", "kernel"), True),
     ]
     if config.qk_norm:
-        mappings += [TensorMapping(prefix + "self_attn.q_norm.weight", attention + ("query_norm", "scale")),
-                     TensorMapping(prefix + "self_attn.k_norm.weight", attention + ("key_norm", "scale"))]
+        mappings += [
+            TensorMapping(prefix + "self_attn.q_norm.weight", attention + ("query_norm", "scale")),
+            TensorMapping(prefix + "self_attn.k_norm.weight", attention + ("key_norm", "scale")),
+        ]
     return mappings
 
 
@@ -70,8 +74,10 @@ def _deltanet_mappings(prefix: str, block: ParamPath) -> list[TensorMapping]:
 
 def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
     """Every tensor of the checkpoint, in a fixed order."""
-    mappings = [TensorMapping("model.embed_tokens.weight", ("embed", "embedding")),
-                TensorMapping("model.norm.weight", ("final_norm", "scale"))]
+    mappings = [
+        TensorMapping("model.embed_tokens.weight", ("embed", "embedding")),
+        TensorMapping("model.norm.weight", ("final_norm", "scale")),
+    ]
     if not config.tie_embeddings:
         mappings.append(TensorMapping("lm_head.weight", ("head", "kernel"), transpose=True))
     for i in range(config.num_layers):

@@ -159,8 +159,13 @@ def _cudnn(q, k, v, gate, **kwargs):
     return gated_attention_cudnn(q, k, v, gate, **kwargs)
 
 
-_IMPLS = {"xla": gated_attention_reference, "pallas_gpu": _pallas_gpu, "pallas_tpu": _pallas_tpu,
-          "interpret": _interpret, "cudnn": _cudnn}
+_IMPLS = {
+    "xla": gated_attention_reference,
+    "pallas_gpu": _pallas_gpu,
+    "pallas_tpu": _pallas_tpu,
+    "interpret": _interpret,
+    "cudnn": _cudnn,
+}
 _WHAT = "attention_impl"
 
 
@@ -178,15 +183,24 @@ def attention_impl_problem(impl: str, *, head_dim: int, dtype, window: int | Non
         return None
     if impl not in _IMPLS:
         return f"one of {sorted(_IMPLS) + ['auto']}"
-    problem = support.attention_problem(impl, head_dim=head_dim, dtype=dtype, window=window,
-                                        platform=support.ATTENTION_PLATFORM.get(impl, "any"))
+    problem = support.attention_problem(
+        impl, head_dim=head_dim, dtype=dtype, window=window, platform=support.ATTENTION_PLATFORM.get(impl, "any")
+    )
     return None if problem is None else f"'auto' or 'xla' ({impl} cannot run: {problem})"
 
 
 def _problem(impl, q, k, causal, segment_ids, window, platform=None):
     explicit_mask = segment_ids is not None or (causal and q.shape[1] != k.shape[1])
-    return support.attention_problem(impl, head_dim=q.shape[-1], dtype=q.dtype, window=window, platform=platform,
-                                     q_len=q.shape[1], kv_len=k.shape[1], explicit_mask=explicit_mask)
+    return support.attention_problem(
+        impl,
+        head_dim=q.shape[-1],
+        dtype=q.dtype,
+        window=window,
+        platform=platform,
+        q_len=q.shape[1],
+        kv_len=k.shape[1],
+        explicit_mask=explicit_mask,
+    )
 
 
 def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, window=None, impl="auto"):
@@ -207,16 +221,21 @@ def gated_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale
     which only "xla" implements) raises `KernelUnsupportedError` naming it and the reason; nothing falls back.
     """
     if impl == "auto":
-        impl = support.choose(_WHAT, support.ATTENTION_AUTO, "xla",
-                              lambda name, platform: _problem(name, q, k, causal, segment_ids, window, platform))
+        impl = support.choose(
+            _WHAT,
+            support.ATTENTION_AUTO,
+            "xla",
+            lambda name, platform: _problem(name, q, k, causal, segment_ids, window, platform),
+        )
     if impl not in _IMPLS:
         raise support.KernelUnsupportedError(f"{_WHAT} must be one of {sorted(_IMPLS) + ['auto']}, got {impl!r}")
     problem = _problem(impl, q, k, causal, segment_ids, window)
     if problem is not None:
         support.raise_unsupported(_WHAT, impl, problem, "xla")
     if window is not None:
-        return gated_attention_reference(q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale,
-                                         window=window)
+        return gated_attention_reference(
+            q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale, window=window
+        )
     if impl in _KERNEL_IMPLS:
         return _per_shard(_IMPLS[impl], q, k, v, gate, segment_ids, causal=causal, scale=scale)
     return _IMPLS[impl](q, k, v, gate, causal=causal, segment_ids=segment_ids, scale=scale)

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from jdistill.kernels.attention import attention_mask
 
 
-def gated_attention_cudnn(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None,
-                          implementation="cudnn"):
+def gated_attention_cudnn(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, implementation="cudnn"):
     """`sigmoid(gate) * dot_product_attention(q, k, v)` with `jax.nn`'s cuDNN kernel (GPU only).
 
     `implementation` is passed to `jax.nn.dot_product_attention` ("xla" runs the same path on CPU in tests).
@@ -26,8 +25,9 @@ def gated_attention_cudnn(q, k, v, gate=None, *, causal=False, segment_ids=None,
     mask = None
     if not is_causal and (causal or segment_ids is not None):
         mask = attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=is_causal,
-                                       implementation=implementation)
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=scale, is_causal=is_causal, implementation=implementation
+    )
     if causal and q_len > kv_len:
         out = out.at[:, : q_len - kv_len].set(0)
     if gate is not None:

@@ -41,8 +41,7 @@ def _check(q, k, v, g, beta, initial_state):
     if k.shape != q.shape or v.shape[:3] != (batch, seq, heads):
         raise ValueError(f"k must be q's shape {q.shape} and v [batch, seq, heads, Dv]; got {k.shape}, {v.shape}")
     if g.shape != (batch, seq, heads) or beta.shape != (batch, seq, heads):
-        raise ValueError(f"g and beta must be [batch, seq, heads] = {(batch, seq, heads)}; got {g.shape}, "
-                         f"{beta.shape}")
+        raise ValueError(f"g and beta must be [batch, seq, heads] = {(batch, seq, heads)}; got {g.shape}, {beta.shape}")
     want = (batch, heads, key_dim, v.shape[-1])
     if initial_state is not None and initial_state.shape != want:
         raise ValueError(f"initial_state must be [batch, heads, Dk, Dv] = {want}; got {initial_state.shape}")
@@ -91,7 +90,7 @@ def _chunk_terms(q, k, v, g, beta):
 
 def delta_rule_chunked(q, k, v, g, beta, initial_state=None, chunk=CHUNK):
     """The chunked WY form (module docstring), chunk length `chunk`; returns `(o, final_state)`."""
-    batch, seq, heads, key_dim = q.shape
+    batch, seq, heads, _key_dim = q.shape
     padded = -(-seq // chunk) * chunk
     num_chunks = padded // chunk
 
@@ -124,8 +123,13 @@ def _pallas(backend, interpret=False):
     return run
 
 
-_IMPLS = {"recurrent": delta_rule_recurrent, "chunked": delta_rule_chunked, "pallas_gpu": _pallas("gpu"),
-          "pallas_tpu": _pallas("tpu"), "interpret": _pallas("gpu", interpret=True)}
+_IMPLS = {
+    "recurrent": delta_rule_recurrent,
+    "chunked": delta_rule_chunked,
+    "pallas_gpu": _pallas("gpu"),
+    "pallas_tpu": _pallas("tpu"),
+    "interpret": _pallas("gpu", interpret=True),
+}
 
 
 _WHAT = "delta_rule_impl"
@@ -143,8 +147,9 @@ def delta_rule_impl_problem(impl: str, *, key_dim: int, value_dim: int) -> str |
         return None
     if impl not in _IMPLS:
         return f"one of {sorted(_IMPLS) + ['auto']}"
-    problem = support.delta_rule_problem(impl, key_dim=key_dim, value_dim=value_dim,
-                                         platform=support.DELTA_PLATFORM.get(impl, "any"))
+    problem = support.delta_rule_problem(
+        impl, key_dim=key_dim, value_dim=value_dim, platform=support.DELTA_PLATFORM.get(impl, "any")
+    )
     return None if problem is None else f"'auto' or 'chunked' ({impl} cannot run: {problem})"
 
 

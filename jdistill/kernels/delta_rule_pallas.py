@@ -72,8 +72,14 @@ def _load_chunk(refs, start, chunk, n):
     q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref = refs
     rows = pl.ds(start, chunk)
     f32 = lambda x: x.astype(jnp.float32)
-    return (f32(q_ref[rows, :]), f32(k_ref[rows, :]), f32(v_ref[rows, :]), beta_ref[rows, :], gamma_ref[rows, :],
-            gamma_row_ref[n])
+    return (
+        f32(q_ref[rows, :]),
+        f32(k_ref[rows, :]),
+        f32(v_ref[rows, :]),
+        beta_ref[rows, :],
+        gamma_ref[rows, :],
+        gamma_row_ref[n],
+    )
 
 
 def _gpu_kernel(q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref, s0_ref, o_ref, s_ref, *, chunk):
@@ -87,8 +93,7 @@ def _gpu_kernel(q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref, s0_ref,
     s_ref[...] = jax.lax.fori_loop(0, q_ref.shape[0] // chunk, body, s0_ref[...])
 
 
-def _tpu_kernel(q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref, s0_ref, o_ref, s_ref, state_scr, *,
-                chunk):
+def _tpu_kernel(q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref, s0_ref, o_ref, s_ref, state_scr, *, chunk):
     n = pl.program_id(2)
 
     @pl.when(n == 0)
@@ -96,8 +101,9 @@ def _tpu_kernel(q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref, s0_ref,
         state_scr[...] = s0_ref[...]
 
     f32 = lambda x: x[...].astype(jnp.float32)
-    out, state_scr[...] = _chunk(f32(q_ref), f32(k_ref), f32(v_ref), beta_ref[...], gamma_ref[...],
-                                 gamma_row_ref[...], state_scr[...])
+    out, state_scr[...] = _chunk(
+        f32(q_ref), f32(k_ref), f32(v_ref), beta_ref[...], gamma_ref[...], gamma_row_ref[...], state_scr[...]
+    )
     o_ref[...] = out.astype(o_ref.dtype)
 
     @pl.when(n == pl.num_programs(2) - 1)
@@ -130,21 +136,30 @@ def _forward(q, k, v, g, beta, initial_state, *, backend, interpret, chunk):
         state_spec = pl.BlockSpec((None, None, key_dim, value_dim), lambda b, h: (b, h, 0, 0))
         rows_spec = pl.BlockSpec((None, None, num_chunks, 1, chunk), lambda b, h: (b, h, 0, 0, 0))
         call = pl.pallas_call(
-            functools.partial(_gpu_kernel, chunk=chunk), grid=(batch, heads), out_shape=out_shape,
+            functools.partial(_gpu_kernel, chunk=chunk),
+            grid=(batch, heads),
+            out_shape=out_shape,
             in_specs=[whole(key_dim), whole(key_dim), whole(value_dim), whole(1), whole(1), rows_spec, state_spec],
-            out_specs=[whole(value_dim), state_spec], interpret=interpret, name="gated_delta_rule_fwd_gpu",
-            compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1))
+            out_specs=[whole(value_dim), state_spec],
+            interpret=interpret,
+            name="gated_delta_rule_fwd_gpu",
+            compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1),
+        )
     else:
         block = lambda width: pl.BlockSpec((None, None, chunk, width), lambda b, h, n: (b, h, n, 0))
         state_spec = pl.BlockSpec((None, None, key_dim, value_dim), lambda b, h, n: (b, h, 0, 0))
         rows_spec = pl.BlockSpec((None, None, None, 1, chunk), lambda b, h, n: (b, h, n, 0, 0))
         call = pl.pallas_call(
-            functools.partial(_tpu_kernel, chunk=chunk), grid=(batch, heads, num_chunks), out_shape=out_shape,
+            functools.partial(_tpu_kernel, chunk=chunk),
+            grid=(batch, heads, num_chunks),
+            out_shape=out_shape,
             in_specs=[block(key_dim), block(key_dim), block(value_dim), block(1), block(1), rows_spec, state_spec],
             out_specs=[block(value_dim), state_spec],
             scratch_shapes=[pltpu.VMEM((key_dim, value_dim), jnp.float32)],
             compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
-            interpret=interpret, name="gated_delta_rule_fwd_tpu")
+            interpret=interpret,
+            name="gated_delta_rule_fwd_tpu",
+        )
     out, final = call(q, k, v, beta, gamma, gamma_row, state)
     return jnp.moveaxis(out, 1, 2)[:, :seq], final
 
@@ -161,8 +176,9 @@ def _delta_rule_fwd(q, k, v, g, beta, initial_state, backend, interpret, chunk):
 
 def _delta_rule_bwd(backend, interpret, chunk, residuals, cotangents):
     q, k, v, g, beta, initial_state = residuals
-    _, pullback = jax.vjp(lambda *xs: delta_rule_chunked(*xs, chunk=chunk), q, k, v, g, beta,
-                          _initial(q, v, initial_state))
+    _, pullback = jax.vjp(
+        lambda *xs: delta_rule_chunked(*xs, chunk=chunk), q, k, v, g, beta, _initial(q, v, initial_state)
+    )
     grads = pullback(cotangents)
     return (*grads[:5], None if initial_state is None else grads[5].astype(initial_state.dtype))
 
@@ -179,8 +195,7 @@ def delta_rule_pallas(q, k, v, g, beta, initial_state=None, *, backend="gpu", in
     if backend not in ("gpu", "tpu"):
         raise support.KernelUnsupportedError(f"delta_rule_pallas backend must be 'gpu' or 'tpu', got {backend!r}")
     if backend == "gpu" and not interpret:
-        problem = support.delta_rule_problem("pallas_gpu", key_dim=q.shape[-1], value_dim=v.shape[-1],
-                                             platform="gpu")
+        problem = support.delta_rule_problem("pallas_gpu", key_dim=q.shape[-1], value_dim=v.shape[-1], platform="gpu")
         if problem is not None:
             raise support.KernelUnsupportedError(f"pallas_gpu delta rule cannot run: {problem}")
     return _delta_rule(q, k, v, g, beta, initial_state, backend, interpret, chunk)

@@ -175,20 +175,41 @@ def split_refs(refs, cfg, n_fixed):
     return fixed, gate, q_seg, k_seg, rest
 
 
-def make_config(impl: str, q, k, gate, segment_ids, *, scale, causal: bool, block_q: int, block_k: int,
-                minimum: int, interpret: bool) -> FlashConfig:
+def make_config(
+    impl: str,
+    q,
+    k,
+    gate,
+    segment_ids,
+    *,
+    scale,
+    causal: bool,
+    block_q: int,
+    block_k: int,
+    minimum: int,
+    interpret: bool,
+) -> FlashConfig:
     """The static kernel configuration shared by the GPU and TPU kernels: blocks shrunk to the sequences (never
     below `minimum`), the softmax scale (default head_dim^-0.5), GQA groups, segment and gate kinds.
 
     Raises `KernelUnsupportedError` naming `impl` for a head dim, dtype or block size the compiled kernel does
     not take (interpret mode takes any)."""
     problem = support.flash_problem(impl, q.shape[-1], q.dtype, interpret) or support.block_problem(
-        block_q, block_k, minimum, interpret)
+        block_q, block_k, minimum, interpret
+    )
     if problem is not None:
         raise support.KernelUnsupportedError(f"{impl} flash attention cannot run: {problem}")
     q_len, heads, head_dim = q.shape[1], q.shape[2], q.shape[3]
     kv_len = k.shape[1]
-    return FlashConfig(scale=float(head_dim**-0.5 if scale is None else scale), causal=causal, q_len=q_len,
-                       kv_len=kv_len, block_q=pick_block(q_len, block_q, minimum),
-                       block_k=pick_block(kv_len, block_k, minimum), groups=heads // k.shape[2],
-                       has_segments=segment_ids is not None, gate_kind=gate_kind(gate), interpret=interpret)
+    return FlashConfig(
+        scale=float(head_dim**-0.5 if scale is None else scale),
+        causal=causal,
+        q_len=q_len,
+        kv_len=kv_len,
+        block_q=pick_block(q_len, block_q, minimum),
+        block_k=pick_block(kv_len, block_k, minimum),
+        groups=heads // k.shape[2],
+        has_segments=segment_ids is not None,
+        gate_kind=gate_kind(gate),
+        interpret=interpret,
+    )

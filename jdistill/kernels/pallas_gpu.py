@@ -54,8 +54,11 @@ def _fwd_kernel(*refs, cfg: fc.FlashConfig):
         acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
         return m_new, l_prev * alpha + p.sum(axis=1), acc
 
-    init = (jnp.full((cfg.block_q,), fc.NEG_INF, jnp.float32), jnp.zeros((cfg.block_q,), jnp.float32),
-            jnp.zeros((cfg.block_q, q.shape[-1]), jnp.float32))
+    init = (
+        jnp.full((cfg.block_q,), fc.NEG_INF, jnp.float32),
+        jnp.zeros((cfg.block_q,), jnp.float32),
+        jnp.zeros((cfg.block_q, q.shape[-1]), jnp.float32),
+    )
     upper = fc.causal_kv_blocks(cfg, q_block, num_kv_blocks)
     m, l, acc = jax.lax.fori_loop(0, upper, body, init)
     seen = l > 0
@@ -107,9 +110,9 @@ def _forward(cfg, q, k, v, gate, q_seg, k_seg):
         grid=(batch, heads, t_pad // cfg.block_q),
         in_specs=[rows(head_dim), whole_kv, whole_kv, *extra_specs],
         out_specs=[rows(head_dim), lse_spec],
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((batch, heads, t_pad), jnp.float32)],
-        interpret=cfg.interpret, compiler_params=_triton(cfg, head_dim),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, t_pad), jnp.float32)],
+        interpret=cfg.interpret,
+        compiler_params=_triton(cfg, head_dim),
         name="gated_flash_fwd",
     )(q, k, v, *extra)
 
@@ -142,7 +145,8 @@ def _dq_kernel(*refs, cfg: fc.FlashConfig):
 
 def _dkdv_kernel(*refs, cfg: fc.FlashConfig):
     (q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref), gate_ref, qs_ref, ks_ref, (dk_ref, dv_ref) = fc.split_refs(
-        refs, cfg, 6)
+        refs, cfg, 6
+    )
     kv_block = pl.program_id(2)
     k, v = k_ref[...], v_ref[...]
     k_seg = None if ks_ref is None else ks_ref[...][None, :]
@@ -180,10 +184,13 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
         dq_shapes.append(jax.ShapeDtypeStruct(gate.shape, gate.dtype))
         dq_specs.append(rows(gate_dim))
     dq_out = pl.pallas_call(
-        functools.partial(_dq_kernel, cfg=cfg), grid=(batch, heads, t_pad // cfg.block_q),
-        in_specs=[rows(head_dim), whole_kv, whole_kv, rows(head_dim), rows(head_dim), lse_spec,
-                  *extra_specs],
-        out_specs=dq_specs, out_shape=dq_shapes, interpret=cfg.interpret, name="gated_flash_bwd_dq",
+        functools.partial(_dq_kernel, cfg=cfg),
+        grid=(batch, heads, t_pad // cfg.block_q),
+        in_specs=[rows(head_dim), whole_kv, whole_kv, rows(head_dim), rows(head_dim), lse_spec, *extra_specs],
+        out_specs=dq_specs,
+        out_shape=dq_shapes,
+        interpret=cfg.interpret,
+        name="gated_flash_bwd_dq",
         compiler_params=_triton(cfg, head_dim),
     )(q, k, v, out, d_out, lse, *extra)
 
@@ -191,12 +198,14 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     extra, extra_specs = _optional_inputs(cfg, gate, q_seg, k_seg, rows(gate_dim), qs_spec, ks_spec)
     per_head = pl.BlockSpec((None, cfg.block_k, None, head_dim), lambda b, h, j: (b, j, h, 0))
     dk, dv = pl.pallas_call(
-        functools.partial(_dkdv_kernel, cfg=cfg), grid=(batch, heads, s_pad // cfg.block_k),
-        in_specs=[rows(head_dim), kv_spec, kv_spec, rows(head_dim), rows(head_dim), lse_spec,
-                  *extra_specs],
+        functools.partial(_dkdv_kernel, cfg=cfg),
+        grid=(batch, heads, s_pad // cfg.block_k),
+        in_specs=[rows(head_dim), kv_spec, kv_spec, rows(head_dim), rows(head_dim), lse_spec, *extra_specs],
         out_specs=[per_head, per_head],
         out_shape=[jax.ShapeDtypeStruct((batch, s_pad, heads, head_dim), jnp.float32)] * 2,
-        interpret=cfg.interpret, name="gated_flash_bwd_dkdv", compiler_params=_triton(cfg, head_dim),
+        interpret=cfg.interpret,
+        name="gated_flash_bwd_dkdv",
+        compiler_params=_triton(cfg, head_dim),
     )(q, k, v, out, d_out, lse, *extra)
     group_sum = lambda x: x.reshape(batch, s_pad, kv_heads, cfg.groups, head_dim).sum(3)
     dgate = dq_out[1] if gate is not None else None
@@ -206,8 +215,9 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
 _flash = fc.flash_with_custom_vjp(_forward, _backward_calls)
 
 
-def gated_flash_attention(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None,
-                          interpret=False, block_q=None, block_k=None):
+def gated_flash_attention(
+    q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, interpret=False, block_q=None, block_k=None
+):
     """Gated flash attention (Pallas GPU kernel, or its interpret-mode run when `interpret=True`).
 
     Same contract as `jdistill.kernels.gated_attention_reference`; `T` and `S` are padded to block multiples
@@ -215,13 +225,24 @@ def gated_flash_attention(q, k, v, gate=None, *, causal=False, segment_ids=None,
     in shared memory; they shrink (powers of two, >= 16 for the tensor-core dots) for short sequences.
     """
     fc.check_shapes(q, k, v, gate, segment_ids)
-    batch, q_len, heads, head_dim = q.shape
+    _batch, q_len, _heads, head_dim = q.shape
     kv_len = k.shape[1]
     wide = head_dim > 128
     block_q = block_q or (64 if wide else 128)
     block_k = block_k or (32 if wide else 64)
-    cfg = fc.make_config("pallas_gpu", q, k, gate, segment_ids, scale=scale, causal=causal, block_q=block_q,
-                         block_k=block_k, minimum=1 if interpret else 16, interpret=interpret)
+    cfg = fc.make_config(
+        "pallas_gpu",
+        q,
+        k,
+        gate,
+        segment_ids,
+        scale=scale,
+        causal=causal,
+        block_q=block_q,
+        block_k=block_k,
+        minimum=1 if interpret else 16,
+        interpret=interpret,
+    )
     block_q, block_k = cfg.block_q, cfg.block_k
     t_pad, s_pad = fc.round_up(q_len, block_q), fc.round_up(kv_len, block_k)
     if gate is not None and gate.ndim == 3:
@@ -230,6 +251,13 @@ def gated_flash_attention(q, k, v, gate=None, *, causal=False, segment_ids=None,
     if segment_ids is not None:
         segment_ids = segment_ids.astype(jnp.int32)
         q_seg, k_seg = fc.pad_axis(segment_ids, 1, t_pad), fc.pad_axis(segment_ids, 1, s_pad)
-    out = _flash(cfg, fc.pad_axis(q, 1, t_pad), fc.pad_axis(k, 1, s_pad), fc.pad_axis(v, 1, s_pad),
-                 fc.pad_axis(gate, 1, t_pad), q_seg, k_seg)
+    out = _flash(
+        cfg,
+        fc.pad_axis(q, 1, t_pad),
+        fc.pad_axis(k, 1, s_pad),
+        fc.pad_axis(v, 1, s_pad),
+        fc.pad_axis(gate, 1, t_pad),
+        q_seg,
+        k_seg,
+    )
     return out[:, :q_len]

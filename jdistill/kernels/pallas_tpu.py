@@ -34,8 +34,9 @@ def _load(ref):
 
 
 def _mask(cfg, q_block, kv_block, qs_ref, ks_ref):
-    return fc.block_mask(cfg, q_block * cfg.block_q, kv_block * cfg.block_k, (cfg.block_q, cfg.block_k),
-                         _load(qs_ref), _load(ks_ref))
+    return fc.block_mask(
+        cfg, q_block * cfg.block_q, kv_block * cfg.block_k, (cfg.block_q, cfg.block_k), _load(qs_ref), _load(ks_ref)
+    )
 
 
 def _fwd_kernel(*refs, cfg: fc.FlashConfig):
@@ -72,18 +73,22 @@ def _fwd_kernel(*refs, cfg: fc.FlashConfig):
 
 def _kv_index(cfg):
     """Key-block index map for the forward/dq grids: causally dead blocks reuse the last live one (no DMA)."""
+
     def index(b, h, i, j):
         if cfg.causal:
             visible = fc.ceil_div(jnp.maximum((i + 1) * cfg.block_q + cfg.causal_offset, 0), cfg.block_k)
             j = jnp.minimum(j, jnp.maximum(visible - 1, 0))
         return b, jax.lax.div(h, cfg.groups), j, 0
+
     return index
 
 
 def _q_index(cfg):
     """Query-block index map for the dk/dv grid (kv block j, query block i): dead blocks reuse the first live."""
+
     def index(b, h, j, i):
         return b, h, jnp.maximum(i, fc.first_causal_q_block(cfg, j)), 0
+
     return index
 
 
@@ -130,11 +135,14 @@ def _forward(cfg, q, k, v, gate, q_seg, k_seg):
         grid=(batch, heads, t_pad // cfg.block_q, k.shape[2] // cfg.block_k),
         in_specs=[rows(head_dim), kv, kv, *extra_specs],
         out_specs=[rows(head_dim), lse_spec],
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((batch, heads, t_pad, 1), jnp.float32)],
-        scratch_shapes=[pltpu.VMEM((cfg.block_q, 1), jnp.float32), pltpu.VMEM((cfg.block_q, 1), jnp.float32),
-                        pltpu.VMEM((cfg.block_q, head_dim), jnp.float32)],
-        name="gated_flash_fwd_tpu", **_params(cfg.interpret),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, t_pad, 1), jnp.float32)],
+        scratch_shapes=[
+            pltpu.VMEM((cfg.block_q, 1), jnp.float32),
+            pltpu.VMEM((cfg.block_q, 1), jnp.float32),
+            pltpu.VMEM((cfg.block_q, head_dim), jnp.float32),
+        ],
+        name="gated_flash_fwd_tpu",
+        **_params(cfg.interpret),
     )(q, k, v, *extra)
 
 
@@ -206,10 +214,15 @@ def _dq_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
         functools.partial(_dq_kernel, cfg=cfg),
         grid=(batch, heads, t_pad // cfg.block_q, k.shape[2] // cfg.block_k),
         in_specs=[rows(head_dim), kv, kv, rows(head_dim), rows(head_dim), lse_spec, *extra_specs],
-        out_specs=out_specs, out_shape=out_shapes,
-        scratch_shapes=[pltpu.VMEM((cfg.block_q, head_dim), jnp.float32),
-                        pltpu.VMEM((cfg.block_q, head_dim), jnp.float32), pltpu.VMEM((cfg.block_q, 1), jnp.float32)],
-        name="gated_flash_bwd_dq_tpu", **_params(cfg.interpret),
+        out_specs=out_specs,
+        out_shape=out_shapes,
+        scratch_shapes=[
+            pltpu.VMEM((cfg.block_q, head_dim), jnp.float32),
+            pltpu.VMEM((cfg.block_q, head_dim), jnp.float32),
+            pltpu.VMEM((cfg.block_q, 1), jnp.float32),
+        ],
+        name="gated_flash_bwd_dq_tpu",
+        **_params(cfg.interpret),
     )(q, k, v, out, d_out, lse, *extra)
 
 
@@ -228,7 +241,8 @@ def _dkdv_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
         out_specs=[per_head, per_head],
         out_shape=[jax.ShapeDtypeStruct((batch, heads, s_pad, head_dim), jnp.float32)] * 2,
         scratch_shapes=[pltpu.VMEM((cfg.block_k, head_dim), jnp.float32)] * 2,
-        name="gated_flash_bwd_dkdv_tpu", **_params(cfg.interpret),
+        name="gated_flash_bwd_dkdv_tpu",
+        **_params(cfg.interpret),
     )(q, k, v, out, d_out, lse, *extra)
 
 
@@ -237,25 +251,37 @@ def _backward_calls(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     dq, dgate = grads[0], (grads[1] if gate is not None else None)
     dk, dv = _dkdv_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out)
     batch, kv_heads, s_pad, head_dim = k.shape
-    group_sum = lambda x: x.reshape(batch, kv_heads, cfg.groups, s_pad, head_dim).sum(2)  # noqa: E731
+    group_sum = lambda x: x.reshape(batch, kv_heads, cfg.groups, s_pad, head_dim).sum(2)
     return dq, group_sum(dk).astype(k.dtype), group_sum(dv).astype(v.dtype), dgate
 
 
 _flash = fc.flash_with_custom_vjp(_forward, _backward_calls)
 
 
-def gated_flash_attention_tpu(q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None,
-                              interpret=False, block_q=512, block_k=512):
+def gated_flash_attention_tpu(
+    q, k, v, gate=None, *, causal=False, segment_ids=None, scale=None, interpret=False, block_q=512, block_k=512
+):
     """Gated flash attention as a Pallas Mosaic TPU kernel (`interpret=True`: TPU interpret mode on CPU).
 
     Same contract as `jdistill.kernels.gated_attention_reference`. Sequences are padded to block multiples
     (blocks shrink to >= 128 for short sequences, as TPU lane tiling needs) and the padding is masked.
     """
     fc.check_shapes(q, k, v, gate, segment_ids)
-    batch, q_len, heads, head_dim = q.shape
+    _batch, q_len, _heads, _head_dim = q.shape
     kv_len = k.shape[1]
-    cfg = fc.make_config("pallas_tpu", q, k, gate, segment_ids, scale=scale, causal=causal, block_q=block_q,
-                         block_k=block_k, minimum=1 if interpret else 128, interpret=interpret)
+    cfg = fc.make_config(
+        "pallas_tpu",
+        q,
+        k,
+        gate,
+        segment_ids,
+        scale=scale,
+        causal=causal,
+        block_q=block_q,
+        block_k=block_k,
+        minimum=1 if interpret else 128,
+        interpret=interpret,
+    )
     block_q, block_k = cfg.block_q, cfg.block_k
     t_pad, s_pad = fc.round_up(q_len, block_q), fc.round_up(kv_len, block_k)
     heads_first = lambda x, size: None if x is None else fc.pad_axis(x, 1, size).transpose(0, 2, 1, 3)
@@ -266,6 +292,7 @@ def gated_flash_attention_tpu(q, k, v, gate=None, *, causal=False, segment_ids=N
         segment_ids = segment_ids.astype(jnp.int32)
         q_seg = fc.pad_axis(segment_ids, 1, t_pad)[:, :, None]
         k_seg = fc.pad_axis(segment_ids, 1, s_pad)[:, None, :]
-    out = _flash(cfg, heads_first(q, t_pad), heads_first(k, s_pad), heads_first(v, s_pad),
-                 heads_first(gate, t_pad), q_seg, k_seg)
+    out = _flash(
+        cfg, heads_first(q, t_pad), heads_first(k, s_pad), heads_first(v, s_pad), heads_first(gate, t_pad), q_seg, k_seg
+    )
     return out.transpose(0, 2, 1, 3)[:, :q_len]

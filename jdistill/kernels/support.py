@@ -40,7 +40,7 @@ class KernelUnsupportedError(UserError, ValueError):
 
 
 def target_platform() -> str:
-    """"cpu", "gpu" or "tpu": the platform of the mesh in context, else JAX's default backend."""
+    """ "cpu", "gpu" or "tpu": the platform of the mesh in context, else JAX's default backend."""
     mesh = jax.sharding.get_abstract_mesh()
     device = None if mesh.empty else getattr(mesh, "abstract_device", None)
     platform = device.platform if device is not None else jax.default_backend()
@@ -73,8 +73,17 @@ def block_problem(block_q: int, block_k: int, minimum: int, interpret: bool) -> 
     return None
 
 
-def attention_problem(impl: str, *, head_dim: int, dtype, window=None, platform: str | None = None,
-                      q_len: int | None = None, kv_len: int | None = None, explicit_mask: bool = False) -> str | None:
+def attention_problem(
+    impl: str,
+    *,
+    head_dim: int,
+    dtype,
+    window=None,
+    platform: str | None = None,
+    q_len: int | None = None,
+    kv_len: int | None = None,
+    explicit_mask: bool = False,
+) -> str | None:
     """Why attention implementation `impl` cannot run a call (None when it can); `xla` runs everything.
 
     Only static facts are needed (head dim, dtype, window, lengths), so a config can be checked before any
@@ -97,8 +106,10 @@ def attention_problem(impl: str, *, head_dim: int, dtype, window=None, platform:
         if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
             return f"head_dim {head_dim} is not a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}"
         if explicit_mask and q_len is not None and kv_len is not None and (q_len % 2 or kv_len % 2):
-            return (f"a masked call (segment ids, or causal with q_len != kv_len) needs even lengths, got q_len "
-                    f"{q_len} and kv_len {kv_len}")
+            return (
+                f"a masked call (segment ids, or causal with q_len != kv_len) needs even lengths, got q_len "
+                f"{q_len} and kv_len {kv_len}"
+            )
     return None
 
 

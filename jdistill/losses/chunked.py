@@ -42,11 +42,25 @@ def _chunk_sum(entry: Divergence, temperature, beta, distill_scale, label_weight
     return (carry[0] + total, carry[1] + count), None
 
 
-def chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teacher_head, labels=None, *,
-                              objective: str = "forward_kl", temperature=1.0, beta=0.5, distill_weight=1.0,
-                              label_weight=0.0, scale_by_temperature_squared: bool | None = None, mask=None,
-                              student_bias=None, teacher_bias=None, chunk_size: int = 256,
-                              reduction: str = "mean"):
+def chunked_distillation_loss(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    labels=None,
+    *,
+    objective: str = "forward_kl",
+    temperature=1.0,
+    beta=0.5,
+    distill_weight=1.0,
+    label_weight=0.0,
+    scale_by_temperature_squared: bool | None = None,
+    mask=None,
+    student_bias=None,
+    teacher_bias=None,
+    chunk_size: int = 256,
+    reduction: str = "mean",
+):
     """`distill_weight * c * D(p_t, p_s at T) + label_weight * CE(y, s)` over valid tokens, chunked.
 
     D is a divergence of the catalogue (`losses.DIVERGENCES`): `forward_kl` (KL(p_t || p_s)), `reverse_kl`
@@ -63,8 +77,9 @@ def chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teac
         raise ValueError("reduction='none' would materialise per-token values; use 'mean', 'sum' or 'sum_count'")
     vocab = student_head.shape[-1]
     if teacher_head.shape[-1] != vocab:
-        raise ValueError(f"student_head and teacher_head must share the vocab axis; got {vocab} and "
-                         f"{teacher_head.shape[-1]}")
+        raise ValueError(
+            f"student_head and teacher_head must share the vocab axis; got {vocab} and {teacher_head.shape[-1]}"
+        )
     batch, seq = student_hidden.shape[:2]
     positions = min(seq, max(1, chunk_size // batch))  # per sequence and chunk
     num_chunks = -(-seq // positions)

@@ -44,17 +44,18 @@ class Divergence:
     jsd_beta: float | None
     convention: str
 
-    def __call__(self, student_logits, teacher_logits, *, temperature=1.0, beta=0.5, mask=None,
-                 reduction: str = "mean") -> Reduced:
+    def __call__(
+        self, student_logits, teacher_logits, *, temperature=1.0, beta=0.5, mask=None, reduction: str = "mean"
+    ) -> Reduced:
         """D(p_t, p_s) at temperature T, unscaled; `beta` reaches only the divergences that take it."""
         extra = {"beta": beta} if self.takes_beta else {}
-        return self.fn(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction,
-                       **extra)
+        return self.fn(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction, **extra)
 
     def temperature_scale(self, temperature, scale_by_temperature_squared: bool | None = None):
         """The factor c on D: T^2 or 1. `scale_by_temperature_squared` None takes this entry's default."""
-        scaled = self.scale_by_temperature_squared if scale_by_temperature_squared is None \
-            else scale_by_temperature_squared
+        scaled = (
+            self.scale_by_temperature_squared if scale_by_temperature_squared is None else scale_by_temperature_squared
+        )
         return temperature**2 if scaled else 1.0
 
     def topk_beta(self, beta) -> float | None:
@@ -62,16 +63,43 @@ class Divergence:
         return beta if self.takes_beta else self.jsd_beta
 
 
-DIVERGENCES: dict[str, Divergence] = {entry.name: entry for entry in (
-    Divergence("forward_kl", forward_kl, scale_by_temperature_squared=True, takes_beta=False, jsd_beta=0.0,
-               convention="Hinton KD: T^2 keeps the gradient size independent of T"),
-    Divergence("reverse_kl", reverse_kl, scale_by_temperature_squared=False, takes_beta=False, jsd_beta=1.0,
-               convention="GKD-style (the beta = 1 end of the generalized JSD): no T^2"),
-    Divergence("generalized_jsd", generalized_jsd, scale_by_temperature_squared=False, takes_beta=True,
-               jsd_beta=None, convention="GKD-style (Agarwal et al. 2024): no T^2"),
-    Divergence("tvd", tvd, scale_by_temperature_squared=False, takes_beta=False, jsd_beta=None,
-               convention="GKD-style bounded distance (Wen et al. 2023): no T^2"),
-)}
+DIVERGENCES: dict[str, Divergence] = {
+    entry.name: entry
+    for entry in (
+        Divergence(
+            "forward_kl",
+            forward_kl,
+            scale_by_temperature_squared=True,
+            takes_beta=False,
+            jsd_beta=0.0,
+            convention="Hinton KD: T^2 keeps the gradient size independent of T",
+        ),
+        Divergence(
+            "reverse_kl",
+            reverse_kl,
+            scale_by_temperature_squared=False,
+            takes_beta=False,
+            jsd_beta=1.0,
+            convention="GKD-style (the beta = 1 end of the generalized JSD): no T^2",
+        ),
+        Divergence(
+            "generalized_jsd",
+            generalized_jsd,
+            scale_by_temperature_squared=False,
+            takes_beta=True,
+            jsd_beta=None,
+            convention="GKD-style (Agarwal et al. 2024): no T^2",
+        ),
+        Divergence(
+            "tvd",
+            tvd,
+            scale_by_temperature_squared=False,
+            takes_beta=False,
+            jsd_beta=None,
+            convention="GKD-style bounded distance (Wen et al. 2023): no T^2",
+        ),
+    )
+}
 
 
 def divergence(name: str) -> Divergence:
@@ -79,5 +107,4 @@ def divergence(name: str) -> Divergence:
     try:
         return DIVERGENCES[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"objective: unknown divergence {name!r}; expected one of {', '.join(DIVERGENCES)}") \
-            from None
+        raise ConfigError(f"objective: unknown divergence {name!r}; expected one of {', '.join(DIVERGENCES)}") from None

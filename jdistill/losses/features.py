@@ -1,6 +1,7 @@
 """Intermediate and structural distillation: hint losses, attention transfer, multi-exit self-distillation.
 
-docs/methods.md#feature-and-attention-transfer, docs/methods.md#multi-exit-self-distillation. Shapes at the boundary: features `[..., d]` (e.g.
+docs/methods.md#feature-and-attention-transfer, docs/methods.md#multi-exit-self-distillation. Shapes at the boundary:
+features `[..., d]` (e.g.
 `[batch, seq, d]`), one vector per position; activation maps `[batch, *spatial, channels]`
 (channels last, the JAX layout; `channel_axis` changes it); exit logits `[..., vocab]`.
 
@@ -114,9 +115,7 @@ def attention_map(feature_maps: ArrayLike, *, p=2, channel_axis: int = -1) -> Ar
     return _l2_normalize(attention.reshape(attention.shape[0], -1))
 
 
-def attention_transfer(
-    student_maps: ArrayLike, teacher_maps: ArrayLike, *, p=2, channel_axis: int = -1
-) -> Array:
+def attention_transfer(student_maps: ArrayLike, teacher_maps: ArrayLike, *, p=2, channel_axis: int = -1) -> Array:
     """Attention transfer (AT): mean over batch and positions of (Q_s - Q_t)^2.
 
     Zagoruyko & Komodakis 2017, "Paying More Attention to Attention". Each activation tensor A is
@@ -200,8 +199,15 @@ def hierarchical_multi_exit_loss(
     total = 0.0
     for k, logits in enumerate(exit_logits[:-1]):
         target = jax.lax.stop_gradient(jnp.asarray(exit_logits[k + 1 if teacher == "next" else -1]))
-        per_token = kd(logits, target, labels, temperature=temperature, distill_weight=distill_weight,
-                       label_weight=label_weight, reduction="none")
+        per_token = kd(
+            logits,
+            target,
+            labels,
+            temperature=temperature,
+            distill_weight=distill_weight,
+            label_weight=label_weight,
+            reduction="none",
+        )
         total = total + weights[k] * per_token
     if not _common.is_zero(label_weight):
         total = total + weights[-1] * label_weight * cross_entropy(exit_logits[-1], labels, reduction="none")

@@ -96,8 +96,10 @@ def probe_operator(features_fit, features_eval, lam):
     """B `[m, n]` of a ridge regression with intercept on features `[n, d]`, evaluated at features `[m, d]`:
     KRR with the linear kernel on [features, 1], i.e. eval_predictions = B @ fit_targets for any targets."""
     xp = array_namespace(features_fit, features_eval)
-    fit, evaluate = (xp.concatenate([xp.asarray(f), xp.ones((f.shape[0], 1), f.dtype)], axis=1)
-                     for f in (features_fit, features_eval))
+    fit, evaluate = (
+        xp.concatenate([xp.asarray(f), xp.ones((f.shape[0], 1), f.dtype)], axis=1)
+        for f in (features_fit, features_eval)
+    )
     return krr_query_operator(evaluate @ fit.T, fit @ fit.T, lam)
 
 
@@ -124,10 +126,7 @@ def guided_generations(K, y, lam, steps: int, *, alpha=None, K_val=None, y_val=N
     B = krr_query_operator(K_val, K, lam) if K_val is not None else None
     fits, fits_val, alphas = [], [], []
     for tau in range(steps):
-        if tau == 0:
-            weight = 1.0
-        else:
-            weight = alpha if alpha is not None else best_ground_truth_weight(B, y, fits[-1], y_val)
+        weight = 1.0 if tau == 0 else alpha if alpha is not None else best_ground_truth_weight(B, y, fits[-1], y_val)
         target = weight * y + (1 - weight) * (fits[-1] if tau else y)
         fits.append(A @ target)
         alphas.append(xp.asarray(weight, dtype=y.dtype))

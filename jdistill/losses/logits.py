@@ -1,4 +1,5 @@
-"""Token-level logit distillation objectives (docs/methods.md#hinton-kd, docs/methods.md#generalized-jsd-and-the-other-divergences).
+"""Token-level logit distillation objectives (docs/methods.md#hinton-kd,
+docs/methods.md#generalized-jsd-and-the-other-divergences).
 
 Shapes at the boundary: logits `[..., vocab]` (e.g. `[batch, seq, vocab]`), integer labels and the
 mask `[...]`. Symbols in the formulas: `s`, `t` student and teacher logits, `T` the temperature,

@@ -1,6 +1,7 @@
 """Reduction of per-position losses over valid tokens, shared by every token-level objective.
 
-Token-level objectives reduce by *sum over valid positions / number of valid positions* (docs/conventions.md#reductions).
+Token-level objectives reduce by *sum over valid positions / number of valid positions*
+(docs/conventions.md#reductions).
 `reduction="sum_count"` returns that sum and count separately so that gradient accumulation and
 data-parallel shards can divide by the global count instead of averaging per-shard averages.
 """

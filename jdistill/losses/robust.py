@@ -173,8 +173,10 @@ def sla_aggregate(joint_logits: ArrayLike, n_classes: int, n_transforms: int) ->
     joint_logits = jnp.asarray(joint_logits)
     expected = (n_transforms, n_classes * n_transforms)
     if (joint_logits.shape[0], joint_logits.shape[-1]) != expected:
-        raise ValueError(f"joint_logits must be [n_transforms, batch, n_classes * n_transforms] = "
-                         f"[{expected[0]}, batch, {expected[1]}]; got {joint_logits.shape}")
+        raise ValueError(
+            f"joint_logits must be [n_transforms, batch, n_classes * n_transforms] = "
+            f"[{expected[0]}, batch, {expected[1]}]; got {joint_logits.shape}"
+        )
     split = joint_logits.reshape(n_transforms, joint_logits.shape[1], n_classes, n_transforms)
     diagonal = jnp.diagonal(split, axis1=0, axis2=3)  # [batch, n_classes, M]
     return jnp.mean(diagonal, axis=-1)

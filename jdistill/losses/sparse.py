@@ -1,4 +1,5 @@
-"""Distillation from partial or mismatched teachers (docs/methods.md#top-k-cached-teacher, docs/methods.md#universal-logit-distillation).
+"""Distillation from partial or mismatched teachers (docs/methods.md#top-k-cached-teacher,
+docs/methods.md#universal-logit-distillation).
 
 `topk_kd` distils from a cached teacher that kept only its top-k log-probabilities per position;
 `uld_loss` compares distributions over different vocabularies. Shapes at the boundary: student
@@ -120,8 +121,8 @@ def uld_loss(
         ULD = sum_i |sort(p_s)_i - sort(p_t)_i|,
     both sorted in decreasing order and the shorter one zero-padded to the longer length. The paper
     derives it as a closed-form approximation of an optimal-transport (Wasserstein) distance that
-    ignores token identities, so it needs no vocabulary mapping; it is symmetric, in [0, 2], invariant to permuting either vocabulary, and 0
-    when the sorted distributions match. The paper adds it to the student's CE; positions must already
+    ignores token identities, so it needs no vocabulary mapping; it is symmetric, in [0, 2], invariant
+    to permuting either vocabulary, and 0 when the sorted distributions match. The paper adds it to the student's CE; positions must already
     be aligned across the two tokenizations. T divides both logits; no T^2 factor.
 
     Args:

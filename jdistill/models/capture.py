@@ -34,6 +34,7 @@ def resolve(model: nnx.Module, path: str) -> nnx.Module:
 
 def _recorder_class(cls: type) -> type:
     if cls not in _RECORDERS:
+
         def __call__(self, *args, **kwargs):
             result = cls.__call__(self, *args, **kwargs)
             self._capture_sink[self._capture_path] = result
@@ -47,14 +48,18 @@ class Captured(dict):
     """`{path: output}`; reading a path that recorded nothing says why instead of a bare KeyError."""
 
     def __missing__(self, path):
-        raise KeyError(f"layer path {path!r} recorded nothing: that module was not called in the forward pass "
-                       "(the dense MLP and attention projections run fused through jdistill.nn.mlp_core, so capture "
-                       "their parent, e.g. 'blocks.0.mlp' or 'blocks.0.attention')")
+        raise KeyError(
+            f"layer path {path!r} recorded nothing: that module was not called in the forward pass "
+            "(the dense MLP and attention projections run fused through jdistill.nn.mlp_core, so capture "
+            "their parent, e.g. 'blocks.0.mlp' or 'blocks.0.attention')"
+        )
 
 
 jax.tree_util.register_pytree_node(  # a pytree like a dict, so captured features can leave a jitted function
-    Captured, lambda captured: (tuple(captured.values()), tuple(captured)),
-    lambda paths, values: Captured(zip(paths, values, strict=True)))
+    Captured,
+    lambda captured: (tuple(captured.values()), tuple(captured)),
+    lambda paths, values: Captured(zip(paths, values, strict=True)),
+)
 
 
 @contextlib.contextmanager

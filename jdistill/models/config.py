@@ -7,6 +7,7 @@ from typing import Literal
 
 DType = Literal["float32", "bfloat16"]  # a model's parameter and compute dtype
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A gated transformer: an encoder classifier over image patches, or a decoder LM over tokens.
@@ -37,7 +38,8 @@ class ModelConfig:
         delta_rule_impl: the Gated DeltaNet layers (`jdistill.nn.deltanet`).
       norm_zero_centered: RMSNorm weights stored as w - 1 and applied as (1 + w) (Qwen3-Next).
       residual_gates: GateSkip residual gates on every attention and MLP branch (docs/methods.md#gateskip).
-      exit_layers: 1-based blocks with an early exit (shared exit head, docs/methods.md#multi-exit-self-distillation); () for none.
+      exit_layers: 1-based blocks with an early exit (shared exit head,
+      docs/methods.md#multi-exit-self-distillation); () for none.
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
       remat: rematerialisation of each block in the backward pass: "none" (keep activations), "full" (recompute
@@ -94,7 +96,7 @@ class ModelConfig:
         return self.num_kv_heads or self.num_heads
 
     def layer_type(self, index: int) -> str:
-        """"attention" or "deltanet" for block `index` (0-based)."""
+        """ "attention" or "deltanet" for block `index` (0-based)."""
         return {"A": "attention", "D": "deltanet", "R": "regla"}[self.layer_pattern[index % len(self.layer_pattern)]]
 
     @property
@@ -108,8 +110,18 @@ class ModelConfig:
     def validate(self) -> list[tuple[str, str]]:
         """Problems as (field, what was expected); empty when the config is consistent."""
         problems = []
-        for name in ("num_layers", "d_model", "num_heads", "mlp_dim", "patch_size", "image_size",
-                     "num_channels", "num_classes", "vocab_size", "max_seq_len"):
+        for name in (
+            "num_layers",
+            "d_model",
+            "num_heads",
+            "mlp_dim",
+            "patch_size",
+            "image_size",
+            "num_channels",
+            "num_classes",
+            "vocab_size",
+            "max_seq_len",
+        ):
             if getattr(self, name) < 1:
                 problems.append((name, "a positive integer"))
         if self.head_dim is None and self.num_heads >= 1 and self.d_model % self.num_heads:
@@ -118,12 +130,14 @@ class ModelConfig:
             problems.append(("num_kv_heads", f"a divisor of num_heads={self.num_heads}"))
         if not 0.0 <= self.rotary_fraction <= 1.0 or int(self.resolved_head_dim * self.rotary_fraction) % 2:
             problems.append(("rotary_fraction", "a fraction in [0, 1] giving an even number of rotary dimensions"))
-        if any(not 1 <= layer <= self.num_layers for layer in self.exit_layers) or \
-                list(self.exit_layers) != sorted(set(self.exit_layers)):
+        if any(not 1 <= layer <= self.num_layers for layer in self.exit_layers) or list(self.exit_layers) != sorted(
+            set(self.exit_layers)
+        ):
             problems.append(("exit_layers", f"increasing block numbers in [1, num_layers={self.num_layers}]"))
         if not self.layer_pattern or set(self.layer_pattern) - {"A", "D", "R"}:
-            problems.append(("layer_pattern", 'a non-empty string of "A" (attention), "D" (Gated DeltaNet) and "R" '
-                                              '(ReGLA)'))
+            problems.append(
+                ("layer_pattern", 'a non-empty string of "A" (attention), "D" (Gated DeltaNet) and "R" (ReGLA)')
+            )
         elif set(self.layer_pattern) - {"A"} and self.kind != "lm":
             problems.append(("layer_pattern", 'only "A" for classifiers (the linear mixers are causal)'))
         if self.linear_key_heads >= 1 and self.linear_value_heads % self.linear_key_heads:
@@ -132,8 +146,12 @@ class ModelConfig:
             problems.append(("sliding_window", "a positive integer or null"))
         if self.norm_eps <= 0:
             problems.append(("norm_eps", "a positive number"))
-        if self.kind == "classifier" and self.classifier_input == "patches" and self.patch_size >= 1 \
-                and self.image_size % self.patch_size:
+        if (
+            self.kind == "classifier"
+            and self.classifier_input == "patches"
+            and self.patch_size >= 1
+            and self.image_size % self.patch_size
+        ):
             problems.append(("patch_size", f"a divisor of image_size={self.image_size}"))
         problems += self._kernel_problems()
         return problems
@@ -144,11 +162,13 @@ class ModelConfig:
 
         problems = []
         if "A" in self.layer_pattern and self.resolved_head_dim >= 1:
-            wrong = attention_impl_problem(self.attention_impl, head_dim=self.resolved_head_dim, dtype=self.dtype,
-                                           window=self.sliding_window)
+            wrong = attention_impl_problem(
+                self.attention_impl, head_dim=self.resolved_head_dim, dtype=self.dtype, window=self.sliding_window
+            )
             problems += [("attention_impl", wrong)] if wrong else []
         if "D" in self.layer_pattern:
-            wrong = delta_rule_impl_problem(self.delta_rule_impl, key_dim=self.linear_key_head_dim,
-                                            value_dim=self.linear_value_head_dim)
+            wrong = delta_rule_impl_problem(
+                self.delta_rule_impl, key_dim=self.linear_key_head_dim, value_dim=self.linear_value_head_dim
+            )
             problems += [("delta_rule_impl", wrong)] if wrong else []
         return problems

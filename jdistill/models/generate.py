@@ -38,10 +38,12 @@ def sample_token(logits, rng, *, temperature: float, top_k=None, top_p=None):
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "prefill_len", "max_new_tokens", "temperature", "top_k",
-                                             "top_p"))
-def _generate(graphdef, params, prompt_ids, prompt_lengths, rng, *, prefill_len, max_new_tokens, temperature,
-              top_k, top_p):
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "prefill_len", "max_new_tokens", "temperature", "top_k", "top_p")
+)
+def _generate(
+    graphdef, params, prompt_ids, prompt_lengths, rng, *, prefill_len, max_new_tokens, temperature, top_k, top_p
+):
     model = nnx.merge(graphdef, params)
     batch, width = prompt_ids.shape
     caches = model.init_cache(batch, width + max_new_tokens)
@@ -58,7 +60,8 @@ def _generate(graphdef, params, prompt_ids, prompt_lengths, rng, *, prefill_len,
         index = position - prompt_lengths  # this row's generated-token index at this position
         keep = (index >= 0) & (index < max_new_tokens)
         out = out.at[rows, jnp.clip(index, 0, max_new_tokens - 1)].set(
-            jnp.where(keep, token, out[rows, jnp.clip(index, 0, max_new_tokens - 1)]))
+            jnp.where(keep, token, out[rows, jnp.clip(index, 0, max_new_tokens - 1)])
+        )
         logits, caches = model.decode(token[:, None], positions=jnp.full((batch, 1), position), caches=caches)
         return (logits[:, 0], caches, out), None
 
@@ -68,8 +71,17 @@ def _generate(graphdef, params, prompt_ids, prompt_lengths, rng, *, prefill_len,
     return out
 
 
-def generate(model, prompt_ids, prompt_lengths=None, *, max_new_tokens: int, rng=None, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None):
+def generate(
+    model,
+    prompt_ids,
+    prompt_lengths=None,
+    *,
+    max_new_tokens: int,
+    rng=None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+):
     """Continue each prompt by `max_new_tokens` tokens; returns `[batch, max_new_tokens]` int32.
 
     prompt_ids `[batch, prompt_len]` int (right-padded), prompt_lengths `[batch]` (default: all full length).
@@ -78,12 +90,22 @@ def generate(model, prompt_ids, prompt_lengths=None, *, max_new_tokens: int, rng
     Gated DeltaNet states see exactly each row's own sequence.
     """
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    lengths = np.full((prompt_ids.shape[0],), prompt_ids.shape[1]) if prompt_lengths is None else \
-        np.asarray(prompt_lengths)
+    lengths = (
+        np.full((prompt_ids.shape[0],), prompt_ids.shape[1]) if prompt_lengths is None else np.asarray(prompt_lengths)
+    )
     if lengths.min() < 1 or lengths.max() > prompt_ids.shape[1]:
         raise ValueError(f"prompt_lengths must be in [1, {prompt_ids.shape[1]}], got {lengths.tolist()}")
     rng = jax.random.key(0) if rng is None else rng
     graphdef, params = nnx.split(model)
-    return _generate(graphdef, params, prompt_ids, jnp.asarray(lengths, jnp.int32), rng,
-                     prefill_len=int(lengths.min()), max_new_tokens=max_new_tokens, temperature=float(temperature),
-                     top_k=top_k, top_p=top_p)
+    return _generate(
+        graphdef,
+        params,
+        prompt_ids,
+        jnp.asarray(lengths, jnp.int32),
+        rng,
+        prefill_len=int(lengths.min()),
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=top_p,
+    )

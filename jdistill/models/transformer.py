@@ -35,11 +35,19 @@ class Block(nnx.Module):
             self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
         self.mlp_norm = RMSNorm(config.d_model, **norm)
         if config.mlp == "glu":
-            self.mlp = GLUMLP(config.d_model, config.mlp_dim, config.activation, order=config.glu_order,
-                              use_bias=config.mlp_bias, dtype=dtype, rngs=rngs)
+            self.mlp = GLUMLP(
+                config.d_model,
+                config.mlp_dim,
+                config.activation,
+                order=config.glu_order,
+                use_bias=config.mlp_bias,
+                dtype=dtype,
+                rngs=rngs,
+            )
         else:
-            self.mlp = MLP(config.d_model, config.mlp_dim, config.activation, use_bias=config.mlp_bias, dtype=dtype,
-                           rngs=rngs)
+            self.mlp = MLP(
+                config.d_model, config.mlp_dim, config.activation, use_bias=config.mlp_bias, dtype=dtype, rngs=rngs
+            )
         if config.residual_gates:
             self.attention_gate = ResidualGate(config.d_model, dtype=dtype, rngs=rngs)
             self.mlp_gate = ResidualGate(config.d_model, dtype=dtype, rngs=rngs)
@@ -54,13 +62,15 @@ class Block(nnx.Module):
             return h_out
         return skip_tokens(h, h_out, skip_mask(mean_gate(gate), skip_budget))
 
-    def __call__(self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None,
-                 skip_budget=None):
+    def __call__(
+        self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None, skip_budget=None
+    ):
         if hasattr(self, "linear_attention"):
             attended = self.linear_attention(self.attention_norm(h))
         else:
-            attended = self.attention(self.attention_norm(h), positions=positions, segment_ids=segment_ids,
-                                      stats=stats, head_gates=head_gates)
+            attended = self.attention(
+                self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats, head_gates=head_gates
+            )
         h = self._residual(h, attended, "attention_gate", stats, skip_budget)
         return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", stats, skip_budget)
 
@@ -77,8 +87,9 @@ class Block(nnx.Module):
     def decode(self, h, *, positions, cache):
         if isinstance(getattr(self, "linear_attention", None), ReGLA):
             mode = "recurrent" if h.shape[1] == 1 else "chunked"
-            attended, cache = self.linear_attention(self.attention_norm(h), mode=mode, initial_state=cache,
-                                                    return_state=True)
+            attended, cache = self.linear_attention(
+                self.attention_norm(h), mode=mode, initial_state=cache, return_state=True
+            )
         elif hasattr(self, "linear_attention"):
             attended, cache = self.linear_attention.decode(self.attention_norm(h), state=cache)
         else:
@@ -117,8 +128,9 @@ class Transformer(nnx.Module):
         if not (config.kind == "lm" and config.tie_embeddings):
             self.head = dense(config.d_model, out_dim, ("embed", "vocab"), dtype=dtype, rngs=rngs)
         if config.exit_layers:
-            self.exits = ExitHeads(config.d_model, out_dim, config.exit_layers, config.num_layers, dtype=dtype,
-                                   rngs=rngs)
+            self.exits = ExitHeads(
+                config.d_model, out_dim, config.exit_layers, config.num_layers, dtype=dtype, rngs=rngs
+            )
 
     def _embed(self, inputs):
         cfg = self.config
@@ -132,9 +144,18 @@ class Transformer(nnx.Module):
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
         return self.embed(patches) + self.position[...].astype(self.embed.dtype or jnp.float32)
 
-    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden_states: bool = False,
-                 return_stats: bool = False, head_gates=None, skip_budget: float | None = None,
-                 logits: bool = True):
+    def __call__(
+        self,
+        inputs,
+        *,
+        positions=None,
+        segment_ids=None,
+        return_hidden_states: bool = False,
+        return_stats: bool = False,
+        head_gates=None,
+        skip_budget: float | None = None,
+        logits: bool = True,
+    ):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
         block) and, for gated layers, `mean_gate`. Multi-exit models return the exit logits in `exits`; models
@@ -153,8 +174,14 @@ class Transformer(nnx.Module):
             if stats is None and gates is None and skip_budget is None and self.config.remat != "none":
                 h = _remat_block(block, h, positions, segment_ids, self.config.remat)
             else:
-                h = block(h, positions=positions, segment_ids=segment_ids, stats=stats, head_gates=gates,
-                          skip_budget=skip_budget)
+                h = block(
+                    h,
+                    positions=positions,
+                    segment_ids=segment_ids,
+                    stats=stats,
+                    head_gates=gates,
+                    skip_budget=skip_budget,
+                )
             h = constrain_batch(h)
             hidden.append(h)
             if stats is not None:
@@ -170,8 +197,13 @@ class Transformer(nnx.Module):
         if residual_gates:
             aux["gate_sparsity_loss"] = gate_sparsity_loss(residual_gates)
             aux["residual_gates"] = tuple(residual_gates)
-        return ModelOutput(logits=self._logits(h) if logits else None, exits=exits, aux=aux, features=h,
-                           hidden_states=tuple(hidden) if return_hidden_states else None)
+        return ModelOutput(
+            logits=self._logits(h) if logits else None,
+            exits=exits,
+            aux=aux,
+            features=h,
+            hidden_states=tuple(hidden) if return_hidden_states else None,
+        )
 
     def head_weights(self):
         """(kernel [d_model, out_dim], bias [out_dim] or None) of the output head (the embedding when tied)."""
@@ -198,7 +230,7 @@ class Transformer(nnx.Module):
         advance by the same tokens, as `generate` does). Returns (logits [batch, seq, vocab], new caches)."""
         h = self.embed(tokens)
         new_caches = []
-        for block, cache in zip(self.blocks, caches):
+        for block, cache in zip(self.blocks, caches, strict=True):
             h, cache = block.decode(h, positions=positions, cache=cache)
             new_caches.append(cache)
         return self._logits(self.final_norm(h)), tuple(new_caches)

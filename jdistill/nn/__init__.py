@@ -11,7 +11,26 @@ from jdistill.nn.norms import GatedRMSNorm, RMSNorm
 from jdistill.nn.regla import ReGLA
 from jdistill.nn.rope import apply_rope
 
-__all__ = ["GLUMLP", "ExitHeads", "ExpandedGatingActivation", "GatedRMSNorm", "GatedSelfAttention", "HeadGates",
-           "KVCache", "MLP", "RMSNorm", "ReGLA", "ResidualGate", "apply_rope", "classify_heads",
-           "gate_sparsity_loss", "get_activation", "golu", "head_gating_objective", "skip_mask", "xatlu", "xgelu",
-           "xsilu"]
+__all__ = [
+    "GLUMLP",
+    "MLP",
+    "ExitHeads",
+    "ExpandedGatingActivation",
+    "GatedRMSNorm",
+    "GatedSelfAttention",
+    "HeadGates",
+    "KVCache",
+    "RMSNorm",
+    "ReGLA",
+    "ResidualGate",
+    "apply_rope",
+    "classify_heads",
+    "gate_sparsity_loss",
+    "get_activation",
+    "golu",
+    "head_gating_objective",
+    "skip_mask",
+    "xatlu",
+    "xgelu",
+    "xsilu",
+]

@@ -69,7 +69,7 @@ class GatedSelfAttention(nnx.Module):
         heads, kv_heads, head_dim = cfg.num_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
         fused = _apply(self.query_and_gate, x)
         q = fused[..., : heads * head_dim].reshape(batch, seq, heads, head_dim)
-        gate_logits = fused[..., heads * head_dim:]
+        gate_logits = fused[..., heads * head_dim :]
         k, v = jnp.split(_apply(self.key_value, x).reshape(batch, seq, 2 * kv_heads, head_dim), 2, axis=2)
         if cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
@@ -92,13 +92,20 @@ class GatedSelfAttention(nnx.Module):
         `head_gates [heads]` scales each head's output (causal head gating, `jdistill.nn.head_gates`)."""
         batch, seq, _ = x.shape
         q, k, v, gate = self._project(x, positions)
-        out = gated_attention(q, k, v, gate, causal=self.causal, segment_ids=segment_ids,
-                              window=self.config.sliding_window, impl=self.config.attention_impl)
+        out = gated_attention(
+            q,
+            k,
+            v,
+            gate,
+            causal=self.causal,
+            segment_ids=segment_ids,
+            window=self.config.sliding_window,
+            impl=self.config.attention_impl,
+        )
         if head_gates is not None:
             out = apply_head_gates(out, head_gates)
         if stats is not None:
-            stats["first_token_share"] = first_token_attention_share(q, k, causal=self.causal,
-                                                                     segment_ids=segment_ids)
+            stats["first_token_share"] = first_token_attention_share(q, k, causal=self.causal, segment_ids=segment_ids)
             if gate is not None:
                 stats["mean_gate"] = jnp.mean(nnx.sigmoid(gate.astype(jnp.float32)))
         return _apply(self.output, out.reshape(batch, seq, -1))

@@ -26,7 +26,7 @@ L2_EPS = 1e-6
 
 @struct.dataclass
 class DeltaNetState:
-    conv: jax.Array       # [batch, conv_kernel - 1, conv_dim]: the latest conv inputs
+    conv: jax.Array  # [batch, conv_kernel - 1, conv_dim]: the latest conv inputs
     recurrent: jax.Array  # [batch, value_heads, key_head_dim, value_head_dim], float32
 
 
@@ -45,7 +45,7 @@ def causal_depthwise_conv(x, weight, history=None):
         history = jnp.zeros((x.shape[0], kernel - 1, x.shape[2]), x.dtype)
     padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)
     seq = x.shape[1]
-    out = sum(padded[:, j:j + seq] * weight[j].astype(x.dtype) for j in range(kernel))
+    out = sum(padded[:, j : j + seq] * weight[j].astype(x.dtype) for j in range(kernel))
     return out, padded[:, seq:]
 
 
@@ -65,11 +65,12 @@ class GatedDeltaNet(nnx.Module):
         self.in_proj_qkvz = dense(config.d_model, 2 * self.key_dim + 2 * self.value_dim, ("embed", "heads"), **linear)
         self.in_proj_ba = dense(config.d_model, 2 * heads_v, ("embed", "heads"), **linear)
         bound = config.linear_conv_kernel**-0.5
-        self.conv_weight = param(jax.random.uniform(rngs.params(), (config.linear_conv_kernel, self.conv_dim),
-                                                    minval=-bound, maxval=bound), ("conv", "heads"))
+        self.conv_weight = param(
+            jax.random.uniform(rngs.params(), (config.linear_conv_kernel, self.conv_dim), minval=-bound, maxval=bound),
+            ("conv", "heads"),
+        )
         self.dt_bias = param(jnp.ones((heads_v,), jnp.float32), ("heads",))
-        self.A_log = param(jnp.log(jax.random.uniform(rngs.params(), (heads_v,), minval=0.01, maxval=16.0)),
-                           ("heads",))
+        self.A_log = param(jnp.log(jax.random.uniform(rngs.params(), (heads_v,), minval=0.01, maxval=16.0)), ("heads",))
         self.norm = GatedRMSNorm(dim_v, eps=config.norm_eps)
         self.out_proj = dense(self.value_dim, config.d_model, ("heads", "embed"), **linear)
 
@@ -83,8 +84,14 @@ class GatedDeltaNet(nnx.Module):
         q, k, v, z = jnp.split(qkvz, [dim_k, 2 * dim_k, 2 * dim_k + group * dim_v], axis=-1)
         b, a = jnp.split(self.in_proj_ba(x).reshape(batch, seq, heads_k, 2 * group), 2, axis=-1)
         heads_v = cfg.linear_value_heads
-        return (q, k, v.reshape(batch, seq, heads_v, dim_v), z.reshape(batch, seq, heads_v, dim_v),
-                b.reshape(batch, seq, heads_v), a.reshape(batch, seq, heads_v))
+        return (
+            q,
+            k,
+            v.reshape(batch, seq, heads_v, dim_v),
+            z.reshape(batch, seq, heads_v, dim_v),
+            b.reshape(batch, seq, heads_v),
+            a.reshape(batch, seq, heads_v),
+        )
 
     def _mix(self, x, state: DeltaNetState | None):
         cfg = self.config
@@ -103,8 +110,16 @@ class GatedDeltaNet(nnx.Module):
         beta = jax.nn.sigmoid(b.astype(jnp.float32))
         g = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])
         impl = "recurrent" if state is not None and seq == 1 else cfg.delta_rule_impl
-        out, recurrent = gated_delta_rule(q, k, v, g, beta, initial_state=None if state is None else state.recurrent,
-                                          output_final_state=True, impl=impl)
+        out, recurrent = gated_delta_rule(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            initial_state=None if state is None else state.recurrent,
+            output_final_state=True,
+            impl=impl,
+        )
         out = self.norm(out, z)
         return self.out_proj(out.reshape(batch, seq, self.value_dim)), DeltaNetState(conv_history, recurrent)
 
@@ -115,8 +130,8 @@ class GatedDeltaNet(nnx.Module):
         cfg = self.config
         return DeltaNetState(
             jnp.zeros((batch, cfg.linear_conv_kernel - 1, self.conv_dim), jnp.dtype(cfg.dtype)),
-            jnp.zeros((batch, cfg.linear_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim),
-                      jnp.float32))
+            jnp.zeros((batch, cfg.linear_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim), jnp.float32),
+        )
 
     def decode(self, x, *, state: DeltaNetState):
         """Continue from `state` with `x [batch, seq, d_model]` (every row advances by seq tokens)."""

@@ -34,7 +34,11 @@ class ResidualGate(nnx.Module):
     def __init__(self, d_model: int, *, per_channel: bool = True, dtype=None, rngs: nnx.Rngs):
         width = d_model if per_channel else 1
         self.projection = dense(
-            d_model, width, ("embed", "gate"), dtype=dtype, rngs=rngs,
+            d_model,
+            width,
+            ("embed", "gate"),
+            dtype=dtype,
+            rngs=rngs,
             kernel_init=nnx.initializers.normal(GATE_WEIGHT_STDDEV),
             bias_init=nnx.initializers.constant(GATE_BIAS_INIT),
         )

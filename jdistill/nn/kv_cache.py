@@ -18,15 +18,17 @@ class KVCache:
     values: jax.Array
 
     @classmethod
-    def zeros(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
+    def zeros(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
         shape = (batch, max_len, kv_heads, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
-    def write(self, keys, values, positions) -> "KVCache":
+    def write(self, keys, values, positions) -> KVCache:
         """Store `keys, values [batch, seq, kv_heads, head_dim]` at `positions [batch, seq]`."""
         rows = jnp.arange(keys.shape[0])[:, None]
-        return KVCache(self.keys.at[rows, positions].set(keys.astype(self.keys.dtype)),
-                       self.values.at[rows, positions].set(values.astype(self.values.dtype)))
+        return KVCache(
+            self.keys.at[rows, positions].set(keys.astype(self.keys.dtype)),
+            self.values.at[rows, positions].set(values.astype(self.values.dtype)),
+        )
 
 
 def cached_attention(q, cache: KVCache, gate, positions, window: int | None = None):

@@ -14,10 +14,10 @@ class MLP(nnx.Module):
     carry one trainable alpha per block, initialised 0. The fixed activations run through `dense_mlp` (same
     values, a hand-written backward that is faster on CPU)."""
 
-    def __init__(self, d_model: int, mlp_dim: int, activation: str, *, use_bias: bool = True, dtype=None,
-                 rngs: nnx.Rngs):
-        self.activation = ExpandedGatingActivation(activation) if activation in EXPANDED else \
-            get_activation(activation)
+    def __init__(
+        self, d_model: int, mlp_dim: int, activation: str, *, use_bias: bool = True, dtype=None, rngs: nnx.Rngs
+    ):
+        self.activation = ExpandedGatingActivation(activation) if activation in EXPANDED else get_activation(activation)
         self.up = dense(d_model, mlp_dim, ("embed", "mlp"), use_bias=use_bias, dtype=dtype, rngs=rngs)
         self.down = dense(mlp_dim, d_model, ("mlp", "embed"), use_bias=use_bias, dtype=dtype, rngs=rngs)
 
@@ -25,8 +25,12 @@ class MLP(nnx.Module):
         if isinstance(self.activation, ExpandedGatingActivation):
             return self.down(self.activation(self.up(x)))
         up, down = self.up, self.down
-        weights = (up.kernel[...], up.bias[...] if up.bias is not None else None, down.kernel[...],
-                   down.bias[...] if down.bias is not None else None)
+        weights = (
+            up.kernel[...],
+            up.bias[...] if up.bias is not None else None,
+            down.kernel[...],
+            down.bias[...] if down.bias is not None else None,
+        )
         x, *weights = up.promote_dtype((x, *weights), dtype=up.dtype)
         return dense_mlp(self.activation, x, *weights)
 
@@ -39,8 +43,17 @@ class GLUMLP(nnx.Module):
     No biases by default.
     """
 
-    def __init__(self, d_model: int, hidden: int, activation: str = "silu", *, order: int = 2,
-                 use_bias: bool = False, dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        hidden: int,
+        activation: str = "silu",
+        *,
+        order: int = 2,
+        use_bias: bool = False,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
         if order not in (1, 2):
             raise ValueError(f"GLU order must be 1 or 2, got {order!r}")
         self.order = order

@@ -53,7 +53,7 @@ def _contract_rows(a, b):
 
 def _dense_mlp_bwd(activation, residuals, d_y):
     x, u, h, w_in, w_out, has_b_in, has_b_out = residuals
-    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    rows = lambda a: a.reshape(-1, a.shape[-1])
     x2, u2, h2, d_y2 = rows(x), rows(u), rows(h), rows(d_y)
     d_w_out = _contract_rows(h2, d_y2)
     d_h = jax.lax.dot_general(d_y2, w_out, (((1,), (1,)), ((), ())))

@@ -26,8 +26,9 @@ def param(value, axes: tuple[str, ...]) -> nnx.Param:
 
 def dense(in_features: int, out_features: int, axes: tuple[str, str], **kwargs) -> nnx.Linear:
     """`nnx.Linear` whose kernel `[in, out]` has logical axes `axes` and whose bias `[out]` has `axes[1]`."""
-    return nnx.Linear(in_features, out_features, kernel_metadata=axes_metadata(axes),
-                      bias_metadata=axes_metadata(axes[1:]), **kwargs)
+    return nnx.Linear(
+        in_features, out_features, kernel_metadata=axes_metadata(axes), bias_metadata=axes_metadata(axes[1:]), **kwargs
+    )
 
 
 def embedding(num_embeddings: int, features: int, axes: tuple[str, str], **kwargs) -> nnx.Embed:

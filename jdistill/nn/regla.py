@@ -134,8 +134,9 @@ class ReGLA(nnx.Module):
         self.query = dense(d_model, d_model, into_heads, **linear)
         self.key = dense(d_model, d_model, into_heads, **linear)
         self.value = dense(d_model, d_model, into_heads, **linear)
-        self.forget_gate = dense(d_model, d_model, into_heads, dtype=dtype, rngs=rngs,
-                                 bias_init=nnx.initializers.constant(FORGET_BIAS_INIT))
+        self.forget_gate = dense(
+            d_model, d_model, into_heads, dtype=dtype, rngs=rngs, bias_init=nnx.initializers.constant(FORGET_BIAS_INIT)
+        )
         self.refine_gate = dense(d_model, d_model, into_heads, dtype=dtype, rngs=rngs)
         self.output_norm = RMSNorm(self.head_dim)
         self.output = dense(d_model, d_model, ("heads", "embed"), **linear)
@@ -152,8 +153,9 @@ class ReGLA(nnx.Module):
         q = safe_exp_features(heads(self.query(x)).astype(jnp.float32))
         k = safe_exp_features(heads(self.key(x)).astype(jnp.float32))
         v = heads(self.value(x))
-        log_decay = refined_log_decay(heads(self.forget_gate(x)).astype(jnp.float32),
-                                      heads(self.refine_gate(x)).astype(jnp.float32))
+        log_decay = refined_log_decay(
+            heads(self.forget_gate(x)).astype(jnp.float32), heads(self.refine_gate(x)).astype(jnp.float32)
+        )
         if mode == "chunked":
             out, state = gla_chunked(q, k, v, log_decay, initial_state, chunk_size=self.chunk_size)
         else:

@@ -70,13 +70,23 @@ class AnnealingSelfDistillationRectification(RecipeBase):
         """(tau, lam) after `step` completed updates."""
         if not self.total_steps or self.total_steps <= 0:
             return jnp.asarray(self.tau_start, jnp.float32), jnp.asarray(self.lam_start, jnp.float32)
-        return (cosine_schedule(step, self.total_steps, self.tau_start, self.tau_end),
-                cosine_schedule(step, self.total_steps, self.lam_start, self.lam_end))
+        return (
+            cosine_schedule(step, self.total_steps, self.tau_start, self.tau_end),
+            cosine_schedule(step, self.total_steps, self.lam_start, self.lam_end),
+        )
 
     def attack(self, model, inputs, targets, rng):
-        return pgd_attack(lambda x: model(x).logits, inputs, targets, rng, epsilon=self.epsilon,
-                          step_size=self.step_size, steps=self.attack_steps, clip_min=self.clip_min,
-                          clip_max=self.clip_max)
+        return pgd_attack(
+            lambda x: model(x).logits,
+            inputs,
+            targets,
+            rng,
+            epsilon=self.epsilon,
+            step_size=self.step_size,
+            steps=self.attack_steps,
+            clip_min=self.clip_min,
+            clip_max=self.clip_max,
+        )
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         inputs, labels = batch["inputs"], batch["labels"]
@@ -85,8 +95,13 @@ class AnnealingSelfDistillationRectification(RecipeBase):
         adversarial = self.attack(student, inputs, targets, rng)
         logits = student(adversarial).logits
         loss = soft_cross_entropy(logits, targets)
-        metrics = {"adr_ce": loss, "tau": tau, "lam": lam, "adversarial_accuracy": token_accuracy(logits, labels),
-                   "target_true_prob": jnp.take_along_axis(targets, labels[:, None], axis=-1).mean()}
+        metrics = {
+            "adr_ce": loss,
+            "tau": tau,
+            "lam": lam,
+            "adversarial_accuracy": token_accuracy(logits, labels),
+            "target_true_prob": jnp.take_along_axis(targets, labels[:, None], axis=-1).mean(),
+        }
         return loss, metrics, ()
 
     def after_update(self, recipe_state, params, step):
@@ -94,7 +109,14 @@ class AnnealingSelfDistillationRectification(RecipeBase):
         return dict(recipe_state, teacher=teacher, step=jnp.asarray(step, jnp.int32))
 
     def extra_metrics(self, model, eval_batches, rng):
-        accuracy = robust_accuracy(lambda x: model(x).logits, eval_batches, rng, epsilon=self.epsilon,
-                                   step_size=self.step_size, steps=self.attack_steps, clip_min=self.clip_min,
-                                   clip_max=self.clip_max)
+        accuracy = robust_accuracy(
+            lambda x: model(x).logits,
+            eval_batches,
+            rng,
+            epsilon=self.epsilon,
+            step_size=self.step_size,
+            steps=self.attack_steps,
+            clip_min=self.clip_min,
+            clip_max=self.clip_max,
+        )
         return {"robust_accuracy": accuracy}

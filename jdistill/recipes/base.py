@@ -24,7 +24,8 @@ the whole batch, the optimizer update, and `recipe_state = recipe.after_update(r
   the training split); LMs carry `inputs`, `targets [batch, seq]` and `mask [batch, seq]`. Every batch also has
   `epoch` (float: the step's position in passes over the training split).
 
-Teacher policies (docs/conventions.md, Teachers; `jdistill.recipes.teacher_policy`): `frozen` a trained teacher stage (or `teacher.init_from`),
+Teacher policies (docs/conventions.md, Teachers; `jdistill.recipes.teacher_policy`): `frozen` a trained teacher stage
+(or `teacher.init_from`),
 `ema` an exponential moving average of the student kept in the recipe state, `previous_epoch` the student's
 own predictions from the last epoch (a buffer in the recipe state), `random_init` a teacher frozen at its random
 initialisation, `snapshots` earlier student checkpoints kept in the recipe state, `cached_topk` top-k teacher
@@ -164,8 +165,10 @@ def require_kind(recipe_name: str, config, kind: str) -> None:
     """A one-line config error unless the student is a `kind` model ("classifier" or "lm")."""
     if config.student.model.kind != kind:
         what = "classifiers" if kind == "classifier" else "language models"
-        raise ConfigError(f"recipe {recipe_name!r} trains {what} only: set student.model.kind={kind} "
-                          f"(it is {config.student.model.kind})")
+        raise ConfigError(
+            f"recipe {recipe_name!r} trains {what} only: set student.model.kind={kind} "
+            f"(it is {config.student.model.kind})"
+        )
 
 
 def require_images(recipe_name: str, config) -> None:

@@ -34,8 +34,10 @@ def same_shapes(a, b) -> bool:
 def require_same_architecture(recipe_name: str, student_params, teacher_params) -> None:
     """A one-line config error unless the teacher's parameters have the student's tree and shapes."""
     if teacher_params is not None and not same_shapes(student_params, teacher_params):
-        raise ConfigError(f"recipe {recipe_name!r} distils a model into its own architecture: set teacher.model "
-                          f"equal to student.model")
+        raise ConfigError(
+            f"recipe {recipe_name!r} distils a model into its own architecture: set teacher.model "
+            f"equal to student.model"
+        )
 
 
 def abstract_params(model_config):
@@ -46,8 +48,7 @@ def abstract_params(model_config):
 def require_same_architecture_config(recipe_name: str, config) -> None:
     """`require_same_architecture` on the abstract parameters of `config.teacher.model` and `config.student.model`:
     the check before the teacher is trained."""
-    require_same_architecture(recipe_name, abstract_params(config.student.model),
-                              abstract_params(config.teacher.model))
+    require_same_architecture(recipe_name, abstract_params(config.student.model), abstract_params(config.teacher.model))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,8 +71,10 @@ class CachedTopK(RecipeBase):
     def batch_fields(self, batch):
         """The cache's top-k ids (int32) and log-probs (float32) per token (`attach_teacher_cache`)."""
         shape = (*batch["targets"].shape, self.top_k)
-        return {"teacher_topk_ids": jax.ShapeDtypeStruct(shape, jnp.int32),
-                "teacher_topk_logprobs": jax.ShapeDtypeStruct(shape, jnp.float32)}
+        return {
+            "teacher_topk_ids": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "teacher_topk_logprobs": jax.ShapeDtypeStruct(shape, jnp.float32),
+        }
 
     @property
     def jsd_beta(self) -> float:
@@ -82,14 +84,22 @@ class CachedTopK(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, rng
         if "teacher_topk_ids" not in batch:
-            raise ConfigError("recipe cached_topk: the batches carry no teacher cache (teacher_topk_ids); train with "
-                              "`jdistill train`, which writes and attaches it, or attach one with "
-                              "jdistill.data.teacher_cache.attach_teacher_cache")
+            raise ConfigError(
+                "recipe cached_topk: the batches carry no teacher cache (teacher_topk_ids); train with "
+                "`jdistill train`, which writes and attaches it, or attach one with "
+                "jdistill.data.teacher_cache.attach_teacher_cache"
+            )
         labels, mask = targets_and_mask(batch)
         logits = student(batch["inputs"]).logits
         reduce = dict(mask=mask, reduction="sum_count")
-        distill, count = losses.topk_kd(logits, batch["teacher_topk_logprobs"], batch["teacher_topk_ids"],
-                                        beta=self.jsd_beta, temperature=self.temperature, **reduce)
+        distill, count = losses.topk_kd(
+            logits,
+            batch["teacher_topk_logprobs"],
+            batch["teacher_topk_ids"],
+            beta=self.jsd_beta,
+            temperature=self.temperature,
+            **reduce,
+        )
         distill = distill * self.divergence().temperature_scale(self.temperature, self.scale_by_temperature_squared)
         ce, _ = losses.cross_entropy(logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)

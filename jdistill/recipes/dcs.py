@@ -67,11 +67,22 @@ class DynamicCorrectiveSelfDistillation(RecipeBase):
         student_logits = student(batch["inputs"]).logits
         teacher_logits = teacher(batch["inputs"]).logits
         weights = recipe_state["weights"].at[index].get(mode="clip")
-        loss = dcs_loss(student_logits, teacher_logits, labels, weights, distill_weight=self.distill_weight,
-                        temperature=self.temperature, scale_by_temperature_squared=self.scale_by_temperature_squared)
+        loss = dcs_loss(
+            student_logits,
+            teacher_logits,
+            labels,
+            weights,
+            distill_weight=self.distill_weight,
+            temperature=self.temperature,
+            scale_by_temperature_squared=self.scale_by_temperature_squared,
+        )
         disagreement = jax.lax.stop_gradient(dcs_disagreement(student_logits, teacher_logits, kind=self.kind))
-        metrics = {"dcs": loss, "accuracy": token_accuracy(student_logits, labels),
-                   "disagreement": disagreement.mean(), "max_weight": recipe_state["weights"].max()}
+        metrics = {
+            "dcs": loss,
+            "accuracy": token_accuracy(student_logits, labels),
+            "disagreement": disagreement.mean(),
+            "max_weight": recipe_state["weights"].max(),
+        }
         # (sum_b w_b l_b, sum_b w_b): accumulated micro-batches normalise by the whole batch's weight
         return (loss * weights.sum(), weights.sum()), metrics, {"index": index, "disagreement": disagreement}
 

@@ -58,16 +58,22 @@ class DefensiveDistillation(RecipeBase):
     def objective(self, student_logits, teacher_logits, labels, mask=None):
         """(sum, count) of CE(tau, softmax(s / T)) with the teacher's logits rescaled as if trained at T."""
         teacher_at_T = teacher_logits * (self.temperature / self.teacher_trained_temperature)
-        return losses.xi_self_distillation(student_logits, teacher_at_T, labels, xi=1.0 - self.label_weight,
-                                           temperature=self.temperature, mask=mask, reduction="sum_count")
+        return losses.xi_self_distillation(
+            student_logits,
+            teacher_at_T,
+            labels,
+            xi=1.0 - self.label_weight,
+            temperature=self.temperature,
+            mask=mask,
+            reduction="sum_count",
+        )
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
         student_logits = student(batch["inputs"]).logits
         total, count = self.objective(student_logits, teacher(batch["inputs"]).logits, labels, mask)
-        metrics = {"soft_ce": total / jnp.maximum(count, 1.0),
-                   "accuracy": token_accuracy(student_logits, labels, mask)}
+        metrics = {"soft_ce": total / jnp.maximum(count, 1.0), "accuracy": token_accuracy(student_logits, labels, mask)}
         return (total, count), metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng):
@@ -82,10 +88,25 @@ class DefensiveDistillation(RecipeBase):
             valid = batch.get("mask", jnp.ones(batch["labels"].shape, bool))
             correct += float(((predict(batch["inputs"]) == batch["labels"]) * valid).sum())
             total += float(valid.sum())
-        fgsm = attacks.robust_accuracy(model_fn, eval_batches, rng, epsilon=self.epsilon, step_size=self.epsilon,
-                                       steps=1, random_start=False, clip_min=self.clip_min,
-                                       clip_max=self.clip_max)
-        pgd = attacks.robust_accuracy(model_fn, eval_batches, jax.random.fold_in(rng, 1), epsilon=self.epsilon,
-                                      step_size=self.pgd_step_size, steps=self.pgd_steps,
-                                      clip_min=self.clip_min, clip_max=self.clip_max)
+        fgsm = attacks.robust_accuracy(
+            model_fn,
+            eval_batches,
+            rng,
+            epsilon=self.epsilon,
+            step_size=self.epsilon,
+            steps=1,
+            random_start=False,
+            clip_min=self.clip_min,
+            clip_max=self.clip_max,
+        )
+        pgd = attacks.robust_accuracy(
+            model_fn,
+            eval_batches,
+            jax.random.fold_in(rng, 1),
+            epsilon=self.epsilon,
+            step_size=self.pgd_step_size,
+            steps=self.pgd_steps,
+            clip_min=self.clip_min,
+            clip_max=self.clip_max,
+        )
         return {"clean_accuracy": correct / max(total, 1.0), "fgsm_accuracy": fgsm, "pgd_accuracy": pgd}

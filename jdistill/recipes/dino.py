@@ -101,9 +101,17 @@ class Dino(RecipeBase):
 
     def views(self, images, rng):
         """The crops of this step, `[n_crops, batch, H, W, C]`, global ones first."""
-        return multi_crop(rng, images, n_global=self.n_global_crops, n_local=self.n_local_crops,
-                          global_scale=self.global_scale, local_scale=self.local_scale, flip_prob=self.flip_prob,
-                          brightness=self.brightness, contrast=self.contrast)
+        return multi_crop(
+            rng,
+            images,
+            n_global=self.n_global_crops,
+            n_local=self.n_local_crops,
+            global_scale=self.global_scale,
+            local_scale=self.local_scale,
+            flip_prob=self.flip_prob,
+            brightness=self.brightness,
+            contrast=self.contrast,
+        )
 
     def head(self, model, inputs):
         """DINO head outputs `[batch, out_dim]`: cosine logits (`normalized_head`) or the plain head's logits."""
@@ -117,8 +125,12 @@ class Dino(RecipeBase):
 
     def teacher_temperature(self, epoch):
         """tau_t of the step's epoch: the warm-up moves once per epoch (the official code's per-epoch table)."""
-        return dino_teacher_temperature(jnp.floor(epoch), self.teacher_temperature_warmup_epochs,
-                                        self.teacher_temperature_start, self.teacher_temperature_end)
+        return dino_teacher_temperature(
+            jnp.floor(epoch),
+            self.teacher_temperature_warmup_epochs,
+            self.teacher_temperature_start,
+            self.teacher_temperature_end,
+        )
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         views = self.views(batch["inputs"], rng)
@@ -127,8 +139,14 @@ class Dino(RecipeBase):
         student_out = self.head(student, flat).reshape(n_crops, size, -1)
         teacher_out = self.head(teacher, flat[: self.n_global_crops * size]).reshape(self.n_global_crops, size, -1)
         tau_t = self.teacher_temperature(batch["epoch"])
-        loss = dino_loss(student_out, teacher_out, recipe_state["center"], student_temperature=self.student_temperature,
-                         teacher_temperature=tau_t, n_global_crops=self.n_global_crops)
+        loss = dino_loss(
+            student_out,
+            teacher_out,
+            recipe_state["center"],
+            student_temperature=self.student_temperature,
+            teacher_temperature=tau_t,
+            n_global_crops=self.n_global_crops,
+        )
         teacher_probs = jax.nn.softmax((teacher_out - recipe_state["center"]) / tau_t, axis=-1)
         entropy = -jnp.sum(teacher_probs * jnp.log(teacher_probs + 1e-12), axis=-1).mean()
         metrics = {"dino": loss, "teacher_temperature": tau_t, "teacher_entropy": entropy}

@@ -1,4 +1,5 @@
-"""Feature / hint distillation and attention transfer with a student -> teacher layer map (docs/methods.md#feature-and-attention-transfer).
+"""Feature / hint distillation and attention transfer with a student -> teacher layer map
+(docs/methods.md#feature-and-attention-transfer).
 
     loss = KD(s, t) + feature_weight * sum_pairs H(r_j(u_j), v_j) + attention_weight * sum_pairs AT(u_j, v_j)
 
@@ -46,17 +47,19 @@ def _is_layer(side: str) -> bool:
 
 
 def parse_layer_map(layer_map) -> tuple[tuple[str, str], ...]:
-    """"1:2,2:4" (or a list of "s:t" strings) -> (("1", "2"), ("2", "4")); each side a layer number or a path."""
+    """ "1:2,2:4" (or a list of "s:t" strings) -> (("1", "2"), ("2", "4")); each side a layer number or a path."""
     items = layer_map.split(",") if isinstance(layer_map, str) else list(layer_map)
     pairs = []
     for item in items:
         sides = [side.strip() for side in str(item).split(":")]
         if len(sides) != 2 or not all(sides) or any(" " in side for side in sides):
-            raise ConfigError(f"distill.options.layer_map: {str(item).strip()!r} is not STUDENT:TEACHER "
-                              "(each a layer number such as 2 or -1, or a module path such as blocks.0.mlp)")
+            raise ConfigError(
+                f"distill.options.layer_map: {str(item).strip()!r} is not STUDENT:TEACHER "
+                "(each a layer number such as 2 or -1, or a module path such as blocks.0.mlp)"
+            )
         pairs.append((sides[0], sides[1]))
     if not pairs:
-        raise ConfigError("distill.options.layer_map: name at least one STUDENT:TEACHER pair, e.g. \"1:2,2:4\"")
+        raise ConfigError('distill.options.layer_map: name at least one STUDENT:TEACHER pair, e.g. "1:2,2:4"')
     return tuple(pairs)
 
 
@@ -65,9 +68,12 @@ class FeatureStudent(nnx.Module):
 
     def __init__(self, config, num_pairs: int, teacher_width: int, *, rngs: nnx.Rngs):
         self.model = Transformer(config, rngs=rngs)
-        self.projections = nnx.List([dense(config.d_model, teacher_width, ("embed", "projection"), use_bias=False,
-                                           rngs=rngs)
-                                     for _ in range(num_pairs)])
+        self.projections = nnx.List(
+            [
+                dense(config.d_model, teacher_width, ("embed", "projection"), use_bias=False, rngs=rngs)
+                for _ in range(num_pairs)
+            ]
+        )
 
     @property
     def config(self):
@@ -95,8 +101,10 @@ def features(model, inputs, sides):
             continue
         layer = int(side)
         if not -len(hidden) <= layer < len(hidden):
-            raise ConfigError(f"distill.options.layer_map: layer {layer} does not exist (the model has "
-                              f"{len(hidden) - 1} blocks: 0 is the embeddings, 1..{len(hidden) - 1} the blocks)")
+            raise ConfigError(
+                f"distill.options.layer_map: layer {layer} does not exist (the model has "
+                f"{len(hidden) - 1} blocks: 0 is the embeddings, 1..{len(hidden) - 1} the blocks)"
+            )
         found.append(hidden[layer])
     return output, found
 
@@ -141,9 +149,14 @@ class FeatureDistillation(RecipeBase):
         return parse_layer_map(self.layer_map)
 
     def kd(self) -> KnowledgeDistillation:
-        return KnowledgeDistillation(objective=self.objective, temperature=self.temperature,
-                                     distill_weight=self.distill_weight, label_weight=self.label_weight,
-                                     beta=self.beta, scale_by_temperature_squared=self.scale_by_temperature_squared)
+        return KnowledgeDistillation(
+            objective=self.objective,
+            temperature=self.temperature,
+            distill_weight=self.distill_weight,
+            label_weight=self.label_weight,
+            beta=self.beta,
+            scale_by_temperature_squared=self.scale_by_temperature_squared,
+        )
 
     def wraps_student(self):
         teacher_width = self.teacher_width
@@ -175,14 +188,16 @@ class FeatureDistillation(RecipeBase):
             s_feats, t_feats = jax.eval_shape(paired_features, nnx.state(student), nnx.state(teacher))
         except (ValueError, KeyError) as error:  # a module path that does not exist or is not called
             raise ConfigError(f"distill.options.layer_map: {str(error).strip(chr(34) + chr(39))}") from None
-        found = [(s.shape[-1], t.shape[-1]) for s, t in zip(s_feats, t_feats)]
+        found = [(s.shape[-1], t.shape[-1]) for s, t in zip(s_feats, t_feats, strict=True)]
         d_model = config.student.model.d_model
         projection = (d_model, self.teacher_width) if self.teacher_width not in (None, d_model) else None
         for d_s, d_t in found:
             if (projection is None and d_s != d_t) or (projection is not None and projection != (d_s, d_t)):
-                raise ConfigError(f"recipe feature_kd: student features of width {d_s}, teacher features of width "
-                                  f"{d_t}; set distill.options.teacher_width={d_t} (a learned projection "
-                                  f"{d_s}->{d_t})")
+                raise ConfigError(
+                    f"recipe feature_kd: student features of width {d_s}, teacher features of width "
+                    f"{d_t}; set distill.options.teacher_width={d_t} (a learned projection "
+                    f"{d_s}->{d_t})"
+                )
 
     def _hint(self, student_feature, teacher_feature, projection, mask):
         kernel = None if projection is None else projection.kernel[...]
@@ -198,8 +213,10 @@ class FeatureDistillation(RecipeBase):
         s_out, s_feats = features(model, batch["inputs"], [s for s, _ in self.pairs])
         t_out, t_feats = features(teacher, batch["inputs"], [t for _, t in self.pairs])
         (total, count), metrics = self.kd().loss_from_logits(s_out.logits, t_out.logits, labels, mask)
-        hint = sum(self._hint(s, t, p, mask) for s, t, p in zip(s_feats, t_feats, projections))
-        attention = sum(losses.attention_transfer(s, t, p=self.attention_p) for s, t in zip(s_feats, t_feats))
+        hint = sum(self._hint(s, t, p, mask) for s, t, p in zip(s_feats, t_feats, projections, strict=True))
+        attention = sum(
+            losses.attention_transfer(s, t, p=self.attention_p) for s, t in zip(s_feats, t_feats, strict=True)
+        )
         total = total + count * (self.feature_weight * hint + self.attention_weight * attention)
         metrics = dict(metrics, feature=hint, attention_transfer=attention)
         return (total, count), metrics, ()

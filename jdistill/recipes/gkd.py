@@ -56,7 +56,9 @@ class GKD(RecipeBase):
     def check(self, config):
         require_kind(self.name, config, "lm")
         if self.prompt_len > config.data.seq_len:
-            raise ConfigError(f"distill.options.prompt_len={self.prompt_len} exceeds data.seq_len={config.data.seq_len}")
+            raise ConfigError(
+                f"distill.options.prompt_len={self.prompt_len} exceeds data.seq_len={config.data.seq_len}"
+            )
 
     @staticmethod
     def keys(rng):
@@ -84,13 +86,13 @@ class GKD(RecipeBase):
         inputs, targets = batch["inputs"], batch["targets"]
         seq_len = inputs.shape[1]
         stream = jnp.concatenate([inputs, targets[:, -1:]], axis=1).astype(jnp.int32)
-        prompt, num_new = stream[:, :self.prompt_len], seq_len + 1 - self.prompt_len
+        prompt, num_new = stream[:, : self.prompt_len], seq_len + 1 - self.prompt_len
         sample_key = self.keys(rng)[1]
         on_policy = self.on_policy(rng)
         if self.seq_kd:
-            off_policy = lambda: self.sample(teacher, prompt, num_new, sample_key)  # noqa: E731
+            off_policy = lambda: self.sample(teacher, prompt, num_new, sample_key)
         else:
-            off_policy = lambda: stream[:, self.prompt_len:]  # noqa: E731
+            off_policy = lambda: stream[:, self.prompt_len :]
         continuation = jax.lax.cond(on_policy, lambda: self.sample(student, prompt, num_new, sample_key), off_policy)
         stream = jnp.concatenate([prompt, continuation], axis=1)
         mask = jnp.broadcast_to(jnp.arange(seq_len) >= self.prompt_len - 1, targets.shape)
@@ -102,8 +104,17 @@ class GKD(RecipeBase):
         inputs, targets, mask, on_policy = self.sequences(student, teacher, batch, rng)
         student_logits = student(inputs).logits
         teacher_logits = teacher(inputs).logits
-        total, count = losses.generalized_jsd(student_logits, teacher_logits, beta=self.beta,
-                                              temperature=self.temperature, mask=mask, reduction="sum_count")
-        metrics = {"jsd": total / jnp.maximum(count, 1.0), "on_policy": on_policy.astype(jnp.float32),
-                   "accuracy": token_accuracy(student_logits, targets, mask)}
+        total, count = losses.generalized_jsd(
+            student_logits,
+            teacher_logits,
+            beta=self.beta,
+            temperature=self.temperature,
+            mask=mask,
+            reduction="sum_count",
+        )
+        metrics = {
+            "jsd": total / jnp.maximum(count, 1.0),
+            "on_policy": on_policy.astype(jnp.float32),
+            "accuracy": token_accuracy(student_logits, targets, mask),
+        }
         return (total, count), metrics, ()

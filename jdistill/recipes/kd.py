@@ -61,8 +61,9 @@ class KnowledgeDistillation(RecipeBase):
     def loss_from_logits(self, student_logits, teacher_logits, labels, mask):
         """((sum, count) over valid positions, metrics): the divergence and CE are each computed once."""
         reduce = dict(mask=mask, reduction="sum_count")
-        distill, count = self.divergence()(student_logits, teacher_logits, temperature=self.temperature,
-                                           beta=self.beta, **reduce)
+        distill, count = self.divergence()(
+            student_logits, teacher_logits, temperature=self.temperature, beta=self.beta, **reduce
+        )
         distill = distill * self.temperature_scale
         ce, _ = losses.cross_entropy(student_logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
@@ -77,9 +78,21 @@ class KnowledgeDistillation(RecipeBase):
         s_head, s_bias = student.head_weights()
         t_head, t_bias = teacher.head_weights()
         total, count = losses.chunked_distillation_loss(
-            s_out.features, s_head, t_out.features, t_head, labels, objective=self.objective,
-            temperature=self.temperature, beta=self.beta, distill_weight=self.distill_weight,
-            label_weight=self.label_weight, scale_by_temperature_squared=self.scale_by_temperature_squared,
-            mask=mask, student_bias=s_bias, teacher_bias=t_bias, chunk_size=self.vocab_chunk,
-            reduction="sum_count")
+            s_out.features,
+            s_head,
+            t_out.features,
+            t_head,
+            labels,
+            objective=self.objective,
+            temperature=self.temperature,
+            beta=self.beta,
+            distill_weight=self.distill_weight,
+            label_weight=self.label_weight,
+            scale_by_temperature_squared=self.scale_by_temperature_squared,
+            mask=mask,
+            student_bias=s_bias,
+            teacher_bias=t_bias,
+            chunk_size=self.vocab_chunk,
+            reduction="sum_count",
+        )
         return (total, count), {"distill_and_ce": total / jnp.maximum(count, 1.0)}, ()

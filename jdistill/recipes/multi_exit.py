@@ -51,8 +51,9 @@ class MultiExitSelfDistillation(RecipeBase):
             raise ValueError(f"weight_scheme must be 'linear' or 'uniform', got {self.weight_scheme!r}")
         if self.label_weight <= 0:
             raise ValueError("label_weight must be > 0: the labels are the only signal for the final head")
-        if self.exit_weights is not None and (not self.exit_weights or min(self.exit_weights) < 0
-                                              or sum(self.exit_weights) <= 0):
+        if self.exit_weights is not None and (
+            not self.exit_weights or min(self.exit_weights) < 0 or sum(self.exit_weights) <= 0
+        ):
             raise ValueError(f"exit_weights must be non-negative numbers with a positive sum, got {self.exit_weights}")
 
     def check(self, config):
@@ -60,8 +61,10 @@ class MultiExitSelfDistillation(RecipeBase):
         if not exit_layers:
             raise ConfigError("recipe multi_exit: the student has no exits; set student.model.exit_layers")
         if self.exit_weights is not None and len(self.exit_weights) != len(exit_layers) + 1:
-            raise ConfigError(f"distill.options.exit_weights: {len(self.exit_weights)} weights for "
-                              f"{len(exit_layers) + 1} exits (one per exit layer plus the final head)")
+            raise ConfigError(
+                f"distill.options.exit_weights: {len(self.exit_weights)} weights for "
+                f"{len(exit_layers) + 1} exits (one per exit layer plus the final head)"
+            )
 
     def weights(self, num_exits: int):
         """Per-exit weights (shallow to deep, the final head last), summing to 1."""
@@ -77,14 +80,23 @@ class MultiExitSelfDistillation(RecipeBase):
         del teacher, rng
         labels, mask = targets_and_mask(batch)
         logits = self.exit_logits(student(batch["inputs"]))
-        common = dict(temperature=self.temperature, weights=self.weights(len(logits)), teacher=self.teacher,
-                      mask=mask, reduction="sum_count")
-        total, count = losses.hierarchical_multi_exit_loss(logits, labels, distill_weight=self.distill_weight,
-                                                           label_weight=self.label_weight, **common)
+        common = dict(
+            temperature=self.temperature,
+            weights=self.weights(len(logits)),
+            teacher=self.teacher,
+            mask=mask,
+            reduction="sum_count",
+        )
+        total, count = losses.hierarchical_multi_exit_loss(
+            logits, labels, distill_weight=self.distill_weight, label_weight=self.label_weight, **common
+        )
         distill, _ = losses.hierarchical_multi_exit_loss(logits, None, distill_weight=1.0, label_weight=0, **common)
         per = 1.0 / jnp.maximum(count, 1.0)
-        metrics = {"distill": distill * per, "accuracy": token_accuracy(logits[-1], labels, mask),
-                   "first_exit_accuracy": token_accuracy(logits[0], labels, mask)}
+        metrics = {
+            "distill": distill * per,
+            "accuracy": token_accuracy(logits[-1], labels, mask),
+            "first_exit_accuracy": token_accuracy(logits[0], labels, mask),
+        }
         return (total, count), metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng) -> dict:

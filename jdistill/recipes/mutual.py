@@ -1,4 +1,5 @@
-"""Online mutual distillation of peer students (Zhang et al. 2018, "Deep Mutual Learning"; docs/methods.md#deep-mutual-learning,
+"""Online mutual distillation of peer students (Zhang et al. 2018, "Deep Mutual Learning";
+docs/methods.md#deep-mutual-learning,
 the cross-distillation part of MOKD, Song et al. 2023).
 
 K peers (default 2) train together from scratch, no pre-trained teacher; every peer k learns from the labels and
@@ -48,8 +49,14 @@ def mutual_loss(logits, labels, *, temperature, distill_weight, label_weight):
     for k in range(count):
         for other in range(count):
             if other != k:
-                total = total + kd(logits[k], jax.lax.stop_gradient(logits[other]), labels, temperature=temperature,
-                                   distill_weight=distill_weight * per_pair, label_weight=label_weight * per_pair)
+                total = total + kd(
+                    logits[k],
+                    jax.lax.stop_gradient(logits[other]),
+                    labels,
+                    temperature=temperature,
+                    distill_weight=distill_weight * per_pair,
+                    label_weight=label_weight * per_pair,
+                )
     return total
 
 
@@ -78,8 +85,13 @@ class MutualLearning(RecipeBase):
         del teacher, rng
         labels = batch["labels"]
         logits = student.all_logits(batch["inputs"])
-        loss = mutual_loss(logits, labels, temperature=self.temperature, distill_weight=self.distill_weight,
-                           label_weight=self.label_weight)
+        loss = mutual_loss(
+            logits,
+            labels,
+            temperature=self.temperature,
+            distill_weight=self.distill_weight,
+            label_weight=self.label_weight,
+        )
         metrics = {f"accuracy_peer{k}": token_accuracy(logits[k], labels) for k in range(self.num_peers)}
         metrics["accuracy"] = metrics["accuracy_peer0"]
         return loss, metrics, ()

@@ -41,8 +41,9 @@ class ProgressiveSelfKD(RecipeBase):
     def __post_init__(self):
         if not 0.0 <= self.alpha_T <= 1.0:
             raise ValueError(f"alpha_T must be in [0, 1], got {self.alpha_T}")
-        if (self.num_epochs is not None and self.num_epochs <= 0) or (self.num_examples is not None
-                                                                      and self.num_examples < 1):
+        if (self.num_epochs is not None and self.num_epochs <= 0) or (
+            self.num_examples is not None and self.num_examples < 1
+        ):
             raise ValueError("num_epochs and num_examples must be positive (the training split's epochs and size)")
 
     def teacher_params(self, recipe_state, teacher_params):

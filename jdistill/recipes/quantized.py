@@ -52,13 +52,15 @@ class QuantizedDistillation(RecipeBase):
         if self.bucket_size is not None and (not isinstance(self.bucket_size, int) or self.bucket_size < 1):
             raise ValueError(f"bucket_size must be a positive integer or null, got {self.bucket_size!r}")
         if not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"distill_weight must be in [0, 1] (CE weight = 1 - distill_weight), "
-                             f"got {self.distill_weight!r}")
+            raise ValueError(
+                f"distill_weight must be in [0, 1] (CE weight = 1 - distill_weight), got {self.distill_weight!r}"
+            )
 
     def quantize(self, params):
         """Q(w) on every weight matrix, straight-through (value Q(w), gradient of the identity)."""
         return jax.tree.map(
-            lambda x: losses.quantize_ste(x, self.bits, self.bucket_size) if is_weight_matrix(x) else x, params)
+            lambda x: losses.quantize_ste(x, self.bits, self.bucket_size) if is_weight_matrix(x) else x, params
+        )
 
     def forward_params(self, params):
         return self.quantize(params)
@@ -69,8 +71,14 @@ class QuantizedDistillation(RecipeBase):
         student_logits = student(batch["inputs"]).logits
         teacher_logits = teacher(batch["inputs"]).logits
         total, count = losses.quantized_distillation_loss(
-            student_logits, teacher_logits, labels, self.temperature, distill_weight=self.distill_weight,
-            mask=mask, reduction="sum_count")
+            student_logits,
+            teacher_logits,
+            labels,
+            self.temperature,
+            distill_weight=self.distill_weight,
+            mask=mask,
+            reduction="sum_count",
+        )
         metrics = {"accuracy": token_accuracy(student_logits, labels, mask)}
         return (total, count), metrics, ()
 

@@ -30,8 +30,10 @@ from jdistill.losses import random_teacher_interpolation, random_teacher_loss
 from jdistill.recipes.base import RecipeBase, require_kind
 from jdistill.recipes.born_again import abstract_params, same_shapes
 
-SAME_ARCHITECTURE = ("random_teacher: distill.options.init_alpha < 1 starts the student from the teacher, so "
-                     "student.model must equal teacher.model (or set init_alpha: 1)")
+SAME_ARCHITECTURE = (
+    "random_teacher: distill.options.init_alpha < 1 starts the student from the teacher, so "
+    "student.model must equal teacher.model (or set init_alpha: 1)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +54,9 @@ class RandomTeacher(RecipeBase):
 
     def check(self, config):
         require_kind(self.name, config, "classifier")  # the probes of `extra_metrics` read labels
-        if self.init_alpha < 1.0 and not same_shapes(abstract_params(config.student.model),
-                                                     abstract_params(config.teacher.model)):
+        if self.init_alpha < 1.0 and not same_shapes(
+            abstract_params(config.student.model), abstract_params(config.teacher.model)
+        ):
             raise ConfigError(SAME_ARCHITECTURE)
 
     def init(self, student_params, teacher_params, rng):

@@ -17,8 +17,7 @@ import jdistill.recipes as package
 from jdistill.errors import ConfigError
 from jdistill.recipes.base import RecipeBase
 
-SHARED_FIELDS = ("objective", "temperature", "distill_weight", "label_weight", "beta",
-                 "scale_by_temperature_squared")
+SHARED_FIELDS = ("objective", "temperature", "distill_weight", "label_weight", "beta", "scale_by_temperature_squared")
 
 
 @functools.cache
@@ -28,8 +27,12 @@ def recipe_classes() -> dict[str, type]:
     for module_info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{module_info.name}")
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, RecipeBase) and dataclasses.is_dataclass(value) \
-                    and value.__module__ == module.__name__:
+            if (
+                isinstance(value, type)
+                and issubclass(value, RecipeBase)
+                and dataclasses.is_dataclass(value)
+                and value.__module__ == module.__name__
+            ):
                 name = _default(value, "name")
                 if name and name != "recipe":
                     found[name] = value
@@ -64,13 +67,18 @@ def build_recipe(distill_config, **extra):
         raise ConfigError(f"distill.recipe: unknown recipe {name!r}{hint}; see `jdistill recipes`")
     cls = classes[name]
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {key: getattr(distill_config, key) for key in SHARED_FIELDS
-              if key in fields and getattr(distill_config, key) is not None}
+    kwargs = {
+        key: getattr(distill_config, key)
+        for key in SHARED_FIELDS
+        if key in fields and getattr(distill_config, key) is not None
+    }
     for key, value in dict(distill_config.options).items():
         if key not in fields or key in ("name", "teacher_policy"):
             options = sorted(fields - set(SHARED_FIELDS) - {"name", "teacher_policy"})
-            raise ConfigError(f"distill.options.{key}: not a parameter of recipe {name!r} "
-                              f"(its options: {', '.join(options) or 'none'})")
+            raise ConfigError(
+                f"distill.options.{key}: not a parameter of recipe {name!r} "
+                f"(its options: {', '.join(options) or 'none'})"
+            )
         kwargs[key] = value
     kwargs.update(extra)
     try:

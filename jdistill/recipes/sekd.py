@@ -51,9 +51,15 @@ class SelfEvolutionKD(RecipeBase):
         student_logits = student(batch["inputs"]).logits
         teacher_logits = teacher(batch["inputs"]).logits
         reduce = dict(mask=mask, reduction="sum_count")
-        distill, count = losses.self_evolution_kd(student_logits, teacher_logits, labels,
-                                                  hard_fraction=self.hard_fraction, gamma_max=self.gamma_max,
-                                                  temperature=self.temperature, **reduce)
+        distill, count = losses.self_evolution_kd(
+            student_logits,
+            teacher_logits,
+            labels,
+            hard_fraction=self.hard_fraction,
+            gamma_max=self.gamma_max,
+            temperature=self.temperature,
+            **reduce,
+        )
         if self.scale_by_temperature_squared:
             distill = distill * self.temperature**2
         ce, _ = losses.cross_entropy(student_logits, labels, **reduce)

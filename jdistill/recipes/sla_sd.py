@@ -42,8 +42,9 @@ class SLAStudent(nnx.Module):
 
     def __init__(self, config, n_transforms: int, *, rngs: nnx.Rngs):
         self.num_classes, self.n_transforms = config.num_classes, n_transforms
-        self.backbone = Transformer(dataclasses.replace(config, num_classes=config.num_classes * n_transforms),
-                                    rngs=rngs)
+        self.backbone = Transformer(
+            dataclasses.replace(config, num_classes=config.num_classes * n_transforms), rngs=rngs
+        )
         self.single = dense(config.d_model, config.num_classes, ("embed", "vocab"), rngs=rngs)
 
     def __call__(self, inputs, **kwargs):
@@ -92,8 +93,11 @@ class SLASelfDistillation(RecipeBase):
         joint, single = student.joint_and_single(batch["inputs"])
         loss = sla_self_distillation_loss(joint, single, labels, temperature=self.temperature)
         aggregated = sla_aggregate(joint, single.shape[-1], self.n_transforms)
-        metrics = {"sla_sd": loss, "accuracy": token_accuracy(single, labels),
-                   "aggregated_accuracy": token_accuracy(aggregated, labels)}
+        metrics = {
+            "sla_sd": loss,
+            "accuracy": token_accuracy(single, labels),
+            "aggregated_accuracy": token_accuracy(aggregated, labels),
+        }
         return loss, metrics, ()
 
     def extra_metrics(self, model, eval_batches, rng):

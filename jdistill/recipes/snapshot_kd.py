@@ -71,8 +71,9 @@ class SnapshotKD(RecipeBase):
         """Log-probabilities at temperature T of the snapshot ensemble (`teacher` holds stacked parameters)."""
         graphdef, stacked = nnx.split(teacher)
         logits = jax.vmap(lambda params: nnx.merge(graphdef, params)(inputs).logits)(stacked)
-        return losses.ensemble_teacher_log_probs(logits, temperature=self.temperature, method=self.method,
-                                                 vote_smoothing=self.vote_smoothing)
+        return losses.ensemble_teacher_log_probs(
+            logits, temperature=self.temperature, method=self.method, vote_smoothing=self.vote_smoothing
+        )
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
@@ -81,13 +82,18 @@ class SnapshotKD(RecipeBase):
         teacher_log_probs = self.teacher_log_probs(teacher, batch["inputs"])
         reduce = dict(mask=mask, reduction="sum_count")
         # The ensemble is already at temperature T (normalised log-probs); only the student is divided here.
-        distill, count = losses.forward_kl(student_logits / self.temperature, teacher_log_probs, temperature=1.0,
-                                           **reduce)
+        distill, count = losses.forward_kl(
+            student_logits / self.temperature, teacher_log_probs, temperature=1.0, **reduce
+        )
         if self.scale_by_temperature_squared:
             distill = distill * self.temperature**2
         active = (recipe_state["taken"] >= self.num_snapshots).astype(jnp.float32)
         ce, _ = losses.cross_entropy(student_logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
-        metrics = {"distill": distill * per, "ce": ce * per, "teacher_active": active,
-                   "accuracy": token_accuracy(student_logits, labels, mask)}
+        metrics = {
+            "distill": distill * per,
+            "ce": ce * per,
+            "teacher_active": active,
+            "accuracy": token_accuracy(student_logits, labels, mask),
+        }
         return (active * self.distill_weight * distill + self.label_weight * ce, count), metrics, ()

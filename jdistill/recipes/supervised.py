@@ -24,8 +24,8 @@ class Supervised(RecipeBase):
         del teacher, rng
         labels, mask = targets_and_mask(batch)
         logits = student(batch["inputs"]).logits
-        total, count = cross_entropy(logits, labels, mask=mask, label_smoothing=self.label_smoothing,
-                                     reduction="sum_count")
+        total, count = cross_entropy(
+            logits, labels, mask=mask, label_smoothing=self.label_smoothing, reduction="sum_count"
+        )
         ce = total / jnp.maximum(count, 1.0)
         return (total, count), {"ce": ce, "accuracy": token_accuracy(logits, labels, mask)}, ()
-

@@ -1,5 +1,6 @@
 """Ground-truth-guided self-distillation, deep form (paper-inspired; Borup & Andersen 2023, "Even your Teacher
-Needs Guidance: Ground-Truth Targets Dampen Regularization Imposed by Self-Distillation"; docs/methods.md#ground-truth-guided-self-distillation).
+Needs Guidance: Ground-Truth Targets Dampen Regularization Imposed by Self-Distillation";
+docs/methods.md#ground-truth-guided-self-distillation).
 
     target = alpha * onehot(y) + (1 - alpha) * p_t,    loss = CE(target, softmax(s / T))   (no T^2)
 
@@ -55,8 +56,10 @@ class TeacherGuidance(RecipeBase):
     def check(self, config):
         require_same_architecture_config(self.name, config)
         if self.alpha is None and config.student.model.kind != "classifier":
-            raise ConfigError("recipe 'teacher_guidance' chooses alpha for classifiers only; set distill.options.alpha "
-                              "for language models")
+            raise ConfigError(
+                "recipe 'teacher_guidance' chooses alpha for classifiers only; set distill.options.alpha "
+                "for language models"
+            )
 
     def init(self, student_params, teacher_params, rng):
         require_same_architecture(self.name, student_params, teacher_params)
@@ -68,8 +71,9 @@ class TeacherGuidance(RecipeBase):
         onehot = jax.nn.one_hot(labels, teacher_logits.shape[-1], dtype=jnp.float32)
         teacher_probs = jax.nn.softmax(teacher_logits.astype(jnp.float32) / self.temperature, axis=-1)
         features = teacher_features.astype(jnp.float32)
-        return losses.probe_alpha(features[:half], onehot[:half], teacher_probs[:half], features[half:], onehot[half:],
-                           self.probe_ridge)
+        return losses.probe_alpha(
+            features[:half], onehot[:half], teacher_probs[:half], features[half:], onehot[half:], self.probe_ridge
+        )
 
     def current_alpha(self, recipe_state, teacher_output, labels):
         """alpha for this step's loss: the fixed `alpha`, else the mean of the earlier steps' estimates (at the
@@ -87,12 +91,25 @@ class TeacherGuidance(RecipeBase):
         student_logits = student(batch["inputs"]).logits
         teacher_output = teacher(batch["inputs"])
         alpha = self.current_alpha(recipe_state, teacher_output, labels)
-        total, count = losses.xi_self_distillation(student_logits, teacher_output.logits, labels, xi=1.0 - alpha,
-                                                   temperature=self.temperature, mask=mask, reduction="sum_count")
-        metrics = {"guided_ce": total / jnp.maximum(count, 1.0), "alpha": alpha,
-                   "accuracy": token_accuracy(student_logits, labels, mask)}
-        statistics = () if self.alpha is not None else {
-            "features": teacher_output.features, "logits": teacher_output.logits, "labels": labels}
+        total, count = losses.xi_self_distillation(
+            student_logits,
+            teacher_output.logits,
+            labels,
+            xi=1.0 - alpha,
+            temperature=self.temperature,
+            mask=mask,
+            reduction="sum_count",
+        )
+        metrics = {
+            "guided_ce": total / jnp.maximum(count, 1.0),
+            "alpha": alpha,
+            "accuracy": token_accuracy(student_logits, labels, mask),
+        }
+        statistics = (
+            ()
+            if self.alpha is not None
+            else {"features": teacher_output.features, "logits": teacher_output.logits, "labels": labels}
+        )
         return (total, count), metrics, statistics
 
     def update_state(self, recipe_state, statistics):
@@ -101,5 +118,7 @@ class TeacherGuidance(RecipeBase):
             return recipe_state
         probing = recipe_state["estimates"] < self.probe_batches
         estimate = self.batch_alpha(statistics["features"], statistics["logits"], statistics["labels"])
-        return {"alpha_sum": recipe_state["alpha_sum"] + jnp.where(probing, estimate, 0.0),
-                "estimates": recipe_state["estimates"] + probing.astype(jnp.int32)}
+        return {
+            "alpha_sum": recipe_state["alpha_sum"] + jnp.where(probing, estimate, 0.0),
+            "estimates": recipe_state["estimates"] + probing.astype(jnp.int32),
+        }

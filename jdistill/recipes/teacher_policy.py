@@ -47,8 +47,9 @@ CACHED_TOPK = TeacherPolicy("cached_topk", trained_teacher=True, cache=True)
 SELF = TeacherPolicy("self")
 NONE = TeacherPolicy("none")
 
-TEACHER_POLICIES = {policy.name: policy for policy in
-                    (FROZEN, EMA, PREVIOUS_EPOCH, RANDOM_INIT, SNAPSHOTS, CACHED_TOPK, SELF, NONE)}
+TEACHER_POLICIES = {
+    policy.name: policy for policy in (FROZEN, EMA, PREVIOUS_EPOCH, RANDOM_INIT, SNAPSHOTS, CACHED_TOPK, SELF, NONE)
+}
 
 
 def policy_named(name: str) -> TeacherPolicy:

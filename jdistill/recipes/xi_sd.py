@@ -48,8 +48,14 @@ class XiSelfDistillation(RecipeBase):
         labels, mask = targets_and_mask(batch)
         student_logits = student(batch["inputs"]).logits
         teacher_logits = teacher(batch["inputs"]).logits
-        total, count = losses.xi_self_distillation(student_logits, teacher_logits, labels, xi=self.xi,
-                                                   temperature=self.temperature, mask=mask, reduction="sum_count")
-        metrics = {"xi_ce": total / jnp.maximum(count, 1.0),
-                   "accuracy": token_accuracy(student_logits, labels, mask)}
+        total, count = losses.xi_self_distillation(
+            student_logits,
+            teacher_logits,
+            labels,
+            xi=self.xi,
+            temperature=self.temperature,
+            mask=mask,
+            reduction="sum_count",
+        )
+        metrics = {"xi_ce": total / jnp.maximum(count, 1.0), "accuracy": token_accuracy(student_logits, labels, mask)}
         return (total, count), metrics, ()

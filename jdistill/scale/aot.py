@@ -25,11 +25,11 @@ if os.environ.get("JDISTILL_AOT_PLATFORM") == "tpu":  # before JAX initialises: 
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")  # any value: silences libtpu's host probe
 
-import dataclasses  # noqa: E402
+import dataclasses
 
-import jax  # noqa: E402
+import jax
 
-from jdistill.scale.topologies import Topology, parse_topology  # noqa: E402
+from jdistill.scale.topologies import Topology, parse_topology
 
 # What "auto" attention resolves to on the target (this process's own backend is CPU, or libtpu without TPUs).
 TARGET_ATTENTION = {"tpu": "pallas_tpu", "gpu": "xla"}
@@ -41,14 +41,20 @@ def target_devices(topology: Topology) -> list:
         from jax.experimental import topologies
 
         desc = topologies.get_topology_desc(
-            platform="tpu", topology_name=topology.topology_name, chip_config_name=topology.chip.chip_config,
-            chips_per_host_bounds=topology.chips_per_host_bounds, num_slices=topology.num_slices)
+            platform="tpu",
+            topology_name=topology.topology_name,
+            chip_config_name=topology.chip.chip_config,
+            chips_per_host_bounds=topology.chips_per_host_bounds,
+            num_slices=topology.num_slices,
+        )
         return list(desc.devices)
     devices = jax.devices("cpu")
     if len(devices) < topology.num_chips:
-        raise RuntimeError(f"{len(devices)} CPU devices, need {topology.num_chips} (set XLA_FLAGS="
-                           f"--xla_force_host_platform_device_count={topology.num_chips})")
-    return devices[:topology.num_chips]
+        raise RuntimeError(
+            f"{len(devices)} CPU devices, need {topology.num_chips} (set XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={topology.num_chips})"
+        )
+    return devices[: topology.num_chips]
 
 
 def _for_target(model_config, platform: str):
@@ -89,11 +95,23 @@ def build_step(config, devices, platform: str):
     if recipe.policy.separate_teacher:
         teacher_graphdef, teacher_params = abstract_teacher(_for_target(config.teacher.model, platform))
     batch = abstract_batch(config.data, student, recipe)
-    stage = build_stage(student, recipe=recipe, facts=compile_facts(config), batch=batch, seed=config.seed,
-                        init_key=stage_key(config.seed, STUDENT_INIT), mesh_config=config.mesh, devices=devices,
-                        teacher_graphdef=teacher_graphdef, teacher_params=teacher_params, abstract=True)
-    counts = {"student_params": stage.params_count,
-              "teacher_params": count(teacher_params) if teacher_params is not None else 0}
+    stage = build_stage(
+        student,
+        recipe=recipe,
+        facts=compile_facts(config),
+        batch=batch,
+        seed=config.seed,
+        init_key=stage_key(config.seed, STUDENT_INIT),
+        mesh_config=config.mesh,
+        devices=devices,
+        teacher_graphdef=teacher_graphdef,
+        teacher_params=teacher_params,
+        abstract=True,
+    )
+    counts = {
+        "student_params": stage.params_count,
+        "teacher_params": count(teacher_params) if teacher_params is not None else 0,
+    }
     return stage.train_step, stage.step_args(batch), stage.mesh, counts
 
 
@@ -121,12 +139,25 @@ def compile_report(config, topology: Topology) -> dict:
         "code_bytes": int(memory.generated_code_size_in_bytes),
     }
     # Donated state: outputs that alias arguments occupy the same buffers.
-    figures["total_bytes"] = (figures["argument_bytes"] + figures["output_bytes"] - figures["alias_bytes"]
-                              + figures["temp_bytes"] + figures["code_bytes"])
-    return dict(figures, **counts, **avals, flops_per_device=float(cost.get("flops", 0.0)),
-                bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
-                mesh=dict(mesh.shape), devices=len(devices), platform=devices[0].platform,
-                device_kind=devices[0].device_kind, compile_seconds=time.perf_counter() - started)
+    figures["total_bytes"] = (
+        figures["argument_bytes"]
+        + figures["output_bytes"]
+        - figures["alias_bytes"]
+        + figures["temp_bytes"]
+        + figures["code_bytes"]
+    )
+    return dict(
+        figures,
+        **counts,
+        **avals,
+        flops_per_device=float(cost.get("flops", 0.0)),
+        bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
+        mesh=dict(mesh.shape),
+        devices=len(devices),
+        platform=devices[0].platform,
+        device_kind=devices[0].device_kind,
+        compile_seconds=time.perf_counter() - started,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -32,8 +32,10 @@ def plan(config, config_path: str, overrides=(), launcher: str | None = None) ->
     launcher = launcher or cluster.launcher
     allowed = TPU_LAUNCHERS if topology.platform == "tpu" else GPU_LAUNCHERS
     if launcher not in allowed:
-        raise ConfigError(f"cluster.launcher: {launcher!r} cannot start {topology.platform.upper()} topology "
-                          f"{topology.name!r}; use one of {', '.join(allowed)}")
+        raise ConfigError(
+            f"cluster.launcher: {launcher!r} cannot start {topology.platform.upper()} topology "
+            f"{topology.name!r}; use one of {', '.join(allowed)}"
+        )
     check_mesh(config, topology)
     return PLANS[launcher](cluster, topology, str(config_path), REPO, list(overrides))
 
@@ -55,8 +57,10 @@ def dry_run_text(config, config_path: str, overrides=()) -> str:
     launchers = [config.cluster.launcher]
     if topology.platform == "tpu":
         launchers += [name for name in TPU_LAUNCHERS if name not in launchers]
-    sections = [f"# {topology.describe()}; launcher {config.cluster.launcher}; run dir "
-                f"{config.cluster.options.get('run_dir', 'runs/' + config.cluster.name)}"]
+    sections = [
+        f"# {topology.describe()}; launcher {config.cluster.launcher}; run dir "
+        f"{config.cluster.options.get('run_dir', 'runs/' + config.cluster.name)}"
+    ]
     for launcher in launchers:
         try:
             steps = plan(config, config_path, overrides, launcher)

@@ -61,8 +61,19 @@ def gcloud_plan(cluster, topology: Topology, config_path: str, repo: Path, overr
     """Queued resource, copy + install on all workers, `jdistill train` on all workers, and the clean-up."""
     _require(cluster, "project", "zone")
     name, runtime = cluster.name, cluster.runtime_version or topology.chip.runtime_version
-    create = ["gcloud", "compute", "tpus", "queued-resources", "create", name, *_where(cluster),
-              "--accelerator-type", topology.accelerator_type, "--runtime-version", runtime]
+    create = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "create",
+        name,
+        *_where(cluster),
+        "--accelerator-type",
+        topology.accelerator_type,
+        "--runtime-version",
+        runtime,
+    ]
     if topology.num_slices > 1:
         create += ["--node-count", str(topology.num_slices), "--node-prefix", name]
         nodes = [f"{name}-{index}" for index in range(topology.num_slices)]
@@ -72,38 +83,132 @@ def gcloud_plan(cluster, topology: Topology, config_path: str, repo: Path, overr
     for flag in ("spot", "reserved"):
         if cluster.options.get(flag):
             create.append(f"--{flag}")
-    steps = [Step("create the TPU slice(s) (a queued resource; it waits for capacity)", tuple(create)),
-             Step("wait until the queued resource is ACTIVE",
-                  ("gcloud", "compute", "tpus", "queued-resources", "describe", name, *_where(cluster),
-                   "--format", "value(state.state)"))]
+    steps = [
+        Step("create the TPU slice(s) (a queued resource; it waits for capacity)", tuple(create)),
+        Step(
+            "wait until the queued resource is ACTIVE",
+            (
+                "gcloud",
+                "compute",
+                "tpus",
+                "queued-resources",
+                "describe",
+                name,
+                *_where(cluster),
+                "--format",
+                "value(state.state)",
+            ),
+        ),
+    ]
     install = cluster.options.get("install", f"pip install -U 'jax[tpu]' && pip install -e ./{REMOTE_DIR}")
     for node in nodes:
         if "install" not in cluster.options:
-            steps.append(Step(f"copy the repository to every worker of {node}",
-                              ("gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", str(repo),
-                               f"{node}:{REMOTE_DIR}", "--worker=all", *_where(cluster))))
-        steps.append(Step(f"copy the config to every worker of {node}",
-                          ("gcloud", "compute", "tpus", "tpu-vm", "scp", config_path, f"{node}:{REMOTE_CONFIG}",
-                           "--worker=all", *_where(cluster))))
-        steps.append(Step(f"install on every worker of {node}",
-                          ("gcloud", "compute", "tpus", "tpu-vm", "ssh", node, "--worker=all", *_where(cluster),
-                           "--command", install)))
+            steps.append(
+                Step(
+                    f"copy the repository to every worker of {node}",
+                    (
+                        "gcloud",
+                        "compute",
+                        "tpus",
+                        "tpu-vm",
+                        "scp",
+                        "--recurse",
+                        str(repo),
+                        f"{node}:{REMOTE_DIR}",
+                        "--worker=all",
+                        *_where(cluster),
+                    ),
+                )
+            )
+        steps.append(
+            Step(
+                f"copy the config to every worker of {node}",
+                (
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "tpu-vm",
+                    "scp",
+                    config_path,
+                    f"{node}:{REMOTE_CONFIG}",
+                    "--worker=all",
+                    *_where(cluster),
+                ),
+            )
+        )
+        steps.append(
+            Step(
+                f"install on every worker of {node}",
+                (
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "tpu-vm",
+                    "ssh",
+                    node,
+                    "--worker=all",
+                    *_where(cluster),
+                    "--command",
+                    install,
+                ),
+            )
+        )
     train = train_command(REMOTE_CONFIG, cluster, overrides)
     if topology.num_slices > 1:
-        steps.append(Step("train: every worker of every slice runs the same command",
-                          ("gcloud", "compute", "tpus", "queued-resources", "ssh", name, "--node=all", "--worker=all",
-                           *_where(cluster), "--command", train)))
+        steps.append(
+            Step(
+                "train: every worker of every slice runs the same command",
+                (
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "queued-resources",
+                    "ssh",
+                    name,
+                    "--node=all",
+                    "--worker=all",
+                    *_where(cluster),
+                    "--command",
+                    train,
+                ),
+            )
+        )
     else:
-        steps.append(Step("train: every worker runs the same command (JAX joins the hosts itself)",
-                          ("gcloud", "compute", "tpus", "tpu-vm", "ssh", name, "--worker=all", *_where(cluster),
-                           "--command", train)))
+        steps.append(
+            Step(
+                "train: every worker runs the same command (JAX joins the hosts itself)",
+                (
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "tpu-vm",
+                    "ssh",
+                    name,
+                    "--worker=all",
+                    *_where(cluster),
+                    "--command",
+                    train,
+                ),
+            )
+        )
     return steps
 
 
 def cleanup_step(cluster) -> Step:
-    return Step("afterwards: delete the slice(s)",
-                ("gcloud", "compute", "tpus", "queued-resources", "delete", cluster.name, *_where(cluster),
-                 "--force", "--async"))
+    return Step(
+        "afterwards: delete the slice(s)",
+        (
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "delete",
+            cluster.name,
+            *_where(cluster),
+            "--force",
+            "--async",
+        ),
+    )
 
 
 def xpk_plan(cluster, topology: Topology, config_path: str, repo: Path, overrides) -> list[Step]:
@@ -115,12 +220,32 @@ def xpk_plan(cluster, topology: Topology, config_path: str, repo: Path, override
     relative = _inside(config_path, repo)
     command = f"pip install -e . && {train_command(relative, cluster, overrides)}"
     tpu = ["--tpu-type", topology.accelerator_type, "--num-slices", str(topology.num_slices)]
-    return [Step("once: the GKE cluster with the TPU node pools (skip if it exists)",
-                 ("xpk", "cluster", "create", "--cluster", gke, *tpu, *_where(cluster))),
-            Step("train: one pod per TPU host, slices joined as a JobSet",
-                 ("xpk", "workload", "create", "--cluster", gke, "--workload", cluster.name, *tpu, *_where(cluster),
-                  "--base-docker-image", str(cluster.options.get("base_image", "python:3.11")),
-                  "--script-dir", str(repo), "--command", command))]
+    return [
+        Step(
+            "once: the GKE cluster with the TPU node pools (skip if it exists)",
+            ("xpk", "cluster", "create", "--cluster", gke, *tpu, *_where(cluster)),
+        ),
+        Step(
+            "train: one pod per TPU host, slices joined as a JobSet",
+            (
+                "xpk",
+                "workload",
+                "create",
+                "--cluster",
+                gke,
+                "--workload",
+                cluster.name,
+                *tpu,
+                *_where(cluster),
+                "--base-docker-image",
+                str(cluster.options.get("base_image", "python:3.11")),
+                "--script-dir",
+                str(repo),
+                "--command",
+                command,
+            ),
+        ),
+    ]
 
 
 def _inside(config_path: str, repo: Path) -> str:
@@ -129,32 +254,49 @@ def _inside(config_path: str, repo: Path) -> str:
     try:
         return str(path.relative_to(repo.resolve()))
     except ValueError:
-        raise ConfigError(f"{config_path}: the xpk launcher ships the repository; put the config inside "
-                          f"{repo}") from None
+        raise ConfigError(
+            f"{config_path}: the xpk launcher ships the repository; put the config inside {repo}"
+        ) from None
 
 
 def sbatch_script(cluster, topology: Topology, config_path: str, overrides) -> str:
     """One task per node with all its GPUs; process ids and the coordinator come from Slurm."""
     options = cluster.options
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={cluster.name}", f"#SBATCH --nodes={topology.grid[0]}",
-             "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={topology.grid[1]}", "#SBATCH --exclusive",
-             f"#SBATCH --output={cluster.name}-%j.out"]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={cluster.name}",
+        f"#SBATCH --nodes={topology.grid[0]}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={topology.grid[1]}",
+        "#SBATCH --exclusive",
+        f"#SBATCH --output={cluster.name}-%j.out",
+    ]
     lines += [f"#SBATCH --{key}={options[key]}" for key in ("partition", "account", "time") if key in options]
     train = train_command(str(Path(config_path).resolve()), cluster, overrides)
-    lines += ["set -euo pipefail",
-              'COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-              f"export JDISTILL_COORDINATOR=\"$COORDINATOR:{COORDINATOR_PORT}\"",
-              "srun --ntasks-per-node=1 bash -c " + shlex.quote(
-                  f"{train} cluster.distributed=on cluster.coordinator_address=$JDISTILL_COORDINATOR "
-                  "cluster.num_processes=$SLURM_NTASKS cluster.process_id=$SLURM_PROCID"), ""]
+    lines += [
+        "set -euo pipefail",
+        'COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        f'export JDISTILL_COORDINATOR="$COORDINATOR:{COORDINATOR_PORT}"',
+        "srun --ntasks-per-node=1 bash -c "
+        + shlex.quote(
+            f"{train} cluster.distributed=on cluster.coordinator_address=$JDISTILL_COORDINATOR "
+            "cluster.num_processes=$SLURM_NTASKS cluster.process_id=$SLURM_PROCID"
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
 def slurm_plan(cluster, topology: Topology, config_path: str, repo: Path, overrides) -> list[Step]:
     del repo
     path = f"{cluster.name}.sbatch"
-    return [Step(f"write {path} and submit it", ("sbatch", path),
-                 (path, sbatch_script(cluster, topology, config_path, overrides)))]
+    return [
+        Step(
+            f"write {path} and submit it",
+            ("sbatch", path),
+            (path, sbatch_script(cluster, topology, config_path, overrides)),
+        )
+    ]
 
 
 def kubernetes_manifest(cluster, topology: Topology, config_path: str, overrides) -> str:
@@ -163,27 +305,58 @@ def kubernetes_manifest(cluster, topology: Topology, config_path: str, overrides
     namespace = str(cluster.options.get("namespace", "default"))
     image = cluster.options.get("image")
     if not image:
-        raise ConfigError("cluster.options.image: not set; the kubernetes launcher needs a container image "
-                          "with jdistill installed")
+        raise ConfigError(
+            "cluster.options.image: not set; the kubernetes launcher needs a container image with jdistill installed"
+        )
     meta = {"name": name, "namespace": namespace}
     train = train_command("/etc/jdistill/config.yaml", cluster, overrides)
-    command = (f"{train} cluster.distributed=on cluster.coordinator_address={name}-0.{name}:{COORDINATOR_PORT} "
-               f"cluster.num_processes={nodes} cluster.process_id=$JOB_COMPLETION_INDEX")
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-config",
-                                                                      "namespace": namespace},
-                  "data": {"config.yaml": Path(config_path).read_text()}}
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-               "spec": {"clusterIP": "None", "selector": {"job-name": name},
-                        "ports": [{"port": COORDINATOR_PORT, "name": "coordinator"}]}}
-    container = {"name": "jdistill", "image": str(image), "command": ["bash", "-c", command],
-                 "ports": [{"containerPort": COORDINATOR_PORT}],
-                 "resources": {"limits": {"nvidia.com/gpu": topology.grid[1]}},
-                 "volumeMounts": [{"name": "config", "mountPath": "/etc/jdistill"}]}
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
-           "spec": {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0,
-                    "template": {"spec": {"subdomain": name, "restartPolicy": "Never", "containers": [container],
-                                          "volumes": [{"name": "config",
-                                                       "configMap": {"name": f"{name}-config"}}]}}}}
+    command = (
+        f"{train} cluster.distributed=on cluster.coordinator_address={name}-0.{name}:{COORDINATOR_PORT} "
+        f"cluster.num_processes={nodes} cluster.process_id=$JOB_COMPLETION_INDEX"
+    )
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-config", "namespace": namespace},
+        "data": {"config.yaml": Path(config_path).read_text()},
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"job-name": name},
+            "ports": [{"port": COORDINATOR_PORT, "name": "coordinator"}],
+        },
+    }
+    container = {
+        "name": "jdistill",
+        "image": str(image),
+        "command": ["bash", "-c", command],
+        "ports": [{"containerPort": COORDINATOR_PORT}],
+        "resources": {"limits": {"nvidia.com/gpu": topology.grid[1]}},
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/jdistill"}],
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": nodes,
+            "parallelism": nodes,
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "subdomain": name,
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": f"{name}-config"}}],
+                }
+            },
+        },
+    }
     return yaml.dump_all([config_map, service, job], Dumper=_BlockDumper, sort_keys=False)
 
 
@@ -191,15 +364,22 @@ class _BlockDumper(yaml.SafeDumper):
     """Multi-line strings (the embedded config) as literal blocks."""
 
 
-_BlockDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+_BlockDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None),
+)
 
 
 def kubernetes_plan(cluster, topology: Topology, config_path: str, repo: Path, overrides) -> list[Step]:
     del repo
     path = f"{cluster.name}.yaml"
-    return [Step(f"write {path} and apply it", ("kubectl", "apply", "-f", path),
-                 (path, kubernetes_manifest(cluster, topology, config_path, overrides)))]
+    return [
+        Step(
+            f"write {path} and apply it",
+            ("kubectl", "apply", "-f", path),
+            (path, kubernetes_manifest(cluster, topology, config_path, overrides)),
+        )
+    ]
 
 
 PLANS = {"gcloud": gcloud_plan, "xpk": xpk_plan, "slurm": slurm_plan, "kubernetes": kubernetes_plan}

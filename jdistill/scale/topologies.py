@@ -36,11 +36,28 @@ class Chip:
 
 
 CHIPS = {
-    "v4": Chip("v4", "tpu", 32 * GiB, 275e12, counts_cores=True, chip_config="megacore", gcloud_prefix="v4",
-               runtime_version="tpu-ubuntu2204-base", grid_dims=3),
+    "v4": Chip(
+        "v4",
+        "tpu",
+        32 * GiB,
+        275e12,
+        counts_cores=True,
+        chip_config="megacore",
+        gcloud_prefix="v4",
+        runtime_version="tpu-ubuntu2204-base",
+        grid_dims=3,
+    ),
     "v5e": Chip("v5e", "tpu", 16 * GiB, 197e12, gcloud_prefix="v5litepod", runtime_version="v2-alpha-tpuv5-lite"),
-    "v5p": Chip("v5p", "tpu", 95 * GiB, 459e12, counts_cores=True, gcloud_prefix="v5p",
-                runtime_version="v2-alpha-tpuv5", grid_dims=3),
+    "v5p": Chip(
+        "v5p",
+        "tpu",
+        95 * GiB,
+        459e12,
+        counts_cores=True,
+        gcloud_prefix="v5p",
+        runtime_version="v2-alpha-tpuv5",
+        grid_dims=3,
+    ),
     "v6e": Chip("v6e", "tpu", 32 * GiB, 918e12, gcloud_prefix="v6e", runtime_version="v2-alpha-tpuv6e"),
     "h100": Chip("h100", "gpu", 80 * GiB, 989e12),
     "a100": Chip("a100", "gpu", 80 * GiB, 312e12),
@@ -48,8 +65,19 @@ CHIPS = {
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v5": "v5p"}
 
 # Chip grids of the standard slice shapes (chips -> grid), as Cloud TPU provisions them.
-GRIDS_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
-            256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
+GRIDS_3D = {
+    4: (2, 2, 1),
+    8: (2, 2, 2),
+    16: (2, 2, 4),
+    32: (2, 4, 4),
+    64: (4, 4, 4),
+    128: (4, 4, 8),
+    256: (4, 8, 8),
+    512: (8, 8, 8),
+    1024: (8, 8, 16),
+    2048: (8, 16, 16),
+    4096: (16, 16, 16),
+}
 GRIDS_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
 
 
@@ -117,16 +145,20 @@ class Topology:
         slices = f"{self.num_slices} x " if self.num_slices > 1 else ""
         if self.platform == "gpu":
             return f"{slices}{self.grid[0]} node(s) x {self.grid[1]} {self.chip.generation.upper()}"
-        return (f"{slices}{self.accelerator_type} ({self.topology_name}, {self.chips_per_slice} chips, "
-                f"{self.hosts_per_slice} host(s))")
+        return (
+            f"{slices}{self.accelerator_type} ({self.topology_name}, {self.chips_per_slice} chips, "
+            f"{self.hosts_per_slice} host(s))"
+        )
 
 
 def _grid_for(chip: Chip, chips: int, text: str) -> tuple[int, ...]:
     table = GRIDS_3D if chip.grid_dims == 3 else GRIDS_2D
     if chips not in table:
-        raise ConfigError(f"cluster.topology: {text!r} is not a standard {chip.generation} slice "
-                          f"(chips: {', '.join(map(str, sorted(table)))}); give the grid, e.g. "
-                          f"{chip.generation}:{'x'.join(map(str, table[16]))}")
+        raise ConfigError(
+            f"cluster.topology: {text!r} is not a standard {chip.generation} slice "
+            f"(chips: {', '.join(map(str, sorted(table)))}); give the grid, e.g. "
+            f"{chip.generation}:{'x'.join(map(str, table[16]))}"
+        )
     return table[chips]
 
 
@@ -135,8 +167,10 @@ def parse_topology(text: str, num_slices: int = 1) -> Topology:
     match = re.fullmatch(r"([a-z0-9]+?)(?:-(\d+)|:(\d+(?:x\d+)*))", text.strip().lower())
     generation = match and ALIASES.get(match.group(1), match.group(1))
     if not match or generation not in CHIPS:
-        raise ConfigError(f"cluster.topology: cannot read {text!r}; expected e.g. v4-8, v5e-16, v5p-128, "
-                          f"v5e:4x4, h100:4x8 (generations: {', '.join(CHIPS)})")
+        raise ConfigError(
+            f"cluster.topology: cannot read {text!r}; expected e.g. v4-8, v5e-16, v5p-128, "
+            f"v5e:4x4, h100:4x8 (generations: {', '.join(CHIPS)})"
+        )
     chip = CHIPS[generation]
     count, grid_text = match.group(2), match.group(3)
     if chip.platform == "gpu":
@@ -152,8 +186,10 @@ def parse_topology(text: str, num_slices: int = 1) -> Topology:
     else:
         cores = int(count)
         if chip.counts_cores and cores % 2:
-            raise ConfigError(f"cluster.topology: {text!r}: {generation} slice names count TensorCores (2 per "
-                              "chip), so the number must be even")
+            raise ConfigError(
+                f"cluster.topology: {text!r}: {generation} slice names count TensorCores (2 per "
+                "chip), so the number must be even"
+            )
         grid = _grid_for(chip, cores // 2 if chip.counts_cores else cores, text)
     if min(grid) < 1:
         raise ConfigError(f"cluster.topology: {text!r}: every grid dimension must be positive")

@@ -21,14 +21,19 @@ def pipeline_batch(data_config, model_config, batch_size: int) -> dict[str, jax.
     """The fields the input pipeline itself produces for a global batch of `batch_size`."""
     if model_config.kind == "lm":
         shape = (batch_size, data_config.seq_len)
-        return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32), "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
-                "mask": jax.ShapeDtypeStruct(shape, jnp.bool_)}
+        return {
+            "inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "mask": jax.ShapeDtypeStruct(shape, jnp.bool_),
+        }
     if model_config.classifier_input != "patches":
         raise ConfigError("model.classifier_input: the training pipeline feeds classifiers images; set patches")
     size = model_config.image_size
-    return {"inputs": jax.ShapeDtypeStruct((batch_size, size, size, model_config.num_channels), jnp.float32),
-            "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-            "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    return {
+        "inputs": jax.ShapeDtypeStruct((batch_size, size, size, model_config.num_channels), jnp.float32),
+        "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+        "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+    }
 
 
 def abstract_batch(data_config, stage_config, recipe) -> dict[str, jax.ShapeDtypeStruct]:

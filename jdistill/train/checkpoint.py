@@ -44,8 +44,12 @@ class Checkpointer:
         """Only the student parameters of a saved TrainState (any recipe state), into `params_like`'s layout."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-        restored = self.manager.restore(step, args=ocp.args.PyTreeRestore(
-            item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.PyTreeRestore(
+                item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+            ),
+        )
         return restored["params"]
 
     def close(self) -> None:

@@ -19,8 +19,11 @@ import jax
 from jdistill.configs.schema import ClusterConfig
 from jdistill.errors import UserError
 
-ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JDISTILL_COORDINATOR", "JDISTILL_NUM_PROCESSES", \
-    "JDISTILL_PROCESS_ID"
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = (
+    "JDISTILL_COORDINATOR",
+    "JDISTILL_NUM_PROCESSES",
+    "JDISTILL_PROCESS_ID",
+)
 
 
 def multi_process_environment(environ: Mapping[str, str] = os.environ) -> bool:
@@ -35,6 +38,7 @@ def multi_process_environment(environ: Mapping[str, str] = os.environ) -> bool:
 
 def initialize_arguments(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Keyword arguments for `jax.distributed.initialize` from the config, then the JDISTILL_* variables."""
+
     def configured_or_env(value: int | None, variable: str) -> int | None:
         return value if value is not None else _int(environ, variable)
 
@@ -62,8 +66,10 @@ _initialized = False
 def maybe_initialize(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ) -> bool:
     """Initialise the multi-host runtime if the config or the environment asks for it; True if it did."""
     global _initialized
-    wanted = cluster.distributed == "on" or (cluster.distributed == "auto" and (
-        cluster.coordinator_address is not None or multi_process_environment(environ)))
+    wanted = cluster.distributed == "on" or (
+        cluster.distributed == "auto"
+        and (cluster.coordinator_address is not None or multi_process_environment(environ))
+    )
     if not wanted or _initialized:
         return _initialized
     if environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
@@ -71,8 +77,9 @@ def maybe_initialize(cluster: ClusterConfig, environ: Mapping[str, str] = os.env
     try:
         jax.distributed.initialize(**initialize_arguments(cluster, environ))
     except (RuntimeError, ValueError) as error:
-        raise UserError(f"cluster.distributed: jax.distributed.initialize failed ({str(error).splitlines()[0]})") \
-            from None
+        raise UserError(
+            f"cluster.distributed: jax.distributed.initialize failed ({str(error).splitlines()[0]})"
+        ) from None
     _initialized = True
     return True
 

@@ -21,8 +21,7 @@ def train_dataset(data_config, model_config, train_config, seed: int) -> grain.M
     per_host = train_config.batch_size // jax.process_count()
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if model_config.kind == "lm":
-        return data.lm_train_dataset(source, seq_len=data_config.seq_len, seed=seed, batch_size=per_host,
-                                     **shard)
+        return data.lm_train_dataset(source, seq_len=data_config.seq_len, seed=seed, batch_size=per_host, **shard)
     transform = AUGMENTATIONS[train_config.augment]
     return data.classification_train_dataset(source, seed=seed, batch_size=per_host, transform=transform, **shard)
 
@@ -46,9 +45,12 @@ def eval_batches(data_config, kind: str, split: str = "test") -> tuple[dict, ...
     """The evaluation split as padded batches (cached: every evaluation of a job sees the same batches)."""
     source = _source(data_config, split)
     if kind == "lm":
-        batches = data.lm_eval_batches(source, seq_len=data_config.seq_len,
-                                       batch_size=data_config.eval_batch_size,
-                                       max_batches=data_config.eval_max_batches)
+        batches = data.lm_eval_batches(
+            source,
+            seq_len=data_config.seq_len,
+            batch_size=data_config.eval_batch_size,
+            max_batches=data_config.eval_max_batches,
+        )
     else:
         batches = data.classification_eval_batches(source, batch_size=data_config.eval_batch_size)
         if data_config.eval_max_batches is not None:

@@ -51,8 +51,15 @@ def random_teacher(config: Config) -> StageResult:
     return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
 
 
-def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bool | None = None,
-            interrupt_at: tuple[str, int] | None = None, dataset_fns: dict | None = None) -> dict:
+def run_job(
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    interrupt_at: tuple[str, int] | None = None,
+    dataset_fns: dict | None = None,
+) -> dict:
     """Run (or resume) the stages; returns the summary written to `run_dir/summary.json`.
 
     `interrupt_at=(stage, step)` stops that stage after that step's checkpoint, as if the process were killed,
@@ -69,15 +76,30 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
             write_config(run_dir, to_dict(config))
     barrier("run_dir")  # other hosts start once process 0 has created the run directory
     show = config.run.progress if progress is None else progress
-    common = dict(data_config=config.data, seed=config.seed, run_dir=run_dir, resume=resume, progress=show,
-                  tensorboard=config.run.tensorboard, mesh_config=config.mesh)
+    common = dict(
+        data_config=config.data,
+        seed=config.seed,
+        run_dir=run_dir,
+        resume=resume,
+        progress=show,
+        tensorboard=config.run.tensorboard,
+        mesh_config=config.mesh,
+    )
     results: dict[str, StageResult] = {}
 
     def stage(name, stage_config, stage_recipe, purpose, teacher=None):
         interrupt_step = interrupt_at[1] if interrupt_at and interrupt_at[0] == name else None
-        results[name] = run_stage(name, stage_config, recipe=stage_recipe, init_key=stage_key(config.seed, purpose),
-                                  stage_dir=run_dir / name, teacher=teacher, interrupt_at_step=interrupt_step,
-                                  dataset_fn=(dataset_fns or {}).get(name), **common)
+        results[name] = run_stage(
+            name,
+            stage_config,
+            recipe=stage_recipe,
+            init_key=stage_key(config.seed, purpose),
+            stage_dir=run_dir / name,
+            teacher=teacher,
+            interrupt_at_step=interrupt_step,
+            dataset_fn=(dataset_fns or {}).get(name),
+            **common,
+        )
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
     teacher = None
@@ -98,16 +120,18 @@ def run_job(config: Config, run_dir: Path, *, resume: bool = False, progress: bo
         cached = job_dataset_fn(config, recipe, teacher, run_dir)
         dataset_fns = {**{name: cached for name in student_stage_names(recipe)}, **(dataset_fns or {})}
         teacher = None
-    if config.run.baseline:
-        if stage("student_scratch", config.student, Supervised(), STUDENT_INIT):
-            return {}
+    if config.run.baseline and stage("student_scratch", config.student, Supervised(), STUDENT_INIT):
+        return {}
     for name in student_stage_names(recipe):
         if stage(name, config.student, recipe, STUDENT_INIT, teacher=teacher):
             return {}
         if recipe.generations > 1:
             teacher = results[name]
-    summary = {name: dict(result.metrics, params=result.params_count, wall_seconds=result.wall_seconds)
-               for name, result in results.items() if result.metrics}
+    summary = {
+        name: dict(result.metrics, params=result.params_count, wall_seconds=result.wall_seconds)
+        for name, result in results.items()
+        if result.metrics
+    }
     summary["wall_seconds"] = time.perf_counter() - started
     summary["data"] = config.data.name
     summary["recipe"] = recipe.name

@@ -57,23 +57,40 @@ def training_data(data_config, stage_config, seed: int, dataset_fn=None):
     return dataset if dataset_fn is None else dataset_fn(dataset)
 
 
-def train_loop(stage, state, dataset, *, start: int, stop: int, train_config, eval_step, eval_batches, kind: str,
-               writer, checkpointer, bar):
+def train_loop(
+    stage,
+    state,
+    dataset,
+    *,
+    start: int,
+    stop: int,
+    train_config,
+    eval_step,
+    eval_batches,
+    kind: str,
+    writer,
+    checkpointer,
+    bar,
+):
     """Steps `start + 1 .. stop` with logging, evaluation and checkpoints; (state, last evaluation or None)."""
     window, window_start = [], time.perf_counter()
     metrics = None
     batch_shardings = stage.shardings.batch
-    for step, batch in zip(range(start + 1, stop + 1), inputs.batches_from(dataset, start, stop)):
-        state, step_metrics = stage.train_step(state, stage.teacher_params, sharding.global_batch(batch,
-                                                                                                  batch_shardings))
+    for step, batch in zip(range(start + 1, stop + 1), inputs.batches_from(dataset, start, stop), strict=False):
+        state, step_metrics = stage.train_step(
+            state, stage.teacher_params, sharding.global_batch(batch, batch_shardings)
+        )
         window.append(step_metrics)
         bar.update(1)
         if step % train_config.log_every == 0 or step == stop:
             train_metrics = _mean_metrics(window)
             train_metrics["steps_per_second"] = len(window) / (time.perf_counter() - window_start)
             writer.write(step, "train", train_metrics)
-            bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", acc=f"{train_metrics.get('accuracy', 0.0):.3f}",
-                            steps_s=f"{train_metrics['steps_per_second']:.1f}")
+            bar.set_postfix(
+                loss=f"{train_metrics['loss']:.4f}",
+                acc=f"{train_metrics.get('accuracy', 0.0):.3f}",
+                steps_s=f"{train_metrics['steps_per_second']:.1f}",
+            )
             window, window_start = [], time.perf_counter()
         if step % train_config.eval_every == 0 or step == train_config.steps:
             metrics = evaluate(eval_step, state.params, eval_batches, kind=kind)
@@ -83,10 +100,24 @@ def train_loop(stage, state, dataset, *, start: int, stop: int, train_config, ev
     return state, metrics
 
 
-def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_key, stage_dir: Path,
-              run_dir: Path, teacher: StageResult | None = None, resume: bool = False, progress: bool = True,
-              tensorboard: bool = True, interrupt_at_step: int | None = None, mesh_config=None,
-              dataset_fn=None) -> StageResult:
+def run_stage(
+    name: str,
+    stage_config,
+    *,
+    recipe,
+    data_config,
+    seed: int,
+    init_key,
+    stage_dir: Path,
+    run_dir: Path,
+    teacher: StageResult | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
+    interrupt_at_step: int | None = None,
+    mesh_config=None,
+    dataset_fn=None,
+) -> StageResult:
     """Train (or resume, or reload a finished) stage and return its result.
 
     The step runs on the mesh of `mesh_config` (default: data parallel over every device) with explicit
@@ -96,38 +127,70 @@ def run_stage(name: str, stage_config, *, recipe, data_config, seed: int, init_k
     started = time.perf_counter()
     train_config, kind = stage_config.train, stage_config.model.kind
     dataset = training_data(data_config, stage_config, seed, dataset_fn)
-    stage = build_stage(stage_config, recipe=recipe, facts=stage_facts(stage_config, data_config), batch=dataset[0],
-                        seed=seed, init_key=init_key, mesh_config=mesh_config,
-                        teacher_graphdef=teacher.graphdef if teacher is not None else None,
-                        teacher_params=teacher.params if teacher is not None else None)
+    stage = build_stage(
+        stage_config,
+        recipe=recipe,
+        facts=stage_facts(stage_config, data_config),
+        batch=dataset[0],
+        seed=seed,
+        init_key=init_key,
+        mesh_config=mesh_config,
+        teacher_graphdef=teacher.graphdef if teacher is not None else None,
+        teacher_params=teacher.params if teacher is not None else None,
+    )
     checkpointer = Checkpointer(stage_dir / "checkpoints", keep=train_config.keep_checkpoints)
     start, state, done = resume_point(checkpointer, stage.state, stage_dir, train_config.steps, resume=resume)
     if done is not None:
         checkpointer.close()
-        return StageResult(name, stage.graphdef, state.params, done["metrics"], stage.params_count,
-                           done["wall_seconds"])
+        return StageResult(
+            name, stage.graphdef, state.params, done["metrics"], stage.params_count, done["wall_seconds"]
+        )
     if jax.process_index() == 0:
         truncate_jsonl(run_dir / "metrics.jsonl", name, start)
     writer = MetricsWriter(run_dir, name, tensorboard=tensorboard)
     eval_step = make_eval_step(stage.graphdef, stage.recipe.forward_params)
     eval_batches = inputs.eval_batches(data_config, kind)
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)
-    bar = tqdm(total=train_config.steps, initial=start, desc=name, dynamic_ncols=True, leave=True,
-               disable=not progress or jax.process_index() != 0)
-    state, metrics = train_loop(stage, state, dataset, start=start, stop=stop, train_config=train_config,
-                                eval_step=eval_step, eval_batches=eval_batches, kind=kind, writer=writer,
-                                checkpointer=checkpointer, bar=bar)
+    bar = tqdm(
+        total=train_config.steps,
+        initial=start,
+        desc=name,
+        dynamic_ncols=True,
+        leave=True,
+        disable=not progress or jax.process_index() != 0,
+    )
+    state, metrics = train_loop(
+        stage,
+        state,
+        dataset,
+        start=start,
+        stop=stop,
+        train_config=train_config,
+        eval_step=eval_step,
+        eval_batches=eval_batches,
+        kind=kind,
+        writer=writer,
+        checkpointer=checkpointer,
+        bar=bar,
+    )
     bar.close()
     writer.close()
     checkpointer.close()
     if metrics is None or stop < train_config.steps:
         metrics = evaluate(eval_step, state.params, eval_batches, kind=kind)
-    metrics = final_metrics(metrics, stage.recipe, stage.graphdef, state.params, eval_batches,
-                            jax.random.fold_in(init_key, PURPOSE_EXTRA_METRICS))
+    metrics = final_metrics(
+        metrics,
+        stage.recipe,
+        stage.graphdef,
+        state.params,
+        eval_batches,
+        jax.random.fold_in(init_key, PURPOSE_EXTRA_METRICS),
+    )
     wall = time.perf_counter() - started
     if stop == train_config.steps and jax.process_index() == 0:
-        write_json_atomic(stage_dir / "result.json", {"metrics": metrics, "wall_seconds": wall,
-                                                      "params": stage.params_count})
+        write_json_atomic(
+            stage_dir / "result.json", {"metrics": metrics, "wall_seconds": wall, "params": stage.params_count}
+        )
     return StageResult(name, stage.graphdef, state.params, metrics, stage.params_count, wall)
 
 

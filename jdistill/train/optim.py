@@ -28,8 +28,13 @@ def _decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
-    adamw = optax.adamw(learning_rate_schedule(train_config), b1=train_config.b1, b2=train_config.b2,
-                        weight_decay=train_config.weight_decay, mask=_decay_mask)
+    adamw = optax.adamw(
+        learning_rate_schedule(train_config),
+        b1=train_config.b1,
+        b2=train_config.b2,
+        weight_decay=train_config.weight_decay,
+        mask=_decay_mask,
+    )
     if train_config.grad_clip_norm is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), adamw)

@@ -29,8 +29,10 @@ def check_run_dir(run_dir: Path, *, resume: bool) -> None:
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"{run_dir}: run directory already exists and is not empty; pass --resume to continue "
-                          "it or choose another --run-dir")
+        raise RunDirError(
+            f"{run_dir}: run directory already exists and is not empty; pass --resume to continue "
+            "it or choose another --run-dir"
+        )
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool) -> Path:

@@ -42,8 +42,10 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
             raise MeshError(f"mesh: fsdp*tensor = {fixed} does not divide the {num_devices} devices")
         data = num_devices // fixed
     if data * fixed > num_devices or (data * fixed < num_devices and jax.process_count() > 1):
-        raise MeshError(f"mesh: data*fsdp*tensor = {data}*{mesh_config.fsdp}*{mesh_config.tensor} = "
-                        f"{data * fixed}, but there are {num_devices} devices")
+        raise MeshError(
+            f"mesh: data*fsdp*tensor = {data}*{mesh_config.fsdp}*{mesh_config.tensor} = "
+            f"{data * fixed}, but there are {num_devices} devices"
+        )
     return data, mesh_config.fsdp, mesh_config.tensor
 
 
@@ -55,8 +57,9 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
         if len(devices) % slices:
             raise MeshError(f"mesh.dcn_data={slices} does not divide the {len(devices)} devices")
         data, fsdp, tensor = mesh_shape(mesh_config, len(devices) // slices)
-        grid = mesh_utils.create_hybrid_device_mesh((data, fsdp, tensor), (slices, 1, 1), devices=devices,
-                                                    allow_split_physical_axes=True)
+        grid = mesh_utils.create_hybrid_device_mesh(
+            (data, fsdp, tensor), (slices, 1, 1), devices=devices, allow_split_physical_axes=True
+        )
         return Mesh(grid, MESH_AXES)
     shape = mesh_shape(mesh_config, len(devices))
     devices = devices[: math.prod(shape)]
@@ -97,8 +100,10 @@ def param_shardings(params, mesh: Mesh, rules: dict):
         axes = logical_axes(variable)
         if axes is None or len(axes) != variable.ndim:
             found = "no logical axes" if axes is None else f"logical axes {axes}"
-            raise ValueError(f"parameter {jax.tree_util.keystr(path)} of shape {tuple(variable.shape)} has {found}: "
-                             "create it with jdistill.nn.params (param / dense / embedding)")
+            raise ValueError(
+                f"parameter {jax.tree_util.keystr(path)} of shape {tuple(variable.shape)} has {found}: "
+                "create it with jdistill.nn.params (param / dense / embedding)"
+            )
         return variable.replace(NamedSharding(mesh, spec_for(axes, variable.shape, mesh, rules)))
 
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=_is_variable)
@@ -107,8 +112,9 @@ def param_shardings(params, mesh: Mesh, rules: dict):
 def batch_sharding(mesh: Mesh, rules: dict, ndim: int) -> NamedSharding:
     """Batch arrays split along their leading axis over the batch mesh axes."""
     names = mesh_axes_of(rules["batch"])
-    return NamedSharding(mesh, PartitionSpec(names if len(names) > 1 else (names[0] if names else None),
-                                             *([None] * (ndim - 1))))
+    return NamedSharding(
+        mesh, PartitionSpec(names if len(names) > 1 else (names[0] if names else None), *([None] * (ndim - 1)))
+    )
 
 
 def batch_shardings(batch, mesh: Mesh, rules: dict):
@@ -168,5 +174,4 @@ def global_batch(local_batch: dict, shardings) -> dict:
     """Assemble per-process batch shards into global arrays (multi-host; identity layout on one process)."""
     if jax.process_count() == 1:
         return jax.tree.map(lambda x, s: jax.device_put(x, s), local_batch, shardings)
-    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local_batch,
-                        shardings)
+    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local_batch, shardings)

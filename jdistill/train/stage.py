@@ -61,16 +61,22 @@ def stage_facts(stage_config, data_config, *, num_examples: int | None = None):
     train = stage_config.train
     if num_examples is None:
         num_examples = inputs.train_examples(data_config, stage_config.model.kind)
-    return RunFacts(total_steps=train.steps, steps_per_epoch=max(num_examples / train.batch_size, 1e-9),
-                    num_examples=num_examples, batch_size=train.batch_size, weight_decay=train.weight_decay)
+    return RunFacts(
+        total_steps=train.steps,
+        steps_per_epoch=max(num_examples / train.batch_size, 1e-9),
+        num_examples=num_examples,
+        batch_size=train.batch_size,
+        weight_decay=train.weight_decay,
+    )
 
 
 def _initial_state(stage_config, recipe, optimizer, init_key, teacher_params):
     """(graphdef, TrainState): the student at its initialisation, then the recipe's `init`, then the optimizer."""
     graphdef, params = nnx.split(build_student(stage_config, recipe, init_key))
     params, recipe_state = recipe.init(params, teacher_params, jax.random.fold_in(init_key, PURPOSE_RECIPE_INIT))
-    return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                                recipe_state=recipe_state)
+    return graphdef, TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), recipe_state=recipe_state
+    )
 
 
 def abstract_teacher(model_config):
@@ -78,8 +84,20 @@ def abstract_teacher(model_config):
     return nnx.split(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))))
 
 
-def build_stage(stage_config, *, recipe, facts, batch, seed: int, init_key, mesh_config=None, devices=None,
-                teacher_graphdef=None, teacher_params=None, abstract: bool = False) -> Stage:
+def build_stage(
+    stage_config,
+    *,
+    recipe,
+    facts,
+    batch,
+    seed: int,
+    init_key,
+    mesh_config=None,
+    devices=None,
+    teacher_graphdef=None,
+    teacher_params=None,
+    abstract: bool = False,
+) -> Stage:
     """Bind the recipe, initialise (or trace) the state, shard it and build the jitted step.
 
     `batch`: one training batch or its abstract form (`jdistill.train.batch_spec.abstract_batch`); it fixes the
@@ -92,8 +110,11 @@ def build_stage(stage_config, *, recipe, facts, batch, seed: int, init_key, mesh
     params_count = count_params(student)
     if abstract:
         graphdef = nnx.graphdef(student)
-        state = jax.eval_shape(lambda key, teacher: _initial_state(stage_config, recipe, optimizer, key, teacher)[1],
-                               init_key, teacher_params)
+        state = jax.eval_shape(
+            lambda key, teacher: _initial_state(stage_config, recipe, optimizer, key, teacher)[1],
+            init_key,
+            teacher_params,
+        )
     else:
         graphdef, state = _initial_state(stage_config, recipe, optimizer, init_key, teacher_params)
     mesh_config = mesh_config or MeshConfig()
@@ -107,10 +128,21 @@ def build_stage(stage_config, *, recipe, facts, batch, seed: int, init_key, mesh
         state = sharding.shard(state, state_shardings)
         if teacher_params is not None:
             teacher_params = sharding.shard(teacher_params, teacher_shardings)
-    shardings = StepShardings(state_shardings, teacher_shardings, sharding.batch_shardings(batch, mesh, rules),
-                              sharding.replicated(mesh), rules)
-    train_step = make_train_step(graphdef, recipe, optimizer, seed=seed, teacher_graphdef=teacher_graphdef,
-                                 grad_accum_steps=stage_config.train.grad_accum_steps, shardings=shardings,
-                                 steps_per_epoch=facts.steps_per_epoch)
-    return Stage(recipe, graphdef, state, teacher_graphdef, teacher_params, mesh, shardings, train_step,
-                 params_count)
+    shardings = StepShardings(
+        state_shardings,
+        teacher_shardings,
+        sharding.batch_shardings(batch, mesh, rules),
+        sharding.replicated(mesh),
+        rules,
+    )
+    train_step = make_train_step(
+        graphdef,
+        recipe,
+        optimizer,
+        seed=seed,
+        teacher_graphdef=teacher_graphdef,
+        grad_accum_steps=stage_config.train.grad_accum_steps,
+        shardings=shardings,
+        steps_per_epoch=facts.steps_per_epoch,
+    )
+    return Stage(recipe, graphdef, state, teacher_graphdef, teacher_params, mesh, shardings, train_step, params_count)

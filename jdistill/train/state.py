@@ -20,10 +20,12 @@ class TrainState:
     recipe_state: Any = ()
 
 
-def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformation, recipe_state: Any = ()
-                       ) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(
+    model: nnx.Module, optimizer: optax.GradientTransformation, recipe_state: Any = ()
+) -> tuple[nnx.GraphDef, TrainState]:
     """Split the model once; the graph definition is static, the state is what the jitted step carries."""
     graphdef, params = nnx.split(model)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                       recipe_state=recipe_state)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), recipe_state=recipe_state
+    )
     return graphdef, state

@@ -77,8 +77,17 @@ def make_loss_and_grad(graphdef, recipe, teacher_graphdef):
     return loss_and_grad
 
 
-def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=None, grad_accum_steps: int = 1,
-                    steps_per_epoch: float | None = None, shardings: StepShardings | None = None):
+def make_train_step(
+    graphdef,
+    recipe,
+    optimizer,
+    *,
+    seed: int,
+    teacher_graphdef=None,
+    grad_accum_steps: int = 1,
+    steps_per_epoch: float | None = None,
+    shardings: StepShardings | None = None,
+):
     """Build the jitted `train_step(state, teacher_params, batch) -> (state, metrics)`."""
     loss_and_grad = make_loss_and_grad(graphdef, recipe, teacher_graphdef)
 
@@ -87,10 +96,12 @@ def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=
         epoch = jnp.asarray(state.step, jnp.float32) / steps_per_epoch if steps_per_epoch else jnp.zeros(())
         if grad_accum_steps == 1:
             (total, count), metrics, statistics, grads = loss_and_grad(
-                state.params, state.recipe_state, teacher_params, dict(batch, epoch=epoch), rng)
+                state.params, state.recipe_state, teacher_params, dict(batch, epoch=epoch), rng
+            )
         else:
             total, count, metrics, statistics, grads = _accumulate(
-                loss_and_grad, state, teacher_params, batch, epoch, rng, grad_accum_steps)
+                loss_and_grad, state, teacher_params, batch, epoch, rng, grad_accum_steps
+            )
         recipe_state = recipe.update_state(state.recipe_state, statistics)  # once per step, from the whole batch
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -109,9 +120,12 @@ def make_train_step(graphdef, recipe, optimizer, *, seed: int, teacher_graphdef=
         with jax.sharding.use_abstract_mesh(abstract_mesh), axis_rules(shardings.rules or DEFAULT_RULES):
             return train_step(state, teacher_params, batch)
 
-    return jax.jit(train_step_on_mesh, donate_argnums=(0,),
-                   in_shardings=(shardings.state, shardings.teacher, shardings.batch),
-                   out_shardings=(shardings.state, shardings.replicated))
+    return jax.jit(
+        train_step_on_mesh,
+        donate_argnums=(0,),
+        in_shardings=(shardings.state, shardings.teacher, shardings.batch),
+        out_shardings=(shardings.state, shardings.replicated),
+    )
 
 
 def _accumulate(loss_and_grad, state, teacher_params, batch, epoch, rng, count_micro: int):
@@ -124,19 +138,23 @@ def _accumulate(loss_and_grad, state, teacher_params, batch, epoch, rng, count_m
         grads, total, count, metric_sums = carry
         index, micro = xs
         micro = dict(micro, epoch=epoch)
-        (t, c), metrics, statistics, g = loss_and_grad(state.params, state.recipe_state, teacher_params, micro,
-                                                       jax.random.fold_in(rng, index))
+        (t, c), metrics, statistics, g = loss_and_grad(
+            state.params, state.recipe_state, teacher_params, micro, jax.random.fold_in(rng, index)
+        )
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
         metric_sums = jax.tree.map(lambda a, b: a + b / count_micro, metric_sums, metrics)
         return (grads, total + t, count + c, metric_sums), statistics
 
     first = dict(jax.tree.map(lambda x: x[0], micro_batches), epoch=epoch)
     metric_shapes, statistic_shapes = jax.eval_shape(
-        lambda: loss_and_grad(state.params, state.recipe_state, teacher_params, first, rng)[1:3])
+        lambda: loss_and_grad(state.params, state.recipe_state, teacher_params, first, rng)[1:3]
+    )
     for leaf in jax.tree.leaves(statistic_shapes):
         if not leaf.shape:
-            raise ValueError("recipe statistics must be per-example arrays (a leading batch axis) to be "
-                             "concatenated over micro-batches; got a scalar")
+            raise ValueError(
+                "recipe statistics must be per-example arrays (a leading batch axis) to be "
+                "concatenated over micro-batches; got a scalar"
+            )
     metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes)
     init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), metric_zeros)
     (grads, total, count, metrics), statistics = jax.lax.scan(body, init, (jnp.arange(count_micro), micro_batches))

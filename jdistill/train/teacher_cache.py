@@ -55,12 +55,14 @@ def settings_for(config, top_k: int | None = None) -> CacheSettings:
 
 
 def train_windows(data_config, split: str = "train") -> LMWindows:
-    return LMWindows(data.packed_stream(data.load_source(data_config.name, split, data_config.dir)),
-                     data_config.seq_len)
+    return LMWindows(
+        data.packed_stream(data.load_source(data_config.name, split, data_config.dir)), data_config.seq_len
+    )
 
 
-def write_cache(graphdef, params, windows: LMWindows, window_ids, out_dir, settings: CacheSettings, *, split: str,
-                metadata: dict) -> dict:
+def write_cache(
+    graphdef, params, windows: LMWindows, window_ids, out_dir, settings: CacheSettings, *, split: str, metadata: dict
+) -> dict:
     """Run the teacher over `windows[window_ids]` in batches and write the cache; returns its metadata."""
     config = nnx.merge(graphdef, params).config
     if config.kind != "lm":
@@ -77,36 +79,50 @@ def write_cache(graphdef, params, windows: LMWindows, window_ids, out_dir, setti
 
     def records():
         for start in range(0, len(window_ids), BATCH_WINDOWS):
-            chunk = window_ids[start:start + BATCH_WINDOWS]
-            tokens = np.stack([windows.stream[w * seq_len: w * seq_len + seq_len + 1] for w in chunk])
+            chunk = window_ids[start : start + BATCH_WINDOWS]
+            tokens = np.stack([windows.stream[w * seq_len : w * seq_len + seq_len + 1] for w in chunk])
             padded = np.pad(tokens[:, :-1].astype(np.int32), ((0, BATCH_WINDOWS - len(chunk)), (0, 0)))
             ids, values = jax.device_get(top_k(params, padded))
-            yield from zip(tokens, ids[:len(chunk)], values[:len(chunk)], strict=True)
+            yield from zip(tokens, ids[: len(chunk)], values[: len(chunk)], strict=True)
 
     return cache_format.write_teacher_cache(
-        out_dir, records(), window_ids, seq_len=seq_len, top_k=settings.top_k, vocab_size=config.vocab_size,
-        split=split, logprob_dtype=settings.logprob_dtype,
-        extra_metadata=dict(metadata, temperature=settings.temperature,
-                            teacher={"model": dataclasses.asdict(config)}))
+        out_dir,
+        records(),
+        window_ids,
+        seq_len=seq_len,
+        top_k=settings.top_k,
+        vocab_size=config.vocab_size,
+        split=split,
+        logprob_dtype=settings.logprob_dtype,
+        extra_metadata=dict(metadata, temperature=settings.temperature, teacher={"model": dataclasses.asdict(config)}),
+    )
 
 
 def describe(metadata: dict, out_dir) -> str:
-    return (f"cached {metadata['num_windows']} windows ({metadata['num_tokens']} tokens) of "
-            f"{metadata.get('dataset')}/{metadata['split']}, top-{metadata['top_k']} log-probs at "
-            f"T={metadata['temperature']} ({metadata['logprob_dtype']}): {metadata['bytes_per_token']:.1f} bytes per "
-            f"token on disk ({metadata['payload_bytes_per_token']:.1f} payload) -> {out_dir}")
+    return (
+        f"cached {metadata['num_windows']} windows ({metadata['num_tokens']} tokens) of "
+        f"{metadata.get('dataset')}/{metadata['split']}, top-{metadata['top_k']} log-probs at "
+        f"T={metadata['temperature']} ({metadata['logprob_dtype']}): {metadata['bytes_per_token']:.1f} bytes per "
+        f"token on disk ({metadata['payload_bytes_per_token']:.1f} payload) -> {out_dir}"
+    )
 
 
 def check_cache(metadata: dict, config, recipe, where) -> None:
     """One-line errors when a cache does not fit the run (dataset, split, seq_len, T, k, vocabulary)."""
-    expected = {"dataset": config.data.name, "split": "train", "seq_len": config.data.seq_len,
-                "temperature": recipe.temperature, "vocab_size": config.student.model.vocab_size}
+    expected = {
+        "dataset": config.data.name,
+        "split": "train",
+        "seq_len": config.data.seq_len,
+        "temperature": recipe.temperature,
+        "vocab_size": config.student.model.vocab_size,
+    }
     for key, value in expected.items():
         if metadata.get(key) != value:
             raise ConfigError(f"teacher cache {where}: {key} is {metadata.get(key)!r}, the run needs {value!r}")
     if metadata["top_k"] < recipe.top_k:
-        raise ConfigError(f"teacher cache {where}: holds the top {metadata['top_k']}, distill.options.top_k is "
-                          f"{recipe.top_k}")
+        raise ConfigError(
+            f"teacher cache {where}: holds the top {metadata['top_k']}, distill.options.top_k is {recipe.top_k}"
+        )
 
 
 def job_dataset_fn(config, recipe, teacher, run_dir):
@@ -118,17 +134,41 @@ def job_dataset_fn(config, recipe, teacher, run_dir):
         out = Path(recipe.cache_dir)
     else:
         out = Path(run_dir) / "teacher_cache"
-        key = {"dataset": config.data.name, "seq_len": config.data.seq_len, "seed": config.seed, "steps": train.steps,
-               "batch_size": train.batch_size, "num_split_windows": len(windows)}
+        key = {
+            "dataset": config.data.name,
+            "seq_len": config.data.seq_len,
+            "seed": config.seed,
+            "steps": train.steps,
+            "batch_size": train.batch_size,
+            "num_split_windows": len(windows),
+        }
         settings = CacheSettings(recipe.top_k, recipe.temperature, recipe.logprob_dtype)
         existing = cache_format.read_metadata(out)
-        fits = existing is not None and existing.get("job") == key and existing["top_k"] == recipe.top_k and \
-            existing.get("temperature") == recipe.temperature and existing["logprob_dtype"] == recipe.logprob_dtype
+        fits = (
+            existing is not None
+            and existing.get("job") == key
+            and existing["top_k"] == recipe.top_k
+            and existing.get("temperature") == recipe.temperature
+            and existing["logprob_dtype"] == recipe.logprob_dtype
+        )
         if not fits and jax.process_index() == 0:
-            ids = cache_format.visited_windows(len(windows), train.steps, seed=config.seed,
-                                               batch_size=train.batch_size, process_count=jax.process_count())
-            metadata = write_cache(teacher.graphdef, teacher.params, windows, ids, out, settings, split="train",
-                                   metadata={"dataset": config.data.name, "job": key})
+            ids = cache_format.visited_windows(
+                len(windows),
+                train.steps,
+                seed=config.seed,
+                batch_size=train.batch_size,
+                process_count=jax.process_count(),
+            )
+            metadata = write_cache(
+                teacher.graphdef,
+                teacher.params,
+                windows,
+                ids,
+                out,
+                settings,
+                split="train",
+                metadata={"dataset": config.data.name, "job": key},
+            )
             print(f"jdistill: {describe(metadata, out)}")
         barrier("teacher_cache")  # other hosts read the cache once process 0 has written it
     cache = cache_format.TeacherCache(out)
@@ -136,9 +176,16 @@ def job_dataset_fn(config, recipe, teacher, run_dir):
     per_host = train.batch_size // jax.process_count()
 
     def attach(dataset):
-        return cache_format.attach_teacher_cache(dataset, cache, num_windows=len(windows), seed=config.seed,
-                                                 batch_size=per_host, process_index=jax.process_index(),
-                                                 process_count=jax.process_count(), top_k=recipe.top_k)
+        return cache_format.attach_teacher_cache(
+            dataset,
+            cache,
+            num_windows=len(windows),
+            seed=config.seed,
+            batch_size=per_host,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            top_k=recipe.top_k,
+        )
 
     return attach
 
@@ -162,9 +209,20 @@ def _teacher(config, run_dir: Path, progress: bool):
     prepare_run_dir(run_dir, resume=resume)
     if not resume:
         write_config(run_dir, to_dict(config))
-    result = run_stage("teacher", config.teacher, recipe=Supervised(), data_config=config.data, seed=config.seed,
-                       init_key=stage_key(config.seed, TEACHER_INIT), stage_dir=run_dir / "teacher", run_dir=run_dir,
-                       resume=True, progress=progress, tensorboard=config.run.tensorboard, mesh_config=config.mesh)
+    result = run_stage(
+        "teacher",
+        config.teacher,
+        recipe=Supervised(),
+        data_config=config.data,
+        seed=config.seed,
+        init_key=stage_key(config.seed, TEACHER_INIT),
+        stage_dir=run_dir / "teacher",
+        run_dir=run_dir,
+        resume=True,
+        progress=progress,
+        tensorboard=config.run.tensorboard,
+        mesh_config=config.mesh,
+    )
     return result.graphdef, result.params
 
 
@@ -183,7 +241,15 @@ def cmd_cache_teacher(args) -> int:
     graphdef, params = _teacher(config, run_dir, config.run.progress)
     windows = train_windows(config.data, args.split)
     out = Path(args.out) if args.out else run_dir / "teacher_cache"
-    metadata = write_cache(graphdef, params, windows, np.arange(len(windows)), out, settings, split=args.split,
-                           metadata={"dataset": config.data.name})
+    metadata = write_cache(
+        graphdef,
+        params,
+        windows,
+        np.arange(len(windows)),
+        out,
+        settings,
+        split=args.split,
+        metadata={"dataset": config.data.name},
+    )
     print(describe(metadata, out))
     return 0

@@ -19,8 +19,11 @@ def truncate_jsonl(path: Path, stage: str, after_step: int) -> None:
     """Drop `stage`'s records past `after_step` (written by an interrupted run that is being resumed)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and not (json.loads(line).get("stage") == stage and json.loads(line)["step"] > after_step)]
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and not (json.loads(line).get("stage") == stage and json.loads(line)["step"] > after_step)
+    ]
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

@@ -14,15 +14,41 @@ from jdistill.cli import main
 from jdistill.models import Transformer
 from jdistill.recipes import KnowledgeDistillation, Supervised
 
-KEYS = ("jdistill_steps_per_s", "jdistill_ce_steps_per_s", "teacher_forward_per_s", "teacher_overhead",
-        "teacher_forward_fraction", "jax_kd_memory_bytes")
+KEYS = (
+    "jdistill_steps_per_s",
+    "jdistill_ce_steps_per_s",
+    "teacher_forward_per_s",
+    "teacher_overhead",
+    "teacher_forward_fraction",
+    "jax_kd_memory_bytes",
+)
 TINY = dict(d_model=32, num_heads=4, mlp_dim=128, teacher_layers=2, student_layers=1)
 
 
 def test_cli_without_torch_writes_figures_trace_and_op_table(tmp_path, capsys):
     path, profile = tmp_path / "bench.json", tmp_path / "prof"
-    assert main(["bench", "train-step", "--steps", "2", "--warmup", "1", "--batch", "2", "--seq", "16",
-                 "--no-torch", "--json", str(path), "--profile", str(profile)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "train-step",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--batch",
+                "2",
+                "--seq",
+                "16",
+                "--no-torch",
+                "--json",
+                str(path),
+                "--profile",
+                str(profile),
+            ]
+        )
+        == 0
+    )
     results = json.loads(path.read_text())
     for key in KEYS:
         assert results[key] > 0, key
@@ -71,21 +97,29 @@ def test_torch_reference_computes_the_same_loss_and_gradients(with_teacher):
     torch_student = ref.TorchLM(student_config)
     ref.load_jdistill_weights(torch_teacher, nnx.state(teacher))
     ref.load_jdistill_weights(torch_student, nnx.state(student))
-    trainer = ref.TorchTrainer(torch_student, _train_config(),
-                               teacher=torch_teacher if with_teacher else None, temperature=TEMPERATURE)
+    trainer = ref.TorchTrainer(
+        torch_student, _train_config(), teacher=torch_teacher if with_teacher else None, temperature=TEMPERATURE
+    )
     inputs, targets = torch.from_numpy(data["inputs"]).long(), torch.from_numpy(data["targets"]).long()
-    np.testing.assert_allclose(torch_teacher(inputs).detach().numpy(), teacher(batch["inputs"]).logits,
-                               rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(
+        torch_teacher(inputs).detach().numpy(), teacher(batch["inputs"]).logits, rtol=2e-4, atol=2e-5
+    )
     torch_loss = trainer.loss(inputs, targets)
     torch_loss.backward()
     np.testing.assert_allclose(float(torch_loss.detach()), float(loss), rtol=2e-5)
     block = grads["blocks"][0]
-    np.testing.assert_allclose(torch_student.blocks[0].attention.query_and_gate.weight.grad.numpy().T,
-                               block["attention"]["query_and_gate"]["kernel"][...], rtol=2e-3, atol=2e-6)
-    np.testing.assert_allclose(torch_student.blocks[0].up.bias.grad.numpy(), block["mlp"]["up"]["bias"][...],
-                               rtol=2e-3, atol=2e-6)
-    np.testing.assert_allclose(torch_student.embed.weight.grad.numpy(), grads["embed"]["embedding"][...],
-                               rtol=2e-3, atol=2e-6)
+    np.testing.assert_allclose(
+        torch_student.blocks[0].attention.query_and_gate.weight.grad.numpy().T,
+        block["attention"]["query_and_gate"]["kernel"][...],
+        rtol=2e-3,
+        atol=2e-6,
+    )
+    np.testing.assert_allclose(
+        torch_student.blocks[0].up.bias.grad.numpy(), block["mlp"]["up"]["bias"][...], rtol=2e-3, atol=2e-6
+    )
+    np.testing.assert_allclose(
+        torch_student.embed.weight.grad.numpy(), grads["embed"]["embedding"][...], rtol=2e-3, atol=2e-6
+    )
 
 
 def _train_config():

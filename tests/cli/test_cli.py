@@ -14,8 +14,14 @@ from tests.train.conftest import TINY
 def run_cli(*args, env=None, cwd=None):
     # CPU only: a libtpu install (for the ahead-of-time TPU tests) would otherwise probe for a TPU and log to stderr.
     environment = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "jdistill.cli", *args], capture_output=True, text=True,
-                          env=environment, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jdistill.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def assert_one_line_error(result, *fragments):
@@ -47,15 +53,19 @@ def test_default_job_end_to_end_at_tiny_size(tmp_path, untrained):
 
 
 def test_config_error_is_one_line(tmp_path):
-    assert_one_line_error(run_cli("train", "--run-dir", str(tmp_path / "r"), "distill.temprature=2"),
-                          "distill.temprature", "did you mean distill.temperature?")
+    assert_one_line_error(
+        run_cli("train", "--run-dir", str(tmp_path / "r"), "distill.temprature=2"),
+        "distill.temprature",
+        "did you mean distill.temperature?",
+    )
     assert_one_line_error(run_cli("train", "--config", "nosuch"), "unknown preset")
     assert not (tmp_path / "r").exists()
 
 
 def test_missing_tfds_dataset_offline_says_how_to_prepare_it(tmp_path):
-    result = run_cli("train", "--run-dir", str(tmp_path / "r"), "data.name=tfds:mnist",
-                     f"data.dir={tmp_path / 'empty'}", *TINY)
+    result = run_cli(
+        "train", "--run-dir", str(tmp_path / "r"), "data.name=tfds:mnist", f"data.dir={tmp_path / 'empty'}", *TINY
+    )
     assert_one_line_error(result, "tfds:mnist", "not prepared", "tfds build mnist")
 
 

@@ -23,9 +23,16 @@ def test_default_preset_is_a_digits_classifier_job():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("seed=3", 3), ("distill.temperature=4", 4), ("teacher.train.learning_rate=3e-4", 3e-4),
-     ("run.progress=false", False), ("data.dir=null", None), ("a.b=[1, 2]", [1, 2]), ("x=gelu", "gelu"),
-     ("x=1.5", 1.5)],
+    [
+        ("seed=3", 3),
+        ("distill.temperature=4", 4),
+        ("teacher.train.learning_rate=3e-4", 3e-4),
+        ("run.progress=false", False),
+        ("data.dir=null", None),
+        ("a.b=[1, 2]", [1, 2]),
+        ("x=gelu", "gelu"),
+        ("x=1.5", 1.5),
+    ],
 )
 def test_override_values_are_typed(text, expected):
     _, value = parse_override(text)
@@ -77,8 +84,11 @@ def test_unknown_preset_lists_presets():
 def test_yaml_file_errors_name_the_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("teacher:\n  train:\n    stpes: 10\n")
-    with pytest.raises(ConfigError, match=r"mine.yaml: unknown key 'teacher.train.stpes' \(did you mean "
-                                          r"teacher.train.steps\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mine.yaml: unknown key 'teacher.train.stpes' \(did you mean "
+        r"teacher.train.steps\?\)",
+    ):
         load_config(str(path))
     path.write_text("seed: [unclosed\n")
     with pytest.raises(ConfigError, match=r"mine\.yaml: not valid YAML at line"):

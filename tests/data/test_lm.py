@@ -43,8 +43,7 @@ def test_windows_are_aligned_slices_of_the_stream():
 
 def test_same_seed_same_batch_different_seed_different(stdlib_test):
     first, second, other = (
-        lm_train_dataset(stdlib_test, seq_len=32, seed=seed, batch_size=4)[500]
-        for seed in (1, 1, 2)
+        lm_train_dataset(stdlib_test, seq_len=32, seed=seed, batch_size=4)[500] for seed in (1, 1, 2)
     )
     np.testing.assert_array_equal(first["inputs"], second["inputs"])
     assert not np.array_equal(first["inputs"], other["inputs"])
@@ -68,8 +67,9 @@ def test_host_shards_split_the_windows(stdlib_test):
     seq_len, process_count = 512, 2
     windows = LMWindows(packed_stream(stdlib_test), seq_len)
     for process_index in range(process_count):
-        dataset = lm_train_dataset(stdlib_test, seq_len=seq_len, seed=0, batch_size=8,
-                                   process_index=process_index, process_count=process_count)
+        dataset = lm_train_dataset(
+            stdlib_test, seq_len=seq_len, seed=0, batch_size=8, process_index=process_index, process_count=process_count
+        )
         shard = range(process_index, len(windows), process_count)
         expected = sorted(windows[index]["inputs"].tobytes() for index in shard)
         assert first_epoch_rows(dataset, len(shard), 8) == expected

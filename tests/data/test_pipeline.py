@@ -8,10 +8,7 @@ from jdistill.data import classification_eval_batches, classification_train_data
 
 def indexed_source(num_examples: int) -> list[dict]:
     """A plain source whose label is its index, so batches show which examples they hold."""
-    return [
-        {"image": np.full((2, 2, 1), index % 256, np.uint8), "label": index}
-        for index in range(num_examples)
-    ]
+    return [{"image": np.full((2, 2, 1), index % 256, np.uint8), "label": index} for index in range(num_examples)]
 
 
 def labels_of_steps(dataset, num_steps: int) -> np.ndarray:
@@ -69,9 +66,7 @@ def test_different_seeds_give_different_orders():
 
 @pytest.mark.parametrize("num_examples, batch_size", [(50, 5), (47, 5)])
 def test_each_epoch_is_a_fresh_permutation(num_examples, batch_size):
-    dataset = classification_train_dataset(
-        indexed_source(num_examples), seed=3, batch_size=batch_size
-    )
+    dataset = classification_train_dataset(indexed_source(num_examples), seed=3, batch_size=batch_size)
     stream = labels_of_steps(dataset, -(-3 * num_examples // batch_size))
     epochs = [stream[epoch * num_examples : (epoch + 1) * num_examples] for epoch in range(3)]
     for epoch in epochs:
@@ -84,8 +79,11 @@ def test_host_shards_are_disjoint_and_cover_the_source():
     shards = []
     for process_index in range(process_count):
         dataset = classification_train_dataset(
-            indexed_source(num_examples), seed=0, batch_size=1,
-            process_index=process_index, process_count=process_count,
+            indexed_source(num_examples),
+            seed=0,
+            batch_size=1,
+            process_index=process_index,
+            process_count=process_count,
         )
         shard_size = len(range(process_index, num_examples, process_count))
         shard = labels_of_steps(dataset, shard_size)
@@ -97,9 +95,7 @@ def test_host_shards_are_disjoint_and_cover_the_source():
 
 def test_invalid_process_index_is_rejected():
     with pytest.raises(ValueError, match="process_index 2"):
-        classification_train_dataset(
-            indexed_source(10), seed=0, batch_size=2, process_index=2, process_count=2
-        )
+        classification_train_dataset(indexed_source(10), seed=0, batch_size=2, process_index=2, process_count=2)
 
 
 def test_eval_batches_cover_every_example_once_in_order():

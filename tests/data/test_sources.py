@@ -92,9 +92,7 @@ def test_read_only_data_dir_names_the_directory(tmp_path):
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 
 
 def test_building_and_reading_never_imports_tensorflow(tmp_path):
@@ -119,8 +117,9 @@ def test_concurrent_first_use_builds_once(tmp_path):
         print(len(load_source("digits", "test", {str(tmp_path)!r})))
     """
     processes = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     outputs = [process.communicate(timeout=120) for process in processes]

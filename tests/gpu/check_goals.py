@@ -11,12 +11,20 @@ def main(path: str) -> int:
         rows = [json.loads(line) for line in lines if line.strip()]
 
     def pick(**want):
-        return [r for r in rows if r["impl"] == "pallas_gpu" and r["seq"] == 8192 and r["head_dim"] == 128
-                and all(r[key] == value for key, value in want.items())]
+        return [
+            r
+            for r in rows
+            if r["impl"] == "pallas_gpu"
+            and r["seq"] == 8192
+            and r["head_dim"] == 128
+            and all(r[key] == value for key, value in want.items())
+        ]
 
-    goals = [("forward vs cudnn+gate >= 1.2x", pick(mode="fwd"), "vs_cudnn", 1.2),
-             ("causal forward >= 450 TFLOP/s", pick(mode="fwd", causal=True), "tflops", 450.0),
-             ("forward+backward vs cudnn+gate >= 1.1x", pick(mode="fwd+bwd"), "vs_cudnn", 1.1)]
+    goals = [
+        ("forward vs cudnn+gate >= 1.2x", pick(mode="fwd"), "vs_cudnn", 1.2),
+        ("causal forward >= 450 TFLOP/s", pick(mode="fwd", causal=True), "tflops", 450.0),
+        ("forward+backward vs cudnn+gate >= 1.1x", pick(mode="fwd+bwd"), "vs_cudnn", 1.1),
+    ]
     failed = False
     for name, matches, key, threshold in goals:
         values = [r[key] for r in matches]

@@ -31,7 +31,7 @@ def _check(impl, case, dtype, tol):
     with jax.default_matmul_precision("highest"):
         want_out, want_grads = reference_in_float32(args, cotangent, **kwargs)
     assert_close(out, want_out, tol, tol, f"{impl} output")
-    for name, got, want in zip(["dq", "dk", "dv", "dgate"][:len(want_grads)], grads, want_grads, strict=True):
+    for name, got, want in zip(["dq", "dk", "dv", "dgate"][: len(want_grads)], grads, want_grads, strict=True):
         assert_close(got, want, 2 * tol, 2 * tol, f"{impl} {name}")
 
 

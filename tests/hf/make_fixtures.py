@@ -18,22 +18,51 @@ import transformers
 from safetensors.numpy import save_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
-COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=96, vocab_size=128, max_position_embeddings=64, hidden_act="silu")
+COMMON = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=96,
+    vocab_size=128,
+    max_position_embeddings=64,
+    hidden_act="silu",
+)
 ARCHITECTURES = {
-    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
-              dict(head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)),
-    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
-              dict(head_dim=32, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
+    "llama": (
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False),
+    ),
+    "qwen3": (
+        transformers.Qwen3Config,
+        transformers.Qwen3ForCausalLM,
+        dict(head_dim=32, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True),
+    ),
     # 3 Gated DeltaNet : 1 gated attention, dense MLPs (mlp_only_layers), more value than key heads.
-    "qwen3_next": (transformers.Qwen3NextConfig, transformers.Qwen3NextForCausalLM,
-                   dict(num_hidden_layers=4, head_dim=16, partial_rotary_factor=0.25, rms_norm_eps=1e-6,
-                        rope_theta=10000.0, tie_word_embeddings=False,
-                        layer_types=["linear_attention"] * 3 + ["full_attention"],
-                        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-                        linear_value_head_dim=8, linear_conv_kernel_dim=4, mlp_only_layers=[0, 1, 2, 3],
-                        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                        shared_expert_intermediate_size=32)),
+    "qwen3_next": (
+        transformers.Qwen3NextConfig,
+        transformers.Qwen3NextForCausalLM,
+        dict(
+            num_hidden_layers=4,
+            head_dim=16,
+            partial_rotary_factor=0.25,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            layer_types=["linear_attention"] * 3 + ["full_attention"],
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=8,
+            linear_conv_kernel_dim=4,
+            mlp_only_layers=[0, 1, 2, 3],
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+        ),
+    ),
 }
 PROMPT_LENGTH, NEW_TOKENS, BATCH, SHORT_LENGTH = 11, 8, 2, 7
 
@@ -43,8 +72,9 @@ def perturb(model: torch.nn.Module, generator: torch.Generator) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):  # Qwen3-Next's zero-centred norms store w - 1
-                centre = 0.0 if isinstance(model, transformers.Qwen3NextForCausalLM) and "linear_attn" not in name \
-                    else 1.0
+                centre = (
+                    0.0 if isinstance(model, transformers.Qwen3NextForCausalLM) and "linear_attn" not in name else 1.0
+                )
                 param.copy_(centre + 0.2 * torch.randn(param.shape, generator=generator))
             elif name.endswith("A_log"):
                 param.copy_(torch.log(torch.empty(param.shape).uniform_(0.5, 4.0, generator=generator)))
@@ -67,14 +97,30 @@ def make(name: str, seed: int) -> None:
     with torch.no_grad():
         logits = model(ids).logits.float()
         # An explicit all-ones attention mask: no prompt token is mistaken for padding.
-        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                                do_sample=False, pad_token_id=config.vocab_size - 1)
-        greedy_short = model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=NEW_TOKENS,
-                                      do_sample=False, pad_token_id=config.vocab_size - 1)
-    save_file({"input_ids": ids.numpy().astype(np.int32), "logits": logits.numpy(),
-               "greedy": greedy.numpy().astype(np.int32), "greedy_short": greedy_short.numpy().astype(np.int32)},
-              str(directory / "expected.safetensors"),
-              metadata={"transformers": transformers.__version__, "torch": torch.__version__})
+        greedy = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=config.vocab_size - 1,
+        )
+        greedy_short = model.generate(
+            short,
+            attention_mask=torch.ones_like(short),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=config.vocab_size - 1,
+        )
+    save_file(
+        {
+            "input_ids": ids.numpy().astype(np.int32),
+            "logits": logits.numpy(),
+            "greedy": greedy.numpy().astype(np.int32),
+            "greedy_short": greedy_short.numpy().astype(np.int32),
+        },
+        str(directory / "expected.safetensors"),
+        metadata={"transformers": transformers.__version__, "torch": torch.__version__},
+    )
     print(name, {p.name: p.stat().st_size for p in directory.iterdir()})
 
 

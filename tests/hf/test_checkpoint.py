@@ -92,11 +92,14 @@ def test_mixture_of_experts_is_refused(tmp_path):
         from_pretrained(target)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"architectures": ["GPT2LMHeadModel"]}, "architecture \\['GPT2LMHeadModel'\\] is not supported"),
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling 'llama3' is not supported"),
-    ({"attention_bias": True}, "attention_bias=true is not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"architectures": ["GPT2LMHeadModel"]}, "architecture \\['GPT2LMHeadModel'\\] is not supported"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling 'llama3' is not supported"),
+        ({"attention_bias": True}, "attention_bias=true is not supported"),
+    ],
+)
 def test_unsupported_configs_are_one_line_errors(tmp_path, change, message):
     target = _copy_fixture(tmp_path)
     config = json.loads((target / "config.json").read_text())
@@ -121,28 +124,34 @@ LLAMA_STYLE = dict(kind="lm", mlp="glu", activation="silu", mlp_bias=False, gate
 QWEN3_NEXT_STYLE = dict(LLAMA_STYLE, gate="elementwise", qk_norm=True, norm_zero_centered=True, rotary_fraction=0.25)
 
 
-@pytest.mark.parametrize("fields, architecture", [
-    (LLAMA_STYLE, "LlamaForCausalLM"),
-    (dict(LLAMA_STYLE, qk_norm=True), "Qwen3ForCausalLM"),
-    (QWEN3_NEXT_STYLE, "Qwen3NextForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "fields, architecture",
+    [
+        (LLAMA_STYLE, "LlamaForCausalLM"),
+        (dict(LLAMA_STYLE, qk_norm=True), "Qwen3ForCausalLM"),
+        (QWEN3_NEXT_STYLE, "Qwen3NextForCausalLM"),
+    ],
+)
 def test_exportable_configs_name_their_architecture(fields, architecture):
     assert hf_config_from_model(ModelConfig(**fields))["architectures"] == [architecture]
 
 
-@pytest.mark.parametrize("fields", [
-    dict(LLAMA_STYLE, kind="classifier"),
-    dict(LLAMA_STYLE, mlp="dense"),
-    dict(LLAMA_STYLE, glu_order=1),
-    dict(LLAMA_STYLE, activation="gelu"),
-    dict(LLAMA_STYLE, mlp_bias=True),
-    dict(LLAMA_STYLE, gate="headwise"),
-    dict(LLAMA_STYLE, rotary_fraction=0.5),  # partial rotary only in the Qwen3-Next layout
-    dict(QWEN3_NEXT_STYLE, gate_position="value"),
-    dict(QWEN3_NEXT_STYLE, qk_norm=False),
-    dict(QWEN3_NEXT_STYLE, norm_zero_centered=False, layer_pattern="DA"),
-    dict(QWEN3_NEXT_STYLE, gate="none", layer_pattern="DA"),
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(LLAMA_STYLE, kind="classifier"),
+        dict(LLAMA_STYLE, mlp="dense"),
+        dict(LLAMA_STYLE, glu_order=1),
+        dict(LLAMA_STYLE, activation="gelu"),
+        dict(LLAMA_STYLE, mlp_bias=True),
+        dict(LLAMA_STYLE, gate="headwise"),
+        dict(LLAMA_STYLE, rotary_fraction=0.5),  # partial rotary only in the Qwen3-Next layout
+        dict(QWEN3_NEXT_STYLE, gate_position="value"),
+        dict(QWEN3_NEXT_STYLE, qk_norm=False),
+        dict(QWEN3_NEXT_STYLE, norm_zero_centered=False, layer_pattern="DA"),
+        dict(QWEN3_NEXT_STYLE, gate="none", layer_pattern="DA"),
+    ],
+)
 def test_configs_transformers_cannot_load_are_refused(fields):
     with pytest.raises(HFImportError, match="save_pretrained: only"):
         hf_config_from_model(ModelConfig(**fields))

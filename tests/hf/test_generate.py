@@ -18,8 +18,7 @@ def test_greedy_generation_matches_transformers(name):
     data = load_file(str(FIXTURES / name / "expected.safetensors"))
     prompts, prompt_len = data["input_ids"], data["input_ids"].shape[1]
     new_tokens = data["greedy"].shape[1] - prompt_len
-    np.testing.assert_array_equal(generate(model, prompts, max_new_tokens=new_tokens),
-                                  data["greedy"][:, prompt_len:])
+    np.testing.assert_array_equal(generate(model, prompts, max_new_tokens=new_tokens), data["greedy"][:, prompt_len:])
     short_len = data["greedy_short"].shape[1] - new_tokens
     padded = prompts.copy()
     padded[1, short_len:] = 0

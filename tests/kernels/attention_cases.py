@@ -15,8 +15,11 @@ def make_inputs(seed, batch, q_len, kv_len, heads, kv_heads, head_dim, gate_kind
 
     q = normal(batch, q_len, heads, head_dim)
     k, v = normal(batch, kv_len, kv_heads, head_dim), normal(batch, kv_len, kv_heads, head_dim)
-    gate = {"none": None, "headwise": lambda: normal(batch, q_len, heads),
-            "elementwise": lambda: normal(batch, q_len, heads, head_dim)}[gate_kind]
+    gate = {
+        "none": None,
+        "headwise": lambda: normal(batch, q_len, heads),
+        "elementwise": lambda: normal(batch, q_len, heads, head_dim),
+    }[gate_kind]
     gate = gate() if gate is not None else None
     segment_ids = None
     if segments:

@@ -37,11 +37,11 @@ def numpy_decode_attention(q, k, v, gate, *, causal, window=None):
 
 
 CASES = [  # (q_len, kv_len, heads, kv_heads, gate, causal, window)
-    (1, 9, 4, 2, "headwise", True, None),     # one decoding step over a cache
+    (1, 9, 4, 2, "headwise", True, None),  # one decoding step over a cache
     (3, 8, 4, 2, "elementwise", True, None),  # a chunk of new tokens (prefill continuation)
-    (3, 8, 2, 2, None, True, 4),              # sliding window, aligned at the end
-    (5, 3, 4, 1, "headwise", True, None),     # more queries than keys: the first two see nothing
-    (3, 8, 4, 2, "headwise", False, None),    # bidirectional: every key
+    (3, 8, 2, 2, None, True, 4),  # sliding window, aligned at the end
+    (5, 3, 4, 1, "headwise", True, None),  # more queries than keys: the first two see nothing
+    (3, 8, 4, 2, "headwise", False, None),  # bidirectional: every key
 ]
 
 
@@ -49,8 +49,11 @@ def _inputs(q_len, kv_len, heads, kv_heads, gate, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(2, q_len, heads, 8))
     k, v = rng.normal(size=(2, kv_len, kv_heads, 8)), rng.normal(size=(2, kv_len, kv_heads, 8))
-    g = {None: None, "headwise": rng.normal(size=(2, q_len, heads)) * 2,
-         "elementwise": rng.normal(size=(2, q_len, heads, 8)) * 2}[gate]
+    g = {
+        None: None,
+        "headwise": rng.normal(size=(2, q_len, heads)) * 2,
+        "elementwise": rng.normal(size=(2, q_len, heads, 8)) * 2,
+    }[gate]
     return q, k, v, g
 
 
@@ -93,7 +96,7 @@ def test_gradients_match_float64_finite_differences(q_len, kv_len, heads, kv_hea
 
     grads = jax.grad(objective_jax, argnums=tuple(range(len(args))))(*(jnp.asarray(x, jnp.float32) for x in args))
     eps = 1e-5
-    for index, (arg, grad) in enumerate(zip(args, grads)):
+    for index, (arg, grad) in enumerate(zip(args, grads, strict=True)):
         direction = rng.normal(size=arg.shape)
         plus = [x + eps * direction if j == index else x for j, x in enumerate(args)]
         minus = [x - eps * direction if j == index else x for j, x in enumerate(args)]

@@ -35,17 +35,25 @@ def numpy_attention(q, k, v, gate, causal, segment_ids, scale):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seq=st.integers(1, 9), heads_kv=st.sampled_from([(1, 1), (4, 2), (4, 1), (2, 2)]),
-       gate_kind=st.sampled_from(["none", "headwise", "elementwise"]), causal=st.booleans(),
-       segments=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    seq=st.integers(1, 9),
+    heads_kv=st.sampled_from([(1, 1), (4, 2), (4, 1), (2, 2)]),
+    gate_kind=st.sampled_from(["none", "headwise", "elementwise"]),
+    causal=st.booleans(),
+    segments=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_reference_matches_numpy(seq, heads_kv, gate_kind, causal, segments, seed):
     rng = np.random.default_rng(seed)
     heads, kv_heads, dim, batch = *heads_kv, 8, 2
     q = rng.normal(size=(batch, seq, heads, dim)).astype(np.float32)
     k = rng.normal(size=(batch, seq, kv_heads, dim)).astype(np.float32)
     v = rng.normal(size=(batch, seq, kv_heads, dim)).astype(np.float32)
-    gate = {"none": None, "headwise": rng.normal(size=(batch, seq, heads)),
-            "elementwise": rng.normal(size=(batch, seq, heads, dim))}[gate_kind]
+    gate = {
+        "none": None,
+        "headwise": rng.normal(size=(batch, seq, heads)),
+        "elementwise": rng.normal(size=(batch, seq, heads, dim)),
+    }[gate_kind]
     gate = None if gate is None else gate.astype(np.float32)
     segment_ids = np.sort(rng.integers(0, 3, size=(batch, seq)), axis=1) if segments else None
     got = gated_attention(q, k, v, gate, causal=causal, segment_ids=segment_ids, impl="xla")

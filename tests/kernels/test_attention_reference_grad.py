@@ -36,14 +36,18 @@ CASES = [  # (q_len, kv_len, heads, kv_heads, causal, segments, window, gate)
 
 
 @pytest.mark.parametrize("q_len, kv_len, heads, kv_heads, causal, segments, window, gate_kind", CASES)
-def test_gradients_match_autodiff_of_the_formula(q_len, kv_len, heads, kv_heads, causal, segments, window,
-                                                 gate_kind):
+def test_gradients_match_autodiff_of_the_formula(q_len, kv_len, heads, kv_heads, causal, segments, window, gate_kind):
     rng = np.random.default_rng(q_len * 10 + kv_len)
     q = jnp.asarray(rng.normal(size=(2, q_len, heads, 8)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(2, kv_len, kv_heads, 8)), jnp.float32)
     v = jnp.asarray(rng.normal(size=(2, kv_len, kv_heads, 8)), jnp.float32)
-    gate = None if gate_kind is None else jnp.asarray(
-        rng.normal(size=(2, q_len, heads) if gate_kind == "headwise" else (2, q_len, heads, 8)), jnp.float32)
+    gate = (
+        None
+        if gate_kind is None
+        else jnp.asarray(
+            rng.normal(size=(2, q_len, heads) if gate_kind == "headwise" else (2, q_len, heads, 8)), jnp.float32
+        )
+    )
     segment_ids = jnp.asarray([[0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 2]]) if segments else None
     d_out = jnp.asarray(rng.normal(size=(2, q_len, heads, 8)), jnp.float32)
     options = dict(causal=causal, segment_ids=segment_ids, window=window)
@@ -56,8 +60,12 @@ def test_gradients_match_autodiff_of_the_formula(q_len, kv_len, heads, kv_heads,
     wrap = (lambda fn: loss(fn)) if gate is not None else (lambda fn: lambda q, k, v: loss(fn)(q, k, v, None))
     ours = jax.grad(wrap(gated_attention_reference), argnums=argnums)(*args)
     expected = jax.grad(wrap(plain_attention), argnums=argnums)(*args)
-    np.testing.assert_allclose(gated_attention_reference(q, k, v, gate, **options),
-                               plain_attention(q, k, v, gate, **options), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        gated_attention_reference(q, k, v, gate, **options),
+        plain_attention(q, k, v, gate, **options),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     for got, want in zip(ours, expected, strict=True):
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -8,8 +8,17 @@ from jdistill.cli import main
 
 def test_cpu_bench_compares_the_xla_paths_and_says_why(tmp_path):
     lines = []
-    rows = run(seqs=[32], head_dims=(16,), causal=(True,), modes=("fwd+bwd",), heads=2, kv_heads=1, repeats=1,
-               json_path=tmp_path / "rows.jsonl", printer=lines.append)
+    rows = run(
+        seqs=[32],
+        head_dims=(16,),
+        causal=(True,),
+        modes=("fwd+bwd",),
+        heads=2,
+        kv_heads=1,
+        repeats=1,
+        json_path=tmp_path / "rows.jsonl",
+        printer=lines.append,
+    )
     assert [row["impl"] for row in rows] == ["xla_sdpa", "xla"]
     assert "XLA paths only" in lines[0] and "cuDNN needs a GPU" in lines[0]
     assert all(row["seconds"] > 0 and row["error"] is None for row in rows)
@@ -25,7 +34,26 @@ def test_flop_count_halves_when_causal_and_backward_is_two_and_a_half_forwards()
 
 
 def test_cli_subcommand_runs(capsys):
-    assert main(["bench", "attention", "--seq", "16", "--head-dim", "8", "--heads", "1", "--repeats", "1",
-                 "--mode", "fwd", "--causal", "no"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "attention",
+                "--seq",
+                "16",
+                "--head-dim",
+                "8",
+                "--heads",
+                "1",
+                "--repeats",
+                "1",
+                "--mode",
+                "fwd",
+                "--causal",
+                "no",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "vs_cudnn" in out and "xla_sdpa" in out

@@ -9,9 +9,15 @@ from jdistill.kernels.cudnn import gated_attention_cudnn
 from tests.kernels.attention_cases import assert_close, make_inputs
 
 
-@pytest.mark.parametrize("q_len,kv_len,causal,segments,gate_kind", [
-    (7, 7, True, True, "elementwise"), (9, 5, True, False, "none"), (5, 9, True, False, "headwise"),
-    (6, 6, False, True, "none")])
+@pytest.mark.parametrize(
+    "q_len,kv_len,causal,segments,gate_kind",
+    [
+        (7, 7, True, True, "elementwise"),
+        (9, 5, True, False, "none"),
+        (5, 9, True, False, "headwise"),
+        (6, 6, False, True, "none"),
+    ],
+)
 def test_cudnn_path_logic_matches_reference_on_cpu(q_len, kv_len, causal, segments, gate_kind):
     args, segment_ids, _ = make_inputs(0, 2, q_len, kv_len, 4, 2, 8, gate_kind, segments, jnp.float32)
     got = gated_attention_cudnn(*args, causal=causal, segment_ids=segment_ids, implementation="xla")

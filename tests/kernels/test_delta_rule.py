@@ -57,20 +57,23 @@ def _both_forms(q, k, v, g, beta, state, cotangent):
         def fn(*xs):
             out, final = form(*xs)
             return jnp.sum(out * cotangent) + jnp.sum(jnp.sin(final)), (out, final)
+
         return jax.grad(fn, argnums=(0, 1, 2, 3, 4, 5), has_aux=True)(q, k, v, g, beta, state)
 
     return run(delta_rule_recurrent), run(lambda *xs: delta_rule_chunked(*xs, chunk=4))
 
 
 @settings(max_examples=4, deadline=None)
-@given(seq=st.integers(1, 13), heads=st.integers(1, 2), dims=st.sampled_from([(4, 4), (8, 3)]),
-       seed=st.integers(0, 2**16))
+@given(
+    seq=st.integers(1, 13), heads=st.integers(1, 2), dims=st.sampled_from([(4, 4), (8, 3)]), seed=st.integers(0, 2**16)
+)
 def test_chunked_form_values_and_grads_match_recurrence(seq, heads, dims, seed):
     q, k, v, g, beta, state = map(jnp.asarray, make_inputs(seed, 2, seq, heads, *dims, with_state=True))
     cotangent = jnp.asarray(np.random.default_rng(seed).normal(size=v.shape), jnp.float32)
     (grads_r, (out_r, final_r)), (grads_c, (out_c, final_c)) = _both_forms(q, k, v, g, beta, state, cotangent)
     for name, got, want in [("out", out_c, out_r), ("final", final_c, final_r)] + list(
-            zip(["dq", "dk", "dv", "dg", "dbeta", "dstate"], grads_c, grads_r, strict=True)):
+        zip(["dq", "dk", "dv", "dg", "dbeta", "dstate"], grads_c, grads_r, strict=True)
+    ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-4, err_msg=name)
 
 
@@ -92,8 +95,9 @@ def test_bad_gate_shape_is_rejected():
 def test_pallas_forward_matches_chunked_form_in_interpret_mode(backend, seq, with_state):
     from jdistill.kernels.delta_rule_pallas import delta_rule_pallas
 
-    q, k, v, g, beta, state = (None if x is None else jnp.asarray(x)
-                               for x in make_inputs(4, 2, seq, 2, 8, 4, with_state=with_state))
+    q, k, v, g, beta, state = (
+        None if x is None else jnp.asarray(x) for x in make_inputs(4, 2, seq, 2, 8, 4, with_state=with_state)
+    )
     want = delta_rule_chunked(q, k, v, g, beta, state, chunk=8)
     got = delta_rule_pallas(q, k, v, g, beta, state, backend=backend, interpret=True, chunk=8)
     for name, a, b in zip(["out", "final"], got, want, strict=True):
@@ -107,6 +111,7 @@ def test_pallas_gradients_are_the_chunked_forms():
         def fn(*xs):
             out, final = gated_delta_rule(*xs[:5], initial_state=xs[5], output_final_state=True, impl=impl)
             return jnp.sum(jnp.sin(out)) + jnp.sum(jnp.cos(final))
+
         return fn
 
     got = jax.grad(loss("interpret"), argnums=tuple(range(6)))(*args)
@@ -121,7 +126,12 @@ def test_pallas_gpu_forward_lowers_to_triton_for_cuda():
     def spec(*shape, dtype=jnp.bfloat16):
         return jax.ShapeDtypeStruct(shape, dtype)
 
-    args = (spec(1, 200, 2, 128), spec(1, 200, 2, 128), spec(1, 200, 2, 128), spec(1, 200, 2, dtype=jnp.float32),
-            spec(1, 200, 2, dtype=jnp.float32))
+    args = (
+        spec(1, 200, 2, 128),
+        spec(1, 200, 2, 128),
+        spec(1, 200, 2, 128),
+        spec(1, 200, 2, dtype=jnp.float32),
+        spec(1, 200, 2, dtype=jnp.float32),
+    )
     program = jax.jit(lambda *xs: delta_rule_pallas(*xs, backend="gpu")[0])
     assert "__gpu$xla.gpu.triton" in program.trace(*args).lower(lowering_platforms=("cuda",)).as_text()

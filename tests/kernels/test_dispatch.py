@@ -12,8 +12,9 @@ from jdistill.kernels.delta_rule import _auto_impl as _delta_auto_impl
 def test_auto_is_xla_on_cpu():
     assert _auto_impl() == "xla" and _delta_auto_impl() == "chunked"
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 2, 8)), jnp.float32)
-    np.testing.assert_array_equal(np.asarray(gated_attention(x, x, x, causal=True)),
-                                  np.asarray(gated_attention_reference(x, x, x, causal=True)))
+    np.testing.assert_array_equal(
+        np.asarray(gated_attention(x, x, x, causal=True)), np.asarray(gated_attention_reference(x, x, x, causal=True))
+    )
 
 
 def test_unknown_delta_rule_impl_is_rejected():

@@ -75,8 +75,11 @@ EXPLICIT_ATTENTION = [  # (impl, platform, inputs, call options, reason)
 ]
 
 
-@pytest.mark.parametrize("impl,on,inputs,options,reason", EXPLICIT_ATTENTION,
-                         ids=[f"{case[0]}-{case[4][:24]}" for case in EXPLICIT_ATTENTION])
+@pytest.mark.parametrize(
+    "impl,on,inputs,options,reason",
+    EXPLICIT_ATTENTION,
+    ids=[f"{case[0]}-{case[4][:24]}" for case in EXPLICIT_ATTENTION],
+)
 def test_explicit_attention_that_cannot_run_raises(platform, impl, on, inputs, options, reason):
     platform(on)
     with pytest.raises(KernelUnsupportedError, match=f"attention_impl='{impl}' cannot run: .*{reason}") as error:
@@ -91,15 +94,17 @@ def test_the_error_keeps_its_type_through_jit_tracing():
 
 
 def test_unknown_attention_impl_is_a_user_error():
-    with pytest.raises(KernelUnsupportedError, match="attention_impl must be one of .*'magic'"):
+    with pytest.raises(KernelUnsupportedError, match=r"attention_impl must be one of .*'magic'"):
         gated_attention(*qkv(), impl="magic")
 
 
 def test_xla_runs_a_window_whatever_the_platform(platform):
     platform("gpu")
     q, k, v = qkv(head_dim=12)
-    np.testing.assert_array_equal(gated_attention(q, k, v, causal=True, window=3, impl="xla"),
-                                  gated_attention_reference(q, k, v, causal=True, window=3))
+    np.testing.assert_array_equal(
+        gated_attention(q, k, v, causal=True, window=3, impl="xla"),
+        gated_attention_reference(q, k, v, causal=True, window=3),
+    )
 
 
 def test_the_mesh_in_context_decides_the_platform():
@@ -135,12 +140,20 @@ def test_auto_passes_over_a_kernel_that_cannot_run_with_one_warning_per_reason(p
     platform("tpu")
     gated_attention(*qkv(), window=2)
     assert auto_records(caplog) == [
-        (logging.WARNING, "attention_impl='auto' runs 'xla': 'pallas_gpu' cannot run: head_dim 96 is not one of "
-                          "64, 128, 256"),
-        (logging.WARNING, "attention_impl='auto' runs 'xla': 'pallas_gpu' cannot run: head_dim 32 is not one of "
-                          "64, 128, 256"),
-        (logging.WARNING, "attention_impl='auto' runs 'xla': 'pallas_tpu' cannot run: sliding-window attention is "
-                          "implemented only by the XLA reference ('xla')")]
+        (
+            logging.WARNING,
+            "attention_impl='auto' runs 'xla': 'pallas_gpu' cannot run: head_dim 96 is not one of 64, 128, 256",
+        ),
+        (
+            logging.WARNING,
+            "attention_impl='auto' runs 'xla': 'pallas_gpu' cannot run: head_dim 32 is not one of 64, 128, 256",
+        ),
+        (
+            logging.WARNING,
+            "attention_impl='auto' runs 'xla': 'pallas_tpu' cannot run: sliding-window attention is "
+            "implemented only by the XLA reference ('xla')",
+        ),
+    ]
 
 
 def test_auto_on_gpu_runs_the_fused_kernel_when_it_can(platform, monkeypatch, caplog):
@@ -154,17 +167,25 @@ def test_auto_on_gpu_runs_the_fused_kernel_when_it_can(platform, monkeypatch, ca
     assert auto_records(caplog) == [(logging.INFO, "attention_impl='auto' runs 'pallas_gpu': the fused kernel for gpu")]
 
 
-@pytest.mark.parametrize("kwargs,reason", [
-    ({"head_dim": 96}, "head_dim 96 is not one of"), ({"block_q": 96}, "block_q=96 is not a power of two >= 16"),
-    ({"block_k": 8}, "block_k=8 is not a power of two >= 16"), ({"block_q": -4}, "block_q=-4 is not a positive")])
+@pytest.mark.parametrize(
+    "kwargs,reason",
+    [
+        ({"head_dim": 96}, "head_dim 96 is not one of"),
+        ({"block_q": 96}, "block_q=96 is not a power of two >= 16"),
+        ({"block_k": 8}, "block_k=8 is not a power of two >= 16"),
+        ({"block_q": -4}, "block_q=-4 is not a positive"),
+    ],
+)
 def test_gpu_flash_kernel_rejects_what_triton_cannot_tile(kwargs, reason):
     q, k, v = qkv(head_dim=kwargs.pop("head_dim", 64))
     with pytest.raises(KernelUnsupportedError, match=f"pallas_gpu flash attention cannot run: {reason}"):
         gated_flash_attention(q, k, v, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs,reason", [
-    ({"dtype": jnp.float16}, "dtype float16"), ({"block_q": 64}, "block_q=64 is not a power of two >= 128")])
+@pytest.mark.parametrize(
+    "kwargs,reason",
+    [({"dtype": jnp.float16}, "dtype float16"), ({"block_q": 64}, "block_q=64 is not a power of two >= 128")],
+)
 def test_tpu_flash_kernel_rejects_what_mosaic_cannot_compile(kwargs, reason):
     block_q = kwargs.pop("block_q", 512)
     with pytest.raises(KernelUnsupportedError, match=f"pallas_tpu flash attention cannot run: {reason}"):
@@ -206,9 +227,13 @@ def test_delta_rule_auto_reports_its_choice_once(platform, monkeypatch, caplog):
     assert ran == ["chunked", "chunked", "chunked", "pallas_gpu"]
     assert auto_records(caplog) == [
         (logging.INFO, "delta_rule_impl='auto' runs 'chunked': no fused kernel for cpu"),
-        (logging.WARNING, "delta_rule_impl='auto' runs 'chunked': 'pallas_gpu' cannot run: key head dim 24 is not "
-                          "a power of two >= 16"),
-        (logging.INFO, "delta_rule_impl='auto' runs 'pallas_gpu': the fused kernel for gpu")]
+        (
+            logging.WARNING,
+            "delta_rule_impl='auto' runs 'chunked': 'pallas_gpu' cannot run: key head dim 24 is not "
+            "a power of two >= 16",
+        ),
+        (logging.INFO, "delta_rule_impl='auto' runs 'pallas_gpu': the fused kernel for gpu"),
+    ]
 
 
 def test_delta_rule_pallas_rejects_an_unknown_backend_and_untileable_dims():
@@ -218,14 +243,23 @@ def test_delta_rule_pallas_rejects_an_unknown_backend_and_untileable_dims():
         delta_rule_pallas(*delta_inputs(24, 16), backend="gpu")
 
 
-@pytest.mark.parametrize("overrides,field,reason", [
-    (["student.model.attention_impl=pallas_gpu", "student.model.head_dim=96"], "student.model.attention_impl",
-     "pallas_gpu cannot run: head_dim 96"),
-    (["teacher.model.attention_impl=cudnn"], "teacher.model.attention_impl", "cudnn cannot run: dtype float32"),
-    (["student.model.attention_impl=pallas_tpu", "student.model.head_dim=64", "student.model.sliding_window=8"],
-     "student.model.attention_impl", "sliding-window"),
-    (["student.model.attention_impl=fast"], "student.model.attention_impl", "one of"),
-])
+@pytest.mark.parametrize(
+    "overrides,field,reason",
+    [
+        (
+            ["student.model.attention_impl=pallas_gpu", "student.model.head_dim=96"],
+            "student.model.attention_impl",
+            "pallas_gpu cannot run: head_dim 96",
+        ),
+        (["teacher.model.attention_impl=cudnn"], "teacher.model.attention_impl", "cudnn cannot run: dtype float32"),
+        (
+            ["student.model.attention_impl=pallas_tpu", "student.model.head_dim=64", "student.model.sliding_window=8"],
+            "student.model.attention_impl",
+            "sliding-window",
+        ),
+        (["student.model.attention_impl=fast"], "student.model.attention_impl", "one of"),
+    ],
+)
 def test_a_config_asking_for_a_kernel_that_cannot_run_is_refused_when_loaded(overrides, field, reason):
     with pytest.raises(ConfigError, match=f"{field} expected .*{reason}"):
         load_config("default", overrides)
@@ -241,5 +275,6 @@ def test_a_deltanet_config_is_checked_too():
 
     config = ModelConfig(kind="lm", layer_pattern="DA", delta_rule_impl="pallas_gpu", linear_key_head_dim=24)
     assert [field for field, _ in config.validate()] == ["delta_rule_impl"]
-    assert ModelConfig(kind="lm", layer_pattern="A", delta_rule_impl="pallas_gpu",
-                       linear_key_head_dim=24).validate() == []
+    assert (
+        ModelConfig(kind="lm", layer_pattern="A", delta_rule_impl="pallas_gpu", linear_key_head_dim=24).validate() == []
+    )

@@ -30,27 +30,40 @@ def check(attention, args, segment_ids, cotangent, causal, atol, rtol):
     out, grads = values_and_grads(attention, args, cotangent, **kwargs)
     want_out, want_grads = reference_in_float32(args, cotangent, **kwargs)
     assert_close(out, want_out, atol, rtol, "output")
-    for name, got, want in zip(["dq", "dk", "dv", "dgate"][:len(want_grads)], grads, want_grads, strict=True):
+    for name, got, want in zip(["dq", "dk", "dv", "dgate"][: len(want_grads)], grads, want_grads, strict=True):
         assert_close(got, want, 5 * atol, 5 * rtol, name)
 
 
 @settings(max_examples=10, deadline=None)
-@given(q_len=st.integers(1, 19), kv_extra=st.integers(-3, 6), heads=HEADS, head_dim=st.sampled_from([4, 8]),
-       gate_kind=GATES, causal=st.booleans(), segments=st.booleans(), seed=st.integers(0, 2**16))
-def test_float32_values_and_grads_match_reference(q_len, kv_extra, heads, head_dim, gate_kind, causal,
-                                                  segments, seed):
+@given(
+    q_len=st.integers(1, 19),
+    kv_extra=st.integers(-3, 6),
+    heads=HEADS,
+    head_dim=st.sampled_from([4, 8]),
+    gate_kind=GATES,
+    causal=st.booleans(),
+    segments=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_float32_values_and_grads_match_reference(q_len, kv_extra, heads, head_dim, gate_kind, causal, segments, seed):
     kv_len = q_len if segments else max(1, q_len + kv_extra)
-    args, segment_ids, cotangent = make_inputs(seed, 2, q_len, kv_len, *heads, head_dim, gate_kind, segments,
-                                               jnp.float32)
+    args, segment_ids, cotangent = make_inputs(
+        seed, 2, q_len, kv_len, *heads, head_dim, gate_kind, segments, jnp.float32
+    )
     check(small_blocks, args, segment_ids, cotangent, causal, atol=2e-5, rtol=2e-5)
 
 
 @settings(max_examples=3, deadline=None)
-@given(q_len=st.integers(5, 21), heads=HEADS, gate_kind=GATES, causal=st.booleans(), segments=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    q_len=st.integers(5, 21),
+    heads=HEADS,
+    gate_kind=GATES,
+    causal=st.booleans(),
+    segments=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_bfloat16_values_and_grads_match_reference(q_len, heads, gate_kind, causal, segments, seed):
-    args, segment_ids, cotangent = make_inputs(seed, 1, q_len, q_len, *heads, 8, gate_kind, segments,
-                                               jnp.bfloat16)
+    args, segment_ids, cotangent = make_inputs(seed, 1, q_len, q_len, *heads, 8, gate_kind, segments, jnp.bfloat16)
     check(small_blocks, args, segment_ids, cotangent, causal, atol=3e-2, rtol=3e-2)
     reference_bf16 = functools.partial(gated_attention, impl="xla")
     check(reference_bf16, args, segment_ids, cotangent, causal, atol=3e-2, rtol=3e-2)

@@ -26,12 +26,18 @@ def small_blocks(q, k, v, gate, **kwargs):
 
 
 @settings(max_examples=4, deadline=None)
-@given(q_len=st.integers(1, 17), kv_extra=st.integers(-3, 5), heads=HEADS, gate_kind=GATES,
-       causal=st.booleans(), segments=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    q_len=st.integers(1, 17),
+    kv_extra=st.integers(-3, 5),
+    heads=HEADS,
+    gate_kind=GATES,
+    causal=st.booleans(),
+    segments=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_float32_values_and_grads_match_reference(q_len, kv_extra, heads, gate_kind, causal, segments, seed):
     kv_len = q_len if segments else max(1, q_len + kv_extra)
-    args, segment_ids, cotangent = make_inputs(seed, 1, q_len, kv_len, *heads, 8, gate_kind, segments,
-                                               jnp.float32)
+    args, segment_ids, cotangent = make_inputs(seed, 1, q_len, kv_len, *heads, 8, gate_kind, segments, jnp.float32)
     check(small_blocks, args, segment_ids, cotangent, causal, atol=2e-5, rtol=2e-5)
 
 
@@ -39,8 +45,14 @@ def test_float32_values_and_grads_match_reference(q_len, kv_extra, heads, gate_k
 def test_tpu_kernels_compile_ahead_of_time_at_seq_2048():
     script = Path(__file__).with_name("tpu_aot_compile.py")
     root = Path(__file__).parents[2]
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=root,
-                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     by_name = {report["program"]: report for report in reports}
@@ -60,8 +72,9 @@ def test_values_and_grads_in_tpu_semantics_interpret_mode():
     from jax.experimental.pallas import tpu as pltpu
 
     def tpu_interpret(q, k, v, gate, **kwargs):
-        return gated_flash_attention_tpu(q, k, v, gate, interpret=pltpu.InterpretParams(), block_q=8, block_k=8,
-                                         **kwargs)
+        return gated_flash_attention_tpu(
+            q, k, v, gate, interpret=pltpu.InterpretParams(), block_q=8, block_k=8, **kwargs
+        )
 
     args, segment_ids, cotangent = make_inputs(0, 1, 12, 12, 2, 1, 8, "headwise", True, jnp.float32)
     check(tpu_interpret, args, segment_ids, cotangent, True, atol=2e-5, rtol=2e-5)

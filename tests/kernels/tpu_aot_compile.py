@@ -25,13 +25,22 @@ from jdistill.kernels.pallas_tpu import gated_flash_attention_tpu
 def _variants(spec, heads, kv_heads):
     """Other head dims, gates, odd lengths and float32, forward and backward (the kernels must lower for all)."""
     variants = {}
-    for q_len, kv_len, head_dim, gate_kind, causal, dtype in [(1000, 1000, 64, "elementwise", False, jnp.bfloat16),
-                                                             (777, 1031, 256, "none", True, jnp.bfloat16),
-                                                             (640, 640, 128, "headwise", True, jnp.float32)]:
-        gate = {"elementwise": spec(1, q_len, heads, head_dim, dtype=dtype),
-                "headwise": spec(1, q_len, heads, dtype=dtype), "none": None}[gate_kind]
-        args = (spec(1, q_len, heads, head_dim, dtype=dtype), spec(1, kv_len, kv_heads, head_dim, dtype=dtype),
-                spec(1, kv_len, kv_heads, head_dim, dtype=dtype), gate)
+    for q_len, kv_len, head_dim, gate_kind, causal, dtype in [
+        (1000, 1000, 64, "elementwise", False, jnp.bfloat16),
+        (777, 1031, 256, "none", True, jnp.bfloat16),
+        (640, 640, 128, "headwise", True, jnp.float32),
+    ]:
+        gate = {
+            "elementwise": spec(1, q_len, heads, head_dim, dtype=dtype),
+            "headwise": spec(1, q_len, heads, dtype=dtype),
+            "none": None,
+        }[gate_kind]
+        args = (
+            spec(1, q_len, heads, head_dim, dtype=dtype),
+            spec(1, kv_len, kv_heads, head_dim, dtype=dtype),
+            spec(1, kv_len, kv_heads, head_dim, dtype=dtype),
+            gate,
+        )
 
         def forward(q, k, v, gate, causal=causal):
             return gated_flash_attention_tpu(q, k, v, gate, causal=causal)
@@ -44,8 +53,13 @@ def _variants(spec, heads, kv_heads):
 
 
 def main(seq=2048, head_dim=128, heads=8, kv_heads=2):
-    topology = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2", chip_config_name="default",
-                                            chips_per_host_bounds=(2, 2, 1), num_slices=1)
+    topology = topologies.get_topology_desc(
+        platform="tpu",
+        topology_name="v5e:2x2",
+        chip_config_name="default",
+        chips_per_host_bounds=(2, 2, 1),
+        num_slices=1,
+    )
     mesh = Mesh(np.array(topology.devices[:1]), ("x",))
     replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -70,20 +84,36 @@ def main(seq=2048, head_dim=128, heads=8, kv_heads=2):
     attention_args = (q, kv, kv, gate, segments)
     qk, decay = spec(1, seq, heads, head_dim), spec(1, seq, heads, dtype=jnp.float32)
     delta_args = (qk, qk, qk, decay, decay)
-    programs = {"forward": (forward, attention_args),
-                "backward": (jax.grad(loss, argnums=(0, 1, 2, 3)), attention_args),
-                "delta_rule_forward": (delta_rule, delta_args),
-                "delta_rule_backward": (jax.grad(delta_rule_loss, argnums=(0, 1, 2, 3, 4)), delta_args)}
+    programs = {
+        "forward": (forward, attention_args),
+        "backward": (jax.grad(loss, argnums=(0, 1, 2, 3)), attention_args),
+        "delta_rule_forward": (delta_rule, delta_args),
+        "delta_rule_backward": (jax.grad(delta_rule_loss, argnums=(0, 1, 2, 3, 4)), delta_args),
+    }
     programs.update(_variants(spec, heads, kv_heads))
     for name, (program, args) in programs.items():
         compiled = jax.jit(program).lower(*args).compile()
         memory = compiled.memory_analysis()
-        kernels = sorted({line.split("=")[0].strip().lstrip("%") for line in compiled.as_text().splitlines()
-                          if "custom-call" in line and "gated_" in line.split("=")[0]})
-        print(json.dumps({"program": name, "platform": topology.devices[0].platform, "kernels": kernels,
-                          "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
-                          "output_bytes": memory.output_size_in_bytes,
-                          "code_bytes": memory.generated_code_size_in_bytes}))
+        kernels = sorted(
+            {
+                line.split("=")[0].strip().lstrip("%")
+                for line in compiled.as_text().splitlines()
+                if "custom-call" in line and "gated_" in line.split("=")[0]
+            }
+        )
+        print(
+            json.dumps(
+                {
+                    "program": name,
+                    "platform": topology.devices[0].platform,
+                    "kernels": kernels,
+                    "temp_bytes": memory.temp_size_in_bytes,
+                    "argument_bytes": memory.argument_size_in_bytes,
+                    "output_bytes": memory.output_size_in_bytes,
+                    "code_bytes": memory.generated_code_size_in_bytes,
+                }
+            )
+        )
     sys.stdout.flush()
 
 

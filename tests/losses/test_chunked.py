@@ -9,8 +9,12 @@ from jdistill.errors import ConfigError
 from jdistill.losses import cross_entropy, forward_kl, generalized_jsd, reverse_kl, tvd
 from jdistill.losses.chunked import chunked_distillation_loss
 
-DENSE = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "tvd": tvd,
-         "generalized_jsd": lambda s, t, **kw: generalized_jsd(s, t, beta=0.3, **kw)}
+DENSE = {
+    "forward_kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "tvd": tvd,
+    "generalized_jsd": lambda s, t, **kw: generalized_jsd(s, t, beta=0.3, **kw),
+}
 
 
 def _problem(batch=2, seq=37, d_student=16, d_teacher=24, vocab=300, seed=0):
@@ -42,13 +46,24 @@ def _dense(p, objective, temperature, label_weight, student_head=None, scale_by_
 @pytest.mark.parametrize("chunk_size", [16, 74, 1000])
 def test_chunked_equals_dense_in_value_and_gradient(objective, chunk_size):
     p = _problem()
-    chunked = lambda head: chunked_distillation_loss(  # noqa: E731
-        p["student_hidden"], head, p["teacher_hidden"], p["teacher_head"], p["labels"], objective=objective,
-        beta=0.3, temperature=2.0, label_weight=0.5, mask=p["mask"], chunk_size=chunk_size)
-    dense = lambda head: _dense(p, objective, 2.0, 0.5, head)  # noqa: E731
+    chunked = lambda head: chunked_distillation_loss(
+        p["student_hidden"],
+        head,
+        p["teacher_hidden"],
+        p["teacher_head"],
+        p["labels"],
+        objective=objective,
+        beta=0.3,
+        temperature=2.0,
+        label_weight=0.5,
+        mask=p["mask"],
+        chunk_size=chunk_size,
+    )
+    dense = lambda head: _dense(p, objective, 2.0, 0.5, head)
     np.testing.assert_allclose(chunked(p["student_head"]), dense(p["student_head"]), rtol=1e-5)
-    np.testing.assert_allclose(jax.grad(chunked)(p["student_head"]), jax.grad(dense)(p["student_head"]),
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        jax.grad(chunked)(p["student_head"]), jax.grad(dense)(p["student_head"]), rtol=1e-4, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("objective", sorted(DENSE))
@@ -56,41 +71,66 @@ def test_chunked_equals_dense_in_value_and_gradient(objective, chunk_size):
 def test_explicit_temperature_scaling_overrides_the_default(objective, scale_by_temperature_squared):
     p = _problem(seq=9)
     chunked = chunked_distillation_loss(
-        p["student_hidden"], p["student_head"], p["teacher_hidden"], p["teacher_head"], p["labels"],
-        objective=objective, beta=0.3, temperature=3.0, mask=p["mask"], chunk_size=8,
-        scale_by_temperature_squared=scale_by_temperature_squared)
+        p["student_hidden"],
+        p["student_head"],
+        p["teacher_hidden"],
+        p["teacher_head"],
+        p["labels"],
+        objective=objective,
+        beta=0.3,
+        temperature=3.0,
+        mask=p["mask"],
+        chunk_size=8,
+        scale_by_temperature_squared=scale_by_temperature_squared,
+    )
     np.testing.assert_allclose(chunked, _dense(p, objective, 3.0, 0.0, None, scale_by_temperature_squared), rtol=1e-5)
 
 
 def test_unknown_objective_is_a_one_line_config_error():
     p = _problem(seq=4)
     with pytest.raises(ConfigError, match="unknown divergence 'kl'; expected one of forward_kl, reverse_kl"):
-        chunked_distillation_loss(p["student_hidden"], p["student_head"], p["teacher_hidden"], p["teacher_head"],
-                                  objective="kl")
+        chunked_distillation_loss(
+            p["student_hidden"], p["student_head"], p["teacher_hidden"], p["teacher_head"], objective="kl"
+        )
 
 
 def test_sum_count_and_all_masked():
     p = _problem()
-    total, count = chunked_distillation_loss(p["student_hidden"], p["student_head"], p["teacher_hidden"],
-                                             p["teacher_head"], mask=p["mask"], chunk_size=32,
-                                             reduction="sum_count")
+    total, count = chunked_distillation_loss(
+        p["student_hidden"],
+        p["student_head"],
+        p["teacher_hidden"],
+        p["teacher_head"],
+        mask=p["mask"],
+        chunk_size=32,
+        reduction="sum_count",
+    )
     assert float(count) == float(p["mask"].sum())
     np.testing.assert_allclose(total / count, _dense(p, "forward_kl", 1.0, 0.0), rtol=1e-5)
-    zero = chunked_distillation_loss(p["student_hidden"], p["student_head"], p["teacher_hidden"],
-                                     p["teacher_head"], mask=jnp.zeros_like(p["mask"]), chunk_size=32)
+    zero = chunked_distillation_loss(
+        p["student_hidden"],
+        p["student_head"],
+        p["teacher_hidden"],
+        p["teacher_head"],
+        mask=jnp.zeros_like(p["mask"]),
+        chunk_size=32,
+    )
     assert float(zero) == 0.0
 
 
 def test_teacher_gets_no_gradient():
     p = _problem()
-    grad = jax.grad(lambda head: chunked_distillation_loss(p["student_hidden"], p["student_head"],
-                                                           p["teacher_hidden"], head, chunk_size=32))
+    grad = jax.grad(
+        lambda head: chunked_distillation_loss(
+            p["student_hidden"], p["student_head"], p["teacher_hidden"], head, chunk_size=32
+        )
+    )
     assert float(jnp.abs(grad(p["teacher_head"])).max()) == 0.0
 
 
 def test_chunked_peak_memory_is_below_dense_at_large_vocab():
     batch, seq, dim, vocab = 2, 512, 64, 32768
-    spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     args = (spec(batch, seq, dim), spec(dim, vocab), spec(batch, seq, dim), spec(dim, vocab))
 
     def dense(sh, sw, th, tw):

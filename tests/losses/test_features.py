@@ -1,6 +1,5 @@
 """Tests for jdistill.losses.features: hint losses, attention transfer, multi-exit self-distillation."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,8 +119,10 @@ def test_hint_sum_count_and_bf16():
 
 def random_maps(seed, channels_s=3, channels_t=5, spatial=(4, 4)):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(2, *spatial, channels_s)).astype(np.float32),
-            rng.normal(size=(2, *spatial, channels_t)).astype(np.float32))
+    return (
+        rng.normal(size=(2, *spatial, channels_s)).astype(np.float32),
+        rng.normal(size=(2, *spatial, channels_t)).astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("p", [1, 2, 4])
@@ -150,8 +151,12 @@ def test_attention_transfer_rejects_mismatched_spatial_shapes():
 def test_attention_transfer_gradients_match_finite_differences():
     student, teacher = random_maps(seed=11)
     with jax.enable_x64(True):
-        check_grads(jax.jit(attention_transfer), (jnp.asarray(student, jnp.float64), jnp.asarray(teacher, jnp.float64)),
-                    order=1, modes=("rev",))
+        check_grads(
+            jax.jit(attention_transfer),
+            (jnp.asarray(student, jnp.float64), jnp.asarray(teacher, jnp.float64)),
+            order=1,
+            modes=("rev",),
+        )
 
 
 # --- multi-exit self-distillation -------------------------------------------------------------------------
@@ -182,8 +187,16 @@ def test_multi_exit_loss_matches_numpy(teacher):
     )
     ce_final = -np.take_along_axis(np_log_softmax(exits[-1]), labels[..., None], axis=-1)[..., 0]
     per_position = per_position + weights[-1] * 0.4 * ce_final
-    got = hierarchical_multi_exit_loss(exits, labels, temperature=2.0, weights=weights, distill_weight=0.6,
-                                       label_weight=0.4, teacher=teacher, mask=mask)
+    got = hierarchical_multi_exit_loss(
+        exits,
+        labels,
+        temperature=2.0,
+        weights=weights,
+        distill_weight=0.6,
+        label_weight=0.4,
+        teacher=teacher,
+        mask=mask,
+    )
     np.testing.assert_allclose(got, np_masked_mean(per_position, mask), rtol=1e-5)
 
 
@@ -193,7 +206,8 @@ def test_multi_exit_loss_stops_gradient_into_teacher_exits():
     grads = jax.grad(loss, argnums=(0, 1, 2))(*exits)
     # The final exit only receives its own label term: weight 3/6 times the CE gradient.
     own_ce = jax.jit(jax.grad(lambda z: jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(z), labels[..., None], -1))))(
-        exits[-1])
+        exits[-1]
+    )
     np.testing.assert_allclose(grads[-1], 0.5 * own_ce, rtol=1e-5, atol=1e-8)
     # Without labels the final exit receives nothing at all.
     no_label_loss = jax.jit(lambda *z: hierarchical_multi_exit_loss(list(z), None, label_weight=0))
@@ -215,8 +229,11 @@ def test_multi_exit_loss_single_exit_is_plain_cross_entropy():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(teacher="previous"), "teacher must be"), (dict(weights=[0.5, 0.5]), "one per exit"),
-     (dict(labels=None), "needs labels")],
+    [
+        (dict(teacher="previous"), "teacher must be"),
+        (dict(weights=[0.5, 0.5]), "one per exit"),
+        (dict(labels=None), "needs labels"),
+    ],
 )
 def test_multi_exit_loss_invalid_arguments_raise(kwargs, message):
     exits, labels, _ = random_exits(seed=16)
@@ -241,10 +258,13 @@ def test_multi_exit_gradients_match_finite_differences():
 @jax.jit
 def all_feature_values(student, teacher, projection, mask, exits, labels):
     def total(student, teacher, projection, exits):
-        return (hint_mse(student, teacher, projection=projection, mask=mask)
-                + hint_cosine(student, teacher, projection=projection, mask=mask)
-                + attention_transfer(student[..., None, :], teacher[..., None, :])
-                + hierarchical_multi_exit_loss(exits, labels, temperature=2.0, mask=mask))
+        return (
+            hint_mse(student, teacher, projection=projection, mask=mask)
+            + hint_cosine(student, teacher, projection=projection, mask=mask)
+            + attention_transfer(student[..., None, :], teacher[..., None, :])
+            + hierarchical_multi_exit_loss(exits, labels, temperature=2.0, mask=mask)
+        )
+
     return jax.value_and_grad(total, argnums=(0, 1, 2, 3))(student, teacher, projection, exits)
 
 

@@ -64,8 +64,7 @@ def test_probe_is_ridge_with_intercept_and_linear_in_its_target():
     design = np.concatenate([fit, np.ones((12, 1))], 1)
     weights = np.linalg.solve(design.T @ design + 0.5 * np.eye(5), design.T @ targets)
     np.testing.assert_allclose(B @ targets, np.concatenate([evaluate, np.ones((9, 1))], 1) @ weights, atol=1e-10)
-    np.testing.assert_allclose(B @ (0.3 * targets + 0.7 * teacher), 0.3 * B @ targets + 0.7 * B @ teacher,
-                               atol=1e-12)
+    np.testing.assert_allclose(B @ (0.3 * targets + 0.7 * teacher), 0.3 * B @ targets + 0.7 * B @ teacher, atol=1e-12)
     alpha = kernel_ridge.probe_alpha(fit, targets, teacher, evaluate, targets[:9], 0.5)
     grid = np.linspace(0, 1, 1001)
     errors = [np.sum((B @ (a * targets + (1 - a) * teacher) - targets[:9]) ** 2) for a in grid]

@@ -158,8 +158,16 @@ def test_kd_matches_numpy_with_label_term(temperature, scale):
     labels, mask = random_labels(seed=7), random_mask("bool", seed=7)
     factor = temperature**2 if scale else 1.0
     per_token = 0.7 * factor * np_forward_kl(s, t, temperature) + 0.3 * np_cross_entropy(s, labels)
-    got = kd(s, t, labels, temperature=temperature, distill_weight=0.7, label_weight=0.3, mask=mask,
-             scale_by_temperature_squared=scale)
+    got = kd(
+        s,
+        t,
+        labels,
+        temperature=temperature,
+        distill_weight=0.7,
+        label_weight=0.3,
+        mask=mask,
+        scale_by_temperature_squared=scale,
+    )
     np.testing.assert_allclose(got, np_reduce(per_token, mask, "mean"), rtol=2e-5)
 
 
@@ -204,8 +212,11 @@ def test_jsd_endpoints_are_forward_and_reverse_kl():
 def test_jsd_endpoints_hold_for_traced_beta_under_jit():
     s, t = random_logits(seed=13)
     jitted = jax.jit(lambda s_, t_, beta: generalized_jsd(s_, t_, beta=beta, temperature=2.0))
-    for beta, expected in [(0.0, forward_kl(s, t, temperature=2.0)), (1.0, reverse_kl(s, t, temperature=2.0)),
-                           (0.3, generalized_jsd(s, t, beta=0.3, temperature=2.0))]:
+    for beta, expected in [
+        (0.0, forward_kl(s, t, temperature=2.0)),
+        (1.0, reverse_kl(s, t, temperature=2.0)),
+        (0.3, generalized_jsd(s, t, beta=0.3, temperature=2.0)),
+    ]:
         np.testing.assert_allclose(jitted(s, t, jnp.float32(beta)), expected, rtol=1e-6)
 
 

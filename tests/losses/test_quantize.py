@@ -95,9 +95,15 @@ def test_quantize_leaves_constant_buckets_unchanged_and_keeps_bf16():
     assert quantize(bf16, 4).dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(bits=0), "bits must be"), (dict(bits=33), "bits must be"),
-                                             (dict(bits=4.0), "bits must be"),
-                                             (dict(bits=4, bucket_size=0), "bucket_size must be")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(bits=0), "bits must be"),
+        (dict(bits=33), "bits must be"),
+        (dict(bits=4.0), "bits must be"),
+        (dict(bits=4, bucket_size=0), "bucket_size must be"),
+    ],
+)
 def test_quantize_invalid_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         quantize(random_weights(seed=33), **kwargs)

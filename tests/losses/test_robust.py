@@ -164,8 +164,9 @@ def test_dcs_loss_gradients_match_finite_differences():
     weights = np.random.default_rng(8).uniform(0.1, 3.0, BATCH)
     with jax.enable_x64(True):
         loss = jax.jit(functools.partial(dcs_loss, labels=labels, weights=jnp.asarray(weights), temperature=2.0))
-        check_grads(loss, (jnp.asarray(student, jnp.float64), jnp.asarray(teacher, jnp.float64)), order=1,
-                    modes=("rev",))
+        check_grads(
+            loss, (jnp.asarray(student, jnp.float64), jnp.asarray(teacher, jnp.float64)), order=1, modes=("rev",)
+        )
 
 
 # --- SLA + SD ---------------------------------------------------------------------------------------

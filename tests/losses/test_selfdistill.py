@@ -147,16 +147,20 @@ def test_xi_sum_count_over_micro_batches_equals_full_batch_mean():
     loss = jax.jit(functools.partial(xi_self_distillation, xi=1.5, temperature=2.0, reduction="sum_count"))
     pieces = [loss(s_, t_, y_, mask=m_) for s_, t_, y_, m_ in micro_batches(s, t, labels, mask)]
     accumulated = sum(p[0] for p in pieces) / sum(p[1] for p in pieces)
-    np.testing.assert_allclose(accumulated, xi_self_distillation(s, t, labels, xi=1.5, temperature=2.0, mask=mask),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        accumulated, xi_self_distillation(s, t, labels, xi=1.5, temperature=2.0, mask=mask), rtol=1e-5
+    )
 
 
 def test_xi_under_jit_with_traced_weights_and_vmap_agrees_with_eager():
     s, t = random_logits(seed=38)
     labels, mask = random_labels(seed=38), random_mask("bool", seed=38)
     eager = xi_self_distillation(s, t, labels, xi=1.5, temperature=2.0, mask=mask, reduction="none")
-    jitted = jax.jit(lambda xi, temperature: xi_self_distillation(s, t, labels, xi=xi, temperature=temperature,
-                                                                  mask=mask, reduction="none"))(1.5, 2.0)
+    jitted = jax.jit(
+        lambda xi, temperature: xi_self_distillation(
+            s, t, labels, xi=xi, temperature=temperature, mask=mask, reduction="none"
+        )
+    )(1.5, 2.0)
     row_sum = functools.partial(xi_self_distillation, xi=1.5, temperature=2.0, reduction="sum")
     per_row = jax.jit(jax.vmap(lambda *a: row_sum(*a[:3], mask=a[3])))(s, t, labels, mask)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6)
@@ -215,7 +219,7 @@ def test_pskd_targets_reject_mismatched_labels():
 def kernel_problem(seed=40, n=12, m=5):
     rng = np.random.default_rng(seed)
     x, query = rng.uniform(-2, 2, size=(n, 1)), rng.uniform(-2, 2, size=(m, 1))
-    rbf = lambda a, b: np.exp(-0.5 * (a - b.T) ** 2)  # noqa: E731
+    rbf = lambda a, b: np.exp(-0.5 * (a - b.T) ** 2)
     y_star = np.sin(2 * x[:, 0])
     return rbf(x, x), rbf(query, x), y_star + 0.3 * rng.normal(size=n), y_star
 
@@ -291,8 +295,9 @@ def test_self_evolution_kd_matches_numpy(hard_fraction, gamma_max, mask_kind):
     s, t = random_logits(seed=42)
     labels, mask = random_labels(seed=42), random_mask(mask_kind, seed=42)
     expected = np_self_evolution_kd(s, t, labels, mask, hard_fraction, gamma_max, 1.5)
-    got = self_evolution_kd(s, t, labels, hard_fraction=hard_fraction, gamma_max=gamma_max, temperature=1.5,
-                            mask=mask, reduction="none")
+    got = self_evolution_kd(
+        s, t, labels, hard_fraction=hard_fraction, gamma_max=gamma_max, temperature=1.5, mask=mask, reduction="none"
+    )
     np.testing.assert_allclose(got, np_reduce(expected, mask, "none"), rtol=2e-5, atol=2e-6)
 
 
@@ -300,16 +305,18 @@ def test_self_evolution_kd_matches_numpy(hard_fraction, gamma_max, mask_kind):
 def test_self_evolution_kd_without_mixing_is_forward_kl(hard_fraction, gamma_max):
     s, t = random_logits(seed=43)
     labels, mask = random_labels(seed=43), random_mask("bool", seed=43)
-    got = self_evolution_kd(s, t, labels, hard_fraction=hard_fraction, gamma_max=gamma_max, temperature=2.0,
-                            mask=mask, reduction="none")
+    got = self_evolution_kd(
+        s, t, labels, hard_fraction=hard_fraction, gamma_max=gamma_max, temperature=2.0, mask=mask, reduction="none"
+    )
     np.testing.assert_allclose(got, forward_kl(s, t, temperature=2.0, mask=mask, reduction="none"), rtol=1e-6)
 
 
 def test_self_evolution_kd_mixes_exactly_the_hardest_tokens():
     s, t = random_logits(seed=44)
     labels, mask = random_labels(seed=44), random_mask("bool", seed=44)
-    changed = self_evolution_kd(s, t, labels, mask=mask, reduction="none") != forward_kl(s, t, mask=mask,
-                                                                                          reduction="none")
+    changed = self_evolution_kd(s, t, labels, mask=mask, reduction="none") != forward_kl(
+        s, t, mask=mask, reduction="none"
+    )
     difficulty = np.where(mask, np_difficulty(s, t, labels), -np.inf)
     assert np.sum(changed) == math.ceil(0.5 * mask.sum())
     assert np.min(difficulty[changed]) >= np.max(difficulty[~changed & mask])
@@ -326,8 +333,13 @@ def test_self_evolution_kd_sum_count_matches_mean_and_micro_batches_without_mixi
     np.testing.assert_allclose(accumulated, self_evolution_kd(s, t, labels, gamma_max=0.0, mask=mask), rtol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"gamma_max": 1.0}, r"gamma_max must be in \[0, 1\)"),
-                                             ({"hard_fraction": 1.5}, r"hard_fraction must be in \[0, 1\]")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"gamma_max": 1.0}, r"gamma_max must be in \[0, 1\)"),
+        ({"hard_fraction": 1.5}, r"hard_fraction must be in \[0, 1\]"),
+    ],
+)
 def test_self_evolution_kd_rejects_bad_weights(kwargs, message):
     s, t = random_logits(seed=46)
     with pytest.raises(ValueError, match=message):
@@ -353,9 +365,16 @@ def test_ensemble_mean_matches_numpy():
 
 
 def test_ensemble_vote_takes_the_majority_and_breaks_ties_by_mean_probability():
-    stack = np.log(np.array([[[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]],
-                             [[0.2, 0.7, 0.1], [0.1, 0.8, 0.1]],
-                             [[0.5, 0.1, 0.4], [0.2, 0.1, 0.7]]], np.float32))
+    stack = np.log(
+        np.array(
+            [
+                [[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]],
+                [[0.2, 0.7, 0.1], [0.1, 0.8, 0.1]],
+                [[0.5, 0.1, 0.4], [0.2, 0.1, 0.7]],
+            ],
+            np.float32,
+        )
+    )
     # Row 0: votes 0, 1, 0 -> class 0. Row 1: votes 0, 1, 2 tie; class 1 has the highest mean probability.
     got = np.exp(ensemble_teacher_log_probs(stack, method="vote", vote_smoothing=0.03))
     np.testing.assert_allclose(got, [[0.98, 0.01, 0.01], [0.01, 0.98, 0.01]], rtol=1e-6)
@@ -388,8 +407,9 @@ def test_self_evolution_kd_gradient_holds_gamma_and_selection_fixed():
     s, t = random_logits(seed=50, scale=1.0)
     labels, mask = random_labels(seed=50), random_mask("bool", seed=50)
     gamma = np_self_evolution_gammas(s, t, labels, mask, 0.5, 0.5, 1.5)
-    loss = functools.partial(self_evolution_kd, teacher_logits=t, labels=labels, temperature=1.5, mask=mask,
-                             reduction="sum")
+    loss = functools.partial(
+        self_evolution_kd, teacher_logits=t, labels=labels, temperature=1.5, mask=mask, reduction="sum"
+    )
     with jax.enable_x64(True):
         grad = jax.jit(jax.grad(loss))(jnp.asarray(s, jnp.float64))
 
@@ -411,8 +431,11 @@ def test_all_masked_input_gives_zero_losses_and_finite_gradients():
         "xi": functools.partial(xi_self_distillation, xi=1.5),
         "self_evolution_kd": self_evolution_kd,
     }
-    values_and_grads = jax.jit(lambda s_: {name: jax.value_and_grad(lambda x, fn=fn: fn(x, t, labels, mask=mask))(s_)
-                                           for name, fn in losses.items()})(s)
+    values_and_grads = jax.jit(
+        lambda s_: {
+            name: jax.value_and_grad(lambda x, fn=fn: fn(x, t, labels, mask=mask))(s_) for name, fn in losses.items()
+        }
+    )(s)
     for name, (value, grad) in values_and_grads.items():
         assert value == 0.0 and np.all(np.isfinite(grad)), name
 
@@ -425,8 +448,9 @@ def token_objectives(s, t, labels, mask, temperature, xi, gamma_max):
     def values(s_, t_):
         return {
             "xi": xi_self_distillation(s_, t_, labels, xi=xi, temperature=temperature, mask=mask),
-            "self_evolution_kd": self_evolution_kd(s_, t_, labels, gamma_max=gamma_max, temperature=temperature,
-                                                   mask=mask),
+            "self_evolution_kd": self_evolution_kd(
+                s_, t_, labels, gamma_max=gamma_max, temperature=temperature, mask=mask
+            ),
             "difficulty": reduce_tokens(token_difficulty(s_, t_, labels, temperature=temperature), mask),
         }
 
@@ -437,8 +461,13 @@ def token_objectives(s, t, labels, mask, temperature, xi, gamma_max):
 
 
 @settings(max_examples=30, deadline=None)
-@given(pair=logit_pairs(), temperature=temperatures, xi=st.sampled_from([0.0, 0.5, 1.0]),
-       gamma_max=st.one_of(st.just(0.0), st.floats(0.0, 0.99)), label_seed=st.integers(0, 2**16))
+@given(
+    pair=logit_pairs(),
+    temperature=temperatures,
+    xi=st.sampled_from([0.0, 0.5, 1.0]),
+    gamma_max=st.one_of(st.just(0.0), st.floats(0.0, 0.99)),
+    label_seed=st.integers(0, 2**16),
+)
 def test_token_objectives_are_finite_nonnegative_with_finite_gradients(pair, temperature, xi, gamma_max, label_seed):
     s, t, mask = pair
     mask = np.ones(s.shape[:-1], bool) if mask is None else mask  # one program for both kinds of mask

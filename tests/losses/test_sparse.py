@@ -97,8 +97,9 @@ def test_topk_kd_does_not_depend_on_the_order_of_the_cache():
     s, t = random_logits(seed=63)
     log_probs, ids = cache(t, 4)
     order = np.random.default_rng(63).permutation(4)
-    np.testing.assert_allclose(topk_kd(s, log_probs[..., order], ids[..., order]), topk_kd(s, log_probs, ids),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        topk_kd(s, log_probs[..., order], ids[..., order]), topk_kd(s, log_probs, ids), rtol=1e-6
+    )
 
 
 def test_topk_kd_tail_stays_finite_when_the_cache_overshoots_one():
@@ -220,14 +221,18 @@ def test_jit_with_traced_arguments_and_vmap_agree_with_eager():
 
     @jax.jit
     def jitted(beta, temperature):
-        return (topk_kd(s, log_probs, ids, beta=beta, temperature=temperature, mask=mask, reduction="none"),
-                uld_loss(s, t, temperature=temperature, mask=mask, reduction="none"))
+        return (
+            topk_kd(s, log_probs, ids, beta=beta, temperature=temperature, mask=mask, reduction="none"),
+            uld_loss(s, t, temperature=temperature, mask=mask, reduction="none"),
+        )
 
     @jax.jit
     @jax.vmap
     def per_row(s_, lp, i, t_, m):
-        return (topk_kd(s_, lp, i, beta=0.5, temperature=2.0, mask=m, reduction="sum"),
-                uld_loss(s_, t_, temperature=2.0, mask=m, reduction="sum"))
+        return (
+            topk_kd(s_, lp, i, beta=0.5, temperature=2.0, mask=m, reduction="sum"),
+            uld_loss(s_, t_, temperature=2.0, mask=m, reduction="sum"),
+        )
 
     for got, eager in zip(jitted(0.5, 2.0), (eager_topk, eager_uld), strict=True):
         np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-7)

@@ -66,8 +66,9 @@ jitted_dino_loss = jax.jit(dino_loss, static_argnames="n_global_crops")
 def test_dino_loss_matches_official_loop(n_crops, n_global):
     student, teacher, center = random_outputs(seed=n_crops, n_crops=n_crops, n_global=n_global)
     for tau_s, tau_t in [(0.1, 0.04), (0.1, 0.07), (1.0, 1.0)]:
-        got = jitted_dino_loss(student, teacher, center, student_temperature=tau_s, teacher_temperature=tau_t,
-                               n_global_crops=n_global)
+        got = jitted_dino_loss(
+            student, teacher, center, student_temperature=tau_s, teacher_temperature=tau_t, n_global_crops=n_global
+        )
         np.testing.assert_allclose(got, np_dino_loss(student, teacher, center, tau_s, tau_t), rtol=2e-5)
 
 
@@ -107,8 +108,12 @@ def test_dino_loss_gives_no_gradient_to_teacher_or_centre():
 def test_dino_loss_gradients_match_finite_differences():
     student, teacher, center = random_outputs(seed=5)
     with jax.enable_x64(True):
-        loss = functools.partial(dino_loss, teacher_outputs=jnp.asarray(teacher, jnp.float64),
-                                 center=jnp.asarray(center, jnp.float64), student_temperature=0.5)
+        loss = functools.partial(
+            dino_loss,
+            teacher_outputs=jnp.asarray(teacher, jnp.float64),
+            center=jnp.asarray(center, jnp.float64),
+            student_temperature=0.5,
+        )
         check_grads(jax.jit(loss), (jnp.asarray(student, jnp.float64),), order=1, modes=("rev",))
 
 
@@ -202,8 +207,7 @@ def test_center_update_matches_formula():
     _, teacher, center = random_outputs(seed=9)
     expected = 0.9 * center + 0.1 * teacher.astype(np.float64).mean(axis=(0, 1))
     np.testing.assert_allclose(dino_center_update(center, teacher), expected, rtol=1e-6)
-    np.testing.assert_allclose(dino_center_update(center, teacher, momentum=0.0), teacher.mean(axis=(0, 1)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(dino_center_update(center, teacher, momentum=0.0), teacher.mean(axis=(0, 1)), rtol=1e-6)
 
 
 def test_center_update_all_reduces_over_the_named_axis():

@@ -11,16 +11,33 @@ from flax import nnx
 from jdistill.models import ModelConfig, Transformer
 from jdistill.models.generate import filter_logits, generate
 
-LM = ModelConfig(kind="lm", num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, vocab_size=50,
-                 gate="headwise", qk_norm=True, rotary_fraction=0.5)
+LM = ModelConfig(
+    kind="lm",
+    num_layers=2,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=64,
+    vocab_size=50,
+    gate="headwise",
+    qk_norm=True,
+    rotary_fraction=0.5,
+)
 
 
 HYBRID = dataclasses.replace(LM, num_layers=3, layer_pattern="DDA", linear_key_head_dim=8, linear_value_head_dim=8)
 
 
-@pytest.mark.parametrize("gate, position, pattern", [("headwise", "sdpa_output", "A"), ("elementwise", "value", "A"),
-                                                     ("none", "sdpa_output", "A"), ("headwise", "sdpa_output", "DA"),
-                                                     ("headwise", "sdpa_output", "RA")])
+@pytest.mark.parametrize(
+    "gate, position, pattern",
+    [
+        ("headwise", "sdpa_output", "A"),
+        ("elementwise", "value", "A"),
+        ("none", "sdpa_output", "A"),
+        ("headwise", "sdpa_output", "DA"),
+        ("headwise", "sdpa_output", "RA"),
+    ],
+)
 def test_cached_decoding_equals_full_forward(gate, position, pattern):
     config = dataclasses.replace(LM, gate=gate, gate_position=position, layer_pattern=pattern)
     model = Transformer(config, rngs=nnx.Rngs(0))
@@ -31,7 +48,7 @@ def test_cached_decoding_equals_full_forward(gate, position, pattern):
     prefix_logits, caches = model.decode(tokens[:, :5], positions=positions, caches=caches)
     np.testing.assert_allclose(prefix_logits, full[:, :5], atol=1e-5)
     for t in range(5, 9):
-        step_logits, caches = model.decode(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), caches=caches)
+        step_logits, caches = model.decode(tokens[:, t : t + 1], positions=jnp.full((2, 1), t), caches=caches)
         np.testing.assert_allclose(step_logits[:, 0], full[:, t], atol=2e-5)
 
 
@@ -56,7 +73,7 @@ def test_rows_of_different_lengths_decode_as_if_alone(config):
         padded[row, length:] = 0
     together = generate(model, padded, lengths, max_new_tokens=4)
     for row, length in enumerate(lengths):
-        alone = generate(model, prompts[row:row + 1, :length], max_new_tokens=4)
+        alone = generate(model, prompts[row : row + 1, :length], max_new_tokens=4)
         np.testing.assert_array_equal(together[row], alone[0])
 
 

@@ -63,8 +63,9 @@ def test_classifier_exits_are_pooled():
 
 
 def test_bad_exit_layers_are_rejected():
-    assert ("exit_layers", "increasing block numbers in [1, num_layers=3]") in \
-        dataclasses.replace(LM, exit_layers=(0, 2)).validate()
+    assert ("exit_layers", "increasing block numbers in [1, num_layers=3]") in dataclasses.replace(
+        LM, exit_layers=(0, 2)
+    ).validate()
 
 
 def test_capture_by_layer_path_inside_jit_and_restores_the_model():
@@ -127,8 +128,17 @@ def test_sliding_window_limits_attention_in_forward_and_decoding():
 
 
 def test_token_classifier():
-    config = ModelConfig(kind="classifier", classifier_input="tokens", num_layers=1, d_model=16, num_heads=2,
-                         mlp_dim=32, vocab_size=30, max_seq_len=12, num_classes=3)
+    config = ModelConfig(
+        kind="classifier",
+        classifier_input="tokens",
+        num_layers=1,
+        d_model=16,
+        num_heads=2,
+        mlp_dim=32,
+        vocab_size=30,
+        max_seq_len=12,
+        num_classes=3,
+    )
     model = Transformer(config, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(6), (5, 12), 0, 30)
     assert model(tokens).logits.shape == (5, 3)
@@ -143,8 +153,9 @@ def test_capturing_a_module_the_forward_pass_does_not_call_says_so():
     from jdistill.models import ModelConfig, Transformer
     from jdistill.models.capture import capture
 
-    model = Transformer(ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32),
-                        rngs=nnx.Rngs(0))
+    model = Transformer(
+        ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32), rngs=nnx.Rngs(0)
+    )
     with capture(model, ["blocks.0.mlp", "blocks.0.mlp.up"]) as features:
         model(jnp.zeros((1, 4), jnp.int32))
     assert features["blocks.0.mlp"].shape == (1, 4, 16)

@@ -19,11 +19,23 @@ from jdistill.nn import HeadGates
 from jdistill.partitioning import DEFAULT_RULES, logical_axes
 from jdistill.recipes.registry import recipe_classes
 
-LM = ModelConfig(kind="lm", num_layers=3, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32, max_seq_len=16,
-                 layer_pattern="ADR", linear_key_heads=1, linear_value_heads=2, linear_key_head_dim=8,
-                 linear_value_head_dim=8)
-CLASSIFIER = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, image_size=4,
-                         patch_size=2)
+LM = ModelConfig(
+    kind="lm",
+    num_layers=3,
+    d_model=16,
+    num_heads=2,
+    mlp_dim=32,
+    vocab_size=32,
+    max_seq_len=16,
+    layer_pattern="ADR",
+    linear_key_heads=1,
+    linear_value_heads=2,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+)
+CLASSIFIER = ModelConfig(
+    kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, image_size=4, patch_size=2
+)
 
 # Every architectural switch of ModelConfig that adds, removes or reshapes parameters.
 MODEL_KINDS = {
@@ -33,8 +45,9 @@ MODEL_KINDS = {
     "lm_tied_embeddings": dataclasses.replace(LM, layer_pattern="A", tie_embeddings=True),
     "gate_none": dataclasses.replace(CLASSIFIER, gate="none"),
     "gate_headwise_value": dataclasses.replace(LM, layer_pattern="A", gate="headwise", gate_position="value"),
-    "gate_elementwise_gqa_qk_norm": dataclasses.replace(LM, layer_pattern="A", gate="elementwise", num_kv_heads=1,
-                                                        qk_norm=True, norm_zero_centered=True),
+    "gate_elementwise_gqa_qk_norm": dataclasses.replace(
+        LM, layer_pattern="A", gate="elementwise", num_kv_heads=1, qk_norm=True, norm_zero_centered=True
+    ),
     "glu_order1_no_bias": dataclasses.replace(LM, mlp="glu", glu_order=1, mlp_bias=False),
     "swiglu_expanded_activation": dataclasses.replace(LM, mlp="glu", activation="xsilu"),
     "dense_expanded_activation": dataclasses.replace(CLASSIFIER, activation="xgelu"),
@@ -60,8 +73,10 @@ def _abstract(build):
 
 def _modules():
     """(name, module) for every model kind, every recipe wrapper around both model kinds, and head gates."""
-    modules = [(name, _abstract(lambda config=config: Transformer(config, rngs=nnx.Rngs(0))))
-               for name, config in MODEL_KINDS.items()]
+    modules = [
+        (name, _abstract(lambda config=config: Transformer(config, rngs=nnx.Rngs(0))))
+        for name, config in MODEL_KINDS.items()
+    ]
     for name, cls in recipe_classes().items():
         factory = cls(**WRAPPER_OPTIONS.get(name, {})).wraps_student()
         if factory is None:
@@ -69,8 +84,9 @@ def _modules():
         for kind, config in (("lm", LM), ("classifier", CLASSIFIER)):
             if name == "sla_sd" and kind == "lm":  # rotates images
                 continue
-            modules.append((f"{name}_{kind}", _abstract(lambda factory=factory, config=config:
-                                                        factory(config, nnx.Rngs(0)))))
+            modules.append(
+                (f"{name}_{kind}", _abstract(lambda factory=factory, config=config: factory(config, nnx.Rngs(0))))
+            )
     modules.append(("head_gates", _abstract(lambda: HeadGates(3, 2))))
     return modules
 
@@ -111,31 +127,50 @@ def _block(index, mixer):
     prefix = f"['blocks'][{index}]"
     into, out_of = ("embed", "heads"), ("heads", "embed")
     mixers = {
-        "attention": {"['attention']['query_and_gate']['kernel']": into, "['attention']['key_value']['kernel']": into,
-                      "['attention']['output']['kernel']": out_of},
-        "deltanet": {"['linear_attention']['in_proj_qkvz']['kernel']": into,
-                     "['linear_attention']['in_proj_ba']['kernel']": into,
-                     "['linear_attention']['conv_weight']": ("conv", "heads"),
-                     "['linear_attention']['dt_bias']": ("heads",), "['linear_attention']['A_log']": ("heads",),
-                     "['linear_attention']['norm']['scale']": ("norm",),
-                     "['linear_attention']['out_proj']['kernel']": out_of},
-        "regla": {**{f"['linear_attention']['{name}']['kernel']": into
-                     for name in ("query", "key", "value", "forget_gate", "refine_gate")},
-                  "['linear_attention']['forget_gate']['bias']": ("heads",),
-                  "['linear_attention']['refine_gate']['bias']": ("heads",),
-                  "['linear_attention']['output_norm']['scale']": ("norm",),
-                  "['linear_attention']['output']['kernel']": out_of},
+        "attention": {
+            "['attention']['query_and_gate']['kernel']": into,
+            "['attention']['key_value']['kernel']": into,
+            "['attention']['output']['kernel']": out_of,
+        },
+        "deltanet": {
+            "['linear_attention']['in_proj_qkvz']['kernel']": into,
+            "['linear_attention']['in_proj_ba']['kernel']": into,
+            "['linear_attention']['conv_weight']": ("conv", "heads"),
+            "['linear_attention']['dt_bias']": ("heads",),
+            "['linear_attention']['A_log']": ("heads",),
+            "['linear_attention']['norm']['scale']": ("norm",),
+            "['linear_attention']['out_proj']['kernel']": out_of,
+        },
+        "regla": {
+            **{
+                f"['linear_attention']['{name}']['kernel']": into
+                for name in ("query", "key", "value", "forget_gate", "refine_gate")
+            },
+            "['linear_attention']['forget_gate']['bias']": ("heads",),
+            "['linear_attention']['refine_gate']['bias']": ("heads",),
+            "['linear_attention']['output_norm']['scale']": ("norm",),
+            "['linear_attention']['output']['kernel']": out_of,
+        },
     }[mixer]
-    common = {"['attention_norm']['scale']": ("norm",), "['mlp_norm']['scale']": ("norm",),
-              "['mlp']['up']['kernel']": ("embed", "mlp"), "['mlp']['up']['bias']": ("mlp",),
-              "['mlp']['down']['kernel']": ("mlp", "embed"), "['mlp']['down']['bias']": ("embed",)}
+    common = {
+        "['attention_norm']['scale']": ("norm",),
+        "['mlp_norm']['scale']": ("norm",),
+        "['mlp']['up']['kernel']": ("embed", "mlp"),
+        "['mlp']['up']['bias']": ("mlp",),
+        "['mlp']['down']['kernel']": ("mlp", "embed"),
+        "['mlp']['down']['bias']": ("embed",),
+    }
     return {prefix + key: axes for key, axes in {**mixers, **common}.items()}
 
 
 def test_the_reference_lm_layout_is_pinned():
     """Catches a swapped or wrong name on any parameter of the hybrid LM (attention, Gated DeltaNet, ReGLA)."""
-    expected = {"['embed']['embedding']": ("vocab", "embed"), "['final_norm']['scale']": ("norm",),
-                "['head']['kernel']": ("embed", "vocab"), "['head']['bias']": ("vocab",)}
+    expected = {
+        "['embed']['embedding']": ("vocab", "embed"),
+        "['final_norm']['scale']": ("norm",),
+        "['head']['kernel']": ("embed", "vocab"),
+        "['head']['bias']": ("vocab",),
+    }
     for index, mixer in enumerate(("attention", "deltanet", "regla")):
         expected.update(_block(index, mixer))
     assert _axes_by_path(_abstract(lambda: Transformer(LM, rngs=nnx.Rngs(0)))) == expected
@@ -143,13 +178,19 @@ def test_the_reference_lm_layout_is_pinned():
 
 def test_the_reference_classifier_layout_with_gates_and_exits_is_pinned():
     config = dataclasses.replace(CLASSIFIER, residual_gates=True, exit_layers=(1,), activation="xgelu")
-    expected = {"['embed']['kernel']": ("patch", "embed"), "['embed']['bias']": ("embed",),
-                "['position']": ("position", "embed"), "['final_norm']['scale']": ("norm",),
-                "['head']['kernel']": ("embed", "vocab"), "['head']['bias']": ("vocab",),
-                "['exits']['norm']['scale']": ("norm",),
-                "['exits']['layer_embedding']['embedding']": ("layers", "layer_embed"),
-                "['exits']['head']['kernel']": ("embed", "vocab"), "['exits']['head']['bias']": ("vocab",),
-                "['blocks'][0]['mlp']['activation']['alpha']": ()}
+    expected = {
+        "['embed']['kernel']": ("patch", "embed"),
+        "['embed']['bias']": ("embed",),
+        "['position']": ("position", "embed"),
+        "['final_norm']['scale']": ("norm",),
+        "['head']['kernel']": ("embed", "vocab"),
+        "['head']['bias']": ("vocab",),
+        "['exits']['norm']['scale']": ("norm",),
+        "['exits']['layer_embedding']['embedding']": ("layers", "layer_embed"),
+        "['exits']['head']['kernel']": ("embed", "vocab"),
+        "['exits']['head']['bias']": ("vocab",),
+        "['blocks'][0]['mlp']['activation']['alpha']": (),
+    }
     expected.update(_block(0, "attention"))
     for gate in ("attention_gate", "mlp_gate"):
         expected[f"['blocks'][0]['{gate}']['projection']['kernel']"] = ("embed", "gate")

@@ -66,7 +66,7 @@ def test_init_is_deterministic_in_the_key_and_params_are_counted():
     a = Transformer(CLASSIFIER, rngs=nnx.Rngs(params=jax.random.key(3)))
     b = Transformer(CLASSIFIER, rngs=nnx.Rngs(params=jax.random.key(3)))
     c = Transformer(CLASSIFIER, rngs=nnx.Rngs(params=jax.random.key(4)))
-    leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.Param))  # noqa: E731
+    leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.Param))
     assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b), strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(c), strict=True))
     assert count_params(a) == sum(x.size for x in leaves(a)) > 0

@@ -131,8 +131,9 @@ def test_glu_orders():
     gate_input = jnp.asarray(X)
     up_input = jnp.asarray(X[::-1].copy())
     np.testing.assert_allclose(glu(gate_input, up_input, jax.nn.sigmoid, 1), jax.nn.sigmoid(gate_input) * up_input)
-    np.testing.assert_allclose(glu(gate_input, up_input, jax.nn.sigmoid, 2), jax.nn.silu(gate_input) * up_input,
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        glu(gate_input, up_input, jax.nn.sigmoid, 2), jax.nn.silu(gate_input) * up_input, rtol=1e-6, atol=1e-7
+    )
     with pytest.raises(ValueError, match="order"):
         glu(gate_input, up_input, jax.nn.sigmoid, 3)
 

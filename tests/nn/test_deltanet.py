@@ -11,8 +11,15 @@ from flax import nnx
 from jdistill.models import ModelConfig
 from jdistill.nn.deltanet import GatedDeltaNet, causal_depthwise_conv, l2_normalize
 
-CONFIG = ModelConfig(kind="lm", d_model=32, linear_key_heads=2, linear_value_heads=4, linear_key_head_dim=8,
-                     linear_value_head_dim=6, layer_pattern="D")
+CONFIG = ModelConfig(
+    kind="lm",
+    d_model=32,
+    linear_key_heads=2,
+    linear_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=6,
+    layer_pattern="D",
+)
 
 
 def test_causal_depthwise_conv_matches_numpy_and_carries_history():
@@ -42,7 +49,7 @@ def test_chunked_equals_recurrent_and_decoding_equals_full(seq):
     np.testing.assert_allclose(full, recurrent(x), atol=2e-5)
     state, outputs = chunked.init_state(2), []
     for t in range(seq):
-        out, state = chunked.decode(x[:, t:t + 1], state=state)
+        out, state = chunked.decode(x[:, t : t + 1], state=state)
         outputs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outputs, 1), full, atol=2e-5)
 
@@ -58,5 +65,6 @@ def test_causal_and_gradients_finite():
 
 
 def test_value_heads_must_be_a_multiple_of_key_heads():
-    assert ("linear_value_heads", "a multiple of linear_key_heads=3") in \
-        dataclasses.replace(CONFIG, linear_key_heads=3).validate()
+    assert ("linear_value_heads", "a multiple of linear_key_heads=3") in dataclasses.replace(
+        CONFIG, linear_key_heads=3
+    ).validate()

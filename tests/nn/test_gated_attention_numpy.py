@@ -76,7 +76,8 @@ def test_decode_with_a_cache_equals_the_full_layer():
     outs = []
     for position in range(6):
         positions = jnp.full((2, 1), position, jnp.int32)
-        out, cache = layer.decode(jnp.asarray(x[:, position:position + 1], jnp.float32), positions=positions,
-                                  cache=cache)
+        out, cache = layer.decode(
+            jnp.asarray(x[:, position : position + 1], jnp.float32), positions=positions, cache=cache
+        )
         outs.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(outs, axis=1), want, atol=2e-5, rtol=2e-5)

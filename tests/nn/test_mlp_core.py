@@ -53,8 +53,7 @@ def test_mlp_module_gradients_and_bf16(name):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     bf16 = MLP(6, 12, name, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     assert bf16(x).dtype == jnp.bfloat16
-    grads = jax.grad(lambda p: jnp.sum(nnx.merge(*nnx.split(bf16)[:1], p)(x).astype(jnp.float32)))(
-        nnx.split(bf16)[1])
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(*nnx.split(bf16)[:1], p)(x).astype(jnp.float32)))(nnx.split(bf16)[1])
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(grads))
 
 

@@ -90,8 +90,7 @@ def test_chunked_gradients_equal_recurrent():
 def test_gradient_checks_in_float64():
     with jax.enable_x64(True):
         q, k, v, log_decay = (jnp.asarray(a, jnp.float64) for a in _inputs(6, seed=6))
-        check_grads(jax.jit(lambda *a: gla_chunked(*a, chunk_size=4)[0]), (q, k, v, log_decay), order=1,
-                    modes=("rev",))
+        check_grads(jax.jit(lambda *a: gla_chunked(*a, chunk_size=4)[0]), (q, k, v, log_decay), order=1, modes=("rev",))
         x = jnp.asarray(np.random.default_rng(7).normal(size=(3, 5)))
         check_grads(jax.jit(safe_exp_features), (x,), order=1, modes=("rev",))
         check_grads(jax.jit(refined_log_decay), (x, x[::-1]), order=1, modes=("rev",))

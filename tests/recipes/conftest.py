@@ -19,11 +19,24 @@ def model_overrides(stage: str) -> list[str]:
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory, data_dir):
     """A trained digits classifier's stage folder (RUN_DIR/student_supervised)."""
-    train = {"steps": STEPS, "warmup_steps": 5, "learning_rate": 0.01, "batch_size": 64, "eval_every": STEPS,
-             "log_every": STEPS, "checkpoint_every": STEPS}
-    overrides = ["distill.recipe=supervised", *model_overrides("student"),
-                 *[f"student.train.{key}={value}" for key, value in train.items()],
-                 "run.baseline=false", "run.plot=false", "run.tensorboard=false", "run.progress=false"]
+    train = {
+        "steps": STEPS,
+        "warmup_steps": 5,
+        "learning_rate": 0.01,
+        "batch_size": 64,
+        "eval_every": STEPS,
+        "log_every": STEPS,
+        "checkpoint_every": STEPS,
+    }
+    overrides = [
+        "distill.recipe=supervised",
+        *model_overrides("student"),
+        *[f"student.train.{key}={value}" for key, value in train.items()],
+        "run.baseline=false",
+        "run.plot=false",
+        "run.tensorboard=false",
+        "run.progress=false",
+    ]
     run_dir = tmp_path_factory.mktemp("digits_teacher") / "run"
     summary = run_job(load_config("default", overrides), run_dir, progress=False)
     assert summary["student_supervised"]["accuracy"] > 0.8  # a teacher worth distilling

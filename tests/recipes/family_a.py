@@ -6,9 +6,17 @@ from tests.train.conftest import TINY
 def tiny_job(*extra: str, steps: int = 4) -> list[str]:
     """TINY with the teacher shrunk to the student's size, no baseline stage, no plot or tensorboard."""
     return [o for o in TINY if not o.startswith("teacher.model")] + [
-        "teacher.model.d_model=8", "teacher.model.num_heads=2", "teacher.model.mlp_dim=16",
-        "teacher.model.num_layers=1", "run.plot=false", "run.tensorboard=false", "run.baseline=false",
-        f"teacher.train.steps={steps}", f"student.train.steps={steps}", *extra]
+        "teacher.model.d_model=8",
+        "teacher.model.num_heads=2",
+        "teacher.model.mlp_dim=16",
+        "teacher.model.num_layers=1",
+        "run.plot=false",
+        "run.tensorboard=false",
+        "run.baseline=false",
+        f"teacher.train.steps={steps}",
+        f"student.train.steps={steps}",
+        *extra,
+    ]
 
 
 def train_log(run_dir, stage: str, key: str) -> list[float]:

@@ -34,8 +34,12 @@ def prepared_state(recipe, module, teacher_params=None, *, train=TRAIN, seed=0):
     optimizer = make_optimizer(train)
     graphdef, params = nnx.split(module)
     params, recipe_state = recipe.init(params, teacher_params, jax.random.key(seed))
-    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=optimizer.init(params),
-                       recipe_state=recipe_state)
+    state = TrainState(
+        step=jax.numpy.zeros((), jax.numpy.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        recipe_state=recipe_state,
+    )
     return graphdef, state, optimizer
 
 
@@ -45,11 +49,24 @@ def tiny_model(seed=0, config=CONFIG):
 
 def tiny_job(stages=("student",), steps=4, extra=()):
     """Overrides that shrink a preset's `stages` to a few-second job (no baseline, no plot)."""
-    out = ["data.eval_batch_size=128", "run.progress=false", "run.plot=false", "run.tensorboard=false",
-           "run.baseline=false"]
+    out = [
+        "data.eval_batch_size=128",
+        "run.progress=false",
+        "run.plot=false",
+        "run.tensorboard=false",
+        "run.baseline=false",
+    ]
     for stage in stages:
-        out += [f"{stage}.model.d_model=16", f"{stage}.model.num_heads=2", f"{stage}.model.mlp_dim=32",
-                f"{stage}.model.num_layers=1", f"{stage}.train.steps={steps}", f"{stage}.train.warmup_steps=1",
-                f"{stage}.train.eval_every={steps}", f"{stage}.train.log_every=2",
-                f"{stage}.train.checkpoint_every={steps}", f"{stage}.train.batch_size=16"]
+        out += [
+            f"{stage}.model.d_model=16",
+            f"{stage}.model.num_heads=2",
+            f"{stage}.model.mlp_dim=32",
+            f"{stage}.model.num_layers=1",
+            f"{stage}.train.steps={steps}",
+            f"{stage}.train.warmup_steps=1",
+            f"{stage}.train.eval_every={steps}",
+            f"{stage}.train.log_every=2",
+            f"{stage}.train.checkpoint_every={steps}",
+            f"{stage}.train.batch_size=16",
+        ]
     return out + list(extra)

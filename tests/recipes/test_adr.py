@@ -45,8 +45,9 @@ def test_rectified_labels_use_lam_when_the_teacher_is_right_and_sum_to_one():
     targets = np.asarray(adr_labels(logits, wrong, temperature=tau, lam=lam))
     np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
     lam_i = np.clip(0.7 - (probs.max(-1) - probs[np.arange(16), wrong]), 0, 1)
-    np.testing.assert_allclose(targets, lam_i[:, None] * probs + (1 - lam_i[:, None]) * np.eye(10)[wrong],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        targets, lam_i[:, None] * probs + (1 - lam_i[:, None]) * np.eye(10)[wrong], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_adversarial_examples_stay_in_the_epsilon_ball_and_the_image_range():

@@ -39,11 +39,15 @@ def test_each_generation_is_taught_by_the_previous_one(tmp_path, data_dir, monke
     assert teachers["teacher"] is None
     for previous, current in itertools.pairwise(["teacher", *generations]):
         assert teachers[current] is results[previous]
-        assert all(np.array_equal(a, b) for a, b in zip(_leaves(teachers[current].params),
-                                                        _leaves(results[previous].params), strict=True))
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(_leaves(teachers[current].params), _leaves(results[previous].params), strict=True)
+        )
     # Each generation trained away from the shared initialisation, so its teacher differs from the one before.
-    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(results[generations[0]].params),
-                                                        _leaves(results[generations[1]].params), strict=True))
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(_leaves(results[generations[0]].params), _leaves(results[generations[1]].params), strict=True)
+    )
 
 
 def test_one_generation_is_a_config_error():

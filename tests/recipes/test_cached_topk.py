@@ -30,25 +30,47 @@ def _source(num_docs=40, seed=0):
 
 def _synthetic_cache(out, windows: LMWindows, window_ids, k=3, dtype="float32"):
     """ids[..., j] = (input token + j) % 256 and logprobs[..., 0] = -window: checkable against the batch rows."""
+
     def records():
         for w in window_ids:
-            tokens = windows.stream[w * SEQ: w * SEQ + SEQ + 1]
+            tokens = windows.stream[w * SEQ : w * SEQ + SEQ + 1]
             ids = (tokens[:-1, None].astype(np.int32) + np.arange(k)) % 256
             logprobs = np.full((SEQ, k), -1.0 - w, np.float32)
             yield tokens, ids, logprobs
-    return tc.write_teacher_cache(out, records(), window_ids, seq_len=SEQ, top_k=k, vocab_size=256, split="train",
-                                  logprob_dtype=dtype, records_per_shard=4)
+
+    return tc.write_teacher_cache(
+        out,
+        records(),
+        window_ids,
+        seq_len=SEQ,
+        top_k=k,
+        vocab_size=256,
+        split="train",
+        logprob_dtype=dtype,
+        records_per_shard=4,
+    )
 
 
 def test_cache_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     window_ids = np.array([0, 3, 5, 9, 12])
-    fields = [(rng.integers(0, 256, SEQ + 1), rng.integers(0, 300, (SEQ, 4)),
-               (-rng.random((SEQ, 4)) * 20).astype(np.float32)) for _ in window_ids]
+    fields = [
+        (rng.integers(0, 256, SEQ + 1), rng.integers(0, 300, (SEQ, 4)), (-rng.random((SEQ, 4)) * 20).astype(np.float32))
+        for _ in window_ids
+    ]
     for dtype, tolerance in (("float32", 0.0), ("float16", 1e-2)):
-        metadata = tc.write_teacher_cache(tmp_path / dtype, iter(fields), window_ids, seq_len=SEQ, top_k=4,
-                                          vocab_size=300, split="train", logprob_dtype=dtype, records_per_shard=2,
-                                          extra_metadata={"temperature": 2.0})
+        metadata = tc.write_teacher_cache(
+            tmp_path / dtype,
+            iter(fields),
+            window_ids,
+            seq_len=SEQ,
+            top_k=4,
+            vocab_size=300,
+            split="train",
+            logprob_dtype=dtype,
+            records_per_shard=2,
+            extra_metadata={"temperature": 2.0},
+        )
         cache = tc.TeacherCache(tmp_path / dtype)
         assert len(metadata["files"]) == 3 and metadata["id_dtype"] == "uint16"
         assert cache.metadata["vocab_size"] == 300 and cache.metadata["tokenizer"] == "bytes"
@@ -86,16 +108,18 @@ def test_attached_batches_carry_the_teacher_of_their_own_windows(tmp_path):
             np.testing.assert_array_equal(batch["inputs"][row], windows[window]["inputs"])
     # a cache of just the windows the first 6 steps read serves those steps, and no others
     _synthetic_cache(tmp_path / "visited", windows, tc.visited_windows(len(windows), 6, seed=3, batch_size=4))
-    partial = tc.attach_teacher_cache(dataset, tc.TeacherCache(tmp_path / "visited"), num_windows=len(windows),
-                                      seed=3, batch_size=4)
+    partial = tc.attach_teacher_cache(
+        dataset, tc.TeacherCache(tmp_path / "visited"), num_windows=len(windows), seed=3, batch_size=4
+    )
     assert len(list(partial[:6].to_iter_dataset())) == 6
     with pytest.raises(DataError, match="not in the teacher cache"):
         [partial[step] for step in range(6, steps)]
     # a cache of other windows (another stream) is caught by the token check
     other = LMWindows(packed_stream(_source(seed=1)), SEQ)
     _synthetic_cache(tmp_path / "other", other, np.arange(len(other)))
-    mismatched = tc.attach_teacher_cache(dataset, tc.TeacherCache(tmp_path / "other"), num_windows=len(windows),
-                                         seed=3, batch_size=4)
+    mismatched = tc.attach_teacher_cache(
+        dataset, tc.TeacherCache(tmp_path / "other"), num_windows=len(windows), seed=3, batch_size=4
+    )
     with pytest.raises(DataError, match="do not match"):
         mismatched[0]
 
@@ -112,11 +136,20 @@ def _cached_batch(tmp_path, k, dtype="float32", temperature=2.0):
     (teacher_graphdef, teacher_params), _ = _teacher_and_student()
     source = _source()
     windows = LMWindows(packed_stream(source), SEQ)
-    write_cache(teacher_graphdef, teacher_params, windows, np.arange(len(windows)), tmp_path / f"k{k}",
-                CacheSettings(k, temperature, dtype), split="train", metadata={})
+    write_cache(
+        teacher_graphdef,
+        teacher_params,
+        windows,
+        np.arange(len(windows)),
+        tmp_path / f"k{k}",
+        CacheSettings(k, temperature, dtype),
+        split="train",
+        metadata={},
+    )
     dataset = lm_train_dataset(source, seq_len=SEQ, seed=0, batch_size=4)
-    return tc.attach_teacher_cache(dataset, tc.TeacherCache(tmp_path / f"k{k}"), num_windows=len(windows), seed=0,
-                                   batch_size=4)[1]
+    return tc.attach_teacher_cache(
+        dataset, tc.TeacherCache(tmp_path / f"k{k}"), num_windows=len(windows), seed=0, batch_size=4
+    )[1]
 
 
 def test_at_k_equal_to_the_vocabulary_the_loss_is_dense_kd(tmp_path):
@@ -124,34 +157,67 @@ def test_at_k_equal_to_the_vocabulary_the_loss_is_dense_kd(tmp_path):
     batch = _cached_batch(tmp_path, k=32)
     common = dict(temperature=2.0, distill_weight=0.7, label_weight=0.3)
     (total, count), _, _, grads = jax.jit(make_loss_and_grad(graphdef, CachedTopK(top_k=32, **common), None))(
-        params, (), None, batch, jax.random.key(0))
+        params, (), None, batch, jax.random.key(0)
+    )
     dense_batch = {key: batch[key] for key in ("inputs", "targets", "mask")}
-    (d_total, d_count), _, _, d_grads = jax.jit(make_loss_and_grad(graphdef, KnowledgeDistillation(**common),
-                                                                   teacher_graphdef))(
-        params, (), teacher_params, dense_batch, jax.random.key(0))
+    (d_total, d_count), _, _, d_grads = jax.jit(
+        make_loss_and_grad(graphdef, KnowledgeDistillation(**common), teacher_graphdef)
+    )(params, (), teacher_params, dense_batch, jax.random.key(0))
     np.testing.assert_allclose(total / count, d_total / d_count, rtol=1e-4)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(d_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     sparse = _cached_batch(tmp_path, k=4)
     (s_total, s_count), _, _, _ = jax.jit(make_loss_and_grad(graphdef, CachedTopK(top_k=4, **common), None))(
-        params, (), None, sparse, jax.random.key(0))
+        params, (), None, sparse, jax.random.key(0)
+    )
     assert abs(float(s_total / s_count - d_total / d_count)) > 1e-3
     with pytest.raises(ConfigError, match="no teacher cache"):
         CachedTopK().loss(None, None, (), dense_batch, None)
 
 
-TINY_LM = [f"{stage}.{key}={value}" for stage in ("teacher", "student")
-           for key, value in (("model.d_model", 16), ("model.num_layers", 1), ("model.mlp_dim", 32),
-                              ("train.steps", 3), ("train.warmup_steps", 1), ("train.eval_every", 3),
-                              ("train.log_every", 3), ("train.checkpoint_every", 3), ("train.batch_size", 4))] + [
-    "data.seq_len=32", "data.eval_batch_size=4", "data.eval_max_batches=1", "run.progress=false", "run.plot=false",
-    "run.tensorboard=false"]
+TINY_LM = [
+    f"{stage}.{key}={value}"
+    for stage in ("teacher", "student")
+    for key, value in (
+        ("model.d_model", 16),
+        ("model.num_layers", 1),
+        ("model.mlp_dim", 32),
+        ("train.steps", 3),
+        ("train.warmup_steps", 1),
+        ("train.eval_every", 3),
+        ("train.log_every", 3),
+        ("train.checkpoint_every", 3),
+        ("train.batch_size", 4),
+    )
+] + [
+    "data.seq_len=32",
+    "data.eval_batch_size=4",
+    "data.eval_max_batches=1",
+    "run.progress=false",
+    "run.plot=false",
+    "run.tensorboard=false",
+]
 
 
 def test_cli_writes_the_cache_and_reports_bytes_per_token(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
-    assert main(["cache-teacher", "--config", "cached_topk", "--run-dir", str(run), "--top-k", "4", "--split",
-                 "test", *TINY_LM]) == 0
+    assert (
+        main(
+            [
+                "cache-teacher",
+                "--config",
+                "cached_topk",
+                "--run-dir",
+                str(run),
+                "--top-k",
+                "4",
+                "--split",
+                "test",
+                *TINY_LM,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     cache = tc.TeacherCache(run / "teacher_cache")
     meta = cache.metadata
@@ -162,8 +228,10 @@ def test_cli_writes_the_cache_and_reports_bytes_per_token(tmp_path, data_dir, ca
     assert 0 < meta["bytes_per_token"] < 2 * meta["payload_bytes_per_token"]  # array_record may compress
     assert (run / "teacher" / "checkpoints").is_dir()
     # a second call loads the run's trained teacher: the top 2 are the first two of the top 4
-    assert main(["cache-teacher", "--run-dir", str(run), "--out", str(tmp_path / "k2"), "--top-k", "2", "--split",
-                 "test"]) == 0
+    assert (
+        main(["cache-teacher", "--run-dir", str(run), "--out", str(tmp_path / "k2"), "--top-k", "2", "--split", "test"])
+        == 0
+    )
     top2, top4 = tc.TeacherCache(tmp_path / "k2").rows([0, 7]), cache.rows([0, 7])
     np.testing.assert_array_equal(top2["ids"], top4["ids"][..., :2])
     np.testing.assert_array_equal(top2["logprobs"], top4["logprobs"][..., :2])
@@ -176,8 +244,9 @@ def test_preset_learns_from_its_cache_and_reuses_it(tmp_path, untrained):
     meta = tc.read_metadata(tmp_path / "run" / "teacher_cache")
     assert meta["top_k"] == 8 and meta["num_windows"] <= 3 * 4 and meta["job"]["steps"] == 3
     cache_dir = f"distill.options.cache_dir={tmp_path / 'run' / 'teacher_cache'}"
-    again = run_job(load_config("cached_topk", TINY_LM + ["run.baseline=false", cache_dir]), tmp_path / "again",
-                    progress=False)
+    again = run_job(
+        load_config("cached_topk", TINY_LM + ["run.baseline=false", cache_dir]), tmp_path / "again", progress=False
+    )
     assert "teacher" not in again and not (tmp_path / "again" / "teacher").exists()
     bits = summary["student_cached_topk"]["bits_per_byte"]
     assert again["student_cached_topk"]["bits_per_byte"] == pytest.approx(bits)

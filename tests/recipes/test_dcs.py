@@ -26,8 +26,9 @@ def _fixed(logits):
 
 def _run(recipe, teacher, state, data, model=None):
     """(weighted mean loss, metrics, the state after this step's update) for one batch."""
-    (total, count), metrics, statistics = recipe.loss(model or tiny_model(), teacher, state,
-                                                      dict(data, epoch=jnp.zeros(())), None)
+    (total, count), metrics, statistics = recipe.loss(
+        model or tiny_model(), teacher, state, dict(data, epoch=jnp.zeros(())), None
+    )
     return total / count, metrics, recipe.update_state(state, statistics)
 
 
@@ -64,8 +65,9 @@ def test_a_disagreeing_example_gains_weight_exp_eta_and_the_loss_is_the_weighted
     weights = np.asarray(state["weights"])
     assert weights.mean() == pytest.approx(1.0)
     assert weights[3] / weights[0] == pytest.approx(np.exp(0.7), rel=1e-5)
-    per_example = kd(student, teacher, data["labels"], temperature=2.0, distill_weight=0.3, label_weight=0.7,
-                     reduction="none")
+    per_example = kd(
+        student, teacher, data["labels"], temperature=2.0, distill_weight=0.3, label_weight=0.7, reduction="none"
+    )
     assert float(loss) == pytest.approx(float(np.mean(per_example)), rel=1e-5)  # uniform weights before the update
     loss, _, _ = _run(recipe, _fixed(teacher), state, data)
     w = weights[data["index"]]
@@ -84,20 +86,20 @@ def test_accumulated_dcs_step_equals_the_full_batch_step():
     results = []
     for accumulate in (1, 2):
         graphdef, state, optimizer = prepared_state(recipe, tiny_model())
-        step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef,
-                               grad_accum_steps=accumulate)
+        step = make_train_step(
+            graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef, grad_accum_steps=accumulate
+        )
         for seed in range(3):
             state, _ = step(state, teacher_params, batch(seed, size=N, num_examples=N))
         results.append(state)
     full, accumulated = results
     assert np.ptp(np.asarray(full.recipe_state["weights"])) > 1e-3  # the weights did move apart
     np.testing.assert_allclose(accumulated.recipe_state["weights"], full.recipe_state["weights"], rtol=1e-5)
-    for a, b in zip(leaves(accumulated.params), leaves(full.params)):
+    for a, b in zip(leaves(accumulated.params), leaves(full.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_dcs_preset_learns_from_a_trained_teacher_and_reweights_disagreements(tmp_path, pretrained_teacher,
-                                                                               untrained):
+def test_dcs_preset_learns_from_a_trained_teacher_and_reweights_disagreements(tmp_path, pretrained_teacher, untrained):
     config = load_config("dcs", tiny_job(steps=STEPS, extra=[*pretrained_teacher, *FAST]))
     summary = run_job(config, tmp_path / "run", progress=False)
     student, before = summary["student_dcs"], untrained(config)

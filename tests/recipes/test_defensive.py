@@ -40,14 +40,22 @@ def test_label_weight_mixes_in_the_labels_at_T():
     np.testing.assert_allclose(float(mixed[0]), 0.75 * float(soft[0]) + 0.25 * hard, rtol=1e-5)
 
 
-def test_preset_learns_from_a_trained_teacher_and_reports_robust_accuracy_below_clean(tmp_path, pretrained_teacher,
-                                                                                    untrained):
-    config = load_config("defensive", tiny_job("distill.options.pgd_steps=3", "data.eval_batch_size=128",
-                                               *pretrained_teacher, "student.train.learning_rate=0.01", steps=40))
+def test_preset_learns_from_a_trained_teacher_and_reports_robust_accuracy_below_clean(
+    tmp_path, pretrained_teacher, untrained
+):
+    config = load_config(
+        "defensive",
+        tiny_job(
+            "distill.options.pgd_steps=3",
+            "data.eval_batch_size=128",
+            *pretrained_teacher,
+            "student.train.learning_rate=0.01",
+            steps=40,
+        ),
+    )
     summary = run_job(config, tmp_path / "run", progress=False)
     metrics, before = summary["student_defensive"], untrained(config)
     assert metrics["clean_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
     assert metrics["accuracy"] > before["accuracy"] + 0.1
     # the attacks find errors the clean images do not: strictly below clean accuracy, PGD at least as strong as FGSM
     assert metrics["pgd_accuracy"] <= metrics["fgsm_accuracy"] < metrics["clean_accuracy"]
-

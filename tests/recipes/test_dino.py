@@ -64,8 +64,10 @@ def test_full_box_resize_is_identity_and_local_boxes_are_small():
 
 def test_ema_teacher_moves_by_exactly_the_schedule_and_centre_updates():
     graphdef, state, optimizer = prepared_state(DINO, tiny_model())
-    np.testing.assert_array_equal(np.concatenate([x.ravel() for x in leaves(state.recipe_state["teacher"])]),
-                                  np.concatenate([x.ravel() for x in leaves(state.params)]))
+    np.testing.assert_array_equal(
+        np.concatenate([x.ravel() for x in leaves(state.recipe_state["teacher"])]),
+        np.concatenate([x.ravel() for x in leaves(state.params)]),
+    )
     step = make_train_step(graphdef, DINO, optimizer, seed=0, steps_per_epoch=5.0)
     data = batch()
     state, _ = step(state, None, data)  # lr 0 at the first step: student and teacher stay equal
@@ -84,7 +86,9 @@ def test_ema_teacher_moves_by_exactly_the_schedule_and_centre_updates():
 
 
 def test_teacher_temperature_moves_once_per_epoch():
-    tau = [float(DINO.teacher_temperature(jnp.asarray(epoch, jnp.float32))) for epoch in (0.0, 0.99, 1.0, 1.5, 2.0, 7.0)]
+    tau = [
+        float(DINO.teacher_temperature(jnp.asarray(epoch, jnp.float32))) for epoch in (0.0, 0.99, 1.0, 1.5, 2.0, 7.0)
+    ]
     np.testing.assert_allclose(tau, [0.04, 0.04, 0.055, 0.055, 0.07, 0.07], rtol=1e-6)
 
 
@@ -124,7 +128,9 @@ def test_dino_preset_runs_end_to_end_with_probe_metrics(tmp_path, data_dir):
     config = load_config("dino", tiny_job(extra=["distill.options.total_steps=4", "distill.options.n_local_crops=2"]))
     summary = run_job(config, tmp_path / "run", progress=False)
     metrics = summary["student_dino"]
-    assert metrics["linear_probe_accuracy"] > 0.2 and metrics["knn_accuracy"] > 0.2  # well above chance (0.1) even for a barely trained encoder
+    assert (
+        metrics["linear_probe_accuracy"] > 0.2 and metrics["knn_accuracy"] > 0.2
+    )  # well above chance (0.1) even for a barely trained encoder
 
 
 def test_accumulated_dino_step_equals_the_full_batch_step():
@@ -145,15 +151,14 @@ def test_accumulated_dino_step_equals_the_full_batch_step():
     results = []
     for accumulate in (1, 2):
         graphdef, state, optimizer = prepared_state(recipe, tiny_model(), train=train)
-        step = make_train_step(graphdef, recipe, optimizer, seed=0, steps_per_epoch=5.0,
-                               grad_accum_steps=accumulate)
+        step = make_train_step(graphdef, recipe, optimizer, seed=0, steps_per_epoch=5.0, grad_accum_steps=accumulate)
         for seed in range(3):
             state, _ = step(state, None, batch(seed))
         results.append(state)
     full, accumulated = results
     assert not np.allclose(full.recipe_state["center"], 0.0)
     np.testing.assert_allclose(accumulated.recipe_state["center"], full.recipe_state["center"], rtol=1e-4, atol=1e-6)
-    for a, b in zip(leaves(accumulated.params), leaves(full.params)):
+    for a, b in zip(leaves(accumulated.params), leaves(full.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for a, b in zip(leaves(accumulated.recipe_state["teacher"]), leaves(full.recipe_state["teacher"])):
+    for a, b in zip(leaves(accumulated.recipe_state["teacher"]), leaves(full.recipe_state["teacher"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

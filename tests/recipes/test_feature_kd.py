@@ -34,7 +34,8 @@ def _loss_and_grad(recipe, student, teacher):
     graphdef, params = nnx.split(student)
     teacher_graphdef, teacher_params = nnx.split(teacher)
     return jax.jit(make_loss_and_grad(graphdef, recipe, teacher_graphdef))(
-        params, (), teacher_params, _batch(), jax.random.key(0))
+        params, (), teacher_params, _batch(), jax.random.key(0)
+    )
 
 
 def test_layer_map_parsing_and_errors():
@@ -59,15 +60,18 @@ def test_the_projection_is_a_student_parameter_and_gets_gradients():
     teacher = Transformer(TEACHER, rngs=nnx.Rngs(1))
     u = student.model(_batch()["inputs"], return_hidden_states=True).hidden_states
     v = teacher(_batch()["inputs"], return_hidden_states=True).hidden_states
-    hint = sum(np.mean((np.asarray(u[s]) @ np.asarray(p.kernel[...]) - np.asarray(v[t])) ** 2)
-               for (s, t), p in zip(((1, 2), (2, 3)), student.projections, strict=True))
+    hint = sum(
+        np.mean((np.asarray(u[s]) @ np.asarray(p.kernel[...]) - np.asarray(v[t])) ** 2)
+        for (s, t), p in zip(((1, 2), (2, 3)), student.projections, strict=True)
+    )
     np.testing.assert_allclose(metrics["feature"], hint, rtol=1e-4)
 
 
 @pytest.mark.parametrize("feature_loss", ["mse", "cosine"])
 def test_zero_loss_when_the_student_is_the_teacher(feature_loss):
-    recipe = FeatureDistillation(layer_map="1:1,2:2,blocks.0.mlp:blocks.0.mlp", feature_loss=feature_loss,
-                                 attention_weight=100.0)
+    recipe = FeatureDistillation(
+        layer_map="1:1,2:2,blocks.0.mlp:blocks.0.mlp", feature_loss=feature_loss, attention_weight=100.0
+    )
     model = Transformer(STUDENT, rngs=nnx.Rngs(0))
     (total, count), metrics, _, grads = _loss_and_grad(recipe, model, model)
     assert abs(float(total / count)) < 1e-5
@@ -76,12 +80,30 @@ def test_zero_loss_when_the_student_is_the_teacher(feature_loss):
 
 
 def test_preset_learns_and_matches_the_teachers_features(tmp_path, untrained):
-    overrides = [f"{stage}.{key}={value}" for stage, steps in (("teacher", 3), ("student", 30))
-                 for key, value in (("train.steps", steps), ("train.warmup_steps", 1), ("train.eval_every", steps),
-                                    ("train.log_every", 5), ("train.checkpoint_every", steps), ("train.batch_size", 8))]
-    overrides += ["teacher.model.d_model=16", "teacher.model.mlp_dim=16", "student.model.d_model=8",
-                  "student.model.mlp_dim=16", "distill.options.teacher_width=16", "student.train.learning_rate=0.01",
-                  "run.progress=false", "run.plot=false", "run.baseline=false", "run.tensorboard=false"]
+    overrides = [
+        f"{stage}.{key}={value}"
+        for stage, steps in (("teacher", 3), ("student", 30))
+        for key, value in (
+            ("train.steps", steps),
+            ("train.warmup_steps", 1),
+            ("train.eval_every", steps),
+            ("train.log_every", 5),
+            ("train.checkpoint_every", steps),
+            ("train.batch_size", 8),
+        )
+    ]
+    overrides += [
+        "teacher.model.d_model=16",
+        "teacher.model.mlp_dim=16",
+        "student.model.d_model=8",
+        "student.model.mlp_dim=16",
+        "distill.options.teacher_width=16",
+        "student.train.learning_rate=0.01",
+        "run.progress=false",
+        "run.plot=false",
+        "run.baseline=false",
+        "run.tensorboard=false",
+    ]
     config = load_config("feature_kd", overrides)
     summary = run_job(config, tmp_path / "run", progress=False)
     student, before = summary["student_feature_kd"], untrained(config)

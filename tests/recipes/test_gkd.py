@@ -52,8 +52,13 @@ def test_on_policy_continuations_are_the_students_generate_samples():
     (graphdef, params), _, batch = _models()
     rng = jax.random.key(7)
     inputs, targets, mask, on_policy = _sequences(GKD(lam=1.0, prompt_len=PROMPT), rng)
-    expected = generate(nnx.merge(graphdef, params), batch["inputs"][:, :PROMPT], max_new_tokens=SEQ + 1 - PROMPT,
-                        rng=GKD.keys(rng)[1], temperature=0.9)
+    expected = generate(
+        nnx.merge(graphdef, params),
+        batch["inputs"][:, :PROMPT],
+        max_new_tokens=SEQ + 1 - PROMPT,
+        rng=GKD.keys(rng)[1],
+        temperature=0.9,
+    )
     assert bool(on_policy)
     np.testing.assert_array_equal(inputs[:, :PROMPT], batch["inputs"][:, :PROMPT])
     np.testing.assert_array_equal(np.concatenate([inputs[:, PROMPT:], targets[:, -1:]], 1), expected)
@@ -70,9 +75,14 @@ def test_off_policy_keeps_the_dataset_tokens_and_seq_kd_samples_the_teacher():
     np.testing.assert_array_equal(inputs, batch["inputs"])
     np.testing.assert_array_equal(targets, batch["targets"])
     inputs, targets, _, _ = _sequences(GKD(lam=0.0, prompt_len=PROMPT, seq_kd=True), rng)
-    expected = generate(nnx.merge(teacher_graphdef, teacher_params), batch["inputs"][:, :PROMPT],
-                        max_new_tokens=SEQ + 1 - PROMPT, rng=GKD.keys(rng)[1], temperature=0.9)
-    np.testing.assert_array_equal(targets[:, PROMPT - 1:], expected)
+    expected = generate(
+        nnx.merge(teacher_graphdef, teacher_params),
+        batch["inputs"][:, :PROMPT],
+        max_new_tokens=SEQ + 1 - PROMPT,
+        rng=GKD.keys(rng)[1],
+        temperature=0.9,
+    )
+    np.testing.assert_array_equal(targets[:, PROMPT - 1 :], expected)
 
 
 def _log_softmax(x):
@@ -84,16 +94,18 @@ def test_beta_zero_is_forward_kl_on_the_continuation_and_no_gradient_flows_throu
     (graphdef, params), (teacher_graphdef, teacher_params), batch = _models()
     recipe = GKD(lam=0.0, beta=0.0, prompt_len=PROMPT, temperature=2.0)
     (total, count), metrics, _, grads = jax.jit(make_loss_and_grad(graphdef, recipe, teacher_graphdef))(
-        params, (), teacher_params, batch, jax.random.key(0))
+        params, (), teacher_params, batch, jax.random.key(0)
+    )
     s = np.asarray(nnx.merge(graphdef, params)(batch["inputs"]).logits) / 2.0
     t = np.asarray(nnx.merge(teacher_graphdef, teacher_params)(batch["inputs"]).logits) / 2.0
     log_ps, log_pt = _log_softmax(s), _log_softmax(t)
-    kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(-1)[:, PROMPT - 1:]
+    kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(-1)[:, PROMPT - 1 :]
     assert float(count) == kl.size
     np.testing.assert_allclose(total / count, kl.mean(), rtol=1e-5)
     on = GKD(lam=1.0, beta=0.5, prompt_len=PROMPT)
     (total, _), metrics, _, grads = jax.jit(make_loss_and_grad(graphdef, on, teacher_graphdef))(
-        params, (), teacher_params, batch, jax.random.key(0))
+        params, (), teacher_params, batch, jax.random.key(0)
+    )
     assert float(metrics["on_policy"]) == 1.0 and np.isfinite(float(total))
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
@@ -105,14 +117,33 @@ def test_config_errors():
 
 
 def test_preset_learns_on_policy(tmp_path, untrained):
-    overrides = [f"{stage}.{key}={value}" for stage in ("teacher", "student")
-                 for key, value in (("model.d_model", 16), ("model.num_layers", 1), ("model.mlp_dim", 32),
-                                    ("train.steps", 10), ("train.warmup_steps", 1), ("train.eval_every", 10),
-                                    ("train.log_every", 1), ("train.checkpoint_every", 10), ("train.batch_size", 4),
-                                    ("train.learning_rate", 0.01))]
-    overrides += ["data.seq_len=16", "data.eval_batch_size=4", "data.eval_max_batches=1", "distill.options.lam=1.0",
-                  "distill.options.prompt_len=4", "run.progress=false", "run.plot=false", "run.baseline=false",
-                  "run.tensorboard=false"]
+    overrides = [
+        f"{stage}.{key}={value}"
+        for stage in ("teacher", "student")
+        for key, value in (
+            ("model.d_model", 16),
+            ("model.num_layers", 1),
+            ("model.mlp_dim", 32),
+            ("train.steps", 10),
+            ("train.warmup_steps", 1),
+            ("train.eval_every", 10),
+            ("train.log_every", 1),
+            ("train.checkpoint_every", 10),
+            ("train.batch_size", 4),
+            ("train.learning_rate", 0.01),
+        )
+    ]
+    overrides += [
+        "data.seq_len=16",
+        "data.eval_batch_size=4",
+        "data.eval_max_batches=1",
+        "distill.options.lam=1.0",
+        "distill.options.prompt_len=4",
+        "run.progress=false",
+        "run.plot=false",
+        "run.baseline=false",
+        "run.tensorboard=false",
+    ]
     config = load_config("gkd", overrides)
     summary = run_job(config, tmp_path / "run", progress=False)
     before = untrained(config)["bits_per_byte"]

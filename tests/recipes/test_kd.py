@@ -36,10 +36,15 @@ class LinearLM:
 
 def _problem(seed=0):
     rng = np.random.default_rng(seed)
-    student, teacher = (LinearLM(rng.normal(size=(BATCH, SEQ, WIDTH)), rng.normal(size=(WIDTH, VOCAB)),
-                                 0.5 * rng.normal(size=VOCAB)) for _ in range(2))
-    batch = {"inputs": np.zeros((BATCH, SEQ), np.int32), "targets": rng.integers(0, VOCAB, (BATCH, SEQ)),
-             "mask": rng.random((BATCH, SEQ)) > 0.25}
+    student, teacher = (
+        LinearLM(rng.normal(size=(BATCH, SEQ, WIDTH)), rng.normal(size=(WIDTH, VOCAB)), 0.5 * rng.normal(size=VOCAB))
+        for _ in range(2)
+    )
+    batch = {
+        "inputs": np.zeros((BATCH, SEQ), np.int32),
+        "targets": rng.integers(0, VOCAB, (BATCH, SEQ)),
+        "mask": rng.random((BATCH, SEQ)) > 0.25,
+    }
     return student, teacher, batch
 
 
@@ -59,8 +64,14 @@ def _explicit(override):
 
 
 def _kd(objective, **kwargs):
-    return KnowledgeDistillation(objective=objective, temperature=T, beta=BETA, distill_weight=DISTILL_WEIGHT,
-                                 label_weight=LABEL_WEIGHT, **kwargs)
+    return KnowledgeDistillation(
+        objective=objective,
+        temperature=T,
+        beta=BETA,
+        distill_weight=DISTILL_WEIGHT,
+        label_weight=LABEL_WEIGHT,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("override", [None, True, False])
@@ -83,8 +94,15 @@ def test_cached_topk_at_k_equal_vocab_is_the_kd_recipe(objective, override):
     teacher_log_probs = np.log(softmax(np.asarray(teacher(None).logits, np.float64) / T))
     ids = np.argsort(-teacher_log_probs, axis=-1)
     cached = dict(batch, teacher_topk_ids=ids, teacher_topk_logprobs=np.take_along_axis(teacher_log_probs, ids, -1))
-    recipe = CachedTopK(top_k=VOCAB, objective=objective, temperature=T, beta=BETA, distill_weight=DISTILL_WEIGHT,
-                        label_weight=LABEL_WEIGHT, **_explicit(override))
+    recipe = CachedTopK(
+        top_k=VOCAB,
+        objective=objective,
+        temperature=T,
+        beta=BETA,
+        distill_weight=DISTILL_WEIGHT,
+        label_weight=LABEL_WEIGHT,
+        **_explicit(override),
+    )
     (total, count), _, _ = recipe.loss(student, None, (), cached, None)
     scaled = EXPECTED_T2[objective] if override is None else override
     expected, expected_count = _numpy_loss(objective, student, teacher, batch, T**2 if scaled else 1.0)

@@ -14,8 +14,16 @@ from jdistill.recipes import KnowledgeDistillation
 
 VOCAB = 24
 TEMPERATURE, DISTILL_WEIGHT, LABEL_WEIGHT = 2.5, 0.7, 0.3
-OBJECTIVES = [("forward_kl", None), ("reverse_kl", None), ("tvd", None), ("generalized_jsd", 0.0),
-              ("generalized_jsd", 0.1), ("generalized_jsd", 0.5), ("generalized_jsd", 0.9), ("generalized_jsd", 1.0)]
+OBJECTIVES = [
+    ("forward_kl", None),
+    ("reverse_kl", None),
+    ("tvd", None),
+    ("generalized_jsd", 0.0),
+    ("generalized_jsd", 0.1),
+    ("generalized_jsd", 0.5),
+    ("generalized_jsd", 0.9),
+    ("generalized_jsd", 1.0),
+]
 IDS = [name if beta is None else f"{name}_beta{beta}" for name, beta in OBJECTIVES]
 
 
@@ -40,24 +48,29 @@ def setup():
     normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
     student = FixedLM(normal(3, 9, 16), normal(16, VOCAB) * 0.5, normal(VOCAB))
     teacher = FixedLM(normal(3, 9, 20), normal(20, VOCAB) * 0.5, normal(VOCAB))
-    batch = {"inputs": None, "targets": jnp.asarray(rng.integers(0, VOCAB, (3, 9)), jnp.int32),
-             "mask": jnp.asarray(rng.random((3, 9)) > 0.3)}
+    batch = {
+        "inputs": None,
+        "targets": jnp.asarray(rng.integers(0, VOCAB, (3, 9)), jnp.int32),
+        "mask": jnp.asarray(rng.random((3, 9)) > 0.3),
+    }
     return student, teacher, batch, student(None).logits, teacher(None).logits
 
 
 def _expected(setup, objective, beta, scale):
     _, _, batch, student_logits, teacher_logits = setup
     extra = {"beta": beta} if objective == "generalized_jsd" else {}
-    divergence = getattr(losses, objective)(student_logits, teacher_logits, temperature=TEMPERATURE,
-                                            mask=batch["mask"], **extra)
+    divergence = getattr(losses, objective)(
+        student_logits, teacher_logits, temperature=TEMPERATURE, mask=batch["mask"], **extra
+    )
     ce = losses.cross_entropy(student_logits, batch["targets"], mask=batch["mask"])
     return DISTILL_WEIGHT * scale * float(divergence) + LABEL_WEIGHT * float(ce)
 
 
 def _recipe_loss(setup, **options):
     student, teacher, batch, _, _ = setup
-    recipe = KnowledgeDistillation(temperature=TEMPERATURE, distill_weight=DISTILL_WEIGHT, label_weight=LABEL_WEIGHT,
-                                   **options)
+    recipe = KnowledgeDistillation(
+        temperature=TEMPERATURE, distill_weight=DISTILL_WEIGHT, label_weight=LABEL_WEIGHT, **options
+    )
     (total, count), _, _ = recipe.loss(student, teacher, (), batch, None)
     return float(total) / float(count)
 
@@ -89,4 +102,4 @@ def test_the_objectives_differ_on_these_logits(setup):
     objective (or ignored beta) than the one configured cannot pass them."""
     distinct = [(name, beta) for name, beta in OBJECTIVES if beta not in (0.0, 1.0)]  # jsd's ends are the KLs
     values = [_expected(setup, objective, beta, 1.0) for objective, beta in distinct]
-    assert min(abs(a - b) for i, a in enumerate(values) for b in values[i + 1:]) > 1e-3
+    assert min(abs(a - b) for i, a in enumerate(values) for b in values[i + 1 :]) > 1e-3

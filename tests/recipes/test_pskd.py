@@ -22,8 +22,10 @@ CONFIG = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, m
 
 def _batch(num=6, seed=0):
     rng = np.random.default_rng(seed)
-    return {"labels": jnp.asarray(rng.integers(0, 10, num), jnp.int32),
-            "index": jnp.asarray(rng.permutation(20)[:num], jnp.int32)}
+    return {
+        "labels": jnp.asarray(rng.integers(0, 10, num), jnp.int32),
+        "index": jnp.asarray(rng.permutation(20)[:num], jnp.int32),
+    }
 
 
 def test_targets_are_one_hot_at_epoch_zero():
@@ -52,8 +54,9 @@ def test_targets_mix_labels_and_the_buffer_and_sum_to_one(epoch, alpha):
 
 def test_buffer_holds_the_last_epochs_predictions_at_the_right_indices():
     rng = np.random.default_rng(0)
-    source = [{"image": rng.integers(0, 256, (8, 8, 1), np.uint8), "label": int(rng.integers(0, 10))}
-              for _ in range(20)]
+    source = [
+        {"image": rng.integers(0, 256, (8, 8, 1), np.uint8), "label": int(rng.integers(0, 10))} for _ in range(20)
+    ]
     dataset = classification_train_dataset(source, seed=0, batch_size=5)  # 4 steps per epoch
     recipe = ProgressiveSelfKD(alpha_T=0.8, num_epochs=3, num_examples=20)
     optimizer = make_optimizer(TrainConfig(steps=8, warmup_steps=0, learning_rate=1e-2))
@@ -86,8 +89,12 @@ def test_the_job_binds_the_split_size_and_epoch_budget():
 
 def test_preset_learns_and_moves_to_the_previous_epochs_targets(tmp_path, untrained):
     # 30 steps of 64 examples: the first epoch (1437 examples) ends at step 23, E = 30 * 64 / 1437 epochs
-    config = load_config("pskd", tiny_job("student.train.batch_size=64", "student.train.learning_rate=0.01",
-                                          "student.train.log_every=1", steps=30))
+    config = load_config(
+        "pskd",
+        tiny_job(
+            "student.train.batch_size=64", "student.train.learning_rate=0.01", "student.train.log_every=1", steps=30
+        ),
+    )
     summary = run_job(config, tmp_path / "run", progress=False)
     assert set(summary) >= {"student_pskd"} and "teacher" not in summary
     student, before = summary["student_pskd"], untrained(config)

@@ -24,9 +24,11 @@ NUM_EXAMPLES, NUM_EPOCHS, ALPHA_T = 12, 4, 0.8
 def setup():
     rng = np.random.default_rng(0)
     buffer = jnp.asarray(rng.dirichlet(np.ones(10) * 0.3, NUM_EXAMPLES), jnp.float32)
-    batch = {"inputs": jnp.asarray(rng.random((6, 8, 8, 1)), jnp.float32),
-             "labels": jnp.asarray(rng.integers(0, 10, 6), jnp.int32),
-             "index": jnp.asarray(rng.permutation(NUM_EXAMPLES)[:6], jnp.int32)}
+    batch = {
+        "inputs": jnp.asarray(rng.random((6, 8, 8, 1)), jnp.float32),
+        "labels": jnp.asarray(rng.integers(0, 10, 6), jnp.int32),
+        "index": jnp.asarray(rng.permutation(NUM_EXAMPLES)[:6], jnp.int32),
+    }
     graphdef, params = nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(0)))
     recipe = ProgressiveSelfKD(alpha_T=ALPHA_T, num_epochs=NUM_EPOCHS, num_examples=NUM_EXAMPLES)
     return recipe, graphdef, params, buffer, batch
@@ -50,7 +52,7 @@ def test_loss_and_gradient_use_the_buffer(setup):
     got, got_grad = jax.jit(jax.value_and_grad(recipe_loss))(params)
     want, want_grad = jax.jit(jax.value_and_grad(lambda p: _expected_loss(graphdef, p, buffer, batch, 2.3)))(params)
     assert float(got) == pytest.approx(float(want), rel=1e-6)
-    for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+    for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
     # The guard: the current predictions as P would give another loss.
     current = jax.nn.softmax(nnx.merge(graphdef, params)(batch["inputs"]).logits)
@@ -72,6 +74,8 @@ def test_the_step_at_a_later_epoch_trains_on_the_buffer_and_then_overwrites_it(s
     new_state, metrics = step(state, None, batch)
     assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-5)
     assert float(metrics["alpha"]) == pytest.approx(0.6)
-    for b, a, g in zip(jax.tree.leaves(before), jax.tree.leaves(new_state.params), jax.tree.leaves(want_grad)):
+    for b, a, g in zip(
+        jax.tree.leaves(before), jax.tree.leaves(new_state.params), jax.tree.leaves(want_grad), strict=True
+    ):
         np.testing.assert_allclose(b - np.asarray(a), np.asarray(g), atol=2e-6, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(new_state.recipe_state), expected_buffer, atol=1e-6)

@@ -25,11 +25,14 @@ def test_shared_fields_and_options_reach_the_recipe():
     assert recipe.temperature == 7.0 and recipe.vocab_chunk == 32
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["distill.recipe=kdd"], "unknown recipe 'kdd' (did you mean kd?)"),
-    (["distill.options.alpha_T=0.8"], "distill.options.alpha_T: not a parameter of recipe 'kd'"),
-    (["distill.options.objective=bogus"], "recipe 'kd'"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["distill.recipe=kdd"], "unknown recipe 'kdd' (did you mean kd?)"),
+        (["distill.options.alpha_T=0.8"], "distill.options.alpha_T: not a parameter of recipe 'kd'"),
+        (["distill.options.objective=bogus"], "recipe 'kd'"),
+    ],
+)
 def test_bad_recipe_config_is_a_one_line_error(overrides, message):
     with pytest.raises(ConfigError, match=None) as info:
         build_recipe(load_config("default", overrides).distill)
@@ -44,8 +47,9 @@ def test_every_preset_names_a_known_recipe():
 
 
 def test_cli_lists_the_recipes():
-    result = subprocess.run([sys.executable, "-m", "jdistill.cli", "recipes"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "jdistill.cli", "recipes"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert names == sorted(recipe_classes())

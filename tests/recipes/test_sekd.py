@@ -17,19 +17,37 @@ LM = ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, v
 TINY_LM = [
     f"{stage}.{key}={value}"
     for stage in ("teacher", "student")
-    for key, value in (("model.d_model", 16), ("model.num_layers", 1), ("model.mlp_dim", 32), ("train.steps", 4),
-                       ("train.warmup_steps", 1), ("train.eval_every", 4), ("train.log_every", 2),
-                       ("train.checkpoint_every", 4), ("train.batch_size", 4))
-] + ["data.seq_len=32", "data.eval_batch_size=8", "data.eval_max_batches=1", "run.progress=false", "run.plot=false",
-     "run.tensorboard=false", "run.baseline=false"]
+    for key, value in (
+        ("model.d_model", 16),
+        ("model.num_layers", 1),
+        ("model.mlp_dim", 32),
+        ("train.steps", 4),
+        ("train.warmup_steps", 1),
+        ("train.eval_every", 4),
+        ("train.log_every", 2),
+        ("train.checkpoint_every", 4),
+        ("train.batch_size", 4),
+    )
+] + [
+    "data.seq_len=32",
+    "data.eval_batch_size=8",
+    "data.eval_max_batches=1",
+    "run.progress=false",
+    "run.plot=false",
+    "run.tensorboard=false",
+    "run.baseline=false",
+]
 
 
 def _models_and_batch(kind):
     rng = np.random.default_rng(0)
     if kind == "lm":
         config = LM
-        batch = {"inputs": rng.integers(0, 32, (3, 16)).astype(np.int32),
-                 "targets": rng.integers(0, 32, (3, 16)).astype(np.int32), "mask": rng.random((3, 16)) < 0.8}
+        batch = {
+            "inputs": rng.integers(0, 32, (3, 16)).astype(np.int32),
+            "targets": rng.integers(0, 32, (3, 16)).astype(np.int32),
+            "mask": rng.random((3, 16)) < 0.8,
+        }
     else:
         config = CLASSIFIER
         batch = {"inputs": rng.random((6, 8, 8, 1), np.float32), "labels": rng.integers(0, 10, 6).astype(np.int32)}

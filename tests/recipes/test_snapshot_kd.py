@@ -77,8 +77,9 @@ def test_loss_adds_the_distillation_term_only_when_the_ring_is_full():
     batch = _batch()
     losses = {}
     for taken in (1, 2):
-        (total, count), metrics, _ = recipe.loss(student, teacher, {"snapshots": stack, "taken": jnp.asarray(taken)},
-                                                 batch, jax.random.key(0))
+        (total, count), metrics, _ = recipe.loss(
+            student, teacher, {"snapshots": stack, "taken": jnp.asarray(taken)}, batch, jax.random.key(0)
+        )
         losses[taken] = float(total / count)
     assert losses[1] == pytest.approx(float(metrics["ce"]), rel=1e-6)
     assert losses[2] == pytest.approx(float(metrics["ce"] + 0.5 * metrics["distill"]), rel=1e-6)
@@ -86,9 +87,16 @@ def test_loss_adds_the_distillation_term_only_when_the_ring_is_full():
 
 
 def test_preset_learns_and_distils_once_the_ring_is_full(tmp_path, untrained):
-    config = load_config("snapshot_kd", tiny_job("distill.options.snapshot_every=5", "distill.options.num_snapshots=2",
-                                                 "student.train.learning_rate=0.01", "student.train.log_every=1",
-                                                 steps=30))
+    config = load_config(
+        "snapshot_kd",
+        tiny_job(
+            "distill.options.snapshot_every=5",
+            "distill.options.num_snapshots=2",
+            "student.train.learning_rate=0.01",
+            "student.train.log_every=1",
+            steps=30,
+        ),
+    )
     summary = run_job(config, tmp_path / "run", progress=False)
     assert "teacher" not in summary
     student, before = summary["student_snapshot_kd"], untrained(config)

@@ -31,8 +31,9 @@ def test_fixed_alpha_loss_is_cross_entropy_to_the_guided_target(alpha):
     student, teacher = Transformer(CONFIG, rngs=nnx.Rngs(0)), Transformer(CONFIG, rngs=nnx.Rngs(1))
     rng = np.random.default_rng(0)
     batch = {"inputs": rng.random((6, 8, 8, 1), np.float32), "labels": rng.integers(0, 10, 6).astype(np.int32)}
-    (total, count), metrics, statistics = TeacherGuidance(alpha=alpha).loss(student, teacher, _state(), batch,
-                                                                           jax.random.key(0))
+    (total, count), metrics, statistics = TeacherGuidance(alpha=alpha).loss(
+        student, teacher, _state(), batch, jax.random.key(0)
+    )
     p_t = np.exp(_log_softmax(np.asarray(teacher(batch["inputs"]).logits, np.float64)))
     target = alpha * np.eye(10)[batch["labels"]] + (1 - alpha) * p_t
     expected = -(target * _log_softmax(np.asarray(student(batch["inputs"]).logits, np.float64))).sum(-1).mean()
@@ -79,9 +80,16 @@ def test_alpha_is_the_running_mean_of_the_first_probe_batches():
 
 
 def test_preset_trains_guided_generations_end_to_end(tmp_path, pretrained_teacher, untrained):
-    config = load_config("teacher_guidance", tiny_job("distill.options.probe_batches=2",
-                                                      *pretrained_teacher, "student.train.learning_rate=0.01",
-                                                      "student.train.log_every=1", steps=30))
+    config = load_config(
+        "teacher_guidance",
+        tiny_job(
+            "distill.options.probe_batches=2",
+            *pretrained_teacher,
+            "student.train.learning_rate=0.01",
+            "student.train.log_every=1",
+            steps=30,
+        ),
+    )
     summary = run_job(config, tmp_path / "run", progress=False)
     generations = ["student_teacher_guidance_gen1", "student_teacher_guidance_gen2"]
     assert set(generations) <= set(summary)

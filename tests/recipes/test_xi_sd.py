@@ -45,8 +45,9 @@ def test_loss_is_cross_entropy_to_the_mixed_target(xi, temperature):
 
 def test_teacher_of_another_architecture_is_a_config_error():
     student = nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(0)))[1]
-    wider = nnx.split(Transformer(ModelConfig(kind="classifier", num_layers=1, d_model=32, num_heads=2,
-                                              mlp_dim=32), rngs=nnx.Rngs(0)))[1]
+    wider = nnx.split(
+        Transformer(ModelConfig(kind="classifier", num_layers=1, d_model=32, num_heads=2, mlp_dim=32), rngs=nnx.Rngs(0))
+    )[1]
     with pytest.raises(ConfigError, match=r"teacher\.model"):
         XiSelfDistillation(weight_decay=0.1).init(student, wider, jax.random.key(0))
     _, state = XiSelfDistillation(weight_decay=0.1).init(student, student, jax.random.key(0))
@@ -59,8 +60,7 @@ def test_xi_above_one_warns_only_without_weight_decay():
     params = {"w": jnp.zeros((2, 2))}
 
     def start(xi, weight_decay):
-        facts = RunFacts(total_steps=10, steps_per_epoch=5.0, num_examples=20, batch_size=4,
-                         weight_decay=weight_decay)
+        facts = RunFacts(total_steps=10, steps_per_epoch=5.0, num_examples=20, batch_size=4, weight_decay=weight_decay)
         XiSelfDistillation(xi=xi).bind(facts).init(params, params, jax.random.key(0))
 
     with warnings.catch_warnings(record=True) as caught:

@@ -14,18 +14,22 @@ BATCH, SEQ, D_STUDENT, D_TEACHER, VOCAB, CHUNK = 8, 256, 32, 48, 16384, 512
 
 
 def loss(student_hidden, student_head, teacher_hidden, teacher_head):
-    return chunked_distillation_loss(student_hidden, student_head, teacher_hidden, teacher_head,
-                                     temperature=2.0, chunk_size=CHUNK)
+    return chunked_distillation_loss(
+        student_hidden, student_head, teacher_hidden, teacher_head, temperature=2.0, chunk_size=CHUNK
+    )
 
 
 def temp_bytes(devices):
     mesh = Mesh(np.array(devices), ("batch",))
     rows, whole = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
-    spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     args = (spec(BATCH, SEQ, D_STUDENT), spec(D_STUDENT, VOCAB), spec(BATCH, SEQ, D_TEACHER), spec(D_TEACHER, VOCAB))
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), in_shardings=(rows, whole, rows, whole))
     return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
-print(json.dumps({"devices": len(jax.devices()), "sharded": temp_bytes(jax.devices()),
-                  "single": temp_bytes(jax.devices()[:1])}))
+print(
+    json.dumps(
+        {"devices": len(jax.devices()), "sharded": temp_bytes(jax.devices()), "single": temp_bytes(jax.devices()[:1])}
+    )
+)

@@ -44,8 +44,11 @@ PALLAS = ["teacher.model.attention_impl=pallas_tpu", "student.model.attention_im
 
 def _check_compiled_step(summary, config, topology):
     assert summary["platform"] == "tpu" and summary["devices"] == topology.num_chips
-    assert summary["mesh"] == {"data": config.mesh.data * config.mesh.dcn_data, "fsdp": config.mesh.fsdp,
-                               "tensor": config.mesh.tensor}
+    assert summary["mesh"] == {
+        "data": config.mesh.data * config.mesh.dcn_data,
+        "fsdp": config.mesh.fsdp,
+        "tensor": config.mesh.tensor,
+    }
     assert summary["fits"] and summary["total_bytes"] <= topology.chip.hbm_bytes
     # Arguments: student parameters + two AdamW moments (12 bytes each) and the float32 teacher (4 bytes), split
     # over fsdp x tensor; plus the batch and a few replicated scalars and norms.
@@ -114,23 +117,27 @@ def test_chunked_loss_keeps_the_batch_split_over_devices():
     axis on the batch shards, so every device gathered all hidden states: 1/2)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(HERE.parents[1]))
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    done = subprocess.run([sys.executable, str(HERE / "chunked_sharded_check.py")], capture_output=True, text=True,
-                          env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(HERE / "chunked_sharded_check.py")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8
     assert result["sharded"] < 0.25 * result["single"]
 
 
-@pytest.mark.parametrize("text, chips, grid, hosts, accelerator, hbm_gib", [
-    ("v4-8", 4, (2, 2, 1), 1, "v4-8", 32),
-    ("v4-32", 16, (2, 2, 4), 4, "v4-32", 32),
-    ("v5e-16", 16, (4, 4), 4, "v5litepod-16", 16),
-    ("v5litepod-256", 256, (16, 16), 64, "v5litepod-256", 16),
-    ("v5p-128", 64, (4, 4, 4), 16, "v5p-128", 95),
-    ("v5e:4x4", 16, (4, 4), 4, "v5litepod-16", 16),
-    ("h100:4x8", 32, (4, 8), 4, None, 80),
-])
+@pytest.mark.parametrize(
+    "text, chips, grid, hosts, accelerator, hbm_gib",
+    [
+        ("v4-8", 4, (2, 2, 1), 1, "v4-8", 32),
+        ("v4-32", 16, (2, 2, 4), 4, "v4-32", 32),
+        ("v5e-16", 16, (4, 4), 4, "v5litepod-16", 16),
+        ("v5litepod-256", 256, (16, 16), 64, "v5litepod-256", 16),
+        ("v5p-128", 64, (4, 4, 4), 16, "v5p-128", 95),
+        ("v5e:4x4", 16, (4, 4), 4, "v5litepod-16", 16),
+        ("h100:4x8", 32, (4, 8), 4, None, 80),
+    ],
+)
 def test_topology_names(text, chips, grid, hosts, accelerator, hbm_gib):
     topology = parse_topology(text)
     assert (topology.num_chips, topology.grid, topology.num_hosts) == (chips, grid, hosts)
@@ -148,9 +155,21 @@ def test_bad_topology_is_a_config_error(text):
 
 
 def test_model_flops_match_xla_count_of_a_forward_pass():
-    config = ModelConfig(kind="lm", num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=256, mlp="glu",
-                         activation="silu", mlp_bias=False, gate="headwise", vocab_size=512, max_seq_len=64,
-                         attention_impl="xla")
+    config = ModelConfig(
+        kind="lm",
+        num_layers=2,
+        d_model=64,
+        num_heads=4,
+        num_kv_heads=2,
+        mlp_dim=256,
+        mlp="glu",
+        activation="silu",
+        mlp_bias=False,
+        gate="headwise",
+        vocab_size=512,
+        max_seq_len=64,
+        attention_impl="xla",
+    )
     graphdef, params = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
     tokens = jnp.zeros((2, 64), jnp.int32)
     forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x).logits)
@@ -161,13 +180,27 @@ def test_model_flops_match_xla_count_of_a_forward_pass():
 
 
 def test_not_fitting_in_hbm_exits_non_zero(monkeypatch, capsys, tmp_path):
-    fake = {"argument_bytes": 10 * GiB, "output_bytes": GiB, "alias_bytes": GiB, "temp_bytes": 20 * GiB,
-            "code_bytes": 0, "total_bytes": 30 * GiB, "student_params": 10**9, "teacher_params": 8 * 10**9,
-            "flops_per_device": 1.0, "bytes_accessed_per_device": 1.0, "mesh": {"data": 1, "fsdp": 16, "tensor": 1},
-            "devices": 16, "platform": "tpu", "device_kind": "TPU v5 lite", "compile_seconds": 1.0}
+    fake = {
+        "argument_bytes": 10 * GiB,
+        "output_bytes": GiB,
+        "alias_bytes": GiB,
+        "temp_bytes": 20 * GiB,
+        "code_bytes": 0,
+        "total_bytes": 30 * GiB,
+        "student_params": 10**9,
+        "teacher_params": 8 * 10**9,
+        "flops_per_device": 1.0,
+        "bytes_accessed_per_device": 1.0,
+        "mesh": {"data": 1, "fsdp": 16, "tensor": 1},
+        "devices": 16,
+        "platform": "tpu",
+        "device_kind": "TPU v5 lite",
+        "compile_seconds": 1.0,
+    }
     monkeypatch.setattr(aot_compile, "run_aot", lambda jobs, topology: [dict(fake)])
-    args = SimpleNamespace(config="tpu_configs/v5e-16.yaml", topology=None, json=str(tmp_path / "c.json"),
-                           overrides=SHALLOW)
+    args = SimpleNamespace(
+        config="tpu_configs/v5e-16.yaml", topology=None, json=str(tmp_path / "c.json"), overrides=SHALLOW
+    )
     with pytest.raises(aot_compile.CompileError, match="more than the 16 GiB HBM"):
         aot_compile.cmd_compile(args)
     printed = capsys.readouterr().out
@@ -178,11 +211,23 @@ def test_not_fitting_in_hbm_exits_non_zero(monkeypatch, capsys, tmp_path):
 
 
 def _gpu_report(total_gib, platform):
-    return {"argument_bytes": GiB, "output_bytes": GiB // 2, "alias_bytes": GiB // 2,
-            "temp_bytes": int((total_gib - 1) * GiB), "code_bytes": 0, "total_bytes": int(total_gib * GiB),
-            "student_params": 10**9, "teacher_params": 8 * 10**9, "flops_per_device": 1.0,
-            "bytes_accessed_per_device": 1.0, "mesh": {"data": 1, "fsdp": 8, "tensor": 1}, "devices": 8,
-            "platform": platform, "device_kind": platform, "compile_seconds": 1.0}
+    return {
+        "argument_bytes": GiB,
+        "output_bytes": GiB // 2,
+        "alias_bytes": GiB // 2,
+        "temp_bytes": int((total_gib - 1) * GiB),
+        "code_bytes": 0,
+        "total_bytes": int(total_gib * GiB),
+        "student_params": 10**9,
+        "teacher_params": 8 * 10**9,
+        "flops_per_device": 1.0,
+        "bytes_accessed_per_device": 1.0,
+        "mesh": {"data": 1, "fsdp": 8, "tensor": 1},
+        "devices": 8,
+        "platform": platform,
+        "device_kind": platform,
+        "compile_seconds": 1.0,
+    }
 
 
 @needs_libtpu
@@ -199,7 +244,7 @@ def test_a_gpu_config_is_decided_with_the_tpu_compile_of_the_same_step(monkeypat
     if fits:
         assert aot_compile.cmd_compile(args) == 0
     else:
-        with pytest.raises(aot_compile.CompileError, match="needs 90.00 GiB .*decided with the TPU compile"):
+        with pytest.raises(aot_compile.CompileError, match=r"needs 90.00 GiB .*decided with the TPU compile"):
             aot_compile.cmd_compile(args)
     assert seen == [("gpu", 8, "h100:1x8"), ("tpu", 8, "v5p-16")]  # as many v5p chips, same config and mesh
     printed = capsys.readouterr().out
@@ -218,12 +263,30 @@ def test_proxy_topology_has_as_many_chips():
 
 
 def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys):
-    base = {"argument_bytes": GiB, "output_bytes": GiB // 2, "alias_bytes": GiB // 2, "temp_bytes": 3 * GiB,
-            "code_bytes": 0, "total_bytes": 4 * GiB, "student_params": 3 * 10**8, "teacher_params": 10**9,
-            "flops_per_device": 1e12, "bytes_accessed_per_device": 1e10, "mesh": {"data": 1, "fsdp": 16, "tensor": 1},
-            "devices": 16, "platform": "tpu", "device_kind": "TPU v5 lite", "compile_seconds": 1.0}
-    grow = {"argument_bytes": GiB // 8, "total_bytes": GiB // 4, "temp_bytes": GiB // 8, "teacher_params": 10**8,
-            "student_params": 5 * 10**7}
+    base = {
+        "argument_bytes": GiB,
+        "output_bytes": GiB // 2,
+        "alias_bytes": GiB // 2,
+        "temp_bytes": 3 * GiB,
+        "code_bytes": 0,
+        "total_bytes": 4 * GiB,
+        "student_params": 3 * 10**8,
+        "teacher_params": 10**9,
+        "flops_per_device": 1e12,
+        "bytes_accessed_per_device": 1e10,
+        "mesh": {"data": 1, "fsdp": 16, "tensor": 1},
+        "devices": 16,
+        "platform": "tpu",
+        "device_kind": "TPU v5 lite",
+        "compile_seconds": 1.0,
+    }
+    grow = {
+        "argument_bytes": GiB // 8,
+        "total_bytes": GiB // 4,
+        "temp_bytes": GiB // 8,
+        "teacher_params": 10**8,
+        "student_params": 5 * 10**7,
+    }
     seen = []
 
     def fake_run_aot(jobs, topology):

@@ -14,8 +14,14 @@ from jdistill.scale.topologies import parse_topology
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = sorted((ROOT / "tpu_configs").glob("*.yaml"))
-ACCELERATOR_TYPES = {"v4-8": "v4-8", "v4-32": "v4-32", "v5e-16": "v5litepod-16", "v5e-256": "v5litepod-256",
-                     "v5p-128": "v5p-128", "2x-v5e-256": "v5litepod-256"}
+ACCELERATOR_TYPES = {
+    "v4-8": "v4-8",
+    "v4-32": "v4-32",
+    "v5e-16": "v5litepod-16",
+    "v5e-256": "v5litepod-256",
+    "v5p-128": "v5p-128",
+    "2x-v5e-256": "v5litepod-256",
+}
 
 
 def commands(text: str) -> list[list[str]]:
@@ -40,7 +46,7 @@ def flag(argv, name):
 
 def here_document(text: str, path: str) -> str:
     start = text.index(f"cat > {path} <<'EOF'\n") + len(f"cat > {path} <<'EOF'\n")
-    return text[start:text.index("\nEOF\n", start)]
+    return text[start : text.index("\nEOF\n", start)]
 
 
 def test_every_config_is_covered():
@@ -55,8 +61,7 @@ def test_tpu_dry_run_commands(path):
     text = launch.dry_run_text(config, str(path), ["student.train.steps=10"])
     argvs = commands(text)
     gcloud = [a for a in argvs if a[0] == "gcloud"]
-    assert gcloud and all(flag(a, "--project") == cluster.project and flag(a, "--zone") == cluster.zone
-                          for a in gcloud)
+    assert gcloud and all(flag(a, "--project") == cluster.project and flag(a, "--zone") == cluster.zone for a in gcloud)
     create = next(a for a in gcloud if a[3:5] == ["queued-resources", "create"])
     assert create[5] == cluster.name and flag(create, "--accelerator-type") == ACCELERATOR_TYPES[path.stem]
     assert flag(create, "--runtime-version") == cluster.runtime_version
@@ -95,8 +100,9 @@ def test_slurm_script():
     assert argvs[-1] == ["sbatch", script_name]
     script = here_document(text, script_name)
     assert script.startswith("#!/bin/bash\n")
-    directives = dict((line[len("#SBATCH --"):] + "=").split("=")[:2] for line in script.splitlines()
-                      if line.startswith("#SBATCH"))
+    directives = dict(
+        (line[len("#SBATCH --") :] + "=").split("=")[:2] for line in script.splitlines() if line.startswith("#SBATCH")
+    )
     assert directives["nodes"] == "1" and directives["gpus-per-node"] == "8"
     assert directives["partition"] == "gpu" and directives["job-name"] == config.cluster.name
     srun = next(shlex.split(line) for line in script.splitlines() if line.startswith("srun"))
@@ -136,10 +142,12 @@ def one_line_error(capsys, *argv):
 
 def test_missing_project_or_zone_is_a_one_line_error(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert "cluster.project" in one_line_error(capsys, "launch", "--config", "tpu_configs/v5e-16.yaml", "--dry-run",
-                                               "cluster.project=null")
-    assert "cluster.zone" in one_line_error(capsys, "launch", "--config", "tpu_configs/v4-8.yaml", "--dry-run",
-                                            "cluster.zone=null")
+    assert "cluster.project" in one_line_error(
+        capsys, "launch", "--config", "tpu_configs/v5e-16.yaml", "--dry-run", "cluster.project=null"
+    )
+    assert "cluster.zone" in one_line_error(
+        capsys, "launch", "--config", "tpu_configs/v4-8.yaml", "--dry-run", "cluster.zone=null"
+    )
 
 
 def test_wrong_launcher_for_the_platform_is_a_config_error():

@@ -33,7 +33,7 @@ MESH = MeshConfig(data=4, fsdp=2)
 def local_rows(batch: dict) -> dict:
     """This process's rows of the global batch: processes own contiguous blocks of the batch axis."""
     count, index = jax.process_count(), jax.process_index()
-    return {k: v[index * len(v) // count:(index + 1) * len(v) // count] for k, v in batch.items()}
+    return {k: v[index * len(v) // count : (index + 1) * len(v) // count] for k, v in batch.items()}
 
 
 def train(checkpoint_dir: Path | None):
@@ -54,8 +54,9 @@ def train(checkpoint_dir: Path | None):
 def gathered_params(state):
     from jax.experimental import multihost_utils
 
-    leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)).ravel()
-              for x in jax.tree.leaves(state.params)]
+    leaves = [
+        np.asarray(multihost_utils.process_allgather(x, tiled=True)).ravel() for x in jax.tree.leaves(state.params)
+    ]
     return np.concatenate(leaves)
 
 
@@ -64,8 +65,11 @@ def main(argv):
     if mode == "multi":
         process_id, port, checkpoint_dir = int(argv[2]), argv[3], Path(argv[4])
         jax.config.update("jax_num_cpu_devices", 4)
-        maybe_initialize(ClusterConfig(distributed="on", coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                                       process_id=process_id))
+        maybe_initialize(
+            ClusterConfig(
+                distributed="on", coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id
+            )
+        )
         assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
         state, losses = train(checkpoint_dir)
         params = gathered_params(state)
@@ -79,9 +83,17 @@ def main(argv):
     import sharded_checks
 
     restored = Checkpointer(checkpoint_dir, keep=1).restore(3, state)
-    print(json.dumps({"losses": losses, "params": sharded_checks.flat_params(state).tolist(),
-                      "restored_params": sharded_checks.flat_params(restored).tolist(),
-                      "restored_step": int(restored.step), "processes": jax.process_count()}))
+    print(
+        json.dumps(
+            {
+                "losses": losses,
+                "params": sharded_checks.flat_params(state).tolist(),
+                "restored_params": sharded_checks.flat_params(restored).tolist(),
+                "restored_step": int(restored.step),
+                "processes": jax.process_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,16 @@ from jdistill.train.optim import make_optimizer
 from jdistill.train.state import TrainState
 from jdistill.train.step import StepShardings, make_train_step
 
-TEACHER = ModelConfig(kind="lm", num_layers=2, d_model=64, num_heads=4, mlp_dim=128, vocab_size=256,
-                      max_seq_len=32)
-STUDENT = ModelConfig(kind="lm", num_layers=1, d_model=64, num_heads=4, mlp_dim=128, vocab_size=256,
-                      max_seq_len=32)
+TEACHER = ModelConfig(kind="lm", num_layers=2, d_model=64, num_heads=4, mlp_dim=128, vocab_size=256, max_seq_len=32)
+STUDENT = ModelConfig(kind="lm", num_layers=1, d_model=64, num_heads=4, mlp_dim=128, vocab_size=256, max_seq_len=32)
 TRAIN = TrainConfig(steps=10, warmup_steps=1, learning_rate=3e-3, batch_size=8)
-MESHES = {"single": MeshConfig(data=1), "data8": MeshConfig(data=8), "data4_fsdp2": MeshConfig(data=4, fsdp=2),
-          "data2_fsdp2_tensor2": MeshConfig(data=2, fsdp=2, tensor=2), "fsdp8": MeshConfig(data=1, fsdp=8)}
+MESHES = {
+    "single": MeshConfig(data=1),
+    "data8": MeshConfig(data=8),
+    "data4_fsdp2": MeshConfig(data=4, fsdp=2),
+    "data2_fsdp2_tensor2": MeshConfig(data=2, fsdp=2, tensor=2),
+    "fsdp8": MeshConfig(data=1, fsdp=8),
+}
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 
 
@@ -40,8 +43,11 @@ def batches(count=3):
     rng = np.random.default_rng(0)
     for _ in range(count):
         tokens = rng.integers(0, 256, (8, 17))
-        yield {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
-               "mask": (rng.random((8, 16)) > 0.2)}
+        yield {
+            "inputs": tokens[:, :-1].astype(np.int32),
+            "targets": tokens[:, 1:].astype(np.int32),
+            "mask": (rng.random((8, 16)) > 0.2),
+        }
 
 
 def build(mesh_config):
@@ -58,8 +64,7 @@ def build(mesh_config):
     first = next(batches(1))
     batch_shardings = sharding.batch_shardings(first, mesh, rules)
     shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh), rules)
-    step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef,
-                           shardings=shardings)
+    step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef, shardings=shardings)
     state = sharding.shard(state, state_shardings)
     teacher_params = sharding.shard(teacher_params, teacher_shardings)
     return step, state, teacher_params, batch_shardings, mesh
@@ -105,13 +110,16 @@ def activation_constraints(mesh_config):
                 if hasattr(inner, "eqns"):
                     yield from eqns(inner)
 
-    return sorted({str(eqn.params["sharding"].spec) for eqn in eqns(jaxpr.jaxpr)
-                   if eqn.primitive.name == "sharding_constraint"})
+    return sorted(
+        {str(eqn.params["sharding"].spec) for eqn in eqns(jaxpr.jaxpr) if eqn.primitive.name == "sharding_constraint"}
+    )
 
 
 # mesh.rules.batch reaches the layers through the step: the batch over `data` only, parameters still over fsdp
-RULE_MESHES = {"data4_fsdp2": MESHES["data4_fsdp2"],
-               "data4_fsdp2_batch_data": MeshConfig(data=4, fsdp=2, rules={"batch": "data"})}
+RULE_MESHES = {
+    "data4_fsdp2": MESHES["data4_fsdp2"],
+    "data4_fsdp2_batch_data": MeshConfig(data=4, fsdp=2, rules={"batch": "data"}),
+}
 
 
 if __name__ == "__main__":

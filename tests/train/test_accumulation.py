@@ -27,8 +27,9 @@ def _run(recipe, grad_accum_steps, model_config=LM, steps=2):
     optimizer = make_optimizer(TRAIN)
     graphdef, state = create_train_state(Transformer(model_config, rngs=nnx.Rngs(0)), optimizer)
     teacher_graphdef, teacher_params = nnx.split(Transformer(LM, rngs=nnx.Rngs(5)))
-    step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef,
-                           grad_accum_steps=grad_accum_steps)
+    step = make_train_step(
+        graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef, grad_accum_steps=grad_accum_steps
+    )
     losses = []
     for index in range(steps):
         state, metrics = step(state, teacher_params, _batch(index))
@@ -36,8 +37,7 @@ def _run(recipe, grad_accum_steps, model_config=LM, steps=2):
     return losses, [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
-@pytest.mark.parametrize("recipe", [KnowledgeDistillation(label_weight=0.5), Supervised()],
-                         ids=["kd", "supervised"])
+@pytest.mark.parametrize("recipe", [KnowledgeDistillation(label_weight=0.5), Supervised()], ids=["kd", "supervised"])
 @pytest.mark.parametrize("micro", [2, 4])
 def test_accumulated_step_equals_the_full_batch_step(recipe, micro):
     full_losses, full_params = _run(recipe, 1)
@@ -82,8 +82,9 @@ def test_a_rematerialised_teacher_traces_and_changes_nothing():
     losses = []
     for remat in ("none", "full"):
         graphdef, state = create_train_state(Transformer(LM, rngs=nnx.Rngs(0)), optimizer)
-        teacher_graphdef, teacher_params = nnx.split(Transformer(dataclasses.replace(LM, remat=remat),
-                                                                 rngs=nnx.Rngs(5)))
+        teacher_graphdef, teacher_params = nnx.split(
+            Transformer(dataclasses.replace(LM, remat=remat), rngs=nnx.Rngs(5))
+        )
         step = make_train_step(graphdef, KnowledgeDistillation(), optimizer, seed=0, teacher_graphdef=teacher_graphdef)
         losses.append(float(step(state, teacher_params, _batch())[1]["loss"]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)

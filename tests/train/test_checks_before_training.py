@@ -19,10 +19,16 @@ BAD = {
     "born_again": ("born_again", ["teacher.model.d_model=32"], "teacher.model equal to student.model"),
     "cached_topk": ("default", ["distill.recipe=cached_topk"], "trains language models only"),
     "dcs": ("lm_kd", ["distill.recipe=dcs"], "trains classifiers only"),
-    "defensive": ("defensive", ["student.model.classifier_input=tokens", "teacher.model.classifier_input=tokens"],
-                  "transforms images"),
-    "dino": ("dino", ["student.model.classifier_input=tokens", "teacher.model.classifier_input=tokens"],
-             "transforms images"),
+    "defensive": (
+        "defensive",
+        ["student.model.classifier_input=tokens", "teacher.model.classifier_input=tokens"],
+        "transforms images",
+    ),
+    "dino": (
+        "dino",
+        ["student.model.classifier_input=tokens", "teacher.model.classifier_input=tokens"],
+        "transforms images",
+    ),
     "feature_kd": ("feature_kd", ['distill.options.layer_map="9:1"'], "layer 9 does not exist"),
     "gkd": ("gkd", ["distill.options.prompt_len=4096"], "prompt_len=4096 exceeds data.seq_len"),
     "kd": ("default", ["distill.options.objective=kl"], "unknown divergence .kl.; expected one of"),
@@ -34,8 +40,11 @@ BAD = {
     "sekd": ("sekd", ["distill.options.gamma_max=1.5"], "gamma_max must be"),
     "sla_sd": ("sla_sd", CLASSIFIER_AS_LM, "trains classifiers only"),
     "snapshot_kd": ("snapshot_kd", ["distill.options.method=median"], "method must be"),
-    "supervised": ("default", ["distill.recipe=supervised", "distill.options.smoothing=0.1"],
-                   "not a parameter of recipe 'supervised'"),
+    "supervised": (
+        "default",
+        ["distill.recipe=supervised", "distill.options.smoothing=0.1"],
+        "not a parameter of recipe 'supervised'",
+    ),
     "teacher_guidance": ("teacher_guidance", ["teacher.model.num_layers=3"], "teacher.model equal to student.model"),
     "xi_sd": ("xi_sd", ["teacher.model.mlp_dim=8"], "teacher.model equal to student.model"),
 }
@@ -45,8 +54,17 @@ MORE_BAD = [  # further compatibility errors of recipes with several
     ("multi_exit", ["student.model.exit_layers=[]"], "student has no exits"),
     ("feature_kd", ['distill.options.layer_map="blocks.7.mlp:1"'], "layer_map"),
     ("feature_kd", ["teacher.model.d_model=24", "distill.options.teacher_width=null"], "teacher_width=24"),
-    ("teacher_guidance", ["data.name=pystdlib_text", "student.model.kind=lm", "teacher.model.kind=lm",
-                          "student.model.vocab_size=256", "teacher.model.vocab_size=256"], "alpha for classifiers"),
+    (
+        "teacher_guidance",
+        [
+            "data.name=pystdlib_text",
+            "student.model.kind=lm",
+            "teacher.model.kind=lm",
+            "student.model.vocab_size=256",
+            "teacher.model.vocab_size=256",
+        ],
+        "alpha for classifiers",
+    ),
 ]
 
 
@@ -57,14 +75,18 @@ def test_every_recipe_has_a_bad_case():
 @pytest.fixture
 def no_stage(monkeypatch):
     """Building any stage (the first thing before a train step) fails the test."""
+
     def fail(*args, **kwargs):
         raise AssertionError("a stage was built before the config error")
 
     monkeypatch.setattr(loop, "build_stage", fail)
 
 
-@pytest.mark.parametrize("preset, overrides, message", list(BAD.values()) + MORE_BAD,
-                         ids=list(BAD) + [f"{case[0]}-{i}" for i, case in enumerate(MORE_BAD)])
+@pytest.mark.parametrize(
+    "preset, overrides, message",
+    list(BAD.values()) + MORE_BAD,
+    ids=list(BAD) + [f"{case[0]}-{i}" for i, case in enumerate(MORE_BAD)],
+)
 def test_bad_recipe_config_fails_before_any_stage(preset, overrides, message, no_stage, tmp_path, data_dir):
     with pytest.raises(ConfigError, match=message):
         run_job(load_config(preset, overrides), tmp_path / "run", progress=False)

@@ -15,10 +15,29 @@ from jdistill.recipes import KnowledgeDistillation
 from jdistill.train import create_train_state, make_train_step
 from tests.numpy_transformer import hinton_kd_loss, lm_logits, randomize
 
-STUDENT = ModelConfig(kind="lm", num_layers=2, d_model=8, num_heads=2, num_kv_heads=1, head_dim=4, mlp_dim=16,
-                      vocab_size=12, max_seq_len=16, attention_impl="xla")
-TEACHER = ModelConfig(kind="lm", num_layers=1, d_model=12, num_heads=3, mlp_dim=16, vocab_size=12, max_seq_len=16,
-                      gate="elementwise", attention_impl="xla")
+STUDENT = ModelConfig(
+    kind="lm",
+    num_layers=2,
+    d_model=8,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=4,
+    mlp_dim=16,
+    vocab_size=12,
+    max_seq_len=16,
+    attention_impl="xla",
+)
+TEACHER = ModelConfig(
+    kind="lm",
+    num_layers=1,
+    d_model=12,
+    num_heads=3,
+    mlp_dim=16,
+    vocab_size=12,
+    max_seq_len=16,
+    gate="elementwise",
+    attention_impl="xla",
+)
 KD = {"temperature": 2.0, "distill_weight": 0.8, "label_weight": 0.4}
 
 
@@ -43,8 +62,7 @@ def step_result():
     optimizer = optax.sgd(1.0)
     _, state = create_train_state(nnx.merge(graphdef, state_params), optimizer)
     before = nnx.to_pure_dict(jax.tree.map(np.asarray, state.params))
-    step = make_train_step(graphdef, KnowledgeDistillation(**KD), optimizer, seed=0,
-                           teacher_graphdef=teacher_graphdef)
+    step = make_train_step(graphdef, KnowledgeDistillation(**KD), optimizer, seed=0, teacher_graphdef=teacher_graphdef)
     state, metrics = step(state, teacher_params, _batch())
     after = nnx.to_pure_dict(state.params)
     grad = jax.tree.map(lambda b, a: b - np.asarray(a, np.float64), before, after)
@@ -52,8 +70,13 @@ def step_result():
 
 
 def _numpy_loss(student, teacher, batch):
-    return hinton_kd_loss(lm_logits(student, batch["inputs"], STUDENT), lm_logits(teacher, batch["inputs"], TEACHER),
-                          batch["targets"], batch["mask"], **KD)
+    return hinton_kd_loss(
+        lm_logits(student, batch["inputs"], STUDENT),
+        lm_logits(teacher, batch["inputs"], TEACHER),
+        batch["targets"],
+        batch["mask"],
+        **KD,
+    )
 
 
 def test_loss_equals_numpy(step_result):

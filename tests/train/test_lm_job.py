@@ -8,9 +8,17 @@ from jdistill.train import run_teacher_student
 TINY_LM = [
     f"{stage}.{key}={value}"
     for stage in ("teacher", "student")
-    for key, value in (("model.d_model", 16), ("model.num_layers", 1), ("model.mlp_dim", 32),
-                       ("train.steps", 6), ("train.warmup_steps", 1), ("train.eval_every", 3),
-                       ("train.log_every", 3), ("train.checkpoint_every", 3), ("train.batch_size", 4))
+    for key, value in (
+        ("model.d_model", 16),
+        ("model.num_layers", 1),
+        ("model.mlp_dim", 32),
+        ("train.steps", 6),
+        ("train.warmup_steps", 1),
+        ("train.eval_every", 3),
+        ("train.log_every", 3),
+        ("train.checkpoint_every", 3),
+        ("train.batch_size", 4),
+    )
 ] + ["data.seq_len=32", "data.eval_batch_size=8", "data.eval_max_batches=2", "run.progress=false", "run.plot=false"]
 
 

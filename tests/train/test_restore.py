@@ -46,10 +46,19 @@ def test_bad_init_from_is_a_one_line_error(tmp_path, data_dir):
 
 
 def test_a_wrapped_student_loads_back(tmp_path, data_dir):
-    tiny = [f"{stage}.{key}={value}" for stage in ("teacher", "student")
-            for key, value in (("model.d_model", 16), ("model.num_heads", 2), ("model.mlp_dim", 32),
-                               ("model.num_layers", 1), ("train.steps", 2), ("train.warmup_steps", 1),
-                               ("train.batch_size", 16))]
+    tiny = [
+        f"{stage}.{key}={value}"
+        for stage in ("teacher", "student")
+        for key, value in (
+            ("model.d_model", 16),
+            ("model.num_heads", 2),
+            ("model.mlp_dim", 32),
+            ("model.num_layers", 1),
+            ("train.steps", 2),
+            ("train.warmup_steps", 1),
+            ("train.batch_size", 16),
+        )
+    ]
     tiny += ["data.eval_max_batches=1", "run.progress=false", "run.plot=false", "run.baseline=false"]
     run_job(load_config("mutual", tiny), tmp_path / "run")
     model, _ = load_stage(tmp_path / "run", "student_mutual")

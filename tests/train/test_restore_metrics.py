@@ -14,9 +14,15 @@ from jdistill.train.restore import load_stage
 from jdistill.train.step import make_eval_step
 from tests.train.test_lm_job import TINY_LM
 
-OVERRIDES = TINY_LM + ["run.baseline=false", "run.tensorboard=false"] + [
-    f"{stage}.train.{key}=3" for stage in ("teacher", "student")
-    for key in ("steps", "eval_every", "log_every", "checkpoint_every")]
+OVERRIDES = (
+    TINY_LM
+    + ["run.baseline=false", "run.tensorboard=false"]
+    + [
+        f"{stage}.train.{key}=3"
+        for stage in ("teacher", "student")
+        for key in ("steps", "eval_every", "log_every", "checkpoint_every")
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +39,12 @@ def test_a_loaded_stage_re_evaluates_to_its_recorded_metrics(run, stage):
     stage_config = config.teacher if stage == "teacher" else config.student
     forward_params = None if stage == "teacher" else build_recipe(config.distill).forward_params
     graphdef, params = nnx.split(model)
-    metrics = evaluate(make_eval_step(graphdef, forward_params), params,
-                       inputs.eval_batches(config.data, stage_config.model.kind), kind=stage_config.model.kind)
+    metrics = evaluate(
+        make_eval_step(graphdef, forward_params),
+        params,
+        inputs.eval_batches(config.data, stage_config.model.kind),
+        kind=stage_config.model.kind,
+    )
     recorded = json.loads((run_dir / "summary.json").read_text())[stage]
     result = json.loads((run_dir / stage / "result.json").read_text())["metrics"]
     for name in ("accuracy", "nll", "ece", "bits_per_byte", "count"):

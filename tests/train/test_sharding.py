@@ -26,8 +26,9 @@ def _env():
 
 @pytest.fixture(scope="module")
 def meshes():
-    result = subprocess.run([sys.executable, str(HERE / "sharded_checks.py")], capture_output=True, text=True,
-                            env=_env(), timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(HERE / "sharded_checks.py")], capture_output=True, text=True, env=_env(), timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -75,18 +76,51 @@ def _train_losses(run_dir: Path) -> dict:
 
 
 def test_cli_mesh_runs_write_the_same_losses(tmp_path, data_dir):
-    tiny = [f"{stage}.{key}={value}" for stage in ("teacher", "student")
-            for key, value in (("model.d_model", 16), ("model.num_layers", 1), ("model.mlp_dim", 32),
-                               ("train.steps", 4), ("train.warmup_steps", 1), ("train.eval_every", 4),
-                               ("train.log_every", 1), ("train.checkpoint_every", 4), ("train.batch_size", 8))]
-    tiny += ["data.seq_len=32", "data.eval_batch_size=8", "data.eval_max_batches=1", "run.progress=false",
-             "run.plot=false", "run.baseline=false", "run.tensorboard=false"]
+    tiny = [
+        f"{stage}.{key}={value}"
+        for stage in ("teacher", "student")
+        for key, value in (
+            ("model.d_model", 16),
+            ("model.num_layers", 1),
+            ("model.mlp_dim", 32),
+            ("train.steps", 4),
+            ("train.warmup_steps", 1),
+            ("train.eval_every", 4),
+            ("train.log_every", 1),
+            ("train.checkpoint_every", 4),
+            ("train.batch_size", 8),
+        )
+    ]
+    tiny += [
+        "data.seq_len=32",
+        "data.eval_batch_size=8",
+        "data.eval_max_batches=1",
+        "run.progress=false",
+        "run.plot=false",
+        "run.baseline=false",
+        "run.tensorboard=false",
+    ]
     losses = []
     for mesh in (["mesh.data=1"], ["mesh.data=4", "mesh.fsdp=2"]):
         run_dir = tmp_path / "_".join(mesh)
-        result = subprocess.run([sys.executable, "-m", "jdistill.cli", "train", "--config", "lm_kd", "--run-dir",
-                                 str(run_dir), *tiny, *mesh], capture_output=True, text=True, env=_env(),
-                                timeout=600)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jdistill.cli",
+                "train",
+                "--config",
+                "lm_kd",
+                "--run-dir",
+                str(run_dir),
+                *tiny,
+                *mesh,
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         losses.append(_train_losses(run_dir))
     assert losses[0].keys() == losses[1].keys() and len(losses[0]) == 8

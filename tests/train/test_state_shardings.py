@@ -31,9 +31,12 @@ CONFIG = ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=3
 def _specs(tree):
     """{path: PartitionSpec} of a sharding tree."""
     leaves = jax.tree_util.tree_leaves_with_path(
-        tree, is_leaf=lambda x: isinstance(x, (jax.sharding.Sharding, nnx.Variable)))
-    return {jax.tree_util.keystr(path): (leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf).spec
-            for path, leaf in leaves}
+        tree, is_leaf=lambda x: isinstance(x, (jax.sharding.Sharding, nnx.Variable))
+    )
+    return {
+        jax.tree_util.keystr(path): (leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf).spec
+        for path, leaf in leaves
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +44,17 @@ def state():
     _, params = nnx.split(nnx.eval_shape(lambda: Transformer(CONFIG, rngs=nnx.Rngs(0))))
     optimizer = make_optimizer(TrainConfig(steps=2, warmup_steps=1))
     stacked = jax.tree.map(lambda p: jax.ShapeDtypeStruct((3, *p.shape), p.dtype), params)
-    recipe_state = {"teacher": jax.eval_shape(copy_params, params), "snapshots": stacked,
-                    "center": jax.ShapeDtypeStruct((32,), jnp.float32)}
-    return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                      opt_state=jax.eval_shape(optimizer.init, params), recipe_state=recipe_state)
+    recipe_state = {
+        "teacher": jax.eval_shape(copy_params, params),
+        "snapshots": stacked,
+        "center": jax.ShapeDtypeStruct((32,), jnp.float32),
+    }
+    return TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=jax.eval_shape(optimizer.init, params),
+        recipe_state=recipe_state,
+    )
 
 
 def test_parameters_are_sharded_by_their_declared_axes(state):
@@ -71,9 +81,12 @@ def test_optimizer_moments_ema_teacher_and_snapshots_follow_their_parameter(stat
         assert {path.split(moment)[-1]: spec for path, spec in opt.items() if moment in path} == params
     assert all(spec == P() for path, spec in opt.items() if ".mu" not in path and ".nu" not in path)
     recipe = _specs(shardings.recipe_state)
-    assert {path[len("['teacher']"):]: spec for path, spec in recipe.items() if path.startswith("['teacher']")} \
-        == params
-    snapshots = {path[len("['snapshots']"):]: spec for path, spec in recipe.items() if path.startswith("['snapshots']")}
+    assert {
+        path[len("['teacher']") :]: spec for path, spec in recipe.items() if path.startswith("['teacher']")
+    } == params
+    snapshots = {
+        path[len("['snapshots']") :]: spec for path, spec in recipe.items() if path.startswith("['snapshots']")
+    }
     assert snapshots == {path: P(None, *spec) for path, spec in params.items()}
     assert recipe["['center']"] == P()
     assert _specs(shardings.step) == {"": P()}
@@ -91,9 +104,9 @@ def test_a_parameter_without_logical_axes_is_an_error():
 
 
 def test_unknown_rule_names_and_mesh_axes_are_config_errors():
-    with pytest.raises(UserError, match="mesh.rules.mpl: not a logical axis"):
+    with pytest.raises(UserError, match=r"mesh.rules.mpl: not a logical axis"):
         sharding.resolve_rules({"mpl": "tensor"})
-    with pytest.raises(UserError, match="mesh.rules.mlp: 'model' is not a mesh axis"):
+    with pytest.raises(UserError, match=r"mesh.rules.mlp: 'model' is not a mesh axis"):
         sharding.resolve_rules({"mlp": "model"})
 
 
@@ -119,8 +132,9 @@ def test_the_batch_rule_reaches_the_layers_activation_constraints():
     # a new function per trace: jit caches traces by function, and the rules are read while tracing
     default = _constraint_specs(lambda tokens: model(tokens).logits, tokens, rules=sharding.DEFAULT_RULES)
     assert default and all(spec == P(("data", "fsdp"), None, None) for spec in default)
-    data_only = _constraint_specs(lambda tokens: model(tokens).logits, tokens,
-                                  rules=sharding.resolve_rules({"batch": "data"}))
+    data_only = _constraint_specs(
+        lambda tokens: model(tokens).logits, tokens, rules=sharding.resolve_rules({"batch": "data"})
+    )
     assert len(data_only) == len(default) and all(spec == P("data", None, None) for spec in data_only)
 
 
@@ -135,8 +149,7 @@ def _shard_map_specs(rules, kv_heads=2):
 
 def test_the_batch_and_heads_rules_reach_the_per_shard_attention_kernel():
     assert _shard_map_specs(sharding.DEFAULT_RULES)[0] == P(("data", "fsdp"), None, "tensor", None)
-    assert _shard_map_specs(sharding.resolve_rules({"batch": "fsdp", "heads": None}))[0] == \
-        P("fsdp", None, None, None)
+    assert _shard_map_specs(sharding.resolve_rules({"batch": "fsdp", "heads": None}))[0] == P("fsdp", None, None, None)
     assert _shard_map_specs(sharding.DEFAULT_RULES, kv_heads=1)[0] == P(("data", "fsdp"), None, None, None)
 
 

@@ -31,8 +31,9 @@ def test_kd_step_updates_student_and_leaves_teacher_untouched():
     teacher_graphdef, teacher_params = nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(1)))
     teacher_before = _leaves(teacher_params)
     student_before = _leaves(state.params)
-    step = make_train_step(graphdef, KnowledgeDistillation(temperature=2.0), optimizer, seed=0,
-                           teacher_graphdef=teacher_graphdef)
+    step = make_train_step(
+        graphdef, KnowledgeDistillation(temperature=2.0), optimizer, seed=0, teacher_graphdef=teacher_graphdef
+    )
     new_state, metrics = step(state, teacher_params, _batch())
     new_state, metrics = step(new_state, teacher_params, _batch())  # the first step's learning rate is 0
     assert int(new_state.step) == 2
@@ -67,8 +68,7 @@ def test_supervised_training_reduces_the_loss_on_a_fixed_batch():
 
 
 def test_learning_rate_warms_up_then_decays_to_the_final_fraction():
-    schedule = learning_rate_schedule(TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0,
-                                                  final_lr_fraction=0.1))
+    schedule = learning_rate_schedule(TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0, final_lr_fraction=0.1))
     assert float(schedule(0)) == 0.0
     assert float(schedule(10)) == pytest.approx(1.0)
     assert float(schedule(100)) == pytest.approx(0.1)

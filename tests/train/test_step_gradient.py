@@ -19,8 +19,9 @@ from jdistill.models import ModelConfig, Transformer
 from jdistill.recipes import KnowledgeDistillation, Supervised
 from jdistill.train import create_train_state, make_train_step
 
-LM = ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32, max_seq_len=16,
-                 attention_impl="xla")
+LM = ModelConfig(
+    kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32, max_seq_len=16, attention_impl="xla"
+)
 TEMPERATURE, LABEL_WEIGHT = 2.0, 0.3
 
 
@@ -81,12 +82,13 @@ def test_sgd_step_moves_parameters_by_the_gradient_of_the_mean_token_loss(models
     optimizer = optax.sgd(1.0)
     _, state = create_train_state(nnx.merge(graphdef, params), optimizer)
     before = jax.tree.map(np.asarray, state.params)
-    step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef,
-                           grad_accum_steps=grad_accum_steps)
+    step = make_train_step(
+        graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef, grad_accum_steps=grad_accum_steps
+    )
     state, metrics = step(state, teacher_params, batch)
 
     moved = jax.tree.map(lambda b, a: b - np.asarray(a), before, state.params)
-    for (path, got), want in zip(jax.tree.leaves_with_path(moved), jax.tree.leaves(grad)):
+    for (path, got), want in zip(jax.tree.leaves_with_path(moved), jax.tree.leaves(grad), strict=True):
         np.testing.assert_allclose(got, np.asarray(want), atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
     norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grad)))
     assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-5)

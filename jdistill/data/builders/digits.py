@@ -37,11 +37,13 @@ class Digits(tfds.core.GeneratorBasedBuilder):
                 "10 classes. Fixed split: np.random.default_rng(0).permutation(1797), first 1437 "
                 "rows train, remaining 360 test. `id` is the row index in load_digits()."
             ),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(num_classes=10),
-                "id": tfds.features.Scalar(dtype=np.int64),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                    "id": tfds.features.Scalar(dtype=np.int64),
+                }
+            ),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(image_max_value=IMAGE_MAX_VALUE),
             homepage="https://archive.ics.uci.edu/dataset/80",
@@ -49,10 +51,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # The data ships with scikit-learn; nothing to download.
-        return {
-            split: self._generate_examples(row_indices)
-            for split, row_indices in split_row_indices().items()
-        }
+        return {split: self._generate_examples(row_indices) for split, row_indices in split_row_indices().items()}
 
     def _generate_examples(self, row_indices):
         from sklearn.datasets import load_digits  # Deferred: only needed while building.
@@ -60,8 +59,11 @@ class Digits(tfds.core.GeneratorBasedBuilder):
         digits = load_digits()
         images = digits.images.astype(np.uint8)[..., np.newaxis]
         for row in row_indices:
-            yield int(row), {
-                "image": images[row],
-                "label": int(digits.target[row]),
-                "id": int(row),
-            }
+            yield (
+                int(row),
+                {
+                    "image": images[row],
+                    "label": int(digits.target[row]),
+                    "id": int(row),
+                },
+            )

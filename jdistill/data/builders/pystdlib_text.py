@@ -27,9 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-EXCLUDED_DIR_NAMES = frozenset(
-    {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
-)
+EXCLUDED_DIR_NAMES = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 MAX_FILE_BYTES = 1_000_000
 TEST_PERCENT = 5
 DOCUMENT_SEPARATOR = 0  # Python source never contains NUL bytes; the LM packer relies on it.
@@ -90,10 +88,12 @@ class PystdlibText(tfds.core.GeneratorBasedBuilder):
                 "Excludes site-packages, test/tests/idle_test directories, __pycache__ and files "
                 f"over {MAX_FILE_BYTES} bytes. Split by sha1(path): ~{TEST_PERCENT}% test."
             ),
-            features=tfds.features.FeaturesDict({
-                "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-                "path": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+                    "path": tfds.features.Text(),
+                }
+            ),
             metadata=tfds.core.MetadataDict(
                 python_version=platform.python_version(),
                 python_implementation=platform.python_implementation(),
@@ -107,16 +107,17 @@ class PystdlibText(tfds.core.GeneratorBasedBuilder):
         paths_by_split: dict[str, list[str]] = {"train": [], "test": []}
         for relative_path in list_stdlib_files(root):
             paths_by_split[split_of(relative_path)].append(relative_path)
-        return {
-            split: self._generate_examples(root, paths) for split, paths in paths_by_split.items()
-        }
+        return {split: self._generate_examples(root, paths) for split, paths in paths_by_split.items()}
 
     def _generate_examples(self, root: pathlib.Path, relative_paths: list[str]) -> Iterator:
         for relative_path in relative_paths:
             content = (root / relative_path).read_bytes()
             if bytes([DOCUMENT_SEPARATOR]) in content:
                 raise ValueError(f"{root / relative_path} contains a NUL byte; not Python source")
-            yield relative_path, {
-                "bytes": np.frombuffer(content, dtype=np.uint8),
-                "path": relative_path,
-            }
+            yield (
+                relative_path,
+                {
+                    "bytes": np.frombuffer(content, dtype=np.uint8),
+                    "path": relative_path,
+                },
+            )
