@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,15 +27,16 @@ class Block(nnx.Module):
     def __init__(self, config: ModelConfig, index: int = 0, *, rngs: nnx.Rngs):
         causal = config.kind == "lm"
         dtype = jnp.dtype(config.dtype)
-        norm = dict(eps=config.norm_eps, zero_centered=config.norm_zero_centered)
-        self.attention_norm = RMSNorm(config.d_model, **norm)
+        self.attention_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
+        self.linear_attention: GatedDeltaNet | ReGLA
+        self.mlp: GLUMLP | MLP
         if config.layer_type(index) == "deltanet":
             self.linear_attention = GatedDeltaNet(config, rngs=rngs)
         elif config.layer_type(index) == "regla":
             self.linear_attention = ReGLA(config.d_model, config.num_heads, dtype=dtype, rngs=rngs)
         else:
             self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
-        self.mlp_norm = RMSNorm(config.d_model, **norm)
+        self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
         if config.mlp == "glu":
             self.mlp = GLUMLP(
                 config.d_model,
@@ -76,22 +79,21 @@ class Block(nnx.Module):
 
     def init_cache(self, batch: int, max_len: int):
         """A key/value cache (attention), a conv + recurrent state (Gated DeltaNet) or a recurrent state (ReGLA)."""
-        if isinstance(getattr(self, "linear_attention", None), ReGLA):
-            mixer = self.linear_attention
+        mixer = getattr(self, "linear_attention", None)
+        if isinstance(mixer, ReGLA):
             return jnp.zeros((batch, mixer.num_heads, mixer.head_dim, mixer.head_dim), jnp.float32)
-        if hasattr(self, "linear_attention"):
-            return self.linear_attention.init_state(batch)
+        if isinstance(mixer, GatedDeltaNet):
+            return mixer.init_state(batch)
         cfg = self.attention.config
         return KVCache.zeros(batch, max_len, cfg.resolved_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype))
 
     def decode(self, h, *, positions, cache):
-        if isinstance(getattr(self, "linear_attention", None), ReGLA):
+        mixer = getattr(self, "linear_attention", None)
+        if isinstance(mixer, ReGLA):
             mode = "recurrent" if h.shape[1] == 1 else "chunked"
-            attended, cache = self.linear_attention(
-                self.attention_norm(h), mode=mode, initial_state=cache, return_state=True
-            )
-        elif hasattr(self, "linear_attention"):
-            attended, cache = self.linear_attention.decode(self.attention_norm(h), state=cache)
+            attended, cache = mixer(self.attention_norm(h), mode=mode, initial_state=cache, return_state=True)
+        elif isinstance(mixer, GatedDeltaNet):
+            attended, cache = mixer.decode(self.attention_norm(h), state=cache)
         else:
             attended, cache = self.attention.decode(self.attention_norm(h), positions=positions, cache=cache)
         h = self._residual(h, attended, "attention_gate", None)
@@ -114,6 +116,7 @@ class Transformer(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype = jnp.dtype(config.dtype)
+        self.embed: nnx.Linear | nnx.Embed
         if config.kind == "classifier" and config.classifier_input == "patches":
             patch_dim = config.patch_size**2 * config.num_channels
             self.embed = dense(patch_dim, config.d_model, ("patch", "embed"), dtype=dtype, rngs=rngs)
@@ -169,7 +172,7 @@ class Transformer(nnx.Module):
         layer_stats = []
         residual_gates = []
         for index, block in enumerate(self.blocks):
-            stats = {} if (return_stats or self.config.residual_gates) else None
+            stats: dict[str, Any] | None = {} if (return_stats or self.config.residual_gates) else None
             gates = None if head_gates is None else head_gates[index]
             if stats is None and gates is None and skip_budget is None and self.config.remat != "none":
                 h = _remat_block(block, h, positions, segment_ids, self.config.remat)
@@ -186,14 +189,14 @@ class Transformer(nnx.Module):
             hidden.append(h)
             if stats is not None:
                 residual_gates += stats.pop("residual_gates", [])
-            if return_stats:
+            if return_stats and stats is not None:
                 layer_stats.append(dict(stats, max_activation=jnp.max(jnp.abs(h.astype(jnp.float32)))))
         exits = self._exits(hidden) if self.config.exit_layers else None
         h = self.final_norm(h)
         if self.config.kind == "classifier":
             h = h.mean(axis=1)
         keys = sorted({key for stats in layer_stats for key in stats})  # DeltaNet layers have no attention stats
-        aux = {key: jnp.stack([stats.get(key, jnp.nan) for stats in layer_stats]) for key in keys}
+        aux: dict[str, Any] = {key: jnp.stack([stats.get(key, jnp.nan) for stats in layer_stats]) for key in keys}
         if residual_gates:
             aux["gate_sparsity_loss"] = gate_sparsity_loss(residual_gates)
             aux["residual_gates"] = tuple(residual_gates)
@@ -209,14 +212,20 @@ class Transformer(nnx.Module):
         """(kernel [d_model, out_dim], bias [out_dim] or None) of the output head (the embedding when tied)."""
         if hasattr(self, "head"):
             return self.head.kernel[...], (self.head.bias[...] if self.head.bias is not None else None)
-        return self.embed.embedding[...].T, None
+        return self._tied_embedding().embedding[...].T, None
+
+    def _tied_embedding(self) -> nnx.Embed:
+        """The token embedding, which is the output head of a model without `head` (a tied LM)."""
+        embed = self.embed
+        assert isinstance(embed, nnx.Embed), "a model without a head embeds tokens"
+        return embed
 
     def _exits(self, hidden):
         pool = (lambda x: x.mean(axis=1)) if self.config.kind == "classifier" else (lambda x: x)
         return self.exits([pool(hidden[layer]) for layer in self.config.exit_layers])
 
     def _logits(self, h):
-        logits = self.head(h) if hasattr(self, "head") else self.embed.attend(h)
+        logits = self.head(h) if hasattr(self, "head") else self._tied_embedding().attend(h)
         return logits.astype(jnp.float32)
 
     def init_cache(self, batch: int, max_len: int) -> tuple:

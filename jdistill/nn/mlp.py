@@ -31,8 +31,8 @@ class MLP(nnx.Module):
             down.kernel[...],
             down.bias[...] if down.bias is not None else None,
         )
-        x, *weights = up.promote_dtype((x, *weights), dtype=up.dtype)
-        return dense_mlp(self.activation, x, *weights)
+        x, *promoted = up.promote_dtype((x, *weights), dtype=up.dtype)
+        return dense_mlp(self.activation, x, *promoted)
 
 
 class GLUMLP(nnx.Module):
