@@ -88,7 +88,8 @@ def logical_axes(variable) -> tuple | None:
 def spec_for(logical: tuple, shape: tuple, mesh, rules: Mapping[str, Any]) -> PartitionSpec:
     """PartitionSpec of one array: each logical axis -> its mesh axes (None: unsharded), unless they do not
     divide that dimension or an earlier dimension already uses them. `mesh`: a Mesh or an AbstractMesh."""
-    used, parts = set(), []
+    used: set[str] = set()
+    parts: list[str | tuple[str, ...] | None] = []
     for name, size in zip(logical, shape, strict=True):
         if name is not None and name not in rules:
             raise KeyError(f"logical axis {name!r} has no rule (known: {', '.join(sorted(rules))})")

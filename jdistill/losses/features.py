@@ -196,7 +196,7 @@ def hierarchical_multi_exit_loss(
     weights = multi_exit_weights(num_exits) if weights is None else jnp.asarray(weights, jnp.float32)
     if weights.shape != (num_exits,):
         raise ValueError(f"weights must have shape [{num_exits}] (one per exit); got {list(weights.shape)}")
-    total = 0.0
+    total: Array | float = 0.0
     for k, logits in enumerate(exit_logits[:-1]):
         target = jax.lax.stop_gradient(jnp.asarray(exit_logits[k + 1 if teacher == "next" else -1]))
         per_token = kd(
@@ -209,7 +209,7 @@ def hierarchical_multi_exit_loss(
             reduction="none",
         )
         total = total + weights[k] * per_token
-    if not _common.is_zero(label_weight):
+    if labels is not None and not _common.is_zero(label_weight):  # labels=None only with label_weight 0 (above)
         total = total + weights[-1] * label_weight * cross_entropy(exit_logits[-1], labels, reduction="none")
     total = jnp.broadcast_to(jnp.asarray(total), jnp.shape(exit_logits[-1])[:-1])
     return reduce_tokens(total, mask, reduction)

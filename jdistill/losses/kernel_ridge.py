@@ -20,6 +20,8 @@ anything else in jax (jit-safe).
 
 from __future__ import annotations
 
+from typing import Any
+
 from jax.typing import ArrayLike
 
 from jdistill.losses._common import array_namespace
@@ -32,9 +34,9 @@ def krr_operator(K: ArrayLike, lam) -> ArrayLike:
     Regularization Imposed by Self-Distillation". `K` is the `[n, n]` Gram matrix, `lam` > 0.
     """
     xp = array_namespace(K)
-    K = xp.asarray(K)
-    regularised = K + lam * xp.eye(K.shape[0], dtype=K.dtype)
-    return xp.linalg.solve(regularised.T, K.T).T
+    gram = xp.asarray(K)
+    regularised = gram + lam * xp.eye(gram.shape[0], dtype=gram.dtype)
+    return xp.linalg.solve(regularised.T, gram.T).T
 
 
 def self_distillation_iterates(K: ArrayLike, y: ArrayLike, lam, alpha, steps: int) -> ArrayLike:
@@ -62,8 +64,8 @@ def self_distillation_limit(K_query: ArrayLike, K: ArrayLike, y: ArrayLike, lam,
     (pass `K` itself for the training points); 0 < alpha <= 1.
     """
     xp = array_namespace(K_query, K, y)
-    K = xp.asarray(K)
-    regularised = alpha * K + lam * xp.eye(K.shape[0], dtype=K.dtype)
+    gram = xp.asarray(K)
+    regularised = alpha * gram + lam * xp.eye(gram.shape[0], dtype=gram.dtype)
     return alpha * (xp.asarray(K_query) @ xp.linalg.solve(regularised, xp.asarray(y)))
 
 
@@ -124,9 +126,17 @@ def guided_generations(K, y, lam, steps: int, *, alpha=None, K_val=None, y_val=N
     xp = array_namespace(K, y, *(a for a in (K_val, y_val) if a is not None))
     A, y = krr_operator(K, lam), xp.asarray(y)
     B = krr_query_operator(K_val, K, lam) if K_val is not None else None
-    fits, fits_val, alphas = [], [], []
+    fits: list[Any] = []
+    fits_val: list[Any] = []
+    alphas: list[Any] = []
     for tau in range(steps):
-        weight = 1.0 if tau == 0 else alpha if alpha is not None else best_ground_truth_weight(B, y, fits[-1], y_val)
+        if tau == 0:
+            weight = 1.0
+        elif alpha is not None:
+            weight = alpha
+        else:
+            assert B is not None  # alpha=None requires K_val (checked above)
+            weight = best_ground_truth_weight(B, y, fits[-1], y_val)
         target = weight * y + (1 - weight) * (fits[-1] if tau else y)
         fits.append(A @ target)
         alphas.append(xp.asarray(weight, dtype=y.dtype))

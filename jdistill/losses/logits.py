@@ -21,13 +21,15 @@ Conventions shared by every function here (see docs/conventions.md):
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
 from jdistill.losses import _common
 from jdistill.losses._common import Reduced
-from jdistill.losses.reduction import reduce_tokens
+from jdistill.losses.reduction import ArrayReduction, reduce_tokens
 
 
 def _cross_entropy_tokens(logits: ArrayLike, labels: ArrayLike, label_smoothing) -> Array:
@@ -41,6 +43,23 @@ def _cross_entropy_tokens(logits: ArrayLike, labels: ArrayLike, label_smoothing)
     return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)
 
 
+@overload
+def forward_kl(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature=...,
+    mask=...,
+    reduction: ArrayReduction = ...,
+) -> Array: ...
+@overload
+def forward_kl(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, *, temperature=..., mask=..., reduction: Literal["sum_count"]
+) -> tuple[Array, Array]: ...
+@overload
+def forward_kl(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, *, temperature=..., mask=..., reduction: str = ...
+) -> Reduced: ...
 def forward_kl(
     student_logits: ArrayLike, teacher_logits: ArrayLike, *, temperature=1.0, mask=None, reduction: str = "mean"
 ) -> Reduced:
@@ -132,6 +151,18 @@ def generalized_jsd(
     return reduce_tokens(_common.generalized_jsd_per_position(log_ps, log_pt, beta), mask, reduction)
 
 
+@overload
+def cross_entropy(
+    logits: ArrayLike, labels: ArrayLike, *, mask=..., reduction: ArrayReduction = ..., label_smoothing=...
+) -> Array: ...
+@overload
+def cross_entropy(
+    logits: ArrayLike, labels: ArrayLike, *, mask=..., reduction: Literal["sum_count"], label_smoothing=...
+) -> tuple[Array, Array]: ...
+@overload
+def cross_entropy(
+    logits: ArrayLike, labels: ArrayLike, *, mask=..., reduction: str = ..., label_smoothing=...
+) -> Reduced: ...
 def cross_entropy(
     logits: ArrayLike, labels: ArrayLike, *, mask=None, reduction: str = "mean", label_smoothing=0.0
 ) -> Reduced:
@@ -151,6 +182,45 @@ def cross_entropy(
     return reduce_tokens(_cross_entropy_tokens(logits, labels, label_smoothing), mask, reduction)
 
 
+@overload
+def kd(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    labels: ArrayLike | None,
+    *,
+    temperature=...,
+    distill_weight=...,
+    label_weight=...,
+    mask=...,
+    scale_by_temperature_squared: bool = ...,
+    reduction: ArrayReduction = ...,
+) -> Array: ...
+@overload
+def kd(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    labels: ArrayLike | None,
+    *,
+    temperature=...,
+    distill_weight=...,
+    label_weight=...,
+    mask=...,
+    scale_by_temperature_squared: bool = ...,
+    reduction: Literal["sum_count"],
+) -> tuple[Array, Array]: ...
+@overload
+def kd(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    labels: ArrayLike | None,
+    *,
+    temperature=...,
+    distill_weight=...,
+    label_weight=...,
+    mask=...,
+    scale_by_temperature_squared: bool = ...,
+    reduction: str = ...,
+) -> Reduced: ...
 def kd(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,

@@ -8,11 +8,15 @@ data-parallel shards can divide by the global count instead of averaging per-sha
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
 REDUCTIONS = ("mean", "sum", "sum_count", "none")
+# The reductions that return one array (for the type checker: "sum_count" returns a `(sum, count)` pair).
+ArrayReduction = Literal["mean", "sum", "none"]
 
 
 def check_reduction(reduction: str) -> None:
@@ -21,6 +25,16 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
 
 
+@overload
+def reduce_tokens(values: ArrayLike, mask: ArrayLike | None = ..., reduction: ArrayReduction = ...) -> Array: ...
+@overload
+def reduce_tokens(
+    values: ArrayLike, mask: ArrayLike | None, reduction: Literal["sum_count"]
+) -> tuple[Array, Array]: ...
+@overload
+def reduce_tokens(
+    values: ArrayLike, mask: ArrayLike | None = ..., reduction: str = ...
+) -> Array | tuple[Array, Array]: ...
 def reduce_tokens(
     values: ArrayLike, mask: ArrayLike | None = None, reduction: str = "mean"
 ) -> Array | tuple[Array, Array]:

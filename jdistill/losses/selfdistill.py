@@ -99,7 +99,7 @@ def warn_if_unregularised(xi, weight_decay) -> bool:
 # --- PS-KD (Kim et al. 2021) --------------------------------------------------------------------------
 
 
-def pskd_alpha(epoch, num_epochs: int, alpha_T=0.8):
+def pskd_alpha(epoch, num_epochs: float, alpha_T=0.8):
     """PS-KD's target weight alpha_t = alpha_T * (epoch + 1) / E, growing linearly to alpha_T.
 
     Kim et al. 2021, "Self-Knowledge Distillation with Progressive Refinement of Targets". `epoch`

@@ -122,8 +122,9 @@ def uld_loss(
     both sorted in decreasing order and the shorter one zero-padded to the longer length. The paper
     derives it as a closed-form approximation of an optimal-transport (Wasserstein) distance that
     ignores token identities, so it needs no vocabulary mapping; it is symmetric, in [0, 2], invariant
-    to permuting either vocabulary, and 0 when the sorted distributions match. The paper adds it to the student's CE; positions must already
-    be aligned across the two tokenizations. T divides both logits; no T^2 factor.
+    to permuting either vocabulary, and 0 when the sorted distributions match. The paper adds it to the
+    student's CE; positions must already be aligned across the two tokenizations. T divides both logits;
+    no T^2 factor.
 
     Args:
       student_logits: `[..., student_vocab]`.

@@ -45,7 +45,7 @@ def mutual_loss(logits, labels, *, temperature, distill_weight, label_weight):
     """sum_k [label_weight CE(y, z_k) + distill_weight T^2 mean_{l != k} KL(sg(p_l) || p_k)] for `[K, batch, V]`."""
     count = logits.shape[0]
     per_pair = 1.0 / (count - 1)
-    total = 0.0
+    total: jax.Array | float = 0.0
     for k in range(count):
         for other in range(count):
             if other != k:
