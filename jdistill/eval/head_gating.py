@@ -112,7 +112,7 @@ def plot_head_gates(result: HeadGatingResult, path) -> None:
     ):
         image = ax.imshow(gates, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for layer, head in np.ndindex(gates.shape):
-            ax.text(head, layer, marks[result.roles[layer, head]], ha="center", va="center", color="white")
+            ax.text(head, layer, marks[str(result.roles[layer, head])], ha="center", va="center", color="white")
         ax.set(title=title, xlabel="head", ylabel="layer", xticks=range(gates.shape[1]), yticks=range(gates.shape[0]))
     fig.colorbar(image, ax=axes, fraction=0.02)
     fig.savefig(path, dpi=110, bbox_inches="tight")

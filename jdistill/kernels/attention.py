@@ -15,6 +15,7 @@ Shapes (documented once, here):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,7 @@ def gated_attention_reference(q, k, v, gate=None, *, causal=False, segment_ids=N
     q_major = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
     q_major = q_major.reshape(batch, kv_heads, groups * q_len, head_dim)
     k_major, v_major = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    mask: np.ndarray | jax.Array
     if segment_ids is None:
         mask = _static_mask(q_len, kv_len, causal, window)
     else:
@@ -159,7 +161,7 @@ def _cudnn(q, k, v, gate, **kwargs):
     return gated_attention_cudnn(q, k, v, gate, **kwargs)
 
 
-_IMPLS = {
+_IMPLS: dict[str, Callable[..., jax.Array]] = {
     "xla": gated_attention_reference,
     "pallas_gpu": _pallas_gpu,
     "pallas_tpu": _pallas_tpu,

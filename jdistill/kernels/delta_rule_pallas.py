@@ -86,7 +86,8 @@ def _gpu_kernel(q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref, s0_ref,
     refs = (q_ref, k_ref, v_ref, beta_ref, gamma_ref, gamma_row_ref)
 
     def body(n, state):
-        out, state = _chunk(*_load_chunk(refs, n * chunk, chunk, n), state)
+        q, k, v, beta, gamma, gamma_row = _load_chunk(refs, n * chunk, chunk, n)
+        out, state = _chunk(q, k, v, beta, gamma, gamma_row, state)
         o_ref[pl.ds(n * chunk, chunk), :] = out.astype(o_ref.dtype)
         return state
 
@@ -176,9 +177,11 @@ def _delta_rule_fwd(q, k, v, g, beta, initial_state, backend, interpret, chunk):
 
 def _delta_rule_bwd(backend, interpret, chunk, residuals, cotangents):
     q, k, v, g, beta, initial_state = residuals
-    _, pullback = jax.vjp(
-        lambda *xs: delta_rule_chunked(*xs, chunk=chunk), q, k, v, g, beta, _initial(q, v, initial_state)
-    )
+
+    def chunked(q, k, v, g, beta, state):
+        return delta_rule_chunked(q, k, v, g, beta, state, chunk=chunk)
+
+    _, pullback = jax.vjp(chunked, q, k, v, g, beta, _initial(q, v, initial_state))
     grads = pullback(cotangents)
     return (*grads[:5], None if initial_state is None else grads[5].astype(initial_state.dtype))
 

@@ -102,7 +102,7 @@ def block_mask(cfg: FlashConfig, q_start, k_start, shape, q_seg=None, k_seg=None
     return mask
 
 
-def causal_kv_blocks(cfg: FlashConfig, q_block, num_kv_blocks: int):
+def causal_kv_blocks(cfg: FlashConfig, q_block, num_kv_blocks: int | jax.Array):
     """Number of leading kv blocks that query block `q_block` can see (all of them without causal)."""
     if not cfg.causal:
         return num_kv_blocks

@@ -92,7 +92,8 @@ def _specs(cfg, t_pad, s_pad, head_dim, per_query_block: bool):
 def _optional_inputs(cfg, gate, q_seg, k_seg, gate_spec, q_seg_spec, k_seg_spec):
     args, specs = [], []
     if cfg.gate_kind != "none":
-        args.append(gate), specs.append(gate_spec)
+        args.append(gate)
+        specs.append(gate_spec)
     if cfg.has_segments:
         args += [q_seg, k_seg]
         specs += [q_seg_spec, k_seg_spec]

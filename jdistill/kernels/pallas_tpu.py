@@ -112,7 +112,8 @@ def _extra(cfg, gate, q_seg, k_seg, specs, gate_dim):
     rows, _, _, qs_spec, ks_spec = specs
     args, in_specs = [], []
     if cfg.gate_kind != "none":
-        args.append(gate), in_specs.append(rows(gate_dim))
+        args.append(gate)
+        in_specs.append(rows(gate_dim))
     if cfg.has_segments:
         args += [q_seg, k_seg]
         in_specs += [qs_spec, ks_spec]
@@ -209,7 +210,8 @@ def _dq_call(cfg, q, k, v, gate, q_seg, k_seg, out, lse, d_out):
     extra, extra_specs = _extra(cfg, gate, q_seg, k_seg, specs, gate_dim)
     out_shapes, out_specs = [jax.ShapeDtypeStruct(q.shape, q.dtype)], [rows(head_dim)]
     if gate is not None:
-        out_shapes.append(jax.ShapeDtypeStruct(gate.shape, gate.dtype)), out_specs.append(rows(gate_dim))
+        out_shapes.append(jax.ShapeDtypeStruct(gate.shape, gate.dtype))
+        out_specs.append(rows(gate_dim))
     return pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
         grid=(batch, heads, t_pad // cfg.block_q, k.shape[2] // cfg.block_k),
