@@ -105,7 +105,9 @@ class RecipeBase:
     def bind(self, facts: RunFacts):
         """This recipe with every `FACT_FIELDS` field that is None set from the stage (schedules over the step
         budget, per-example buffers over the training split); the job calls it before training."""
-        names = {field.name for field in dataclasses.fields(self)} if dataclasses.is_dataclass(self) else set()
+        if not dataclasses.is_dataclass(self):
+            return self
+        names = {field.name for field in dataclasses.fields(self)}
         updates = {name: getattr(facts, name) for name in FACT_FIELDS if name in names and getattr(self, name) is None}
         return dataclasses.replace(self, **updates) if updates else self
 

@@ -79,7 +79,9 @@ class CachedTopK(RecipeBase):
     @property
     def jsd_beta(self) -> float:
         """The generalized-JSD beta of the objective: 0 forward KL, 1 reverse KL, `beta` for generalized_jsd."""
-        return self.divergence().topk_beta(self.beta)
+        beta = self.divergence().topk_beta(self.beta)
+        assert beta is not None, "__post_init__ checked that the divergence has a top-k form"
+        return beta
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, rng

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jdistill.errors import DataError
 from jdistill.eval.metrics import add_stats, summarize
 
 
@@ -13,6 +14,8 @@ def evaluate(eval_step, params, batches, *, kind: str) -> dict:
     total = None
     for batch in batches:
         total = add_stats(total, jax.device_get(eval_step(params, batch)))
+    if total is None:
+        raise DataError("evaluation got no batches: the evaluation split is empty")
     return summarize(total, bits_per_byte=kind == "lm")
 
 

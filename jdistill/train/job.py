@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 from flax import nnx
@@ -76,15 +77,6 @@ def run_job(
             write_config(run_dir, to_dict(config))
     barrier("run_dir")  # other hosts start once process 0 has created the run directory
     show = config.run.progress if progress is None else progress
-    common = dict(
-        data_config=config.data,
-        seed=config.seed,
-        run_dir=run_dir,
-        resume=resume,
-        progress=show,
-        tensorboard=config.run.tensorboard,
-        mesh_config=config.mesh,
-    )
     results: dict[str, StageResult] = {}
 
     def stage(name, stage_config, stage_recipe, purpose, teacher=None):
@@ -98,7 +90,13 @@ def run_job(
             teacher=teacher,
             interrupt_at_step=interrupt_step,
             dataset_fn=(dataset_fns or {}).get(name),
-            **common,
+            data_config=config.data,
+            seed=config.seed,
+            run_dir=run_dir,
+            resume=resume,
+            progress=show,
+            tensorboard=config.run.tensorboard,
+            mesh_config=config.mesh,
         )
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
@@ -127,7 +125,7 @@ def run_job(
             return {}
         if recipe.generations > 1:
             teacher = results[name]
-    summary = {
+    summary: dict[str, Any] = {
         name: dict(result.metrics, params=result.params_count, wall_seconds=result.wall_seconds)
         for name, result in results.items()
         if result.metrics

@@ -13,12 +13,14 @@ With `shardings` the step is jitted with explicit in/out shardings (see `jdistil
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import prediction_stats
@@ -31,11 +33,12 @@ PURPOSE_STEP_RNG = 1
 class StepShardings(NamedTuple):
     """Explicit shardings of the step's arguments: the TrainState tree, the teacher params, the batch dict."""
 
-    state: object
-    teacher: object
-    batch: object
-    replicated: object
-    rules: object = None  # the logical -> mesh axes table the shardings were made with (None: the defaults)
+    state: Any  # a TrainState-shaped tree of NamedSharding
+    teacher: Any  # the teacher params' tree of NamedSharding, or None without a teacher
+    batch: Any  # the batch dict's tree of NamedSharding
+    replicated: NamedSharding
+    # the logical -> mesh axes table the shardings were made with (None: the defaults)
+    rules: Mapping[str, Any] | None = None
 
 
 def step_rng(seed: int, step):
