@@ -1,5 +1,6 @@
 """The README's catalogue lists every public objective, and its commands are the ones CI runs."""
 
+import re
 from pathlib import Path
 
 import jdistill.losses
@@ -20,7 +21,7 @@ def test_catalogue_lists_every_public_objective():
 def test_ci_runs_the_readme_test_command():
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
     assert 'pip install -e ".[test]" && python3 -m pytest -q' in readme
-    assert "python3 -m pytest -q" in ci and '-e ".[test]"' in ci
+    assert "python3 -m pytest -q" in ci and re.search(r'-e "\.\[test[,\]]', ci)
 
 
 def test_readme_lists_every_recipe():

@@ -97,5 +97,7 @@ def test_preset_trains_guided_generations_end_to_end(tmp_path, pretrained_teache
     for stage in generations:
         alphas = train_log(tmp_path / "run", stage, "alpha")
         assert summary[stage]["accuracy"] > before["accuracy"] + 0.15
-        # the probe's alpha is estimated on the first 2 batches, then frozen for the rest of the generation
-        assert 0.0 <= alphas[1] <= 1.0 and alphas[2:] == [alphas[1]] * (len(alphas) - 2)
+        # step 1 uses its own batch's estimate, step 2 the mean of step 1's, and from step 3 on the mean of the 2
+        # probe batches' estimates, frozen for the rest of the generation
+        assert alphas[1] == pytest.approx(alphas[0])
+        assert 0.0 <= alphas[2] <= 1.0 and alphas[3:] == [alphas[2]] * (len(alphas) - 3)
