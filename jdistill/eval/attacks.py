@@ -52,21 +52,6 @@ def pgd_attack(
     return jax.lax.stop_gradient(x)
 
 
-def fgsm_attack(model_fn, inputs, targets, *, epsilon: float, clip_min=None, clip_max=None):
-    """One signed-gradient step of size `epsilon` (PGD with one step and no random start)."""
-    return pgd_attack(
-        model_fn,
-        inputs,
-        targets,
-        epsilon=epsilon,
-        step_size=epsilon,
-        steps=1,
-        random_start=False,
-        clip_min=clip_min,
-        clip_max=clip_max,
-    )
-
-
 def robust_accuracy(
     model_fn,
     batches,
