@@ -59,6 +59,9 @@ def _check_compiled_step(summary, config, topology):
     assert summary["step_seconds_at_50_mfu"] == pytest.approx(2 * summary["step_seconds_at_100_mfu"])
 
 
+# the slow suite compiles every pod config at full depth; by default the Pallas TPU kernel's own AOT compile
+# (tests/kernels/test_pallas_tpu.py) and tests/scale/test_stage_aot.py cover the path
+@pytest.mark.slow
 @needs_libtpu
 def test_v4_8_compiles_for_its_topology_with_the_pallas_kernel():
     path = "tpu_configs/v4-8.yaml"

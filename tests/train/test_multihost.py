@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -62,6 +63,8 @@ def test_two_processes_match_one_process_and_checkpoints_cross_restore(tmp_path)
     np.testing.assert_array_equal(single["restored_params"], multi["params"])
 
 
+# the in-process two-host equality test (same file) runs by default; this adds the CLI on top
+@pytest.mark.slow
 def test_cli_job_across_two_processes(tmp_path, data_dir):
     """`jdistill train` as 2 processes x 4 devices (JDISTILL_COORDINATOR): one run directory, metrics written
     once (by process 0), every stage trained and evaluated. Each host reads its own shard of the data, so the

@@ -75,6 +75,8 @@ def _train_losses(run_dir: Path) -> dict:
     return losses
 
 
+# the sharded step's equality with one device runs by default (test_sharded_step_equals_single_device)
+@pytest.mark.slow
 def test_cli_mesh_runs_write_the_same_losses(tmp_path, data_dir):
     tiny = [
         f"{stage}.{key}={value}"
