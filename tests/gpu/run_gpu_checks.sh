@@ -10,7 +10,7 @@ mkdir -p "$out"
 status=0
 python -c "import jax, sys; print(jax.devices()); sys.exit(jax.default_backend() != 'gpu')" \
   || { echo "run_gpu_checks: jax sees no GPU; install jax[cuda12] on a GPU machine" >&2; exit 2; }
-python -m pytest tests/gpu tests/kernels/test_pallas_gpu.py -q -rs 2>&1 | tee "$out/tests.txt" || status=1
+python -m pytest -n 0 tests/gpu tests/kernels/test_pallas_gpu.py -q -rs 2>&1 | tee "$out/tests.txt" || status=1
 jdistill bench attention --seq "${BENCH_SEQ:-1024,2048,4096,8192,16384}" --head-dim 128 \
   --json "$out/bench.jsonl" 2>&1 | tee "$out/bench.txt" || status=1
 python tests/gpu/check_goals.py "$out/bench.jsonl" 2>&1 | tee "$out/goals.txt" || status=1
