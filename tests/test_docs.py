@@ -1,7 +1,7 @@
 """The repository documents itself: every pointer from the package into the docs resolves inside this repository.
 
 - No file under `jdistill/` names `conventions.md` / `methods.md` without the `docs/` prefix, or a path outside the
-  repository (`../shared`, `SPEC`).
+  repository (the specification folder that sits beside a checkout).
 - Every `docs/NAME.md` it names exists, and every `docs/NAME.md#anchor` is a heading of that file (anchors as
   GitHub writes them: lowercase, punctuation dropped, spaces to hyphens).
 - docs/methods.md covers every recipe and every public objective.
@@ -17,7 +17,11 @@ PACKAGE = ROOT / "jdistill"
 DOCS = ROOT / "docs"
 
 BARE_DOC = re.compile(r"(?<![\w/])(conventions|methods)\.md")
-OUTSIDE_PATH = re.compile(r"\.\./shared|\bshared/SPEC|\bSPEC/|/work/shared")
+# The specification folder beside the checkout, however it is written (relative, absolute, or by its subfolder).
+SPEC_FOLDER, SPEC_SUBFOLDER = "shared", "SPEC"
+OUTSIDE_PATH = re.compile(
+    rf"\.\./{SPEC_FOLDER}|\b{SPEC_FOLDER}/{SPEC_SUBFOLDER}|\b{SPEC_SUBFOLDER}/|/work/{SPEC_FOLDER}"
+)
 DOC_LINK = re.compile(r"docs/([\w-]+\.md)(?:#([\w-]+))?")
 
 
