@@ -17,6 +17,7 @@ import numpy as np
 import tokenizers
 
 from jdistill.text import byte_level
+from jdistill.text.chat import CHATML_TEMPLATE
 from jdistill.text.errors import TokenizerError
 from jdistill.text.tokenizer import Tokenizer
 
@@ -149,6 +150,24 @@ class BPETokenizer(Tokenizer):
                 stale.unlink()
             else:
                 write_text_atomic(stale, self.chat_template)
+
+
+def byte_identity_tokenizer() -> BPETokenizer:
+    """The bytes tokenizer as a `tokenizers` tokenizer: one token per byte (id = byte value, written in the
+    ByteLevel alphabet), no merges, so it encodes and decodes exactly as `BytesTokenizer`; EOS and pad are id 0."""
+    alphabet = {character: byte for character, byte in byte_level.byte_level_alphabet().items()}
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=alphabet, merges=[]))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = tokenizers.decoders.ByteLevel()
+    nul = next(character for character, byte in alphabet.items() if byte == 0)
+    return BPETokenizer(
+        backend,
+        name="bytes",
+        tokens={"eos_token": nul, "pad_token": nul},
+        chat_template=CHATML_TEMPLATE,
+        chat_template_name="bytes (built-in ChatML)",
+        config={"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False},
+    )
 
 
 def load_directory(directory: Path, name: str) -> BPETokenizer:

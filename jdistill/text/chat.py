@@ -166,9 +166,10 @@ def assistant_spans(
 
     With `{% generation %}` blocks the spans are theirs. Otherwise assistant message i spans from the end of
     `render(messages[:i], add_generation_prompt=True)` (the prompt that asks for it) to the end of
-    `render(messages[:i+1])`, trailing whitespace dropped, when those renders are prefixes of the whole chat; a
+    `render(messages[:i+1])`, trailing whitespace dropped, when those renders are prefixes of the whole chat. A
     template that renders earlier turns differently (e.g. drops their reasoning) has the turn's end found as the
-    end of its content plus the text the template puts after it. `TokenizerError` when no turn is an assistant's.
+    end of its content plus the text the template puts after it; one that ignores `add_generation_prompt` has the
+    turn start at its content. `TokenizerError` when no turn is an assistant's.
     """
     roles = [message["role"] for message in messages]
     if "assistant" not in roles:
@@ -186,10 +187,11 @@ def assistant_spans(
         through = render(
             template, template_name, messages[: index + 1], add_generation_prompt=False, variables=variables
         )
-        if text.startswith(prompt) and len(prompt) >= cursor:
+        bare = render(template, template_name, messages[:index], add_generation_prompt=False, variables=variables)
+        if text.startswith(prompt) and len(prompt) >= cursor and prompt != bare:
             start = len(prompt)
-        else:
-            start = _content_start(text, message, cursor)
+        else:  # the whole chat differs, or the template ignores add_generation_prompt: start at the content
+            start = _content_start(text, message, max(cursor, len(bare) if text.startswith(bare) else 0))
         if through.startswith(prompt) and text.startswith(through):
             end = len(through)
         else:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jdistill.errors import DataError
+from jdistill.errors import ConfigError, DataError
 
 TEXT_KEYS = ("text", "bytes")
 
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-split", default="test", help="held-out split the compression is measured on")
     train.add_argument("--text-key", help="example field holding the text (default: text, else bytes)")
     train.add_argument("--data-dir", help="data directory (default: JDISTILL_DATA_DIR or the user cache)")
+    train.add_argument("--max-documents", type=int, help="train on at most this many documents, evenly spread")
     train.set_defaults(func=cmd_tokenizer_train)
 
 
@@ -48,12 +49,17 @@ def example_text(example: dict, key: str | None, where: str) -> str:
     raise DataError(f"{where}: no text field {' or '.join(map(repr, keys))} (fields: {', '.join(sorted(example))})")
 
 
-def split_texts(data: str, split: str, data_dir: str | None, key: str | None) -> Sequence[str]:
-    """The texts of a dataset split, one per example."""
+def split_texts(
+    data: str, split: str, data_dir: str | None, key: str | None, max_documents: int | None = None
+) -> Sequence[str]:
+    """The texts of a dataset split, one per example (at most `max_documents`, evenly spaced)."""
     from jdistill.data import load_source
 
     source = load_source(data, split, data_dir)
-    return [example_text(source[index], key, f"{data}/{split} example {index}") for index in range(len(source))]
+    indices = range(len(source))
+    if max_documents is not None and max_documents < len(source):
+        indices = np.linspace(0, len(source) - 1, max_documents).round().astype(int).tolist()
+    return [example_text(source[index], key, f"{data}/{split} example {index}") for index in indices]
 
 
 def bytes_per_token(tokenizer, texts: Sequence[str]) -> float:
@@ -67,7 +73,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from jdistill.text.train import check_training_arguments, train_tokenizer
 
     out = check_training_arguments(args.vocab_size, args.out)
-    texts = split_texts(args.data, args.split, args.data_dir, args.text_key)
+    if args.max_documents is not None and args.max_documents < 1:
+        raise ConfigError(f"--max-documents must be at least 1, got {args.max_documents}")
+    texts = split_texts(args.data, args.split, args.data_dir, args.text_key, args.max_documents)
     megabytes = sum(len(text.encode("utf-8")) for text in texts) / 1e6
     print(
         f"jdistill: training byte-level BPE (vocab {args.vocab_size}) on {len(texts)} documents "

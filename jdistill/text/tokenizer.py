@@ -150,4 +150,8 @@ class BytesTokenizer(Tokenizer):
         return {"eos_token": "\0", "pad_token": "\0"}
 
     def save(self, directory: str | os.PathLike) -> None:
-        raise TokenizerError("the bytes tokenizer has no files to save; it is selected by the spec `bytes`")
+        """An equivalent Hugging Face directory: byte-level BPE without merges, id b = byte b, EOS/pad the NUL byte
+        (loaded back it is a `bpe` tokenizer with the same ids)."""
+        from jdistill.text.bpe import byte_identity_tokenizer
+
+        byte_identity_tokenizer().save(directory)
