@@ -136,3 +136,20 @@ def test_bytes_tokenizer_saves_an_equivalent_hf_directory(tmp_path):
 def test_bytes_decode_rejects_out_of_range_ids():
     with pytest.raises(TokenizerError, match=r"\[0, 255\]"):
         load_tokenizer("bytes").decode([65, 300])
+
+
+def test_sentencepiece_style_byte_lengths(tmp_path):
+    """Metaspace + byte fallback (Llama 2 style): `▁` is a space, `<0xNN>` one byte, specials 0."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "</s>": 1, **{f"<0x{b:02X}>": 2 + b for b in range(256)}, "▁the": 258, "é": 259, "▁": 260}
+    backend = Backend(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.add_special_tokens(["</s>"])
+    (tmp_path / "sp").mkdir()
+    backend.save(str(tmp_path / "sp" / "tokenizer.json"))
+    (tmp_path / "sp" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    lengths = load_tokenizer(str(tmp_path / "sp")).token_byte_lengths()
+    assert lengths[[1, 2 + 0x0A, 258, 259, 260]].tolist() == [0, 1, 4, 2, 1]
