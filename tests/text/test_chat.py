@@ -63,6 +63,18 @@ def test_assistant_mask_equals_transformers_generation_mask(fixture_tok, tagged_
         assert mask.astype(int).tolist() == expected["assistant_mask"], tok.chat_template_name
 
 
+def test_generation_tags_decide_the_mask_when_present(trained):
+    """Tags around the content only: the end-of-turn marker is not learned (the template's choice, as in
+    transformers), although prefix rendering would include it."""
+    template = (
+        "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' }}"
+        "{%- if m.role == 'assistant' %}{% generation %}{{- m.content }}{% endgeneration %}"
+        "{%- else %}{{- m.content }}{%- endif %}{{- '<|im_end|>\\n' }}{%- endfor %}"
+    )
+    ids, mask = _with_template(trained, template).encode_chat(CHAT)
+    assert trained.backend.decode(ids[mask].tolist(), skip_special_tokens=False) == "hello thereok"
+
+
 def test_chat_template_jinja_file_wins_over_the_config(tagged_tok):
     assert tagged_tok.chat_template == EXPECTED["generation_template"]
     assert tagged_tok.chat_template_name.endswith("chat_template.jinja")

@@ -3,8 +3,11 @@ compression; bad arguments exit 2 with one line and write nothing."""
 
 import re
 
+import pytest
+
 from jdistill.cli import main
 from jdistill.text import load_tokenizer
+from tests.text.conftest import corpus_texts
 
 
 def test_tokenizer_train_writes_and_reports(data_dir, tmp_path, capsys):
@@ -17,6 +20,10 @@ def test_tokenizer_train_writes_and_reports(data_dir, tmp_path, capsys):
     assert f"vocab size   {tok.vocab_size}" in captured.out and tok.vocab_size == 400
     assert f"fingerprint  {tok.fingerprint}" in captured.out
     compression = float(re.search(r"compression  ([0-9.]+) bytes/token on pystdlib_text/test", captured.out)[1])
+    held_out = corpus_texts(data_dir, "test")
+    assert compression == pytest.approx(
+        sum(len(t.encode()) for t in held_out) / sum(map(len, tok.encode_batch(held_out))), abs=1e-3
+    )
     assert 1.5 < compression < 4.0
     assert [path.name for path in tmp_path.iterdir()] == ["tok"]
 

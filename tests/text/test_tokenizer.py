@@ -28,7 +28,7 @@ def test_bytes_tokenizer_is_one_id_per_utf8_byte():
 
 def test_trained_tokenizer_attributes_and_round_trip(trained, test_texts):
     assert trained.kind == "bpe" and trained.vocab_size == 2048 and trained.bos_id is None
-    assert trained.eos_id == trained.pad_id == trained.backend.token_to_id("<|endoftext|>")
+    assert trained.eos_id == trained.pad_id == trained.backend.token_to_id("<|endoftext|>") == 0
     for text in [SAMPLE, *test_texts[:5]]:
         ids = trained.encode(text)
         assert ids.dtype == np.int32 and ids.max() < trained.vocab_size
