@@ -101,6 +101,7 @@ class BPETokenizer(Tokenizer):
         self.chat_template_name = chat_template_name
         self.config = dict(config or {})
         self._byte_lengths: np.ndarray | None = None
+        self._literal_backend: tokenizers.Tokenizer | None = None
 
     def _id_of(self, key: str, text: str) -> int:
         index = self.backend.token_to_id(text)
@@ -108,11 +109,22 @@ class BPETokenizer(Tokenizer):
             raise TokenizerError(f"tokenizer {self.name}: {key} {text!r} is not in the vocabulary of {TOKENIZER_FILE}")
         return index
 
-    def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self.backend.encode(text, add_special_tokens=False).ids, np.int32)
+    def _backend_for(self, split_special_tokens: bool) -> tokenizers.Tokenizer:
+        """The backend, or (for `split_special_tokens`) a copy of it that encodes special-token text as text."""
+        if not split_special_tokens:
+            return self.backend
+        if self._literal_backend is None:
+            literal = tokenizers.Tokenizer.from_str(self.backend.to_str())
+            literal.encode_special_tokens = True
+            self._literal_backend = literal
+        return self._literal_backend
 
-    def encode_batch(self, texts: Any) -> list[np.ndarray]:
-        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
+    def encode(self, text: str, *, split_special_tokens: bool = False) -> np.ndarray:
+        encoding = self._backend_for(split_special_tokens).encode(text, add_special_tokens=False)
+        return np.asarray(encoding.ids, np.int32)
+
+    def encode_batch(self, texts: Any, *, split_special_tokens: bool = False) -> list[np.ndarray]:
+        encodings = self._backend_for(split_special_tokens).encode_batch(list(texts), add_special_tokens=False)
         return [np.asarray(encoding.ids, np.int32) for encoding in encodings]
 
     def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:

@@ -63,8 +63,8 @@ def split_texts(
 
 
 def bytes_per_token(tokenizer, texts: Sequence[str]) -> float:
-    """UTF-8 bytes per token over `texts` (the tokenizer's compression)."""
-    tokens = sum(len(ids) for ids in tokenizer.encode_batch(list(texts)))
+    """UTF-8 bytes per token over `texts` (the tokenizer's compression), special-token strings counted as text."""
+    tokens = sum(len(ids) for ids in tokenizer.encode_batch(list(texts), split_special_tokens=True))
     return sum(len(text.encode("utf-8")) for text in texts) / max(tokens, 1)
 
 

@@ -36,12 +36,17 @@ class Tokenizer(abc.ABC):
     chat_template_name: str
 
     @abc.abstractmethod
-    def encode(self, text: str) -> np.ndarray:
-        """int32 ids of `text`; no BOS/EOS is added (special tokens written in the text are matched)."""
+    def encode(self, text: str, *, split_special_tokens: bool = False) -> np.ndarray:
+        """int32 ids of `text`; no BOS/EOS is added.
 
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """`[encode(text) for text in texts]`, possibly in parallel."""
-        return [self.encode(text) for text in texts]
+        A special token written in the text (e.g. `<|im_end|>` in a rendered chat) becomes that token, as in
+        transformers' `tokenizer(text, add_special_tokens=False)`; with `split_special_tokens=True` it is encoded
+        as the plain text it is (for raw documents, where such strings are only text).
+        """
+
+    def encode_batch(self, texts: Sequence[str], *, split_special_tokens: bool = False) -> list[np.ndarray]:
+        """`[encode(text, split_special_tokens=...) for text in texts]`, possibly in parallel."""
+        return [self.encode(text, split_special_tokens=split_special_tokens) for text in texts]
 
     @abc.abstractmethod
     def decode(self, ids: Any) -> str:
@@ -127,7 +132,7 @@ class BytesTokenizer(Tokenizer):
     chat_template = chat.CHATML_TEMPLATE
     chat_template_name = "bytes (built-in ChatML)"
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, *, split_special_tokens: bool = False) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
 
     def decode(self, ids: Any) -> str:

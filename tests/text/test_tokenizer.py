@@ -95,7 +95,7 @@ def test_token_byte_lengths_sum_to_the_utf8_length_on_the_corpus(trained, test_t
     assert lengths.shape == (trained.vocab_size,) and lengths.dtype == np.int32
     assert lengths[trained.eos_id] == 0 and (lengths[lengths > 0] >= 1).all()
     for text in test_texts:
-        assert _bytes_of_ids(trained, trained.encode(text)) == len(text.encode()), text[:40]
+        assert _bytes_of_ids(trained, trained.encode(text, split_special_tokens=True)) == len(text.encode()), text[:40]
     bytes_tok = load_tokenizer("bytes")
     assert all(_bytes_of_ids(bytes_tok, bytes_tok.encode(t)) == len(t.encode()) for t in test_texts[:5])
 
@@ -104,8 +104,22 @@ def test_token_byte_lengths_sum_to_the_utf8_length_on_the_corpus(trained, test_t
 @given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=80))
 def test_token_byte_lengths_sum_to_the_utf8_length_on_random_text(trained, text):
     for tok in (trained, load_tokenizer("bytes")):
-        assert _bytes_of_ids(tok, tok.encode(text)) == len(text.encode())
-        assert tok.decode(tok.encode(text)) == text
+        ids = tok.encode(text, split_special_tokens=True)
+        assert _bytes_of_ids(tok, ids) == len(text.encode())
+        assert tok.decode(ids) == text
+
+
+def test_special_token_text_is_matched_unless_split(trained):
+    """As transformers' `tokenizer(text)`: `<|im_end|>` in a text is the special token (chat renders rely on it);
+    `split_special_tokens=True` encodes it as the text it is."""
+    text = "a<|im_end|>b"
+    end = trained.backend.token_to_id("<|im_end|>")
+    assert end in trained.encode(text).tolist() and end in trained.encode_batch([text])[0].tolist()
+    literal = trained.encode(text, split_special_tokens=True)
+    assert end not in literal.tolist() and trained.decode(literal) == text
+    assert trained.encode_batch([text], split_special_tokens=True)[0].tolist() == literal.tolist()
+    assert _bytes_of_ids(trained, literal) == len(text)
+    assert end in trained.encode(text).tolist()  # the shared backend is unchanged
 
 
 def test_non_special_added_tokens_count_their_content(trained, tmp_path):
