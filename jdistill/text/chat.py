@@ -2,8 +2,9 @@
 
 A template is Jinja2 run in `ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)` with the
 `loopcontrols` extension, the globals `raise_exception`, `strftime_now`, `dict`, `namespace`, a `tojson` filter that
-does not escape HTML, and the variables `messages`, `add_generation_prompt` and the tokenizer's named special tokens
-(`bos_token`, `eos_token`, ...). Messages whose keys hold `None` lose those keys first, as in transformers.
+does not escape HTML, and the variables `messages`, `add_generation_prompt`, `tools` and `documents` (both None) and
+the tokenizer's named special tokens (`bos_token`, `eos_token`, ...). Messages whose keys hold `None` lose those
+keys first, as in transformers.
 
 `assistant_spans` finds, in the rendered text, the characters each assistant turn contributes (its content and
 its end-of-turn marker): from `{% generation %}` blocks when the template has them (transformers' own mechanism),
@@ -138,7 +139,13 @@ def render(
     """
     try:
         compiled = compile_template(template)
-        context = {**variables, "messages": messages, "add_generation_prompt": add_generation_prompt}
+        context = {
+            **variables,
+            "messages": messages,
+            "tools": None,
+            "documents": None,
+            "add_generation_prompt": add_generation_prompt,
+        }
         blocks: list[str] = []
         with _tracking(blocks, spans if spans is not None else []):
             for block in compiled.generate(**context):

@@ -169,10 +169,10 @@ def test_template_helpers_render_as_transformers_does(trained):
     template = (
         "{{ messages[0].content | tojson }}|{{ strftime_now('%Y') | length }}|{{ eos_token }}|"
         "{% for m in messages %}{% if loop.first %}{% continue %}{% endif %}{{ m.role }}{% break %}{% endfor %}|"
-        "{{ dict(a=1).a }}"
+        "{{ dict(a=1).a }}|{{ tools is none }}|{{ documents is none }}|{{ bos_token is defined }}"
     )
     rendered = _with_template(trained, template).render_chat([{"role": "user", "content": "<a & 'b'> é"}, *CHAT])
-    assert rendered == "\"<a & 'b'> é\"|4|<|endoftext|>|system|1"
+    assert rendered == "\"<a & 'b'> é\"|4|<|endoftext|>|system|1|True|True|False"
 
 
 def test_messages_must_be_a_list_of_role_mappings(trained):
