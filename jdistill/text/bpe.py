@@ -207,6 +207,7 @@ def load_directory(directory: Path, name: str) -> BPETokenizer:
             if not isinstance(loaded, dict):
                 raise TokenizerError(f"{directory / file_name}: expected a JSON object, got {type(loaded).__name__}")
             config.update(loaded)
+    _add_declared_tokens(backend, config.get("added_tokens_decoder"), directory / CONFIG_FILE)
     tokens = {key: text for key in NAMED_TOKENS if (text := _token_text(config.get(key))) is not None}
     template, template_name = _chat_template(directory, config)
     return BPETokenizer(
@@ -218,6 +219,32 @@ def load_directory(directory: Path, name: str) -> BPETokenizer:
         config=config,
         eos_id=_model_eos_id(directory),
     )
+
+
+def _add_declared_tokens(backend: tokenizers.Tokenizer, declared: Any, where: Path) -> None:
+    """Add the tokens tokenizer_config.json's `added_tokens_decoder` ({id: {content, special, ...}}) declares and
+    tokenizer.json lacks, as transformers does; each must land on its declared id, and a declared id that holds
+    another token is an error."""
+    if not declared:
+        return
+    if not isinstance(declared, dict):
+        raise TokenizerError(f"{where}: added_tokens_decoder must be an object {{id: {{content, ...}}}}")
+    for key, entry in sorted(declared.items(), key=lambda item: int(item[0]) if str(item[0]).isdigit() else -1):
+        content = _token_text(entry)
+        if not str(key).isdigit() or content is None:
+            raise TokenizerError(f"{where}: added_tokens_decoder entry {key!r} needs an integer id and a content")
+        index = int(key)
+        existing = backend.token_to_id(content)
+        if existing is None:
+            flags = {name: entry[name] for name in ("single_word", "lstrip", "rstrip", "normalized") if name in entry}
+            token = tokenizers.AddedToken(content, special=bool(entry.get("special", False)), **flags)
+            backend.add_tokens([token])
+            existing = backend.token_to_id(content)
+        if existing != index:
+            raise TokenizerError(
+                f"{where}: added_tokens_decoder declares {content!r} as id {index}, but {TOKENIZER_FILE} gives it "
+                f"id {existing}"
+            )
 
 
 def _chat_template(directory: Path, config: dict[str, Any]) -> tuple[str | None, str]:

@@ -88,3 +88,18 @@ def test_training_refuses_a_non_empty_output_and_empty_text(tmp_path):
     assert "no text" in _error(train_tokenizer, ["", ""], 300, tmp_path / "empty_text")
     assert "text 1 is a bytes" in _error(train_tokenizer, ["a", b"b"], 300, tmp_path / "bytes_text")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["full"]  # nothing half-written
+
+
+def test_added_tokens_declared_in_the_config(tok_dir):
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    size = load_tokenizer(str(tok_dir)).vocab_size
+    declared = {"2": {"content": "<|im_end|>", "special": True}, str(size): {"content": "<tool>", "special": True}}
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": declared}))
+    tok = load_tokenizer(str(tok_dir))
+    assert tok.vocab_size == size + 1 and tok.encode("a<tool>").tolist()[-1] == size
+    assert tok.token_byte_lengths()[size] == 0
+    declared = {str(size + 5): {"content": "<tool>"}}
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": declared}))
+    assert f"declares '<tool>' as id {size + 5}, but tokenizer.json gives it id {size}" in _error(
+        load_tokenizer, str(tok_dir)
+    )
