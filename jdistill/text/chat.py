@@ -176,7 +176,7 @@ def assistant_spans(
     `render(messages[:i+1])`, trailing whitespace dropped, when those renders are prefixes of the whole chat. A
     template that renders earlier turns differently (e.g. drops their reasoning) has the turn's end found as the
     end of its content plus the text the template puts after it; one that ignores `add_generation_prompt` has the
-    turn start at its content. `TokenizerError` when no turn is an assistant's.
+    turn start at its content. `TokenizerError` when no turn is an assistant's or no assistant text is found.
     """
     roles = [message["role"] for message in messages]
     if "assistant" not in roles:
@@ -184,30 +184,54 @@ def assistant_spans(
     generation: list[Span] = []
     text = render(template, template_name, messages, add_generation_prompt=False, variables=variables, spans=generation)
     if _GENERATION_TAG.search(template):
-        return text, [span for span in generation if span[1] > span[0]]
+        spans = [span for span in generation if span[1] > span[0]]
+    else:
+        spans = _prefix_spans(template, template_name, messages, variables, text)
+    if not spans:
+        raise TokenizerError(
+            f"chat template {template_name} renders no assistant text for this chat (roles: "
+            f"{', '.join(roles)}); nothing to train on"
+        )
+    return text, spans
+
+
+def _prefix_spans(
+    template: str, template_name: str, messages: list[dict[str, Any]], variables: Mapping[str, str], text: str
+) -> list[Span]:
+    """The assistant spans of `text` (the whole chat) found by rendering prefixes (see `assistant_spans`)."""
+
+    def prefix(count: int, add_generation_prompt: bool) -> str | None:
+        try:
+            return render(
+                template,
+                template_name,
+                messages[:count],
+                add_generation_prompt=add_generation_prompt,
+                variables=variables,
+            )
+        except TokenizerError:  # e.g. a template that needs a user message first: fall back to the content
+            return None
+
     spans = []
     cursor = 0
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = render(template, template_name, messages[:index], add_generation_prompt=True, variables=variables)
-        through = render(
-            template, template_name, messages[: index + 1], add_generation_prompt=False, variables=variables
-        )
-        bare = render(template, template_name, messages[:index], add_generation_prompt=False, variables=variables)
-        if text.startswith(prompt) and len(prompt) >= cursor and prompt != bare:
+        prompt, bare, through = prefix(index, True), prefix(index, False), prefix(index + 1, False)
+        if prompt is not None and text.startswith(prompt) and len(prompt) >= cursor and prompt != bare:
             start = len(prompt)
         else:  # the whole chat differs, or the template ignores add_generation_prompt: start at the content
-            start = _content_start(text, message, max(cursor, len(bare) if text.startswith(bare) else 0))
-        if through.startswith(prompt) and text.startswith(through):
+            after_bare = len(bare) if bare is not None and text.startswith(bare) else 0
+            start = _content_start(text, message, max(cursor, after_bare))
+        if prompt is not None and through is not None and through.startswith(prompt) and text.startswith(through):
             end = len(through)
         else:
-            end = _turn_end(text, through, message, start)
+            end = _turn_end(text, through or "", message, start)
         end = start + len(text[start:end].rstrip())
         if end > start:
             spans.append((start, end))
         cursor = max(cursor, end)
-    return text, spans
+    return spans
 
 
 def _content_text(message: Mapping[str, Any]) -> str:

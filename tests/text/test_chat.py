@@ -145,6 +145,19 @@ def test_chat_without_assistant_turn_is_one_line_error(trained):
     assert "\n" not in str(caught.value)
 
 
+def test_mask_when_prefixes_cannot_be_rendered(trained):
+    """A template that refuses chats not ending with an assistant turn: the turn is found by its content."""
+    refuse = "{% if messages[-1].role != 'assistant' %}{{ raise_exception('assistant last') }}{% endif %}"
+    ids, mask = _with_template(trained, refuse + REASONING_TEMPLATE).encode_chat(CHAT)
+    assert trained.backend.decode(ids[mask].tolist(), skip_special_tokens=False) == "hello there<|im_end|>ok<|im_end|>"
+
+
+def test_template_that_drops_assistant_text_is_an_error(trained):
+    template = "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}{% endfor %}"
+    with pytest.raises(TokenizerError, match="renders no assistant text"):
+        _with_template(trained, template).encode_chat(CHAT)
+
+
 @pytest.mark.parametrize(
     ("template", "message"),
     [

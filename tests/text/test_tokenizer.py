@@ -167,3 +167,14 @@ def test_sentencepiece_style_byte_lengths(tmp_path):
     (tmp_path / "sp" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
     lengths = load_tokenizer(str(tmp_path / "sp")).token_byte_lengths()
     assert lengths[[1, 2 + 0x0A, 258, 259, 260]].tolist() == [0, 1, 4, 2, 1]
+
+
+def test_tokenizers_pickle(trained):
+    """Data loader workers receive the tokenizer pickled."""
+    import pickle
+
+    trained.encode("x", split_special_tokens=True)  # the lazily built copy travels too
+    for tok in (trained, load_tokenizer("bytes")):
+        copy = pickle.loads(pickle.dumps(tok))
+        assert copy.encode(SAMPLE).tolist() == tok.encode(SAMPLE).tolist() and copy.fingerprint == tok.fingerprint
+        assert copy.encode_chat([{"role": "assistant", "content": "x"}])[1].any()
