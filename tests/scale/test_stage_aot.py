@@ -81,7 +81,7 @@ def test_abstract_batch_of_a_cached_teacher_equals_the_attached_batch(data_dir, 
     windows = teacher_cache_windows(config)
     ids = teacher_cache.visited_windows(len(windows), 1, seed=config.seed, batch_size=8)
     records = (
-        (windows.stream[w * 16 : w * 16 + 17], np.zeros((16, top_k), np.int32), np.zeros((16, top_k), np.float16))
+        (windows.tokens(w), np.zeros((16, top_k), np.int32), np.zeros((16, top_k), np.float16))
         for w in ids
     )
     teacher_cache.write_teacher_cache(
