@@ -28,6 +28,17 @@ def check_lm_vocab(data_config, model_config) -> None:
         )
 
 
+def check_data(config, recipe) -> None:
+    """The data errors a job can hit, before any stage trains: LM data is tokenised (once, into the cache) and
+    checked against both models' vocabularies and, for prompt/completion recipes, the prompt width."""
+    if config.student.model.kind != "lm":
+        return
+    for stage in (config.teacher, config.student):
+        check_lm_vocab(config.data, stage.model)
+    if recipe.batch_layout == "prompt_completion":
+        prompt_examples(config.data)
+
+
 def prompt_examples(data_config, split: str = "train"):
     from jdistill.data.prompts import PromptCompletionExamples
 
