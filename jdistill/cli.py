@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_step.set_defaults(func=_lazy("jdistill.bench.train_step", "run_train_step"))
     importlib.import_module("jdistill.text.cli").register(sub)
     importlib.import_module("jdistill.data.cli").register(sub)
+    importlib.import_module("jdistill.bench.data").register(bench_sub)
     return parser
 
 

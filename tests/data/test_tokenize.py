@@ -131,3 +131,11 @@ def test_chat_records_are_tokenised_with_the_assistant_mask(tmp_path):
     assert len(spans) >= 1 and prompt_tokens == spans[0][0] > 0
     assert "hello" in bytes(ids[spans[0][0] : spans[0][1]].astype(np.uint8)).decode()
     assert json.loads((tmp_path / "out" / "metadata.json").read_text())["kind"] == "chat"
+
+
+def test_tfds_text_datasets_read_the_configured_text_key(data_dir):
+    embedded = [d["text"] for d in documents("pystdlib_text", "test", data_dir)]
+    prepared = [d["text"] for d in documents("tfds:pystdlib_text", "test", data_dir, text_key="bytes")]
+    assert prepared == embedded
+    with pytest.raises(DataError, match=r"no feature 'text' \(set data.text_key to one of .*bytes"):
+        next(documents("tfds:pystdlib_text", "test", data_dir))
