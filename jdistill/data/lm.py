@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 TOKENIZED_PREFIX = "tokenized:"
 
 
+@functools.lru_cache(maxsize=8)
 def _tokenizer(spec: str) -> Tokenizer:
+    """The tokenizer of `spec` (memoized: a job resolves its data folder several times)."""
     from jdistill.text import load_tokenizer
 
     return load_tokenizer(spec)
