@@ -90,9 +90,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """One model and how it is trained. `init_from`: start from a pretrained model instead of training it
-    ("hf:DIR" a Hugging Face checkpoint folder, or a run's stage folder RUN_DIR/STAGE); a teacher with
-    `init_from` is not trained."""
+    """One model and how it is trained. `init_from`: a pretrained model ("hf:DIR" a Hugging Face checkpoint folder,
+    or a run's stage folder RUN_DIR/STAGE) whose architecture the stage takes (`jdistill.hf.init_from`): a teacher
+    with `init_from` is not trained; the student stages (baseline and recipe) start from its weights."""
 
     model: ModelConfig = ModelConfig()  # noqa: RUF009 (frozen, immutable)
     train: TrainConfig = TrainConfig()

@@ -69,13 +69,19 @@ def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Tra
         _read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
     )
     model = Transformer(config, rngs=nnx.Rngs(0))
-    mappings = tensor_mappings(config)
+    load_weights(model, directory)
+    return model
+
+
+def load_weights(model: Transformer, path: str | os.PathLike) -> None:
+    """Overwrite `model`'s parameters with the checkpoint's (its config must describe the same architecture)."""
+    directory = Path(path)
+    mappings = tensor_mappings(model.config)
     tensors = read_tensors(directory, [m.hf_name for m in mappings])
     try:
         load_tensors(model, tensors, mappings)
     except ValueError as error:
         raise HFImportError(f"{directory}: {error}") from None
-    return model
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, *, extra_config: dict | None = None) -> None:

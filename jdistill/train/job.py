@@ -3,7 +3,9 @@
   1. `teacher`           when the recipe's teacher is a separate model: trained on labels (policy `frozen`,
                          `cached_topk`), loaded from `teacher.init_from`, or kept at its random init
                          (`random_init`);
-  2. `student_scratch`   the student on labels only (when `run.baseline`), the comparison for the recipe;
+  2. `student_scratch`   the student from its initialisation on labels only (when `run.baseline`), the comparison
+                         for the recipe: from a random init, or from `student.init_from` (a checkpoint, e.g. a
+                         teacher pruned by `jdistill prune`) when set;
   3. `student_<recipe>`  the same student (same init, data order and budget) trained with the recipe; recipes
                          with `generations > 1` (born-again) train `student_<recipe>_gen<k>`, each taught by the
                          generation before it.
@@ -21,6 +23,7 @@ from flax import nnx
 
 from jdistill.configs import Config, to_dict
 from jdistill.eval import report
+from jdistill.hf.init_from import resolve_init_from
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
@@ -67,6 +70,7 @@ def run_job(
     and returns an empty dict (for resume tests). `dataset_fns[stage]` transforms that stage's training data.
     """
     started = time.perf_counter()
+    config = resolve_init_from(config)  # stages with init_from take their checkpoint's architecture
     recipe = checked_recipe(config)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
