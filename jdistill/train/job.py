@@ -24,6 +24,7 @@ from flax import nnx
 from jdistill.configs import Config, to_dict
 from jdistill.eval import report
 from jdistill.hf.init_from import resolve_init_from
+from jdistill.hf.vocab_policy import with_real_vocab
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
@@ -37,10 +38,11 @@ TEACHER_INIT, STUDENT_INIT = 1, 2
 
 def checked_recipe(config: Config):
     """The job's recipe, after its `check` against the whole config: option and compatibility errors are one-line
-    `ConfigError`s here, before any stage trains (also run by `jdistill compile`)."""
+    `ConfigError`s here, before any stage trains (also run by `jdistill compile`). LM recipes that compare logits
+    get the real vocabulary sizes of `distill.vocab` (`jdistill.hf.vocab_policy`)."""
     recipe = build_recipe(config.distill)
     recipe.check(config)
-    return recipe
+    return with_real_vocab(recipe, config)  # tokenizer and vocabulary checks (distill.vocab)
 
 
 def student_stage_names(recipe) -> list[str]:

@@ -4,7 +4,6 @@ that logits are far from uniform and a wrong weight shows)."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -39,14 +38,15 @@ def tiny_model(config: ModelConfig, seed: int = 0) -> Transformer:
     """A Transformer of `config` with N(0, 0.15^2) weights and RMSNorm scales 1 + N(0, 0.2^2)."""
     model = Transformer(config, rngs=nnx.Rngs(seed))
     state = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
-    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-    new = []
-    for path, leaf, key in zip(paths, leaves, keys, strict=True):
-        noise = jax.random.normal(key, leaf.shape, jnp.float32)
-        new.append(1.0 + 0.2 * noise if "norm" in path else 0.15 * noise)
-    nnx.update(model, jax.tree.unflatten(treedef, new))
+    rng = np.random.default_rng(seed + 100)
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    values = [
+        (1.0 if "norm" in jax.tree_util.keystr(path) else 0.0)
+        + (0.2 if "norm" in jax.tree_util.keystr(path) else 0.15) * rng.normal(size=leaf.shape)
+        for path, leaf in flat
+    ]
+    treedef = jax.tree.structure(state)
+    nnx.update(model, jax.tree.unflatten(treedef, [jax.numpy.asarray(v, jax.numpy.float32) for v in values]))
     return model
 
 
