@@ -11,7 +11,7 @@ from flax import nnx
 from jdistill.configs import load_config
 from jdistill.errors import ConfigError
 from jdistill.hf import HFImportError, from_pretrained, save_pretrained
-from jdistill.hf.init_from import merge_model, resolve_init_from
+from jdistill.hf.init_from import load_init_model, merge_model, resolve_init_from
 from jdistill.hf.prune import prune_layers
 from jdistill.models.config import ModelConfig
 from jdistill.train import run_job
@@ -85,3 +85,18 @@ def test_a_conflicting_model_fails_before_the_run_dir_is_written(checkpoints, da
     with pytest.raises(ConfigError, match=r"student\.model\.d_model: 48 in the config but 32"):
         run_job(job_config(checkpoints, "student.model.d_model=48"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_runs_stage_is_a_student_init(tmp_path):
+    from tests.hf.test_export import fake_run
+
+    model = tiny_model(tiny_config("llama", num_layers=1, vocab_size=256))
+    run = fake_run(tmp_path / "run", model, stage="student_kd")
+    stage = dataclasses.replace(load_config("lm_kd").student, init_from=str(run / "student_kd"))
+    stage = dataclasses.replace(stage, model=ModelConfig(kind="lm", dtype="bfloat16"))
+    loaded = load_init_model(stage, "student")
+    assert loaded.config == dataclasses.replace(model.config, dtype="bfloat16", max_seq_len=256)  # runtime fields
+    for a, b in zip(jax.tree.leaves(nnx.state(loaded)), jax.tree.leaves(nnx.state(model)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ConfigError, match=r"student\.init_from: .* is neither hf:DIR nor a run's stage folder"):
+        load_init_model(dataclasses.replace(stage, init_from=str(tmp_path)), "student")
