@@ -9,6 +9,7 @@
     jdistill launch --config NAME|PATH [--dry-run] [key.sub=value ...]
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
     jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
+    jdistill generate --checkpoint RUN_DIR/STAGE|hf:DIR --prompt TEXT [--max-new-tokens N] [--temperature T] ...
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
 """
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 from jdistill.bench import add_attention_arguments, run_attention
+from jdistill.commands import generate
 from jdistill.errors import RunDirError, UserError
 
 
@@ -208,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     head_gates.add_argument("--batches", type=int, default=8, help="training batches the gates are fitted on")
     head_gates.add_argument("--out", help="heat-map PNG (default: RUN_DIR/head_gates_<stage>.png)")
     head_gates.set_defaults(func=cmd_analyze_head_gates)
+    generate.register(sub)
     bench = sub.add_parser("bench", help="kernel benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_attention = bench_sub.add_parser("attention", help="time the gated-attention implementations here")

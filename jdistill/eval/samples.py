@@ -99,27 +99,31 @@ def complete(model, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int, *
     return rows
 
 
-def sample_records(model, tokenizer, prompts, *, max_new_tokens: int, stage: str, texts=None) -> list[dict]:
-    """One record per prompt: greedy completion, decoded (see the module docstring)."""
-    generated = complete(
-        model, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id
-    )
+def records_from_rows(tokenizer, prompts, rows, *, stage: str, texts=None) -> list[dict]:
+    """One record per prompt from `complete`'s rows: the prompt (`texts[i]`, else the prompt ids decoded without
+    BOS / EOS), the completion decoded, its ids before EOS, and whether it stopped at EOS."""
+    special = {tokenizer.bos_id, tokenizer.eos_id}
     records = []
-    for index, (prompt, row) in enumerate(zip(prompts, generated, strict=True)):
+    for index, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
         stopped = bool(len(row) and row[-1] == tokenizer.eos_id)
-        tokens = row[:-1] if stopped else row
-        special = {tokenizer.bos_id, tokenizer.eos_id}
+        tokens = [int(t) for t in (row[:-1] if stopped else row)]
         prompt_text = texts[index] if texts else tokenizer.decode([int(t) for t in prompt if int(t) not in special])
         records.append(
             {
                 "stage": stage,
                 "prompt": prompt_text,
-                "completion": tokenizer.decode([int(t) for t in tokens]),
-                "tokens": [int(t) for t in tokens],
+                "completion": tokenizer.decode(tokens),
+                "tokens": tokens,
                 "stopped": stopped,
             }
         )
     return records
+
+
+def sample_records(model, tokenizer, prompts, *, max_new_tokens: int, stage: str, texts=None) -> list[dict]:
+    """Greedy completions of `prompts` as `samples.jsonl` records (see the module docstring)."""
+    rows = complete(model, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    return records_from_rows(tokenizer, prompts, rows, stage=stage, texts=texts)
 
 
 def write_samples(path: Path, records: list[dict]) -> None:
