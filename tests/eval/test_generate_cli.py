@@ -1,6 +1,7 @@
 """`jdistill generate` on a trained run's stage and on an hf:DIR checkpoint: the completions are `generate`'s
 (the same as the stage's samples.jsonl), and bad input is one line with exit status 2."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -112,3 +113,10 @@ def test_a_missing_stage_or_run_is_one_line(lm_run, tmp_path, capsys):
     ]:
         code, _, err = _generate(capsys, "--checkpoint", str(checkpoint), "--prompt", "x")
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_token_outside_the_models_vocabulary_is_one_line(tmp_path, capsys):
+    small = dataclasses.replace(QWEN3_STYLE, vocab_size=ord("x"))  # ids 0 .. 119: "w" fits, "x" does not
+    save_pretrained(Transformer(small, rngs=nnx.Rngs(0)), tmp_path / "hf")
+    code, _, err = _generate(capsys, "--checkpoint", f"hf:{tmp_path / 'hf'}", "--tokenizer", "bytes", "--prompt", "wx")
+    assert code == 2 and "--prompt[0]: token id 120 is outside the model's vocabulary 120" in err, err

@@ -8,7 +8,7 @@ import pytest
 
 from jdistill.configs import load_config
 from jdistill.errors import ConfigError
-from jdistill.eval.samples import default_prompts, encode_prompts
+from jdistill.eval.samples import default_prompts, encode_prompts, sample_records
 from jdistill.eval.tokenizer import load_tokenizer
 from jdistill.models.generate import generate
 from jdistill.train import inputs
@@ -25,11 +25,11 @@ def test_default_prompts_are_the_openings_of_the_streams_documents():
     rows = [stream[i : i + 4] for i in range(0, 16, 4)]  # 4 windows of 4 inputs, 2 batches of 2 rows
     batches = [
         {"inputs": np.stack(rows[:2]), "mask": np.ones((2, 4), bool)},
-        {"inputs": np.stack(rows[2:] + [np.zeros(4, np.int32)]), "mask": np.array([[1] * 4, [1] * 4, [0] * 4], bool)},
+        {"inputs": np.stack(rows[2:] + [np.full(4, 7, np.int32)]), "mask": np.array([[1] * 4, [1] * 4, [0] * 4], bool)},
     ]
     prompts = default_prompts(batches, EOS, count=3, length=3)
     assert [p.tolist() for p in prompts] == [[5, 6, 7], [11, 12], [13, 14, 15]]
-    assert len(default_prompts(batches, EOS, count=9, length=3)) == 3  # the fourth "document" is padding: none
+    assert len(default_prompts(batches, EOS, count=9, length=3)) == 3  # the padding row (not scored) is no document
     assert default_prompts(batches, EOS, count=1, length=3)[0].dtype == np.int32
 
 
@@ -90,3 +90,29 @@ def test_a_prompt_longer_than_max_seq_len_fails_before_the_first_step(tmp_path, 
         run_job(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not list((tmp_path / "run").rglob("samples.jsonl"))
+
+
+class _Bytes:
+    bos_id, eos_id, pad_id = None, EOS, EOS
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_completions_are_cut_after_the_first_eos_and_padded_right(monkeypatch):
+    seen = {}
+
+    def fake_generate(model, prompt_ids, prompt_lengths, *, max_new_tokens, **sampling):
+        seen.update(ids=np.asarray(prompt_ids), lengths=np.asarray(prompt_lengths), new=max_new_tokens)
+        return np.array([[104, EOS, 105, EOS], [104, 105, 33, 33]], np.int32)
+
+    monkeypatch.setattr("jdistill.eval.samples.generate", fake_generate)
+    prompts = [np.array([1, 2, 3], np.int32), np.array([4], np.int32)]
+    records = sample_records(None, _Bytes(), prompts, max_new_tokens=4, stage="s")
+    assert seen["ids"].tolist() == [[1, 2, 3], [4, EOS, EOS]] and seen["lengths"].tolist() == [3, 1]
+    assert seen["new"] == 4
+    assert [(r["tokens"], r["stopped"], r["completion"]) for r in records] == [
+        ([104], True, "h"),
+        ([104, 105, 33, 33], False, "hi!!"),
+    ]
+    assert [r["prompt"] for r in records] == ["\x01\x02\x03", "\x04"] and {r["stage"] for r in records} == {"s"}
