@@ -4,12 +4,12 @@
     jdistill info
     jdistill analyze head-gates --run-dir DIR [--stage teacher]
     jdistill recipes
+    jdistill generate --checkpoint RUN_DIR/STAGE|hf:DIR --prompt TEXT [--max-new-tokens N] [--temperature T] ...
     jdistill cache-teacher --config NAME|PATH [--out DIR] [--top-k K] [--split train] [key.sub=value ...]
     jdistill compile --config NAME|PATH [--topology NAME] [--extrapolate] [key.sub=value ...]
     jdistill launch --config NAME|PATH [--dry-run] [key.sub=value ...]
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
     jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
-    jdistill generate --checkpoint RUN_DIR/STAGE|hf:DIR --prompt TEXT [--max-new-tokens N] [--temperature T] ...
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
 """
@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 from jdistill.bench import add_attention_arguments, run_attention
-from jdistill.commands import generate
 from jdistill.errors import RunDirError, UserError
 
 
@@ -168,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
     recipes = sub.add_parser("recipes", help="list every distillation recipe (name, teacher policy, what it does)")
     recipes.set_defaults(func=cmd_recipes)
+    importlib.import_module("jdistill.commands.generate").register(sub)
     cache = sub.add_parser("cache-teacher", help="run a teacher over a dataset once; store top-k log-probs per token")
     cache.add_argument("--config", help="preset name or YAML path (its teacher is trained unless init_from is set)")
     cache.add_argument("--run-dir", help="a run whose trained teacher stage to use (default: train one)")
@@ -210,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     head_gates.add_argument("--batches", type=int, default=8, help="training batches the gates are fitted on")
     head_gates.add_argument("--out", help="heat-map PNG (default: RUN_DIR/head_gates_<stage>.png)")
     head_gates.set_defaults(func=cmd_analyze_head_gates)
-    generate.register(sub)
     bench = sub.add_parser("bench", help="kernel benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_attention = bench_sub.add_parser("attention", help="time the gated-attention implementations here")
