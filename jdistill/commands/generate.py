@@ -86,8 +86,8 @@ def cmd_generate(args) -> int:
 
     from jdistill.errors import ConfigError
     from jdistill.eval.samples import complete, encode_prompts, records_from_rows
-    from jdistill.eval.tokenizer import load_tokenizer
     from jdistill.models import Transformer
+    from jdistill.text import load_tokenizer
 
     if args.temperature < 0:
         raise ConfigError(f"--temperature: expected >= 0, got {args.temperature}")

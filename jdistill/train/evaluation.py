@@ -14,8 +14,8 @@ from jdistill.errors import DataError
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import add_stats, summarize, target_bytes
 from jdistill.eval.samples import sample_records, stage_prompts, write_samples
-from jdistill.eval.tokenizer import run_tokenizer
 from jdistill.models import Transformer
+from jdistill.text import BytesTokenizer, load_tokenizer
 from jdistill.train import inputs
 from jdistill.train.step import make_eval_step
 
@@ -28,9 +28,7 @@ def evaluate(eval_step, params, batches, *, kind: str, byte_lengths=None) -> dic
     (`Tokenizer.token_byte_lengths()`; default for LMs: the byte-level tokenizer's).
     """
     if kind == "lm" and byte_lengths is None:
-        from jdistill.eval.tokenizer import load_tokenizer
-
-        byte_lengths = load_tokenizer("bytes").token_byte_lengths()
+        byte_lengths = BytesTokenizer().token_byte_lengths()
     total = None
     for batch in batches:
         stats = jax.device_get(eval_step(params, batch))
@@ -46,6 +44,11 @@ def evaluate(eval_step, params, batches, *, kind: str, byte_lengths=None) -> dic
 def final_metrics(metrics: dict, recipe, graphdef, params, eval_batches, rng) -> dict:
     """The stage's last evaluation plus the recipe's own end-of-stage metrics (probes, robust accuracy ...)."""
     return dict(metrics, **recipe.extra_metrics(nnx.merge(graphdef, params), eval_batches, rng))
+
+
+def run_tokenizer(data_config):
+    """The tokenizer that made the run's token ids (`data.tokenizer`): it scores bits per byte, decodes samples."""
+    return load_tokenizer(getattr(data_config, "tokenizer", "bytes"))
 
 
 def stage_sampler(run_config, tokenizer, eval_batches, *, max_seq_len: int):

@@ -12,6 +12,7 @@ from jdistill.cli import main
 from jdistill.hf import save_pretrained
 from jdistill.models import ModelConfig, Transformer
 from jdistill.models.generate import generate
+from jdistill.text import BytesTokenizer
 from tests.eval.conftest import SAMPLE_TOKENS
 
 QWEN3_STYLE = ModelConfig(
@@ -57,8 +58,9 @@ def test_generate_from_a_run_stage_reproduces_its_samples(lm_run, capsys):
 def test_generate_from_hf_dir_prints_generates_greedy_completions(tmp_path, capsys):
     model = Transformer(QWEN3_STYLE, rngs=nnx.Rngs(3))
     save_pretrained(model, tmp_path / "hf")
+    BytesTokenizer().save(tmp_path / "hf")  # the checkpoint's own tokenizer.json: one id per byte
     texts = ["def f(x):", "import"]
-    args = ["--checkpoint", f"hf:{tmp_path / 'hf'}", "--tokenizer", "bytes", "--max-new-tokens", "6"]
+    args = ["--checkpoint", f"hf:{tmp_path / 'hf'}", "--max-new-tokens", "6"]
     args += [flag for text in texts for flag in ("--prompt", text)]
     code, out, err = _generate(capsys, *args, "--jsonl")
     assert code == 0, err
@@ -69,7 +71,7 @@ def test_generate_from_hf_dir_prints_generates_greedy_completions(tmp_path, caps
     for record, text, row in zip(_records(out), texts, want, strict=True):
         assert record["prompt"] == text
         assert record["tokens"] == row[: row.index(0) if 0 in row else len(row)]
-    code, plain, _ = _generate(capsys, *args)
+    code, plain, _ = _generate(capsys, *args, "--tokenizer", "bytes")
     assert code == 0 and plain == "\n\n".join(r["completion"] for r in _records(out)) + "\n"
 
 
@@ -86,7 +88,8 @@ def test_sampling_depends_on_the_seed_only(tmp_path, capsys):
     [
         (["--checkpoint", "/nonexistent/run/student_kd"], "no such directory"),
         (["--checkpoint", "hf:/nonexistent/hf"], "config.json: no such file"),
-        (["--checkpoint", "{hf}", "--tokenizer", "nope"], "nope"),
+        (["--checkpoint", "{hf}", "--tokenizer", "nope"], "unknown tokenizer 'nope'"),
+        (["--checkpoint", "{hf}"], "tokenizer.json: not found"),  # no --tokenizer: the checkpoint's own, absent
         (
             ["--checkpoint", "{hf}", "--tokenizer", "bytes", "--prompt", "x" * 25],
             "--prompt[0]: the prompt is 25 tokens",

@@ -11,8 +11,8 @@ from flax import nnx
 
 from jdistill.eval import prediction_stats, summarize
 from jdistill.eval.metrics import target_bytes
-from jdistill.eval.tokenizer import load_tokenizer
 from jdistill.models import ModelConfig, Transformer
+from jdistill.text import load_tokenizer
 from jdistill.train.evaluation import evaluate
 from jdistill.train.step import make_eval_step
 from tests.numpy_transformer import lm_logits, log_softmax, randomize

@@ -9,8 +9,8 @@ import pytest
 from jdistill.configs import load_config
 from jdistill.errors import ConfigError
 from jdistill.eval.samples import default_prompts, encode_prompts, sample_records
-from jdistill.eval.tokenizer import load_tokenizer
 from jdistill.models.generate import generate
+from jdistill.text import load_tokenizer
 from jdistill.train import inputs
 from jdistill.train.job import run_job
 from jdistill.train.restore import load_stage
