@@ -9,6 +9,7 @@
     jdistill launch --config NAME|PATH [--dry-run] [key.sub=value ...]
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
     jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
+    jdistill bench llm-kd [--steps N] [--json PATH]
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
 """
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 from jdistill.bench import add_attention_arguments, run_attention
+from jdistill.bench.llm_kd_cli import register as register_llm_kd
 from jdistill.errors import RunDirError, UserError
 
 
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_step.add_argument("--profile", help="write a jax.profiler trace and per-op HLO timings to this folder")
     bench_step.add_argument("--json", help="also write the figures to this JSON file")
     bench_step.set_defaults(func=_lazy("jdistill.bench.train_step", "run_train_step"))
+    register_llm_kd(bench_sub)
     return parser
 
 
