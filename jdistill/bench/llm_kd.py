@@ -361,9 +361,8 @@ def run(*, steps: int = 10, warmup: int = 2, only: str = "both", settings: Setti
         def jax_step(lam: float) -> JaxStep:
             return JaxStep(student_config, settings.recipe(lam), train_config, data, teacher)
 
-        print(
-            f"llm-kd: batch {settings.batch} x ({settings.prompt_len} + {settings.completion_len}) tokens, {cores} cores"
-        )
+        shape = f"{settings.batch} x ({settings.prompt_len} + {settings.completion_len})"
+        print(f"llm-kd: batch {shape} tokens, {cores} cores", flush=True)
         if only in ("off", "both"):
             callback = Interleave(jax_step(0.0), warmup)
             _phase("offpolicy_gkd", trl_gkd(settings, data, directory, 0.0, total, callback), callback, results)
