@@ -4,6 +4,7 @@ into these by `jdistill.configs.parsing`; every field's meaning follows `docs/co
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 from jdistill.losses.divergences import DIVERGENCES
@@ -114,6 +115,33 @@ class StageConfig:
     init_from: str | None = None
 
 
+PRUNE_METHODS = ("block_influence", "every_other", "first")  # jdistill.hf.prune.layers_to_keep
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """`student.prune` (docs/llm.md#a-student-pruned-from-the-teacher): the student is the job's teacher with `layers`
+    of its blocks, kept by `method` (`jdistill.hf.prune.layers_to_keep`; block_influence scores the teacher on
+    `calibration_batches` training batches). `layers: null` (the default): no pruning."""
+
+    layers: int | None = None
+    method: Literal["block_influence", "every_other", "first"] = "block_influence"
+    calibration_batches: int = 8
+
+    def validate(self) -> Problems:
+        problems = _positive(self, "calibration_batches")
+        if self.layers is not None and self.layers < 1:
+            problems.append(("layers", "a positive integer or null"))
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig(StageConfig):
+    """The student's stage, plus `prune`: start from the teacher depth-pruned to `prune.layers` blocks."""
+
+    prune: PruneConfig = PruneConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """The student's objective: `distill_weight * D(p_t || p_s at temperature) + label_weight * CE(y, s)`.
@@ -167,6 +195,30 @@ class RunConfig:
     baseline: bool = True
     sample_tokens: int = 48
     sample_prompts: tuple[str, ...] = ()
+    compare: dict = dataclasses.field(default_factory=dict)
+
+    def compare_distill(self, name: str, distill: DistillConfig) -> DistillConfig:
+        """The objective of comparison stage `student_<name>`: `distill` with the fields of `compare[name]`
+        replaced; its `options` are added to `distill.options` when the recipe stays the same, else replace them."""
+        from jdistill.configs.parsing import build
+
+        fields = dict(self.compare[name])
+        same_recipe = fields.get("recipe", distill.recipe) == distill.recipe
+        options = {**(distill.options if same_recipe else {}), **(fields.pop("options", None) or {})}
+        values = {**dataclasses.asdict(distill), **fields, "options": options}
+        return build(DistillConfig, values, "config", f"run.compare.{name}.")
+
+    def compare_problems(self, distill: DistillConfig) -> Problems:
+        """Names and objectives of `compare` (each built, so a bad field is a one-line error naming it)."""
+        problems: Problems = []
+        for name, fields in self.compare.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                problems.append(("run.compare", f"stage names of lowercase letters, digits and _ (got {name!r})"))
+            elif not isinstance(fields, dict):
+                problems.append((f"run.compare.{name}", "a mapping of distill fields (recipe, objective, options...)"))
+            else:
+                self.compare_distill(name, distill)
+        return problems
 
     def validate(self) -> Problems:
         problems: Problems = []
@@ -229,7 +281,7 @@ class Config:
     seed: int = 0
     data: DataConfig = DataConfig()
     teacher: StageConfig = StageConfig()
-    student: StageConfig = StageConfig()
+    student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     run: RunConfig = RunConfig()
     mesh: MeshConfig = MeshConfig()
@@ -239,14 +291,53 @@ class Config:
         problems = []
         if self.seed < 0:
             problems.append(("seed", "an integer >= 0"))
+        problems += self.run.compare_problems(self.distill)
+        student_model = self.student.model
+        if self.student.prune.layers is not None:
+            student_model, prune_problems = pruned_student_model(self)
+            problems += prune_problems
         kind = self.teacher.model.kind
-        if self.student.model.kind != kind:
+        if student_model.kind != kind:
             problems.append(("student.model.kind", f"the teacher's kind ({kind!r})"))
         out = "num_classes" if kind == "classifier" else "vocab_size"
         padded = kind == "lm" and self.distill.vocab == "shared"  # rows past the tokenizer's vocabulary are padding
-        if getattr(self.student.model, out) != getattr(self.teacher.model, out) and not padded:
+        if getattr(student_model, out) != getattr(self.teacher.model, out) and not padded:
             expected = f"equal to teacher.model.{out} (vocabularies must match"
             problems.append(
                 (f"student.model.{out}", expected + (" under distill.vocab=full)" if kind == "lm" else ")"))
             )
         return problems
+
+
+# Fields of a pruned student that are not its architecture: how it runs, taken from `student.model`.
+PRUNE_RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "delta_rule_impl", "max_seq_len")
+
+
+def pruned_student_model(config: Config) -> tuple[ModelConfig, Problems]:
+    """(the student model of `student.prune`: the teacher's with `prune.layers` blocks and the student's runtime
+    fields, the problems). A `student.model` field set to neither its default nor the pruned teacher's value is a
+    problem (the architecture is derived, not chosen); so are a prune that keeps no fewer blocks than the teacher
+    has, a teacher that is not an LM or mixes layer types, and `student.init_from` (two initialisations)."""
+    teacher, student, layers = config.teacher.model, config.student.model, config.student.prune.layers
+    problems: Problems = []
+    if layers is None:
+        return student, problems
+    if teacher.kind != "lm":
+        problems.append(("student.prune.layers", "null (depth pruning needs an LM teacher, teacher.model.kind: lm)"))
+    if not 1 <= layers < teacher.num_layers:
+        problems.append(("student.prune.layers", f"an integer in [1, {teacher.num_layers}) (the teacher's blocks)"))
+    if len(set(teacher.layer_pattern)) > 1 or teacher.exit_layers:
+        problems.append(("student.prune.layers", "null for a teacher with mixed layer_pattern or exit_layers"))
+    if config.student.init_from:
+        problems.append(("student.init_from", "null when student.prune is set (the student is the pruned teacher)"))
+    default = ModelConfig()
+    derived = dataclasses.replace(
+        teacher, num_layers=layers, **{name: getattr(student, name) for name in PRUNE_RUNTIME_FIELDS}
+    )
+    for field in dataclasses.fields(ModelConfig):
+        mine, wanted = getattr(student, field.name), getattr(derived, field.name)
+        if field.name not in PRUNE_RUNTIME_FIELDS and mine != wanted and mine != getattr(default, field.name):
+            problems.append(
+                (f"student.model.{field.name}", f"{wanted!r} (student.prune: the teacher's architecture) or unset")
+            )
+    return derived, problems

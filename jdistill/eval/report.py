@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-STAGE_LABELS = {"teacher": "teacher", "student_scratch": "student (scratch)", "student_kd": "student (KD)"}
+STAGE_LABELS = {
+    "teacher": "teacher",
+    "student_scratch": "student (scratch)",
+    "student_pruned": "student (pruned, untrained)",
+    "student_pruned_ce": "student (pruned + CE)",
+    "student_kd": "student (KD)",
+}
 
 
 def summary_table(summary: dict, stages=None) -> str:

@@ -49,9 +49,14 @@ def export_stage(run_dir: str | Path, stage: str, out: str | Path) -> list[str]:
         model = getattr(model, "model", None)
         if not isinstance(model, Transformer):
             raise HFImportError(f"--stage {stage}: its model is not a single transformer and cannot be exported")
-    spec = data_tokenizer(config.data)
+    return save_with_tokenizer(model, out, data_tokenizer(config.data))
+
+
+def save_with_tokenizer(model: Transformer, out: str | Path, spec: str) -> list[str]:
+    """`model` as an HF checkpoint in `out` (renamed into place at the end) with the files and special ids of
+    tokenizer `spec` (none for bytes); the file names written."""
     tokenizer_dir = _tokenizer_dir(spec)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(Path(out)) as tmp:
         save_pretrained(model, tmp, extra_config=_special_ids(spec))
         copied = copy_tokenizer_files(tokenizer_dir, tmp) if tokenizer_dir is not None else []
     return ["config.json", "model.safetensors", *copied]

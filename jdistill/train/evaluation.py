@@ -90,13 +90,15 @@ def stage_evaluation(data_config, model_config, run_config, graphdef, forward_pa
     return score, sampler, eval_batches
 
 
-def evaluate_loaded(result, config, stage_dir):
-    """A teacher loaded from `teacher.init_from` (a StageResult without metrics) scored like a trained LM stage:
-    its metrics, and `stage_dir/samples.jsonl`. Classifier teachers are returned as they are."""
-    if config.teacher.model.kind != "lm":
+def evaluate_loaded(result, config, stage_dir, model_config=None):
+    """A model loaded, not trained (a StageResult without metrics: a teacher from `teacher.init_from`, a pruned
+    student) scored like a trained LM stage: its metrics, and `stage_dir/samples.jsonl`. `model_config`: its model
+    (default: the teacher's). Classifiers are returned as they are."""
+    model_config = config.teacher.model if model_config is None else model_config
+    if model_config.kind != "lm":
         return result
     started = time.perf_counter()
-    score, sampler, _ = stage_evaluation(config.data, config.teacher.model, config.run, result.graphdef)
+    score, sampler, _ = stage_evaluation(config.data, model_config, config.run, result.graphdef)
     metrics = score(result.params)
     if sampler is not None:
         Path(stage_dir).mkdir(parents=True, exist_ok=True)

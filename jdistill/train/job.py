@@ -1,19 +1,26 @@
 """A distillation job (`jdistill train`): the stages a recipe needs, each in its own folder of the run directory.
 
-  1. `teacher`           when the recipe's teacher is a separate model: trained on labels (policy `frozen`,
-                         `cached_topk`), loaded from `teacher.init_from`, or kept at its random init
-                         (`random_init`);
-  2. `student_scratch`   the student from its initialisation on labels only (when `run.baseline`), the comparison
-                         for the recipe: from a random init, or from `student.init_from` (a checkpoint, e.g. a
-                         teacher pruned by `jdistill prune`) when set;
-  3. `student_<recipe>`  the same student (same init, data order and budget) trained with the recipe; recipes
-                         with `generations > 1` (born-again) train `student_<recipe>_gen<k>`, each taught by the
-                         generation before it.
+  1. `teacher`            when the recipe's teacher is a separate model: trained on labels (policy `frozen`,
+                          `cached_topk`), loaded from `teacher.init_from`, or kept at its random init
+                          (`random_init`);
+  2. with `student.prune`: the teacher depth-pruned (`jdistill.train.prune_stage`: `prune.json`, `student_init/`),
+     then `student_pruned`, that pruned model evaluated without training;
+  3. `student_scratch`    the student from its initialisation on labels only (when `run.baseline`), the comparison
+                          for the recipe: from a random init (always, with `student.prune`), or from
+                          `student.init_from` (a checkpoint, e.g. a teacher pruned by `jdistill prune`) when set;
+     `student_pruned_ce`  with `student.prune` (and `run.baseline`): the pruned teacher trained on labels only, the
+                          fine-tuning baseline at the recipe's budget;
+  4. `student_<recipe>`   the same student (same init, data order and budget) trained with the recipe; recipes
+                          with `generations > 1` (born-again) train `student_<recipe>_gen<k>`, each taught by the
+                          generation before it;
+  5. `student_<name>`     for each entry of `run.compare`: the same student trained with that objective instead
+                          (`RunConfig.compare_distill`), e.g. off-policy KD against on-policy GKD in one job.
 Then a table, `summary.json`, and `learning_curves.png`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,8 @@ import jax
 from flax import nnx
 
 from jdistill.configs import Config, to_dict
+from jdistill.data.corpus_tokenizer import with_corpus_tokenizer
+from jdistill.errors import ConfigError
 from jdistill.eval import report
 from jdistill.hf.init_from import resolve_init_from
 from jdistill.hf.vocab_policy import with_real_vocab
@@ -32,10 +41,13 @@ from jdistill.train import inputs
 from jdistill.train.distributed import barrier
 from jdistill.train.evaluation import evaluate_loaded
 from jdistill.train.loop import StageResult, run_stage, stage_key
+from jdistill.train.prune_stage import prune_teacher, pruned_stage_config, resolve_prune
+from jdistill.train.restore import load_pretrained
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
+STAGE_ORDER = ("teacher", "student_scratch", "student_pruned", "student_pruned_ce")  # then the recipe's, compared
 
 
 def checked_recipe(config: Config):
@@ -50,6 +62,31 @@ def checked_recipe(config: Config):
 def student_stage_names(recipe) -> list[str]:
     base = f"student_{recipe.name}"
     return [base] if recipe.generations == 1 else [f"{base}_gen{k}" for k in range(1, recipe.generations + 1)]
+
+
+def prepared_config(config: Config) -> Config:
+    """The config a job runs: `data.tokenizer` "bpe:VOCAB" resolved to its trained folder, the pruned student's
+    architecture derived from the teacher, and stages with `init_from` given their checkpoint's architecture."""
+    return resolve_init_from(resolve_prune(with_corpus_tokenizer(config)))
+
+
+def compared_recipes(config: Config, recipe) -> dict:
+    """{stage name: checked recipe} of `run.compare`; one-line ConfigErrors for a name taken by another stage or a
+    recipe that cannot run as a plain comparison stage (teacher cache, random teacher, generations)."""
+    taken = {"teacher", "student_scratch", "student_pruned", "student_pruned_ce", *student_stage_names(recipe)}
+    compared = {}
+    for name in config.run.compare:
+        stage = f"student_{name}"
+        if stage in taken:
+            raise ConfigError(f"run.compare.{name}: stage {stage} is already one of the job's stages; rename it")
+        other = checked_recipe(dataclasses.replace(config, distill=config.run.compare_distill(name, config.distill)))
+        if other.policy.cache or other.policy.random_teacher or other.generations > 1:
+            raise ConfigError(
+                f"run.compare.{name}: recipe {other.name!r} (teacher policy {other.teacher_policy}, "
+                f"{other.generations} generations) cannot run as a comparison stage"
+            )
+        compared[stage] = other
+    return compared
 
 
 def random_teacher(config: Config) -> StageResult:
@@ -74,9 +111,13 @@ def run_job(
     and returns an empty dict (for resume tests). `dataset_fns[stage]` transforms that stage's training data.
     """
     started = time.perf_counter()
-    config = resolve_init_from(config)  # stages with init_from take their checkpoint's architecture
+    config = prepared_config(config)
     recipe = checked_recipe(config)
-    inputs.check_data(config, recipe)  # data errors (and tokenising raw text, once) before the run dir is written
+    compared = compared_recipes(config, recipe)
+    if config.student.prune.layers is not None and not (recipe.needs_teacher_stage or config.teacher.init_from):
+        raise ConfigError(f"student.prune: recipe {recipe.name!r} has no trained or loaded teacher to prune")
+    for checked in (recipe, *compared.values()):
+        inputs.check_data(config, checked)  # data errors (and tokenising raw text, once) before the run dir is written
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
     barrier("run_dir_checked")
@@ -111,10 +152,8 @@ def run_job(
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
     teacher = None
-    if recipe.needs_teacher_stage:
+    if recipe.needs_teacher_stage or any(other.needs_teacher_stage for other in compared.values()):
         if config.teacher.init_from:
-            from jdistill.train.restore import load_pretrained
-
             teacher = results["teacher"] = evaluate_loaded(load_pretrained(config.teacher), config, run_dir / "teacher")
         else:
             if stage("teacher", config.teacher, Supervised(), TEACHER_INIT):
@@ -128,17 +167,40 @@ def run_job(
         cached = job_dataset_fn(config, recipe, teacher, run_dir)
         dataset_fns = {**{name: cached for name in student_stage_names(recipe)}, **(dataset_fns or {})}
         teacher = None
+    student = config.student  # the stage config the recipe's student starts from
+    if config.student.prune.layers is not None:
+        student = pruned_stage_config(config, prune_teacher(config, results["teacher"], run_dir))
+        results["student_pruned"] = evaluate_loaded(
+            dataclasses.replace(load_pretrained(student, "student"), name="student_pruned"),
+            config,
+            run_dir / "student_pruned",
+            model_config=student.model,
+        )
     if config.run.baseline and stage("student_scratch", config.student, Supervised(), STUDENT_INIT):
+        return {}  # with student.prune, config.student has no init_from: a random init
+    pruned_ce = student is not config.student and config.run.baseline
+    if pruned_ce and stage("student_pruned_ce", student, Supervised(), STUDENT_INIT):
         return {}
+    student_teacher = teacher
     for name in student_stage_names(recipe):
-        if stage(name, config.student, recipe, STUDENT_INIT, teacher=teacher):
+        if stage(name, student, recipe, STUDENT_INIT, teacher=student_teacher):
             return {}
         if recipe.generations > 1:
-            teacher = results[name]
+            student_teacher = results[name]
+    for name, other in compared.items():
+        if stage(
+            name,
+            student,
+            other,
+            STUDENT_INIT,
+            teacher=results.get("teacher") if other.policy.separate_teacher else None,
+        ):
+            return {}
+    order = [name for name in STAGE_ORDER if name in results] + [name for name in results if name not in STAGE_ORDER]
     summary: dict[str, Any] = {
-        name: dict(result.metrics, params=result.params_count, wall_seconds=result.wall_seconds)
-        for name, result in results.items()
-        if result.metrics
+        name: dict(results[name].metrics, params=results[name].params_count, wall_seconds=results[name].wall_seconds)
+        for name in order
+        if results[name].metrics
     }
     summary["wall_seconds"] = time.perf_counter() - started
     summary["data"] = config.data.name
