@@ -26,7 +26,8 @@ class DataConfig:
     tokenizer: LM tokenizer, "bytes" or "hf:DIR" / DIR (`jdistill.text.load_tokenizer`).
     text_key: the text field of `tfds:` and `files:` records (docs/data.md).
     seq_len: tokens per LM training window. max_prompt_len: prompt width P of prompt/completion batches (recipes with
-    `batch_layout = "prompt_completion"`; null: seq_len // 2). eval_batch_size / eval_max_batches bound evaluation."""
+    `batch_layout = "prompt_completion"`; null: seq_len // 2); long_prompts: a longer prompt is an error, or "skip"
+    leaves its document out of those batches. eval_batch_size / eval_max_batches bound evaluation."""
 
     name: str = "digits"
     dir: str | None = None
@@ -34,6 +35,7 @@ class DataConfig:
     text_key: str = "text"
     seq_len: int = 128
     max_prompt_len: int | None = None
+    long_prompts: Literal["error", "skip"] = "error"
     eval_batch_size: int = 256
     eval_max_batches: int | None = None
 

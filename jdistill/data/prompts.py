@@ -6,7 +6,8 @@
 P = `data.max_prompt_len` (default seq_len // 2), C = seq_len - P. The completion is the document's tokens after
 its prompt followed by EOS (the EOS included in `completion_mask`), cut to C tokens. For chat documents the prompt is
 everything before the first assistant token. A prompt longer than P is a `DataError` naming the document, raised
-when the examples are built (before compute); plain text sources have no prompts (also a `DataError`).
+when the examples are built (before compute), unless `data.long_prompts: skip` leaves such documents out of these
+batches (evaluation still scores every document); plain text sources have no prompts (also a `DataError`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ PROMPT_FIELDS = ("prompt", "prompt_mask", "completion", "completion_mask")
 class PromptCompletionExamples(Sequence[dict[str, np.ndarray]]):
     """`examples[i]` -> the prompt-layout fields of document i (each without the batch axis)."""
 
-    def __init__(self, split: TokenizedSplit, prompt_len: int, completion_len: int):
+    def __init__(self, split: TokenizedSplit, prompt_len: int, completion_len: int, *, skip_long: bool = False):
         if split.kind == "text":
             raise DataError(
                 f"{split.directory}: a recipe with prompt/completion batches needs prompt/completion or chat data, "
                 "but this source is plain text"
             )
         too_long = np.flatnonzero(split.prompt_lengths > prompt_len)
-        if len(too_long):
+        self.indices = np.flatnonzero(split.prompt_lengths <= prompt_len) if skip_long else np.arange(len(split))
+        if skip_long and not len(self.indices):
+            raise DataError(f"{split.directory} ({split.split}): no prompt fits data.max_prompt_len={prompt_len}")
+        if len(too_long) and not skip_long:
             first = int(too_long[0])
             raise DataError(
                 f"{split.directory} ({split.split}) document {first}: prompt of {int(split.prompt_lengths[first])} "
@@ -46,10 +50,10 @@ class PromptCompletionExamples(Sequence[dict[str, np.ndarray]]):
         self.completion_len = completion_len
 
     def __len__(self) -> int:
-        return len(self.split)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:  # type: ignore[override]  # no slicing
-        ids, _, prompt_tokens = self.split.document(index)
+        ids, _, prompt_tokens = self.split.document(int(self.indices[index]))
         return prompt_row(
             ids, prompt_tokens, self.prompt_len, self.completion_len, self.split.eos_id, self.split.pad_id
         )

@@ -43,7 +43,9 @@ def prompt_examples(data_config, split: str = "train"):
     from jdistill.data.prompts import PromptCompletionExamples
 
     tokenized = data.lm.open_split(data.lm.config_dir(data_config), split)
-    return PromptCompletionExamples(tokenized, data_config.prompt_len, data_config.seq_len - data_config.prompt_len)
+    completion_len = data_config.seq_len - data_config.prompt_len
+    skip_long = data_config.long_prompts == "skip"
+    return PromptCompletionExamples(tokenized, data_config.prompt_len, completion_len, skip_long=skip_long)
 
 
 def train_dataset(data_config, model_config, train_config, seed: int, layout: str = "packed") -> grain.MapDataset:
@@ -66,7 +68,7 @@ def train_examples(data_config, kind: str, layout: str = "packed") -> int:
     """Training examples per epoch: images, `seq_len`-token LM windows, or prompt/completion pairs."""
     if kind == "lm":
         if layout == "prompt_completion":
-            return len(data.lm.open_split(data.lm.config_dir(data_config), "train"))
+            return len(prompt_examples(data_config))
         return max(len(data.lm_windows(data_config, "train")), 1)
     return len(_source(data_config, "train"))
 
