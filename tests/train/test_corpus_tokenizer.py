@@ -56,5 +56,6 @@ def test_a_config_is_resolved_once_into_a_plain_directory(corpus):
     config = load_config("llm_kd", [f"data.name={source}", f"data.dir={data_dir}", "data.tokenizer=bpe:300"])
     resolved = corpus_tokenizer.with_corpus_tokenizer(config)
     assert resolved.data.tokenizer == corpus_tokenizer.resolve_tokenizer("bpe:300", source, data_dir)
-    assert resolved == dataclasses.replace(config, data=dataclasses.replace(config.data, tokenizer=resolved.data.tokenizer))
+    data = dataclasses.replace(config.data, tokenizer=resolved.data.tokenizer)
+    assert resolved == dataclasses.replace(config, data=data)
     assert corpus_tokenizer.with_corpus_tokenizer(resolved) is resolved

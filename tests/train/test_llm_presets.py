@@ -55,7 +55,8 @@ def test_llm_kd_prunes_the_teacher_and_reports_every_stage(tmp_path, data_dir, m
     direct = score(params)
     for key in LM_KEYS:
         assert summary["student_pruned"][key] == direct[key], key
-    assert summary["student_pruned"]["params"] == summary["student_kd"]["params"] == summary["student_scratch"]["params"]
+    params = {summary[stage]["params"] for stage in ("student_scratch", "student_pruned", "student_kd")}
+    assert len(params) == 1
     assert summary["student_pruned"]["params"] < summary["teacher"]["params"]
     # the pruned init is far better than a random one before any step
     assert summary["student_pruned"]["nll"] < summary["student_scratch"]["nll"]
