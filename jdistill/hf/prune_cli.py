@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ def calibration_batches(
 ) -> tuple[dict, ...]:
     """The first `count` batches of the training split through the LM evaluation pipeline (padding masked)."""
     fields = {field.name for field in dataclasses.fields(DataConfig)}
-    extra = {"tokenizer": tokenizer} if "tokenizer" in fields else {}
+    extra: dict[str, Any] = {"tokenizer": tokenizer} if "tokenizer" in fields else {}
     if tokenizer != "bytes" and not extra:
         raise ConfigError(f"--tokenizer {tokenizer}: this data pipeline reads bytes only")
     for flag, value in (("--calibration-batches", count), ("--seq-len", seq_len), ("--batch-size", batch_size)):
