@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `tokenize` command to the `jdistill` parser."""
     tokenize = subparsers.add_parser("tokenize", help="tokenise a text source into array_record shards (docs/data.md)")
     tokenize.add_argument("--data", required=True, help="pystdlib_text, pystdlib_functions, tfds:NAME or files:GLOB")
-    tokenize.add_argument("--tokenizer", default="bytes", help='"bytes", "hf:DIR" or DIR (default: bytes)')
+    tokenize.add_argument(
+        "--tokenizer", default="bytes", help='"bytes", "hf:DIR", DIR or "bpe:VOCAB" (trained on --data; default: bytes)'
+    )
     tokenize.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
     tokenize.add_argument("--splits", default="train,test", help="comma-separated splits (default: train,test)")
     tokenize.add_argument("--shard-size", type=int, default=4096, help="documents per shard (default: 4096)")
@@ -29,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_tokenize(args) -> int:
+    from jdistill.data.corpus_tokenizer import resolve_tokenizer
     from jdistill.data.tokenized import tokenize_source
 
     out = Path(args.out)
@@ -39,7 +42,7 @@ def cmd_tokenize(args) -> int:
         raise DataError(f"--splits {args.splits!r}: expected comma-separated split names, e.g. train,test")
     metadata = tokenize_source(
         args.data,
-        args.tokenizer,
+        resolve_tokenizer(args.tokenizer, args.data, args.data_dir, args.text_key),  # bpe:VOCAB: trained on --data
         out,
         splits=splits,
         shard_size=args.shard_size,

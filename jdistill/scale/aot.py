@@ -162,10 +162,11 @@ def compile_report(config, topology: Topology) -> dict:
 
 def main(argv: list[str]) -> int:
     from jdistill.configs import load_config
+    from jdistill.train.prune_stage import resolve_prune
 
     jobs = json.loads(argv[0])
     for job in jobs:
-        config = load_config(job["config"], job.get("overrides", []))
+        config = resolve_prune(load_config(job["config"], job.get("overrides", [])))  # the pruned student's shape
         topology = parse_topology(job["topology"], job.get("num_slices", 1))
         try:
             report = compile_report(config, topology)

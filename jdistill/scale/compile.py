@@ -232,9 +232,11 @@ def _depth_note(config, base) -> str:
 def compile_config(path: str, overrides=(), topology_name: str | None = None) -> dict:
     """Compile one config (path or preset) and return its summary (see `summarize`)."""
     from jdistill.configs import load_config
+    from jdistill.data.corpus_tokenizer import with_corpus_tokenizer
     from jdistill.train.job import checked_recipe
+    from jdistill.train.prune_stage import resolve_prune
 
-    config = load_config(path, list(overrides))
+    config = resolve_prune(with_corpus_tokenizer(load_config(path, list(overrides))))
     checked_recipe(config)  # the recipe's option and compatibility errors, before minutes of compiling
     topology = resolve_topology(config, topology_name)
     check_mesh(config, topology)
@@ -316,9 +318,11 @@ def extrapolate(shallow: dict, deeper: dict, layers: int, teacher_layers: int, s
 def compile_extrapolated(path: str, overrides=(), topology_name: str | None = None) -> dict:
     """Compile at 1 and 2 layers (width and sharding kept) and extrapolate to the config's depth."""
     from jdistill.configs import load_config
+    from jdistill.data.corpus_tokenizer import with_corpus_tokenizer
     from jdistill.train.job import checked_recipe
+    from jdistill.train.prune_stage import resolve_prune
 
-    config = load_config(path, list(overrides))
+    config = resolve_prune(with_corpus_tokenizer(load_config(path, list(overrides))))
     checked_recipe(config)  # the recipe's option and compatibility errors, before minutes of compiling
     topology = resolve_topology(config, topology_name)
     check_mesh(config, topology)

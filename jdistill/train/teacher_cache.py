@@ -237,12 +237,13 @@ def _teacher(config, run_dir: Path, progress: bool):
 def cmd_cache_teacher(args) -> int:
     """`jdistill cache-teacher`: the teacher over the whole split once; prints the cache's bytes per token."""
     from jdistill.configs import load_config
+    from jdistill.data.corpus_tokenizer import with_corpus_tokenizer
     from jdistill.train.rundir import default_run_dir
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
     if args.config is None and not (run_dir / "config.yaml").is_file():
         raise ConfigError("cache-teacher needs --config NAME|PATH, or --run-dir of a run with a config.yaml")
-    config = load_config(args.config or str(run_dir / "config.yaml"), args.overrides)
+    config = with_corpus_tokenizer(load_config(args.config or str(run_dir / "config.yaml"), args.overrides))
     if config.teacher.model.kind != "lm":
         raise ConfigError("cache-teacher: the teacher must be a language model (teacher.model.kind: lm)")
     settings = settings_for(config, args.top_k)
