@@ -164,3 +164,13 @@ def test_a_checkpoint_tokenizer_is_read_with_jdistill_text(tmp_path):
     facts = vocab_policy.checkpoint_tokenizer(f"hf:{tmp_path / 'teacher'}")
     assert facts is not None and facts.fingerprint != "bytes-v1"
     assert jax.numpy.ndim(facts.vocab_size) == 0
+
+
+def test_jdistill_train_refuses_a_too_small_embedding_in_one_line(tmp_path, capsys):
+    from jdistill import cli
+
+    overrides = ["teacher.model.vocab_size=300", "student.model.vocab_size=200"]
+    assert cli.main(["train", "--config", "lm_kd", "--run-dir", str(tmp_path / "run"), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its vocabulary (256 ids) exceeds student.model.vocab_size (200" in err
+    assert not (tmp_path / "run").exists()
