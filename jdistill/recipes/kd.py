@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
 
@@ -57,8 +57,8 @@ class KnowledgeDistillation(RecipeBase):
         labels, mask = targets_and_mask(batch)
         if self.vocab_chunk and labels.ndim == 2:
             return self._chunked_loss(student, teacher, recipe_state, batch, labels, mask)
-        student_logits = student(batch["inputs"]).logits
-        teacher_logits = teacher(batch["inputs"]).logits
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
         (total, count), metrics = self.loss_from_logits(student_logits, teacher_logits, labels, mask)
         return (total, count), metrics, ()
 
@@ -83,7 +83,10 @@ class KnowledgeDistillation(RecipeBase):
         return losses.real_vocab_logits(student_logits, teacher_logits, self.real_vocab)
 
     def _chunked_loss(self, student, teacher, recipe_state, batch, labels, mask):
-        s_out, t_out = student(batch["inputs"], logits=False), teacher(batch["inputs"], logits=False)
+        s_out, t_out = (
+            student(batch["inputs"], logits=False, **lm_kwargs(batch)),
+            teacher(batch["inputs"], logits=False, **lm_kwargs(batch)),
+        )
         s_head, s_bias = student.head_weights()
         t_head, t_bias = teacher.head_weights()
         if self.label_weight and self.real_vocab is not None and self.real_vocab[0] < s_head.shape[-1]:

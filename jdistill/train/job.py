@@ -28,6 +28,7 @@ from jdistill.hf.vocab_policy import with_real_vocab
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
+from jdistill.train import inputs
 from jdistill.train.distributed import barrier
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
@@ -74,6 +75,7 @@ def run_job(
     started = time.perf_counter()
     config = resolve_init_from(config)  # stages with init_from take their checkpoint's architecture
     recipe = checked_recipe(config)
+    inputs.check_data(config, recipe)  # data errors (and tokenising raw text, once) before the run dir is written
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
     barrier("run_dir_checked")
