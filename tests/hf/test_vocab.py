@@ -3,7 +3,6 @@ chunked KD paths agree, mismatched shapes raise, and tokenizer / vocabulary mism
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,6 +14,7 @@ from jdistill.hf import vocab_policy
 from jdistill.hf.tokenizer_facts import TokenizerFacts
 from jdistill.recipes import KnowledgeDistillation
 from jdistill.recipes.registry import build_recipe
+from jdistill.text import train_tokenizer
 from tests.hf.tiny import tiny_config, tiny_model, token_batch
 
 
@@ -150,20 +150,24 @@ def test_a_student_checkpoint_must_use_the_data_tokenizer_even_under_uld(monkeyp
         vocab_policy.check_vocabularies(config, build_recipe(config.distill))
 
 
-def test_a_checkpoint_tokenizer_is_read_with_jdistill_text(tmp_path):
-    pytest.importorskip("jdistill.text")
-    tokenizers = pytest.importorskip("tokenizers")
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()
+def test_checkpoint_tokenizers_are_compared_by_fingerprint(tmp_path):
+    texts = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "import os\nprint(os.sep)\n"] * 10
+    tokenizer = train_tokenizer(texts, 300, tmp_path / "teacher")
+    teacher = f"teacher.init_from=hf:{tmp_path / 'teacher'}"
+    config = lm_config("teacher.model.vocab_size=320", teacher)
+    with pytest.raises(ConfigError) as info:
+        vocab_policy.check_vocabularies(config, build_recipe(config.distill))
+    message = str(info.value)
+    assert (
+        f"its tokenizer ({tokenizer.vocab_size} ids, {tokenizer.fingerprint[:12]}) is not data.tokenizer bytes"
+        in message
     )
-    tokenizer.train_from_iterator(["def f(x):\n    return x + 1\n"] * 20, trainer)
-    (tmp_path / "teacher").mkdir()
-    tokenizer.save(str(tmp_path / "teacher" / "tokenizer.json"))
-    facts = vocab_policy.checkpoint_tokenizer(f"hf:{tmp_path / 'teacher'}")
-    assert facts is not None and facts.fingerprint != "bytes-v1"
-    assert jax.numpy.ndim(facts.vocab_size) == 0
+    config = lm_config("teacher.model.vocab_size=320", teacher, "distill.objective=uld")
+    assert vocab_policy.check_vocabularies(config, build_recipe(config.distill)) == (256, tokenizer.vocab_size)
+    same = [f"data.tokenizer=hf:{tmp_path / 'teacher'}", "teacher.model.vocab_size=320", "student.model.vocab_size=304"]
+    config = lm_config(teacher, *same)
+    real = (tokenizer.vocab_size, tokenizer.vocab_size)
+    assert vocab_policy.with_real_vocab(build_recipe(config.distill), config).real_vocab == real
 
 
 def test_jdistill_train_refuses_a_too_small_embedding_in_one_line(tmp_path, capsys):
