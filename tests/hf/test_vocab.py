@@ -54,12 +54,13 @@ def test_without_a_known_vocabulary_the_smaller_one_is_shared():
     np.testing.assert_allclose(float(total), numpy_forward_kl(student, teacher, 260, 1.0).sum(), rtol=1e-5)
 
 
-def test_chunked_kd_cuts_the_heads_like_the_dense_path():
+@pytest.mark.parametrize("label_weight", [0.0, 0.5])
+def test_chunked_kd_cuts_the_heads_like_the_dense_path(label_weight):
     student = tiny_model(tiny_config("llama", num_layers=1, vocab_size=264), seed=1)
     teacher = tiny_model(tiny_config("qwen3", num_layers=2, vocab_size=272), seed=2)
     tokens = token_batch(256, (2, 7))
     batch = {"inputs": tokens, "targets": np.roll(tokens, -1, 1), "mask": np.ones((2, 7), bool)}
-    dense = KnowledgeDistillation(temperature=2.0, real_vocab=(256, 256))
+    dense = KnowledgeDistillation(temperature=2.0, label_weight=label_weight, real_vocab=(256, 256))
     chunked = dataclasses.replace(dense, vocab_chunk=4)
     (d_total, d_count), (c_total, c_count) = (
         nnx.jit(lambda s, t, recipe=recipe: recipe.loss(s, t, (), batch, None)[0])(student, teacher)
@@ -68,9 +69,13 @@ def test_chunked_kd_cuts_the_heads_like_the_dense_path():
     np.testing.assert_allclose(float(c_total), float(d_total), rtol=1e-5)
     assert float(c_count) == float(d_count) == 14
     s_logits, t_logits = np.asarray(student(tokens).logits), np.asarray(teacher(tokens).logits)
-    np.testing.assert_allclose(float(d_total), numpy_forward_kl(s_logits, t_logits, 256, 2.0).sum() * 4, rtol=1e-5)
-    with pytest.raises(ConfigError, match="vocab_chunk with label_weight > 0"):
-        dataclasses.replace(chunked, label_weight=0.5).loss(student, teacher, (), batch, None)
+    expected = numpy_forward_kl(s_logits, t_logits, 256, 2.0).sum() * 4
+    if label_weight:  # the student's CE over all its rows, padding included
+        expected += (
+            label_weight
+            * -np.take_along_axis(log_softmax(s_logits.astype(np.float64)), batch["targets"][..., None], -1).sum()
+        )
+    np.testing.assert_allclose(float(d_total), expected, rtol=1e-5)
 
 
 def test_mismatched_logit_shapes_raise_instead_of_broadcasting():
