@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_step.add_argument("--json", help="also write the figures to this JSON file")
     bench_step.set_defaults(func=_lazy("jdistill.bench.train_step", "run_train_step"))
     importlib.import_module("jdistill.text.cli").register(sub)
+    importlib.import_module("jdistill.data.cli").register(sub)
+    importlib.import_module("jdistill.bench.data").register(bench_sub)
     return parser
 
 

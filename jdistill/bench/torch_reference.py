@@ -101,7 +101,7 @@ class TorchLM(nn.Module):
 
     def forward(self, tokens):
         seq = tokens.shape[1]
-        cos, sin = self.cos[:seq], self.sin[:seq]
+        cos, sin = self.get_buffer("cos")[:seq], self.get_buffer("sin")[:seq]
         h = self.embed(tokens)
         for block in self.blocks:
             h = block(h, cos, sin)
@@ -184,8 +184,8 @@ def load_jdistill_weights(torch_model: TorchLM, nnx_params) -> None:
         torch_model.embed.weight.copy_(array(p["embed"]["embedding"]))
         for i, block in enumerate(torch_model.blocks):
             src = p["blocks"][i]
-            block.attention_norm.weight.copy_(array(src["attention_norm"]["scale"]))
-            block.mlp_norm.weight.copy_(array(src["mlp_norm"]["scale"]))
+            block.get_parameter("attention_norm.weight").copy_(array(src["attention_norm"]["scale"]))
+            block.get_parameter("mlp_norm.weight").copy_(array(src["mlp_norm"]["scale"]))
             for name in ("query_and_gate", "key_value", "output"):
                 getattr(block.attention, name).weight.copy_(array(src["attention"][name]["kernel"]).T)
             for name in ("up", "down"):

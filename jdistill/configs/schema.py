@@ -18,18 +18,33 @@ def _positive(obj, *names) -> Problems:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """name: "digits", "pystdlib_text" (embedded, built on first use) or "tfds:NAME" (prepared in `dir`).
-    dir: tfds data directory (None: $JDISTILL_DATA_DIR, else ~/.cache/jdistill/tensorflow_datasets).
-    seq_len: tokens per LM training window. eval_batch_size / eval_max_batches bound evaluation."""
+    """name: "digits", "pystdlib_text", "pystdlib_functions" (embedded, built on first use), "tfds:NAME" (prepared in
+    `dir`), "files:GLOB" (local .txt / .jsonl / .parquet) or "tokenized:DIR" (written by `jdistill tokenize`).
+    dir: tfds data directory (None: $JDISTILL_DATA_DIR, else ~/.cache/jdistill/tensorflow_datasets); raw LM sources
+    are tokenised once into its `tokenized/` folder.
+    tokenizer: LM tokenizer, "bytes" or "hf:DIR" / DIR (`jdistill.text.load_tokenizer`).
+    text_key: the text field of `tfds:` and `files:` records (docs/data.md).
+    seq_len: tokens per LM training window. max_prompt_len: prompt width P of prompt/completion batches (recipes with
+    `batch_layout = "prompt_completion"`; null: seq_len // 2). eval_batch_size / eval_max_batches bound evaluation."""
 
     name: str = "digits"
     dir: str | None = None
+    tokenizer: str = "bytes"
+    text_key: str = "text"
     seq_len: int = 128
+    max_prompt_len: int | None = None
     eval_batch_size: int = 256
     eval_max_batches: int | None = None
 
+    @property
+    def prompt_len(self) -> int:
+        """P: the prompt width of prompt/completion batches."""
+        return self.max_prompt_len if self.max_prompt_len is not None else self.seq_len // 2
+
     def validate(self) -> Problems:
         problems = _positive(self, "seq_len", "eval_batch_size")
+        if self.max_prompt_len is not None and not 1 <= self.max_prompt_len < self.seq_len:
+            problems.append(("max_prompt_len", f"an integer in [1, seq_len={self.seq_len}) or null"))
         if self.eval_max_batches is not None and self.eval_max_batches < 1:
             problems.append(("eval_max_batches", "a positive integer or null"))
         return problems

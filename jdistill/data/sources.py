@@ -70,7 +70,7 @@ def _built_embedded_builder(name: str, directory: pathlib.Path) -> tfds.core.Dat
     builder = EMBEDDED[name](data_dir=str(directory), file_format="array_record")
     if builder.is_prepared():
         return builder  # Reading needs no lock, so a read-only copied data dir works.
-    with _exclusive_lock(directory, name):
+    with exclusive_lock(directory, name):
         builder = EMBEDDED[name](data_dir=str(directory), file_format="array_record")
         if not builder.is_prepared():  # Another process may have built it while we waited.
             print(f"jdistill: building embedded dataset {name} in {directory} (first use, offline)", file=sys.stderr)
@@ -87,7 +87,7 @@ def _built_embedded_builder(name: str, directory: pathlib.Path) -> tfds.core.Dat
 
 
 @contextlib.contextmanager
-def _exclusive_lock(directory: pathlib.Path, name: str) -> Iterator[None]:
+def exclusive_lock(directory: pathlib.Path, name: str) -> Iterator[None]:
     """Hold an exclusive `flock` on `<directory>/.<name>.lock` (creating the directory)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """An offline teacher cache: the teacher's top-k log-probabilities for every token of LM training windows.
 
 The cache is keyed by **window**: record r holds window `window_ids[r]` of the split's packed stream, i.e. the
-tokens `stream[w * seq_len : w * seq_len + seq_len + 1]` that `jdistill.data.lm.LMWindows` serves as window w. The
-LM training batches are a deterministic function of (seed, step) (a grain shuffle of the window indices), so the
-same pipeline run over the window *indices* (`window_index_dataset`) says which window each batch row is, and
-`attach_teacher_cache` adds that window's cached teacher to the row, checking the tokens match exactly.
+tokens `stream[w * seq_len : w * seq_len + seq_len + 1]` that `jdistill.data.packing.PackedWindows` serves as
+window w. The LM training batches are a deterministic function of (seed, step) (a grain shuffle of the window
+indices), so the same pipeline run over the window *indices* (`window_index_dataset`) says which window each batch
+row is, and `attach_teacher_cache` adds that window's cached teacher to the row, checking the tokens match exactly.
 
 A cache folder:
 
@@ -12,8 +12,8 @@ A cache folder:
     window_ids.npy                         int64 [num_records], increasing: the cached windows
     <split>.array_record-0000i-of-0000n    one record per cached window (array_record, `group_size:1`)
 
-A record is the concatenated bytes of `tokens` uint8 [seq_len + 1] (the window's stream slice), `ids` [seq_len, k]
-(uint8 / uint16 / int32, the smallest that holds the vocabulary; read back as int32) and `logprobs` [seq_len, k]
+A record is the concatenated bytes of `tokens` [seq_len + 1] (the window's stream slice) and `ids` [seq_len, k]
+(both uint8 / uint16 / int32, the smallest that holds the vocabulary; read back as int32) and `logprobs` [seq_len, k]
 (float16 or float32; the teacher's log_softmax(logits / T) at its k most likely tokens, in decreasing order).
 Position i of the window predicts target i (the token after input i). `metadata.json` records the vocabulary size,
 tokenizer ("bytes"), k, seq_len, split, dataset, temperature, dtypes, the teacher's model config, and the size on
@@ -51,7 +51,7 @@ def id_dtype(vocab_size: int) -> np.dtype:
 def record_layout(seq_len: int, top_k: int, vocab_size: int, logprob_dtype: str) -> list[tuple[str, np.dtype, tuple]]:
     """(name, dtype, shape) of a record's fields, in storage order."""
     return [
-        ("tokens", np.dtype(np.uint8), (seq_len + 1,)),
+        ("tokens", id_dtype(vocab_size), (seq_len + 1,)),
         ("ids", id_dtype(vocab_size), (seq_len, top_k)),
         ("logprobs", np.dtype(logprob_dtype), (seq_len, top_k)),
     ]
@@ -64,6 +64,7 @@ def _decode(raw: bytes, layout) -> dict[str, np.ndarray]:
         fields[name] = np.frombuffer(raw, dtype, count, offset).reshape(shape)
         offset += count * dtype.itemsize
     fields["ids"] = fields["ids"].astype(np.int32)
+    fields["tokens"] = fields["tokens"].astype(np.int32)
     return fields
 
 

@@ -101,6 +101,8 @@ class RecipeBase:
     teacher_policy = "none"  # the policy's name; `policy` is the TeacherPolicy
     # Born-again style recipes train this many student generations, each taught by the previous one.
     generations = 1
+    # LM training batches: "packed" windows, or "prompt_completion" (prompt / completion pairs, docs/data.md).
+    batch_layout = "packed"
 
     def bind(self, facts: RunFacts):
         """This recipe with every `FACT_FIELDS` field that is None set from the stage (schedules over the step

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase, require_kind
 
@@ -92,7 +92,7 @@ class CachedTopK(RecipeBase):
                 "jdistill.data.teacher_cache.attach_teacher_cache"
             )
         labels, mask = targets_and_mask(batch)
-        logits = student(batch["inputs"]).logits
+        logits = student(batch["inputs"], **lm_kwargs(batch)).logits
         reduce = dict(mask=mask, reduction="sum_count")
         distill, count = losses.topk_kd(
             logits,

@@ -24,6 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jdistill.eval.batch import lm_kwargs
 from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import dcs_disagreement, dcs_loss, dcs_update_weights
 from jdistill.recipes.base import RecipeBase, require_kind
@@ -64,8 +65,8 @@ class DynamicCorrectiveSelfDistillation(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         index, labels = batch["index"], batch["labels"]
-        student_logits = student(batch["inputs"]).logits
-        teacher_logits = teacher(batch["inputs"]).logits
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
         weights = recipe_state["weights"].at[index].get(mode="clip")
         loss = dcs_loss(
             student_logits,

@@ -28,7 +28,7 @@ from flax import nnx
 
 from jdistill import losses
 from jdistill.eval import attacks
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase, require_images
 
@@ -71,8 +71,8 @@ class DefensiveDistillation(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
-        student_logits = student(batch["inputs"]).logits
-        total, count = self.objective(student_logits, teacher(batch["inputs"]).logits, labels, mask)
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        total, count = self.objective(student_logits, teacher(batch["inputs"], **lm_kwargs(batch)).logits, labels, mask)
         metrics = {"soft_ce": total / jnp.maximum(count, 1.0), "accuracy": token_accuracy(student_logits, labels, mask)}
         return (total, count), metrics, ()
 

@@ -32,7 +32,7 @@ from flax import nnx
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.models import Transformer
 from jdistill.models.capture import capture
 from jdistill.nn.params import dense
@@ -86,13 +86,14 @@ class FeatureStudent(nnx.Module):
         return self.model.head_weights()
 
 
-def features(model, inputs, sides):
-    """(model output, [feature per side]): hidden states by layer number, module outputs by path."""
+def features(model, inputs, sides, **model_kwargs):
+    """(model output, [feature per side]): hidden states by layer number, module outputs by path. `model_kwargs`
+    reach the model call (an LM batch's `lm_kwargs`)."""
     paths = [side for side in sides if not _is_layer(side)]
     if paths:  # capture edits the modules it records; a module merged outside this trace level cannot be edited
         model = nnx.merge(*nnx.split(model))
     with capture(model, paths) as captured:
-        output = model(inputs, return_hidden_states=True)
+        output = model(inputs, return_hidden_states=True, **model_kwargs)
     hidden = output.hidden_states
     found = []
     for side in sides:
@@ -210,8 +211,8 @@ class FeatureDistillation(RecipeBase):
         labels, mask = targets_and_mask(batch)
         model = student.model if isinstance(student, FeatureStudent) else student
         projections = student.projections if isinstance(student, FeatureStudent) else [None] * len(self.pairs)
-        s_out, s_feats = features(model, batch["inputs"], [s for s, _ in self.pairs])
-        t_out, t_feats = features(teacher, batch["inputs"], [t for _, t in self.pairs])
+        s_out, s_feats = features(model, batch["inputs"], [s for s, _ in self.pairs], **lm_kwargs(batch))
+        t_out, t_feats = features(teacher, batch["inputs"], [t for _, t in self.pairs], **lm_kwargs(batch))
         (total, count), metrics = self.kd().loss_from_logits(s_out.logits, t_out.logits, labels, mask)
         hint = sum(self._hint(s, t, p, mask) for s, t, p in zip(s_feats, t_feats, projections, strict=True))
         attention = sum(

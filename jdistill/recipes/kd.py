@@ -18,7 +18,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill import losses
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
 
@@ -53,8 +53,8 @@ class KnowledgeDistillation(RecipeBase):
         labels, mask = targets_and_mask(batch)
         if self.vocab_chunk and labels.ndim == 2:
             return self._chunked_loss(student, teacher, recipe_state, batch, labels, mask)
-        student_logits = student(batch["inputs"]).logits
-        teacher_logits = teacher(batch["inputs"]).logits
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
         (total, count), metrics = self.loss_from_logits(student_logits, teacher_logits, labels, mask)
         return (total, count), metrics, ()
 
@@ -74,7 +74,10 @@ class KnowledgeDistillation(RecipeBase):
         return (total, count), metrics
 
     def _chunked_loss(self, student, teacher, recipe_state, batch, labels, mask):
-        s_out, t_out = student(batch["inputs"], logits=False), teacher(batch["inputs"], logits=False)
+        s_out, t_out = (
+            student(batch["inputs"], logits=False, **lm_kwargs(batch)),
+            teacher(batch["inputs"], logits=False, **lm_kwargs(batch)),
+        )
         s_head, s_bias = student.head_weights()
         t_head, t_bias = teacher.head_weights()
         total, count = losses.chunked_distillation_loss(

@@ -26,7 +26,7 @@ from flax import nnx
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
 
@@ -79,7 +79,7 @@ class MultiExitSelfDistillation(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, rng
         labels, mask = targets_and_mask(batch)
-        logits = self.exit_logits(student(batch["inputs"]))
+        logits = self.exit_logits(student(batch["inputs"], **lm_kwargs(batch)))
         common = dict(
             temperature=self.temperature,
             weights=self.weights(len(logits)),

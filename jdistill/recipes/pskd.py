@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jdistill import losses
+from jdistill.eval.batch import lm_kwargs
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase, require_kind
 
@@ -75,7 +76,7 @@ class ProgressiveSelfKD(RecipeBase):
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, rng
-        logits = student(batch["inputs"]).logits
+        logits = student(batch["inputs"], **lm_kwargs(batch)).logits
         targets, alpha = self.targets(recipe_state, batch)
         ce = losses.soft_cross_entropy(logits, targets)
         probs = jax.lax.stop_gradient(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))

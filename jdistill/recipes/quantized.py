@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill import losses
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import add_stats, prediction_stats, summarize, token_accuracy
 from jdistill.recipes.base import RecipeBase
 
@@ -68,8 +68,8 @@ class QuantizedDistillation(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
-        student_logits = student(batch["inputs"]).logits
-        teacher_logits = teacher(batch["inputs"]).logits
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
         total, count = losses.quantized_distillation_loss(
             student_logits,
             teacher_logits,
@@ -91,7 +91,7 @@ class QuantizedDistillation(RecipeBase):
         def stats(params, batch):
             quantized = nnx.merge(graphdef, self.quantize(params))
             labels, mask = targets_and_mask(batch)
-            return prediction_stats(quantized(batch["inputs"]).logits, labels, mask)
+            return prediction_stats(quantized(batch["inputs"], **lm_kwargs(batch)).logits, labels, mask)
 
         total = None
         for batch in eval_batches:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 from jdistill.errors import ConfigError
+from jdistill.eval.batch import lm_kwargs
 from jdistill.eval.probes import KNN_K, probe_metrics
 from jdistill.losses import random_teacher_interpolation, random_teacher_loss
 from jdistill.recipes.base import RecipeBase, require_kind
@@ -69,8 +70,8 @@ class RandomTeacher(RecipeBase):
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
-        student_logits = student(batch["inputs"]).logits
-        teacher_logits = teacher(batch["inputs"]).logits
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
         loss = random_teacher_loss(student_logits, teacher_logits, temperature=self.tau)
         agreement = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).mean()
         return loss, {"random_teacher_kl": loss, "teacher_agreement": agreement}, ()

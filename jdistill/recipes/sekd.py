@@ -21,7 +21,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill import losses
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
 
@@ -48,8 +48,8 @@ class SelfEvolutionKD(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
-        student_logits = student(batch["inputs"]).logits
-        teacher_logits = teacher(batch["inputs"]).logits
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
         reduce = dict(mask=mask, reduction="sum_count")
         distill, count = losses.self_evolution_kd(
             student_logits,

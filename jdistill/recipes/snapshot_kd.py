@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill import losses
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
 
@@ -67,10 +67,10 @@ class SnapshotKD(RecipeBase):
         snapshots = jax.lax.cond(take, write, lambda stack: stack, recipe_state["snapshots"])
         return {"snapshots": snapshots, "taken": recipe_state["taken"] + take.astype(jnp.int32)}
 
-    def teacher_log_probs(self, teacher, inputs):
+    def teacher_log_probs(self, teacher, inputs, **model_kwargs):
         """Log-probabilities at temperature T of the snapshot ensemble (`teacher` holds stacked parameters)."""
         graphdef, stacked = nnx.split(teacher)
-        logits = jax.vmap(lambda params: nnx.merge(graphdef, params)(inputs).logits)(stacked)
+        logits = jax.vmap(lambda params: nnx.merge(graphdef, params)(inputs, **model_kwargs).logits)(stacked)
         return losses.ensemble_teacher_log_probs(
             logits, temperature=self.temperature, method=self.method, vote_smoothing=self.vote_smoothing
         )
@@ -78,8 +78,8 @@ class SnapshotKD(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
-        student_logits = student(batch["inputs"]).logits
-        teacher_log_probs = self.teacher_log_probs(teacher, batch["inputs"])
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_log_probs = self.teacher_log_probs(teacher, batch["inputs"], **lm_kwargs(batch))
         reduce = dict(mask=mask, reduction="sum_count")
         # The ensemble is already at temperature T (normalised log-probs); only the student is divided here.
         distill, count = losses.forward_kl(

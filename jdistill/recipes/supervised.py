@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.losses import cross_entropy
 from jdistill.recipes.base import RecipeBase
@@ -23,7 +23,7 @@ class Supervised(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, rng
         labels, mask = targets_and_mask(batch)
-        logits = student(batch["inputs"]).logits
+        logits = student(batch["inputs"], **lm_kwargs(batch)).logits
         total, count = cross_entropy(
             logits, labels, mask=mask, label_smoothing=self.label_smoothing, reduction="sum_count"
         )

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jdistill import losses
 from jdistill.errors import ConfigError
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
 from jdistill.recipes.born_again import require_same_architecture, require_same_architecture_config
@@ -88,8 +88,8 @@ class TeacherGuidance(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
-        student_logits = student(batch["inputs"]).logits
-        teacher_output = teacher(batch["inputs"])
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_output = teacher(batch["inputs"], **lm_kwargs(batch))
         alpha = self.current_alpha(recipe_state, teacher_output, labels)
         total, count = losses.xi_self_distillation(
             student_logits,

@@ -19,7 +19,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill import losses
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
 from jdistill.recipes.born_again import require_same_architecture, require_same_architecture_config
@@ -46,8 +46,8 @@ class XiSelfDistillation(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
-        student_logits = student(batch["inputs"]).logits
-        teacher_logits = teacher(batch["inputs"]).logits
+        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
         total, count = losses.xi_self_distillation(
             student_logits,
             teacher_logits,

@@ -28,11 +28,17 @@ SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 NAMED_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
-def fingerprint_of(backend: tokenizers.Tokenizer) -> str:
-    """sha256 hex of the tokenizer's JSON with sorted keys and no whitespace: equal for equal id mappings, and
-    unchanged by a save and load."""
-    canonical = json.dumps(json.loads(backend.to_str()), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def canonical_sha256(json_text: str) -> str:
+    """sha256 hex of a JSON document re-serialised with sorted keys, no whitespace and UTF-8 text: the same for
+    any layout or key order of the same content."""
+    canonical = json.dumps(json.loads(json_text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def fingerprint_of(backend: tokenizers.Tokenizer) -> str:
+    """`canonical_sha256` of the tokenizer's JSON as the library writes it: equal for equal id mappings, and
+    unchanged by a save and load."""
+    return canonical_sha256(backend.to_str())
 
 
 def write_text_atomic(path: Path, text: str) -> None:

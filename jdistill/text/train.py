@@ -82,9 +82,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         tokenizer.save(staging)
-        if out.exists():
-            out.rmdir()  # empty (checked above); a race that filled it fails here instead of mixing files
-        os.rename(staging, out)
+        try:
+            os.rename(staging, out)  # replaces an empty directory; never one that holds files
+        except OSError as error:
+            raise TokenizerError(f"tokenizer output {out} was filled while training ({error.strerror})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

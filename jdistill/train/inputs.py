@@ -1,4 +1,5 @@
-"""Which pipeline feeds a stage: classification batches for classifiers, packed byte windows for LMs."""
+"""Which pipeline feeds a stage: classification batches for classifiers, packed token windows (or prompt/completion
+pairs, for recipes with `batch_layout = "prompt_completion"`) for LMs (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,65 @@ import jax
 
 from jdistill import data
 from jdistill.data.transforms import AUGMENTATIONS
+from jdistill.errors import DataError
 
 
 def _source(data_config, split: str):
     return data.load_source(data_config.name, split, data_config.dir)
 
 
-def train_dataset(data_config, model_config, train_config, seed: int) -> grain.MapDataset:
+def check_lm_vocab(data_config, model_config) -> None:
+    """A `DataError` when the tokenised data holds ids the model cannot embed (tokenizer vocab > vocab_size)."""
+    split = data.lm.open_split(data.lm.config_dir(data_config), "train")
+    tokenizer = split.metadata["tokenizer"]
+    if tokenizer["vocab_size"] > model_config.vocab_size:
+        raise DataError(
+            f"data.tokenizer {tokenizer['spec']!r} has {tokenizer['vocab_size']} ids but model.vocab_size is "
+            f"{model_config.vocab_size}; set model.vocab_size >= {tokenizer['vocab_size']}"
+        )
+
+
+def check_data(config, recipe) -> None:
+    """The data errors a job can hit, before any stage trains: LM data is tokenised (once, into the cache) and
+    checked against both models' vocabularies and, for prompt/completion recipes, the prompt width."""
+    if config.student.model.kind != "lm":
+        return
+    for stage in (config.teacher, config.student):
+        check_lm_vocab(config.data, stage.model)
+    if recipe.batch_layout == "prompt_completion":
+        prompt_examples(config.data)
+
+
+def prompt_examples(data_config, split: str = "train"):
+    from jdistill.data.prompts import PromptCompletionExamples
+
+    tokenized = data.lm.open_split(data.lm.config_dir(data_config), split)
+    return PromptCompletionExamples(tokenized, data_config.prompt_len, data_config.seq_len - data_config.prompt_len)
+
+
+def train_dataset(data_config, model_config, train_config, seed: int, layout: str = "packed") -> grain.MapDataset:
     """Random-access batches: element `step` is this host's share of the global batch for step `step`."""
-    source = _source(data_config, "train")
     per_host = train_config.batch_size // jax.process_count()
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if model_config.kind == "lm":
-        return data.lm_train_dataset(source, seq_len=data_config.seq_len, seed=seed, batch_size=per_host, **shard)
+        check_lm_vocab(data_config, model_config)
+        if layout == "prompt_completion":
+            from jdistill.data.prompts import prompt_train_dataset
+
+            return prompt_train_dataset(prompt_examples(data_config), seed=seed, batch_size=per_host, **shard)
+        return data.lm_train_dataset(data.lm_windows(data_config, "train"), seed=seed, batch_size=per_host, **shard)
+    source = _source(data_config, "train")
     transform = AUGMENTATIONS[train_config.augment]
     return data.classification_train_dataset(source, seed=seed, batch_size=per_host, transform=transform, **shard)
 
 
-def train_examples(data_config, kind: str) -> int:
-    """Training examples per epoch: images, or `seq_len`-token windows of the LM stream."""
-    source = _source(data_config, "train")
+def train_examples(data_config, kind: str, layout: str = "packed") -> int:
+    """Training examples per epoch: images, `seq_len`-token LM windows, or prompt/completion pairs."""
     if kind == "lm":
-        return max(len(data.packed_stream(source)) // data_config.seq_len, 1)
-    return len(source)
+        if layout == "prompt_completion":
+            return len(data.lm.open_split(data.lm.config_dir(data_config), "train"))
+        return max(len(data.lm_windows(data_config, "train")), 1)
+    return len(_source(data_config, "train"))
 
 
 def batches_from(dataset: grain.MapDataset, start: int, stop: int):
@@ -42,17 +79,16 @@ def batches_from(dataset: grain.MapDataset, start: int, stop: int):
 
 @functools.lru_cache(maxsize=8)
 def eval_batches(data_config, kind: str, split: str = "test") -> tuple[dict, ...]:
-    """The evaluation split as padded batches (cached: every evaluation of a job sees the same batches)."""
-    source = _source(data_config, split)
+    """The evaluation split as padded batches (cached: every evaluation of a job sees the same batches). LM
+    evaluation is always packed (prompt/completion sources: the loss mask on the completions)."""
     if kind == "lm":
         batches = data.lm_eval_batches(
-            source,
-            seq_len=data_config.seq_len,
+            data.lm_windows(data_config, split, include_partial_tail=True),
             batch_size=data_config.eval_batch_size,
             max_batches=data_config.eval_max_batches,
         )
     else:
-        batches = data.classification_eval_batches(source, batch_size=data_config.eval_batch_size)
+        batches = data.classification_eval_batches(_source(data_config, split), batch_size=data_config.eval_batch_size)
         if data_config.eval_max_batches is not None:
             batches = (b for i, b in enumerate(batches) if i < data_config.eval_max_batches)
     return tuple(batches)

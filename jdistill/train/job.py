@@ -24,6 +24,7 @@ from jdistill.eval import report
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
+from jdistill.train import inputs
 from jdistill.train.distributed import barrier
 from jdistill.train.evaluation import evaluate_loaded
 from jdistill.train.loop import StageResult, run_stage, stage_key
@@ -69,6 +70,7 @@ def run_job(
     """
     started = time.perf_counter()
     recipe = checked_recipe(config)
+    inputs.check_data(config, recipe)  # data errors (and tokenising raw text, once) before the run dir is written
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
     barrier("run_dir_checked")

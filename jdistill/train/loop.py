@@ -51,9 +51,10 @@ def steps_per_epoch(data_config, train_config, kind: str) -> float:
     return max(examples / train_config.batch_size, 1e-9)
 
 
-def training_data(data_config, stage_config, seed: int, dataset_fn=None):
-    """The stage's random-access training batches (`dataset_fn` may add fields, e.g. a teacher cache)."""
-    dataset = inputs.train_dataset(data_config, stage_config.model, stage_config.train, seed)
+def training_data(data_config, stage_config, seed: int, dataset_fn=None, layout: str = "packed"):
+    """The stage's random-access training batches (`dataset_fn` may add fields, e.g. a teacher cache) in the
+    recipe's `batch_layout`."""
+    dataset = inputs.train_dataset(data_config, stage_config.model, stage_config.train, seed, layout)
     return dataset if dataset_fn is None else dataset_fn(dataset)
 
 
@@ -127,7 +128,7 @@ def run_stage(
     """
     started = time.perf_counter()
     train_config = stage_config.train
-    dataset = training_data(data_config, stage_config, seed, dataset_fn)
+    dataset = training_data(data_config, stage_config, seed, dataset_fn, recipe.batch_layout)
     stage = build_stage(
         stage_config,
         recipe=recipe,

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from jdistill.eval.batch import targets_and_mask
+from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import prediction_stats
 from jdistill.partitioning import DEFAULT_RULES, axis_rules
 from jdistill.train.state import TrainState
@@ -173,6 +173,6 @@ def make_eval_step(graphdef, forward_params=None):
     def eval_step(params, batch):
         model = nnx.merge(graphdef, params if forward_params is None else forward_params(params))
         labels, mask = targets_and_mask(batch)
-        return prediction_stats(model(batch["inputs"]).logits, labels, mask)
+        return prediction_stats(model(batch["inputs"], **lm_kwargs(batch)).logits, labels, mask)
 
     return jax.jit(eval_step)

@@ -21,8 +21,10 @@ from flax import nnx
 
 from jdistill import data
 from jdistill.data import teacher_cache as cache_format
-from jdistill.data.lm import LMWindows
+from jdistill.data.packing import PackedWindows
+from jdistill.data.pipeline import padded_batch
 from jdistill.errors import ConfigError
+from jdistill.eval.batch import LM_KWARGS, lm_kwargs
 from jdistill.train.distributed import barrier
 
 DEFAULT_TOP_K = 32
@@ -54,14 +56,20 @@ def settings_for(config, top_k: int | None = None) -> CacheSettings:
     return base
 
 
-def train_windows(data_config, split: str = "train") -> LMWindows:
-    return LMWindows(
-        data.packed_stream(data.load_source(data_config.name, split, data_config.dir)), data_config.seq_len
-    )
+def train_windows(data_config, split: str = "train") -> PackedWindows:
+    return data.lm_windows(data_config, split)
 
 
 def write_cache(
-    graphdef, params, windows: LMWindows, window_ids, out_dir, settings: CacheSettings, *, split: str, metadata: dict
+    graphdef,
+    params,
+    windows: PackedWindows,
+    window_ids,
+    out_dir,
+    settings: CacheSettings,
+    *,
+    split: str,
+    metadata: dict,
 ) -> dict:
     """Run the teacher over `windows[window_ids]` in batches and write the cache; returns its metadata."""
     config = nnx.merge(graphdef, params).config
@@ -69,8 +77,8 @@ def write_cache(
         raise ConfigError("cache-teacher: the teacher must be a language model (teacher.model.kind: lm)")
 
     @jax.jit
-    def top_k(params, inputs):
-        logits = nnx.merge(graphdef, params)(inputs).logits
+    def top_k(params, batch):
+        logits = nnx.merge(graphdef, params)(batch["inputs"], **lm_kwargs(batch)).logits
         log_probs = jax.nn.log_softmax(logits.astype(np.float32) / settings.temperature, axis=-1)
         values, ids = jax.lax.top_k(log_probs, settings.top_k)
         return ids, values
@@ -80,9 +88,9 @@ def write_cache(
     def records():
         for start in range(0, len(window_ids), BATCH_WINDOWS):
             chunk = window_ids[start : start + BATCH_WINDOWS]
-            tokens = np.stack([windows.stream[w * seq_len : w * seq_len + seq_len + 1] for w in chunk])
-            padded = np.pad(tokens[:, :-1].astype(np.int32), ((0, BATCH_WINDOWS - len(chunk)), (0, 0)))
-            ids, values = jax.device_get(top_k(params, padded))
+            tokens = np.stack([windows.tokens(w) for w in chunk])
+            batch = padded_batch([windows[w] for w in chunk], BATCH_WINDOWS)
+            ids, values = jax.device_get(top_k(params, {key: batch[key] for key in ("inputs", *LM_KWARGS)}))
             yield from zip(tokens, ids[: len(chunk)], values[: len(chunk)], strict=True)
 
     return cache_format.write_teacher_cache(

@@ -98,11 +98,12 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_building_and_reading_never_imports_tensorflow(tmp_path):
     result = run_python(f"""
         import json, sys
-        from jdistill.data import (classification_train_dataset, load_source, lm_train_dataset)
+        from jdistill.configs.schema import DataConfig
+        from jdistill.data import (classification_train_dataset, load_source, lm_train_dataset, lm_windows)
         digits = load_source("digits", "train", {str(tmp_path)!r})
         classification_train_dataset(digits, seed=0, batch_size=8)[3]
-        text = load_source("pystdlib_text", "test", {str(tmp_path)!r})
-        lm_train_dataset(text, seq_len=16, seed=0, batch_size=4)[3]
+        text = lm_windows(DataConfig(name="pystdlib_text", dir={str(tmp_path)!r}, seq_len=16), "test")
+        lm_train_dataset(text, seed=0, batch_size=4)[3]
         load_source("tfds:digits", "test", {str(tmp_path)!r})[0]
         loaded = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
         print(json.dumps(loaded))

@@ -9,9 +9,11 @@ from flax import nnx
 
 from jdistill.cli import main
 from jdistill.configs import load_config
-from jdistill.data import lm_train_dataset, load_source, packed_stream
+from jdistill.configs.schema import DataConfig
+from jdistill.data import lm_train_dataset, lm_windows
 from jdistill.data import teacher_cache as tc
-from jdistill.data.lm import LMWindows
+from jdistill.data.packing import PackedWindows
+from jdistill.data.tokenized import TokenizedSplit, tokenize_source
 from jdistill.errors import ConfigError, DataError
 from jdistill.models import ModelConfig, Transformer
 from jdistill.recipes import KnowledgeDistillation
@@ -23,17 +25,24 @@ from jdistill.train.teacher_cache import CacheSettings, write_cache
 SEQ = 8
 
 
-def _source(num_docs=40, seed=0):
+def _windows(tmp_path, num_docs=40, seed=0) -> PackedWindows:
+    """Packed windows of `num_docs` random documents over the bytes 1..31 (tokenised with the bytes tokenizer)."""
     rng = np.random.default_rng(seed)
-    return [{"bytes": rng.integers(1, 32, rng.integers(5, 40)).astype(np.uint8)} for _ in range(num_docs)]
+    folder = tmp_path / f"raw{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(num_docs):
+        (folder / f"{index:03d}.txt").write_bytes(bytes(rng.integers(1, 32, rng.integers(5, 40)).tolist()))
+    out = tmp_path / f"tokenized{seed}"
+    tokenize_source(f"files:{folder}/*.txt", "bytes", out, splits=["train", "test"], progress=False)
+    return PackedWindows(TokenizedSplit(out, "train"), SEQ)
 
 
-def _synthetic_cache(out, windows: LMWindows, window_ids, k=3, dtype="float32"):
+def _synthetic_cache(out, windows: PackedWindows, window_ids, k=3, dtype="float32"):
     """ids[..., j] = (input token + j) % 256 and logprobs[..., 0] = -window: checkable against the batch rows."""
 
     def records():
         for w in window_ids:
-            tokens = windows.stream[w * SEQ : w * SEQ + SEQ + 1]
+            tokens = windows.tokens(w)
             ids = (tokens[:-1, None].astype(np.int32) + np.arange(k)) % 256
             logprobs = np.full((SEQ, k), -1.0 - w, np.float32)
             yield tokens, ids, logprobs
@@ -75,7 +84,7 @@ def test_cache_round_trip(tmp_path):
         assert len(metadata["files"]) == 3 and metadata["id_dtype"] == "uint16"
         assert cache.metadata["vocab_size"] == 300 and cache.metadata["tokenizer"] == "bytes"
         assert cache.metadata["temperature"] == 2.0 and cache.metadata["num_tokens"] == 5 * SEQ
-        payload = ((SEQ + 1) + SEQ * 4 * (2 + np.dtype(dtype).itemsize)) / SEQ  # tokens, uint16 ids, log-probs
+        payload = (2 * (SEQ + 1) + SEQ * 4 * (2 + np.dtype(dtype).itemsize)) / SEQ  # uint16 tokens and ids, log-probs
         assert metadata["payload_bytes_per_token"] == payload
         assert metadata["bytes_per_token"] > 0  # files this small are mostly array_record's fixed overhead
         rows = cache.rows([9, 0])
@@ -92,10 +101,9 @@ def test_cache_round_trip(tmp_path):
 
 
 def test_attached_batches_carry_the_teacher_of_their_own_windows(tmp_path):
-    source = _source()
-    windows = LMWindows(packed_stream(source), SEQ)
+    windows = _windows(tmp_path)
     _synthetic_cache(tmp_path / "all", windows, np.arange(len(windows)))
-    dataset = lm_train_dataset(source, seq_len=SEQ, seed=3, batch_size=4)
+    dataset = lm_train_dataset(windows, seed=3, batch_size=4)
     cache = tc.TeacherCache(tmp_path / "all")
     attached = tc.attach_teacher_cache(dataset, cache, num_windows=len(windows), seed=3, batch_size=4, top_k=2)
     steps = 3 * len(windows) // 4  # three epochs
@@ -115,7 +123,7 @@ def test_attached_batches_carry_the_teacher_of_their_own_windows(tmp_path):
     with pytest.raises(DataError, match="not in the teacher cache"):
         [partial[step] for step in range(6, steps)]
     # a cache of other windows (another stream) is caught by the token check
-    other = LMWindows(packed_stream(_source(seed=1)), SEQ)
+    other = _windows(tmp_path, seed=1)
     _synthetic_cache(tmp_path / "other", other, np.arange(len(other)))
     mismatched = tc.attach_teacher_cache(
         dataset, tc.TeacherCache(tmp_path / "other"), num_windows=len(windows), seed=3, batch_size=4
@@ -134,8 +142,7 @@ def _teacher_and_student():
 
 def _cached_batch(tmp_path, k, dtype="float32", temperature=2.0):
     (teacher_graphdef, teacher_params), _ = _teacher_and_student()
-    source = _source()
-    windows = LMWindows(packed_stream(source), SEQ)
+    windows = _windows(tmp_path)
     write_cache(
         teacher_graphdef,
         teacher_params,
@@ -146,7 +153,7 @@ def _cached_batch(tmp_path, k, dtype="float32", temperature=2.0):
         split="train",
         metadata={},
     )
-    dataset = lm_train_dataset(source, seq_len=SEQ, seed=0, batch_size=4)
+    dataset = lm_train_dataset(windows, seed=0, batch_size=4)
     return tc.attach_teacher_cache(
         dataset, tc.TeacherCache(tmp_path / f"k{k}"), num_windows=len(windows), seed=0, batch_size=4
     )[1]
@@ -159,7 +166,7 @@ def test_at_k_equal_to_the_vocabulary_the_loss_is_dense_kd(tmp_path):
     (total, count), _, _, grads = jax.jit(make_loss_and_grad(graphdef, CachedTopK(top_k=32, **common), None))(
         params, (), None, batch, jax.random.key(0)
     )
-    dense_batch = {key: batch[key] for key in ("inputs", "targets", "mask")}
+    dense_batch = {key: batch[key] for key in ("inputs", "targets", "mask", "segment_ids", "positions")}
     (d_total, d_count), _, _, d_grads = jax.jit(
         make_loss_and_grad(graphdef, KnowledgeDistillation(**common), teacher_graphdef)
     )(params, (), teacher_params, dense_batch, jax.random.key(0))
@@ -222,7 +229,7 @@ def test_cli_writes_the_cache_and_reports_bytes_per_token(tmp_path, data_dir, ca
     cache = tc.TeacherCache(run / "teacher_cache")
     meta = cache.metadata
     assert f"{meta['bytes_per_token']:.1f} bytes per token" in printed
-    test_windows = LMWindows(packed_stream(load_source("pystdlib_text", "test", data_dir)), 32)
+    test_windows = lm_windows(DataConfig(name="pystdlib_text", dir=str(data_dir), seq_len=32), "test")
     assert meta["num_windows"] == len(test_windows) and meta["split"] == "test" and meta["top_k"] == 4
     assert meta["teacher"]["model"]["d_model"] == 16 and meta["logprob_dtype"] == "float16"
     assert 0 < meta["bytes_per_token"] < 2 * meta["payload_bytes_per_token"]  # array_record may compress

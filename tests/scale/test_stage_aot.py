@@ -80,10 +80,7 @@ def test_abstract_batch_of_a_cached_teacher_equals_the_attached_batch(data_dir, 
     dataset = training_data(config.data, config.student, config.seed)
     windows = teacher_cache_windows(config)
     ids = teacher_cache.visited_windows(len(windows), 1, seed=config.seed, batch_size=8)
-    records = (
-        (windows.stream[w * 16 : w * 16 + 17], np.zeros((16, top_k), np.int32), np.zeros((16, top_k), np.float16))
-        for w in ids
-    )
+    records = ((windows.tokens(w), np.zeros((16, top_k), np.int32), np.zeros((16, top_k), np.float16)) for w in ids)
     teacher_cache.write_teacher_cache(
         tmp_path / "cache",
         records,

@@ -103,3 +103,22 @@ def test_added_tokens_declared_in_the_config(tok_dir):
     assert f"declares '<tool>' as id {size + 5}, but tokenizer.json gives it id {size}" in _error(
         load_tokenizer, str(tok_dir)
     )
+
+
+def test_training_into_an_output_filled_meanwhile_fails_cleanly(tmp_path):
+    out = tmp_path / "race"
+
+    def texts():
+        yield "abc abc abd"
+        out.mkdir()
+        (out / "tokenizer.json").write_text("{}")  # another process finished first
+
+    assert "was filled while training" in _error(train_tokenizer, texts(), 300, out)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["race"]
+    assert [path.name for path in out.iterdir()] == ["tokenizer.json"]
+
+
+def test_training_into_an_existing_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert train_tokenizer(["abc abc abd"], 300, tmp_path / "empty").vocab_size <= 300
+    assert sorted(path.name for path in (tmp_path / "empty").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]

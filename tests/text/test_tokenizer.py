@@ -1,5 +1,6 @@
 """The Tokenizer interface on both kinds: ids, EOS/pad, save/load, fingerprint and exact byte lengths."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def test_fingerprint_ignores_json_layout_but_not_the_mapping(trained, tmp_path):
     spec["model"]["vocab"][first + "x"] = spec["model"]["vocab"].pop(first)
     (directory / "tokenizer.json").write_text(json.dumps(spec))
     assert load_tokenizer(str(directory)).fingerprint != trained.fingerprint
+
+
+def test_canonical_hash_ignores_key_order_and_layout():
+    from jdistill.text.bpe import canonical_sha256
+
+    assert canonical_sha256('{"b": [1, {"y": 2, "x": "é"}], "a": null}') == canonical_sha256(
+        '{\n "a": null,\n "b": [1, {"x": "\\u00e9", "y": 2}]}'
+    )
+    assert canonical_sha256('{"a": [1, 2]}') != canonical_sha256('{"a": [2, 1]}')
+    # The definition: sorted keys, no whitespace, UTF-8 (not \u escapes).
+    assert canonical_sha256('{"b": "é", "a": 1}') == hashlib.sha256('{"a":1,"b":"é"}'.encode()).hexdigest()
 
 
 def test_training_is_deterministic(train_texts, tmp_path):
