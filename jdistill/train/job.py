@@ -30,6 +30,7 @@ from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
 from jdistill.train import inputs
 from jdistill.train.distributed import barrier
+from jdistill.train.evaluation import check_samples, evaluate_loaded
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.writers import write_json_atomic
@@ -76,6 +77,7 @@ def run_job(
     config = resolve_init_from(config)  # stages with init_from take their checkpoint's architecture
     recipe = checked_recipe(config)
     inputs.check_data(config, recipe)  # data errors (and tokenising raw text, once) before the run dir is written
+    check_samples(config)  # run.sample_prompts fit the models
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
     barrier("run_dir_checked")
@@ -105,6 +107,7 @@ def run_job(
             progress=show,
             tensorboard=config.run.tensorboard,
             mesh_config=config.mesh,
+            run_config=config.run,
         )
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
@@ -113,7 +116,7 @@ def run_job(
         if config.teacher.init_from:
             from jdistill.train.restore import load_pretrained
 
-            teacher = results["teacher"] = load_pretrained(config.teacher)
+            teacher = results["teacher"] = evaluate_loaded(load_pretrained(config.teacher), config, run_dir / "teacher")
         else:
             if stage("teacher", config.teacher, Supervised(), TEACHER_INIT):
                 return {}
