@@ -7,6 +7,8 @@
     jdistill cache-teacher --config NAME|PATH [--out DIR] [--top-k K] [--split train] [key.sub=value ...]
     jdistill compile --config NAME|PATH [--topology NAME] [--extrapolate] [key.sub=value ...]
     jdistill launch --config NAME|PATH [--dry-run] [key.sub=value ...]
+    jdistill prune --teacher hf:DIR --layers N --method every_other|first|block_influence --out DIR
+    jdistill export --run-dir RUN --stage NAME --out DIR
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
     jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from jdistill.bench import add_attention_arguments, run_attention
 from jdistill.errors import RunDirError, UserError
+from jdistill.hf.cli_args import add_export_arguments, add_prune_arguments
 
 
 def _select_platforms() -> None:
@@ -208,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     head_gates.add_argument("--batches", type=int, default=8, help="training batches the gates are fitted on")
     head_gates.add_argument("--out", help="heat-map PNG (default: RUN_DIR/head_gates_<stage>.png)")
     head_gates.set_defaults(func=cmd_analyze_head_gates)
+    add_prune_arguments(sub.add_parser("prune", help="depth-prune an HF checkpoint")).set_defaults(
+        func=_lazy("jdistill.hf.prune_cli", "cmd_prune")
+    )
+    add_export_arguments(sub.add_parser("export", help="a trained stage as an HF checkpoint")).set_defaults(
+        func=_lazy("jdistill.hf.export", "cmd_export")
+    )
     bench = sub.add_parser("bench", help="kernel benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_attention = bench_sub.add_parser("attention", help="time the gated-attention implementations here")

@@ -105,9 +105,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """One model and how it is trained. `init_from`: start from a pretrained model instead of training it
-    ("hf:DIR" a Hugging Face checkpoint folder, or a run's stage folder RUN_DIR/STAGE); a teacher with
-    `init_from` is not trained."""
+    """One model and how it is trained. `init_from`: a pretrained model ("hf:DIR" a Hugging Face checkpoint folder,
+    or a run's stage folder RUN_DIR/STAGE) whose architecture the stage takes (`jdistill.hf.init_from`): a teacher
+    with `init_from` is not trained; the student stages (baseline and recipe) start from its weights."""
 
     model: ModelConfig = ModelConfig()  # noqa: RUF009 (frozen, immutable)
     train: TrainConfig = TrainConfig()
@@ -126,6 +126,9 @@ class DistillConfig:
     scale_by_temperature_squared: multiply D by T^2 (Hinton) so gradient size does not shrink with T; null takes the
     divergence's default (T^2 for forward_kl only, none for the GKD-style reverse_kl, generalized_jsd, tvd).
     beta: generalized_jsd interpolation (0: forward KL, 1: reverse KL).
+    vocab (LMs; docs/checkpoints.md#vocabulary-policy): "shared" compares teacher and student over the real
+    vocabulary, the first V rows with V the data tokenizer's vocab size, so padded embedding rows carry no
+    probability and the two vocab sizes may differ; "full" compares every row (vocab sizes must be equal).
     """
 
     recipe: str = "kd"
@@ -135,6 +138,7 @@ class DistillConfig:
     label_weight: float | None = None
     beta: float | None = None
     scale_by_temperature_squared: bool | None = None
+    vocab: Literal["shared", "full"] = "shared"
     options: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> Problems:
@@ -228,6 +232,10 @@ class Config:
         if self.student.model.kind != kind:
             problems.append(("student.model.kind", f"the teacher's kind ({kind!r})"))
         out = "num_classes" if kind == "classifier" else "vocab_size"
-        if getattr(self.student.model, out) != getattr(self.teacher.model, out):
-            problems.append((f"student.model.{out}", f"equal to teacher.model.{out} (vocabularies must match)"))
+        padded = kind == "lm" and self.distill.vocab == "shared"  # rows past the tokenizer's vocabulary are padding
+        if getattr(self.student.model, out) != getattr(self.teacher.model, out) and not padded:
+            expected = f"equal to teacher.model.{out} (vocabularies must match"
+            problems.append(
+                (f"student.model.{out}", expected + (" under distill.vocab=full)" if kind == "lm" else ")"))
+            )
         return problems

@@ -1,6 +1,26 @@
-"""Hugging Face interop: local safetensors checkpoints of Llama and Qwen3 decoders in and out."""
+"""Hugging Face interop: local safetensors checkpoints of Llama and Qwen3 decoders in and out, depth pruning
+(`jdistill prune`) and export of trained stages (`jdistill export`). The names below are imported on first use, so
+the command line's argument parsing stays fast."""
 
-from jdistill.hf.checkpoint import from_pretrained, save_pretrained
-from jdistill.hf.config import SUPPORTED, HFImportError
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jdistill.hf.checkpoint import from_pretrained, save_pretrained
+    from jdistill.hf.config import SUPPORTED, HFImportError
+
+_EXPORTS = {
+    "from_pretrained": "jdistill.hf.checkpoint",
+    "save_pretrained": "jdistill.hf.checkpoint",
+    "SUPPORTED": "jdistill.hf.config",
+    "HFImportError": "jdistill.hf.config",
+}
 __all__ = ["SUPPORTED", "HFImportError", "from_pretrained", "save_pretrained"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jdistill.hf' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

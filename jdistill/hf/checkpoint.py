@@ -69,24 +69,38 @@ def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Tra
         _read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
     )
     model = Transformer(config, rngs=nnx.Rngs(0))
-    mappings = tensor_mappings(config)
+    load_weights(model, directory)
+    return model
+
+
+def load_weights(model: Transformer, path: str | os.PathLike) -> None:
+    """Overwrite `model`'s parameters with the checkpoint's (its config must describe the same architecture)."""
+    directory = Path(path)
+    mappings = tensor_mappings(model.config)
     tensors = read_tensors(directory, [m.hf_name for m in mappings])
     try:
         load_tensors(model, tensors, mappings)
     except ValueError as error:
         raise HFImportError(f"{directory}: {error}") from None
-    return model
 
 
-def save_pretrained(model: Transformer, path: str | os.PathLike) -> None:
+def save_pretrained(model: Transformer, path: str | os.PathLike, *, extra_config: dict | None = None) -> None:
     """Write `config.json` and `model.safetensors` that transformers (and `from_pretrained`) load back.
 
+    `extra_config`: more `config.json` keys (e.g. `eos_token_id`); those describing the model win over them.
     Files are written to temporary names and renamed, so an interrupted save never leaves a half checkpoint.
     """
+    bias = model.head.bias if hasattr(model, "head") else None
+    if bias is not None and np.any(np.asarray(bias[...]) != 0):
+        raise HFImportError(
+            "save_pretrained: the output head has a nonzero bias, which Llama / Qwen3 checkpoints cannot hold "
+            "(train with model.head_bias=false, as models read from Hugging Face checkpoints are)"
+        )
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = dump_tensors(model, tensor_mappings(model.config))
     save_file(tensors, str(directory / (SINGLE_FILE + ".tmp")), metadata={"format": "pt"})
-    (directory / "config.json.tmp").write_text(json.dumps(hf_config_from_model(model.config), indent=2) + "\n")
+    config = {**(extra_config or {}), **hf_config_from_model(model.config)}
+    (directory / "config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
     os.replace(directory / (SINGLE_FILE + ".tmp"), directory / SINGLE_FILE)
     os.replace(directory / "config.json.tmp", directory / "config.json")

@@ -99,6 +99,7 @@ def model_config_from_hf(hf: dict[str, Any], *, dtype: DType = "float32", source
         max_seq_len=hf.get("max_position_embeddings", 2048),
         rope_theta=_rope_theta(hf),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        head_bias=False,
         dtype=dtype,
         **fields,
     )
@@ -116,12 +117,16 @@ def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
         and config.activation == "silu"
         and not config.mlp_bias
         and config.gate_position == "sdpa_output"
+        and not config.residual_gates
+        and config.sliding_window is None
+        and "R" not in config.layer_pattern
         and (qwen3_next_complete if next_style else config.rotary_fraction == 1.0)
     )
     if not exportable:
         raise HFImportError(
             "save_pretrained: only Llama / Qwen3 / Qwen3-Next-style models (lm, glu + silu, no MLP "
-            "bias; Qwen3-Next: elementwise output gate, qk-norm and zero-centred norms) can be "
+            "bias, no residual gates, sliding window or ReGLA layers; Qwen3-Next: elementwise output gate, qk-norm "
+            "and zero-centred norms) can be "
             "written as Hugging Face checkpoints"
         )
     architecture = (

@@ -59,6 +59,7 @@ from jdistill.losses.ssl import (
     random_teacher_interpolation,
     random_teacher_loss,
 )
+from jdistill.losses.vocab import real_vocab_heads, real_vocab_logits
 
 __all__ = [
     "ADR_EMA_DECAY",
@@ -108,6 +109,8 @@ __all__ = [
     "quantized_distillation_loss",
     "random_teacher_interpolation",
     "random_teacher_loss",
+    "real_vocab_heads",
+    "real_vocab_logits",
     "reduce_tokens",
     "reverse_kl",
     "self_distillation_iterates",

@@ -36,11 +36,16 @@ def log_probs(logits: ArrayLike, temperature) -> Array:
 
 
 def pair_log_probs(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature) -> tuple[Array, Array]:
-    """Student and teacher log-probabilities at `temperature`, after checking the vocab sizes agree."""
-    student_vocab, teacher_vocab = jnp.shape(student_logits)[-1], jnp.shape(teacher_logits)[-1]
-    if student_vocab != teacher_vocab:
+    """Student and teacher log-probabilities at `temperature`, after checking the shapes agree (never broadcast)."""
+    student_shape, teacher_shape = jnp.shape(student_logits), jnp.shape(teacher_logits)
+    if student_shape[-1] != teacher_shape[-1]:
         raise ValueError(
-            f"student_logits and teacher_logits must share the vocab axis; got {student_vocab} and {teacher_vocab}"
+            f"student_logits and teacher_logits must share the vocab axis; got {student_shape[-1]} and "
+            f"{teacher_shape[-1]}"
+        )
+    if student_shape != teacher_shape:
+        raise ValueError(
+            f"student_logits and teacher_logits must have the same shape; got {student_shape} and {teacher_shape}"
         )
     return log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
 

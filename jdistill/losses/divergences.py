@@ -11,6 +11,8 @@ Language Models") measure the divergence between the softened distributions them
     reverse_kl        no T^2           GKD's beta = 1 end (KL(p_s || p_t)), mode-seeking
     generalized_jsd   no T^2           GKD's objective, JSD_beta with M = beta p_t + (1 - beta) p_s
     tvd               no T^2           bounded f-divergence for sequence KD (Wen et al. 2023)
+    uld               no T^2           Universal Logit Distillation (Boizard et al. 2024): L1 between the sorted
+                                       probabilities, for teachers whose vocabulary differs from the student's
 
 An explicit `scale_by_temperature_squared` (true or false) always overrides the entry's default.
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from jdistill.errors import ConfigError
 from jdistill.losses._common import Reduced
 from jdistill.losses.logits import forward_kl, generalized_jsd, reverse_kl, tvd
+from jdistill.losses.sparse import uld_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Divergence:
     jsd_beta: the generalized-JSD beta this divergence equals (forward KL 0, reverse KL 1), None when it is not a
       fixed member of that family: the sparse top-k loss (`topk_kd`) is written in that family.
     convention: why the default scaling is what it is (one line).
+    same_vocabulary: whether teacher and student logits must index the same vocabulary (False: `uld`, which
+      compares sorted probabilities and takes two vocabulary sizes).
     """
 
     name: str
@@ -43,6 +48,7 @@ class Divergence:
     takes_beta: bool
     jsd_beta: float | None
     convention: str
+    same_vocabulary: bool = True
 
     def __call__(
         self, student_logits, teacher_logits, *, temperature=1.0, beta=0.5, mask=None, reduction: str = "mean"
@@ -97,6 +103,15 @@ DIVERGENCES: dict[str, Divergence] = {
             takes_beta=False,
             jsd_beta=None,
             convention="GKD-style bounded distance (Wen et al. 2023): no T^2",
+        ),
+        Divergence(
+            "uld",
+            uld_loss,
+            scale_by_temperature_squared=False,
+            takes_beta=False,
+            jsd_beta=None,
+            convention="ULD (Boizard et al. 2024): sorted-probability L1, no T^2",
+            same_vocabulary=False,
         ),
     )
 }

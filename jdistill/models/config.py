@@ -32,6 +32,7 @@ class ModelConfig:
       classifier_input: "patches" (images `[batch, height, width, channels]`) or "tokens" (ids `[batch, seq]`,
         vocab_size and max_seq_len apply; learned positions) for the encoder classifier.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
+      head_bias: a bias in the output head (Llama / Qwen3 checkpoints have none: `jdistill.hf` sets false).
       layer_pattern: token mixer per block, cycled over the layers: "A" full (gated) attention, "D" Gated DeltaNet
         (docs/methods.md#gated-deltanet), "R" ReGLA (item 24); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
       linear_key_heads, linear_value_heads, linear_key_head_dim, linear_value_head_dim, linear_conv_kernel,
@@ -73,6 +74,7 @@ class ModelConfig:
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
+    head_bias: bool = True
     layer_pattern: str = "A"
     linear_key_heads: int = 2
     linear_value_heads: int = 4

@@ -129,7 +129,9 @@ class Transformer(nnx.Module):
         self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
         out_dim = config.num_classes if config.kind == "classifier" else config.vocab_size
         if not (config.kind == "lm" and config.tie_embeddings):
-            self.head = dense(config.d_model, out_dim, ("embed", "vocab"), dtype=dtype, rngs=rngs)
+            self.head = dense(
+                config.d_model, out_dim, ("embed", "vocab"), dtype=dtype, use_bias=config.head_bias, rngs=rngs
+            )
         if config.exit_layers:
             self.exits = ExitHeads(
                 config.d_model, out_dim, config.exit_layers, config.num_layers, dtype=dtype, rngs=rngs

@@ -8,7 +8,9 @@ the GKD-style objectives (reverse_kl, generalized_jsd, tvd); an explicit `scale_
 false overrides it (docs/conventions.md, Temperatures). Token-level for LMs: returned as (sum, count) over
 valid tokens, so gradient accumulation and data parallelism normalise by the global token count. With
 `vocab_chunk > 0` (LMs) the head is applied in chunks of that many tokens (`losses.chunked_distillation_loss`):
-neither `[batch, seq, vocab]` logit tensor is ever materialised.
+neither `[batch, seq, vocab]` logit tensor is ever materialised. `real_vocab` (set by the job from `distill.vocab`
+and the data tokenizer, docs/checkpoints.md#vocabulary-policy): D compares the distributions over the first
+(V_student, V_teacher) rows only, so padded embedding rows carry no probability (`losses.real_vocab_logits`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill import losses
+from jdistill.errors import ConfigError
 from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
@@ -34,6 +37,7 @@ class KnowledgeDistillation(RecipeBase):
     beta: float = 0.5
     scale_by_temperature_squared: bool | None = None  # None: the divergence's default (T^2 for forward_kl only)
     vocab_chunk: int = 0
+    real_vocab: tuple[int, int] | None = None  # (student, teacher) real rows; None: min of the two (uld: all)
     name: str = "kd"
     teacher_policy: str = "frozen"
 
@@ -61,9 +65,8 @@ class KnowledgeDistillation(RecipeBase):
     def loss_from_logits(self, student_logits, teacher_logits, labels, mask):
         """((sum, count) over valid positions, metrics): the divergence and CE are each computed once."""
         reduce = dict(mask=mask, reduction="sum_count")
-        distill, count = self.divergence()(
-            student_logits, teacher_logits, temperature=self.temperature, beta=self.beta, **reduce
-        )
+        s_real, t_real = self._real_vocab(student_logits, teacher_logits)
+        distill, count = self.divergence()(s_real, t_real, temperature=self.temperature, beta=self.beta, **reduce)
         distill = distill * self.temperature_scale
         ce, _ = losses.cross_entropy(student_logits, labels, **reduce)
         per = 1.0 / jnp.maximum(count, 1.0)
@@ -73,6 +76,12 @@ class KnowledgeDistillation(RecipeBase):
             total = total + self.label_weight * ce
         return (total, count), metrics
 
+    def _real_vocab(self, student_logits, teacher_logits):
+        """The logits D compares: cut to `real_vocab` (or the smaller vocabulary), uld's left whole when unset."""
+        if self.real_vocab is None and not self.divergence().same_vocabulary:
+            return student_logits, teacher_logits
+        return losses.real_vocab_logits(student_logits, teacher_logits, self.real_vocab)
+
     def _chunked_loss(self, student, teacher, recipe_state, batch, labels, mask):
         s_out, t_out = (
             student(batch["inputs"], logits=False, **lm_kwargs(batch)),
@@ -80,6 +89,12 @@ class KnowledgeDistillation(RecipeBase):
         )
         s_head, s_bias = student.head_weights()
         t_head, t_bias = teacher.head_weights()
+        if self.label_weight and self.real_vocab is not None and self.real_vocab[0] < s_head.shape[-1]:
+            raise ConfigError(
+                f"distill.options.vocab_chunk with label_weight > 0: the chunked path would cut the student's CE to "
+                f"its {self.real_vocab[0]} real rows of {s_head.shape[-1]}; set label_weight 0 or distill.vocab=full"
+            )
+        s_head, s_bias, t_head, t_bias = losses.real_vocab_heads(s_head, s_bias, t_head, t_bias, self.real_vocab)
         total, count = losses.chunked_distillation_loss(
             s_out.features,
             s_head,

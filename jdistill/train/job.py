@@ -3,7 +3,9 @@
   1. `teacher`           when the recipe's teacher is a separate model: trained on labels (policy `frozen`,
                          `cached_topk`), loaded from `teacher.init_from`, or kept at its random init
                          (`random_init`);
-  2. `student_scratch`   the student on labels only (when `run.baseline`), the comparison for the recipe;
+  2. `student_scratch`   the student from its initialisation on labels only (when `run.baseline`), the comparison
+                         for the recipe: from a random init, or from `student.init_from` (a checkpoint, e.g. a
+                         teacher pruned by `jdistill prune`) when set;
   3. `student_<recipe>`  the same student (same init, data order and budget) trained with the recipe; recipes
                          with `generations > 1` (born-again) train `student_<recipe>_gen<k>`, each taught by the
                          generation before it.
@@ -21,6 +23,8 @@ from flax import nnx
 
 from jdistill.configs import Config, to_dict
 from jdistill.eval import report
+from jdistill.hf.init_from import resolve_init_from
+from jdistill.hf.vocab_policy import with_real_vocab
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
@@ -35,10 +39,11 @@ TEACHER_INIT, STUDENT_INIT = 1, 2
 
 def checked_recipe(config: Config):
     """The job's recipe, after its `check` against the whole config: option and compatibility errors are one-line
-    `ConfigError`s here, before any stage trains (also run by `jdistill compile`)."""
+    `ConfigError`s here, before any stage trains (also run by `jdistill compile`). LM recipes that compare logits
+    get the real vocabulary sizes of `distill.vocab` (`jdistill.hf.vocab_policy`)."""
     recipe = build_recipe(config.distill)
     recipe.check(config)
-    return recipe
+    return with_real_vocab(recipe, config)  # tokenizer and vocabulary checks (distill.vocab)
 
 
 def student_stage_names(recipe) -> list[str]:
@@ -68,6 +73,7 @@ def run_job(
     and returns an empty dict (for resume tests). `dataset_fns[stage]` transforms that stage's training data.
     """
     started = time.perf_counter()
+    config = resolve_init_from(config)  # stages with init_from take their checkpoint's architecture
     recipe = checked_recipe(config)
     inputs.check_data(config, recipe)  # data errors (and tokenising raw text, once) before the run dir is written
     run_dir = Path(run_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 from flax import nnx
 
 from jdistill.configs import load_config
-from jdistill.errors import ConfigError, RunDirError
+from jdistill.errors import RunDirError
 from jdistill.models import Transformer, count_params
 from jdistill.train.checkpoint import Checkpointer
 
@@ -52,20 +52,12 @@ def load_stage(run_dir, stage: str):
     return nnx.merge(graphdef, params), config
 
 
-def load_pretrained(stage_config):
-    """A `StageResult` for `init_from`: "hf:DIR" (a Hugging Face checkpoint folder) or RUN_DIR/STAGE."""
+def load_pretrained(stage_config, role: str = "teacher"):
+    """A `StageResult` for `init_from`: "hf:DIR" (a Hugging Face checkpoint folder) or RUN_DIR/STAGE, built with the
+    checkpoint's architecture and the config's runtime fields (`jdistill.hf.init_from`)."""
+    from jdistill.hf.init_from import load_init_model
     from jdistill.train.loop import StageResult
 
-    source = stage_config.init_from
-    if source.startswith("hf:"):
-        from jdistill.hf import from_pretrained
-
-        model = from_pretrained(source[3:], dtype=stage_config.model.dtype)
-        graphdef, params = nnx.split(model)
-        return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
-    stage_dir = Path(source)
-    if not (stage_dir / "checkpoints").is_dir():
-        raise ConfigError(f"teacher.init_from: {source} is neither hf:DIR nor a run's stage folder (RUN_DIR/STAGE)")
-    graphdef, params = load_stage_params(stage_dir, stage_config.model)
-    model = nnx.merge(graphdef, params)
-    return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
+    model = load_init_model(stage_config, role)
+    graphdef, params = nnx.split(model)
+    return StageResult(role, graphdef, params, {}, count_params(model), 0.0)

@@ -70,9 +70,15 @@ def stage_facts(stage_config, data_config, *, num_examples: int | None = None):
     )
 
 
-def _initial_state(stage_config, recipe, optimizer, init_key, teacher_params):
-    """(graphdef, TrainState): the student at its initialisation, then the recipe's `init`, then the optimizer."""
-    graphdef, params = nnx.split(build_student(stage_config, recipe, init_key))
+def _initial_state(stage_config, recipe, optimizer, init_key, teacher_params, *, load_init: bool = False):
+    """(graphdef, TrainState): the student at its initialisation (with `load_init`, the weights of
+    `student.init_from` when set), then the recipe's `init`, then the optimizer."""
+    student = build_student(stage_config, recipe, init_key)
+    if load_init and stage_config.init_from:
+        from jdistill.hf.init_from import initialise_student
+
+        initialise_student(student, stage_config)
+    graphdef, params = nnx.split(student)
     params, recipe_state = recipe.init(params, teacher_params, jax.random.fold_in(init_key, PURPOSE_RECIPE_INIT))
     return graphdef, TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), recipe_state=recipe_state
@@ -116,7 +122,7 @@ def build_stage(
             teacher_params,
         )
     else:
-        graphdef, state = _initial_state(stage_config, recipe, optimizer, init_key, teacher_params)
+        graphdef, state = _initial_state(stage_config, recipe, optimizer, init_key, teacher_params, load_init=True)
     mesh_config = mesh_config or MeshConfig()
     mesh = sharding.make_mesh(mesh_config, devices)
     rules = sharding.resolve_rules(mesh_config.rules)

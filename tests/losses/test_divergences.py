@@ -11,7 +11,7 @@ from jdistill.errors import ConfigError
 
 T, BETA = 2.0, 0.3
 # The convention (docs/conventions.md, Temperatures): KD-style forward KL is multiplied by T^2, GKD-style not.
-EXPECTED_T2 = {"forward_kl": True, "reverse_kl": False, "generalized_jsd": False, "tvd": False}
+EXPECTED_T2 = {"forward_kl": True, "reverse_kl": False, "generalized_jsd": False, "tvd": False, "uld": False}
 
 
 def softmax(x):
@@ -32,6 +32,8 @@ def numpy_divergence(name, s, t, temperature=T, beta=BETA):
         return kl(ps, pt)
     if name == "tvd":
         return 0.5 * np.abs(pt - ps).sum(-1)
+    if name == "uld":  # Boizard et al. 2024: L1 between the probabilities sorted in decreasing order
+        return np.abs(-np.sort(-pt, axis=-1) - -np.sort(-ps, axis=-1)).sum(-1)
     m = beta * pt + (1 - beta) * ps
     return beta * kl(pt, m) + (1 - beta) * kl(ps, m)
 
@@ -41,7 +43,7 @@ def _logits(seed=0, shape=(3, 5, 11)):
     return 2 * rng.normal(size=shape), 2 * rng.normal(size=shape)
 
 
-def test_the_catalogue_is_exactly_the_four_divergences_with_their_scaling():
+def test_the_catalogue_is_exactly_the_five_divergences_with_their_scaling():
     assert {name: entry.scale_by_temperature_squared for name, entry in losses.DIVERGENCES.items()} == EXPECTED_T2
     for name, entry in losses.DIVERGENCES.items():
         assert losses.divergence(name) is entry and entry.name == name and entry.convention
@@ -67,7 +69,7 @@ def test_default_scale_is_t_squared_for_forward_kl_only_and_an_explicit_choice_o
 
 def test_topk_betas_place_each_divergence_in_the_jsd_family():
     betas = {name: entry.topk_beta(BETA) for name, entry in losses.DIVERGENCES.items()}
-    assert betas == {"forward_kl": 0.0, "reverse_kl": 1.0, "generalized_jsd": BETA, "tvd": None}
+    assert betas == {"forward_kl": 0.0, "reverse_kl": 1.0, "generalized_jsd": BETA, "tvd": None, "uld": None}
 
 
 @pytest.mark.parametrize("bad", ["kl", "jsd", None])
@@ -85,5 +87,5 @@ def test_config_validation_reads_the_catalogue():
     with pytest.raises(ConfigError) as info:
         load_config("default", ["distill.objective=kl"])
     message = str(info.value)
-    assert "distill.objective expected one of forward_kl, reverse_kl, generalized_jsd, tvd, got 'kl'" in message
+    assert "distill.objective expected one of forward_kl, reverse_kl, generalized_jsd, tvd, uld, got 'kl'" in message
     assert "\n" not in message
