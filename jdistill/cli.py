@@ -4,6 +4,7 @@
     jdistill info
     jdistill analyze head-gates --run-dir DIR [--stage teacher]
     jdistill recipes
+    jdistill generate --checkpoint RUN_DIR/STAGE|hf:DIR --prompt TEXT [--max-new-tokens N] [--temperature T] ...
     jdistill cache-teacher --config NAME|PATH [--out DIR] [--top-k K] [--split train] [key.sub=value ...]
     jdistill compile --config NAME|PATH [--topology NAME] [--extrapolate] [key.sub=value ...]
     jdistill launch --config NAME|PATH [--dry-run] [key.sub=value ...]
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
     recipes = sub.add_parser("recipes", help="list every distillation recipe (name, teacher policy, what it does)")
     recipes.set_defaults(func=cmd_recipes)
+    importlib.import_module("jdistill.commands.generate").register(sub)
     cache = sub.add_parser("cache-teacher", help="run a teacher over a dataset once; store top-k log-probs per token")
     cache.add_argument("--config", help="preset name or YAML path (its teacher is trained unless init_from is set)")
     cache.add_argument("--run-dir", help="a run whose trained teacher stage to use (default: train one)")

@@ -158,12 +158,23 @@ class DistillConfig:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Output and logging of a run. `baseline`: also train the student on labels alone (same init, data and
-    budget) so the summary compares the recipe against it."""
+    budget) so the summary compares the recipe against it. LM stages end with `samples.jsonl`: greedy completions
+    of `sample_tokens` tokens (0: none) of `sample_prompts` (empty: the first documents of the held-out split)."""
 
     progress: bool = True
     tensorboard: bool = True
     plot: bool = True
     baseline: bool = True
+    sample_tokens: int = 48
+    sample_prompts: tuple[str, ...] = ()
+
+    def validate(self) -> Problems:
+        problems: Problems = []
+        if self.sample_tokens < 0:
+            problems.append(("sample_tokens", "a non-negative integer"))
+        if "" in self.sample_prompts:
+            problems.append(("sample_prompts", "a list of non-empty strings"))
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Evaluation metrics accumulated as sums over batches: accuracy, NLL, expected calibration error.
+"""Evaluation metrics accumulated as sums over batches: accuracy, NLL, expected calibration error; for LMs also
+perplexity and bits per byte.
 
-`prediction_stats` is jit-friendly and returns sums (so batches and hosts add up exactly);
-`summarize` turns the summed stats into metrics. Works for classifiers (`logits [batch, classes]`,
-`labels [batch]`) and LMs (`logits [batch, seq, vocab]`, `labels [batch, seq]`) alike.
+`prediction_stats` is jit-friendly and returns sums (so batches and hosts add up exactly); `target_bytes` adds the
+UTF-8 bytes the scored LM targets stand for; `summarize` turns the summed stats into metrics. Works for
+classifiers (`logits [batch, classes]`, `labels [batch]`) and LMs (`logits [batch, seq, vocab]`,
+`labels [batch, seq]`) alike. Formulas: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -50,14 +52,25 @@ def prediction_stats(logits, labels, mask=None, *, num_bins: int = NUM_CALIBRATI
     }
 
 
+def target_bytes(targets, mask, byte_lengths) -> int:
+    """UTF-8 bytes of the scored targets: sum of `byte_lengths[targets]` where `mask` (everywhere without one).
+
+    `byte_lengths [vocab]` is `Tokenizer.token_byte_lengths()`: the bytes each id stands for, 0 for special tokens
+    (EOS), so bits per byte divides by the bytes of the text alone. Host-side integers, exact.
+    """
+    lengths = np.asarray(byte_lengths, np.int64)[np.asarray(targets)]
+    return int(lengths.sum() if mask is None else lengths[np.asarray(mask, bool)].sum())
+
+
 def add_stats(total: dict | None, stats: dict) -> dict:
     """Add two stats dicts (host-side, float64)."""
     stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
     return stats if total is None else {k: total[k] + stats[k] for k in total}
 
 
-def summarize(stats: dict, *, bits_per_byte: bool = False) -> dict:
-    """accuracy, nll (nats per example/token), ece; plus bits_per_byte for byte-level LMs (nll / ln 2)."""
+def summarize(stats: dict) -> dict:
+    """accuracy, nll (nats per example/token), ece, count; with a `bytes` sum (LMs, see `target_bytes`) also
+    perplexity = exp(nll_sum / count) and bits_per_byte = nll_sum / (ln 2 * bytes)."""
     count = max(float(stats["count"]), 1.0)
     gap = np.abs(stats["bin_correct"] - stats["bin_confidence"]).sum()
     metrics = {
@@ -66,6 +79,10 @@ def summarize(stats: dict, *, bits_per_byte: bool = False) -> dict:
         "ece": float(gap) / count,
         "count": int(stats["count"]),
     }
-    if bits_per_byte:
-        metrics["bits_per_byte"] = metrics["nll"] / math.log(2)
+    if "bytes" in stats:
+        with np.errstate(over="ignore"):
+            metrics["perplexity"] = float(np.exp(metrics["nll"]))
+        text_bytes = float(stats["bytes"])
+        metrics["bits_per_byte"] = float(stats["nll_sum"]) / (math.log(2) * text_bytes) if text_bytes else math.nan
+        metrics["bytes"] = int(stats["bytes"])
     return metrics

@@ -9,11 +9,11 @@ STAGE_LABELS = {"teacher": "teacher", "student_scratch": "student (scratch)", "s
 
 
 def summary_table(summary: dict, stages=None) -> str:
-    """A fixed-width table: params, accuracy, NLL, ECE (and bits/byte for LMs), wall time per stage (default:
-    every stage in the summary)."""
+    """A fixed-width table: params, accuracy, NLL, ECE (and perplexity and bits/byte for LMs), wall time per
+    stage (default: every stage in the summary)."""
     stages = [k for k, v in summary.items() if isinstance(v, dict)] if stages is None else stages
     lm = "bits_per_byte" in summary[stages[0]]
-    columns = ["model", "params", "accuracy", "nll", "ece"] + (["bits/byte"] if lm else []) + ["wall s"]
+    columns = ["model", "params", "accuracy", "nll", "ece"] + (["perplexity", "bits/byte"] if lm else []) + ["wall s"]
     rows = []
     for stage in stages:
         m = summary[stage]
@@ -25,7 +25,7 @@ def summary_table(summary: dict, stages=None) -> str:
                 f"{m['nll']:.4f}",
                 f"{m['ece']:.4f}",
             ]
-            + ([f"{m['bits_per_byte']:.4f}"] if lm else [])
+            + ([f"{m['perplexity']:.3f}", f"{m['bits_per_byte']:.4f}"] if lm else [])
             + [f"{m['wall_seconds']:.1f}"]
         )
         rows.append(row)

@@ -30,6 +30,7 @@ from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
 from jdistill.train import inputs
 from jdistill.train.distributed import barrier
+from jdistill.train.evaluation import evaluate_loaded
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.writers import write_json_atomic
@@ -105,6 +106,7 @@ def run_job(
             progress=show,
             tensorboard=config.run.tensorboard,
             mesh_config=config.mesh,
+            run_config=config.run,
         )
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
@@ -113,7 +115,7 @@ def run_job(
         if config.teacher.init_from:
             from jdistill.train.restore import load_pretrained
 
-            teacher = results["teacher"] = load_pretrained(config.teacher)
+            teacher = results["teacher"] = evaluate_loaded(load_pretrained(config.teacher), config, run_dir / "teacher")
         else:
             if stage("teacher", config.teacher, Supervised(), TEACHER_INIT):
                 return {}

@@ -15,14 +15,14 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from jdistill.train import inputs, sharding
 from jdistill.train.checkpoint import Checkpointer
-from jdistill.train.evaluation import evaluate, final_metrics
+from jdistill.train.evaluation import evaluate, final_metrics, stage_evaluation
 from jdistill.train.resume import resume_point
 from jdistill.train.stage import build_stage, build_student, stage_facts
-from jdistill.train.step import make_eval_step
 from jdistill.train.writers import MetricsWriter, truncate_jsonl, write_json_atomic
 
 PURPOSE_EXTRA_METRICS = 11
@@ -66,14 +66,13 @@ def train_loop(
     start: int,
     stop: int,
     train_config,
-    eval_step,
-    eval_batches,
-    kind: str,
+    score,
     writer,
     checkpointer,
     bar,
 ):
-    """Steps `start + 1 .. stop` with logging, evaluation and checkpoints; (state, last evaluation or None)."""
+    """Steps `start + 1 .. stop` with logging, evaluation (`score(params) -> metrics`) and checkpoints;
+    (state, last evaluation or None)."""
     window, window_start = [], time.perf_counter()
     metrics = None
     batch_shardings = stage.shardings.batch
@@ -94,7 +93,7 @@ def train_loop(
             )
             window, window_start = [], time.perf_counter()
         if step % train_config.eval_every == 0 or step == train_config.steps:
-            metrics = evaluate(eval_step, state.params, eval_batches, kind=kind)
+            metrics = score(state.params)
             writer.write(step, "eval", metrics)
         if step % train_config.checkpoint_every == 0 or step == train_config.steps:
             checkpointer.save(step, state, force=True)
@@ -118,15 +117,17 @@ def run_stage(
     interrupt_at_step: int | None = None,
     mesh_config=None,
     dataset_fn=None,
+    run_config=None,
 ) -> StageResult:
     """Train (or resume, or reload a finished) stage and return its result.
 
     The step runs on the mesh of `mesh_config` (default: data parallel over every device) with explicit
     shardings. `dataset_fn(dataset) -> dataset` may add fields to the training batches (e.g. a teacher cache).
     `interrupt_at_step` stops after that step's checkpoint as if the process were killed (for resume tests).
+    A finished LM stage writes `stage_dir/samples.jsonl` when `run_config` asks for samples (`run.sample_tokens`).
     """
     started = time.perf_counter()
-    train_config, kind = stage_config.train, stage_config.model.kind
+    train_config = stage_config.train
     dataset = training_data(data_config, stage_config, seed, dataset_fn, recipe.batch_layout)
     stage = build_stage(
         stage_config,
@@ -149,8 +150,9 @@ def run_stage(
     if jax.process_index() == 0:
         truncate_jsonl(run_dir / "metrics.jsonl", name, start)
     writer = MetricsWriter(run_dir, name, tensorboard=tensorboard)
-    eval_step = make_eval_step(stage.graphdef, stage.recipe.forward_params)
-    eval_batches = inputs.eval_batches(data_config, kind)
+    score, sampler, eval_batches = stage_evaluation(
+        data_config, stage_config.model, run_config, stage.graphdef, stage.recipe.forward_params
+    )
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)
     bar = tqdm(
         total=train_config.steps,
@@ -167,9 +169,7 @@ def run_stage(
         start=start,
         stop=stop,
         train_config=train_config,
-        eval_step=eval_step,
-        eval_batches=eval_batches,
-        kind=kind,
+        score=score,
         writer=writer,
         checkpointer=checkpointer,
         bar=bar,
@@ -178,7 +178,7 @@ def run_stage(
     writer.close()
     checkpointer.close()
     if metrics is None or stop < train_config.steps:
-        metrics = evaluate(eval_step, state.params, eval_batches, kind=kind)
+        metrics = score(state.params)
     metrics = final_metrics(
         metrics,
         stage.recipe,
@@ -187,6 +187,8 @@ def run_stage(
         eval_batches,
         jax.random.fold_in(init_key, PURPOSE_EXTRA_METRICS),
     )
+    if sampler is not None and stop == train_config.steps:
+        sampler(stage_dir, name, nnx.merge(stage.graphdef, stage.recipe.forward_params(state.params)))
     wall = time.perf_counter() - started
     if stop == train_config.steps and jax.process_index() == 0:
         write_json_atomic(

@@ -45,10 +45,11 @@ def test_token_level_metrics_and_bits_per_byte():
     labels = rng.integers(0, 11, (2, 5))
     mask = np.ones((2, 5), bool)
     mask[1, 3:] = False
-    got = summarize(prediction_stats(logits, labels, mask), bits_per_byte=True)
+    got = summarize(dict(prediction_stats(logits, labels, mask), bytes=2 * int(mask.sum())))  # 2 bytes per token
     want = numpy_metrics(logits, labels, mask)
     np.testing.assert_allclose(got["nll"], want["nll"], rtol=1e-5)
-    np.testing.assert_allclose(got["bits_per_byte"], want["nll"] / np.log(2), rtol=1e-5)
+    np.testing.assert_allclose(got["bits_per_byte"], want["nll"] / np.log(2) / 2, rtol=1e-5)
+    np.testing.assert_allclose(got["perplexity"], np.exp(want["nll"]), rtol=1e-5)
 
 
 def test_perfectly_confident_correct_predictions_have_zero_ece():

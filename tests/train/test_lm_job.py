@@ -29,6 +29,8 @@ def test_lm_preset_learns_and_reports_bits_per_byte(tmp_path, untrained):
         metrics = summary[stage]
         before = untrained(config, "teacher" if stage == "teacher" else "student")
         assert metrics["bits_per_byte"] < before["bits_per_byte"] - 0.2, stage  # 6 steps: about 0.3 bits
-        assert math.isclose(metrics["bits_per_byte"], metrics["nll"] / math.log(2))
+        bits = metrics["nll"] * metrics["count"] / math.log(2)  # the scored targets' NLL, in bits
+        assert math.isclose(metrics["bits_per_byte"], bits / metrics["bytes"])  # per byte of text (EOS: 0 bytes)
+        assert math.isclose(metrics["perplexity"], math.exp(metrics["nll"]))
         assert metrics["count"] == 2 * 8 * 32  # eval_max_batches * eval_batch_size * seq_len tokens
     assert summary["student_kd"]["params"] == summary["student_scratch"]["params"]

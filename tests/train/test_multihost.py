@@ -124,3 +124,5 @@ def test_cli_job_across_two_processes(tmp_path, data_dir):
     ]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert np.isfinite(summary["student_kd"]["bits_per_byte"])
+    samples = (run_dir / "student_kd" / "samples.jsonl").read_text().splitlines()  # both processes generate
+    assert samples and all(json.loads(line)["stage"] == "student_kd" for line in samples)

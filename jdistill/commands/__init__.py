@@ -1,0 +1,1 @@
+"""Command-line subcommands that live in their own modules (registered by `jdistill.cli`)."""
