@@ -74,8 +74,9 @@ class GatedSelfAttention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         if self.rope:
-            rope = dict(theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim, scaling=cfg.rope_scaling)
-            q, k = apply_rope(q, positions, **rope), apply_rope(k, positions, **rope)
+            theta, dim, scaling = cfg.rope_theta, cfg.rotary_dim, cfg.rope_scaling
+            q = apply_rope(q, positions, theta=theta, rotary_dim=dim, scaling=scaling)
+            k = apply_rope(k, positions, theta=theta, rotary_dim=dim, scaling=scaling)
         gate = None
         if self.gate_width:
             gate_heads = heads if cfg.gate_position == "sdpa_output" else kv_heads
