@@ -68,7 +68,7 @@ def load_model(checkpoint: str):
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"--checkpoint {checkpoint}: {run_dir} is not a run directory (no config.yaml)")
     config = load_config(str(run_dir / "config.yaml"))
-    tokenizer = getattr(config.data, "tokenizer", "bytes")
+    tokenizer = config.data.tokenizer
     if stage == "teacher" and config.teacher.init_from:  # the run read its teacher; it trained no checkpoint
         result = load_pretrained(config.teacher)
         return nnx.merge(result.graphdef, result.params), tokenizer, stage

@@ -31,7 +31,7 @@ from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
 from jdistill.train import inputs
 from jdistill.train.distributed import barrier
-from jdistill.train.evaluation import evaluate_loaded
+from jdistill.train.evaluation import check_samples, evaluate_loaded
 from jdistill.train.export_step import check_export, export_final
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
@@ -80,6 +80,7 @@ def run_job(
     recipe = checked_recipe(config)
     check_export(config, resume=resume)  # run.export: a free folder and an exportable student, before any compute
     inputs.check_data(config, recipe)  # data errors (and tokenising raw text, once) before the run dir is written
+    check_samples(config)  # run.sample_prompts fit the models
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
     barrier("run_dir_checked")
