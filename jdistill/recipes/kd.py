@@ -20,10 +20,6 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill import losses
-<<<<<<< HEAD
-from jdistill.errors import ConfigError
-=======
->>>>>>> wt-hf
 from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
