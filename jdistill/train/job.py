@@ -9,7 +9,8 @@
   3. `student_<recipe>`  the same student (same init, data order and budget) trained with the recipe; recipes
                          with `generations > 1` (born-again) train `student_<recipe>_gen<k>`, each taught by the
                          generation before it.
-Then a table, `summary.json`, and `learning_curves.png`.
+Then a table, `summary.json`, `learning_curves.png`, and with `run.export: DIR` the last student stage as a
+Hugging Face checkpoint in DIR (`jdistill.train.export_step`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from jdistill.recipes.registry import build_recipe
 from jdistill.train import inputs
 from jdistill.train.distributed import barrier
 from jdistill.train.evaluation import check_samples, evaluate_loaded
+from jdistill.train.export_step import check_export, export_final
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.writers import write_json_atomic
@@ -76,6 +78,7 @@ def run_job(
     started = time.perf_counter()
     config = resolve_init_from(config)  # stages with init_from take their checkpoint's architecture
     recipe = checked_recipe(config)
+    check_export(config, resume=resume)  # run.export: a free folder and an exportable student, before any compute
     inputs.check_data(config, recipe)  # data errors (and tokenising raw text, once) before the run dir is written
     check_samples(config)  # run.sample_prompts fit the models
     run_dir = Path(run_dir)
@@ -144,6 +147,9 @@ def run_job(
     summary["wall_seconds"] = time.perf_counter() - started
     summary["data"] = config.data.name
     summary["recipe"] = recipe.name
+    exported = export_final(config, run_dir, student_stage_names(recipe)[-1], resume=resume)
+    if exported is not None:
+        summary["export"] = str(exported)
     if jax.process_index() == 0:
         write_json_atomic(run_dir / "summary.json", summary)
         if config.run.plot:
