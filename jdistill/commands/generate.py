@@ -141,9 +141,9 @@ def compile_timer():
 
     total = [0.0]
 
-    def listen(event: str, duration: float, **_) -> None:
+    def listen(event: str, duration_secs: float, **_: str | int) -> None:
         if event.startswith(COMPILE_EVENTS):
-            total[0] += duration
+            total[0] += duration_secs
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
