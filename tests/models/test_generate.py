@@ -171,3 +171,15 @@ def test_exactly_max_new_tokens_with_one_decode_step_fewer_and_early_stop_when_a
     prompt = jnp.stack([prompt[0], prompt[0]])  # both rows emit `first` at once: nothing left to decode
     stopped = generate(model, prompt, max_new_tokens=4, eos_id=first, pad_id=0)
     assert calls == [5] and stopped.tolist() == [[first, 0, 0, 0]] * 2
+
+
+def test_prompts_of_other_lengths_reuse_the_compiled_loop():
+    from jdistill.models.generate import _generate
+
+    model = Transformer(LM, rngs=nnx.Rngs(0))
+    prompt = np.asarray(jax.random.randint(jax.random.key(50), (2, 6), 0, 50))
+    generate(model, prompt, [6, 2], max_new_tokens=3)
+    compiled = _generate._cache_size()
+    generate(model, prompt, [3, 5], max_new_tokens=3)  # other lengths: the same program (no static prefill length)
+    generate(model, prompt, prompt_mask=np.arange(6)[None, :] >= np.array([[1], [4]]), max_new_tokens=3)
+    assert _generate._cache_size() == compiled
