@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from jdistill.models import ModelConfig, Transformer
-from jdistill.models.generate import completion_mask, filter_logits, generate
+from jdistill.models.generate import completion_mask, filter_logits, generate, sample_completions
 
 LM = ModelConfig(
     kind="lm",
@@ -150,6 +150,14 @@ def test_padding_does_not_change_a_rows_output(config):
     np.testing.assert_array_equal(narrow, wide_out)
     for index, row in enumerate(rows):
         np.testing.assert_array_equal(wide_out[index], generate(model, row[None], max_new_tokens=4)[0])
+    # inside a jitted step (what GKD calls): traced lengths, so recurrent models prefill only the first token
+    graphdef, params = nnx.split(model)
+    traced = jax.jit(
+        lambda params, prompt, mask: sample_completions(
+            nnx.merge(graphdef, params), prompt, mask, max_new_tokens=4, rng=jax.random.key(0)
+        )
+    )(params, wide, wide_mask)
+    np.testing.assert_array_equal(traced, wide_out)
 
 
 def test_exactly_max_new_tokens_with_one_decode_step_fewer_and_early_stop_when_all_rows_end(monkeypatch):
