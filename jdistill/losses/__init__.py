@@ -1,6 +1,7 @@
 """Pure-function distillation objectives (docs/conventions.md, docs/methods.md)."""
 
 from jdistill.losses.chunked import chunked_distillation_loss
+from jdistill.losses.chunked_positions import chunked_jsd_at_positions
 from jdistill.losses.divergences import DIVERGENCES, Divergence, divergence
 from jdistill.losses.features import (
     attention_map,
@@ -74,6 +75,7 @@ __all__ = [
     "attention_transfer",
     "best_ground_truth_weight",
     "chunked_distillation_loss",
+    "chunked_jsd_at_positions",
     "cosine_schedule",
     "cross_entropy",
     "dcs_disagreement",

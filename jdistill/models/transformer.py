@@ -235,15 +235,18 @@ class Transformer(nnx.Module):
         layers, conv + recurrent states for Gated DeltaNet layers."""
         return tuple(block.init_cache(batch, max_len) for block in self.blocks)
 
-    def decode(self, tokens, *, positions, caches):
+    def decode(self, tokens, *, positions, caches, last_only: bool = False):
         """Incremental LM forward: `tokens [batch, seq]` at `positions [batch, seq]` attend to everything cached
         at earlier or equal positions of their row (Gated DeltaNet layers continue their state: every row must
-        advance by the same tokens, as `generate` does). Returns (logits [batch, seq, vocab], new caches)."""
+        advance by the same tokens, as `generate` does). Returns (logits [batch, seq, vocab], new caches);
+        with `last_only` the logits of the last position only, `[batch, 1, vocab]` (a prompt's prefill)."""
         h = self.embed(tokens)
         new_caches = []
         for block, cache in zip(self.blocks, caches, strict=True):
             h, cache = block.decode(h, positions=positions, cache=cache)
             new_caches.append(cache)
+        if last_only:
+            h = h[:, -1:]
         return self._logits(self.final_norm(h)), tuple(new_caches)
 
 

@@ -1,11 +1,17 @@
 """Key/value caches for incremental decoding, and attention over a cache.
 
-A cache holds `keys, values [batch, max_len, kv_heads, head_dim]`. Rows may sit at different positions
-(prompts of different lengths, right-padded): new keys are written at each row's own positions, and a query at
-position p attends to the cached keys at positions <= p of its row.
+A cache holds `keys, values [batch, kv_heads, max_len, head_dim]` (heads before slots: the layout the attention
+dots read, so no step transposes the cache) and `offset [batch]`. A token at RoPE position p
+of row b lives in cache slot `p + offset[b]`; slots below `offset[b]` are that row's left padding and are never
+attended. So rows may be right-padded (offset 0, each row at its own positions: prompts of different lengths
+continue from their own length) or left-padded (offset = the row's number of pad tokens, every row writing the
+same slot at each step while its positions start at 0 on its first real token). A query at position p attends
+to the cached keys of its row at slots in [offset, p + offset] (and within the sliding window, if any).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -16,39 +22,56 @@ from flax import struct
 class KVCache:
     keys: jax.Array
     values: jax.Array
+    offset: jax.Array  # int32 [batch]: the row's first real slot (its number of left-padding tokens)
 
     @classmethod
     def zeros(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
-        shape = (batch, max_len, kv_heads, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        shape = (batch, kv_heads, max_len, head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+
+    def slots(self, positions):
+        """Cache slots `[batch, seq]` of the tokens at RoPE `positions [batch, seq]`."""
+        return positions + self.offset[:, None]
 
     def write(self, keys, values, positions) -> KVCache:
-        """Store `keys, values [batch, seq, kv_heads, head_dim]` at `positions [batch, seq]`."""
+        """Store `keys, values [batch, seq, kv_heads, head_dim]` of the tokens at `positions [batch, seq]`."""
         rows = jnp.arange(keys.shape[0])[:, None]
-        return KVCache(
-            self.keys.at[rows, positions].set(keys.astype(self.keys.dtype)),
-            self.values.at[rows, positions].set(values.astype(self.values.dtype)),
-        )
+        slots = self.slots(positions)
+
+        def put(cache, new):  # cache[b, :, slots[b, s]] = new[b, s]
+            return cache.at[rows, :, slots].set(new.astype(cache.dtype))
+
+        return dataclasses.replace(self, keys=put(self.keys, keys), values=put(self.values, values))
+
+
+def with_offsets(caches, offsets):
+    """`caches` (a model's per-layer decoding states) with every KV cache's `offset` set to `offsets [batch]`;
+    recurrent states (Gated DeltaNet, ReGLA) are returned unchanged."""
+    offsets = jnp.asarray(offsets, jnp.int32)
+    return tuple(
+        dataclasses.replace(cache, offset=offsets) if isinstance(cache, KVCache) else cache for cache in caches
+    )
 
 
 def cached_attention(q, cache: KVCache, gate, positions, window: int | None = None):
-    """`sigmoid(gate) * softmax(q k^T / sqrt(d) + mask) v` over the cache, mask: key position <= query position
-    (and > query position - window with a sliding window).
+    """`sigmoid(gate) * softmax(q k^T / sqrt(d) + mask) v` over the cache, mask: key slot in
+    [offset, query slot] (and > query slot - window with a sliding window).
 
     q `[batch, seq, heads, head_dim]`, positions `[batch, seq]`, gate as in `jdistill.kernels.gated_attention`.
     """
     batch, seq, heads, head_dim = q.shape
-    kv_heads = cache.keys.shape[2]
+    kv_heads = cache.keys.shape[1]
     q_grouped = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q_grouped, cache.keys, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqhgd,bhkd->bhgqk", q_grouped, cache.keys, preferred_element_type=jnp.float32)
     scores = scores * head_dim**-0.5
-    key_positions = jnp.arange(cache.keys.shape[1])[None, None, :]
-    allowed = key_positions <= positions[:, :, None]  # [batch, seq, max_len]
+    key_slots = jnp.arange(cache.keys.shape[2])[None, None, :]
+    query_slots = cache.slots(positions)[:, :, None]
+    allowed = (key_slots <= query_slots) & (key_slots >= cache.offset[:, None, None])  # [batch, seq, max_len]
     if window is not None:
-        allowed = allowed & (key_positions > positions[:, :, None] - window)
+        allowed = allowed & (key_slots > query_slots - window)
     scores = jnp.where(allowed[:, None, None], scores, -1e30)
     weights = jax.nn.softmax(scores, axis=-1).astype(cache.values.dtype)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, cache.values).reshape(batch, seq, heads, head_dim)
+    out = jnp.einsum("bhgqk,bhkd->bqhgd", weights, cache.values).reshape(batch, seq, heads, head_dim)
     if gate is not None:
         gate = gate[..., None] if gate.ndim == 3 else gate
         out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
