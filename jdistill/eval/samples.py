@@ -80,7 +80,9 @@ def complete(model, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int, *
     for row, prompt in enumerate(prompts):
         padded[row, : len(prompt)] = prompt
     lengths = np.asarray([len(p) for p in prompts], np.int32)
-    tokens = np.asarray(generate(model, padded, lengths, max_new_tokens=max_new_tokens, **sampling))
+    tokens = np.asarray(
+        generate(model, padded, lengths, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, **sampling)
+    )
     rows = []
     for row in tokens:
         stops = np.flatnonzero(row == eos_id)
