@@ -52,9 +52,9 @@ def untrained(data_dir):
     from jdistill.recipes.base import RunFacts
     from jdistill.recipes.registry import build_recipe
     from jdistill.train import inputs
+    from jdistill.train.evaluation import stage_evaluation
     from jdistill.train.job import STUDENT_INIT, TEACHER_INIT
-    from jdistill.train.loop import build_student, evaluate, stage_key, steps_per_epoch
-    from jdistill.train.step import make_eval_step
+    from jdistill.train.loop import build_student, stage_key, steps_per_epoch
 
     def metrics(config, stage: str = "student") -> dict:
         stage_config = getattr(config, stage)
@@ -72,8 +72,8 @@ def untrained(data_dir):
         init_key = stage_key(config.seed, TEACHER_INIT if stage == "teacher" else STUDENT_INIT)
         model = build_student(stage_config, recipe, init_key)
         graphdef, params = nnx.split(model)
-        batches = inputs.eval_batches(config.data, model_config.kind)
-        result = evaluate(make_eval_step(graphdef, recipe.forward_params), params, batches, kind=model_config.kind)
+        score, _, batches = stage_evaluation(config.data, model_config, None, graphdef, recipe.forward_params)
+        result = score(params)  # the stage's own evaluation (bits per byte with the run tokenizer's byte lengths)
         return dict(result, **recipe.extra_metrics(model, batches, jax.random.fold_in(init_key, 11)))
 
     return metrics

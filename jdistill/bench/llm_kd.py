@@ -317,8 +317,8 @@ def _phase(name: str, trainer, callback: Interleave, results: dict) -> None:
     trainer.train()
     results[f"{name}_trl_steps_per_s"] = _median_rate(callback.trl)
     results[f"{name}_jdistill_steps_per_s"] = _median_rate(callback.jdistill)
-    results[f"{name}_trl_step0_loss"] = callback.losses[0] if callback.losses else None
-    results[f"{name}_jdistill_step0_loss"] = callback.jax_losses[0]
+    results[f"{name}_trl_first_loss"] = callback.losses[0] if callback.losses else None
+    results[f"{name}_jdistill_first_loss"] = callback.jax_losses[0]
     results[f"{name}_jdistill_generated_tokens_per_step"] = statistics.mean(callback.generated)
     print(
         f"  {name:<22} jdistill {results[f'{name}_jdistill_steps_per_s']:6.3f} steps/s   "
@@ -367,8 +367,9 @@ def run(*, steps: int = 10, warmup: int = 2, only: str = "both", settings: Setti
             callback = Interleave(jax_step(0.0), warmup)
             _phase("offpolicy_gkd", trl_gkd(settings, data, directory, 0.0, total, callback), callback, results)
         if only in ("on", "both"):
+            on_policy = jax_step(1.0)  # compiled once, trained on through both phases
             for name in ("onpolicy_gkd", "onpolicy_distillation"):
-                callback = Interleave(jax_step(1.0), warmup)
+                callback = Interleave(on_policy, warmup)
                 if name == "onpolicy_gkd":
                     trainer = trl_gkd(settings, data, directory, 1.0, total, callback)
                 else:
@@ -387,6 +388,9 @@ def summarize(results: dict) -> None:
         results["jdistill_steps_per_s"] = results["offpolicy_gkd_jdistill_steps_per_s"]
         results["trl_steps_per_s"] = results["offpolicy_gkd_trl_steps_per_s"]
         results["speedup"] = results["jdistill_steps_per_s"] / results["trl_steps_per_s"]
+        # the same weights and batch on both sides: the losses of step 0 agree to float32 rounding
+        results["offpolicy_step0_loss_jdistill"] = results["offpolicy_gkd_jdistill_first_loss"]
+        results["offpolicy_step0_loss_trl"] = results["offpolicy_gkd_trl_first_loss"]
     phases = [name for name in ("onpolicy_gkd", "onpolicy_distillation") if f"{name}_trl_steps_per_s" in results]
     if phases:
         fastest = max(phases, key=lambda name: results[f"{name}_trl_steps_per_s"])

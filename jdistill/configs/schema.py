@@ -189,7 +189,9 @@ class DistillConfig:
 class RunConfig:
     """Output and logging of a run. `baseline`: also train the student on labels alone (same init, data and
     budget) so the summary compares the recipe against it. LM stages end with `samples.jsonl`: greedy completions
-    of `sample_tokens` tokens (0: none) of `sample_prompts` (empty: the first documents of the held-out split)."""
+    of `sample_tokens` tokens (0: none) of `sample_prompts` (empty: the first documents of the held-out split).
+    `export`: a local folder that receives the final recipe student stage as a Hugging Face checkpoint when the job
+    ends (`jdistill.train.export_step`; null: no export)."""
 
     progress: bool = True
     tensorboard: bool = True
@@ -197,6 +199,7 @@ class RunConfig:
     baseline: bool = True
     sample_tokens: int = 48
     sample_prompts: tuple[str, ...] = ()
+    export: str | None = None
     compare: dict = dataclasses.field(default_factory=dict)
 
     def compare_distill(self, name: str, distill: DistillConfig) -> DistillConfig:
@@ -224,6 +227,14 @@ class RunConfig:
 
     def validate(self) -> Problems:
         problems: Problems = []
+        if self.export is not None and (not self.export.strip() or "://" in self.export):
+            problems.append(
+                (
+                    "export",
+                    "a local folder path or null (remote URLs such as gs:// are not written: "
+                    "export to a mounted path and copy it)",
+                )
+            )
         if self.sample_tokens < 0:
             problems.append(("sample_tokens", "a non-negative integer"))
         if "" in self.sample_prompts:

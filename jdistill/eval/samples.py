@@ -23,29 +23,18 @@ DEFAULT_PROMPT_TOKENS = 32
 
 
 def _documents(eval_batches, eos_id: int):
-    """(token ids, loss mask or None) of each document that starts in the batches, in order.
-
-    Packed rows (`segment_ids` / `positions` present): the documents whose position 0 is in a row. Otherwise the
-    byte-level windows, consecutive slices of one stream: the row-major stream of scored inputs split at EOS (its
-    documents are scored from their first token, hence no mask).
-    """
-    stream = []
+    """(token ids, loss mask) of each document whose first token (position 0) is in the packed evaluation batches
+    (the layout of `jdistill.data.packing`: `segment_ids` number a row's documents, `positions` count from 0 at
+    each document's first token), in order, without its closing EOS. A row that starts inside a document (its
+    positions continue) does not start that document again."""
     for batch in eval_batches:
         inputs, mask = np.asarray(batch["inputs"]), np.asarray(batch["mask"], bool)
-        if "segment_ids" not in batch:
-            stream.append(inputs[mask])
-            continue
         segments, positions = np.asarray(batch["segment_ids"]), np.asarray(batch["positions"])
         for row in range(inputs.shape[0]):
             for segment in np.unique(segments[row][(positions[row] == 0) & (segments[row] > 0)]):
-                where = segments[row] == segment
-                yield inputs[row][where], mask[row][where]
-    if stream:
-        tokens = np.concatenate(stream)
-        starts = [0, *(np.flatnonzero(tokens == eos_id) + 1)]
-        for start, stop in zip(starts, [*starts[1:], len(tokens)], strict=True):
-            document = tokens[start:stop]
-            yield (document[:-1] if len(document) and document[-1] == eos_id else document), None
+                tokens, scored = inputs[row][segments[row] == segment], mask[row][segments[row] == segment]
+                ends = tokens[-1] == eos_id  # the closing EOS is the document's last input token
+                yield tokens[: -1 if ends else None], scored[: -1 if ends else None]
 
 
 def default_prompts(
@@ -56,7 +45,7 @@ def default_prompts(
     tokens up to the first scored target, at most `length`. Deterministic: the evaluation batches are."""
     prompts: list[np.ndarray] = []
     for tokens, scored in _documents(eval_batches, eos_id):
-        text = scored is None or not scored.any() or scored[0]
+        text = not scored.any() or scored[0]
         cut = length if text else min(int(np.argmax(scored)) + 1, length)
         if len(tokens[:cut]):
             prompts.append(np.asarray(tokens[:cut], np.int32))
@@ -91,7 +80,9 @@ def complete(model, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int, *
     for row, prompt in enumerate(prompts):
         padded[row, : len(prompt)] = prompt
     lengths = np.asarray([len(p) for p in prompts], np.int32)
-    tokens = np.asarray(generate(model, padded, lengths, max_new_tokens=max_new_tokens, **sampling))
+    tokens = np.asarray(
+        generate(model, padded, lengths, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, **sampling)
+    )
     rows = []
     for row in tokens:
         stops = np.flatnonzero(row == eos_id)

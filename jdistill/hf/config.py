@@ -23,6 +23,23 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     return float(parameters.get("rope_theta", 10000.0))
 
 
+def _rope_scaling_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """`rope_scaling` (transformers 4) or `rope_parameters` (5), with the type under `rope_type`."""
+    fields = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    if "type" in fields:
+        fields.setdefault("rope_type", fields["type"])
+    return fields
+
+
+def _rope_scaling(hf: dict[str, Any]) -> tuple[float, ...]:
+    """`ModelConfig.rope_scaling` of a Llama 3 `rope_scaling` (() for none)."""
+    fields = _rope_scaling_fields(hf)
+    if fields.get("rope_type") != "llama3":
+        return ()
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    return tuple(float(fields[key]) for key in keys)
+
+
 def _rope_fraction(hf: dict[str, Any]) -> float:
     parameters = hf.get("rope_parameters") or {}
     return float(hf.get("partial_rotary_factor", parameters.get("partial_rotary_factor", 1.0)))
@@ -60,10 +77,9 @@ def _check_supported(hf: dict[str, Any], source: str) -> str:
         raise HFImportError(
             f"{source}: architecture {architectures or '(none)'} is not supported (supported: {', '.join(SUPPORTED)})"
         )
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = scaling.get("rope_type", scaling.get("type")) or (hf.get("rope_parameters") or {}).get("rope_type")
-    if rope_type not in (None, "default"):
-        raise HFImportError(f"{source}: rope scaling {rope_type!r} is not supported (only default RoPE)")
+    rope_type = _rope_scaling_fields(hf).get("rope_type")
+    if rope_type not in (None, "default", "llama3"):
+        raise HFImportError(f"{source}: rope scaling {rope_type!r} is not supported (only default and llama3 RoPE)")
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
             raise HFImportError(f"{source}: {flag}=true is not supported")
@@ -98,11 +114,27 @@ def model_config_from_hf(hf: dict[str, Any], *, dtype: DType = "float32", source
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 2048),
         rope_theta=_rope_theta(hf),
+        rope_scaling=_rope_scaling(hf),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         head_bias=False,
         dtype=dtype,
         **fields,
     )
+
+
+def _hf_rope_scaling(scaling: tuple[float, ...]) -> dict[str, Any]:
+    if not scaling:
+        return {}
+    factor, low, high, original = scaling
+    return {
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low,
+            "high_freq_factor": high,
+            "original_max_position_embeddings": int(original),
+        }
+    }
 
 
 def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
@@ -147,6 +179,7 @@ def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
         "max_position_embeddings": config.max_seq_len,
         "rope_theta": config.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,
+        **_hf_rope_scaling(config.rope_scaling),
         "attention_bias": False,
         "mlp_bias": False,
         "torch_dtype": "float32",

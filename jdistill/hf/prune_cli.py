@@ -7,10 +7,8 @@ jdistill prune --teacher hf:DIR --layers N --method every_other|first|block_infl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,17 +27,18 @@ def calibration_batches(
     data: str, tokenizer: str, data_dir: str | None, *, seq_len: int, batch_size: int, count: int
 ) -> tuple[dict, ...]:
     """The first `count` batches of the training split through the LM evaluation pipeline (padding masked)."""
-    fields = {field.name for field in dataclasses.fields(DataConfig)}
-    extra: dict[str, Any] = {"tokenizer": tokenizer} if "tokenizer" in fields else {}
-    if tokenizer != "bytes" and not extra:
-        raise ConfigError(f"--tokenizer {tokenizer}: this data pipeline reads bytes only")
     for flag, value in (("--calibration-batches", count), ("--seq-len", seq_len), ("--batch-size", batch_size)):
         if value < 1:
             raise ConfigError(f"{flag}: expected a positive integer, got {value}")
     from jdistill.train import inputs
 
     config = DataConfig(
-        name=data, dir=data_dir, seq_len=seq_len, eval_batch_size=batch_size, eval_max_batches=count, **extra
+        name=data,
+        dir=data_dir,
+        tokenizer=tokenizer,
+        seq_len=seq_len,
+        eval_batch_size=batch_size,
+        eval_max_batches=count,
     )
     return inputs.eval_batches(config, "lm", split="train")
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jdistill.errors import ConfigError
-
-BYTES_VOCAB, BYTES_FINGERPRINT = 256, "bytes-v1"
-
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerFacts:
@@ -21,13 +17,9 @@ class TokenizerFacts:
 
 
 def tokenizer_facts(spec: str) -> TokenizerFacts:
-    """Facts of the tokenizer `spec` ("bytes" needs no file; others are read by `jdistill.text.load_tokenizer`)."""
-    if spec == "bytes":
-        return TokenizerFacts(spec, BYTES_VOCAB, BYTES_FINGERPRINT)
-    try:
-        from jdistill.text import load_tokenizer
-    except ImportError:  # pragma: no cover - before jdistill.text lands
-        raise ConfigError(f"tokenizer {spec!r}: only 'bytes' is available (jdistill.text is not installed)") from None
+    """Facts of the tokenizer `spec` (`jdistill.text.load_tokenizer`; its errors are one-line `TokenizerError`s)."""
+    from jdistill.text import load_tokenizer
+
     tokenizer = load_tokenizer(spec)
     return TokenizerFacts(spec, int(tokenizer.vocab_size), str(tokenizer.fingerprint))
 
@@ -41,5 +33,5 @@ def checkpoint_tokenizer(directory: str | Path) -> TokenizerFacts | None:
 
 
 def data_tokenizer(data_config: object) -> str:
-    """The data config's tokenizer spec ("bytes" for configs written before `data.tokenizer` existed)."""
+    """The data config's tokenizer spec (`data.tokenizer`)."""
     return str(getattr(data_config, "tokenizer", "bytes"))

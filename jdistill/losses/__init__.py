@@ -60,7 +60,7 @@ from jdistill.losses.ssl import (
     random_teacher_interpolation,
     random_teacher_loss,
 )
-from jdistill.losses.vocab import real_vocab_heads, real_vocab_logits
+from jdistill.losses.vocab import real_vocab_logits, real_vocab_sizes
 
 __all__ = [
     "ADR_EMA_DECAY",
@@ -111,8 +111,8 @@ __all__ = [
     "quantized_distillation_loss",
     "random_teacher_interpolation",
     "random_teacher_loss",
-    "real_vocab_heads",
     "real_vocab_logits",
+    "real_vocab_sizes",
     "reduce_tokens",
     "reverse_kl",
     "self_distillation_iterates",

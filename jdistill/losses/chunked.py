@@ -26,15 +26,18 @@ import jax.numpy as jnp
 from jdistill.losses.divergences import Divergence, divergence
 from jdistill.losses.logits import cross_entropy
 from jdistill.losses.reduction import check_reduction
+from jdistill.losses.vocab import real_vocab_sizes
 
 
-def _chunk_sum(entry: Divergence, temperature, beta, distill_scale, label_weight, heads, carry, chunk):
-    """(sum, count) of `distill_scale * D + label_weight * CE` over one chunk of tokens."""
+def _chunk_sum(entry: Divergence, temperature, beta, distill_scale, label_weight, student_vocab, heads, carry, chunk):
+    """(sum, count) of `distill_scale * D + label_weight * CE` over one chunk of tokens; D sees the student's first
+    `student_vocab` columns (None: all), the CE all of them."""
     s_head, s_bias, t_head, t_bias = heads
     s_hidden, t_hidden, labels, mask = chunk
     student = jnp.dot(s_hidden, s_head, preferred_element_type=jnp.float32) + s_bias
     teacher = jax.lax.stop_gradient(jnp.dot(t_hidden, t_head, preferred_element_type=jnp.float32) + t_bias)
-    total, count = entry(student, teacher, temperature=temperature, beta=beta, mask=mask, reduction="sum_count")
+    distilled = student if student_vocab is None else student[..., :student_vocab]
+    total, count = entry(distilled, teacher, temperature=temperature, beta=beta, mask=mask, reduction="sum_count")
     total = distill_scale * total
     if label_weight:
         ce, _ = cross_entropy(student, labels, mask=mask, reduction="sum_count")
@@ -60,6 +63,7 @@ def chunked_distillation_loss(
     teacher_bias=None,
     chunk_size: int = 256,
     reduction: str = "mean",
+    real_vocab: tuple[int, int] | None = None,
 ):
     """`distill_weight * c * D(p_t, p_s at T) + label_weight * CE(y, s)` over valid tokens, chunked.
 
@@ -70,15 +74,27 @@ def chunked_distillation_loss(
     The teacher side is under `stop_gradient`. Equal to the dense objective on `hidden @ head + bias`
     (Hinton et al. 2015 for KD; Agarwal et al. 2024 for the GKD divergences). `reduction`: "mean" (sum over
     valid tokens / their count), "sum" or "sum_count".
+    `real_vocab=(V_s, V_t)`: D compares the first V_s student and V_t teacher columns only (padded embedding rows
+    excluded, `losses.real_vocab_logits`); the teacher's head is cut before its product, the CE keeps every student
+    column (as the dense path does). None: both heads must have the same width.
     """
     entry = divergence(objective)
     check_reduction(reduction)
     if reduction == "none":
         raise ValueError("reduction='none' would materialise per-token values; use 'mean', 'sum' or 'sum_count'")
-    vocab = student_head.shape[-1]
-    if teacher_head.shape[-1] != vocab:
+    student_vocab = None
+    if real_vocab is not None:
+        student_vocab, teacher_vocab = real_vocab_sizes(student_head.shape[-1], teacher_head.shape[-1], real_vocab)
+        teacher_head = teacher_head[:, :teacher_vocab]
+        teacher_bias = None if teacher_bias is None else teacher_bias[:teacher_vocab]
+        if not label_weight:  # no CE: the student's padding columns are never needed
+            student_head = student_head[:, :student_vocab]
+            student_bias = None if student_bias is None else student_bias[:student_vocab]
+        student_vocab = None if student_vocab == student_head.shape[-1] else student_vocab
+    elif teacher_head.shape[-1] != student_head.shape[-1]:
         raise ValueError(
-            f"student_head and teacher_head must share the vocab axis; got {vocab} and {teacher_head.shape[-1]}"
+            f"student_head and teacher_head must share the vocab axis; got {student_head.shape[-1]} and "
+            f"{teacher_head.shape[-1]}"
         )
     batch, seq = student_hidden.shape[:2]
     positions = min(seq, max(1, chunk_size // batch))  # per sequence and chunk
@@ -91,12 +107,14 @@ def chunked_distillation_loss(
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         return jnp.swapaxes(x.reshape(batch, num_chunks, positions, *x.shape[2:]), 0, 1)
 
-    zeros = jnp.zeros((vocab,), jnp.float32)
-    s_bias = zeros if student_bias is None else student_bias.astype(jnp.float32)
-    t_bias = zeros if teacher_bias is None else teacher_bias.astype(jnp.float32)
+    s_bias = jnp.zeros(student_head.shape[-1:], jnp.float32) if student_bias is None else student_bias
+    t_bias = jnp.zeros(teacher_head.shape[-1:], jnp.float32) if teacher_bias is None else teacher_bias
+    s_bias, t_bias = s_bias.astype(jnp.float32), t_bias.astype(jnp.float32)
     xs = (chunks(student_hidden), chunks(teacher_hidden), chunks(labels), chunks(weights))
     scale = distill_weight * entry.temperature_scale(temperature, scale_by_temperature_squared)
-    chunk_sum = jax.checkpoint(functools.partial(_chunk_sum, entry, temperature, beta, scale, label_weight))
+    chunk_sum = jax.checkpoint(
+        functools.partial(_chunk_sum, entry, temperature, beta, scale, label_weight, student_vocab)
+    )
     # The heads in the hidden states' dtype, as the models' own heads compute (nnx.Linear and Embed.attend cast
     # to the compute dtype); the dots accumulate in float32.
     heads = (student_head.astype(student_hidden.dtype), s_bias, teacher_head.astype(teacher_hidden.dtype), t_bias)

@@ -19,10 +19,11 @@ Shapes:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from jdistill.losses.logits import generalized_jsd
 from jdistill.losses.reduction import check_reduction
 
 
@@ -30,24 +31,52 @@ def _head(hidden, kernel, bias):
     return jnp.dot(hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32) + bias
 
 
+def jsd_and_logit_gradient(student_logits, teacher_logits, weights, *, beta: float, temperature: float):
+    """(sum_tokens w JSD_beta, its gradient with respect to the student logits) in closed form.
+
+    With z = logits / T, log p = log_softmax(z), M = beta p_t + (1 - beta) p_s, the gradient is
+    dJ/dz_s = p_s * (g - sum_v p_s g) with g = dJ/dp_s = (1 - beta) (log p_s - log M) (interior beta),
+    log p_s - log p_t (beta = 1: reverse KL), or -p_t / p_s (beta = 0: forward KL, where dJ/dz_s = p_s - p_t);
+    dJ/ds = dJ/dz / T. Two exponentials and one logarithm per logit, instead of the many more autodiff of the
+    log-space formula (`losses.generalized_jsd`, which this equals) runs. Logits `[..., vocab]` float32,
+    weights `[...]`.
+    """
+    z_s, z_t = student_logits / temperature, teacher_logits / temperature
+    e_s = jnp.exp(z_s - jnp.max(z_s, axis=-1, keepdims=True))
+    e_t = jnp.exp(z_t - jnp.max(z_t, axis=-1, keepdims=True))
+    sum_s, sum_t = jnp.sum(e_s, axis=-1, keepdims=True), jnp.sum(e_t, axis=-1, keepdims=True)
+    p_s, p_t = e_s / sum_s, e_t / sum_t
+    log_p_s = z_s - jnp.max(z_s, axis=-1, keepdims=True) - jnp.log(sum_s)
+    log_p_t = z_t - jnp.max(z_t, axis=-1, keepdims=True) - jnp.log(sum_t)
+    if beta == 0.0:
+        per_token = jnp.sum(p_t * (log_p_t - log_p_s), axis=-1)
+        d_z = p_s - p_t
+    elif beta == 1.0:
+        gap = log_p_s - log_p_t
+        per_token = jnp.sum(p_s * gap, axis=-1)
+        d_z = p_s * (gap - per_token[..., None])
+    else:
+        mixture = beta * p_t + (1.0 - beta) * p_s
+        log_m = jnp.log(jnp.where(mixture > 0, mixture, 1.0))  # where M underflows, p_s = p_t = 0 weigh it out
+        student_side = jnp.sum(p_s * (log_p_s - log_m), axis=-1)
+        per_token = beta * jnp.sum(p_t * (log_p_t - log_m), axis=-1) + (1.0 - beta) * student_side
+        d_z = (1.0 - beta) * p_s * ((log_p_s - log_m) - student_side[..., None])
+    return jnp.sum(weights * per_token), d_z * (weights[..., None] / temperature)
+
+
 def _make_fused(beta: float, temperature: float):
     """`fused(s_hidden, s_head, s_bias, t_hidden, t_head, t_bias, weights) -> (sum, count)` over chunks
     `[num_chunks, batch, c, ...]`, with the student-side gradient computed in the forward pass."""
+    divergence = functools.partial(jsd_and_logit_gradient, beta=beta, temperature=temperature)
 
-    def chunk_sum(s_head, s_bias, t_head, t_bias, s_hidden, t_hidden, weights):
+    def logits(s_head, s_bias, t_head, t_bias, s_hidden, t_hidden):
         teacher = jax.lax.stop_gradient(_head(t_hidden, t_head, t_bias))
-
-        def divergence(student_logits):
-            return generalized_jsd(
-                student_logits, teacher, beta=beta, temperature=temperature, mask=weights, reduction="sum"
-            )
-
-        return divergence, _head(s_hidden, s_head, s_bias)
+        return _head(s_hidden, s_head, s_bias), teacher
 
     def primal(s_hidden, s_head, s_bias, t_hidden, t_head, t_bias, weights):
         def body(total, chunk):
-            divergence, student = chunk_sum(s_head, s_bias, t_head, t_bias, *chunk)
-            return total + divergence(student), None
+            student, teacher = logits(s_head, s_bias, t_head, t_bias, *chunk[:2])
+            return total + divergence(student, teacher, chunk[2])[0], None
 
         total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (s_hidden, t_hidden, weights))
         return total, jnp.sum(weights)
@@ -57,9 +86,8 @@ def _make_fused(beta: float, temperature: float):
     def forward(s_hidden, s_head, s_bias, t_hidden, t_head, t_bias, weights):
         def body(carry, chunk):
             total, d_head, d_bias = carry
-            divergence, student = chunk_sum(s_head, s_bias, t_head, t_bias, *chunk)
-            value, pullback = jax.vjp(divergence, student)
-            (d_logits,) = pullback(jnp.ones((), jnp.float32))  # [batch, c, vocab] float32
+            student, teacher = logits(s_head, s_bias, t_head, t_bias, *chunk[:2])
+            value, d_logits = divergence(student, teacher, chunk[2])  # [batch, c, vocab] float32
             hidden = chunk[0]
             d_hidden = jnp.dot(d_logits.astype(hidden.dtype), s_head.T.astype(hidden.dtype))
             d_head = d_head + jnp.einsum(

@@ -16,7 +16,8 @@ from __future__ import annotations
 from jax import Array
 
 
-def _check(student_rows: int, teacher_rows: int, real_vocab: tuple[int, int] | None) -> tuple[int, int]:
+def real_vocab_sizes(student_rows: int, teacher_rows: int, real_vocab: tuple[int, int] | None) -> tuple[int, int]:
+    """(V_s, V_t): `real_vocab` checked against the rows there are, or min(rows) for both when it is None."""
     if real_vocab is None:
         shared = min(student_rows, teacher_rows)
         return shared, shared
@@ -36,17 +37,5 @@ def real_vocab_logits(student_logits: Array, teacher_logits: Array, real_vocab: 
             f"student and teacher logits must share their leading shape; got {student_logits.shape} and "
             f"{teacher_logits.shape}"
         )
-    student_vocab, teacher_vocab = _check(student_logits.shape[-1], teacher_logits.shape[-1], real_vocab)
+    student_vocab, teacher_vocab = real_vocab_sizes(student_logits.shape[-1], teacher_logits.shape[-1], real_vocab)
     return student_logits[..., :student_vocab], teacher_logits[..., :teacher_vocab]
-
-
-def real_vocab_heads(student_head, student_bias, teacher_head, teacher_bias, real_vocab=None):
-    """The output heads `[d, rows]` (and biases `[rows]` or None) cut to the real vocabulary's columns, for the
-    chunked path (`losses.chunked_distillation_loss`), which never builds the logits."""
-    student_vocab, teacher_vocab = _check(student_head.shape[-1], teacher_head.shape[-1], real_vocab)
-    return (
-        student_head[:, :student_vocab],
-        None if student_bias is None else student_bias[:student_vocab],
-        teacher_head[:, :teacher_vocab],
-        None if teacher_bias is None else teacher_bias[:teacher_vocab],
-    )

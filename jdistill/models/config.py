@@ -32,6 +32,8 @@ class ModelConfig:
       classifier_input: "patches" (images `[batch, height, width, channels]`) or "tokens" (ids `[batch, seq]`,
         vocab_size and max_seq_len apply; learned positions) for the encoder classifier.
       vocab_size, max_seq_len, rope_theta, tie_embeddings: LM input and head.
+      rope_scaling: Llama 3 RoPE frequency scaling (factor, low_freq_factor, high_freq_factor,
+        original_max_position_embeddings), as Llama 3.1 / 3.2 checkpoints declare it (`jdistill.nn.rope`); () none.
       head_bias: a bias in the output head (Llama / Qwen3 checkpoints have none: `jdistill.hf` sets false).
       layer_pattern: token mixer per block, cycled over the layers: "A" full (gated) attention, "D" Gated DeltaNet
         (docs/methods.md#gated-deltanet), "R" ReGLA (item 24); e.g. "DDDA" is Qwen3-Next's 3 linear : 1 full hybrid.
@@ -73,6 +75,7 @@ class ModelConfig:
     vocab_size: int = 256
     max_seq_len: int = 256
     rope_theta: float = 10000.0
+    rope_scaling: tuple[float, ...] = ()
     tie_embeddings: bool = False
     head_bias: bool = True
     layer_pattern: str = "A"
@@ -148,6 +151,16 @@ class ModelConfig:
             problems.append(("sliding_window", "a positive integer or null"))
         if self.norm_eps <= 0:
             problems.append(("norm_eps", "a positive number"))
+        if self.rope_scaling and (
+            len(self.rope_scaling) != 4 or min(self.rope_scaling) <= 0 or self.rope_scaling[1] >= self.rope_scaling[2]
+        ):
+            problems.append(
+                (
+                    "rope_scaling",
+                    "[] or [factor, low_freq_factor, high_freq_factor, original_max_position_embeddings], "
+                    "positive, low_freq_factor < high_freq_factor",
+                )
+            )
         if (
             self.kind == "classifier"
             and self.classifier_input == "patches"

@@ -44,12 +44,21 @@ def filter_logits(logits, *, top_k: int | None = None, top_p: float | None = Non
     return logits
 
 
+def _argmax(x):
+    """The first index of the maximum along the last axis, as two plain reductions (XLA's CPU backend runs the
+    variadic value-and-index reduction of `jnp.argmax` several times slower)."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
+    return jnp.minimum(index, x.shape[-1] - 1)  # all-NaN rows
+
+
 def sample_token(logits, rng, *, temperature: float, top_k=None, top_p=None):
-    """`logits [batch, vocab]` -> token ids `[batch]`; greedy when temperature == 0."""
+    """`logits [batch, vocab]` -> token ids `[batch]`; greedy when temperature == 0. Sampling is the Gumbel-max
+    trick with the Gumbel noise of `jax.random.categorical` (the same samples for the same key)."""
     if temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return _argmax(logits).astype(jnp.int32)
     logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    return _argmax(logits + jax.random.gumbel(rng, logits.shape, logits.dtype)).astype(jnp.int32)
 
 
 def completion_mask(tokens, eos_id: int | None):

@@ -74,8 +74,9 @@ class GatedSelfAttention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         if self.rope:
-            q = apply_rope(q, positions, theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim)
-            k = apply_rope(k, positions, theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim)
+            theta, dim, scaling = cfg.rope_theta, cfg.rotary_dim, cfg.rope_scaling
+            q = apply_rope(q, positions, theta=theta, rotary_dim=dim, scaling=scaling)
+            k = apply_rope(k, positions, theta=theta, rotary_dim=dim, scaling=scaling)
         gate = None
         if self.gate_width:
             gate_heads = heads if cfg.gate_position == "sdpa_output" else kv_heads

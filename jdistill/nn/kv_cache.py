@@ -1,6 +1,7 @@
 """Key/value caches for incremental decoding, and attention over a cache.
 
-A cache holds `keys, values [batch, max_len, kv_heads, head_dim]` and `offset [batch]`. A token at RoPE position p
+A cache holds `keys, values [batch, kv_heads, max_len, head_dim]` (heads before slots: the layout the attention
+dots read, so no step transposes the cache) and `offset [batch]`. A token at RoPE position p
 of row b lives in cache slot `p + offset[b]`; slots below `offset[b]` are that row's left padding and are never
 attended. So rows may be right-padded (offset 0, each row at its own positions: prompts of different lengths
 continue from their own length) or left-padded (offset = the row's number of pad tokens, every row writing the
@@ -25,7 +26,7 @@ class KVCache:
 
     @classmethod
     def zeros(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
-        shape = (batch, max_len, kv_heads, head_dim)
+        shape = (batch, kv_heads, max_len, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
     def slots(self, positions):
@@ -36,11 +37,11 @@ class KVCache:
         """Store `keys, values [batch, seq, kv_heads, head_dim]` of the tokens at `positions [batch, seq]`."""
         rows = jnp.arange(keys.shape[0])[:, None]
         slots = self.slots(positions)
-        return dataclasses.replace(
-            self,
-            keys=self.keys.at[rows, slots].set(keys.astype(self.keys.dtype)),
-            values=self.values.at[rows, slots].set(values.astype(self.values.dtype)),
-        )
+
+        def put(cache, new):  # cache[b, :, slots[b, s]] = new[b, s]
+            return cache.at[rows, :, slots].set(new.astype(cache.dtype))
+
+        return dataclasses.replace(self, keys=put(self.keys, keys), values=put(self.values, values))
 
 
 def with_offsets(caches, offsets):
@@ -59,18 +60,18 @@ def cached_attention(q, cache: KVCache, gate, positions, window: int | None = No
     q `[batch, seq, heads, head_dim]`, positions `[batch, seq]`, gate as in `jdistill.kernels.gated_attention`.
     """
     batch, seq, heads, head_dim = q.shape
-    kv_heads = cache.keys.shape[2]
+    kv_heads = cache.keys.shape[1]
     q_grouped = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q_grouped, cache.keys, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqhgd,bhkd->bhgqk", q_grouped, cache.keys, preferred_element_type=jnp.float32)
     scores = scores * head_dim**-0.5
-    key_slots = jnp.arange(cache.keys.shape[1])[None, None, :]
+    key_slots = jnp.arange(cache.keys.shape[2])[None, None, :]
     query_slots = cache.slots(positions)[:, :, None]
     allowed = (key_slots <= query_slots) & (key_slots >= cache.offset[:, None, None])  # [batch, seq, max_len]
     if window is not None:
         allowed = allowed & (key_slots > query_slots - window)
     scores = jnp.where(allowed[:, None, None], scores, -1e30)
     weights = jax.nn.softmax(scores, axis=-1).astype(cache.values.dtype)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, cache.values).reshape(batch, seq, heads, head_dim)
+    out = jnp.einsum("bhgqk,bhkd->bqhgd", weights, cache.values).reshape(batch, seq, heads, head_dim)
     if gate is not None:
         gate = gate[..., None] if gate.ndim == 3 else gate
         out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)

@@ -20,7 +20,6 @@ import dataclasses
 import jax.numpy as jnp
 
 from jdistill import losses
-from jdistill.errors import ConfigError
 from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
@@ -89,12 +88,9 @@ class KnowledgeDistillation(RecipeBase):
         )
         s_head, s_bias = student.head_weights()
         t_head, t_bias = teacher.head_weights()
-        if self.label_weight and self.real_vocab is not None and self.real_vocab[0] < s_head.shape[-1]:
-            raise ConfigError(
-                f"distill.options.vocab_chunk with label_weight > 0: the chunked path would cut the student's CE to "
-                f"its {self.real_vocab[0]} real rows of {s_head.shape[-1]}; set label_weight 0 or distill.vocab=full"
-            )
-        s_head, s_bias, t_head, t_bias = losses.real_vocab_heads(s_head, s_bias, t_head, t_bias, self.real_vocab)
+        real_vocab = self.real_vocab
+        if real_vocab is None and self.divergence().same_vocabulary:  # as the dense path: the smaller vocabulary
+            real_vocab = losses.real_vocab_sizes(s_head.shape[-1], t_head.shape[-1], None)
         total, count = losses.chunked_distillation_loss(
             s_out.features,
             s_head,
@@ -112,5 +108,6 @@ class KnowledgeDistillation(RecipeBase):
             teacher_bias=t_bias,
             chunk_size=self.vocab_chunk,
             reduction="sum_count",
+            real_vocab=real_vocab,
         )
         return (total, count), {"distill_and_ce": total / jnp.maximum(count, 1.0)}, ()

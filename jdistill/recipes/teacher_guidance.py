@@ -16,7 +16,9 @@ alpha's probe is their affine combination, so the alpha in [0, 1] whose probe be
 one-hot labels is closed-form (`losses.probe_alpha`). That is, the next generation is modelled as
 kernel regression with the teacher's feature kernel. The estimates of the first `probe_batches` steps (each from
 its whole batch, once per optimizer step) are averaged in the recipe state; a step's loss uses the average of the
-steps before it (the first step: its own batch's estimate), fixed once probing ends. Classifiers only
+steps before it, fixed once probing ends. The first step, before any estimate, trains on the labels alone
+(alpha = 1): a step's alpha never depends on its own batch, so under gradient accumulation every micro-batch
+uses the same alpha as the full batch. Classifiers only
 when alpha is chosen (a fixed alpha works for LMs too, token-level).
 """
 
@@ -75,22 +77,21 @@ class TeacherGuidance(RecipeBase):
             features[:half], onehot[:half], teacher_probs[:half], features[half:], onehot[half:], self.probe_ridge
         )
 
-    def current_alpha(self, recipe_state, teacher_output, labels):
+    def current_alpha(self, recipe_state):
         """alpha for this step's loss: the fixed `alpha`, else the mean of the earlier steps' estimates (at the
-        first step, before any, this batch's own estimate)."""
+        first step, before any, 1: the labels alone). Read from the state only, never from this step's batch."""
         if self.alpha is not None:
             return jnp.asarray(self.alpha, jnp.float32)
         estimates = recipe_state["estimates"]
         mean = recipe_state["alpha_sum"] / jnp.maximum(estimates, 1)
-        own = self.batch_alpha(teacher_output.features, teacher_output.logits, labels)
-        return jax.lax.stop_gradient(jnp.where(estimates > 0, mean, own))
+        return jnp.where(estimates > 0, mean, 1.0)
 
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
         student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
         teacher_output = teacher(batch["inputs"], **lm_kwargs(batch))
-        alpha = self.current_alpha(recipe_state, teacher_output, labels)
+        alpha = self.current_alpha(recipe_state)
         total, count = losses.xi_self_distillation(
             student_logits,
             teacher_output.logits,

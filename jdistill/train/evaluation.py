@@ -13,7 +13,7 @@ from flax import nnx
 from jdistill.errors import DataError
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import add_stats, summarize, target_bytes
-from jdistill.eval.samples import sample_records, stage_prompts, write_samples
+from jdistill.eval.samples import encode_prompts, sample_records, stage_prompts, write_samples
 from jdistill.models import Transformer
 from jdistill.text import BytesTokenizer, load_tokenizer
 from jdistill.train import inputs
@@ -48,7 +48,16 @@ def final_metrics(metrics: dict, recipe, graphdef, params, eval_batches, rng) ->
 
 def run_tokenizer(data_config):
     """The tokenizer that made the run's token ids (`data.tokenizer`): it scores bits per byte, decodes samples."""
-    return load_tokenizer(getattr(data_config, "tokenizer", "bytes"))
+    return load_tokenizer(data_config.tokenizer)
+
+
+def check_samples(config) -> None:
+    """`run.sample_prompts` fit the LM stages' models (a one-line ConfigError otherwise): checked by the job
+    before its run directory is written; each stage checks its own model again when it starts."""
+    models = [stage.model for stage in (config.teacher, config.student) if stage.model.kind == "lm"]
+    if models and config.run.sample_tokens and config.run.sample_prompts:
+        max_len = min(model.max_seq_len for model in models)
+        encode_prompts(run_tokenizer(config.data), config.run.sample_prompts, max_len=max_len)
 
 
 def stage_sampler(run_config, tokenizer, eval_batches, *, max_seq_len: int):

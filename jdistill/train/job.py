@@ -15,7 +15,8 @@
                           generation before it;
   5. `student_<name>`     for each entry of `run.compare`: the same student trained with that objective instead
                           (`RunConfig.compare_distill`), e.g. off-policy KD against on-policy GKD in one job.
-Then a table, `summary.json`, and `learning_curves.png`.
+Then a table, `summary.json`, `learning_curves.png`, and with `run.export: DIR` the last student stage as a
+Hugging Face checkpoint in DIR (`jdistill.train.export_step`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
 from jdistill.train import inputs
 from jdistill.train.distributed import barrier
-from jdistill.train.evaluation import evaluate_loaded
+from jdistill.train.evaluation import check_samples, evaluate_loaded
+from jdistill.train.export_step import check_export, export_final
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.prune_stage import prune_teacher, pruned_stage_config, resolve_prune
 from jdistill.train.restore import load_pretrained
@@ -116,8 +118,10 @@ def run_job(
     compared = compared_recipes(config, recipe)
     if config.student.prune.layers is not None and not (recipe.needs_teacher_stage or config.teacher.init_from):
         raise ConfigError(f"student.prune: recipe {recipe.name!r} has no trained or loaded teacher to prune")
+    check_export(config, resume=resume)  # run.export: a free folder and an exportable student, before any compute
     for checked in (recipe, *compared.values()):
         inputs.check_data(config, checked)  # data errors (and tokenising raw text, once) before the run dir is written
+    check_samples(config)  # run.sample_prompts fit the models
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
     barrier("run_dir_checked")
@@ -205,6 +209,9 @@ def run_job(
     summary["wall_seconds"] = time.perf_counter() - started
     summary["data"] = config.data.name
     summary["recipe"] = recipe.name
+    exported = export_final(config, run_dir, student_stage_names(recipe)[-1], resume=resume)
+    if exported is not None:
+        summary["export"] = str(exported)
     if jax.process_index() == 0:
         write_json_atomic(run_dir / "summary.json", summary)
         if config.run.plot:

@@ -57,6 +57,8 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
         if len(devices) % slices:
             raise MeshError(f"mesh.dcn_data={slices} does not divide the {len(devices)} devices")
         data, fsdp, tensor = mesh_shape(mesh_config, len(devices) // slices)
+        if not hasattr(devices[0], "slice_index"):  # simulated devices (tests): consecutive blocks are the slices
+            return Mesh(np.asarray(devices).reshape(slices * data, fsdp, tensor), MESH_AXES)
         grid = mesh_utils.create_hybrid_device_mesh(
             (data, fsdp, tensor), (slices, 1, 1), devices=devices, allow_split_physical_axes=True
         )

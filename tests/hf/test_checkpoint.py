@@ -96,7 +96,7 @@ def test_mixture_of_experts_is_refused(tmp_path):
     "change, message",
     [
         ({"architectures": ["GPT2LMHeadModel"]}, "architecture \\['GPT2LMHeadModel'\\] is not supported"),
-        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling 'llama3' is not supported"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope scaling 'yarn' is not supported"),
         ({"attention_bias": True}, "attention_bias=true is not supported"),
     ],
 )
@@ -155,3 +155,18 @@ def test_exportable_configs_name_their_architecture(fields, architecture):
 def test_configs_transformers_cannot_load_are_refused(fields):
     with pytest.raises(HFImportError, match="save_pretrained: only"):
         hf_config_from_model(ModelConfig(**fields))
+
+
+def test_llama3_rope_scaling_round_trips(tmp_path):
+    from tests.hf.tiny import tiny_config, tiny_model
+
+    model = tiny_model(tiny_config("llama", num_layers=1, head_dim=16, rope_scaling=(8.0, 1.0, 4.0, 128.0)))
+    save_pretrained(model, tmp_path)
+    scaling = json.loads((tmp_path / "config.json").read_text())["rope_scaling"]
+    assert scaling == dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=128
+    )
+    loaded = from_pretrained(tmp_path)
+    assert loaded.config.rope_scaling == (8.0, 1.0, 4.0, 128.0)
+    tokens = np.random.default_rng(0).integers(0, 64, (2, 40)).astype(np.int32)
+    np.testing.assert_allclose(np.asarray(loaded(tokens).logits), np.asarray(model(tokens).logits), atol=1e-6)

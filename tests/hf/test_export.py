@@ -12,16 +12,17 @@ from flax import nnx
 from jdistill import cli
 from jdistill.configs import load_config, to_dict
 from jdistill.hf import HFImportError, export
+from jdistill.text import load_tokenizer, train_tokenizer
 from jdistill.train.checkpoint import Checkpointer
 from jdistill.train.rundir import write_config
 from jdistill.train.state import TrainState
 from tests.hf.tiny import tiny_config, tiny_model, token_batch
 
 
-def fake_run(run_dir, model, stage="student_kd"):
+def fake_run(run_dir, model, stage="student_kd", tokenizer="bytes"):
     """A run directory whose `stage` has one checkpoint holding `model`'s parameters."""
     run_dir.mkdir(parents=True)
-    config = load_config("lm_kd")
+    config = load_config("lm_kd", [f"data.tokenizer={tokenizer}"])
     config = dataclasses.replace(config, student=dataclasses.replace(config.student, model=model.config))
     write_config(run_dir, to_dict(config))
     checkpointer = Checkpointer(run_dir / stage / "checkpoints", keep=1)
@@ -52,19 +53,20 @@ def test_transformers_loads_the_export_with_the_same_logits(tmp_path, architectu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no temporary folder left
 
 
-def test_tokenizer_files_come_with_a_non_byte_tokenizer(tmp_path, monkeypatch):
-    run = fake_run(tmp_path / "run", tiny_model(tiny_config("qwen3", num_layers=1, vocab_size=256)))
-    tokenizer_dir = tmp_path / "tok"
-    tokenizer_dir.mkdir()
-    (tokenizer_dir / "tokenizer.json").write_text('{"model": {}}')
-    (tokenizer_dir / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
-    monkeypatch.setattr(export, "data_tokenizer", lambda data: f"hf:{tokenizer_dir}")
-    monkeypatch.setattr(export, "_special_ids", lambda spec: {"eos_token_id": 5, "pad_token_id": 5})
+def test_tokenizer_files_come_with_a_non_byte_tokenizer(tmp_path):
+    texts = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n"] * 10
+    tokenizer = train_tokenizer(texts, 280, tmp_path / "tok")
+    model = tiny_model(tiny_config("qwen3", num_layers=1, vocab_size=320))
+    run = fake_run(tmp_path / "run", model, tokenizer=f"hf:{tmp_path / 'tok'}")
     written = export.export_stage(run, "student_kd", tmp_path / "out")
-    assert written == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"model": {}}'
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == 5
-    (tokenizer_dir / "tokenizer.json").unlink()
+    copied = sorted(p.name for p in (tmp_path / "tok").iterdir())
+    assert written == ["config.json", "model.safetensors", *copied] and "tokenizer.json" in copied
+    for name in copied:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "tok" / name).read_bytes()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["eos_token_id"] == tokenizer.eos_id and config["pad_token_id"] == tokenizer.pad_id
+    assert load_tokenizer(f"hf:{tmp_path / 'out'}").fingerprint == tokenizer.fingerprint
+    (tmp_path / "tok" / "tokenizer.json").unlink()
     with pytest.raises(HFImportError, match=r"data.tokenizer hf:.*tok/tokenizer\.json: no such file"):
         export.export_stage(run, "student_kd", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()

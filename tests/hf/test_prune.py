@@ -176,3 +176,19 @@ def test_prune_cli_bad_input_is_one_line(teacher_dir, tmp_path, capsys):
     args = ["prune", "--teacher", f"hf:{teacher_dir}", "--layers", "2", "--method", "first"]
     assert "already exists" in _error(args + ["--out", str(tmp_path / "full")], capsys)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # tokenises the embedded corpus with the teacher's BPE once (~25 s of CPU)
+def test_prune_calibrates_with_the_teachers_own_tokenizer(tmp_path, data_dir, capsys):
+    from jdistill.text import load_tokenizer, train_tokenizer
+
+    teacher = tmp_path / "teacher"
+    texts = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "import os\nprint(os.sep)\n"] * 10
+    tokenizer = train_tokenizer(texts, 300, teacher)
+    save_pretrained(tiny_model(tiny_config("qwen3", vocab_size=320)), teacher)
+    out = tmp_path / "student"
+    args = ["prune", "--teacher", f"hf:{teacher}", "--layers", "3", "--method", "block_influence", "--out", str(out)]
+    assert cli.main(args + ["--calibration-batches", "1", "--seq-len", "16", "--batch-size", "2"]) == 0
+    assert "block_influence  kept" in capsys.readouterr().out
+    assert load_tokenizer(f"hf:{out}").fingerprint == tokenizer.fingerprint
+    assert from_pretrained(out).config.num_layers == 3

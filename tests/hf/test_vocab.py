@@ -3,7 +3,6 @@ chunked KD paths agree, mismatched shapes raise, and tokenizer / vocabulary mism
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,6 +14,7 @@ from jdistill.hf import vocab_policy
 from jdistill.hf.tokenizer_facts import TokenizerFacts
 from jdistill.recipes import KnowledgeDistillation
 from jdistill.recipes.registry import build_recipe
+from jdistill.text import train_tokenizer
 from tests.hf.tiny import tiny_config, tiny_model, token_batch
 
 
@@ -54,12 +54,13 @@ def test_without_a_known_vocabulary_the_smaller_one_is_shared():
     np.testing.assert_allclose(float(total), numpy_forward_kl(student, teacher, 260, 1.0).sum(), rtol=1e-5)
 
 
-def test_chunked_kd_cuts_the_heads_like_the_dense_path():
+@pytest.mark.parametrize("label_weight", [0.0, 0.5])
+def test_chunked_kd_cuts_the_heads_like_the_dense_path(label_weight):
     student = tiny_model(tiny_config("llama", num_layers=1, vocab_size=264), seed=1)
     teacher = tiny_model(tiny_config("qwen3", num_layers=2, vocab_size=272), seed=2)
     tokens = token_batch(256, (2, 7))
     batch = {"inputs": tokens, "targets": np.roll(tokens, -1, 1), "mask": np.ones((2, 7), bool)}
-    dense = KnowledgeDistillation(temperature=2.0, real_vocab=(256, 256))
+    dense = KnowledgeDistillation(temperature=2.0, label_weight=label_weight, real_vocab=(256, 256))
     chunked = dataclasses.replace(dense, vocab_chunk=4)
     (d_total, d_count), (c_total, c_count) = (
         nnx.jit(lambda s, t, recipe=recipe: recipe.loss(s, t, (), batch, None)[0])(student, teacher)
@@ -68,9 +69,13 @@ def test_chunked_kd_cuts_the_heads_like_the_dense_path():
     np.testing.assert_allclose(float(c_total), float(d_total), rtol=1e-5)
     assert float(c_count) == float(d_count) == 14
     s_logits, t_logits = np.asarray(student(tokens).logits), np.asarray(teacher(tokens).logits)
-    np.testing.assert_allclose(float(d_total), numpy_forward_kl(s_logits, t_logits, 256, 2.0).sum() * 4, rtol=1e-5)
-    with pytest.raises(ConfigError, match="vocab_chunk with label_weight > 0"):
-        dataclasses.replace(chunked, label_weight=0.5).loss(student, teacher, (), batch, None)
+    expected = numpy_forward_kl(s_logits, t_logits, 256, 2.0).sum() * 4
+    if label_weight:  # the student's CE over all its rows, padding included
+        expected += (
+            label_weight
+            * -np.take_along_axis(log_softmax(s_logits.astype(np.float64)), batch["targets"][..., None], -1).sum()
+        )
+    np.testing.assert_allclose(float(d_total), expected, rtol=1e-5)
 
 
 def test_mismatched_logit_shapes_raise_instead_of_broadcasting():
@@ -150,17 +155,31 @@ def test_a_student_checkpoint_must_use_the_data_tokenizer_even_under_uld(monkeyp
         vocab_policy.check_vocabularies(config, build_recipe(config.distill))
 
 
-def test_a_checkpoint_tokenizer_is_read_with_jdistill_text(tmp_path):
-    pytest.importorskip("jdistill.text")
-    tokenizers = pytest.importorskip("tokenizers")
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()
+def test_checkpoint_tokenizers_are_compared_by_fingerprint(tmp_path):
+    texts = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "import os\nprint(os.sep)\n"] * 10
+    tokenizer = train_tokenizer(texts, 300, tmp_path / "teacher")
+    teacher = f"teacher.init_from=hf:{tmp_path / 'teacher'}"
+    config = lm_config("teacher.model.vocab_size=320", teacher)
+    with pytest.raises(ConfigError) as info:
+        vocab_policy.check_vocabularies(config, build_recipe(config.distill))
+    message = str(info.value)
+    assert (
+        f"its tokenizer ({tokenizer.vocab_size} ids, {tokenizer.fingerprint[:12]}) is not data.tokenizer bytes"
+        in message
     )
-    tokenizer.train_from_iterator(["def f(x):\n    return x + 1\n"] * 20, trainer)
-    (tmp_path / "teacher").mkdir()
-    tokenizer.save(str(tmp_path / "teacher" / "tokenizer.json"))
-    facts = vocab_policy.checkpoint_tokenizer(f"hf:{tmp_path / 'teacher'}")
-    assert facts is not None and facts.fingerprint != "bytes-v1"
-    assert jax.numpy.ndim(facts.vocab_size) == 0
+    config = lm_config("teacher.model.vocab_size=320", teacher, "distill.objective=uld")
+    assert vocab_policy.check_vocabularies(config, build_recipe(config.distill)) == (256, tokenizer.vocab_size)
+    same = [f"data.tokenizer=hf:{tmp_path / 'teacher'}", "teacher.model.vocab_size=320", "student.model.vocab_size=304"]
+    config = lm_config(teacher, *same)
+    real = (tokenizer.vocab_size, tokenizer.vocab_size)
+    assert vocab_policy.with_real_vocab(build_recipe(config.distill), config).real_vocab == real
+
+
+def test_jdistill_train_refuses_a_too_small_embedding_in_one_line(tmp_path, capsys):
+    from jdistill import cli
+
+    overrides = ["teacher.model.vocab_size=300", "student.model.vocab_size=200"]
+    assert cli.main(["train", "--config", "lm_kd", "--run-dir", str(tmp_path / "run"), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its vocabulary (256 ids) exceeds student.model.vocab_size (200" in err
+    assert not (tmp_path / "run").exists()

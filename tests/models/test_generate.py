@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from jdistill.models import ModelConfig, Transformer
-from jdistill.models.generate import completion_mask, filter_logits, generate
+from jdistill.models.generate import completion_mask, filter_logits, generate, sample_completions
 
 LM = ModelConfig(
     kind="lm",
@@ -150,6 +150,14 @@ def test_padding_does_not_change_a_rows_output(config):
     np.testing.assert_array_equal(narrow, wide_out)
     for index, row in enumerate(rows):
         np.testing.assert_array_equal(wide_out[index], generate(model, row[None], max_new_tokens=4)[0])
+    # inside a jitted step (what GKD calls): traced lengths, so recurrent models prefill only the first token
+    graphdef, params = nnx.split(model)
+    traced = jax.jit(
+        lambda params, prompt, mask: sample_completions(
+            nnx.merge(graphdef, params), prompt, mask, max_new_tokens=4, rng=jax.random.key(0)
+        )
+    )(params, wide, wide_mask)
+    np.testing.assert_array_equal(traced, wide_out)
 
 
 def test_exactly_max_new_tokens_with_one_decode_step_fewer_and_early_stop_when_all_rows_end(monkeypatch):
@@ -171,3 +179,15 @@ def test_exactly_max_new_tokens_with_one_decode_step_fewer_and_early_stop_when_a
     prompt = jnp.stack([prompt[0], prompt[0]])  # both rows emit `first` at once: nothing left to decode
     stopped = generate(model, prompt, max_new_tokens=4, eos_id=first, pad_id=0)
     assert calls == [5] and stopped.tolist() == [[first, 0, 0, 0]] * 2
+
+
+def test_prompts_of_other_lengths_reuse_the_compiled_loop():
+    from jdistill.models.generate import _generate
+
+    model = Transformer(LM, rngs=nnx.Rngs(0))
+    prompt = np.asarray(jax.random.randint(jax.random.key(50), (2, 6), 0, 50))
+    generate(model, prompt, [6, 2], max_new_tokens=3)
+    compiled = _generate._cache_size()
+    generate(model, prompt, [3, 5], max_new_tokens=3)  # other lengths: the same program (no static prefill length)
+    generate(model, prompt, prompt_mask=np.arange(6)[None, :] >= np.array([[1], [4]]), max_new_tokens=3)
+    assert _generate._cache_size() == compiled

@@ -29,9 +29,10 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def prepared_state(recipe, module, teacher_params=None, *, train=TRAIN, seed=0):
-    """(graphdef, TrainState, optimizer) with the recipe's `init` applied, as `run_stage` does."""
-    optimizer = make_optimizer(train)
+def prepared_state(recipe, module, teacher_params=None, *, train=TRAIN, seed=0, optimizer=None):
+    """(graphdef, TrainState, optimizer) with the recipe's `init` applied, as `run_stage` does; the optimizer is
+    `train`'s AdamW unless given."""
+    optimizer = optimizer or make_optimizer(train)
     graphdef, params = nnx.split(module)
     params, recipe_state = recipe.init(params, teacher_params, jax.random.key(seed))
     state = TrainState(

@@ -79,3 +79,44 @@ def test_the_step_at_a_later_epoch_trains_on_the_buffer_and_then_overwrites_it(s
     ):
         np.testing.assert_allclose(b - np.asarray(a), np.asarray(g), atol=2e-6, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(new_state.recipe_state), expected_buffer, atol=1e-6)
+
+
+@pytest.mark.parametrize("micro", [2, 4])
+def test_an_accumulated_step_equals_the_full_batch_step(setup, micro):
+    """Gradient accumulation: the buffer is written once per optimizer step with the whole batch's predictions (at
+    the parameters before the step) and the update is the full batch's mean-loss gradient, so loss, gradient norm,
+    parameters and buffer equal the full batch's after two steps, the second at the next epoch reading rows the
+    first wrote. (SGD: a gradient of another scale moves the parameters differently.)"""
+    recipe, graphdef = setup[:2]
+    rng = np.random.default_rng(1)
+    buffer = rng.dirichlet(np.ones(10) * 0.3, NUM_EXAMPLES).astype(np.float32)  # the fixture's were donated
+    order = rng.permutation(NUM_EXAMPLES)[:8]
+    batches = [
+        {
+            "inputs": jnp.asarray(rng.random((8, 8, 8, 1)), jnp.float32),
+            "labels": jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
+            "index": jnp.asarray(indices, jnp.int32),
+        }
+        for indices in (order, order[::-1])  # the second step reads the first step's writes, in another order
+    ]
+    optimizer = optax.sgd(0.5)
+    runs = []
+    for accumulate in (1, micro):
+        _, state = create_train_state(Transformer(CONFIG, rngs=nnx.Rngs(0)), optimizer, jnp.asarray(buffer))
+        state = state.replace(step=jnp.asarray(3, jnp.int32))  # epochs 1.5 and 2.0: alpha_t 0.4, then 0.6
+        step = make_train_step(graphdef, recipe, optimizer, seed=0, steps_per_epoch=2, grad_accum_steps=accumulate)
+        predictions, logged = [], []
+        for batch in batches:
+            predictions.append(np.asarray(jax.nn.softmax(nnx.merge(graphdef, state.params)(batch["inputs"]).logits)))
+            state, metrics = step(state, None, batch)
+            logged.append([float(metrics[key]) for key in ("loss", "grad_norm", "alpha")])
+        runs.append((state, predictions, logged))
+    (full, full_predictions, full_logged), (accumulated, _, logged) = runs
+    np.testing.assert_allclose(logged, full_logged, rtol=1e-5)
+    assert [alpha for *_, alpha in full_logged] == pytest.approx([0.4, 0.6])
+    for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(full.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(accumulated.recipe_state), np.asarray(full.recipe_state), atol=1e-6)
+    expected = buffer.copy()
+    expected[order[::-1]] = full_predictions[1]  # every row of the batch: the second step's pre-update softmax
+    np.testing.assert_allclose(np.asarray(full.recipe_state), expected, atol=1e-6)

@@ -66,9 +66,24 @@ def test_mismatched_architectures_are_a_config_error_unless_the_init_is_independ
     assert params is other
 
 
-def test_random_teacher_preset_runs_end_to_end(tmp_path, data_dir):
-    config = load_config("random_teacher", tiny_job(stages=("teacher", "student")))
+def test_random_teacher_preset_distils_its_frozen_teacher_from_close_by(tmp_path, data_dir):
+    """The student starts near the random teacher (init_alpha 0.1: a KL of 0.015-0.025, not 0) and distils it:
+    in 40 steps the KL falls 8-10 fold (seeds 0/1/2: 0.0147 -> 0.0017, 0.0241 -> 0.0031, 0.0252 -> 0.0024).
+    The probe accuracies are only checked above chance: at this size and budget they move within the probes'
+    noise (seeds 0/1/2, linear probe at the start 0.536, 0.586, 0.594, after 200 steps 0.586, 0.547, 0.617), so
+    beating the untrained student is not a claim this run can test.
+
+    Broken on purpose: the loss sign flipped (the KL grows), the teacher's logits replaced by the student's (the
+    KL is 0 from the start), the student initialised independently (far from the teacher at the start)."""
+    from tests.recipes.family_a import train_log
+
+    config = load_config(
+        "random_teacher", tiny_job(stages=("teacher", "student"), steps=40, extra=["student.train.learning_rate=0.003"])
+    )
     summary = run_job(config, tmp_path / "run", progress=False)
     assert "teacher" not in summary  # never trained, never evaluated as a stage
     metrics = summary["student_random_teacher"]
     assert 0.2 < metrics["linear_probe_accuracy"] <= 1.0 and 0.2 < metrics["knn_accuracy"] <= 1.0
+    kl = train_log(tmp_path / "run", "student_random_teacher", "random_teacher_kl")
+    assert 1e-3 < kl[0] < 0.05  # near the teacher, not on it
+    assert kl[-1] < 0.25 * kl[0]

@@ -61,22 +61,23 @@ def test_probe_alpha_is_the_grid_best_mix_of_two_ridge_probes():
 
 
 def test_alpha_is_the_running_mean_of_the_first_probe_batches():
-    """The loss uses the mean of the earlier steps' estimates (its own batch's at the first step); each step adds
-    its whole batch's estimate once, while probing."""
+    """The loss uses the mean of the earlier steps' estimates (1, the labels alone, at the first step: never its
+    own batch's, which a micro-batch could not see whole); each step adds its whole batch's estimate once, while
+    probing."""
     recipe = TeacherGuidance(probe_batches=2)
     output = type("Output", (), {})()
     rng = np.random.default_rng(0)
     output.features, output.logits = jnp.asarray(rng.normal(size=(8, 5))), jnp.asarray(rng.normal(size=(8, 3)))
     labels = jnp.asarray(rng.integers(0, 3, 8))
     estimate = float(recipe.batch_alpha(output.features, output.logits, labels))
-    assert float(recipe.current_alpha(_state(), output, labels)) == pytest.approx(estimate)  # first step: its own
-    assert float(recipe.current_alpha(_state(0.5, 1), output, labels)) == pytest.approx(0.5)  # the earlier mean
+    assert float(recipe.current_alpha(_state())) == 1.0  # the first step: no estimate yet
+    assert float(recipe.current_alpha(_state(0.5, 1))) == pytest.approx(0.5)  # the earlier mean
     statistics = {"features": output.features, "logits": output.logits, "labels": labels}
     state = recipe.update_state(_state(0.5, 1), statistics)
     assert float(state["alpha_sum"]) == pytest.approx(0.5 + estimate) and int(state["estimates"]) == 2
     frozen = recipe.update_state(state, statistics)  # probing is over: the state no longer moves
     assert float(frozen["alpha_sum"]) == float(state["alpha_sum"]) and int(frozen["estimates"]) == 2
-    assert float(recipe.current_alpha(frozen, output, labels)) == pytest.approx((0.5 + estimate) / 2)
+    assert float(recipe.current_alpha(frozen)) == pytest.approx((0.5 + estimate) / 2)
 
 
 def test_preset_trains_guided_generations_end_to_end(tmp_path, pretrained_teacher, untrained):
@@ -97,7 +98,42 @@ def test_preset_trains_guided_generations_end_to_end(tmp_path, pretrained_teache
     for stage in generations:
         alphas = train_log(tmp_path / "run", stage, "alpha")
         assert summary[stage]["accuracy"] > before["accuracy"] + 0.15
-        # step 1 uses its own batch's estimate, step 2 the mean of step 1's, and from step 3 on the mean of the 2
-        # probe batches' estimates, frozen for the rest of the generation
-        assert alphas[1] == pytest.approx(alphas[0])
+        # step 1 trains on the labels (no estimate yet), step 2 uses step 1's estimate, and from step 3 on the mean of
+        # the 2 probe batches' estimates, frozen for the rest of the generation
+        assert alphas[0] == 1.0 and 0.0 <= alphas[1] <= 1.0
         assert 0.0 <= alphas[2] <= 1.0 and alphas[3:] == [alphas[2]] * (len(alphas) - 3)
+
+
+@pytest.mark.parametrize("micro", [2, 4])
+def test_an_accumulated_step_equals_the_full_batch_step(micro):
+    """Gradient accumulation: each probing step adds one estimate of alpha from its whole batch (not one per
+    micro-batch, nor a micro-batch's), and the loss sum is divided by the whole batch's example count, so loss,
+    gradient norm, alpha, parameters and state equal the full batch's over two probing steps and one after.
+    (SGD: a gradient of another scale moves the parameters differently.)"""
+    import optax
+
+    from jdistill.train import make_train_step
+    from tests.recipes.ssl_robust_helpers import batch, leaves, prepared_state
+
+    recipe = TeacherGuidance(probe_batches=2)
+    teacher_graphdef, teacher_params = nnx.split(Transformer(CONFIG, rngs=nnx.Rngs(3)))
+    runs = []
+    for accumulate in (1, micro):
+        graphdef, state, optimizer = prepared_state(
+            recipe, Transformer(CONFIG, rngs=nnx.Rngs(0)), teacher_params, optimizer=optax.sgd(0.5)
+        )
+        step = make_train_step(
+            graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef, grad_accum_steps=accumulate
+        )
+        logged = []
+        for seed in range(3):
+            state, metrics = step(state, teacher_params, batch(seed, size=16))
+            logged.append([float(metrics[key]) for key in ("loss", "grad_norm", "alpha")])
+        runs.append((state, logged))
+    (full, full_logged), (accumulated, logged) = runs
+    np.testing.assert_allclose(logged, full_logged, rtol=1e-5)
+    assert int(full.recipe_state["estimates"]) == 2 and len({alpha for *_, alpha in full_logged}) > 1
+    np.testing.assert_allclose(accumulated.recipe_state["alpha_sum"], full.recipe_state["alpha_sum"], rtol=1e-5)
+    assert int(accumulated.recipe_state["estimates"]) == 2
+    for a, b in zip(leaves(accumulated.params), leaves(full.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
