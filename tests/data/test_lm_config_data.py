@@ -9,7 +9,7 @@ import pytest
 from jdistill.configs import load_config
 from jdistill.configs.schema import DataConfig
 from jdistill.data.prompts import PromptCompletionExamples, prompt_train_dataset
-from jdistill.errors import DataError
+from jdistill.errors import ConfigError, DataError
 from jdistill.recipes.base import RecipeBase
 from jdistill.text import train_tokenizer
 from jdistill.train import inputs
@@ -37,9 +37,13 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_fails_before_the_run_dir(t
     write_jsonl(tmp_path / "raw" / "train" / "a.jsonl", [{"text": "def f(x): return x"}] * 3)
     write_jsonl(tmp_path / "raw" / "test" / "a.jsonl", [{"text": "def g(): pass"}])
     config = lm_config(tmp_path, f"files:{tmp_path}/raw/{{split}}/*.jsonl", tokenizer=str(bpe_dir), dir=str(tmp_path))
-    with pytest.raises(DataError, match=r"has 3\d\d ids but model.vocab_size is 256"):
+    # the job: the vocabulary policy's check (the tokenizer file itself) comes first, before the run dir
+    with pytest.raises(ConfigError, match=r"its vocabulary \(3\d\d ids\) exceeds student.model.vocab_size \(256"):
         run_job(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+    # the data check reads the tokenised data's own metadata (a `tokenized:DIR` may come without tokenizer files)
+    with pytest.raises(DataError, match=r"has 3\d\d ids but model.vocab_size is 256"):
+        inputs.check_lm_vocab(config.data, config.student.model)
     # the raw text was tokenised once into the data dir's cache, with the BPE tokenizer
     (cached,) = [path for path in (tmp_path / "tokenized").iterdir() if path.is_dir()]
     assert cached.name.startswith("files_") and (cached / "metadata.json").exists()
