@@ -7,6 +7,7 @@ import functools
 
 import grain
 import jax
+import numpy as np
 
 from jdistill import data
 from jdistill.data.transforms import AUGMENTATIONS
@@ -35,6 +36,7 @@ def check_data(config, recipe) -> None:
         return
     for stage in (config.teacher, config.student):
         check_lm_vocab(config.data, stage.model)
+    eval_batches(config.data, "lm")  # its windows hold scored tokens
     if recipe.batch_layout == "prompt_completion":
         prompt_examples(config.data)
 
@@ -82,13 +84,21 @@ def batches_from(dataset: grain.MapDataset, start: int, stop: int):
 @functools.lru_cache(maxsize=8)
 def eval_batches(data_config, kind: str, split: str = "test") -> tuple[dict, ...]:
     """The evaluation split as padded batches (cached: every evaluation of a job sees the same batches). LM
-    evaluation is always packed (prompt/completion sources: the loss mask on the completions)."""
+    evaluation is always packed (prompt/completion sources: the loss mask on the completions); LM batches without
+    a single scored token are a one-line DataError (checked by `check_data` before any stage)."""
     if kind == "lm":
         batches = data.lm_eval_batches(
             data.lm_windows(data_config, split, include_partial_tail=True),
             batch_size=data_config.eval_batch_size,
             max_batches=data_config.eval_max_batches,
         )
+        batches = tuple(batches)
+        if not any(np.asarray(batch["mask"]).any() for batch in batches):
+            raise DataError(
+                f"data.eval_max_batches={data_config.eval_max_batches} x data.eval_batch_size="
+                f"{data_config.eval_batch_size}: the evaluation windows of {data_config.name} ({split}) hold no scored "
+                "token (e.g. only prompts); evaluate more batches"
+            )
     else:
         batches = data.classification_eval_batches(_source(data_config, split), batch_size=data_config.eval_batch_size)
         if data_config.eval_max_batches is not None:

@@ -46,6 +46,7 @@ from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.prune_stage import prune_teacher, pruned_stage_config, resolve_prune
 from jdistill.train.restore import load_pretrained
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
+from jdistill.train.stop_tokens import with_stop_tokens
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
@@ -58,6 +59,7 @@ def checked_recipe(config: Config):
     get the real vocabulary sizes of `distill.vocab` (`jdistill.hf.vocab_policy`)."""
     recipe = build_recipe(config.distill)
     recipe.check(config)
+    recipe = with_stop_tokens(recipe, config)  # generating recipes stop at the data tokenizer's EOS
     return with_real_vocab(recipe, config)  # tokenizer and vocabulary checks (distill.vocab)
 
 

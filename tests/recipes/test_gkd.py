@@ -195,8 +195,6 @@ def test_config_errors():
     # prompt_len beyond seq_len, classifiers: tests/train/test_checks_before_training.py
 
 
-# slow until the byte-level gkd preset reads prompt/completion data (pystdlib_functions): it stops with a DataError
-@pytest.mark.slow
 def test_preset_learns_on_policy(tmp_path, untrained):
     overrides = [
         f"{stage}.{key}={value}"
@@ -215,11 +213,11 @@ def test_preset_learns_on_policy(tmp_path, untrained):
         )
     ]
     overrides += [
-        "data.seq_len=16",
-        "data.eval_batch_size=4",
-        "data.eval_max_batches=1",
+        "data.seq_len=96",
+        "data.max_prompt_len=64",
+        "data.eval_batch_size=8",
+        "data.eval_max_batches=6",  # the first windows of the test split are mostly prompts (unscored)
         "distill.options.lam=1.0",
-        "distill.options.prompt_len=4",
         "run.progress=false",
         "run.plot=false",
         "run.baseline=false",
@@ -228,5 +226,5 @@ def test_preset_learns_on_policy(tmp_path, untrained):
     config = load_config("gkd", overrides)
     summary = run_job(config, tmp_path / "run", progress=False)
     before = untrained(config)["bits_per_byte"]
-    assert summary["student_gkd"]["bits_per_byte"] < before - 0.3  # 10 steps: about 0.5 bits
+    assert summary["student_gkd"]["bits_per_byte"] < before - 0.3  # 10 steps: about 1.1 bits (8.95 -> 7.85)
     assert train_log(tmp_path / "run", "student_gkd", "on_policy") == [1.0] * 10  # lam = 1: every step samples

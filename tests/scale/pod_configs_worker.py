@@ -45,23 +45,12 @@ from jdistill.text import load_tokenizer, train_tokenizer  # noqa: E402
 from jdistill.train import run_job  # noqa: E402
 from jdistill.train.job import checked_recipe  # noqa: E402
 from jdistill.train.restore import load_stage  # noqa: E402
+from tests.scale.pod_meshes import MESHES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SEQ, FULL_SEQ = 64, 4096
 ROWS = 320  # embedding rows of every tiny model
 TOKENIZER_IDS = {"qwen3": 301, "llama": ROWS}  # Qwen3: padded embedding rows; Llama 3: none
-# Each config's mesh on 8 devices: every axis that is > 1 in the config stays > 1, except 2x-v5e-256's `data`
-# (dcn_data x data x fsdp x tensor would need 16 devices; dcn_data 2 keeps the cross-slice data parallelism).
-MESHES = {
-    "v4-8": dict(data=1, fsdp=4, tensor=1),
-    "v4-32": dict(data=1, fsdp=8, tensor=1),
-    "v5e-16": dict(data=1, fsdp=8, tensor=1),
-    "v5e-256": dict(data=2, fsdp=2, tensor=2),
-    "v5p-128": dict(data=2, fsdp=2, tensor=2),
-    "2x-v5e-256": dict(data=1, fsdp=2, tensor=2, dcn_data=2),
-    "h100-1x8": dict(data=1, fsdp=8, tensor=1),
-    "h100-4x8": dict(data=2, fsdp=4, tensor=1),
-}
 
 
 def family(model) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from jdistill.configs import load_config
+from tests.scale.pod_meshes import MESHES
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(path.stem for path in (ROOT / "tpu_configs").glob("*.yaml"))
@@ -59,11 +60,7 @@ def check_trained(name: str, result: dict) -> None:
     assert result["grad_accum_steps"] == config.student.train.grad_accum_steps > 1
 
 
-# slow: sets jax_num_cpu_devices in-process, which fails in a worker whose JAX backend is already up
-@pytest.mark.slow
 def test_every_config_has_a_scaled_mesh_keeping_its_axes():
-    from tests.scale.pod_configs_worker import MESHES
-
     assert sorted(MESHES) == CONFIGS  # a new pod config needs its scaled mesh here
     for name, scaled in MESHES.items():
         mesh = load_config(str(ROOT / "tpu_configs" / f"{name}.yaml")).mesh
