@@ -53,20 +53,25 @@ def check_vocabularies(config: Any, recipe: Any) -> tuple[int, int] | None:
         shared = min(config.student.model.vocab_size, config.teacher.model.vocab_size)
         return None if config.distill.vocab == "full" else (shared, shared)
     data = tokenizer_facts(spec)
-    for role in roles:
+    uld = not _objective_needs_same_vocabulary(recipe)
+    own = _checkpoint_tokenizers(config, roles)
+    reads = {role: data for role in roles}  # the tokenizer whose ids each model embeds
+    if "teacher" in own and own["teacher"].fingerprint != data.fingerprint and uld:
+        reads["teacher"] = own["teacher"]  # it reads its own tokens of the text (jdistill.train.teacher_tokens)
+    for role, facts in reads.items():
         rows = getattr(config, role).model.vocab_size
-        if data.vocab_size > rows:
+        if facts.vocab_size > rows:
+            where = "data.tokenizer" if facts is data else f"{role}.init_from's tokenizer"
             raise ConfigError(
-                f"data.tokenizer {data.spec}: its vocabulary ({data.vocab_size} ids) exceeds {role}.model.vocab_size "
+                f"{where} {facts.spec}: its vocabulary ({facts.vocab_size} ids) exceeds {role}.model.vocab_size "
                 f"({rows} embedding rows)"
             )
-    uld = not _objective_needs_same_vocabulary(recipe)
     teacher_vocab = data.vocab_size
-    for role, facts in _checkpoint_tokenizers(config, roles).items():
+    for role, facts in own.items():
         if facts.fingerprint == data.fingerprint:
             continue
         if role == "teacher" and uld:
-            teacher_vocab = min(facts.vocab_size, config.teacher.model.vocab_size)
+            teacher_vocab = facts.vocab_size
             continue
         raise ConfigError(
             f"{role}.init_from {getattr(config, role).init_from}: its tokenizer ({facts.vocab_size} ids, "

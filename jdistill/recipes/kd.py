@@ -11,12 +11,17 @@ valid tokens, so gradient accumulation and data parallelism normalise by the glo
 neither `[batch, seq, vocab]` logit tensor is ever materialised. `real_vocab` (set by the job from `distill.vocab`
 and the data tokenizer, docs/checkpoints.md#vocabulary-policy): D compares the distributions over the first
 (V_student, V_teacher) rows only, so padded embedding rows carry no probability (`losses.real_vocab_logits`).
+`teacher_seq_len` (set by the job when a `uld` teacher reads another tokenizer, docs/checkpoints.md): the teacher
+reads its own tokens of the same text (`teacher_inputs [batch, teacher_seq_len]`, `jdistill.data.teacher_view`),
+and D compares each student position with the teacher position that has read the same text prefix
+(`teacher_index`), on the positions that have one (`teacher_aligned`) only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from jdistill import losses
@@ -37,11 +42,45 @@ class KnowledgeDistillation(RecipeBase):
     scale_by_temperature_squared: bool | None = None  # None: the divergence's default (T^2 for forward_kl only)
     vocab_chunk: int = 0
     real_vocab: tuple[int, int] | None = None  # (student, teacher) real rows; None: min of the two (uld: all)
+    teacher_seq_len: int | None = None  # the teacher reads its own tokenizer's tokens (set by the job; uld only)
     name: str = "kd"
     teacher_policy: str = "frozen"
 
     def __post_init__(self):
         self.divergence()  # an unknown objective fails when the recipe is built, before any compute
+        if self.teacher_seq_len is not None and self.divergence().same_vocabulary:
+            raise ValueError(
+                f"teacher_seq_len: a teacher with its own tokenizer needs objective uld, not {self.objective!r}"
+            )
+
+    def batch_fields(self, batch):
+        """With `teacher_seq_len`: the teacher's own tokens of each window (`jdistill.data.teacher_view`)."""
+        if self.teacher_seq_len is None:
+            return {}
+        rows, seq_len = batch["targets"].shape
+        teacher_shape = (rows, self.teacher_seq_len)
+        return {
+            "teacher_inputs": jax.ShapeDtypeStruct(teacher_shape, jnp.int32),
+            "teacher_segment_ids": jax.ShapeDtypeStruct(teacher_shape, jnp.int32),
+            "teacher_positions": jax.ShapeDtypeStruct(teacher_shape, jnp.int32),
+            "teacher_index": jax.ShapeDtypeStruct((rows, seq_len), jnp.int32),
+            "teacher_aligned": jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_),
+        }
+
+    def _teacher_forward(self, teacher, batch, *, logits: bool):
+        """The teacher's output at the student's positions: on the student's tokens, or (`teacher_seq_len`) on its
+        own tokens, gathered at each student position's aligned teacher position."""
+        if self.teacher_seq_len is None:
+            out = teacher(batch["inputs"], logits=logits, **lm_kwargs(batch))
+            return out.logits if logits else out.features
+        own = dict(segment_ids=batch["teacher_segment_ids"], positions=batch["teacher_positions"])
+        out = teacher(batch["teacher_inputs"], logits=logits, **own)
+        values = out.logits if logits else out.features
+        return jnp.take_along_axis(values, batch["teacher_index"][..., None], axis=1)
+
+    def _mask(self, batch, mask):
+        """The positions D (and the CE) are taken on: with `teacher_seq_len`, the aligned ones only."""
+        return mask if self.teacher_seq_len is None else mask & batch["teacher_aligned"]
 
     def divergence(self) -> losses.Divergence:
         return losses.divergence(self.objective)
@@ -54,10 +93,11 @@ class KnowledgeDistillation(RecipeBase):
     def loss(self, student, teacher, recipe_state, batch, rng):
         del rng
         labels, mask = targets_and_mask(batch)
+        mask = self._mask(batch, mask)
         if self.vocab_chunk and labels.ndim == 2:
             return self._chunked_loss(student, teacher, recipe_state, batch, labels, mask)
         student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
-        teacher_logits = teacher(batch["inputs"], **lm_kwargs(batch)).logits
+        teacher_logits = self._teacher_forward(teacher, batch, logits=True)
         (total, count), metrics = self.loss_from_logits(student_logits, teacher_logits, labels, mask)
         return (total, count), metrics, ()
 
@@ -82,10 +122,8 @@ class KnowledgeDistillation(RecipeBase):
         return losses.real_vocab_logits(student_logits, teacher_logits, self.real_vocab)
 
     def _chunked_loss(self, student, teacher, recipe_state, batch, labels, mask):
-        s_out, t_out = (
-            student(batch["inputs"], logits=False, **lm_kwargs(batch)),
-            teacher(batch["inputs"], logits=False, **lm_kwargs(batch)),
-        )
+        s_out = student(batch["inputs"], logits=False, **lm_kwargs(batch))
+        t_features = self._teacher_forward(teacher, batch, logits=False)
         s_head, s_bias = student.head_weights()
         t_head, t_bias = teacher.head_weights()
         real_vocab = self.real_vocab
@@ -94,7 +132,7 @@ class KnowledgeDistillation(RecipeBase):
         total, count = losses.chunked_distillation_loss(
             s_out.features,
             s_head,
-            t_out.features,
+            t_features,
             t_head,
             labels,
             objective=self.objective,

@@ -34,8 +34,10 @@ def check_data(config, recipe) -> None:
     checked against both models' vocabularies and, for prompt/completion recipes, the prompt width."""
     if config.student.model.kind != "lm":
         return
-    for stage in (config.teacher, config.student):
-        check_lm_vocab(config.data, stage.model)
+    from jdistill.train.teacher_tokens import teacher_data_config
+
+    check_lm_vocab(config.data, config.student.model)
+    check_lm_vocab(teacher_data_config(config), config.teacher.model)  # a uld teacher's own tokenizer
     eval_batches(config.data, "lm")  # its windows hold scored tokens
     if recipe.batch_layout == "prompt_completion":
         prompt_examples(config.data)
@@ -87,18 +89,20 @@ def eval_batches(data_config, kind: str, split: str = "test") -> tuple[dict, ...
     evaluation is always packed (prompt/completion sources: the loss mask on the completions); LM batches without
     a single scored token are a one-line DataError (checked by `check_data` before any stage)."""
     if kind == "lm":
-        batches = data.lm_eval_batches(
-            data.lm_windows(data_config, split, include_partial_tail=True),
-            batch_size=data_config.eval_batch_size,
-            max_batches=data_config.eval_max_batches,
+        lm_batches = tuple(
+            data.lm_eval_batches(
+                data.lm_windows(data_config, split, include_partial_tail=True),
+                batch_size=data_config.eval_batch_size,
+                max_batches=data_config.eval_max_batches,
+            )
         )
-        batches = tuple(batches)
-        if not any(np.asarray(batch["mask"]).any() for batch in batches):
+        if not any(np.asarray(batch["mask"]).any() for batch in lm_batches):
             raise DataError(
                 f"data.eval_max_batches={data_config.eval_max_batches} x data.eval_batch_size="
                 f"{data_config.eval_batch_size}: the evaluation windows of {data_config.name} ({split}) hold no scored "
                 "token (e.g. only prompts); evaluate more batches"
             )
+        return lm_batches
     else:
         batches = data.classification_eval_batches(_source(data_config, split), batch_size=data_config.eval_batch_size)
         if data_config.eval_max_batches is not None:

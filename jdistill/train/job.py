@@ -47,6 +47,7 @@ from jdistill.train.prune_stage import prune_teacher, pruned_stage_config, resol
 from jdistill.train.restore import load_pretrained
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.stop_tokens import with_stop_tokens
+from jdistill.train.teacher_tokens import teacher_data_config, teacher_view_dataset_fn, with_teacher_tokens
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
@@ -60,7 +61,8 @@ def checked_recipe(config: Config):
     recipe = build_recipe(config.distill)
     recipe.check(config)
     recipe = with_stop_tokens(recipe, config)  # generating recipes stop at the data tokenizer's EOS
-    return with_real_vocab(recipe, config)  # tokenizer and vocabulary checks (distill.vocab)
+    recipe = with_real_vocab(recipe, config)  # tokenizer and vocabulary checks (distill.vocab)
+    return with_teacher_tokens(recipe, config)  # a uld teacher with its own tokenizer reads its own tokens
 
 
 def student_stage_names(recipe) -> list[str]:
@@ -160,7 +162,10 @@ def run_job(
     teacher = None
     if recipe.needs_teacher_stage or any(other.needs_teacher_stage for other in compared.values()):
         if config.teacher.init_from:
-            teacher = results["teacher"] = evaluate_loaded(load_pretrained(config.teacher), config, run_dir / "teacher")
+            teacher_config = dataclasses.replace(config, data=teacher_data_config(config))  # its own tokenizer
+            teacher = results["teacher"] = evaluate_loaded(
+                load_pretrained(config.teacher), teacher_config, run_dir / "teacher"
+            )
         else:
             if stage("teacher", config.teacher, Supervised(), TEACHER_INIT):
                 return {}
@@ -173,6 +178,10 @@ def run_job(
         cached = job_dataset_fn(config, recipe, teacher, run_dir)
         dataset_fns = {**{name: cached for name in student_stage_names(recipe)}, **(dataset_fns or {})}
         teacher = None
+    for names, stage_recipe in ((student_stage_names(recipe), recipe), *(([n], r) for n, r in compared.items())):
+        own_tokens = teacher_view_dataset_fn(config, stage_recipe, config.seed, config.student.train.batch_size)
+        if own_tokens is not None:  # the teacher reads its own tokenizer's tokens of each window
+            dataset_fns = {**{name: own_tokens for name in names}, **(dataset_fns or {})}
     student = config.student  # the stage config the recipe's student starts from
     if config.student.prune.layers is not None:
         student = pruned_stage_config(config, prune_teacher(config, results["teacher"], run_dir))
