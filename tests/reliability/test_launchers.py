@@ -197,6 +197,20 @@ def test_tpu_ssh_command_passes_values_unchanged(hostile, stubs, tmp_path, monke
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.parametrize("hostile", ["subshell", "semicolon", "backticks", "single-quote"])
+def test_kubernetes_quoting_holds_without_name_validation(hostile, stubs, tmp_path):
+    """The second layer: a name that got past validation still reaches `jdistill train` as one argument."""
+    from jdistill.scale.plans import kubernetes_manifest
+    from jdistill.scale.topologies import parse_topology
+
+    config = with_field(load_config(str(CONFIGS[KUBERNETES])), "cluster.name", HOSTILE[hostile])
+    topology = parse_topology(config.cluster.topology, 1)
+    job = list(yaml.safe_load_all(kubernetes_manifest(config.cluster, topology, str(CONFIGS[KUBERNETES]), [])))[2]
+    argv = run_bash(job["spec"]["template"]["spec"]["containers"][0]["command"][1:], stubs, tmp_path)
+    name = HOSTILE[hostile]
+    assert f"cluster.coordinator_address={name}-0.{name}:8476" in argv and not (tmp_path / "PWNED").exists()
+
+
 def test_xpk_command_passes_values_unchanged(stubs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config, overrides = hostile_job("2x-v5e-256", "subshell")
