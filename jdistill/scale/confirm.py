@@ -62,10 +62,10 @@ def confirm(summary: str, *, yes: bool, stdin=None, stdout=None) -> None:
     stdout = sys.stdout if stdout is None else stdout
     if not stdin.isatty():
         raise NotConfirmedError(
-            "jdistill launch creates paid resources and stdin is not a terminal to confirm on; pass --yes to "
+            "this launch creates paid resources and stdin is not a terminal to confirm on; pass --yes to "
             "launch without asking, or --dry-run to print the commands"
         )
     stdout.write(f"{summary}\nCreate these resources? [y/N] ")
     stdout.flush()
     if stdin.readline().strip().lower() not in ("y", "yes"):
-        raise NotConfirmedError("jdistill launch: not confirmed; nothing was created")
+        raise NotConfirmedError("launch not confirmed; nothing was created")
