@@ -110,7 +110,7 @@ def check_weights(model_config: ModelConfig, path: str | os.PathLike) -> None:
     for name, shape in expected.items():
         if shapes[name] != shape:
             raise HFImportError(
-                f"{directory}: {name}: shape {shapes[name]} does not match the config (expected {shape} from config.json)"
+                f"{directory}: {name}: shape {shapes[name]} does not match the config ({shape} by config.json)"
             )
 
 
