@@ -107,10 +107,11 @@ def check_weights(model_config: ModelConfig, path: str | os.PathLike) -> None:
     directory = Path(path)
     expected = expected_hf_shapes(model_config)
     shapes = _each_tensor(directory, list(expected), lambda f, name: tuple(f.get_slice(name).get_shape()))
+    files = _files_of(directory, list(expected))
     for name, shape in expected.items():
         if shapes[name] != shape:
             raise HFImportError(
-                f"{directory}: {name}: shape {shapes[name]} does not match the config ({shape} by config.json)"
+                f"{files[name]}: {name}: shape {shapes[name]} does not match the config ({shape} by config.json)"
             )
 
 

@@ -83,7 +83,8 @@ def _rope(source: str, hf: dict[str, Any]) -> None:
 def check_hf_config(hf: Any, source: str) -> dict[str, Any]:
     """`hf` (the parsed config.json) when every key jdistill reads has the right type and range."""
     if not isinstance(hf, dict):
-        raise HFImportError(f"{source}: expected a JSON object of model settings, got a JSON {type(hf).__name__}")
+        kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(hf), "a number")
+        raise HFImportError(f"{source}: expected a JSON object of model settings, got {kind}")
     architectures = hf.get("architectures")
     if architectures is not None and (
         not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures)

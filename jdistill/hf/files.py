@@ -41,10 +41,10 @@ def require_file(directory: Path, name: str, what: str) -> Path:
 
 def read_json(path: Path) -> Any:
     """The parsed JSON file; missing, unreadable, non-UTF-8 or invalid JSON is a one-line HFImportError."""
+    if not path.is_file():
+        raise HFImportError(f"{path}: no such file (expected a Hugging Face checkpoint directory)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HFImportError(f"{path}: no such file (expected a Hugging Face checkpoint directory)") from None
     except json.JSONDecodeError as error:
         raise HFImportError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
     except UnicodeDecodeError:
