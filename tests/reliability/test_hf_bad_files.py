@@ -291,3 +291,13 @@ def test_the_damage_kinds_are_counted():
     """The README's count: config.json, weights, sharded-checkpoint damage kinds."""
     counts = {layout: sum(1 for value in DAMAGE.values() if value[0] == layout) for layout in ("single", "sharded")}
     assert len(DAMAGE) == counts["single"] + counts["sharded"] >= 45
+
+
+def test_samples_of_a_padded_vocabulary_decode():
+    """A checkpoint with more rows than the tokenizer has ids (an HF teacher of 300 rows on byte data) may emit a
+    padded id in its samples: it stands for no text (it used to stop the job after the teacher, run dir written)."""
+    from jdistill.eval.samples import records_from_rows
+    from jdistill.text.tokenizer import BytesTokenizer
+
+    (record,) = records_from_rows(BytesTokenizer(), [np.array([65])], [np.array([66, 298, 67])], stage="teacher")
+    assert record["completion"] == "BC" and record["tokens"] == [66, 298, 67]
