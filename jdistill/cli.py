@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="start the config's job on its cluster (TPU VM, xpk, Slurm, Kubernetes)")
     launch.add_argument("--config", required=True, help="a tpu_configs/*.yaml file, preset name or YAML path")
     launch.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
+    launch.add_argument("--yes", action="store_true", help="create the resources without asking for confirmation")
     launch.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     launch.set_defaults(func=_lazy("jdistill.scale.launch", "cmd_launch"))
     analyze = sub.add_parser("analyze", help="analyses of a trained model")

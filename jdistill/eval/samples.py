@@ -92,7 +92,8 @@ def complete(model, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int, *
 
 def records_from_rows(tokenizer, prompts, rows, *, stage: str, texts=None) -> list[dict]:
     """One record per prompt from `complete`'s rows: the prompt (`texts[i]`, else the prompt ids decoded without
-    BOS / EOS), the completion decoded, its ids before EOS, and whether it stopped at EOS."""
+    BOS / EOS), the completion decoded (ids of a model's padded rows, beyond the tokenizer's vocabulary, stand for
+    no text), its ids before EOS, and whether it stopped at EOS."""
     special = {tokenizer.bos_id, tokenizer.eos_id}
     records = []
     for index, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
@@ -103,7 +104,7 @@ def records_from_rows(tokenizer, prompts, rows, *, stage: str, texts=None) -> li
             {
                 "stage": stage,
                 "prompt": prompt_text,
-                "completion": tokenizer.decode(tokens),
+                "completion": tokenizer.decode([t for t in tokens if t < tokenizer.vocab_size]),  # padded rows: none
                 "tokens": tokens,
                 "stopped": stopped,
             }

@@ -3,59 +3,116 @@ not) <-> jdistill Transformers. Only safetensors are read or written: no pickle 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from jdistill.hf.config import HFImportError, hf_config_from_model, model_config_from_hf
-from jdistill.hf.weights import dump_tensors, load_tensors, tensor_mappings
+from jdistill.hf.files import read_json
+from jdistill.hf.weights import dump_tensors, expected_hf_shapes, load_tensors, tensor_mappings
 from jdistill.models import Transformer
-from jdistill.models.config import DType
+from jdistill.models.config import DType, ModelConfig
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def _open(file: Path, listed_in: str | None = None) -> Iterator[Any]:
+    """`safe_open(file)`; a missing, empty, truncated or foreign file is a one-line HFImportError."""
+    if not file.is_file():
+        where = f" (listed in {listed_in})" if listed_in else ""
+        raise HFImportError(f"{file}: no such file{where}; the checkpoint is incomplete")
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HFImportError(f"{path}: no such file (expected a Hugging Face checkpoint directory)") from None
-    except json.JSONDecodeError as error:
-        raise HFImportError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        handle = safe_open(file, framework="np")
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise HFImportError(
+            f"{file}: not a readable safetensors file ({reason}); it may be truncated or damaged: download it again"
+        ) from None
+    with handle as f:
+        yield f
+
+
+def _index(directory: Path) -> dict[str, Path]:
+    """Tensor name -> shard file of the sharded index; a malformed index or a shard outside the folder is an error."""
+    path = directory / INDEX_FILE
+    weight_map = read_json(path)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise HFImportError(f'{path}: expected an object with a non-empty "weight_map" of tensor name -> file')
+    files = {}
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
+            raise HFImportError(f"{path}: weight_map[{name!r}]: expected a file name in the folder, got {file!r:.60}")
+        files[name] = directory / file
+    return files
 
 
 def _tensor_files(directory: Path) -> dict[str, Path]:
     """Tensor name -> safetensors file, from the sharded index or the single file."""
     if (directory / INDEX_FILE).is_file():
-        weight_map = _read_json(directory / INDEX_FILE).get("weight_map", {})
-        return {name: directory / file for name, file in weight_map.items()}
+        return _index(directory)
     if not (directory / SINGLE_FILE).is_file():
         raise HFImportError(f"{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
-    with safe_open(directory / SINGLE_FILE, framework="np") as f:
+    with _open(directory / SINGLE_FILE) as f:
         return {name: directory / SINGLE_FILE for name in f.keys()}  # noqa: SIM118 - safe_open is not a dict
 
 
-def read_tensors(directory: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """The named tensors (bf16 arrives as ml_dtypes.bfloat16); a missing one is a one-line error."""
+def _files_of(directory: Path, names: list[str]) -> dict[str, Path]:
     files = _tensor_files(directory)
     missing = [name for name in names if name not in files]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise HFImportError(f"{directory}: missing tensor {missing[0]}{more}")
-    tensors = {}
+    return files
+
+
+def _each_tensor(directory: Path, names: list[str], read: Callable[[Any, str], Any]) -> dict[str, Any]:
+    """{name: read(open file, name)} over the files holding `names`; damaged files are one-line errors."""
+    files = _files_of(directory, names)
+    listed_in = str(directory / INDEX_FILE) if (directory / INDEX_FILE).is_file() else None
+    out = {}
     for file in sorted(set(files[name] for name in names)):
-        with safe_open(file, framework="np") as f:
+        with _open(file, listed_in) as f:
+            present = set(f.keys())
             for name in names:
-                if files[name] == file:
-                    tensors[name] = f.get_tensor(name)
-    return tensors
+                if files[name] != file:
+                    continue
+                if name not in present:
+                    raise HFImportError(f"{file}: tensor {name} is listed in {INDEX_FILE} but not in the file")
+                try:
+                    out[name] = read(f, name)
+                except (SafetensorError, ValueError, OSError) as error:
+                    raise HFImportError(f"{file}: tensor {name} cannot be read ({error})") from None
+    return out
+
+
+def read_tensors(directory: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The named tensors (bf16 arrives as ml_dtypes.bfloat16); a missing one is a one-line error."""
+    return _each_tensor(directory, names, lambda f, name: f.get_tensor(name))
+
+
+def check_weights(model_config: ModelConfig, path: str | os.PathLike) -> None:
+    """Every tensor `model_config` needs is in the checkpoint with its shape, read from the safetensors headers
+    only (no tensor data): damage is found before any stage starts."""
+    directory = Path(path)
+    expected = expected_hf_shapes(model_config)
+    shapes = _each_tensor(directory, list(expected), lambda f, name: tuple(f.get_slice(name).get_shape()))
+    files = _files_of(directory, list(expected))
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise HFImportError(
+                f"{files[name]}: {name}: shape {shapes[name]} does not match the config ({shape} by config.json)"
+            )
 
 
 def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Transformer:
@@ -66,7 +123,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Tra
     """
     directory = Path(path)
     config = model_config_from_hf(
-        _read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
+        read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
     )
     model = Transformer(config, rngs=nnx.Rngs(0))
     load_weights(model, directory)
@@ -76,6 +133,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Tra
 def load_weights(model: Transformer, path: str | os.PathLike) -> None:
     """Overwrite `model`'s parameters with the checkpoint's (its config must describe the same architecture)."""
     directory = Path(path)
+    check_weights(model.config, directory)  # names, shapes and readable files, before any data is read
     mappings = tensor_mappings(model.config)
     tensors = read_tensors(directory, [m.hf_name for m in mappings])
     try:

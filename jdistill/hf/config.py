@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from jdistill.errors import UserError
+from jdistill.hf.config_schema import MODEL_KEYS, HFImportError, check_hf_config, check_qwen3_next
 from jdistill.models.config import DType, ModelConfig
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3NextForCausalLM")
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen3NextForCausalLM": "qwen3_next"}
 LAYER_TYPES = {"linear_attention": "D", "full_attention": "A"}
 
-
-class HFImportError(UserError):
-    """A checkpoint jdistill cannot import (unsupported architecture or option, missing tensor)."""
+__all__ = ["SUPPORTED", "HFImportError", "hf_config_from_model", "model_config_from_hf"]
 
 
 def _rope_theta(hf: dict[str, Any]) -> float:
@@ -47,6 +45,7 @@ def _rope_fraction(hf: dict[str, Any]) -> float:
 
 def _qwen3_next_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
     """Hybrid layout, gated attention and Gated DeltaNet sizes of a Qwen3-Next config (dense MLPs only)."""
+    check_qwen3_next(hf, source)
     layers = hf["num_hidden_layers"]
     dense = set(hf.get("mlp_only_layers") or []) >= set(range(layers)) or not hf.get("num_experts")
     if not dense:
@@ -91,8 +90,18 @@ def _check_supported(hf: dict[str, Any], source: str) -> str:
 
 
 def model_config_from_hf(hf: dict[str, Any], *, dtype: DType = "float32", source: str = "config.json") -> ModelConfig:
-    """The jdistill `ModelConfig` equivalent to a Llama / Qwen3 `config.json`."""
+    """The jdistill `ModelConfig` equivalent to a Llama / Qwen3 `config.json`; a damaged or inconsistent file is a
+    one-line `HFImportError` naming `source` and the key."""
+    hf = check_hf_config(hf, source)
     architecture = _check_supported(hf, source)
+    config = _model_config(hf, architecture, dtype, source)
+    for field, expected in config.validate():
+        key = MODEL_KEYS.get(field, field)
+        raise HFImportError(f"{source}: {key}: expected {expected}, got {hf.get(key, getattr(config, field))!r:.60}")
+    return config
+
+
+def _model_config(hf: dict[str, Any], architecture: str, dtype: DType, source: str) -> ModelConfig:
     heads = hf["num_attention_heads"]
     fields: dict[str, Any] = {"gate": "none"}
     if architecture == "Qwen3NextForCausalLM":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from jdistill.hf.config import HFImportError
 
@@ -35,6 +37,20 @@ def require_file(directory: Path, name: str, what: str) -> Path:
     if not path.is_file():
         raise HFImportError(f"{what}: {path}: no such file (expected a Hugging Face checkpoint folder with {name})")
     return path
+
+
+def read_json(path: Path) -> Any:
+    """The parsed JSON file; missing, unreadable, non-UTF-8 or invalid JSON is a one-line HFImportError."""
+    if not path.is_file():
+        raise HFImportError(f"{path}: no such file (expected a Hugging Face checkpoint directory)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise HFImportError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise HFImportError(f"{path}: not UTF-8 text (expected JSON)") from None
+    except OSError as error:
+        raise HFImportError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
 def copy_tokenizer_files(source: Path, target: Path) -> list[str]:

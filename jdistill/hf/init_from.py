@@ -10,15 +10,14 @@ default and the checkpoint's value is a one-line error naming it; a field left a
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
 from jdistill.errors import ConfigError, UserError
-from jdistill.hf.config import model_config_from_hf
-from jdistill.hf.files import hf_dir
+from jdistill.hf.config import HFImportError, model_config_from_hf
+from jdistill.hf.files import hf_dir, read_json
 from jdistill.models import Transformer
 from jdistill.models.config import ModelConfig
 
@@ -33,10 +32,9 @@ def checkpoint_model(spec: str, role: str) -> tuple[ModelConfig, str]:
         directory = hf_dir(spec, what)
         source = str(directory / "config.json")
         try:
-            hf = json.loads(Path(source).read_text())
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{what}: {source}: not valid JSON ({error.msg} at line {error.lineno})") from None
-        return model_config_from_hf(hf, source=source), source
+            return model_config_from_hf(read_json(Path(source)), source=source), source
+        except HFImportError as error:
+            raise HFImportError(f"{what}: {error}") from None
     stage_dir = Path(spec)
     if not (stage_dir / "checkpoints").is_dir() or not (stage_dir.parent / "config.yaml").is_file():
         raise ConfigError(f"{what}: {spec} is neither hf:DIR nor a run's stage folder (RUN_DIR/STAGE)")
@@ -49,6 +47,16 @@ def checkpoint_model(spec: str, role: str) -> tuple[ModelConfig, str]:
     except UserError as error:
         raise ConfigError(f"{what}: {error}") from None
     return stage_config.model, str(run_config)
+
+
+def check_init_weights(spec: str, model_config: ModelConfig, role: str) -> None:
+    """The safetensors of `hf:DIR` hold every tensor of `model_config` with its shape (headers only)."""
+    from jdistill.hf.checkpoint import check_weights
+
+    try:
+        check_weights(model_config, hf_dir(spec, f"{role}.init_from"))
+    except HFImportError as error:
+        raise HFImportError(f"{role}.init_from: {error}") from None
 
 
 def merge_model(config_model: ModelConfig, saved: ModelConfig, role: str, source: str) -> ModelConfig:
@@ -72,6 +80,8 @@ def resolve_init_from(config: Any) -> Any:
         stage = getattr(config, role)
         if stage.init_from:
             saved, source = checkpoint_model(stage.init_from, role)
+            if stage.init_from.startswith("hf:"):
+                check_init_weights(stage.init_from, saved, role)  # damaged weights found before any stage
             changes[role] = dataclasses.replace(stage, model=merge_model(stage.model, saved, role, source))
     if not changes:
         return config
@@ -99,7 +109,10 @@ def load_init_model(stage_config: Any, role: str) -> Transformer:
         from jdistill.hf.checkpoint import load_weights
 
         model = Transformer(model_config, rngs=nnx.Rngs(0))
-        load_weights(model, hf_dir(stage_config.init_from, f"{role}.init_from"))
+        try:
+            load_weights(model, hf_dir(stage_config.init_from, f"{role}.init_from"))
+        except HFImportError as error:
+            raise HFImportError(f"{role}.init_from: {error}") from None
         return model
     from jdistill.train.restore import load_stage_params
 

@@ -123,6 +123,24 @@ def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], mappings: li
         param[...] = current
 
 
+def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every checkpoint tensor of `config` (from the model's abstract parameters: nothing allocated)."""
+    from jdistill.models import Transformer
+
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    shapes = {}
+    for mapping in tensor_mappings(config):
+        shape = tuple(_param(model, mapping.param_path).value.shape)
+        if mapping.columns is not None:
+            shape = (shape[0], mapping.columns[1] - mapping.columns[0])
+        if mapping.conv:
+            shape = (shape[1], 1, shape[0])
+        elif mapping.transpose:
+            shape = shape[::-1]
+        shapes[mapping.hf_name] = shape
+    return shapes
+
+
 def dump_tensors(model: nnx.Module, mappings: list[TensorMapping]) -> dict[str, np.ndarray]:
     """The checkpoint tensors of a model (float32, contiguous)."""
     tensors = {}

@@ -28,6 +28,10 @@ from jdistill.scale.topologies import Topology
 COORDINATOR_PORT = 8476
 REMOTE_DIR = "jdistill"  # relative to the home directory, where scp and ssh commands start
 REMOTE_CONFIG = "jdistill_config.yaml"
+REMOTE_ARCHIVE = "jdistill_package.tar.gz"
+DEFAULT_INSTALL = (
+    f"rm -rf {REMOTE_DIR} && tar -xzf {REMOTE_ARCHIVE} && pip install -U 'jax[tpu]' && pip install ./{REMOTE_DIR}"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,28 @@ class Step:
     file: tuple[str, str] | None = None
 
 
+def archive_path(name: str, suffix: str) -> str:
+    """Where the package archive of cluster `name` is written: the current folder (absolute, since `git -C`
+    changes folder before writing it)."""
+    return str(Path.cwd() / f"{name}-package{suffix}")
+
+
+def package_step(repo: Path, archive: str, prefix: str) -> Step:
+    """`git archive HEAD` of the repository: the committed files only (no runs, caches, virtual environments or
+    uncommitted edits), under `prefix/`. A repository that is not a git checkout (an installed wheel) cannot be
+    shipped this way: a one-line error that says to set `cluster.options.install`."""
+    if not (repo / ".git").exists():
+        raise ConfigError(
+            f"cluster.options.install: not set, and {repo} is not a git checkout to package with `git archive`; "
+            "set it to a command that installs jdistill on the workers"
+        )
+    fmt = "tar.gz" if archive.endswith(".tar.gz") else "tar"
+    return Step(
+        "package the repository: `git archive HEAD` (committed files only, not the working tree)",
+        ("git", "-C", str(repo), "archive", f"--format={fmt}", f"--prefix={prefix}/", "-o", archive, "HEAD"),
+    )
+
+
 def run_dir(cluster) -> str:
     return str(cluster.options.get("run_dir", f"runs/{cluster.name}"))
 
@@ -47,19 +73,12 @@ def train_command(config_path: str, cluster, overrides) -> str:
     return shlex.join(["jdistill", "train", "--config", config_path, "--run-dir", run_dir(cluster), *overrides])
 
 
-def _require(cluster, *fields) -> None:
-    for field in fields:
-        if not getattr(cluster, field):
-            raise ConfigError(f"cluster.{field}: not set; the {cluster.launcher} launcher needs it")
-
-
 def _where(cluster) -> list[str]:
     return ["--project", cluster.project, "--zone", cluster.zone]
 
 
 def gcloud_plan(cluster, topology: Topology, config_path: str, repo: Path, overrides) -> list[Step]:
     """Queued resource, copy + install on all workers, `jdistill train` on all workers, and the clean-up."""
-    _require(cluster, "project", "zone")
     name, runtime = cluster.name, cluster.runtime_version or topology.chip.runtime_version
     create = [
         "gcloud",
@@ -83,7 +102,10 @@ def gcloud_plan(cluster, topology: Topology, config_path: str, repo: Path, overr
     for flag in ("spot", "reserved"):
         if cluster.options.get(flag):
             create.append(f"--{flag}")
-    steps = [
+    install = cluster.options.get("install", DEFAULT_INSTALL)
+    # packaged first: a repository that cannot be packaged fails before the (paid) slice exists
+    steps = [] if "install" in cluster.options else [package_step(repo, archive_path(name, ".tar.gz"), REMOTE_DIR)]
+    steps += [
         Step("create the TPU slice(s) (a queued resource; it waits for capacity)", tuple(create)),
         Step(
             "wait until the queued resource is ACTIVE",
@@ -100,21 +122,19 @@ def gcloud_plan(cluster, topology: Topology, config_path: str, repo: Path, overr
             ),
         ),
     ]
-    install = cluster.options.get("install", f"pip install -U 'jax[tpu]' && pip install -e ./{REMOTE_DIR}")
     for node in nodes:
         if "install" not in cluster.options:
             steps.append(
                 Step(
-                    f"copy the repository to every worker of {node}",
+                    f"copy the package to every worker of {node}",
                     (
                         "gcloud",
                         "compute",
                         "tpus",
                         "tpu-vm",
                         "scp",
-                        "--recurse",
-                        str(repo),
-                        f"{node}:{REMOTE_DIR}",
+                        archive_path(name, ".tar.gz"),
+                        f"{node}:{REMOTE_ARCHIVE}",
                         "--worker=all",
                         *_where(cluster),
                     ),
@@ -212,15 +232,18 @@ def cleanup_step(cluster) -> Step:
 
 
 def xpk_plan(cluster, topology: Topology, config_path: str, repo: Path, overrides) -> list[Step]:
-    """`xpk workload create` on the GKE cluster `cluster.options.cluster` (created once with `xpk cluster create`)."""
-    _require(cluster, "project", "zone")
+    """`xpk workload create` on the GKE cluster `cluster.options.cluster` (created once with `xpk cluster create`);
+    the image is built from `git archive HEAD` unpacked into NAME-package/ with the config beside it."""
     gke = cluster.options.get("cluster")
     if not gke:
         raise ConfigError("cluster.options.cluster: not set; the xpk launcher needs the GKE cluster's name")
-    relative = _inside(config_path, repo)
-    command = f"pip install -e . && {train_command(relative, cluster, overrides)}"
+    archive = archive_path(cluster.name, ".tar")
+    script_dir = archive.removesuffix(".tar")
+    command = f"pip install . && {train_command(REMOTE_CONFIG, cluster, overrides)}"
     tpu = ["--tpu-type", topology.accelerator_type, "--num-slices", str(topology.num_slices)]
     return [
+        package_step(repo, archive, Path(script_dir).name),
+        Step("unpack it (the folder xpk builds the image from)", ("tar", "-xf", archive, "-C", str(Path.cwd()))),
         Step(
             "once: the GKE cluster with the TPU node pools (skip if it exists)",
             ("xpk", "cluster", "create", "--cluster", gke, *tpu, *_where(cluster)),
@@ -240,23 +263,13 @@ def xpk_plan(cluster, topology: Topology, config_path: str, repo: Path, override
                 "--base-docker-image",
                 str(cluster.options.get("base_image", "python:3.11")),
                 "--script-dir",
-                str(repo),
+                script_dir,
                 "--command",
                 command,
             ),
+            (str(Path(script_dir) / REMOTE_CONFIG), Path(config_path).read_text()),
         ),
     ]
-
-
-def _inside(config_path: str, repo: Path) -> str:
-    """The config's path relative to the repository (xpk and Kubernetes images hold the repository)."""
-    path = Path(config_path).resolve()
-    try:
-        return str(path.relative_to(repo.resolve()))
-    except ValueError:
-        raise ConfigError(
-            f"{config_path}: the xpk launcher ships the repository; put the config inside {repo}"
-        ) from None
 
 
 def sbatch_script(cluster, topology: Topology, config_path: str, overrides) -> str:
@@ -310,10 +323,14 @@ def kubernetes_manifest(cluster, topology: Topology, config_path: str, overrides
         )
     meta = {"name": name, "namespace": namespace}
     train = train_command("/etc/jdistill/config.yaml", cluster, overrides)
-    command = (
-        f"{train} cluster.distributed=on cluster.coordinator_address={name}-0.{name}:{COORDINATOR_PORT} "
-        f"cluster.num_processes={nodes} cluster.process_id=$JOB_COMPLETION_INDEX"
+    cluster_flags = shlex.join(
+        [
+            "cluster.distributed=on",
+            f"cluster.coordinator_address={name}-0.{name}:{COORDINATOR_PORT}",
+            f"cluster.num_processes={nodes}",
+        ]
     )
+    command = f"{train} {cluster_flags} cluster.process_id=$JOB_COMPLETION_INDEX"  # the one expansion: the index
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

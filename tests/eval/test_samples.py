@@ -78,7 +78,7 @@ def test_a_prompt_longer_than_max_seq_len_fails_before_the_run_starts(tmp_path, 
 
 
 class _Bytes:
-    bos_id, eos_id, pad_id = None, EOS, EOS
+    bos_id, eos_id, pad_id, vocab_size = None, EOS, EOS, 256
 
     def decode(self, ids):
         return bytes(ids).decode("utf-8", errors="replace")

@@ -86,7 +86,9 @@ def test_tpu_dry_run_commands(path):
         assert flag(workload, "--tpu-type") == ACCELERATOR_TYPES[path.stem]
         assert flag(workload, "--num-slices") == str(topology.num_slices)
         inner = shlex.split(flag(workload, "--command").split("&&")[1])
-        assert flag(inner, "--config") == f"tpu_configs/{path.name}"
+        assert flag(inner, "--config") == "jdistill_config.yaml"  # written into the packaged folder
+        written = here_document(text, f"{flag(workload, '--script-dir')}/jdistill_config.yaml")
+        assert written == path.read_text().rstrip()
     else:
         assert not xpk and "xpk variant: not available (cluster.options.cluster" in text
 
@@ -159,7 +161,12 @@ def test_wrong_launcher_for_the_platform_is_a_config_error():
 def test_without_dry_run_a_missing_tool_is_a_one_line_error(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    own = {  # the placeholders of the shipped configs replaced (a launch refuses them before looking for tools)
+        "v5e-16": ["cluster.project=proj-123456"],
+        "h100-1x8": ["cluster.options.account=acct"],
+        "h100-4x8": ["cluster.options.image=ghcr.io/org/jdistill:1"],
+    }
     for config, tool in [("v5e-16", "gcloud"), ("h100-1x8", "sbatch"), ("h100-4x8", "kubectl")]:
-        message = one_line_error(capsys, "launch", "--config", f"tpu_configs/{config}.yaml")
+        message = one_line_error(capsys, "launch", "--config", f"tpu_configs/{config}.yaml", *own[config])
         assert message.startswith(f"jdistill: error: {tool} is not installed")
     assert not (ROOT / "jdistill-h100-1x8.sbatch").exists()  # nothing is written before the tool check
