@@ -78,7 +78,8 @@ def _non_finite(value: Any, key: str) -> tuple[str, float] | None:
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
-    error = ConfigError(f"{source}: {key} expected {_describe(tp)}, got {value!r}")
+    where = f"{source}: " if source else ""
+    error = ConfigError(f"{where}{key} expected {_describe(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
@@ -105,7 +106,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise error
         bad = _non_finite(value, key)
         if bad:
-            raise ConfigError(f"{source}: {bad[0]} expected a finite number, got {bad[1]!r}")
+            raise ConfigError(f"{where}{bad[0]} expected a finite number, got {bad[1]!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -124,6 +125,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise error
     return value
+
+
+def coerce_value(value: Any, tp: Any, key: str) -> Any:
+    """`value` checked against the annotation `tp` as a config field `key` is (e.g. a recipe's `distill.options`):
+    a one-line ConfigError naming `key` when it does not fit."""
+    return _coerce(value, tp, key, "")
 
 
 def build(cls: type[ConfigT], values: Any, source: str, prefix: str = "", root_cls: type | None = None) -> ConfigT:
