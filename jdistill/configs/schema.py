@@ -116,7 +116,7 @@ class TrainConfig:
             "keep_checkpoints",
             "grad_accum_steps",
         )
-        if self.batch_size % self.grad_accum_steps:
+        if self.grad_accum_steps >= 1 and self.batch_size % self.grad_accum_steps:
             problems.append(("batch_size", f"a multiple of grad_accum_steps={self.grad_accum_steps}"))
         if self.learning_rate <= 0:
             problems.append(("learning_rate", "a positive number"))
@@ -312,7 +312,12 @@ class ClusterConfig:
     options: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> Problems:
-        return _positive(self, "num_slices")
+        problems = _positive(self, "num_slices")
+        if self.num_processes is not None and self.num_processes < 1:
+            problems.append(("num_processes", "a positive integer or null"))
+        if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
+            problems.append(("process_id", "an integer in [0, num_processes) or null"))
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
