@@ -87,8 +87,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError:
                 continue
         raise error
-    if origin is Literal:
-        if value in typing.get_args(tp):
+    if origin is Literal:  # by type too: `true` is not the option 1
+        if any(value == option and type(value) is type(option) for option in typing.get_args(tp)):
             return value
         raise error
     if tp is type(None):
@@ -215,6 +215,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
