@@ -144,3 +144,19 @@ def _options_error(recipe, option):
     with pytest.raises(ConfigError) as error:
         build_recipe(load_config("default", [f"distill.recipe={recipe}", f"distill.options.{option}"]).distill)
     return str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("teacher.model.num_heads=0", "teacher.model.num_heads expected a positive integer"),  # was ZeroDivisionError
+        ("student.train.grad_accum_steps=0", "student.train.grad_accum_steps expected a positive integer"),  # same
+        ("student.model.num_kv_heads=0", "student.model.num_kv_heads expected a positive integer or null"),
+        ("student.model.head_dim=-1", "student.model.head_dim expected a positive integer or null"),
+        ("student.model.linear_key_heads=0", "student.model.linear_key_heads expected a positive integer"),
+        ("cluster.process_id=-1", "cluster.process_id expected an integer in [0, num_processes)"),
+        ("student.model.glu_order=true", "student.model.glu_order expected one of 1, 2, got True"),  # not 1
+    ],
+)
+def test_values_that_used_to_slip_through(override, message):
+    assert message in _error(override)
