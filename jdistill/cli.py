@@ -75,7 +75,7 @@ def _check_run_dir_arg(run_dir: str) -> None:
     for folder in (path, *path.parents):
         if folder.exists():
             if not folder.is_dir():
-                where = "is a file" if folder == path else f"is below {folder}, which is a file"
+                where = "is a file, not a folder" if folder == path else f"not writable ({folder} is a file)"
                 raise RunDirError(f"--run-dir {run_dir}: {where}; pass a folder (a new one, or a run to --resume)")
             return
 

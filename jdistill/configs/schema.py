@@ -346,12 +346,6 @@ class Config:
         kind = self.teacher.model.kind
         if student_model.kind != kind:
             problems.append(("student.model.kind", f"the teacher's kind ({kind!r})"))
-        if kind == "lm":  # a window longer than a model's positions
-            for role, model in (("teacher", self.teacher.model), ("student", student_model)):
-                if self.data.seq_len > model.max_seq_len:
-                    problems.append(
-                        ("data.seq_len", f"at most {role}.model.max_seq_len={model.max_seq_len} (or raise that)")
-                    )
         out = "num_classes" if kind == "classifier" else "vocab_size"
         padded = kind == "lm" and self.distill.vocab == "shared"  # rows past the tokenizer's vocabulary are padding
         if getattr(student_model, out) != getattr(self.teacher.model, out) and not padded:
@@ -360,6 +354,17 @@ class Config:
                 (f"student.model.{out}", expected + (" under distill.vocab=full)" if kind == "lm" else ")"))
             )
         return problems
+
+    def window_problems(self) -> Problems:
+        """An LM window longer than a model's `max_seq_len`. Checked when a job starts (`jdistill.train.job`), not
+        here in `validate`: a finished run's config is read back (init_from, export, generate) as it was written."""
+        if self.teacher.model.kind != "lm":
+            return []
+        return [
+            ("data.seq_len", f"at most {role}.model.max_seq_len={model.max_seq_len} (or raise that)")
+            for role, model in (("teacher", self.teacher.model), ("student", self.student.model))
+            if self.data.seq_len > model.max_seq_len
+        ]
 
 
 # Fields of a pruned student that are not its architecture: how it runs, taken from `student.model`.

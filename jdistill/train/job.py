@@ -105,6 +105,8 @@ def check_job(config: Config, *, resume: bool = False):
     directory is created so that a job that cannot run leaves nothing behind (docs/reliability.md). Cheap checks
     first; data checks (tokenising raw text, once) last."""
     config = prepared_config(config)
+    for key, expected in [] if resume else config.window_problems():  # the student pruned, init_from read
+        raise ConfigError(f"{key} expected {expected}, got {config.data.seq_len}")
     recipe = checked_recipe(config)
     compared = compared_recipes(config, recipe)
     if config.student.prune.layers is not None and not (recipe.needs_teacher_stage or config.teacher.init_from):

@@ -61,14 +61,23 @@ def test_dataset_names_match_the_data_package():
     assert set(DATASET_NAMES) == {*EMBEDDED, "pystdlib_functions"}
 
 
-def test_lm_windows_longer_than_a_model_are_refused():
-    assert "data.seq_len expected at most teacher.model.max_seq_len=256" in _error("data.seq_len=257", preset="lm_kd")
-    assert "data.seq_len expected at most student.model.max_seq_len=64" in _error(
-        "student.model.max_seq_len=64", preset="lm_kd"
+def _window_error(*overrides) -> str:
+    from jdistill.train.job import check_job
+
+    with pytest.raises(ConfigError) as error:
+        check_job(load_config("lm_kd", list(overrides)))  # refused before the data is tokenised
+    return str(error.value)
+
+
+def test_lm_windows_longer_than_a_model_are_refused_when_a_job_starts():
+    assert "data.seq_len expected at most teacher.model.max_seq_len=256 (or raise that), got 257" in _window_error(
+        "data.seq_len=257"
     )
+    assert "data.seq_len expected at most student.model.max_seq_len=64" in _window_error("student.model.max_seq_len=64")
     longer = ["data.seq_len=512", "teacher.model.max_seq_len=512", "student.model.max_seq_len=512"]
-    config = load_config("lm_kd", longer)
-    assert config.data.seq_len == 512
+    assert load_config("lm_kd", longer).window_problems() == []
+    # A finished run's config is read back as written (init_from, export, generate), even with longer windows.
+    assert load_config("lm_kd", ["data.seq_len=512"]).data.seq_len == 512
 
 
 def test_warmup_fraction_scales_with_the_steps():

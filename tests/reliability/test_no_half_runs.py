@@ -101,8 +101,8 @@ def test_resume_never_removes_the_run(tmp_path, stage_fails):
 def test_run_dir_at_a_file_is_one_line(tmp_path, resume):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    below = (blocker / "sub" / "run", f"is below {blocker}, which is a file")
-    for run_dir, fragment in ((blocker, "is a file"), below):
+    below = (blocker / "sub" / "run", f"not writable ({blocker} is a file)")
+    for run_dir, fragment in ((blocker, "is a file, not a folder"), below):
         code, lines = train(*(["--resume"] if resume else []), "--run-dir", str(run_dir))
         assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
     assert blocker.read_text() == ""
