@@ -69,6 +69,17 @@ def _load_for_train(args):
     return config
 
 
+def _check_run_dir_arg(run_dir: str) -> None:
+    """`--run-dir` is a folder, or a path whose nearest existing ancestor is one: a file there is one line."""
+    path = Path(run_dir)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file, not a folder" if folder == path else f"not writable ({folder} is a file)"
+                raise RunDirError(f"--run-dir {run_dir}: {where}; pass a folder (a new one, or a run to --resume)")
+            return
+
+
 def cmd_train(args) -> int:
     from jdistill.eval.report import summary_table
     from jdistill.train import run_teacher_student
@@ -78,15 +89,25 @@ def cmd_train(args) -> int:
         raise RunDirError("--resume needs --run-dir DIR (the run to continue)")
     if args.resume and args.config:
         raise RunDirError("--resume reads the run's own config.yaml; drop --config")
+    if args.run_dir is not None:
+        _check_run_dir_arg(args.run_dir)
     config = _load_for_train(args)
     from jdistill.train.distributed import maybe_initialize
 
     if maybe_initialize(config.cluster) and args.run_dir is None:
         raise RunDirError("a multi-host run needs --run-dir DIR (the same shared folder on every host)")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
-    summary = run_teacher_student(config, run_dir, resume=args.resume)
     import jax
 
+    created = not args.resume and not run_dir.exists() and jax.process_index() == 0
+    try:
+        summary = run_teacher_student(config, run_dir, resume=args.resume)
+    except UserError:
+        if created:  # a job that failed before its first checkpoint leaves no folder blocking the next attempt
+            from jdistill.train.unstarted import remove_unstarted
+
+            remove_unstarted(run_dir)
+        raise
     if jax.process_index() != 0:
         return 0
     print()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -56,13 +57,29 @@ def _describe(tp: Any) -> str:
         return "a list"
     if tp is dict or origin is dict:
         return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a non-empty string"}.get(
+        tp, str(tp)
+    )
+
+
+def _non_finite(value: Any, key: str) -> tuple[str, float] | None:
+    """(dotted key, value) of the first NaN or infinity in `value` (a number, or the lists and mappings of free-form
+    fields such as `distill.options`), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for name, item in items:
+        found = _non_finite(item, f"{key}.{name}" if isinstance(value, dict) else f"{key}[{name}]")
+        if found:
+            return found
+    return None
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
-    error = ConfigError(f"{source}: {key} expected {_describe(tp)}, got {value!r}")
+    where = f"{source}: " if source else ""
+    error = ConfigError(f"{where}{key} expected {_describe(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
@@ -70,8 +87,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError:
                 continue
         raise error
-    if origin is Literal:
-        if value in typing.get_args(tp):
+    if origin is Literal:  # by type too: `true` is not the option 1
+        if any(value == option and type(value) is type(option) for option in typing.get_args(tp)):
             return value
         raise error
     if tp is type(None):
@@ -85,9 +102,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         items = [value_i if item_type is Any else _coerce(value_i, item_type, key, source) for value_i in value]
         return tuple(items) if origin is tuple else items
     if tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise error
+        if not isinstance(value, dict):
+            raise error
+        bad = _non_finite(value, key)
+        if bad:
+            raise ConfigError(f"{where}{bad[0]} expected a finite number, got {bad[1]!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -96,15 +116,21 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise error
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float:  # NaN and infinities are never a valid setting (a NaN learning rate trains to NaN)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise error
-    if tp is str:
-        if isinstance(value, str):
+    if tp is str:  # an empty string is never a name, path or spec; null is the way to unset an optional field
+        if isinstance(value, str) and value.strip():
             return value
         raise error
     return value
+
+
+def coerce_value(value: Any, tp: Any, key: str) -> Any:
+    """`value` checked against the annotation `tp` as a config field `key` is (e.g. a recipe's `distill.options`):
+    a one-line ConfigError naming `key` when it does not fit."""
+    return _coerce(value, tp, key, "")
 
 
 def build(cls: type[ConfigT], values: Any, source: str, prefix: str = "", root_cls: type | None = None) -> ConfigT:
@@ -119,7 +145,12 @@ def build(cls: type[ConfigT], values: Any, source: str, prefix: str = "", root_c
         if name not in hints:
             raise _unknown_key(root_cls, key, source)
         if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = build(hints[name], value or {}, source, key + ".", root_cls)
+            if not isinstance(value, dict):  # `student.model: null` is not "the default model": say so
+                raise ConfigError(
+                    f"{source}: {key} expected a mapping of its fields (leave the key out for the defaults), "
+                    f"got {value!r}"
+                )
+            kwargs[name] = build(hints[name], value, source, key + ".", root_cls)
         else:
             kwargs[name] = _coerce(value, hints[name], key, source)
     config = cls(**kwargs)
@@ -184,6 +215,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

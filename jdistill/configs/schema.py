@@ -4,6 +4,8 @@ into these by `jdistill.configs.parsing`; every field's meaning follows `docs/co
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import re
 from typing import Literal
 
@@ -15,6 +17,22 @@ Problems = list[tuple[str, str]]
 
 def _positive(obj, *names) -> Problems:
     return [(n, "a positive integer") for n in names if getattr(obj, n) < 1]
+
+
+# `data.name`: the embedded datasets (`jdistill.data.sources.EMBEDDED` and the functions corpus built from
+# pystdlib_text) and the prefixes of the other sources (docs/data.md).
+DATASET_NAMES = ("digits", "pystdlib_text", "pystdlib_functions")
+DATASET_PREFIXES = ("tfds:", "files:", "tokenized:")
+
+
+def _dataset_problem(name: str) -> str | None:
+    """What `data.name` should be when `name` is neither an embedded dataset nor a known prefix with a rest."""
+    prefix = next((p for p in DATASET_PREFIXES if name.startswith(p)), None)
+    if name in DATASET_NAMES or (prefix and name[len(prefix) :].strip()):
+        return None
+    close = difflib.get_close_matches(name, DATASET_NAMES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"one of {', '.join(DATASET_NAMES)} or tfds:NAME, files:GLOB, tokenized:DIR{hint}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +64,8 @@ class DataConfig:
 
     def validate(self) -> Problems:
         problems = _positive(self, "seq_len", "eval_batch_size")
+        if expected := _dataset_problem(self.name):
+            problems.append(("name", expected))
         if self.max_prompt_len is not None and not 1 <= self.max_prompt_len < self.seq_len:
             problems.append(("max_prompt_len", f"an integer in [1, seq_len={self.seq_len}) or null"))
         if self.eval_max_batches is not None and self.eval_max_batches < 1:
@@ -57,6 +77,10 @@ class DataConfig:
 class TrainConfig:
     """Optimisation of one stage: AdamW with linear warm-up then cosine decay to `final_lr_fraction * lr`.
 
+    warmup_steps: the warm-up's length, an integer number of steps or a fraction of `steps` written as a number in
+    [0, 1] (0.1: the first 10% of the steps), so a preset's warm-up scales with a changed step budget; a fraction
+    is resolved to `round(fraction * steps)` steps when the config is built (`config.yaml` records the count).
+
     augment: training-batch augmentation for images, "none" or "shift" (random +-1 pixel translation; Hinton
     et al. 2015 trained their MNIST teacher with such jitter and the student without).
     """
@@ -65,7 +89,7 @@ class TrainConfig:
     augment: Literal["none", "shift"] = "none"
     batch_size: int = 64
     learning_rate: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int | float = 0.1
     final_lr_fraction: float = 0.0
     weight_decay: float = 0.05
     b1: float = 0.9
@@ -76,6 +100,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.warmup_steps, float) and 0.0 <= self.warmup_steps <= 1.0:  # a fraction of `steps`
+            object.__setattr__(self, "warmup_steps", math.floor(self.warmup_steps * self.steps + 0.5))
 
     def validate(self) -> Problems:
         problems = _positive(
@@ -88,12 +116,13 @@ class TrainConfig:
             "keep_checkpoints",
             "grad_accum_steps",
         )
-        if self.batch_size % self.grad_accum_steps:
+        if self.grad_accum_steps >= 1 and self.batch_size % self.grad_accum_steps:
             problems.append(("batch_size", f"a multiple of grad_accum_steps={self.grad_accum_steps}"))
         if self.learning_rate <= 0:
             problems.append(("learning_rate", "a positive number"))
-        if not 0 <= self.warmup_steps <= self.steps:
-            problems.append(("warmup_steps", f"an integer in [0, steps={self.steps}]"))
+        if isinstance(self.warmup_steps, float) or not 0 <= self.warmup_steps <= self.steps:
+            fraction = "a fraction of the steps in [0, 1] (0.1: the first 10%)"
+            problems.append(("warmup_steps", f"an integer in [0, steps={self.steps}] or {fraction}"))
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             problems.append(("final_lr_fraction", "a number in [0, 1]"))
         if self.weight_decay < 0:
@@ -283,7 +312,12 @@ class ClusterConfig:
     options: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> Problems:
-        return _positive(self, "num_slices")
+        problems = _positive(self, "num_slices")
+        if self.num_processes is not None and self.num_processes < 1:
+            problems.append(("num_processes", "a positive integer or null"))
+        if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
+            problems.append(("process_id", "an integer in [0, num_processes) or null"))
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +354,17 @@ class Config:
                 (f"student.model.{out}", expected + (" under distill.vocab=full)" if kind == "lm" else ")"))
             )
         return problems
+
+    def window_problems(self) -> Problems:
+        """An LM window longer than a model's `max_seq_len`. Checked when a job starts (`jdistill.train.job`), not
+        here in `validate`: a finished run's config is read back (init_from, export, generate) as it was written."""
+        if self.teacher.model.kind != "lm":
+            return []
+        return [
+            ("data.seq_len", f"at most {role}.model.max_seq_len={model.max_seq_len} (or raise that)")
+            for role, model in (("teacher", self.teacher.model), ("student", self.student.model))
+            if self.data.seq_len > model.max_seq_len
+        ]
 
 
 # Fields of a pruned student that are not its architecture: how it runs, taken from `student.model`.

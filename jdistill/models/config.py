@@ -94,7 +94,7 @@ class ModelConfig:
 
     @property
     def resolved_head_dim(self) -> int:
-        return self.head_dim or self.d_model // self.num_heads
+        return self.head_dim or self.d_model // max(self.num_heads, 1)  # num_heads < 1 is a validate() problem
 
     @property
     def resolved_kv_heads(self) -> int:
@@ -126,9 +126,17 @@ class ModelConfig:
             "num_classes",
             "vocab_size",
             "max_seq_len",
+            "linear_key_heads",
+            "linear_value_heads",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_conv_kernel",
         ):
             if getattr(self, name) < 1:
                 problems.append((name, "a positive integer"))
+        for name in ("num_kv_heads", "head_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append((name, "a positive integer or null"))
         if self.head_dim is None and self.num_heads >= 1 and self.d_model % self.num_heads:
             problems.append(("num_heads", f"a divisor of d_model={self.d_model} (or set head_dim)"))
         if self.num_kv_heads is not None and self.num_heads % max(self.num_kv_heads, 1):

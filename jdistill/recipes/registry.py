@@ -12,8 +12,10 @@ import difflib
 import functools
 import importlib
 import pkgutil
+import typing
 
 import jdistill.recipes as package
+from jdistill.configs.parsing import coerce_value
 from jdistill.errors import ConfigError
 from jdistill.recipes.base import RecipeBase
 
@@ -67,6 +69,7 @@ def build_recipe(distill_config, **extra):
         raise ConfigError(f"distill.recipe: unknown recipe {name!r}{hint}; see `jdistill recipes`")
     cls = classes[name]
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)  # options are typed like config fields (one line naming the option)
     kwargs = {
         key: getattr(distill_config, key)
         for key in SHARED_FIELDS
@@ -79,7 +82,7 @@ def build_recipe(distill_config, **extra):
                 f"distill.options.{key}: not a parameter of recipe {name!r} "
                 f"(its options: {', '.join(options) or 'none'})"
             )
-        kwargs[key] = value
+        kwargs[key] = coerce_value(value, hints[key], f"distill.options.{key}") if key in hints else value
     kwargs.update(extra)
     try:
         recipe = cls(**kwargs)

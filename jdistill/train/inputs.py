@@ -30,9 +30,11 @@ def check_lm_vocab(data_config, model_config) -> None:
 
 
 def check_data(config, recipe) -> None:
-    """The data errors a job can hit, before any stage trains: LM data is tokenised (once, into the cache) and
-    checked against both models' vocabularies and, for prompt/completion recipes, the prompt width."""
+    """The data errors a job can hit, before any stage trains: an image dataset is opened; LM data is tokenised (once,
+    into the cache) and checked against both models' vocabularies and, for prompt/completion recipes, the prompt
+    width."""
     if config.student.model.kind != "lm":
+        _source(config.data, "train")  # the dataset exists (an unprepared tfds: dataset is one line)
         return
     from jdistill.train.teacher_tokens import teacher_data_config
 

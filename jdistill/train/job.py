@@ -38,7 +38,7 @@ from jdistill.hf.vocab_policy import with_real_vocab
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
-from jdistill.train import inputs
+from jdistill.train import inputs, sharding
 from jdistill.train.distributed import barrier
 from jdistill.train.evaluation import check_samples, evaluate_loaded
 from jdistill.train.export_step import check_export, export_final
@@ -102,6 +102,26 @@ def random_teacher(config: Config) -> StageResult:
     return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
 
 
+def check_job(config: Config, *, resume: bool = False):
+    """(prepared config, checked recipe, compared recipes): every check that needs no training, run before the run
+    directory is created so that a job that cannot run leaves nothing behind (docs/reliability.md). Cheap checks
+    first; data checks (tokenising raw text, once) last."""
+    config = prepared_config(config)
+    for key, expected in [] if resume else config.window_problems():  # the student pruned, init_from read
+        raise ConfigError(f"{key} expected {expected}, got {config.data.seq_len}")
+    recipe = checked_recipe(config)
+    compared = compared_recipes(config, recipe)
+    if config.student.prune.layers is not None and not (recipe.needs_teacher_stage or config.teacher.init_from):
+        raise ConfigError(f"student.prune: recipe {recipe.name!r} has no trained or loaded teacher to prune")
+    check_export(config, resume=resume)  # run.export: a free folder and an exportable student, before any compute
+    sharding.make_mesh(config.mesh)  # the mesh fits the devices (MeshError) in milliseconds, not after model init
+    sharding.resolve_rules(config.mesh.rules)
+    check_samples(config)  # run.sample_prompts fit the models
+    for checked in (recipe, *compared.values()):
+        inputs.check_data(config, checked)  # data errors (and tokenising raw text, once)
+    return config, recipe, compared
+
+
 def run_job(
     config: Config,
     run_dir: Path,
@@ -117,17 +137,9 @@ def run_job(
     and returns an empty dict (for resume tests). `dataset_fns[stage]` transforms that stage's training data.
     """
     started = time.perf_counter()
-    config = prepared_config(config)
-    recipe = checked_recipe(config)
-    compared = compared_recipes(config, recipe)
-    if config.student.prune.layers is not None and not (recipe.needs_teacher_stage or config.teacher.init_from):
-        raise ConfigError(f"student.prune: recipe {recipe.name!r} has no trained or loaded teacher to prune")
-    check_export(config, resume=resume)  # run.export: a free folder and an exportable student, before any compute
-    for checked in (recipe, *compared.values()):
-        inputs.check_data(config, checked)  # data errors (and tokenising raw text, once) before the run dir is written
-    check_samples(config)  # run.sample_prompts fit the models
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before anyone writes
+    check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before any other check costs time
+    config, recipe, compared = check_job(config, resume=resume)
     barrier("run_dir_checked")
     if jax.process_index() == 0:
         prepare_run_dir(run_dir, resume=resume)
