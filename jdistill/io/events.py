@@ -32,7 +32,7 @@ def record(data: bytes) -> bytes:
 class ScalarEvents:
     """A new event file in `logdir` (local or gs://); `first_step` > 1 marks a resume (see the module docstring)."""
 
-    def __init__(self, logdir, *, first_step: int = 1):
+    def __init__(self, logdir: fs.PathLike, *, first_step: int = 1):
         logdir = fs.path(logdir)
         if not fs.is_remote(logdir):
             logdir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ class ScalarEvents:
         self._file.close()
 
 
-def read_events(path) -> list[Event]:
+def read_events(path: fs.PathLike) -> list[Event]:
     """The events of one file; a record cut short by a kill (or with a bad CRC) ends the file."""
     data = fs.path(path).read_bytes()
     events, at = [], 0
@@ -76,7 +76,7 @@ def read_events(path) -> list[Event]:
     return events
 
 
-def read_scalars(logdir) -> dict[str, dict[int, float]]:
+def read_scalars(logdir: fs.PathLike) -> dict[str, dict[int, float]]:
     """{tag: {step: value}} of the event files in `logdir`, read in name order like TensorBoard; a
     `SessionLog.START` at step s drops the values read so far from step s on."""
     logdir = fs.path(logdir)

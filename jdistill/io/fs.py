@@ -20,14 +20,15 @@ from jdistill.errors import RunDirError
 REMOTE_PREFIXES = ("gs://",)  # URL schemes run directories may use (fsspec's gcs filesystem behind etils.epath)
 
 AnyPath = Any  # pathlib.Path or etils.epath.Path: both have the pathlib API used here
+PathLike = Any  # what the functions here accept: a local path or a gs:// URL, as str or path object
 
 
-def is_remote(p) -> bool:
+def is_remote(p: PathLike) -> bool:
     """Whether `p` is a cloud storage URL (`gs://...`) rather than a local path."""
     return os.fspath(p).startswith(REMOTE_PREFIXES)
 
 
-def path(p) -> AnyPath:
+def path(p: PathLike) -> AnyPath:
     """`p` as a path object: `etils.epath.Path` for `gs://` URLs, `pathlib.Path` otherwise; one-line RunDirError
     for another URL scheme (it would otherwise become a local folder named after the scheme)."""
     text = os.fspath(p)
@@ -38,13 +39,13 @@ def path(p) -> AnyPath:
     return pathlib.Path(text)
 
 
-def checkpoint_location(p):
+def checkpoint_location(p: AnyPath) -> AnyPath:
     """Where orbax writes the checkpoints of `p`: `p` itself (orbax writes gs:// through tensorstore's own GCS
     driver, not fsspec); `jdistill.io.fake_gcs` maps it to its local folder in tests."""
     return p
 
 
-def write_bytes_atomic(target, data: bytes) -> None:
+def write_bytes_atomic(target: PathLike, data: bytes) -> None:
     """Write `data` to `target` so a reader sees the old content or the new one, never a part: remote objects in one
     write (atomic in cloud storage), local files through `NAME.tmp` and a rename."""
     target = path(target)
@@ -59,7 +60,7 @@ def write_bytes_atomic(target, data: bytes) -> None:
     os.replace(tmp, target)
 
 
-def write_text_atomic(target, text: str) -> None:
+def write_text_atomic(target: PathLike, text: str) -> None:
     """`write_bytes_atomic` of `text` in UTF-8."""
     write_bytes_atomic(target, text.encode("utf-8"))
 
@@ -73,7 +74,7 @@ class Appender:
     chunk), at the cost of uploading the file again each time (a metrics file is a few MB at most).
     """
 
-    def __init__(self, target, *, sync: bool = False):
+    def __init__(self, target: PathLike, *, sync: bool = False):
         self.path = path(target)
         self.sync = sync
         self._remote = is_remote(self.path)

@@ -12,14 +12,14 @@ import sys
 from jdistill.io import fs, strict_json
 
 
-def read_jsonl(target) -> list[dict]:
+def read_jsonl(target: fs.PathLike) -> list[dict]:
     """The records of `target` (a local path or gs:// URL) in order; [] when it does not exist. Lines that are not a
     JSON object (a partial last line written by a killed process) are skipped with one warning on stderr."""
     target = fs.path(target)
     if not target.exists():
         return []
     records, bad = [], []
-    for number, line in enumerate(target.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for number, line in enumerate(target.read_bytes().decode("utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -43,6 +43,6 @@ def line(record: dict) -> bytes:
     return (strict_json.dumps(record) + "\n").encode("utf-8")
 
 
-def write_jsonl_atomic(target, records) -> None:
+def write_jsonl_atomic(target: fs.PathLike, records: list[dict]) -> None:
     """Replace `target` with `records`, one a line, atomically (`fs.write_bytes_atomic`)."""
     fs.write_bytes_atomic(target, b"".join(line(record) for record in records))

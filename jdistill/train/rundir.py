@@ -24,7 +24,7 @@ def default_run_dir(base: Path = Path("runs")) -> Path:
     return path
 
 
-def check_run_dir(run_dir, *, resume: bool) -> None:
+def check_run_dir(run_dir: fs.PathLike, *, resume: bool) -> None:
     """Fail with one line unless `run_dir` can be started (empty or absent) or resumed (has config.yaml)."""
     run_dir = fs.path(run_dir)
     if resume:
@@ -37,7 +37,7 @@ def check_run_dir(run_dir, *, resume: bool) -> None:
         )
 
 
-def prepare_run_dir(run_dir, *, resume: bool):
+def prepare_run_dir(run_dir: fs.PathLike, *, resume: bool) -> fs.AnyPath:
     """Create (or, with `resume`, reopen) a run directory; fail with one line if that is not possible. The run
     directory as a path object (`jdistill.io.fs.path`)."""
     run_dir = fs.path(run_dir)
@@ -52,11 +52,11 @@ def prepare_run_dir(run_dir, *, resume: bool):
     return run_dir
 
 
-def write_config(run_dir, config_dict: dict) -> None:
+def write_config(run_dir: fs.PathLike, config_dict: dict) -> None:
     fs.write_text_atomic(fs.path(run_dir) / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
 
 
-def local_config(run_dir) -> Path:
+def local_config(run_dir: fs.PathLike) -> Path:
     """A local path of `run_dir/config.yaml` to load: the file itself, or for a gs:// run a copy in a temporary
     folder (a path that does not exist when the run has no config.yaml)."""
     saved = fs.path(run_dir) / "config.yaml"
@@ -68,7 +68,7 @@ def local_config(run_dir) -> Path:
     return local
 
 
-def check_remote_run_dir(config, recipe, run_dir) -> None:
+def check_remote_run_dir(config, recipe, run_dir: fs.PathLike) -> None:
     """One-line ConfigError, before any compute, for the parts of a job that need local folders when `run_dir`
     is a gs:// URL: the pruned teacher's Hugging Face folder (`student.prune`) and a teacher cache (`cached_topk`
     reads it with local-file ArrayRecord readers). (`run.export` is a local folder by its schema.)"""

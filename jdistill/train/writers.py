@@ -19,7 +19,7 @@ def _plain(value: Any) -> float | list:
     return float(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
 
 
-def truncate_jsonl(path, stage: str, after_step: int) -> None:
+def truncate_jsonl(path: fs.PathLike, stage: str, after_step: int) -> None:
     """Drop `stage`'s records past `after_step` (written by an interrupted run that is being resumed) and any
     partial line a killed writer left."""
     path = fs.path(path)
@@ -40,7 +40,7 @@ class MetricsWriter:
     `first_step`: the first step this process trains; past 1 (a resume) TensorBoard is told to drop the steps from
     there on that an interrupted process wrote (`jdistill.io.events`)."""
 
-    def __init__(self, run_dir, stage: str, *, tensorboard: bool = True, first_step: int = 1):
+    def __init__(self, run_dir: fs.PathLike, stage: str, *, tensorboard: bool = True, first_step: int = 1):
         self.stage = stage
         self.enabled = jax.process_index() == 0
         run_dir = fs.path(run_dir)
@@ -67,7 +67,7 @@ class MetricsWriter:
             self.tensorboard.close()
 
 
-def write_json_atomic(path, data: dict) -> None:
+def write_json_atomic(path: fs.PathLike, data: dict) -> None:
     """Write strict JSON (non-finite numbers as null) so readers never see a half-written file (a local temporary
     file and a rename; one object write in cloud storage)."""
     fs.write_text_atomic(path, strict_json.dumps(data, indent=2, sort_keys=True) + "\n")
