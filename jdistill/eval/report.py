@@ -47,15 +47,15 @@ def summary_table(summary: dict, stages=None) -> str:
 
 def read_curves(metrics_path, split: str = "eval") -> dict[str, dict[str, list]]:
     """{stage: {metric: [values...], "step": [...]}} from metrics.jsonl (local or gs://; a line cut short by a
-    kill is skipped, `jdistill.io.jsonl`)."""
+    kill is skipped, `jdistill.io.jsonl`); a null value (a non-finite number, written as null) reads as NaN."""
     curves: dict[str, dict[str, list]] = {}
     for record in read_jsonl(metrics_path):
         if record.get("split") != split or "stage" not in record:
             continue
         stage = curves.setdefault(record["stage"], {})
         for key, value in record.items():
-            if isinstance(value, (int, float)):
-                stage.setdefault(key, []).append(value)
+            if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                stage.setdefault(key, []).append(float("nan") if value is None else value)
     return curves
 
 
