@@ -13,6 +13,7 @@ import os
 import pathlib
 from typing import Any
 
+import fsspec
 from etils import epath
 
 from jdistill.errors import RunDirError
@@ -30,9 +31,16 @@ def is_remote(p: PathLike) -> bool:
 
 def path(p: PathLike) -> AnyPath:
     """`p` as a path object: `etils.epath.Path` for `gs://` URLs, `pathlib.Path` otherwise; one-line RunDirError
-    for another URL scheme (it would otherwise become a local folder named after the scheme)."""
+    for another URL scheme (it would otherwise become a local folder named after the scheme) and for gs:// without
+    gcsfs installed."""
     text = os.fspath(p)
     if text.startswith(REMOTE_PREFIXES):
+        try:
+            fsspec.get_filesystem_class("gcs")
+        except ImportError:
+            raise RunDirError(
+                f'{text}: gs:// paths need gcsfs (pip install gcsfs, or the ".[gcs]" extra) and GCP credentials'
+            ) from None
         return p if isinstance(p, epath.Path) else epath.Path(text)
     if "://" in text:
         raise RunDirError(f"{text}: only local paths and {', '.join(REMOTE_PREFIXES)} URLs are supported")

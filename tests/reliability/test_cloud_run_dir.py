@@ -36,7 +36,7 @@ def bucket(tmp_path, monkeypatch):
     assert os.listdir(cwd) == [], "a local folder was written for a gs:// URL"
 
 
-def test_gs_urls_are_cloud_paths_and_other_schemes_are_refused():
+def test_gs_urls_are_cloud_paths_and_other_schemes_are_refused(bucket):
     assert os.fspath(fs.path(URL) / "metrics.jsonl") == URL + "/metrics.jsonl"
     assert fs.is_remote(fs.path(URL)) and not fs.is_remote("runs/gs:/x")
     with pytest.raises(RunDirError, match=r"^ftp://host/run: only local paths and gs:// URLs are supported$"):
@@ -106,3 +106,19 @@ def test_pieces_that_need_local_folders_are_refused_before_compute(bucket, data_
     with pytest.raises(ConfigError, match=r"^distill.options.cache_dir: a teacher cache must be a local folder"):
         job.run_job(cached, URL)
     assert not (bucket / "test-bucket").exists()
+
+
+def test_cache_teacher_refuses_gs_in_one_line(bucket, capsys):
+    assert main(["cache-teacher", "--config", "cached_topk", "--run-dir", URL]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"jdistill: error: --run-dir {URL}: cache-teacher writes local folders; give a local path"
+    )
+
+
+def test_gs_without_gcsfs_is_one_line(monkeypatch):
+    def missing(protocol):
+        raise ImportError("Please install gcsfs to access Google Storage")
+
+    monkeypatch.setattr(fs.fsspec, "get_filesystem_class", missing)
+    with pytest.raises(RunDirError, match=r"^gs://b/run: gs:// paths need gcsfs \(pip install gcsfs"):
+        check_run_dir("gs://b/run", resume=False)
