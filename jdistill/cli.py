@@ -55,10 +55,11 @@ def _quiet_libraries() -> None:
 
 def _load_for_train(args):
     from jdistill.configs import load_config, to_dict
+    from jdistill.train.rundir import local_config
 
     if not args.resume:
         return load_config(args.config or "default", args.overrides)
-    saved = Path(args.run_dir) / "config.yaml"
+    saved = local_config(args.run_dir)  # a gs:// run's config.yaml is read from a local copy
     if not saved.is_file():
         raise RunDirError(f"{args.run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
     config = load_config(str(saved), args.overrides)
@@ -96,10 +97,13 @@ def cmd_train(args) -> int:
 
     if maybe_initialize(config.cluster) and args.run_dir is None:
         raise RunDirError("a multi-host run needs --run-dir DIR (the same shared folder on every host)")
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
+    run_dir = args.run_dir or default_run_dir()  # a local folder or a gs:// URL: never Path() it
     import jax
 
-    created = not args.resume and not run_dir.exists() and jax.process_index() == 0
+    from jdistill.io import fs
+
+    local = not fs.is_remote(run_dir)
+    created = local and not args.resume and not Path(run_dir).exists() and jax.process_index() == 0
     try:
         summary = run_teacher_student(config, run_dir, resume=args.resume)
     except UserError:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 
 import jax
 import jax.numpy as jnp
 
+from jdistill.io import strict_json
 from jdistill.kernels import gated_attention
 from jdistill.kernels.cudnn import gated_attention_cudnn
 
@@ -182,5 +182,5 @@ def run(
                         printer(format_row(row))
     if json_path:
         with open(json_path, "w") as out:
-            out.writelines(json.dumps(row) + "\n" for row in rows)
+            out.writelines(strict_json.dumps(row) + "\n" for row in rows)
     return rows

@@ -15,11 +15,12 @@ of input keeps the step fed with headroom for bigger steps and slower disks).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
+
+from jdistill.io import strict_json
 
 GOAL = 20.0
 
@@ -121,7 +122,7 @@ def run_bench_data(args) -> int:
     result = run(args.data, args.tokenizer, args.data_dir, args.batch, args.seq, args.vocab, args.batches, args.steps)
     print(format_result(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(strict_json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -27,7 +27,6 @@ to float32 rounding.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 import tempfile
@@ -42,6 +41,7 @@ from flax import nnx
 from jdistill.bench.train_step import JaxStep, available_cores
 from jdistill.configs.schema import TrainConfig
 from jdistill.hf import save_pretrained
+from jdistill.io import strict_json
 from jdistill.models import ModelConfig, Transformer
 from jdistill.recipes.gkd import GKD
 
@@ -413,6 +413,6 @@ def run_llm_kd(args) -> int:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        tmp.write_text(strict_json.dumps(results, indent=1) + "\n")
         os.replace(tmp, path)
     return 0

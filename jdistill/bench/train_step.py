@@ -25,7 +25,6 @@ measured before JAX compiles anything (an upper bound: it includes allocator sla
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
@@ -39,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from jdistill.configs.schema import TrainConfig
+from jdistill.io import strict_json
 from jdistill.models import ModelConfig, Transformer
 from jdistill.recipes import KnowledgeDistillation, Supervised
 from jdistill.train.optim import make_optimizer
@@ -210,7 +210,7 @@ def profile_kd(step: JaxStep, directory: str, steps: int = 5) -> str:
     rows = op_table(directory, hlo, steps)
     table = format_table(rows)
     (Path(directory) / "kd_step_ops.txt").write_text(table + "\n")
-    (Path(directory) / "kd_step_ops.json").write_text(json.dumps(rows, indent=1))
+    (Path(directory) / "kd_step_ops.json").write_text(strict_json.dumps(rows, indent=1))
     return table
 
 
@@ -226,7 +226,7 @@ def run_train_step(args) -> int:
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        Path(args.json).write_text(strict_json.dumps(results, indent=1) + "\n")
     return 0
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
+
+from jdistill.io import strict_json
 
 HF_PREFIX = "hf:"
 COMPILE_EVENTS = "/jax/core/compile/"
@@ -121,7 +122,7 @@ def cmd_generate(args) -> int:
     records = records_from_rows(tokenizer, prompts, rows, stage=stage, texts=args.prompt)
     for index, record in enumerate(records):
         if args.jsonl:
-            print(json.dumps(record, ensure_ascii=False))
+            print(strict_json.dumps(record, ensure_ascii=False))
         else:
             print(("" if index == 0 else "\n") + record["completion"])
     count, decoding = sum(len(row) for row in rows), max(seconds - compiling[0], 1e-9)

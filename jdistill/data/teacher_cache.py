@@ -34,6 +34,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from jdistill.data.pipeline import host_shard, shuffle_seed
 from jdistill.errors import DataError
+from jdistill.io import strict_json
 
 METADATA = "metadata.json"
 WINDOW_IDS = "window_ids.npy"
@@ -134,7 +135,7 @@ def write_teacher_cache(
         bytes_per_token=disk / tokens,
         payload_bytes_per_token=sum(np.dtype(d).itemsize * int(np.prod(s)) for _, d, s in layout) / seq_len,
     )
-    (tmp / METADATA).write_text(json.dumps(metadata, indent=1, default=str))
+    (tmp / METADATA).write_text(strict_json.dumps(metadata, indent=1, default=str))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -38,6 +38,7 @@ import numpy as np
 from jdistill.data.documents import document_kind, documents
 from jdistill.data.teacher_cache import id_dtype
 from jdistill.errors import DataError
+from jdistill.io import strict_json
 
 FORMAT = "jdistill.tokenized/1"
 METADATA = "metadata.json"
@@ -159,7 +160,7 @@ def tokenize_source(
                 path.rename(f"{path}-of-{len(shard_paths):05d}")
             np.save(temporary / f"{split}.index.npy", np.asarray(index, np.int64))
             metadata["splits"][split] = dict(counts, shards=len(shard_paths))
-        (temporary / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+        (temporary / METADATA).write_text(strict_json.dumps(metadata, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(temporary, out)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import io
+
+from jdistill.io import fs
+from jdistill.io.jsonl import read_jsonl
 
 STAGE_LABELS = {
     "teacher": "teacher",
@@ -43,21 +45,21 @@ def summary_table(summary: dict, stages=None) -> str:
     return "\n".join(lines)
 
 
-def read_curves(metrics_path: Path, split: str = "eval") -> dict[str, dict[str, list]]:
-    """{stage: {metric: [values...], "step": [...]}} from metrics.jsonl."""
+def read_curves(metrics_path, split: str = "eval") -> dict[str, dict[str, list]]:
+    """{stage: {metric: [values...], "step": [...]}} from metrics.jsonl (local or gs://; a line cut short by a
+    kill is skipped, `jdistill.io.jsonl`); a null value (a non-finite number, written as null) reads as NaN."""
     curves: dict[str, dict[str, list]] = {}
-    for line in Path(metrics_path).read_text().splitlines():
-        record = json.loads(line)
-        if record["split"] != split:
+    for record in read_jsonl(metrics_path):
+        if record.get("split") != split or "stage" not in record:
             continue
         stage = curves.setdefault(record["stage"], {})
         for key, value in record.items():
-            if isinstance(value, (int, float)):
-                stage.setdefault(key, []).append(value)
+            if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                stage.setdefault(key, []).append(float("nan") if value is None else value)
     return curves
 
 
-def plot_learning_curves(metrics_path: Path, out_path: Path, stages) -> None:
+def plot_learning_curves(metrics_path, out_path, stages) -> None:
     """Test accuracy and NLL (bits/byte for LMs) against step for each stage, as a PNG."""
     import matplotlib
 
@@ -79,5 +81,7 @@ def plot_learning_curves(metrics_path: Path, out_path: Path, stages) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    fs.write_bytes_atomic(out_path, image.getvalue())  # a local file or a gs:// object
     plt.close(fig)

@@ -9,13 +9,10 @@ EOS, `completion` their decoding, `stopped` whether the model emitted EOS within
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 from jdistill.errors import ConfigError
+from jdistill.io import fs, strict_json
 from jdistill.models.generate import generate
 
 DEFAULT_PROMPT_COUNT = 4
@@ -118,12 +115,9 @@ def sample_records(model, tokenizer, prompts, *, max_new_tokens: int, stage: str
     return records_from_rows(tokenizer, prompts, rows, stage=stage, texts=texts)
 
 
-def write_samples(path: Path, records: list[dict]) -> None:
-    """`path` (samples.jsonl), written to a temporary name and renamed."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
-    os.replace(tmp, path)
+def write_samples(path, records: list[dict]) -> None:
+    """`path` (samples.jsonl, local or gs://), strict JSON written atomically (`jdistill.io.fs`)."""
+    fs.write_text_atomic(path, "".join(strict_json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def stage_prompts(run_config, tokenizer, eval_batches, *, max_seq_len: int):

@@ -29,6 +29,7 @@ import dataclasses
 
 import jax
 
+from jdistill.io import strict_json
 from jdistill.scale.topologies import Topology, parse_topology
 
 # What "auto" attention resolves to on the target (this process's own backend is CPU, or libtpu without TPUs).
@@ -172,7 +173,7 @@ def main(argv: list[str]) -> int:
             report = compile_report(config, topology)
         except Exception as error:  # reported per job; the parent turns it into a one-line error
             report = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:400]}"}
-        print(json.dumps(dict(report, label=job.get("label", job["config"]))), flush=True)
+        print(strict_json.dumps(dict(report, label=job.get("label", job["config"]))), flush=True)
     return 0
 
 

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from jdistill.errors import ConfigError, UserError
+from jdistill.io import strict_json
 from jdistill.scale.topologies import GiB, Topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -360,7 +361,7 @@ def cmd_compile(args) -> int:
         note = _depth_note(load_config(args.config, list(args.overrides)), load_config(args.config))
     print(format_summary(summary, note))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(args.json).write_text(strict_json.dumps(summary, indent=2) + "\n")
     needed = summary.get("decision_bytes", summary["total_bytes"])
     if summary["fits"]:
         return 0

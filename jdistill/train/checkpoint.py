@@ -6,24 +6,24 @@ leaves a half-written checkpoint in place of a good one; `keep` bounds how many 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import orbax.checkpoint as ocp
 
 from jdistill.errors import RunDirError
+from jdistill.io import fs
 
 
 class Checkpointer:
     """Save / restore `TrainState` pytrees under `directory` (one sub-directory per step)."""
 
-    def __init__(self, directory: Path, *, keep: int):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory, *, keep: int):
+        directory = fs.path(directory)  # a local folder or a gs:// URL (orbax writes both)
+        self.directory = directory if fs.is_remote(directory) else directory.absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
+            self.manager = ocp.CheckpointManager(fs.checkpoint_location(self.directory), options=options)
         except OSError as exc:
-            raise RunDirError(f"{self.directory}: cannot create checkpoint directory ({exc.strerror})") from None
+            raise RunDirError(f"{self.directory}: cannot create checkpoint directory ({exc.strerror or exc})") from None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

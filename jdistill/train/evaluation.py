@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import jax
 from flax import nnx
@@ -14,6 +13,7 @@ from jdistill.errors import DataError
 from jdistill.eval.batch import targets_and_mask
 from jdistill.eval.metrics import add_stats, summarize, target_bytes
 from jdistill.eval.samples import encode_prompts, sample_records, stage_prompts, write_samples
+from jdistill.io import fs
 from jdistill.models import Transformer
 from jdistill.text import BytesTokenizer, load_tokenizer
 from jdistill.train import inputs
@@ -78,7 +78,7 @@ def stage_sampler(run_config, tokenizer, eval_batches, *, max_seq_len: int):
             model, tokenizer, prompts, texts=texts, max_new_tokens=run_config.sample_tokens, stage=name
         )
         if jax.process_index() == 0:
-            write_samples(Path(stage_dir) / "samples.jsonl", records)
+            write_samples(fs.path(stage_dir) / "samples.jsonl", records)
 
     return sample
 
@@ -110,6 +110,6 @@ def evaluate_loaded(result, config, stage_dir, model_config=None):
     score, sampler, _ = stage_evaluation(config.data, model_config, config.run, result.graphdef)
     metrics = score(result.params)
     if sampler is not None:
-        Path(stage_dir).mkdir(parents=True, exist_ok=True)
+        fs.path(stage_dir).mkdir(parents=True, exist_ok=True)
         sampler(stage_dir, result.name, nnx.merge(result.graphdef, result.params))
     return dataclasses.replace(result, metrics=metrics, wall_seconds=time.perf_counter() - started)

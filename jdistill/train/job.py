@@ -35,6 +35,7 @@ from jdistill.errors import ConfigError
 from jdistill.eval import report
 from jdistill.hf.init_from import resolve_init_from
 from jdistill.hf.vocab_policy import with_real_vocab
+from jdistill.io import fs
 from jdistill.models import Transformer, count_params
 from jdistill.recipes import Supervised
 from jdistill.recipes.registry import build_recipe
@@ -45,7 +46,7 @@ from jdistill.train.export_step import check_export, export_final
 from jdistill.train.loop import StageResult, run_stage, stage_key
 from jdistill.train.prune_stage import prune_teacher, pruned_stage_config, resolve_prune
 from jdistill.train.restore import load_pretrained
-from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
+from jdistill.train.rundir import check_remote_run_dir, check_run_dir, prepare_run_dir, write_config
 from jdistill.train.stop_tokens import with_stop_tokens
 from jdistill.train.teacher_tokens import teacher_data_config, teacher_view_dataset_fn, with_teacher_tokens
 from jdistill.train.writers import write_json_atomic
@@ -137,9 +138,10 @@ def run_job(
     and returns an empty dict (for resume tests). `dataset_fns[stage]` transforms that stage's training data.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = fs.path(run_dir)  # a local folder or a gs:// URL
     check_run_dir(run_dir, resume=resume)  # every host: the same verdict, before any other check costs time
     config, recipe, compared = check_job(config, resume=resume)
+    check_remote_run_dir(config, recipe, run_dir)  # gs://: pieces that need a local folder refused here
     barrier("run_dir_checked")
     if jax.process_index() == 0:
         prepare_run_dir(run_dir, resume=resume)

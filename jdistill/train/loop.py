@@ -149,7 +149,7 @@ def run_stage(
         )
     if jax.process_index() == 0:
         truncate_jsonl(run_dir / "metrics.jsonl", name, start)
-    writer = MetricsWriter(run_dir, name, tensorboard=tensorboard)
+    writer = MetricsWriter(run_dir, name, tensorboard=tensorboard, first_step=start + 1)
     score, sampler, eval_batches = stage_evaluation(
         data_config, stage_config.model, run_config, stage.graphdef, stage.recipe.forward_params
     )

@@ -8,8 +8,10 @@ from flax import nnx
 
 from jdistill.configs import load_config
 from jdistill.errors import RunDirError
+from jdistill.io import fs
 from jdistill.models import Transformer, count_params
 from jdistill.train.checkpoint import Checkpointer
+from jdistill.train.rundir import local_config
 
 
 def stage_config_for(config, stage: str):
@@ -27,7 +29,7 @@ def load_stage_params(stage_dir: Path, model_config, recipe=None):
     factory = recipe.wraps_student() if recipe is not None else None
     model = factory(model_config, nnx.Rngs(0)) if factory else Transformer(model_config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
-    checkpointer = Checkpointer(Path(stage_dir) / "checkpoints", keep=1)
+    checkpointer = Checkpointer(fs.path(stage_dir) / "checkpoints", keep=1)
     step = checkpointer.latest_step()
     if step is None:
         checkpointer.close()
@@ -39,10 +41,10 @@ def load_stage_params(stage_dir: Path, model_config, recipe=None):
 
 def load_stage(run_dir, stage: str):
     """(model with the stage's newest checkpoint, run Config)."""
-    run_dir = Path(run_dir)
+    run_dir = fs.path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no config.yaml)")
-    config = load_config(str(run_dir / "config.yaml"))
+    config = load_config(str(local_config(run_dir)))
     recipe = None
     if stage.startswith("student_") and stage != "student_scratch":
         from jdistill.recipes.registry import build_recipe

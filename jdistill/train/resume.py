@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jdistill.io import fs
 from jdistill.train.checkpoint import Checkpointer
 
 
@@ -16,7 +17,7 @@ def resume_point(checkpointer: Checkpointer, state, stage_dir: Path, total_steps
     if latest is None:
         return 0, state, None
     state = checkpointer.restore(latest, state)
-    result_path = Path(stage_dir) / "result.json"
+    result_path = fs.path(stage_dir) / "result.json"
     if result_path.exists() and latest == total_steps:
         return latest, state, json.loads(result_path.read_text())
     return latest, state, None

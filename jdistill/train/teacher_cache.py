@@ -23,8 +23,9 @@ from jdistill import data
 from jdistill.data import teacher_cache as cache_format
 from jdistill.data.packing import PackedWindows
 from jdistill.data.pipeline import padded_batch
-from jdistill.errors import ConfigError
+from jdistill.errors import ConfigError, RunDirError
 from jdistill.eval.batch import LM_KWARGS, lm_kwargs
+from jdistill.io import fs
 from jdistill.train.distributed import barrier
 
 DEFAULT_TOP_K = 32
@@ -240,6 +241,9 @@ def cmd_cache_teacher(args) -> int:
     from jdistill.data.corpus_tokenizer import with_corpus_tokenizer
     from jdistill.train.rundir import default_run_dir
 
+    for flag, value in (("--run-dir", args.run_dir), ("--out", args.out)):
+        if value and fs.is_remote(value):  # the teacher cache is local ArrayRecord files, and so is its teacher here
+            raise RunDirError(f"{flag} {value}: cache-teacher writes local folders; give a local path")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
     if args.config is None and not (run_dir / "config.yaml").is_file():
         raise ConfigError("cache-teacher needs --config NAME|PATH, or --run-dir of a run with a config.yaml")
