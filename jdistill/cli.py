@@ -1,5 +1,6 @@
 """The `jdistill` command line.
 
+    jdistill --version
     jdistill train [--config NAME|PATH] [--run-dir DIR] [--resume] [key.sub=value ...]
     jdistill info
     jdistill analyze head-gates --run-dir DIR [--stage teacher]
@@ -160,7 +161,10 @@ def cmd_analyze_head_gates(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jdistill import __version__
+
     parser = argparse.ArgumentParser(prog="jdistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"jdistill {__version__}")
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train", help="run a teacher -> student distillation job (default: digits)")
     train.add_argument("--config", help="preset name (see `jdistill info`) or path to a YAML file")

@@ -20,7 +20,6 @@ from which the step time at 100 % and 50 % MFU follows: total FLOPs / (chips * p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import sys
 from pathlib import Path
 
 from jdistill.errors import ConfigError, UserError
+from jdistill.extras import installed, require
 from jdistill.scale.topologies import GiB, Topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def proxy_topology(topology: Topology) -> Topology | None:
     """For a GPU cluster: the TPU v5p slice with as many chips, to compile the same sharded step for with a
     production accelerator compiler (fused bf16 kernels, a memory-aware schedule) instead of XLA:CPU. None for
     TPU topologies, without libtpu, or when no standard v5p slice has that many chips."""
-    if topology.platform != "gpu" or importlib.util.find_spec("libtpu") is None:
+    if topology.platform != "gpu" or not installed("libtpu"):
         return None
     try:
         return parse_topology(f"v5p-{2 * topology.num_chips}", topology.num_slices)
@@ -240,6 +240,8 @@ def compile_config(path: str, overrides=(), topology_name: str | None = None) ->
     checked_recipe(config)  # the recipe's option and compatibility errors, before minutes of compiling
     topology = resolve_topology(config, topology_name)
     check_mesh(config, topology)
+    if topology.platform == "tpu":
+        require("libtpu", "tpu", f"compiling for {topology.describe()}")
     report = run_aot(
         [
             {
