@@ -53,3 +53,19 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"jdistill {jdistill.__version__}"
+
+
+def test_bench_train_step_without_torch_names_the_bench_extra_and_no_torch(monkeypatch, capsys):
+    _without(monkeypatch, "torch")
+    monkeypatch.setattr("jdistill.bench.train_step.run", lambda **k: pytest.fail("benchmarked without torch"))
+    code = main(["bench", "train-step", "--steps", "1"])
+    err = _one_line_error(capsys)
+    assert code == 2 and "'bench' extra" in err and "--no-torch" in err
+
+
+def test_bench_llm_kd_without_trl_names_the_bench_extra(monkeypatch, capsys):
+    _without(monkeypatch, "trl")
+    monkeypatch.setattr("jdistill.bench.llm_kd.run", lambda **k: pytest.fail("benchmarked without trl"))
+    code = main(["bench", "llm-kd", "--steps", "1"])
+    err = _one_line_error(capsys)
+    assert code == 2 and "trl" in err and "'bench' extra" in err
