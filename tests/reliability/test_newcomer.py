@@ -69,3 +69,78 @@ def test_bench_llm_kd_without_trl_names_the_bench_extra(monkeypatch, capsys):
     code = main(["bench", "llm-kd", "--steps", "1"])
     err = _one_line_error(capsys)
     assert code == 2 and "trl" in err and "'bench' extra" in err
+
+
+def _stage(run_dir: Path, name: str, *steps: str) -> None:
+    (run_dir / name / "checkpoints").mkdir(parents=True)
+    for step in steps:
+        (run_dir / name / "checkpoints" / step).mkdir()
+
+
+def test_head_gates_default_stage_is_one_with_a_checkpoint(tmp_path):
+    from jdistill.eval.head_gating import checkpointed_stages, choose_stage
+
+    (tmp_path / "teacher").mkdir()  # a teacher read from init_from: scored, no checkpoint
+    _stage(tmp_path, "student_kd", "3")
+    _stage(tmp_path, "student_scratch", "3")
+    _stage(tmp_path, "student_dino", "3.orbax-checkpoint-tmp-17")  # killed during its first save
+    (tmp_path / "summary.json").write_text('{"teacher": {}, "student_scratch": {}, "student_kd": {}}')
+    assert checkpointed_stages(tmp_path) == ["student_scratch", "student_kd"]
+    assert choose_stage(tmp_path, None) == "student_scratch"
+    _stage(tmp_path / "trained", "teacher", "6")
+    _stage(tmp_path / "trained", "student_kd", "3")
+    assert choose_stage(tmp_path / "trained", None) == "teacher"
+
+
+def test_head_gates_missing_stage_lists_the_stages(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    _stage(tmp_path, "teacher", "6")
+    _stage(tmp_path, "student_kd", "3")
+    code = main(["analyze", "head-gates", "--run-dir", str(tmp_path), "--stage", "student_scratch"])
+    err = _one_line_error(capsys)
+    assert code == 2 and "--stage student_scratch" in err and err.endswith("teacher, student_kd")
+
+
+def test_head_gates_shows_progress_over_its_three_fits(monkeypatch, capsys):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jdistill.eval import head_gating
+    from jdistill.eval.head_gating import analyze_head_gates
+    from jdistill.models import ModelConfig, Transformer
+
+    def fit(graphdef, params, batches, init_logits, *, steps, bar, **kwargs):  # the steps, without the fitting
+        for _ in range(steps):
+            bar.update(1)
+        return init_logits
+
+    monkeypatch.setattr(head_gating, "fit_gate_logits", fit)
+    monkeypatch.setattr(head_gating, "_nll", lambda *args: 0.0)
+
+    config = ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32, max_seq_len=8)
+    tokens = jnp.arange(2 * 9).reshape(2, 9) % 32
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    analyze_head_gates(Transformer(config, rngs=nnx.Rngs(0)), [batch], steps=4, progress=True)
+    err = capsys.readouterr().err
+    assert "head gates" in err and "12/12" in err
+
+
+def test_step_bar_shows_compilation_and_leaves_it_out_of_the_rate():
+    import io
+    import time
+
+    from jdistill.progress import StepBar
+
+    out = io.StringIO()
+    bar = StepBar(total=100, initial=10, desc="teacher", file=out, mininterval=0)
+    assert "teacher (compiling)" in out.getvalue()
+    time.sleep(0.5)  # the first step: compiling
+    bar.update(1)
+    for _ in range(4):
+        time.sleep(0.01)
+        bar.update(1)
+    meter = bar.format_dict
+    bar.close()
+    assert meter["n"] == 15 and meter["elapsed"] < 0.4
+    assert meter["rate"] > 20  # 4 steps in ~0.04 s; with the compile step counted it would be under 10 steps/s
+    assert out.getvalue().replace("\r", "\n").splitlines()[-1].startswith("teacher: ")
