@@ -26,7 +26,7 @@ class StepBar(tqdm):
         if not self._compiling or self.disable:
             return super().update(n)
         self._compiling = False
-        done = self.n + (n or 0)
+        done = self.format_dict["n"] + (n or 0)
         self.reset(total=self.total)  # a new start time, empty rate estimates
         self.n = self.initial = self.last_print_n = done  # the rate counts from here: (n - initial) / elapsed
         self.set_description_str(self._name)  # refreshes the display
