@@ -144,3 +144,39 @@ def test_step_bar_shows_compilation_and_leaves_it_out_of_the_rate():
     assert meter["n"] == 15 and meter["elapsed"] < 0.4
     assert meter["rate"] > 20  # 4 steps in ~0.04 s; with the compile step counted it would be under 10 steps/s
     assert out.getvalue().replace("\r", "\n").splitlines()[-1].startswith("teacher: ")
+
+
+def _classifier(accuracy, **extra):
+    return dict(accuracy=accuracy, nll=0.41, ece=0.031, count=360, params=12_345, wall_seconds=12.5, **extra)
+
+
+def _table(summary) -> dict[str, dict[str, str]]:
+    """{stage: {column: cell}} of `summary_table` (columns are separated by two spaces or more)."""
+    import re
+
+    from jdistill.eval.report import summary_table
+
+    header, _, *rows = [re.split(r"\s{2,}", line.strip()) for line in summary_table(summary).splitlines()]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def test_summary_table_shows_each_recipes_headline_metrics():
+    dino = _table(
+        {
+            "student_scratch": _classifier(0.91),
+            "student_dino": _classifier(0.09, linear_probe_accuracy=0.87, knn_accuracy=0.84),
+            "wall_seconds": 30.0,
+            "recipe": "dino",
+        }
+    )
+    assert list(dino) == ["student_scratch", "student_dino"]  # the summary.json keys, in order
+    assert dino["student_dino"]["probe acc"] == "0.8700" and dino["student_dino"]["k-NN acc"] == "0.8400"
+    assert dino["student_dino"]["nll"] == dino["student_dino"]["ece"] == dino["student_dino"]["accuracy"] == "-"
+    assert dino["student_scratch"]["accuracy"] == "0.9100" and dino["student_scratch"]["probe acc"] == "-"
+    lm = dict(accuracy=0.3, nll=1.9, ece=0.01, perplexity=6.1, bits_per_byte=2.5, params=9, wall_seconds=3.0)
+    lm_table = _table({"teacher": lm, "student_kd": dict(lm, perplexity=7.7), "data": "pystdlib_text"})
+    assert list(lm_table["student_kd"]) == ["stage", "params", "perplexity", "bits/byte", "wall s"]
+    assert lm_table["student_kd"]["perplexity"] == "7.700" and lm_table["teacher"]["bits/byte"] == "2.5000"
+    adr = _table({"teacher": _classifier(0.95), "student_adr": _classifier(0.93, robust_accuracy=0.61)})
+    assert adr["student_adr"]["robust acc"] == "0.6100" and adr["teacher"]["robust acc"] == "-"
+    assert adr["student_adr"]["accuracy"] == "0.9300" and adr["student_adr"]["ece"] == "0.0310"
