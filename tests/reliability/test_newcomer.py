@@ -180,3 +180,30 @@ def test_summary_table_shows_each_recipes_headline_metrics():
     adr = _table({"teacher": _classifier(0.95), "student_adr": _classifier(0.93, robust_accuracy=0.61)})
     assert adr["student_adr"]["robust acc"] == "0.6100" and adr["teacher"]["robust acc"] == "-"
     assert adr["student_adr"]["accuracy"] == "0.9300" and adr["student_adr"]["ece"] == "0.0310"
+
+
+def test_cache_teacher_shows_progress_over_the_windows(tmp_path, capsys):
+    import numpy as np
+
+    from jdistill.train.teacher_cache import CacheSettings, write_cache
+    from tests.recipes.test_cached_topk import _teacher_and_student, _windows
+
+    (graphdef, params), _ = _teacher_and_student()
+    windows = _windows(tmp_path)
+    ids = np.arange(len(windows))
+    capsys.readouterr()
+    write_cache(graphdef, params, windows, ids, tmp_path / "c", CacheSettings(2, 1.0, "float16"), split="train",
+                metadata={}, progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "teacher cache" in err and f"{len(ids)}/{len(ids)}" in err
+
+
+def test_train_prints_its_run_directory_first(tmp_path, data_dir, monkeypatch, capsys):
+    def first_stage(name, *args, **kwargs):
+        raise KeyboardInterrupt  # stop before any training: the line must already be out
+
+    monkeypatch.setattr("jdistill.train.job.run_stage", first_stage)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run_dir), "run.progress=true", "run.tensorboard=false"]) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"jdistill: run directory {run_dir}"
