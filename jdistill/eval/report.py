@@ -17,6 +17,7 @@ def headline_metrics(metrics: dict) -> list[tuple[str, str, str]]:
     """(key, column, format) of the metrics that judge a stage: perplexity and bits per byte for LMs, probe and
     k-NN accuracy when the recipe reports probes, else accuracy, NLL and ECE; then the recipe's own accuracies
     (robust, aggregated, quantized, per exit ...)."""
+    base: tuple[tuple[str, str, str], ...]
     if "bits_per_byte" in metrics:
         base = LM_METRICS
     elif "linear_probe_accuracy" in metrics:
