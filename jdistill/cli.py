@@ -151,8 +151,8 @@ def cmd_analyze_head_gates(args) -> int:
     if not (Path(args.run_dir) / "config.yaml").is_file():
         raise RunDirError(f"{args.run_dir}: not a run directory (no config.yaml)")
     args.stage = choose_stage(args.run_dir, args.stage)
-    print(f"jdistill: analysing stage {args.stage} of {args.run_dir}", file=sys.stderr)
     model, config = load_stage(args.run_dir, args.stage)
+    print(f"jdistill: analysing stage {args.stage} of {args.run_dir}", file=sys.stderr)
     stage = stage_config_for(config, args.stage)
     dataset = inputs.train_dataset(config.data, stage.model, stage.train, config.seed)
     batches = [dataset[index] for index in range(args.batches)]

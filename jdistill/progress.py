@@ -33,6 +33,6 @@ class StepBar(tqdm):
         return True
 
 
-def step_bar(total: int, desc: str, *, enabled: bool = True, **kwargs) -> StepBar:
+def step_bar(total: int | None, desc: str, *, enabled: bool = True, **kwargs) -> StepBar:
     """A `StepBar` on stderr that adapts to the terminal width; `enabled=False` draws nothing."""
     return StepBar(total=total, desc=desc, dynamic_ncols=True, disable=not enabled, **kwargs)
