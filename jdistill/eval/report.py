@@ -38,6 +38,8 @@ def summary_table(summary: dict, stages=None) -> str:
     """A fixed-width table, one row per stage named by its summary.json key: params, each stage's headline metrics
     (`headline_metrics`; "-" where a stage does not have a column), wall time (default: every stage)."""
     stages = summary_stages(summary) if stages is None else stages
+    if not stages:
+        return "(no stage was evaluated)"
     metrics: dict[str, tuple[str, str]] = {}  # column -> (key, format), in order of first appearance
     for stage in stages:
         for key, column, spec in headline_metrics(summary[stage]):

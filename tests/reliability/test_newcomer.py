@@ -181,6 +181,9 @@ def test_summary_table_shows_each_recipes_headline_metrics():
     adr = _table({"teacher": _classifier(0.95), "student_adr": _classifier(0.93, robust_accuracy=0.61)})
     assert adr["student_adr"]["robust acc"] == "0.6100" and adr["teacher"]["robust acc"] == "-"
     assert adr["student_adr"]["accuracy"] == "0.9300" and adr["student_adr"]["ece"] == "0.0310"
+    from jdistill.eval.report import summary_table
+
+    assert summary_table({"wall_seconds": 1.0, "recipe": "kd"}) == "(no stage was evaluated)"
 
 
 def test_cache_teacher_shows_progress_over_the_windows(tmp_path, capsys):
