@@ -17,10 +17,7 @@ def headline_metrics(metrics: dict) -> list[tuple[str, str, str]]:
     """(key, column, format) of the metrics that judge a stage: perplexity and bits per byte for LMs, probe and
     k-NN accuracy when the recipe reports probes, else accuracy, NLL and ECE; then the recipe's own accuracies
     (robust, aggregated, quantized, per exit ...)."""
-<<<<<<< Updated upstream
     base: tuple[tuple[str, str, str], ...]
-=======
->>>>>>> Stashed changes
     if "bits_per_byte" in metrics:
         base = LM_METRICS
     elif "linear_probe_accuracy" in metrics:
@@ -41,11 +38,8 @@ def summary_table(summary: dict, stages=None) -> str:
     """A fixed-width table, one row per stage named by its summary.json key: params, each stage's headline metrics
     (`headline_metrics`; "-" where a stage does not have a column), wall time (default: every stage)."""
     stages = summary_stages(summary) if stages is None else stages
-<<<<<<< Updated upstream
     if not stages:
         return "(no stage was evaluated)"
-=======
->>>>>>> Stashed changes
     metrics: dict[str, tuple[str, str]] = {}  # column -> (key, format), in order of first appearance
     for stage in stages:
         for key, column, spec in headline_metrics(summary[stage]):
