@@ -41,7 +41,6 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jdistill.configs.schema import TrainConfig
-from jdistill.extras import require
 from jdistill.models import ModelConfig, Transformer
 from jdistill.recipes import KnowledgeDistillation, Supervised
 from jdistill.train.optim import make_optimizer
@@ -223,6 +222,8 @@ def profile_kd(step: JaxStep, directory: str, steps: int = 5) -> str:
 
 def run_train_step(args) -> int:
     """The CLI entry point (`jdistill bench train-step`)."""
+    from jdistill.extras import require
+
     if not args.no_torch:  # before minutes of compiling and timing the JAX side
         require("torch", "bench", "the PyTorch comparison of `jdistill bench train-step`", "pass --no-torch")
     results = run(

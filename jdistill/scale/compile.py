@@ -20,6 +20,7 @@ from which the step time at 100 % and 50 % MFU follows: total FLOPs / (chips * p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -28,7 +29,6 @@ import sys
 from pathlib import Path
 
 from jdistill.errors import ConfigError, UserError
-from jdistill.extras import installed, require
 from jdistill.scale.topologies import GiB, Topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def proxy_topology(topology: Topology) -> Topology | None:
     """For a GPU cluster: the TPU v5p slice with as many chips, to compile the same sharded step for with a
     production accelerator compiler (fused bf16 kernels, a memory-aware schedule) instead of XLA:CPU. None for
     TPU topologies, without libtpu, or when no standard v5p slice has that many chips."""
-    if topology.platform != "gpu" or not installed("libtpu"):
+    if topology.platform != "gpu" or importlib.util.find_spec("libtpu") is None:
         return None
     try:
         return parse_topology(f"v5p-{2 * topology.num_chips}", topology.num_slices)
@@ -233,6 +233,7 @@ def compile_config(path: str, overrides=(), topology_name: str | None = None) ->
     """Compile one config (path or preset) and return its summary (see `summarize`)."""
     from jdistill.configs import load_config
     from jdistill.data.corpus_tokenizer import with_corpus_tokenizer
+    from jdistill.extras import require
     from jdistill.train.job import checked_recipe
     from jdistill.train.prune_stage import resolve_prune
 

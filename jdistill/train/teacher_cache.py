@@ -25,7 +25,6 @@ from jdistill.data.packing import PackedWindows
 from jdistill.data.pipeline import padded_batch
 from jdistill.errors import ConfigError
 from jdistill.eval.batch import LM_KWARGS, lm_kwargs
-from jdistill.progress import step_bar
 from jdistill.train.distributed import barrier
 
 DEFAULT_TOP_K = 32
@@ -75,6 +74,8 @@ def write_cache(
 ) -> dict:
     """Run the teacher over `windows[window_ids]` in batches and write the cache; returns its metadata.
     `progress`: a bar over the windows on stderr."""
+    from jdistill.progress import step_bar
+
     config = nnx.merge(graphdef, params).config
     if config.kind != "lm":
         raise ConfigError("cache-teacher: the teacher must be a language model (teacher.model.kind: lm)")
