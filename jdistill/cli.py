@@ -1,8 +1,9 @@
 """The `jdistill` command line.
 
+    jdistill --version
     jdistill train [--config NAME|PATH] [--run-dir DIR] [--resume] [key.sub=value ...]
     jdistill info
-    jdistill analyze head-gates --run-dir DIR [--stage teacher]
+    jdistill analyze head-gates --run-dir DIR [--stage STAGE]
     jdistill recipes
     jdistill generate --checkpoint RUN_DIR/STAGE|hf:DIR --prompt TEXT [--max-new-tokens N] [--temperature T] ...
     jdistill cache-teacher --config NAME|PATH [--out DIR] [--top-k K] [--split train] [key.sub=value ...]
@@ -168,15 +169,19 @@ def cmd_info(args) -> int:
 
 
 def cmd_analyze_head_gates(args) -> int:
-    from jdistill.eval.head_gating import analyze_head_gates, format_table, plot_head_gates
+    from jdistill.eval.head_gating import analyze_head_gates, choose_stage, format_table, plot_head_gates
     from jdistill.train import inputs
     from jdistill.train.restore import load_stage, stage_config_for
 
+    if not (Path(args.run_dir) / "config.yaml").is_file():
+        raise RunDirError(f"{args.run_dir}: not a run directory (no config.yaml)")
+    args.stage = choose_stage(args.run_dir, args.stage)
     model, config = load_stage(args.run_dir, args.stage)
+    print(f"jdistill: analysing stage {args.stage} of {args.run_dir}", file=sys.stderr)
     stage = stage_config_for(config, args.stage)
     dataset = inputs.train_dataset(config.data, stage.model, stage.train, config.seed)
     batches = [dataset[index] for index in range(args.batches)]
-    result = analyze_head_gates(model, batches, lam=args.lam, steps=args.steps)
+    result = analyze_head_gates(model, batches, lam=args.lam, steps=args.steps, progress=config.run.progress)
     out = Path(args.out) if args.out else Path(args.run_dir) / f"head_gates_{args.stage}.png"
     plot_head_gates(result, out)
     print(format_table(result))
@@ -185,7 +190,10 @@ def cmd_analyze_head_gates(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jdistill import __version__
+
     parser = argparse.ArgumentParser(prog="jdistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"jdistill {__version__}")
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train", help="run a teacher -> student distillation job (default: digits)")
     train.add_argument("--config", help="preset name (see `jdistill info`) or path to a YAML file")
@@ -235,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="causal head gating: label heads facilitating / interfering / irrelevant, with a heat-map PNG",
     )
     head_gates.add_argument("--run-dir", required=True, help="a run directory written by `jdistill train`")
-    head_gates.add_argument("--stage", default="teacher", help="teacher, student_scratch or student_kd")
+    head_gates.add_argument(
+        "--stage", help="a stage with a checkpoint: teacher, student_scratch, student_<recipe> (default: the first)"
+    )
     head_gates.add_argument("--lam", type=float, default=0.01, help="regulariser strength for G+ / G-")
     head_gates.add_argument("--steps", type=int, default=200, help="Adam steps per fit")
     head_gates.add_argument("--batches", type=int, default=8, help="training batches the gates are fitted on")

@@ -30,3 +30,19 @@ def test_readme_lists_every_recipe():
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in recipe_classes() if name != "supervised" and f"`{name}`" not in readme]
     assert not missing, f"README recipe table misses {missing}"
+
+
+def _recipe_table_presets() -> dict[str, str]:
+    """{preset: recipe} from the README's recipe table (the last column lists each recipe's presets)."""
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| [^|\n]+ \| .+ \| (`[^|\n]+`) \|$", readme, flags=re.MULTILINE)
+    return {preset: recipe for recipe, cell in rows for preset in re.findall(r"`(\w+)`", cell)}
+
+
+def test_readme_lists_every_preset_under_its_recipe():
+    from jdistill.configs import load_config, preset_names
+
+    listed = _recipe_table_presets()
+    assert sorted(listed) == sorted(preset_names()), "README recipe table: the preset column must list every preset"
+    wrong = {p: r for p, r in listed.items() if load_config(p).distill.recipe != r}
+    assert not wrong, f"README lists these presets under the wrong recipe: {wrong}"

@@ -40,6 +40,7 @@ from flax import nnx
 
 from jdistill.bench.train_step import JaxStep, available_cores
 from jdistill.configs.schema import TrainConfig
+from jdistill.extras import require
 from jdistill.hf import save_pretrained
 from jdistill.io import strict_json
 from jdistill.models import ModelConfig, Transformer
@@ -408,6 +409,8 @@ def summarize(results: dict) -> None:
 
 def run_llm_kd(args) -> int:
     """The CLI entry point (`jdistill bench llm-kd`)."""
+    for module in ("torch", "transformers", "trl"):  # TRL's trainers are what jdistill is timed against
+        require(module, "bench", "`jdistill bench llm-kd`")
     results = run(steps=args.steps, warmup=args.warmup, only=args.only)
     if args.json:
         path = Path(args.json)

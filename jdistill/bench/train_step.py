@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from jdistill.configs.schema import TrainConfig
 from jdistill.io import strict_json
@@ -152,12 +154,14 @@ def build_torch(teacher, teacher_config, student_config, train_config, batch):
     return fns, rss_delta
 
 
-def time_interleaved(contenders: dict, steps: int, warmup: int) -> tuple[dict, dict]:
+def time_interleaved(contenders: dict, steps: int, warmup: int, progress: bool = False) -> tuple[dict, dict]:
     """(wall seconds, process CPU seconds) per call of every contender, calling each once per round, in
-    alternating order."""
+    alternating order; `progress`: a bar over the calls on stderr."""
+    bar = tqdm(total=len(contenders) * (warmup + steps), desc="timing", unit="call", disable=not progress)
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
+            bar.update(1)
     wall: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
@@ -167,6 +171,8 @@ def time_interleaved(contenders: dict, steps: int, warmup: int) -> tuple[dict, d
             contenders[name]()
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
+            bar.update(1)
+    bar.close()
     return wall, cpu
 
 
@@ -216,6 +222,10 @@ def profile_kd(step: JaxStep, directory: str, steps: int = 5) -> str:
 
 def run_train_step(args) -> int:
     """The CLI entry point (`jdistill bench train-step`)."""
+    from jdistill.extras import require
+
+    if not args.no_torch:  # before minutes of compiling and timing the JAX side
+        require("torch", "bench", "the PyTorch comparison of `jdistill bench train-step`", "pass --no-torch")
     results = run(
         steps=args.steps,
         warmup=args.warmup,
@@ -223,6 +233,7 @@ def run_train_step(args) -> int:
         seq=args.seq,
         use_torch=not args.no_torch,
         profile=args.profile,
+        progress=True,
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -238,9 +249,13 @@ def run(
     seq: int = 128,
     use_torch: bool = True,
     profile: str | None = None,
+    progress: bool = False,
     **model_overrides,
 ) -> dict:
-    """Time every contender, print the summary (and the per-op profile), return the figures."""
+    """Time every contender, print the summary (and the per-op profile), return the figures; `progress`: what is
+    being built and compiled, and a bar over the timed calls, on stderr."""
+    if progress:
+        print("train-step: building the models and compiling the JAX steps", file=sys.stderr, flush=True)
     teacher_config, student_config = bench_configs(seq, **model_overrides)
     train_config = bench_train_config(batch)
     data = make_batch(batch, seq)
@@ -268,7 +283,7 @@ def run(
     results["jax_ce_memory_bytes"] = jax_memory_bytes(ce.compiled)
     if use_torch:
         contenders.update(torch_fns)
-    summarize(time_interleaved(contenders, steps, warmup), results)
+    summarize(time_interleaved(contenders, steps, warmup, progress), results)
     print(format_results(results))
     if profile:
         print(profile_kd(kd, profile))

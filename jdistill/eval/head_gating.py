@@ -8,6 +8,8 @@ fit, with +lam (G+) and -lam (G-). Heads are labelled by `jdistill.nn.head_gates
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +17,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jdistill.errors import RunDirError
 from jdistill.eval.batch import targets_and_mask
 from jdistill.losses import cross_entropy
 from jdistill.nn.head_gates import HEAD_ROLES, INITIAL_LOGIT, classify_heads, head_gating_objective
+from jdistill.progress import step_bar
 
 
 @dataclasses.dataclass
@@ -37,8 +41,9 @@ def _nll(graphdef, params, logits, batch):
     return cross_entropy(output.logits, labels, mask=mask)
 
 
-def fit_gate_logits(graphdef, params, batches, init_logits, *, lam: float, steps: int, learning_rate: float):
-    """Fit the gate logits for `steps` Adam steps over `batches` (cycled); the model parameters stay fixed."""
+def fit_gate_logits(graphdef, params, batches, init_logits, *, lam: float, steps: int, learning_rate: float, bar=None):
+    """Fit the gate logits for `steps` Adam steps over `batches` (cycled); the model parameters stay fixed.
+    `bar`: a progress bar advanced once per step."""
     optimizer = optax.adam(learning_rate)
 
     @jax.jit
@@ -51,14 +56,24 @@ def fit_gate_logits(graphdef, params, batches, init_logits, *, lam: float, steps
     logits, opt_state = init_logits, optimizer.init(init_logits)
     for index in range(steps):
         logits, opt_state = step(logits, opt_state, batches[index % len(batches)])
+        if bar is not None:
+            bar.update(1)
     return logits
 
 
 def analyze_head_gates(
-    model, batches, *, lam: float = 0.01, steps: int = 200, learning_rate: float = 0.05, threshold: float = 0.5
+    model,
+    batches,
+    *,
+    lam: float = 0.01,
+    steps: int = 200,
+    learning_rate: float = 0.05,
+    threshold: float = 0.5,
+    progress: bool = False,
 ) -> HeadGatingResult:
-    """Fit G (lam = 0), then G+ and G- from it, and label every head."""
+    """Fit G (lam = 0), then G+ and G- from it, and label every head; `progress`: a bar over the 3 x `steps`."""
     config = model.config
+    bar = step_bar(3 * steps, "head gates (G, G+, G-)", enabled=progress)
     graphdef, params = nnx.split(model)
     init = jnp.full((config.num_layers, config.num_heads), INITIAL_LOGIT, jnp.float32)
     fit = lambda start, lam_: fit_gate_logits(
@@ -69,9 +84,11 @@ def analyze_head_gates(
         lam=lam_,
         steps=steps,
         learning_rate=learning_rate,
+        bar=bar,
     )
     zero = fit(init, 0.0)
     plus, minus = fit(zero, lam), fit(zero, -lam)
+    bar.close()
     g_plus, g_minus = np.asarray(jax.nn.sigmoid(plus)), np.asarray(jax.nn.sigmoid(minus))
     ones = jnp.full_like(init, 30.0)  # sigmoid(30) == 1 in float32: the ungated model
     mean_nll = lambda lg: float(np.mean([_nll(graphdef, params, lg, b) for b in batches]))
@@ -83,6 +100,36 @@ def analyze_head_gates(
         mean_nll(ones),
         mean_nll(zero),
     )
+
+
+def checkpointed_stages(run_dir) -> list[str]:
+    """The stages of a run directory that have a checkpoint (RUN/STAGE/checkpoints/STEP): the teacher first, then
+    in the order of the run's summary.json, then by name."""
+    run_dir = Path(run_dir)
+    found = [
+        path.parent.name
+        for path in run_dir.glob("*/checkpoints")
+        if any(step.name.isdigit() for step in path.iterdir() if step.is_dir())
+    ]
+    summary = run_dir / "summary.json"
+    try:
+        order = list(json.loads(summary.read_text())) if summary.is_file() else []
+    except (OSError, ValueError):  # a summary being written or damaged: order by name
+        order = []
+    rank = lambda name: (name != "teacher", order.index(name) if name in order else len(order), name)
+    return sorted(found, key=rank)
+
+
+def choose_stage(run_dir, asked: str | None) -> str:
+    """`asked` when it has a checkpoint, else a one-line `RunDirError` listing the stages that do; with `asked`
+    None, the first of `checkpointed_stages` (the teacher when it was trained)."""
+    stages = checkpointed_stages(run_dir)
+    listing = ", ".join(stages) if stages else "none"
+    if asked is not None and asked not in stages:
+        raise RunDirError(f"--stage {asked}: {run_dir} has no checkpoint of it; stages with a checkpoint: {listing}")
+    if not stages:
+        raise RunDirError(f"{run_dir}: no stage with a checkpoint (RUN_DIR/STAGE/checkpoints) to analyse")
+    return asked or stages[0]
 
 
 def format_table(result: HeadGatingResult) -> str:

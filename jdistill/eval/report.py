@@ -7,36 +7,52 @@ import io
 from jdistill.io import fs
 from jdistill.io.jsonl import read_jsonl
 
-STAGE_LABELS = {
-    "teacher": "teacher",
-    "student_scratch": "student (scratch)",
-    "student_pruned": "student (pruned, untrained)",
-    "student_pruned_ce": "student (pruned + CE)",
-    "student_kd": "student (KD)",
-}
+# A stage's headline metrics, (summary.json key, column, format), chosen by what the stage measured:
+LM_METRICS = (("perplexity", "perplexity", ".3f"), ("bits_per_byte", "bits/byte", ".4f"))
+# label-free recipes (DINO, random teachers) are judged by probes on their features; their head's NLL / ECE and
+# accuracy mean nothing
+PROBE_METRICS = (("linear_probe_accuracy", "probe acc", ".4f"), ("knn_accuracy", "k-NN acc", ".4f"))
+CLASSIFIER_METRICS = (("accuracy", "accuracy", ".4f"), ("nll", "nll", ".4f"), ("ece", "ece", ".4f"))
+
+
+def headline_metrics(metrics: dict) -> list[tuple[str, str, str]]:
+    """(key, column, format) of the metrics that judge a stage: perplexity and bits per byte for LMs, probe and
+    k-NN accuracy when the recipe reports probes, else accuracy, NLL and ECE; then the recipe's own accuracies
+    (robust, aggregated, quantized, per exit ...)."""
+    base: tuple[tuple[str, str, str], ...]
+    if "bits_per_byte" in metrics:
+        base = LM_METRICS
+    elif "linear_probe_accuracy" in metrics:
+        base = PROBE_METRICS
+    else:
+        base = CLASSIFIER_METRICS
+    known = {key for key, _, _ in (*LM_METRICS, *PROBE_METRICS, *CLASSIFIER_METRICS)}
+    extra = [(key, key.removesuffix("_accuracy") + " acc", ".4f") for key in metrics if key.endswith("_accuracy")]
+    return [*base, *(column for column in extra if column[0] not in known)]
+
+
+def summary_stages(summary: dict) -> list[str]:
+    """The stage entries of a summary (its dict values), in the summary's order."""
+    return [key for key, value in summary.items() if isinstance(value, dict)]
 
 
 def summary_table(summary: dict, stages=None) -> str:
-    """A fixed-width table: params, accuracy, NLL, ECE (and perplexity and bits/byte for LMs), wall time per
-    stage (default: every stage in the summary)."""
-    stages = [k for k, v in summary.items() if isinstance(v, dict)] if stages is None else stages
-    lm = "bits_per_byte" in summary[stages[0]]
-    columns = ["model", "params", "accuracy", "nll", "ece"] + (["perplexity", "bits/byte"] if lm else []) + ["wall s"]
+    """A fixed-width table, one row per stage named by its summary.json key: params, each stage's headline metrics
+    (`headline_metrics`; "-" where a stage does not have a column), wall time (default: every stage)."""
+    stages = summary_stages(summary) if stages is None else stages
+    if not stages:
+        return "(no stage was evaluated)"
+    metrics: dict[str, tuple[str, str]] = {}  # column -> (key, format), in order of first appearance
+    for stage in stages:
+        for key, column, spec in headline_metrics(summary[stage]):
+            metrics.setdefault(column, (key, spec))
+    columns = ["stage", "params", *metrics, "wall s"]
     rows = []
     for stage in stages:
         m = summary[stage]
-        row = (
-            [
-                STAGE_LABELS.get(stage, stage),
-                f"{m['params']:,}",
-                f"{m['accuracy']:.4f}",
-                f"{m['nll']:.4f}",
-                f"{m['ece']:.4f}",
-            ]
-            + ([f"{m['perplexity']:.3f}", f"{m['bits_per_byte']:.4f}"] if lm else [])
-            + [f"{m['wall_seconds']:.1f}"]
-        )
-        rows.append(row)
+        own = {key for key, _, _ in headline_metrics(m)}
+        cells = [format(m[key], spec) if key in own else "-" for key, spec in metrics.values()]
+        rows.append([stage, f"{m['params']:,}", *cells, f"{m['wall_seconds']:.1f}"])
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     fmt = lambda cells: "  ".join(
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
@@ -73,8 +89,8 @@ def plot_learning_curves(metrics_path, out_path, stages) -> None:
         if stage not in curves:
             continue
         c = curves[stage]
-        axes[0].plot(c["step"], c["accuracy"], marker=".", label=STAGE_LABELS.get(stage, stage))
-        axes[1].plot(c["step"], c[loss_key], marker=".", label=STAGE_LABELS.get(stage, stage))
+        axes[0].plot(c["step"], c["accuracy"], marker=".", label=stage)
+        axes[1].plot(c["step"], c[loss_key], marker=".", label=stage)
     axes[0].set(xlabel="step", ylabel="test accuracy", title="accuracy")
     axes[1].set(xlabel="step", ylabel=f"test {loss_key.replace('_', ' ')}", title=loss_key.replace("_", " "))
     for ax in axes:

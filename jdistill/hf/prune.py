@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from flax import nnx
 from jdistill.errors import ConfigError
 from jdistill.hf.cli_args import METHODS
 from jdistill.models import Transformer
+from jdistill.progress import step_bar
 
 
 def prune_layers(model: Transformer, keep: list[int]) -> Transformer:
@@ -86,10 +87,10 @@ def _cosine_sums(hidden_states: tuple, mask: jax.Array) -> tuple[jax.Array, jax.
     return jnp.stack(sums), jnp.sum(weights)
 
 
-def block_influence(model: Transformer, batches: Iterable[dict]) -> np.ndarray:
+def block_influence(model: Transformer, batches: Iterable[dict], *, progress: bool = False) -> np.ndarray:
     """BI_l = 1 - E[cos(x_l, x_{l+1})] per block, float64 `[num_layers]`, over the positions where a batch's
     `mask` is True (every position when a batch has no mask). Batches: {"inputs" int [B, S], "mask" bool [B, S]}
-    (+ optional `segment_ids` / `positions` for packed documents)."""
+    (+ optional `segment_ids` / `positions` for packed documents). `progress`: a bar over the batches."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -100,12 +101,16 @@ def block_influence(model: Transformer, batches: Iterable[dict]) -> np.ndarray:
 
     total = np.zeros(model.config.num_layers, np.float64)
     count = 0.0
+    total_batches = len(batches) if isinstance(batches, Sized) else None
+    bar = step_bar(total_batches, "block influence (batches)", enabled=progress)
     for batch in batches:
         inputs = {key: jnp.asarray(batch[key]) for key in ("inputs", "segment_ids", "positions") if key in batch}
         mask = jnp.asarray(batch["mask"]) if "mask" in batch else jnp.ones(inputs["inputs"].shape, bool)
         sums, valid = _cosine_sums(hidden(state, inputs), mask)
         total += np.asarray(sums, np.float64)
         count += float(valid)
+        bar.update(1)
+    bar.close()
     if count == 0:
         raise ConfigError("block influence: the calibration batches have no valid (masked-in) position")
     return 1.0 - total / count

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,12 @@ def calibration_batches(
     return inputs.eval_batches(config, "lm", split="train")
 
 
+def say(message: str) -> None:
+    """A phase of `jdistill prune` on stderr, once its input is checked (writing a billion-parameter model takes
+    minutes)."""
+    print(f"jdistill prune: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     teacher_dir = hf_dir(args.teacher, "--teacher")
     out = check_output_dir(Path(args.out))
@@ -69,12 +76,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             count=args.calibration_batches,
         )
-        scores = block_influence(model, batches)
+        scores = block_influence(model, batches, progress=True)
     keep = layers_to_keep(args.method, num_layers, args.layers, scores)
     if scores is not None:
         print(format_scores(scores, keep))
     pruned = prune_layers(model, keep)
     carried = {key: teacher_config[key] for key in CARRIED_KEYS if key in teacher_config}
+    say(f"writing {out}")
     with atomic_directory(out) as tmp:
         save_pretrained(pruned, tmp, extra_config=carried)
         copied = copy_tokenizer_files(teacher_dir, tmp)

@@ -234,6 +234,7 @@ def compile_config(path: str, overrides=(), topology_name: str | None = None) ->
     """Compile one config (path or preset) and return its summary (see `summarize`)."""
     from jdistill.configs import load_config
     from jdistill.data.corpus_tokenizer import with_corpus_tokenizer
+    from jdistill.extras import require
     from jdistill.train.job import checked_recipe
     from jdistill.train.prune_stage import resolve_prune
 
@@ -241,6 +242,8 @@ def compile_config(path: str, overrides=(), topology_name: str | None = None) ->
     checked_recipe(config)  # the recipe's option and compatibility errors, before minutes of compiling
     topology = resolve_topology(config, topology_name)
     check_mesh(config, topology)
+    if topology.platform == "tpu":
+        require("libtpu", "tpu", f"compiling for {topology.describe()}")
     report = run_aot(
         [
             {

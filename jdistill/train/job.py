@@ -22,6 +22,7 @@ Hugging Face checkpoint in DIR (`jdistill.train.export_step`).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,8 @@ def run_job(
             write_config(run_dir, to_dict(config))
     barrier("run_dir")  # other hosts start once process 0 has created the run directory
     show = config.run.progress if progress is None else progress
+    if show and jax.process_index() == 0:
+        print(f"jdistill: run directory {run_dir}{' (resuming)' if resume else ''}", file=sys.stderr, flush=True)
     results: dict[str, StageResult] = {}
 
     def stage(name, stage_config, stage_recipe, purpose, teacher=None):

@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
+from jdistill.progress import StepBar
 from jdistill.train import inputs, sharding
 from jdistill.train.checkpoint import Checkpointer
 from jdistill.train.evaluation import evaluate, final_metrics, stage_evaluation
@@ -154,7 +154,7 @@ def run_stage(
         data_config, stage_config.model, run_config, stage.graphdef, stage.recipe.forward_params
     )
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)
-    bar = tqdm(
+    bar = StepBar(
         total=train_config.steps,
         initial=start,
         desc=name,

@@ -71,8 +71,12 @@ def write_cache(
     *,
     split: str,
     metadata: dict,
+    progress: bool = False,
 ) -> dict:
-    """Run the teacher over `windows[window_ids]` in batches and write the cache; returns its metadata."""
+    """Run the teacher over `windows[window_ids]` in batches and write the cache; returns its metadata.
+    `progress`: a bar over the windows on stderr."""
+    from jdistill.progress import step_bar
+
     config = nnx.merge(graphdef, params).config
     if config.kind != "lm":
         raise ConfigError("cache-teacher: the teacher must be a language model (teacher.model.kind: lm)")
@@ -87,12 +91,15 @@ def write_cache(
     seq_len = windows.seq_len
 
     def records():
+        bar = step_bar(len(window_ids), "teacher cache (windows)", enabled=progress, unit="window")
         for start in range(0, len(window_ids), BATCH_WINDOWS):
             chunk = window_ids[start : start + BATCH_WINDOWS]
             tokens = np.stack([windows.tokens(w) for w in chunk])
             batch = padded_batch([windows[w] for w in chunk], BATCH_WINDOWS)
             ids, values = jax.device_get(top_k(params, {key: batch[key] for key in ("inputs", *LM_KWARGS)}))
             yield from zip(tokens, ids[: len(chunk)], values[: len(chunk)], strict=True)
+            bar.update(len(chunk))
+        bar.close()
 
     return cache_format.write_teacher_cache(
         out_dir,
@@ -177,6 +184,7 @@ def job_dataset_fn(config, recipe, teacher, run_dir):
                 settings,
                 split="train",
                 metadata={"dataset": config.data.name, "job": key},
+                progress=config.run.progress,
             )
             print(f"jdistill: {describe(metadata, out)}")
         barrier("teacher_cache")  # other hosts read the cache once process 0 has written it
@@ -263,6 +271,7 @@ def cmd_cache_teacher(args) -> int:
         settings,
         split=args.split,
         metadata={"dataset": config.data.name},
+        progress=config.run.progress,
     )
     print(describe(metadata, out))
     return 0

@@ -130,7 +130,9 @@ def test_prune_cli_block_influence_writes_a_checkpoint(teacher_dir, tmp_path, da
     args = ["prune", "--teacher", f"hf:{teacher_dir}", "--layers", "2", "--method", "block_influence"]
     args += ["--out", str(out), "--tokenizer", "bytes", "--calibration-batches", "2", "--seq-len", "16"]
     assert cli.main(args + ["--batch-size", "2"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "block influence" in captured.err and "2/2" in captured.err and f"writing {out}" in captured.err  # progress
     rows = [line.split() for line in printed.splitlines() if re.match(r"\s+\d+\s+[-\d.]+\s+(yes|no)$", line)]
     assert [int(row[0]) for row in rows] == [0, 1, 2, 3]
     kept = [int(row[0]) for row in rows if row[2] == "yes"]

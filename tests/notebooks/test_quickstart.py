@@ -16,4 +16,4 @@ def test_quickstart_notebook_runs(tmp_path, data_dir, monkeypatch):
     resources = {"metadata": {"path": str(tmp_path)}}
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
-    assert "student (KD)" in outputs and "forward KL" in outputs
+    assert "student_kd" in outputs and "forward KL" in outputs

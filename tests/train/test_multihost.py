@@ -4,6 +4,7 @@ checkpoint both processes wrote restores in the 1-process run. Workers: multihos
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def test_cli_job_across_two_processes(tmp_path, data_dir):
     outputs = [p.communicate(timeout=400) for p in processes]
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
-    assert "student (KD)" in outputs[0][0] and "student (KD)" not in outputs[1][0]  # the table: process 0 only
+    table_row = re.compile(r"^student_kd\s+[\d,]+\s", re.MULTILINE)
+    assert table_row.search(outputs[0][0]) and not table_row.search(outputs[1][0])  # the table: process 0 only
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["split"], r["step"]) for r in records if r["split"] == "train"] == [
         (stage, "train", step) for stage in ("teacher", "student_kd") for step in (1, 2, 3)
