@@ -47,6 +47,7 @@ from jdistill.train.prune_stage import prune_teacher, pruned_stage_config, resol
 from jdistill.train.restore import load_pretrained
 from jdistill.train.rundir import check_run_dir, prepare_run_dir, write_config
 from jdistill.train.stop_tokens import with_stop_tokens
+from jdistill.train.wall import WallClock
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
@@ -132,6 +133,7 @@ def run_job(
         if not resume:
             write_config(run_dir, to_dict(config))
     barrier("run_dir")  # other hosts start once process 0 has created the run directory
+    clock = WallClock(run_dir / "wall.json", resume=resume, started=started)  # every process of the run
     show = config.run.progress if progress is None else progress
     results: dict[str, StageResult] = {}
 
@@ -154,6 +156,7 @@ def run_job(
             tensorboard=config.run.tensorboard,
             mesh_config=config.mesh,
             run_config=config.run,
+            clocks=(clock,),
         )
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
@@ -208,7 +211,8 @@ def run_job(
         for name in order
         if results[name].metrics
     }
-    summary["wall_seconds"] = time.perf_counter() - started
+    summary["wall_seconds"] = clock.total()
+    clock.save()
     summary["data"] = config.data.name
     summary["recipe"] = recipe.name
     exported = export_final(config, run_dir, student_stage_names(recipe)[-1], resume=resume)
