@@ -33,11 +33,12 @@ def records(run_dir: Path, split: str = "train", stage: str | None = None) -> li
     return [r for r in out if r["split"] == split and (stage is None or r["stage"] == stage)]
 
 
-def cli(*args: str, **popen) -> subprocess.Popen:
-    """`jdistill ARGS` in a subprocess with this checkout first on the path (JAX on CPU)."""
+def cli(*args: str, delay: float = 0.0, **popen) -> subprocess.Popen:
+    """`jdistill ARGS` in a subprocess with this checkout first on the path (JAX on CPU), each training batch
+    delayed by `delay` seconds and announced as `step N` on stdout (`slow_cli.py`)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", "jdistill.cli", *args],
+        [sys.executable, str(Path(__file__).parent / "slow_cli.py"), str(delay), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
