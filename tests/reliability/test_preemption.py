@@ -3,6 +3,7 @@ saved at that step, the process exits within 10 s with 128 + the signal number a
 command; `jdistill train --run-dir RUN --resume` then finishes the run exactly as if it had never stopped."""
 
 import json
+import os
 import re
 import signal
 import time
@@ -15,6 +16,7 @@ import pytest
 from jdistill.cli import main
 from jdistill.configs import load_config
 from jdistill.train.job import run_job
+from jdistill.train.preemption import StopRequests, preempted
 from jdistill.train.restore import load_stage_params
 from tests.reliability.tiny_job import TINY, cli, records
 
@@ -52,6 +54,18 @@ def stop_at(run_dir: Path, step: int, signum: int):
 
 def _params(run_dir: Path, stage: str, model):
     return [np.asarray(x) for x in jax.tree.leaves(load_stage_params(run_dir / stage, model)[1])]
+
+
+def test_stop_requests_turn_a_signal_into_a_flag_and_restore_the_handlers():
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with StopRequests() as stops:
+        assert stops.agreed(1) is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert stops.agreed(2) == signal.SIGTERM
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    message = str(preempted(signal.SIGTERM, "teacher", 7, Path("r x/teacher/checkpoints/7"), Path("r x")))
+    assert message.endswith("resume with: jdistill train --run-dir 'r x' --resume")
 
 
 @pytest.mark.slow  # a subprocess and three jobs: ~20 s on an idle 2-core machine
