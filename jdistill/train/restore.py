@@ -31,7 +31,12 @@ def load_stage_params(stage_dir: Path, model_config, recipe=None):
     checkpointer = Checkpointer(Path(stage_dir) / "checkpoints", keep=1)
     try:  # a damaged newest checkpoint is skipped with a warning (left in place: loading only reads)
         step, params = restore_newest(
-            checkpointer, params, stage_dir, stage=Path(stage_dir).name, move=False, read=checkpointer.restore_params
+            checkpointer,
+            params,
+            Path(stage_dir),
+            stage=Path(stage_dir).name,
+            move=False,
+            read=checkpointer.restore_params,
         )
     finally:
         checkpointer.close()

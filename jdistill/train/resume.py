@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -49,13 +48,13 @@ def _all_processes_ok(ok: bool) -> bool:
 
 def move_aside(checkpointer: Checkpointer, step: int, stage_dir: Path) -> Path:
     """Move `step`'s checkpoint folder to `stage_dir/checkpoints_damaged/STEP[.k]` (process 0; all wait)."""
-    target = Path(stage_dir) / DAMAGED_DIR / str(step)
+    target = stage_dir / DAMAGED_DIR / str(step)
     k = 1
     while target.exists():
         target, k = target.with_name(f"{step}.{k}"), k + 1
     if jax.process_index() == 0:
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(checkpointer.step_path(step)), str(target))
+        checkpointer.step_path(step).rename(target)
     barrier(f"checkpoint_moved_aside_{step}")
     checkpointer.reload()
     return target
@@ -96,7 +95,7 @@ def restore_newest(checkpointer: Checkpointer, like, stage_dir: Path, *, stage: 
 def finished_result(stage_dir: Path, stage: str) -> dict | None:
     """The stage's `result.json` ({"metrics": {...}, "wall_seconds": s, ...}), or None (warned) when it is not
     valid JSON of that shape."""
-    path = Path(stage_dir) / "result.json"
+    path = stage_dir / "result.json"
     if not path.exists():
         return None
     try:
@@ -123,9 +122,10 @@ def resume_point(checkpointer: Checkpointer, state, stage_dir: Path, total_steps
     done."""
     if not resume:
         return 0, state, None, {}
-    latest, state = restore_newest(checkpointer, state, stage_dir, stage=stage or Path(stage_dir).name)
+    stage = stage or stage_dir.name
+    latest, state = restore_newest(checkpointer, state, stage_dir, stage=stage)
     if latest is None:
         return 0, state, None, {}
     info = checkpointer.info(latest)
-    done = finished_result(stage_dir, stage or Path(stage_dir).name) if latest == total_steps else None
+    done = finished_result(stage_dir, stage) if latest == total_steps else None
     return latest, state, done, info

@@ -22,7 +22,7 @@ from jdistill.train.writers import write_json_atomic
 def recorded_seconds(path: Path) -> float:
     """The `wall_seconds` stored in `path`; 0.0 when it is missing or not a finite number >= 0."""
     try:
-        value = json.loads(Path(path).read_text())["wall_seconds"]
+        value = json.loads(path.read_text())["wall_seconds"]
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -35,7 +35,7 @@ class WallClock:
     (a `time.perf_counter()` value; default: now)."""
 
     def __init__(self, path: Path, *, resume: bool, started: float | None = None):
-        self.path = Path(path)
+        self.path = path  # a path object (pathlib, or etils.epath for a cloud run directory)
         self.before = recorded_seconds(self.path) if resume else 0.0
         self.started = time.perf_counter() if started is None else started
 

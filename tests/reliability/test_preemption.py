@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -105,3 +106,36 @@ def test_sigint_stops_the_same_way_with_exit_130(data_dir, tmp_path):
     stopped = STOPPED.fullmatch(err.strip().splitlines()[-1])
     assert stopped and stopped[1] == "SIGINT" and int(stopped[2]) >= 12
     assert Path(stopped[3]).is_dir()
+
+
+@pytest.mark.slow  # two processes joined by jax.distributed (gloo), twice: ~1 min
+def test_processes_of_a_multi_host_run_stop_after_the_same_step(data_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+
+    def start(i: int, *args: str):
+        env = {"JDISTILL_COORDINATOR": f"127.0.0.1:{port}", "JDISTILL_NUM_PROCESSES": "2"}
+        return cli("train", "--run-dir", str(run_dir), *args, delay=0.03, env=dict(env, JDISTILL_PROCESS_ID=str(i)))
+
+    processes = [start(i, *ARGS) for i in range(2)]
+    assert processes[1].stdout is not None
+    for line in processes[1].stdout:
+        if line.strip() == "step 23":
+            break
+    processes[1].send_signal(signal.SIGTERM)  # one host only: the other learns it at the next agreement
+    outputs = [p.communicate(timeout=300) for p in processes]
+    steps = set()
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 143, err[-2000:]
+        stopped = STOPPED.fullmatch(err.strip().splitlines()[-1])
+        assert stopped, err[-2000:]
+        steps.add(int(stopped[2]))
+    assert steps == {30}  # the first multiple of MULTIHOST_SYNC_EVERY after the signal, on both
+    assert (run_dir / "teacher" / "checkpoints" / "30").is_dir()
+    resumed = [start(i, "--resume") for i in range(2)]
+    for process in resumed:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["teacher"]["accuracy"] > 0

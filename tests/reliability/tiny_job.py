@@ -33,10 +33,10 @@ def records(run_dir: Path, split: str = "train", stage: str | None = None) -> li
     return [r for r in out if r["split"] == split and (stage is None or r["stage"] == stage)]
 
 
-def cli(*args: str, delay: float = 0.0, **popen) -> subprocess.Popen:
+def cli(*args: str, delay: float = 0.0, env: dict | None = None, **popen) -> subprocess.Popen:
     """`jdistill ARGS` in a subprocess with this checkout first on the path (JAX on CPU), each training batch
-    delayed by `delay` seconds and announced as `step N` on stdout (`slow_cli.py`)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    delayed by `delay` seconds and announced as `step N` on stdout (`slow_cli.py`); `env` adds variables."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "slow_cli.py"), str(delay), *args],
         env=env,
