@@ -65,6 +65,7 @@ def test_halt_names_the_step_the_metric_and_the_last_good_checkpoint(data_dir, t
     assert sorted(int(p.name) for p in (run_dir / "teacher" / "checkpoints").iterdir()) == [10]
     assert max(r["step"] for r in records(run_dir)) == 10  # nothing logged past the good steps
     on_a_checkpoint_step = tmp_path / "at10"
+    config = load_config("default", [*TINY, "teacher.train.log_every=3"])  # step 10: saved, not logged
     with pytest.raises(NonFiniteError, match="at step 10; training halted; last good checkpoint: none yet"):
         run_job(config, on_a_checkpoint_step, dataset_fns={"teacher": poisoned({10})})
     assert not list((on_a_checkpoint_step / "teacher" / "checkpoints").iterdir())  # checked before it is saved
