@@ -28,19 +28,28 @@ def full_run(data_dir, tmp_path_factory):
     return run_dir, run_job(load_config("default", ARGS), run_dir)
 
 
+def _complete(run_dir: Path) -> list[Path]:
+    """The finished checkpoints (orbax renames a step's temporary folder to the bare step number when done)."""
+    return sorted(p for p in run_dir.glob("*/checkpoints/*") if p.name.isdigit())
+
+
 def _writing(run_dir: Path) -> bool:
     """Is a checkpoint being written (orbax's temporary step folder present)?"""
     return any("tmp" in p.name for p in run_dir.glob("*/checkpoints/*"))
 
 
 def kill_after(run_dir: Path, *, lines: int | None = None, during_write: bool = False, resume: bool) -> str:
-    """Run the job until its `lines`-th step (or until a checkpoint write is in progress), then SIGKILL it."""
+    """Run the job until its `lines`-th step (or until a checkpoint is being written after one more has been
+    completed), then SIGKILL it."""
     args = ["--resume"] if resume else ARGS
     process = cli("train", "--run-dir", str(run_dir), *args, delay=0.02)
     assert process.stdout is not None
     seen = 0
-    if during_write:
+    if during_write:  # a write after a complete checkpoint, so the resume restores one
         deadline = time.monotonic() + 120
+        done = len(_complete(run_dir))
+        while len(_complete(run_dir)) <= done and time.monotonic() < deadline:
+            time.sleep(0.005)
         while not _writing(run_dir) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.0005)
     else:
@@ -74,6 +83,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(full_run, tmp_pa
     when = kill_after(run_dir, during_write=True, resume=False)
     if when != "during a write":
         pytest.skip(f"the write finished before the kill ({when}); the machine was too fast to catch it")
+    assert _complete(run_dir) == [run_dir / "teacher/checkpoints/10"]  # killed while writing step 20
     assert main(["train", "--run-dir", str(run_dir), "--resume"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     assert_same_run(run_dir, full_dir, full)
