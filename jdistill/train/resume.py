@@ -11,7 +11,9 @@ write) is ignored with a warning: the finished stage is evaluated again from its
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -33,8 +35,25 @@ def warn(message: str) -> None:
 
 
 def _first_line(error: BaseException) -> str:
+    """The root cause's type and first line (orbax wraps TensorStore's error in a longer one)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+def _collect_quietly() -> None:
+    """Collect what a failed orbax read leaves behind (TensorStore futures whose errors nobody retrieved) now,
+    without the asyncio log lines and 'Exception ignored' reports they would print when collected later."""
+    logger, hook = logging.getLogger("asyncio"), sys.unraisablehook
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda _: None
+    try:
+        gc.collect()
+    finally:
+        logger.setLevel(level)
+        sys.unraisablehook = hook
 
 
 def _all_processes_ok(ok: bool) -> bool:
@@ -66,28 +85,30 @@ def restore_newest(checkpointer: Checkpointer, like, stage_dir: Path, *, stage: 
     how to restore (default: the whole state, `checkpointer.restore`)."""
     read = read or checkpointer.restore
     steps = sorted(checkpointer.all_steps(), reverse=True)
-    failures: list[tuple[int, BaseException]] = []
+    failures: list[tuple[int, str]] = []
     for step in steps:
-        error: BaseException | None = None
+        error: str | None = None
         try:
             restored = read(step, like)
         except Exception as exc:  # orbax / TensorStore raise many kinds on a damaged file
-            restored, error = None, exc
+            restored, error = None, _first_line(exc)
+        if error is not None:
+            _collect_quietly()
         if _all_processes_ok(error is None):
             for bad, bad_error in failures:
                 where = move_aside(checkpointer, bad, stage_dir) if move else checkpointer.step_path(bad)
                 warn(
-                    f"{stage}: checkpoint at step {bad} is damaged ({_first_line(bad_error)}); "
+                    f"{stage}: checkpoint at step {bad} is damaged ({bad_error}); "
                     f"{'moved it to' if move else 'left it at'} {where}; using step {step}"
                 )
             return step, restored
-        failures.append((step, error or RuntimeError("the restore failed on another process")))
+        failures.append((step, error or "the restore failed on another process"))
     if failures:
         bad, error = failures[0]
         listed = ", ".join(str(s) for s, _ in failures)
         raise RunDirError(
             f"{checkpointer.directory}: no checkpoint of {stage} restores (steps {listed}; step {bad}: "
-            f"{_first_line(error)}); move the folder aside to train {stage} again from step 0"
+            f"{error}); move the folder aside to train {stage} again from step 0"
         )
     return None, like
 
