@@ -30,7 +30,7 @@ from pathlib import Path
 
 from jdistill.bench import add_attention_arguments, run_attention
 from jdistill.bench.llm_kd_cli import register as register_llm_kd
-from jdistill.errors import RunDirError, UserError
+from jdistill.errors import Preempted, RunDirError, UserError
 from jdistill.hf.cli_args import add_export_arguments, add_prune_arguments
 
 
@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"jdistill: error: {error}", file=sys.stderr)
         return error.exit_code
+    except Preempted as stop:  # SIGTERM / SIGINT during a stage: its checkpoint is saved
+        print(f"jdistill: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("jdistill: interrupted; continue with --resume --run-dir <the run directory>", file=sys.stderr)
         return 130

@@ -83,6 +83,8 @@ class TrainConfig:
 
     augment: training-batch augmentation for images, "none" or "shift" (random +-1 pixel translation; Hinton
     et al. 2015 trained their MNIST teacher with such jitter and the student without).
+    skip_nonfinite_steps: how many steps with a non-finite loss or gradient norm a stage may skip (the update is
+    not applied, counted as `skipped_steps` in the metrics) before it halts; 0 halts at the first (docs/reliability.md).
     """
 
     steps: int = 1000
@@ -100,6 +102,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     grad_accum_steps: int = 1
+    skip_nonfinite_steps: int = 0
 
     def __post_init__(self):
         if isinstance(self.warmup_steps, float) and 0.0 <= self.warmup_steps <= 1.0:  # a fraction of `steps`
@@ -132,6 +135,8 @@ class TrainConfig:
                 problems.append((name, "a number in [0, 1)"))
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             problems.append(("grad_clip_norm", "a positive number or null"))
+        if self.skip_nonfinite_steps < 0:
+            problems.append(("skip_nonfinite_steps", "an integer >= 0"))
         return problems
 
 

@@ -31,9 +31,26 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state, *, force: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    def step_path(self, step: int) -> Path:
+        """The folder of `step`'s checkpoint."""
+        return self.directory / str(step)
+
+    def save(self, step: int, state, *, force: bool = False, info: dict | None = None) -> None:
+        """Save `state` at `step`; `info`: a small JSON dict stored with it (read back by `info`)."""
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=force, custom_metadata=info or {})
         self.manager.wait_until_finished()
+
+    def info(self, step: int) -> dict:
+        """The `info` dict saved with `step` ({} when absent or unreadable: it is bookkeeping, not state)."""
+        try:
+            info = self.manager.metadata(step).custom_metadata
+        except Exception:  # a damaged metadata file must not stop a resume
+            return {}
+        return dict(info) if isinstance(info, dict) else {}
+
+    def reload(self) -> None:
+        """Re-read the step folders (after one was moved away)."""
+        self.manager.reload()
 
     def restore(self, step: int, like):
         """Restore into the structure, shapes, dtypes and shardings of `like`."""

@@ -50,6 +50,7 @@ from jdistill.train.restore import load_pretrained
 from jdistill.train.rundir import check_remote_run_dir, check_run_dir, prepare_run_dir, write_config
 from jdistill.train.stop_tokens import with_stop_tokens
 from jdistill.train.teacher_tokens import teacher_data_config, teacher_view_dataset_fn, with_teacher_tokens
+from jdistill.train.wall import WallClock
 from jdistill.train.writers import write_json_atomic
 
 TEACHER_INIT, STUDENT_INIT = 1, 2
@@ -149,6 +150,7 @@ def run_job(
         if not resume:
             write_config(run_dir, to_dict(config))
     barrier("run_dir")  # other hosts start once process 0 has created the run directory
+    clock = WallClock(run_dir / "wall.json", resume=resume, started=started)  # every process of the run
     show = config.run.progress if progress is None else progress
     if show and jax.process_index() == 0:
         print(f"jdistill: run directory {run_dir}{' (resuming)' if resume else ''}", file=sys.stderr, flush=True)
@@ -173,6 +175,7 @@ def run_job(
             tensorboard=config.run.tensorboard,
             mesh_config=config.mesh,
             run_config=config.run,
+            clocks=(clock,),
         )
         return interrupt_step is not None and interrupt_step < stage_config.train.steps
 
@@ -234,7 +237,8 @@ def run_job(
         for name in order
         if results[name].metrics
     }
-    summary["wall_seconds"] = time.perf_counter() - started
+    summary["wall_seconds"] = clock.total()
+    clock.save()
     summary["data"] = config.data.name
     summary["recipe"] = recipe.name
     exported = export_final(config, run_dir, student_stage_names(recipe)[-1], resume=resume)

@@ -11,6 +11,7 @@ from jdistill.errors import RunDirError
 from jdistill.io import fs
 from jdistill.models import Transformer, count_params
 from jdistill.train.checkpoint import Checkpointer
+from jdistill.train.resume import restore_newest
 from jdistill.train.rundir import local_config
 
 
@@ -24,18 +25,25 @@ def stage_config_for(config, stage: str):
 
 
 def load_stage_params(stage_dir: Path, model_config, recipe=None):
-    """(graphdef, params) of the newest checkpoint in `stage_dir/checkpoints` for a model of `model_config` (built
-    by `recipe` when it wraps the student, e.g. peer students)."""
+    """(graphdef, params) of the newest checkpoint in `stage_dir/checkpoints` that restores, for a model of
+    `model_config` (built by `recipe` when it wraps the student, e.g. peer students)."""
     factory = recipe.wraps_student() if recipe is not None else None
     model = factory(model_config, nnx.Rngs(0)) if factory else Transformer(model_config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     checkpointer = Checkpointer(fs.path(stage_dir) / "checkpoints", keep=1)
-    step = checkpointer.latest_step()
-    if step is None:
+    try:  # a damaged newest checkpoint is skipped with a warning (left in place: loading only reads)
+        step, params = restore_newest(
+            checkpointer,
+            params,
+            fs.path(stage_dir),
+            stage=fs.path(stage_dir).name,
+            move=False,
+            read=checkpointer.restore_params,
+        )
+    finally:
         checkpointer.close()
+    if step is None:
         raise RunDirError(f"{stage_dir}: no checkpoint to load")
-    params = checkpointer.restore_params(step, params)
-    checkpointer.close()
     return graphdef, params
 
 

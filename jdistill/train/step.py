@@ -8,6 +8,9 @@ sequence, all reading the same recipe state; losses given as `(sum, count)` are 
 count, and the recipe's per-example statistics are concatenated over the micro-batches, so the recipe state is
 updated once per optimizer step from the whole batch (`recipe.update_state`), as without accumulation.
 Randomness: `fold_in(fold_in(seed, purpose), step)`, folded with the micro-batch index under accumulation.
+The metrics carry `finite`: the loss and the global gradient norm are finite. When they are not, the step keeps
+the previous parameters, optimizer and recipe state (only `step` advances), so a bad batch never poisons the state;
+the loop (`jdistill.train.nonfinite`) then halts the stage or counts the step as skipped.
 With `shardings` the step is jitted with explicit in/out shardings (see `jdistill.train.sharding`).
 """
 
@@ -51,6 +54,11 @@ def as_sum_count(loss):
     if isinstance(loss, tuple):
         return loss[0].astype(jnp.float32), jnp.asarray(loss[1], jnp.float32)
     return loss.astype(jnp.float32), jnp.ones((), jnp.float32)
+
+
+def keep_if_not(finite, updated, previous):
+    """`updated` where `finite` (a traced scalar bool) holds, else `previous`, leaf by leaf (same structure)."""
+    return jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, previous)
 
 
 def split_micro_batches(batch: dict, count: int) -> dict:
@@ -110,7 +118,13 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         recipe_state = recipe.after_update(recipe_state, params, state.step + 1)
-        metrics = dict(metrics, loss=total / jnp.maximum(count, 1.0), grad_norm=optax.tree.norm(grads))
+        loss, grad_norm = total / jnp.maximum(count, 1.0), optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # a non-finite step changes nothing but the step counter (docs/reliability.md): the loop halts or skips it
+        params, opt_state, recipe_state = keep_if_not(
+            finite, (params, opt_state, recipe_state), (state.params, state.opt_state, state.recipe_state)
+        )
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, recipe_state=recipe_state)
         return new_state, metrics
 
