@@ -31,7 +31,7 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def step_path(self, step: int) -> Path:
+    def step_path(self, step: int) -> fs.AnyPath:
         """The folder of `step`'s checkpoint."""
         return self.directory / str(step)
 
