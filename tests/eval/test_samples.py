@@ -70,7 +70,8 @@ def test_configured_prompts_are_encoded_and_checked_against_max_seq_len():
 
 def test_a_prompt_longer_than_max_seq_len_fails_before_the_run_starts(tmp_path, data_dir):
     config = load_config(
-        "lm_kd", TINY_LM_RUN + ["teacher.model.max_seq_len=16", "run.sample_prompts=[" + "x" * 17 + "]"]
+        "lm_kd",
+        TINY_LM_RUN + ["data.seq_len=16", "teacher.model.max_seq_len=16", "run.sample_prompts=[" + "x" * 17 + "]"],
     )
     with pytest.raises(ConfigError, match=r"sample_prompts\[0\].*17 tokens.*max_seq_len 16"):
         run_job(config, tmp_path / "run", progress=False)
