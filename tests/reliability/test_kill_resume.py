@@ -3,21 +3,17 @@ continues from the newest complete checkpoint, and the finished run equals the u
 (evaluations, final metrics, parameters). Orbax writes a step into a temporary folder and renames it when
 complete, so a killed write is never mistaken for a checkpoint."""
 
-import json
 import random
 import signal
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
 from jdistill.cli import main
 from jdistill.configs import load_config
 from jdistill.train.job import run_job
-from jdistill.train.restore import load_stage_params
-from tests.reliability.tiny_job import TINY, cli, records
+from tests.reliability.tiny_job import TINY, assert_same_run, cli
 
 ARGS = [*TINY, "teacher.train.steps=40", "run.baseline=false"]  # checkpoints every 10 steps
 
@@ -64,19 +60,6 @@ def kill_after(run_dir: Path, *, lines: int | None = None, during_write: bool = 
     return "during a write" if caught else f"after {seen} steps"
 
 
-def assert_same_run(run_dir: Path, full_dir: Path, full: dict) -> None:
-    resumed = json.loads((run_dir / "summary.json").read_text())
-    for stage in ("teacher", "student_kd"):
-        for key in ("accuracy", "nll", "ece"):
-            assert resumed[stage][key] == full[stage][key], (stage, key)
-    assert records(run_dir, "eval") == records(full_dir, "eval")
-    config = load_config("default", ARGS)
-    for stage, model in (("teacher", config.teacher.model), ("student_kd", config.student.model)):
-        ours, theirs = (jax.tree.leaves(load_stage_params(d / stage, model)[1]) for d in (run_dir, full_dir))
-        for a, b in zip(ours, theirs, strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
 def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(full_run, tmp_path, capsys):
     full_dir, full = full_run
     run_dir = tmp_path / "run"
@@ -86,7 +69,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(full_run, tmp_pa
     assert _complete(run_dir) == [run_dir / "teacher/checkpoints/10"]  # killed while writing step 20
     assert main(["train", "--run-dir", str(run_dir), "--resume"]) == 0
     assert "Traceback" not in capsys.readouterr().err
-    assert_same_run(run_dir, full_dir, full)
+    assert_same_run(run_dir, full_dir, full, ARGS)
 
 
 @pytest.mark.slow  # four processes: ~1 min
@@ -100,4 +83,4 @@ def test_sigkill_at_random_steps_then_resume_is_exact(full_run, tmp_path):
     process = cli("train", "--run-dir", str(run_dir), "--resume")
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, (kills, err[-2000:])
-    assert_same_run(run_dir, full_dir, full)
+    assert_same_run(run_dir, full_dir, full, ARGS)

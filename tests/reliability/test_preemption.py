@@ -10,16 +10,13 @@ import socket
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
 from jdistill.cli import main
 from jdistill.configs import load_config
 from jdistill.train.job import run_job
 from jdistill.train.preemption import StopRequests, preempted
-from jdistill.train.restore import load_stage_params
-from tests.reliability.tiny_job import TINY, cli, records
+from tests.reliability.tiny_job import TINY, assert_same_run, cli
 
 ARGS = [
     *TINY,
@@ -53,10 +50,6 @@ def stop_at(run_dir: Path, step: int, signum: int):
     return process.returncode, time.monotonic() - sent, err
 
 
-def _params(run_dir: Path, stage: str, model):
-    return [np.asarray(x) for x in jax.tree.leaves(load_stage_params(run_dir / stage, model)[1])]
-
-
 def test_stop_requests_turn_a_signal_into_a_flag_and_restore_the_handlers():
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with StopRequests() as stops:
@@ -88,15 +81,7 @@ def test_sigterm_saves_the_step_in_flight_and_resume_is_exact(full_run, tmp_path
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert main(["train", "--run-dir", str(run_dir), "--resume"]) == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # restored
-    resumed = json.loads((run_dir / "summary.json").read_text())
-    for stage in ("teacher", "student_kd"):
-        for key in ("accuracy", "nll", "ece"):
-            assert resumed[stage][key] == full[stage][key], (stage, key)
-    assert records(run_dir, "eval") == records(full_dir, "eval")
-    config = load_config("default", ARGS)
-    for stage, model in (("teacher", config.teacher.model), ("student_kd", config.student.model)):
-        for a, b in zip(_params(run_dir, stage, model), _params(full_dir, stage, model), strict=True):
-            np.testing.assert_array_equal(a, b)
+    assert_same_run(run_dir, full_dir, full, ARGS)
 
 
 def test_sigint_stops_the_same_way_with_exit_130(data_dir, tmp_path):

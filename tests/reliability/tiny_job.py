@@ -48,3 +48,23 @@ def cli(*args: str, delay: float = 0.0, env: dict | None = None, **popen) -> sub
 
 
 __all__ = ["ROOT", "TINY", "cli", "poisoned", "records"]
+
+
+def assert_same_run(run_dir: Path, full_dir: Path, full: dict, args: list[str]) -> None:
+    """The resumed run `run_dir` of the default preset with `args` equals the uninterrupted `full_dir` (summary
+    `full`): final metrics, every evaluation record and the teacher's and student's parameters, bit for bit."""
+    import jax
+
+    from jdistill.configs import load_config
+    from jdistill.train.restore import load_stage_params
+
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    for stage in ("teacher", "student_kd"):
+        for key in ("accuracy", "nll", "ece"):
+            assert resumed[stage][key] == full[stage][key], (stage, key)
+    assert records(run_dir, "eval") == records(full_dir, "eval")
+    config = load_config("default", args)
+    for stage, model in (("teacher", config.teacher.model), ("student_kd", config.student.model)):
+        ours, theirs = (jax.tree.leaves(load_stage_params(d / stage, model)[1]) for d in (run_dir, full_dir))
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
