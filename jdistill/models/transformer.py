@@ -160,6 +160,7 @@ class Transformer(nnx.Module):
         head_gates=None,
         skip_budget: float | None = None,
         logits: bool = True,
+        layer_keep=None,
     ):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
@@ -168,7 +169,8 @@ class Transformer(nnx.Module):
         `gate_sparsity_loss` in `aux`. `head_gates [num_layers, num_heads]` multiplies each attention head's
         output (causal head gating). `skip_budget` (GateSkip inference, models with `residual_gates`): in every
         branch, the tokens whose mean gate is under that quantile keep their residual unchanged (the branch's
-        output is dropped), about that fraction of tokens per branch."""
+        output is dropped), about that fraction of tokens per branch. `layer_keep [batch, num_layers]` (bool):
+        layer dropout (LayerSkip): a row passes through every block whose entry is False unchanged."""
         h = constrain_batch(self._embed(inputs))
         hidden = [h]
         layer_stats = []
@@ -187,6 +189,8 @@ class Transformer(nnx.Module):
                     head_gates=gates,
                     skip_budget=skip_budget,
                 )
+            if layer_keep is not None:
+                h = jnp.where(layer_keep[:, index, None, None], h, hidden[-1])
             h = constrain_batch(h)
             hidden.append(h)
             if stats is not None:
