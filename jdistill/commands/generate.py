@@ -48,6 +48,12 @@ def register(subparsers) -> None:
         help="early-exit self-speculative decoding: draft with the first N blocks (LayerSkip; docs/early_exit.md)",
     )
     parser.add_argument("--draft-len", type=_positive, default=4, help="tokens drafted per round (with --draft-exit)")
+    parser.add_argument(
+        "--draft-control",
+        choices=("fixed", "thompson"),
+        default="fixed",
+        help="fixed: --draft-len every round; thompson: up to --draft-len, chosen per round by Thompson sampling",
+    )
     parser.set_defaults(func=cmd_generate)
 
 
@@ -129,7 +135,11 @@ def cmd_generate(args) -> int:
             )
         except UserError as error:
             raise ConfigError(f"--draft-exit/--draft-len: {error}") from None
-        speculative = {"exit_layer": args.draft_exit, "draft_len": args.draft_len}
+        speculative = {
+            "exit_layer": args.draft_exit,
+            "draft_len": args.draft_len,
+            "draft_control": args.draft_control,
+        }
     sampling = {} if speculative else {"top_k": args.top_k, "top_p": args.top_p}
     with compile_timer() as compiling:
         started = time.perf_counter()
@@ -159,7 +169,8 @@ def cmd_generate(args) -> int:
             ""
             if speculative is None
             else f"; drafts from block {args.draft_exit}: {speculative['stats'].acceptance_rate:.1%} accepted, "
-            f"{speculative['stats'].tokens_per_round:.2f} tokens per round"
+            f"{speculative['stats'].tokens_per_round:.2f} tokens per round, "
+            f"{speculative['stats'].mean_draft_len:.2f} drafted"
         ),
         file=sys.stderr,
     )

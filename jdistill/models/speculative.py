@@ -44,6 +44,7 @@ from jdistill.models.generate import _argmax, has_recurrent_layers
 from jdistill.nn.kv_cache import with_offsets
 
 DraftHead = Literal["auto", "exit", "final"]
+DraftControl = Literal["fixed", "thompson"]
 
 
 class SpeculativeOptionError(UserError):
@@ -54,7 +55,7 @@ class SpeculativeOptionError(UserError):
 class SpeculativeStats:
     """Counters of one `self_speculative_generate` call (summed over rows): rounds (the largest over rows),
     drafted tokens, accepted drafts; `acceptance_rate` = accepted / drafted, `tokens_per_round` = emitted tokens
-    per row-round."""
+    per row-round, `mean_draft_len` = drafted tokens per row-round."""
 
     rounds: int
     drafted: int
@@ -69,6 +70,10 @@ class SpeculativeStats:
     @property
     def tokens_per_round(self) -> float:
         return self.emitted / max(self.row_rounds, 1)
+
+    @property
+    def mean_draft_len(self) -> float:
+        return self.drafted / max(self.row_rounds, 1)
 
 
 def check_options(config, *, exit_layer: int, draft_len: int, temperature: float, draft_head: DraftHead) -> str:
@@ -126,34 +131,70 @@ def _sample(log_probs, key):
     return _argmax(log_probs + jax.random.gumbel(key, log_probs.shape, log_probs.dtype)).astype(jnp.int32)
 
 
-def _accept_greedy(drafts, target_logits):
-    """drafts `[B, d]` (x_1..x_d), target logits `[B, d+1, V]` -> (accepted count k [B], next token [B])."""
+def _accept_greedy(drafts, target_logits, limit):
+    """drafts `[B, d]` (x_1..x_d), target logits `[B, d+1, V]`, only the first `limit` drafts count ->
+    (accepted count k [B], next token [B])."""
     best = _argmax(target_logits).astype(jnp.int32)  # [B, d+1]: the full model's token after each x_i
-    matches = drafts == best[:, :-1]
+    matches = (drafts == best[:, :-1]) & (jnp.arange(drafts.shape[1]) < limit)[None, :]
     accepted = jnp.sum(jnp.cumprod(matches.astype(jnp.int32), axis=1), axis=1)
     return accepted, jnp.take_along_axis(best, accepted[:, None], axis=1)[:, 0]
 
 
-def _accept_sampled(drafts, draft_log_probs, target_log_probs, key):
+def _accept_sampled(drafts, draft_log_probs, target_log_probs, key, limit):
     """Speculative sampling: (accepted count k [B], next token [B]) with the rejection rule of the module
-    docstring. draft_log_probs `[B, d, V]` (q_0..q_{d-1}), target_log_probs `[B, d+1, V]` (p_0..p_d)."""
+    docstring. draft_log_probs `[B, d, V]` (q_0..q_{d-1}), target_log_probs `[B, d+1, V]` (p_0..p_d); only the
+    first `limit` drafts count (after `limit` acceptances the bonus token is drawn from p_limit)."""
     batch, d = drafts.shape
     accept_key, resample_key = jax.random.split(key)
     p_draft = jnp.take_along_axis(target_log_probs[:, :-1], drafts[..., None], axis=2)[..., 0]
     q_draft = jnp.take_along_axis(draft_log_probs, drafts[..., None], axis=2)[..., 0]
     uniform = jax.random.uniform(accept_key, (batch, d))
     ok = jnp.log(uniform) < jnp.minimum(p_draft - q_draft, 0.0)  # u < min(1, p / q)
+    ok = ok & (jnp.arange(d) < limit)[None, :]
     accepted = jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1)
     # Residual distribution at the first rejection: norm(max(0, p_k - q_k)); after d acceptances: p_d.
     p_k = jnp.take_along_axis(target_log_probs, accepted[:, None, None], axis=1)[:, 0]
     q_pad = jnp.concatenate([draft_log_probs, jnp.full_like(draft_log_probs[:, :1], -jnp.inf)], axis=1)
     q_k = jnp.take_along_axis(q_pad, accepted[:, None, None], axis=1)[:, 0]
+    q_k = jnp.where((accepted >= limit)[:, None], -jnp.inf, q_k)  # all `limit` drafts accepted: sample from p
     residual = jnp.maximum(jnp.exp(p_k) - jnp.exp(q_k), 0.0)
     residual_log = jnp.where(residual > 0, jnp.log(jnp.where(residual > 0, residual, 1.0)), -jnp.inf)
     # If p == q to rounding the residual is empty; p itself is then the right fallback (rejection is impossible).
     empty = jnp.sum(residual, axis=-1, keepdims=True) <= 0
     residual_log = jnp.where(empty, p_k, residual_log)
     return accepted, _sample(residual_log, resample_key)
+
+
+def draft_costs(num_layers: int, exit_layer: int, draft_len: int) -> np.ndarray:
+    """cost(k) of a round with k drafts, k = 1 .. draft_len, in full single-token forward passes: k + 1 passes
+    through E of the L blocks, and one verify pass through the other L - E (a pass over k + 1 tokens costs about
+    one single-token pass while decoding is bound by reading the weights)."""
+    k = np.arange(1, draft_len + 1)
+    return ((k + 1) * exit_layer + (num_layers - exit_layer)) / num_layers
+
+
+def choose_draft_len(key, accepted, rejected, costs):
+    """Thompson sampling of the round's draft length (EESD, Liu et al. 2024, "Speculative Decoding via
+    Early-exiting for Faster LLM Inference with Thompson Sampling Control Mechanism"), in 1 .. d.
+
+    `accepted[i]`, `rejected[i]` count how often the (i+1)-th draft was accepted / rejected given the ones before
+    it were accepted: a Beta(1 + accepted, 1 + rejected) posterior of that acceptance probability. One draw
+    theta_i from each gives P(first j drafts accepted) = prod_{i<j} theta_i and expected tokens per round with k
+    drafts 1 + sum_{j<=k} P(first j accepted); the length with the most tokens per unit of `costs` is chosen.
+    """
+    theta = jax.random.beta(key, 1.0 + accepted, 1.0 + rejected)
+    expected = 1.0 + jnp.cumsum(jnp.cumprod(theta))
+    return (1 + jnp.argmax(expected / costs)).astype(jnp.int32)
+
+
+def update_posterior(accepted_counts, rejected_counts, accepted, limit, active):
+    """The Beta posterior counts after a round: per draft position i, rows that reached it (all earlier drafts
+    accepted, i < limit) add an acceptance (i < their accepted count) or a rejection (i = their accepted count)."""
+    index = jnp.arange(accepted_counts.shape[0])[None, :]
+    rows = active[:, None]
+    accepted_counts = accepted_counts + jnp.sum(rows & (index < accepted[:, None]), axis=0)
+    rejected_counts = rejected_counts + jnp.sum(rows & (index == accepted[:, None]) & (index < limit), axis=0)
+    return accepted_counts, rejected_counts
 
 
 def _speculative(
@@ -167,6 +208,7 @@ def _speculative(
     max_new_tokens,
     temperature,
     head,
+    control,
     eos_id,
     pad_id,
 ):
@@ -194,12 +236,15 @@ def _speculative(
     out = jnp.full((batch, max_new_tokens + d + 1), pad_id, jnp.int32).at[:, 0].set(first)
     count = jnp.ones((batch,), jnp.int32)  # tokens emitted so far; out[:, count - 1] is the last one
 
+    costs = jnp.asarray(draft_costs(len(model.blocks), exit_layer, d), jnp.float32)
+
     def draft_round(carry):
-        rounds, count, done, out, early_caches, late_caches, rng, stats = carry
-        rng, draft_key, accept_key = jax.random.split(rng, 3)
+        rounds, count, done, out, early_caches, late_caches, rng, stats, posterior = carry
+        rng, draft_key, accept_key, control_key = jax.random.split(rng, 4)
         active = (count < max_new_tokens) & ~done
         last = jnp.take_along_axis(out, (count - 1)[:, None], axis=1)[:, 0]
         start = lengths + count - 1  # the position of x_0
+        limit = d if control == "fixed" else choose_draft_len(control_key, posterior[0], posterior[1], costs)
 
         def draft_step(state, i):
             token, caches = state
@@ -214,7 +259,17 @@ def _speculative(
                 nxt = _sample(log_q, jax.random.fold_in(draft_key, i))
             return (nxt, caches), (h[:, 0], nxt, log_q)
 
-        (_, early_caches), (hidden, drafted, log_q) = jax.lax.scan(draft_step, (last, early_caches), jnp.arange(d + 1))
+        def idle(state, i):  # past this round's draft length: nothing runs
+            del i
+            shapes = jax.eval_shape(draft_step, state, 0)[1]
+            return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+        def step(state, i):
+            if control == "fixed":
+                return draft_step(state, i)
+            return jax.lax.cond(i <= limit, draft_step, idle, state, i)
+
+        (_, early_caches), (hidden, drafted, log_q) = jax.lax.scan(step, (last, early_caches), jnp.arange(d + 1))
         hidden = jnp.swapaxes(hidden, 0, 1)  # [B, d+1, D]: block E's output for x_0..x_d
         drafts = jnp.swapaxes(drafted, 0, 1)[:, :d]  # x_1..x_d
         log_q = jnp.swapaxes(log_q, 0, 1)[:, :d]
@@ -222,9 +277,11 @@ def _speculative(
         h, late_caches = _run_blocks(late, hidden, verify_positions, late_caches)
         target_logits = _final_logits(model, h)  # [B, d+1, V]
         if greedy:
-            accepted, correction = _accept_greedy(drafts, target_logits)
+            accepted, correction = _accept_greedy(drafts, target_logits, limit)
         else:
-            accepted, correction = _accept_sampled(drafts, log_q, _log_probs(target_logits, temperature), accept_key)
+            target_log_probs = _log_probs(target_logits, temperature)
+            accepted, correction = _accept_sampled(drafts, log_q, target_log_probs, accept_key, limit)
+        posterior = update_posterior(posterior[0], posterior[1], accepted, limit, active)
         # Emitted this round: x_1..x_k, then the correction; EOS ends the row (later tokens become pad_id).
         index = jnp.arange(d + 1)[None, :]
         emitted = jnp.where(index < accepted[:, None], jnp.pad(drafts, [(0, 0), (0, 1)]), correction[:, None])
@@ -240,21 +297,22 @@ def _speculative(
             done = done | (active & jnp.any((emitted == eos_id) & valid, axis=1))
         stats = stats + jnp.stack(
             [
-                jnp.sum(jnp.where(active, d, 0)),
+                jnp.sum(jnp.where(active, limit, 0)),
                 jnp.sum(jnp.where(active, accepted, 0)),
                 jnp.sum(emitted_count),
                 jnp.sum(active.astype(jnp.int32)),
             ]
         )
-        return rounds + 1, count + emitted_count, done, out, early_caches, late_caches, rng, stats
+        return rounds + 1, count + emitted_count, done, out, early_caches, late_caches, rng, stats, posterior
 
     def keep_going(carry):
         _, count, done, *_ = carry
         return jnp.any((count < max_new_tokens) & ~done)
 
     stats = jnp.zeros((4,), jnp.int32)
-    carry = (jnp.zeros((), jnp.int32), count, done, out, early_caches, late_caches, rng, stats)
-    rounds, count, done, out, *_, stats = jax.lax.while_loop(keep_going, draft_round, carry)
+    posterior = (jnp.zeros((d,), jnp.float32), jnp.zeros((d,), jnp.float32))
+    carry = (jnp.zeros((), jnp.int32), count, done, out, early_caches, late_caches, rng, stats, posterior)
+    rounds, count, done, out, *_, stats, _ = jax.lax.while_loop(keep_going, draft_round, carry)
     out = out[:, :max_new_tokens]
     if eos_id is not None:  # tokens past a row's EOS (emitted in its last round past max_new_tokens) are pad
         is_eos = (out == eos_id).astype(jnp.int32)
@@ -271,6 +329,7 @@ def _speculative(
         "max_new_tokens",
         "temperature",
         "head",
+        "control",
         "eos_id",
         "pad_id",
     ),
@@ -290,6 +349,7 @@ def self_speculative_generate(
     rng=None,
     temperature: float = 0.0,
     draft_head: DraftHead = "auto",
+    draft_control: DraftControl = "fixed",
     eos_id: int | None = None,
     pad_id: int | None = None,
 ):
@@ -297,8 +357,10 @@ def self_speculative_generate(
 
     prompt_ids int `[batch, P]` left-padded, prompt_mask bool `[batch, P]` (None: every token real). Greedy
     (temperature 0) gives plain greedy decoding's tokens; temperature > 0 samples from the full model's
-    distribution at that temperature. Returns (tokens int32 `[batch, max_new_tokens]`, `SpeculativeStats`);
-    after a row emits `eos_id` it emits `pad_id` (default `eos_id`).
+    distribution at that temperature. `draft_control`: "fixed" drafts `draft_len` tokens every round; "thompson"
+    picks each round's draft length in 1 .. `draft_len` by Thompson sampling (`choose_draft_len`). Returns
+    (tokens int32 `[batch, max_new_tokens]`, `SpeculativeStats`); after a row emits `eos_id` it emits `pad_id`
+    (default `eos_id`).
     """
     if has_recurrent_layers(model):
         raise SpeculativeOptionError(
@@ -308,6 +370,8 @@ def self_speculative_generate(
     head = check_options(
         model.config, exit_layer=exit_layer, draft_len=draft_len, temperature=temperature, draft_head=draft_head
     )
+    if draft_control not in ("fixed", "thompson"):
+        raise SpeculativeOptionError(f"draft_control: expected fixed or thompson, got {draft_control!r}")
     if max_new_tokens < 1:
         raise SpeculativeOptionError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
     prompt = np.asarray(prompt_ids).astype(np.int32)
@@ -325,6 +389,7 @@ def self_speculative_generate(
         max_new_tokens=int(max_new_tokens),
         temperature=float(temperature),
         head=head,
+        control=draft_control,
         eos_id=eos_id,
         pad_id=pad,
     )

@@ -14,7 +14,12 @@ from flax import nnx
 from jdistill.errors import UserError
 from jdistill.models import ModelConfig, Transformer
 from jdistill.models.generate import generate
-from jdistill.models.speculative import self_speculative_generate
+from jdistill.models.speculative import (
+    choose_draft_len,
+    draft_costs,
+    self_speculative_generate,
+    update_posterior,
+)
 
 LM = ModelConfig(
     kind="lm",
@@ -26,7 +31,7 @@ LM = ModelConfig(
     vocab_size=50,
     gate="headwise",
     qk_norm=True,
-    max_seq_len=64,
+    max_seq_len=128,
 )
 
 
@@ -103,7 +108,8 @@ def _exact_joint(model, prompt, temperature, steps):
     return dict(zip(sequences, np.exp(np.asarray(chosen.sum(axis=1), np.float64)), strict=True))
 
 
-def test_speculative_sampling_draws_from_the_full_models_distribution():
+@pytest.mark.parametrize("control", ["fixed", "thompson"])
+def test_speculative_sampling_draws_from_the_full_models_distribution(control):
     config = dataclasses.replace(LM, vocab_size=6, d_model=16, num_heads=2, num_kv_heads=1, mlp_dim=32)
     model = Transformer(config, rngs=nnx.Rngs(4))
     prompt, temperature, steps, samples = [2, 3, 4], 1.5, 2, 6000
@@ -115,6 +121,7 @@ def test_speculative_sampling_draws_from_the_full_models_distribution():
         max_new_tokens=steps,
         temperature=temperature,
         rng=jax.random.key(7),
+        draft_control=control,
     )
     assert 0.05 < stats.acceptance_rate < 0.95  # both the acceptance and the residual branch are exercised
     exact = _exact_joint(model, prompt, temperature, steps)
@@ -165,3 +172,46 @@ def test_recurrent_models_are_refused():
     model = Transformer(dataclasses.replace(LM, layer_pattern="DA"), rngs=nnx.Rngs(0))
     with pytest.raises(UserError, match="attention-only"):
         self_speculative_generate(model, np.ones((1, 3), np.int32), exit_layer=2, draft_len=2, max_new_tokens=3)
+
+
+def test_thompson_control_drafts_long_when_drafts_are_accepted_and_short_when_not():
+    good = _identity_above(Transformer(LM, rngs=nnx.Rngs(1)), 1)  # every draft accepted
+    bad = Transformer(LM, rngs=nnx.Rngs(2))  # an untrained exit: most drafts rejected
+    prompt, mask = _ragged_prompts(4, 8, 5, LM.vocab_size)
+    lengths = {}
+    for name, model in (("good", good), ("bad", bad)):
+        tokens, stats = self_speculative_generate(
+            model, prompt, mask, exit_layer=1, draft_len=6, max_new_tokens=100, draft_control="thompson"
+        )
+        np.testing.assert_array_equal(tokens, generate(model, prompt, prompt_mask=mask, max_new_tokens=100))
+        lengths[name] = stats.mean_draft_len
+    # Positions past the drafted length are never observed, so the posterior explores them for a while.
+    assert lengths["good"] > 4.5 and lengths["bad"] < 2.5, lengths
+
+
+def test_choose_draft_len_maximises_expected_tokens_per_cost():
+    costs = jnp.asarray(draft_costs(8, 2, 6))  # (k + 1) 2/8 + 6/8
+    np.testing.assert_allclose(costs, [(k + 1) / 4 + 0.75 for k in range(1, 7)])
+    keys = jax.random.split(jax.random.key(0), 50)
+    sure = np.full(6, 1e4)
+    always = [int(choose_draft_len(k, jnp.asarray(sure), jnp.zeros(6), costs)) for k in keys]
+    never = [int(choose_draft_len(k, jnp.zeros(6), jnp.asarray(sure), costs)) for k in keys]
+    assert set(always) == {6} and set(never) == {1}
+    # acceptance 0.5 at every position: tokens(k) = 2 - 0.5^k, tokens / cost is best at k = 1 here
+    half = [int(choose_draft_len(k, jnp.asarray(sure), jnp.asarray(sure), costs)) for k in keys]
+    tokens = 2 - 0.5 ** np.arange(1, 7)
+    assert set(half) == {1 + int(np.argmax(tokens / np.asarray(costs)))}
+
+
+def test_posterior_counts_each_reached_draft_position():
+    accepted_counts, rejected_counts = update_posterior(
+        jnp.zeros(4),
+        jnp.zeros(4),
+        accepted=jnp.array([0, 2, 3, 3]),
+        limit=3,
+        active=jnp.array([True, True, True, False]),
+    )
+    # row 0: position 0 rejected; row 1: 0, 1 accepted, 2 rejected; row 2: all 3 drafts accepted (no rejection at
+    # position 3, which was not drafted); row 3 inactive
+    np.testing.assert_array_equal(accepted_counts, [2, 2, 1, 0])
+    np.testing.assert_array_equal(rejected_counts, [1, 0, 1, 0])
