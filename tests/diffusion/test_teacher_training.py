@@ -89,12 +89,14 @@ TOY = [
 def test_a_2d_flow_teacher_trains_through_the_step_and_loads_its_ema(tmp_path, data_dir):
     from jdistill.diffusion.load import load_denoiser
     from jdistill.diffusion.samplers import make_sampler
+    from jdistill.eval.report import summary_table
     from jdistill.train.job import run_job
 
     config = load_config("diffusion_flow_2d", [*TOY, f"data.dir={data_dir}", "distill.options.ema_decay=0.9"])
     summary = run_job(config, tmp_path / "run")
     stage = summary["student_diffusion_flow"]
     assert np.isfinite(stage["denoising_loss"]) and stage["count"] == 360
+    assert "denoising loss" in summary_table(summary)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
     # flow matching on 8 Gaussians: 3.0 at the zero-output start (E|eps - x0|^2 / 2), down to about 2.3 in 120 steps
