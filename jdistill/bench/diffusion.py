@@ -11,10 +11,10 @@ split, equal sample size). 2-D toy (`--toy`, default 8gaussians): the flow teach
 "toy2d" draw `--toy-samples` points, scored by sliced Wasserstein distance and unbiased MMD^2 against as many fresh
 points of the true distribution; the floor is the same between two fresh draws.
 
-Speed: each sampler is one jitted function of (key, labels) with a fixed NFE; after one warm-up call (compilation)
-every seed's draw is timed to completion, samples/s = n / median seconds. The single-evaluation throughput is one
-jitted denoiser evaluation (with guidance: the conditional and the null pass, as the samplers count one NFE) on the
-same batch, median of `--repeats`; the goal is `samples/s >= 0.8 x forward samples/s / NFE` (no per-step Python).
+Speed: each sampler is one jitted function of (key, labels) with a fixed NFE. After a warm-up call, it and one jitted
+denoiser evaluation on the same batch (with guidance: the conditional and the null pass, as the samplers count one
+NFE) are timed to completion alternately, `--repeats` times each; samples/s = n / median seconds. The goal is
+`samples/s >= 0.8 x single-evaluation samples/s / NFE` (no per-step Python overhead).
 
 Teachers come from run directories (`--teacher`, `--toy-teacher`: `jdistill.diffusion.load.load_denoiser`) or are
 trained here from the presets `diffusion_edm` / `diffusion_flow_2d` into `--work-dir` (reused when already there).
@@ -130,28 +130,28 @@ def _timed(fn, *args) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def forward_samples_per_s(forward: Draw, labels, repeats: int) -> float:
-    """n / median seconds of one network evaluation on the batch (after a warm-up call)."""
+def draw_seeds(draw: Draw, labels, seeds: Sequence[int]) -> list[np.ndarray]:
+    """One sample set per seed, drawn from `jax.random.key(seed)`."""
+    return [np.asarray(draw(jax.random.key(seed), labels), np.float64) for seed in seeds]
+
+
+def samples_per_s(draw: Draw, forward: Draw, labels, repeats: int) -> tuple[float, float]:
+    """(sampler samples/s, single-evaluation samples/s) on the batch `labels`: after a warm-up call of each, the two
+    are timed alternately `repeats` times (so load from other processes hits both alike); n / median seconds."""
     key = jax.random.key(0)
+    _timed(draw, key, labels)
     _timed(forward, key, labels)
-    return len(labels) / statistics.median(_timed(forward, key, labels)[1] for _ in range(repeats))
+    draw_seconds, forward_seconds = [], []
+    for _ in range(repeats):
+        draw_seconds.append(_timed(draw, key, labels)[1])
+        forward_seconds.append(_timed(forward, key, labels)[1])
+    return len(labels) / statistics.median(draw_seconds), len(labels) / statistics.median(forward_seconds)
 
 
-def draw_seeds(draw: Draw, labels, seeds: Sequence[int]) -> tuple[list[np.ndarray], float]:
-    """(one sample set per seed, samples/s): a warm-up call, then each seed's draw timed to completion."""
-    _timed(draw, jax.random.key(seeds[0]), labels)
-    sets, seconds = [], []
-    for seed in seeds:
-        samples, elapsed = _timed(draw, jax.random.key(seed), labels)
-        sets.append(np.asarray(samples, np.float64))
-        seconds.append(elapsed)
-    return sets, len(labels) / statistics.median(seconds)
-
-
-def throughput_entry(samples_per_s: float, forward_per_s: float, nfe: int) -> dict:
-    ratio = samples_per_s * nfe / forward_per_s
+def throughput_entry(sampler_per_s: float, forward_per_s: float, nfe: int) -> dict:
+    ratio = sampler_per_s * nfe / forward_per_s
     return {
-        "samples_per_s": samples_per_s,
+        "samples_per_s": sampler_per_s,
         "forward_samples_per_s": forward_per_s,
         "ratio": ratio,
         "goal_met": ratio >= THROUGHPUT_GOAL,
@@ -181,11 +181,11 @@ class DigitsReference:
         }
 
 
-def _mean_entry(per_seed: list[dict], samples_per_s: float, keys: Sequence[str]) -> tuple[dict, dict]:
+def _mean_entry(per_seed: list[dict], speed: float, keys: Sequence[str]) -> tuple[dict, dict]:
     """(means over seeds with samples/s, the per-seed lists)."""
     lists = {key: [entry[key] for entry in per_seed] for key in keys if key != "samples_per_s"}
     means = {key: (None if None in values else float(np.mean(values))) for key, values in lists.items()}
-    return dict(means, samples_per_s=samples_per_s), lists
+    return dict(means, samples_per_s=speed), lists
 
 
 def measure_digits(generator: Generator, nfes, reference: DigitsReference, seeds, repeats: int, grid_path=None):
@@ -193,11 +193,12 @@ def measure_digits(generator: Generator, nfes, reference: DigitsReference, seeds
     labels = jax.numpy.asarray(reference.test_labels)
     results, per_seed, throughput = {}, {}, {}
     for nfe in nfes:
-        sets, samples_per_s = draw_seeds(generator.draw(nfe), labels, seeds)
+        draw = generator.draw(nfe)
+        sets = draw_seeds(draw, labels, seeds)
         scores = [reference.score(images, reference.test_labels, generator.conditional) for images in sets]
-        results[str(nfe)], per_seed[str(nfe)] = _mean_entry(scores, samples_per_s, DIGITS_METRICS)
-        forward = forward_samples_per_s(generator.forward(nfe), labels, repeats)
-        throughput[str(nfe)] = throughput_entry(samples_per_s, forward, nfe)
+        speed, forward = samples_per_s(draw, generator.forward(nfe), labels, repeats)
+        results[str(nfe)], per_seed[str(nfe)] = _mean_entry(scores, speed, DIGITS_METRICS)
+        throughput[str(nfe)] = throughput_entry(speed, forward, nfe)
         if grid_path is not None:
             from jdistill.diffusion.grids import save_class_grid
 
@@ -212,14 +213,15 @@ def measure_toy(generator: Generator, nfes, toy: str, samples: int, seeds, repea
     labels = jax.numpy.zeros((samples,), jax.numpy.int32)
     results, per_seed, throughput, panels = {}, {}, {}, {}
     for nfe in nfes:
-        sets, samples_per_s = draw_seeds(generator.draw(nfe), labels, seeds)
+        draw = generator.draw(nfe)
+        sets = draw_seeds(draw, labels, seeds)
         scores = []
         for seed, points in zip(seeds, sets, strict=True):
             real = np.asarray(toy2d(toy, jax.random.key(seed + TOY_SEED_OFFSET), samples))
             scores.append({"swd": metrics.sliced_wasserstein(points, real, seed), "mmd": metrics.mmd2(points, real)})
-        results[str(nfe)], per_seed[str(nfe)] = _mean_entry(scores, samples_per_s, TOY_METRICS)
-        forward = forward_samples_per_s(generator.forward(nfe), labels, repeats)
-        throughput[str(nfe)] = throughput_entry(samples_per_s, forward, nfe)
+        speed, forward = samples_per_s(draw, generator.forward(nfe), labels, repeats)
+        results[str(nfe)], per_seed[str(nfe)] = _mean_entry(scores, speed, TOY_METRICS)
+        throughput[str(nfe)] = throughput_entry(speed, forward, nfe)
         panels[f"NFE {nfe}"] = sets[0]
     if plot_path is not None:
         from jdistill.diffusion.grids import save_scatter
