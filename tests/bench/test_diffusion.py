@@ -3,6 +3,7 @@ student, a stand-in feature network; one-line errors for bad input."""
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -213,3 +214,28 @@ def test_cli_errors_exit_2_before_any_compute(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"jdistill: error: {tmp_path}: not a run directory (no config.yaml)"
     assert main(["bench", "diffusion", "--json", str(tmp_path / "b.json"), "--seeds", "0"]) == 2
     assert "--seeds: expected at least 1 seed, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_teachers_trained_from_the_presets_then_reused(tmp_path, data_dir, monkeypatch):
+    """The whole path of `jdistill bench diffusion` without run dirs: both presets trained for a few steps into the
+    work dir, the real digits-FD classifier, the JSON written; a second run loads the teachers it finds."""
+    monkeypatch.setenv("JDISTILL_CACHE_DIR", os.environ.get("JDISTILL_CACHE_DIR") or str(tmp_path / "cache"))
+    settings = ["--seeds", "1", "--teacher-nfe", "1,2", "--toy", "two_moons", "--toy-samples", "64", "--repeats", "1"]
+    out = tmp_path / "bench.json"
+    argv = ["bench", "diffusion", "--json", str(out), "--teacher-steps", "3", "--data-dir", str(data_dir), *settings]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["teacher"]) == {"1", "2"} and result["toy2d"]["distribution"] == "two_moons"
+    assert result["classifier"]["test_accuracy"] >= 0.95
+    work = tmp_path / "diffusion_bench"
+    assert (work / "teacher_digits" / "config.yaml").is_file() and (work / "teacher_two_moons").is_dir()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a teacher was trained again")
+
+    monkeypatch.setattr("jdistill.train.run_teacher_student", no_training)
+    again = tmp_path / "again.json"
+    argv = ["bench", "diffusion", "--json", str(again), "--toy-teacher", str(work / "teacher_two_moons"), *settings]
+    assert main([*argv, "--work-dir", str(work), "--data-dir", str(data_dir), "--toy", "8gaussians"]) == 0
+    assert json.loads(again.read_text())["toy2d"]["distribution"] == "two_moons"  # the run's own distribution
