@@ -155,7 +155,7 @@ def tdd_target_times(key: Array, t_cur: ArrayLike, schedules: ArrayLike, toleran
     return jnp.maximum(target - jitter, t_end)
 
 
-def segment_start(t: ArrayLike, num_segments: int, t_min: float, t_max: float) -> Array:
+def segment_start(t: ArrayLike, num_segments: ArrayLike, t_min: float, t_max: float) -> Array:
     """Hyper-SD's segment boundary: [t_min, t_max] split into `num_segments` equal segments (b_j = t_min + j (t_max -
     t_min) / k); a time in (b_j, b_{j+1}] maps to b_j (t_min maps to itself). One segment is plain consistency
     distillation (every time maps to t_min); k segments make a k-step sampler along the boundaries."""
@@ -170,3 +170,12 @@ def hyper_sd_segments(step: ArrayLike, total_steps: int, stages: Sequence[int] =
     take equal shares of the steps, in order; may be traced."""
     stage = jnp.clip(jnp.asarray(step) * len(stages) // max(total_steps, 1), 0, len(stages) - 1)
     return jnp.asarray(stages)[stage]
+
+
+def hyper_sd_times(
+    t_next: ArrayLike, t_cur: ArrayLike, num_segments: ArrayLike, t_min: float, t_max: float
+) -> tuple[Array, Array]:
+    """(t_n, s) for trajectory-segmented consistency: s = the start of t_{n+1}'s segment, and the teacher's step
+    t_{n+1} -> t_n stopped at s when it would leave the segment (then the target is the teacher's state at s)."""
+    s = segment_start(t_next, num_segments, t_min, t_max)
+    return jnp.maximum(jnp.asarray(t_cur, jnp.float32), s), s
