@@ -1,12 +1,9 @@
-"""What every trajectory-distillation objective shares: the Gaussian-path algebra and per-example distances.
+"""What every trajectory-distillation objective shares: per-example distances and the regression to a fixed target.
 
-Every diffusion family the library trains writes a noisy sample as x_t = alpha_t x0 + sigma_t eps:
-EDM has alpha = 1, sigma = the noise level; variance-preserving (DDPM / DDIM) has alpha^2 + sigma^2 = 1; rectified
-flow has alpha = 1 - t, sigma = t. The methods here take `alpha`, `sigma` as arrays (broadcastable against the
-sample, typically `[batch, 1, ...]`), so one formula serves every family. A denoiser is a callable
-`x0_fn(x, t) -> x0_hat` (its conditioning closed over).
-
-Shapes: samples `[batch, ...]`; per-example scalars `[batch]`; `expand` lifts `[batch]` to broadcast against a sample.
+The methods are written once for every diffusion family through `jdistill.diffusion.schedules`: a `Schedule` gives
+the Gaussian path x_t = alpha(t) x0 + sigma(t) eps (EDM, variance-preserving, rectified flow) and `ddim_step` the
+first-order step between two times. A denoiser is a callable `x0_fn(x, t) -> x0_hat` (conditioning closed over).
+Shapes: samples `[batch, ...]`; per-example values `[batch]`.
 """
 
 from __future__ import annotations
@@ -21,35 +18,6 @@ from jax.typing import ArrayLike
 METRICS = ("l2", "l1", "pseudo_huber")
 # iCT (Song & Dhariwal 2023): the pseudo-Huber constant c = 0.00054 sqrt(d) for a sample of d numbers.
 PSEUDO_HUBER_SCALE = 0.00054
-
-
-def expand(values: ArrayLike, sample: ArrayLike) -> Array:
-    """Per-example `values [batch]` (or a scalar) reshaped to `[batch, 1, ...]` to broadcast against `sample`."""
-    values = jnp.asarray(values)
-    if values.ndim == 0:
-        return values
-    return values.reshape(values.shape + (1,) * (jnp.ndim(sample) - values.ndim))
-
-
-def eps_from_x0(x_t: ArrayLike, x0_hat: ArrayLike, alpha_t: ArrayLike, sigma_t: ArrayLike) -> Array:
-    """The noise implied by a data prediction: eps_hat = (x_t - alpha_t x0_hat) / sigma_t."""
-    return (jnp.asarray(x_t) - alpha_t * jnp.asarray(x0_hat)) / sigma_t
-
-
-def ddim_step(
-    x_t: ArrayLike, x0_hat: ArrayLike, alpha_t: ArrayLike, sigma_t: ArrayLike, alpha_s: ArrayLike, sigma_s: ArrayLike
-) -> Array:
-    """One deterministic DDIM step t -> s: x_s = alpha_s x0_hat + sigma_s (x_t - alpha_t x0_hat) / sigma_t.
-
-    Song, Meng & Ermon 2021 (DDIM). It is the first-order exponential integrator of the probability-flow ODE in
-    data-prediction form (Lu et al. 2022, DPM-Solver++): with lambda = log(alpha / sigma) and h = lambda_s - lambda_t,
-    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) x0_hat, the same expression. For EDM (alpha = 1) it is the
-    Euler step of dx/dsigma = (x - x0_hat) / sigma; for rectified flow the Euler step of the velocity
-    v = (x_t - x0_hat) / t. s = t returns x_t exactly; sigma_s = 0 returns alpha_s x0_hat.
-    """
-    x_t, x0_hat = jnp.asarray(x_t), jnp.asarray(x0_hat)
-    alpha_t, sigma_t, alpha_s, sigma_s = (jnp.asarray(v) for v in (alpha_t, sigma_t, alpha_s, sigma_s))
-    return alpha_s * x0_hat + (sigma_s / sigma_t) * (x_t - alpha_t * x0_hat)
 
 
 def per_example_distance(a: ArrayLike, b: ArrayLike, metric: str = "l2", huber_c: float | None = None) -> Array:

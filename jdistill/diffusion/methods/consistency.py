@@ -12,8 +12,8 @@ x^_{t_n} from x_{t_{n+1}} by one step of the teacher's ODE solver; consistency *
 puts the same noise on the same data point at both times, x_{t_n} = alpha_n x0 + sigma_n z, which is the teacher step
 taken with the one-sample denoiser x0_hat = x0 (`ct_pair` equals `cd_pair` with that denoiser).
 
-Time arguments are the teacher family's time variable; `alpha_sigma(t) -> (alpha, sigma)` its coefficients
-(jdistill.diffusion.methods.common). Shapes: samples `[batch, ...]`, times `[batch]`.
+Times are in the teacher schedule's own units (`jdistill.diffusion.schedules.Schedule`: sigma for EDM, t for VP and
+rectified flow). Shapes: samples `[batch, ...]`, times `[batch]`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.diffusion.methods.common import ddim_step, expand, regression_loss
+from jdistill.diffusion.methods.common import regression_loss
+from jdistill.diffusion.schedules import Schedule, ddim_step, expand_to
 
-AlphaSigma = Callable[[Array], tuple[Array, Array]]
 SIGMA_MIN = 0.002
 SIGMA_DATA = 0.5
 OUTPUTS = ("raw", "x0")
@@ -71,7 +71,7 @@ def consistency_function(
     c_skip, c_out = consistency_scalings(sigma, sigma_min, sigma_data)
     if output == "x0":
         c_out = c_out / sigma_data
-    return expand(c_skip, x) * x + expand(c_out, x) * jnp.asarray(network_output)
+    return expand_to(c_skip, x) * x + expand_to(c_out, x) * jnp.asarray(network_output)
 
 
 def cd_pair(
@@ -79,32 +79,26 @@ def cd_pair(
     x0: ArrayLike,
     noise: ArrayLike,
     times: tuple[ArrayLike, ArrayLike],
-    alpha_sigma: AlphaSigma,
+    schedule: Schedule,
 ) -> tuple[Array, Array]:
     """(x_{t_{n+1}}, x^_{t_n}) for consistency distillation, `times = (t_{n+1}, t_n)` each `[batch]`, t_n < t_{n+1}.
 
-    x_{t_{n+1}} = alpha x0 + sigma z; x^_{t_n} is one DDIM step of the teacher (`common.ddim_step`: Euler for EDM,
+    x_{t_{n+1}} = alpha x0 + sigma z; x^_{t_n} is one DDIM step of the teacher (`schedules.ddim_step`: Euler for EDM,
     the first-order exponential integrator for VP) from it. The teacher's output is held fixed.
     """
     t_next, t_cur = (jnp.asarray(time) for time in times)
-    x0, noise = jnp.asarray(x0), jnp.asarray(noise)
-    alpha_next, sigma_next = (expand(v, x0) for v in alpha_sigma(t_next))
-    alpha_cur, sigma_cur = (expand(v, x0) for v in alpha_sigma(t_cur))
-    x_next = alpha_next * x0 + sigma_next * noise
+    x_next = schedule.add_noise(jnp.asarray(x0), jnp.asarray(noise), t_next)
     x0_hat = jax.lax.stop_gradient(teacher_x0(x_next, t_next))
-    return x_next, ddim_step(x_next, x0_hat, alpha_next, sigma_next, alpha_cur, sigma_cur)
+    return x_next, ddim_step(schedule, x_next, t_next, t_cur, x0_hat)
 
 
 def ct_pair(
-    x0: ArrayLike, noise: ArrayLike, times: tuple[ArrayLike, ArrayLike], alpha_sigma: AlphaSigma
+    x0: ArrayLike, noise: ArrayLike, times: tuple[ArrayLike, ArrayLike], schedule: Schedule
 ) -> tuple[Array, Array]:
     """(x_{t_{n+1}}, x_{t_n}) for consistency training: the same data point and the same noise at both times."""
     x0, noise = jnp.asarray(x0), jnp.asarray(noise)
-    pair = []
-    for time in times:
-        alpha, sigma = alpha_sigma(jnp.asarray(time))
-        pair.append(expand(alpha, x0) * x0 + expand(sigma, x0) * noise)
-    return pair[0], pair[1]
+    t_next, t_cur = (jnp.asarray(time) for time in times)
+    return schedule.add_noise(x0, noise, t_next), schedule.add_noise(x0, noise, t_cur)
 
 
 def consistency_loss(

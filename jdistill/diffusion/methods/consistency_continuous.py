@@ -7,7 +7,8 @@ is imposed in continuous time (Lu & Song 2024, sCM): along the ODE, the consiste
 
     d/dt f(x_t, t) = (df/dx) (dx_t/dt) + df/dt = 0,
 
-and the tangent g = d/dt f_theta-(x_t, t) is one Jacobian-vector product (`consistency_tangent`). The loss
+and the tangent g = d/dt f_theta-(x_t, t) is one Jacobian-vector product (`consistency_tangent`) along the teacher's
+ODE velocity dx_t/dt (`Schedule.velocity_from_x0` of the teacher's x0 estimate). The loss
 
     L = E || f_theta(x_t, t) - sg( f_theta-(x_t, t) - g~ ) ||^2,   g~ = g / (||g|| + c)  (tangent normalisation)
 
@@ -24,19 +25,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.diffusion.methods.common import ddim_step, eps_from_x0, expand
-
-AlphaSigma = Callable[[Array], tuple[Array, Array]]
-
-
-def ode_velocity(x_t: ArrayLike, x0_hat: ArrayLike, t: ArrayLike, alpha_sigma: AlphaSigma) -> Array:
-    """dx_t/dt of the probability-flow ODE, alpha'(t) x0_hat + sigma'(t) eps_hat, with eps_hat implied by x0_hat and
-    the derivatives of the family's coefficients taken by `jax.jvp`; `t [batch]`."""
-    x_t = jnp.asarray(x_t)
-    t = jnp.asarray(t, jnp.float32)
-    (alpha, sigma), (d_alpha, d_sigma) = jax.jvp(alpha_sigma, (t,), (jnp.ones_like(t),))
-    alpha, sigma, d_alpha, d_sigma = (expand(v, x_t) for v in (alpha, sigma, d_alpha, d_sigma))
-    return d_alpha * x0_hat + d_sigma * eps_from_x0(x_t, x0_hat, alpha, sigma)
+from jdistill.diffusion.schedules import Schedule, ddim_step, expand_to
 
 
 def consistency_tangent(
@@ -59,13 +48,13 @@ def continuous_consistency_loss(
     if normalize_tangent:
         flat = tangent.reshape(tangent.shape[0], -1)
         norm = jnp.sqrt(jnp.mean(flat**2, axis=-1))
-        tangent = tangent / expand(norm + c, tangent)
+        tangent = tangent / expand_to(norm + c, tangent)
     goal = jax.lax.stop_gradient(jnp.asarray(target, jnp.float32) - tangent)
     return jnp.mean(jnp.mean((online - goal).reshape(online.shape[0], -1) ** 2, axis=-1))
 
 
 def teacher_trajectory(
-    teacher_x0: Callable[[Array, Array], Array], x_start: ArrayLike, grid: ArrayLike, alpha_sigma: AlphaSigma
+    teacher_x0: Callable[[Array, Array], Array], x_start: ArrayLike, grid: ArrayLike, schedule: Schedule
 ) -> Array:
     """Every state of the teacher's DDIM ODE solve from `x_start` along the decreasing `grid [N + 1]`: `[N + 1,
     batch, ...]` (row 0 is `x_start`); one `lax.scan`, the teacher held fixed."""
@@ -74,9 +63,7 @@ def teacher_trajectory(
 
     def step(x, times):
         t, s = jnp.full((batch,), times[0]), jnp.full((batch,), times[1])
-        alpha_t, sigma_t = (expand(v, x) for v in alpha_sigma(t))
-        alpha_s, sigma_s = (expand(v, x) for v in alpha_sigma(s))
-        x_next = ddim_step(x, jax.lax.stop_gradient(teacher_x0(x, t)), alpha_t, sigma_t, alpha_s, sigma_s)
+        x_next = ddim_step(schedule, x, t, s, jax.lax.stop_gradient(teacher_x0(x, t)))
         return x_next, x_next
 
     _, states = jax.lax.scan(step, x_start, jnp.stack([grid[:-1], grid[1:]], axis=-1))

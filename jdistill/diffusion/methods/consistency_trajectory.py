@@ -6,7 +6,7 @@ same probability-flow ODE trajectory, through the **trajectory consistency funct
 
     f_theta(x_t, t, s) = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) x0_theta(x_t, t),  h = lambda_s - lambda_t,
 
-which is `common.ddim_step` from t to s with the network's data prediction; f(x, t, t) = x exactly and s at the
+which is `schedules.ddim_step` from t to s with the network's data prediction; f(x, t, t) = x exactly and s at the
 clean end gives x0_theta. The objective is the consistency loss between the student at the noisier point and the
 EMA target at the teacher-stepped point, both mapped to the same s:
 
@@ -29,21 +29,18 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.diffusion.methods.common import ddim_step, expand, regression_loss
+from jdistill.diffusion.methods.common import regression_loss
+from jdistill.diffusion.schedules import Schedule, ddim_step, expand_to
 
-AlphaSigma = Callable[[Array], tuple[Array, Array]]
 HYPER_SD_STAGES = (8, 4, 2, 1)
 
 
 def trajectory_consistency_function(
-    x_t: ArrayLike, x0_hat: ArrayLike, t: ArrayLike, s: ArrayLike, alpha_sigma: AlphaSigma
+    x_t: ArrayLike, x0_hat: ArrayLike, t: ArrayLike, s: ArrayLike, schedule: Schedule
 ) -> Array:
     """f(x_t, t, s): the first-order semi-linear map of x_t from time t to time s <= t given the data prediction
     x0_hat at (x_t, t) (TCD, eq. 13 at first order); `t`, `s` `[batch]`. f(x, t, t) = x."""
-    x_t = jnp.asarray(x_t)
-    alpha_t, sigma_t = (expand(v, x_t) for v in alpha_sigma(jnp.asarray(t)))
-    alpha_s, sigma_s = (expand(v, x_t) for v in alpha_sigma(jnp.asarray(s)))
-    return ddim_step(x_t, x0_hat, alpha_t, sigma_t, alpha_s, sigma_s)
+    return ddim_step(schedule, jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(s), jnp.asarray(x0_hat))
 
 
 def trajectory_consistency_loss(
@@ -52,7 +49,7 @@ def trajectory_consistency_loss(
     x_cur: ArrayLike,
     target_x0: ArrayLike,
     times: tuple[ArrayLike, ArrayLike, ArrayLike],
-    alpha_sigma: AlphaSigma,
+    schedule: Schedule,
     *,
     metric: str = "l2",
     weights: ArrayLike | None = None,
@@ -65,8 +62,8 @@ def trajectory_consistency_loss(
     consistency distillation.
     """
     t_next, t_cur, s = times
-    online = trajectory_consistency_function(x_next, student_x0, t_next, s, alpha_sigma)
-    target = trajectory_consistency_function(x_cur, target_x0, t_cur, s, alpha_sigma)
+    online = trajectory_consistency_function(x_next, student_x0, t_next, s, schedule)
+    target = trajectory_consistency_function(x_cur, target_x0, t_cur, s, schedule)
     return regression_loss(online, target, weights=weights, metric=metric)
 
 
@@ -83,7 +80,7 @@ def strategic_stochastic_step(
     t: ArrayLike,
     t_next: ArrayLike,
     noise: ArrayLike,
-    alpha_sigma: AlphaSigma,
+    schedule: Schedule,
     gamma: float,
 ) -> Array:
     """One step of TCD's strategic stochastic sampling (Algorithm 4), t -> t_next < t:
@@ -96,9 +93,9 @@ def strategic_stochastic_step(
     """
     x_t = jnp.asarray(x_t)
     s = (1.0 - gamma) * jnp.asarray(t_next)
-    x_s = trajectory_consistency_function(x_t, x0_hat, t, s, alpha_sigma)
-    alpha_s, sigma_s = (expand(v, x_t) for v in alpha_sigma(s))
-    alpha_next, sigma_next = (expand(v, x_t) for v in alpha_sigma(jnp.asarray(t_next)))
+    x_s = trajectory_consistency_function(x_t, x0_hat, t, s, schedule)
+    alpha_s, sigma_s = expand_to(schedule.alpha(s), x_t), expand_to(schedule.sigma(s), x_t)
+    alpha_next, sigma_next = expand_to(schedule.alpha(t_next), x_t), expand_to(schedule.sigma(t_next), x_t)
     scale = alpha_next / alpha_s
     std = jnp.sqrt(jnp.maximum(sigma_next**2 - (scale * sigma_s) ** 2, 0.0))
     return scale * x_s + std * jnp.asarray(noise)
@@ -109,7 +106,7 @@ def strategic_stochastic_sample(
     x_start: ArrayLike,
     grid: ArrayLike,
     key: Array,
-    alpha_sigma: AlphaSigma,
+    schedule: Schedule,
     gamma: float = 0.3,
 ) -> Array:
     """Sample with `len(grid) - 1` network evaluations by strategic stochastic steps along the decreasing `grid`
@@ -121,7 +118,7 @@ def strategic_stochastic_sample(
         t, t_next, step_key = inputs
         t_b, next_b = jnp.full((batch,), t), jnp.full((batch,), t_next)
         noise = jax.random.normal(step_key, x.shape, x.dtype)
-        return strategic_stochastic_step(x, x0_fn(x, t_b), t_b, next_b, noise, alpha_sigma, gamma), None
+        return strategic_stochastic_step(x, x0_fn(x, t_b), t_b, next_b, noise, schedule, gamma), None
 
     keys = jax.random.split(key, grid.shape[0] - 1)
     x, _ = jax.lax.scan(step, x_start, (grid[:-1], grid[1:], keys))

@@ -5,9 +5,9 @@ teacher that samples with 2N steps. The student's data prediction is regressed o
 step land exactly where the teacher's two steps landed, which Salimans & Ho derive in closed form. Each round halves
 the step count; the trained student becomes the next round's teacher (N -> N/2 -> ... -> 1).
 
-Time grids are decreasing arrays `[2N + 1]` of the time variable of the teacher's family (noise level for EDM, t for
-VP and rectified flow), from the largest noise down to the smallest; `alpha_sigma(t) -> (alpha, sigma)` gives the
-family's coefficients (docs/diffusion_methods.md). Shapes: samples `[batch, ...]`, times `[batch]`.
+Time grids are decreasing arrays `[2N + 1]` in the teacher schedule's own time (sigma for EDM, t for VP and rectified
+flow), noise end first (`schedule.timesteps(2N)`); any `jdistill.diffusion.schedules.Schedule` works.
+Shapes: samples `[batch, ...]`, times `[batch]`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.diffusion.methods.common import ddim_step, expand, regression_loss
+from jdistill.diffusion.methods.common import regression_loss
+from jdistill.diffusion.schedules import Schedule, ddim_step, expand_to
 
-AlphaSigma = Callable[[Array], tuple[Array, Array]]
 WEIGHTINGS = ("truncated_snr", "snr_plus_one", "none")
 
 
@@ -36,9 +36,11 @@ def progressive_target(
     """The data prediction whose one DDIM step t -> s from x_t lands exactly on x_s.
 
     Salimans & Ho 2022, Algorithm 2: x~ = (x_s - (sigma_s / sigma_t) x_t) / (alpha_s - (sigma_s / sigma_t) alpha_t).
-    Solving `ddim_step(x_t, x~, ...) == x_s` for x~ gives this; when s is the end of sampling (sigma_s = 0) the
-    target is x_s / alpha_s itself. The denominator is nonzero whenever s is less noisy than t (its log-SNR is higher).
+    Solving x_s = alpha_s x~ + sigma_s (x_t - alpha_t x~) / sigma_t (DDIM) for x~ gives this; when s is the end of
+    sampling (sigma_s = 0) the target is x_s / alpha_s itself. The denominator is nonzero whenever s is less noisy
+    than t (its log-SNR is higher).
     """
+    alpha_t, sigma_t, alpha_s, sigma_s = (jnp.asarray(v) for v in (alpha_t, sigma_t, alpha_s, sigma_s))
     ratio = sigma_s / sigma_t
     return (jnp.asarray(x_s) - ratio * jnp.asarray(x_t)) / (alpha_s - ratio * alpha_t)
 
@@ -47,16 +49,13 @@ def teacher_two_steps(
     teacher_x0: Callable[[Array, Array], Array],
     x_t: ArrayLike,
     times: tuple[ArrayLike, ArrayLike, ArrayLike],
-    alpha_sigma: AlphaSigma,
+    schedule: Schedule,
 ) -> Array:
     """The teacher's two DDIM steps t -> m -> s from x_t, `times = (t, m, s)` each `[batch]`; returns x_s."""
     x = jnp.asarray(x_t)
     t, m, s = (jnp.asarray(time) for time in times)
     for start, end in ((t, m), (m, s)):
-        alpha_a, sigma_a = alpha_sigma(start)
-        alpha_b, sigma_b = alpha_sigma(end)
-        x0 = teacher_x0(x, start)
-        x = ddim_step(x, x0, expand(alpha_a, x), expand(sigma_a, x), expand(alpha_b, x), expand(sigma_b, x))
+        x = ddim_step(schedule, x, start, end, teacher_x0(x, start))
     return x
 
 
@@ -82,7 +81,7 @@ def progressive_distillation_loss(
     teacher_x_s: ArrayLike,
     x_t: ArrayLike,
     times: tuple[ArrayLike, ArrayLike],
-    alpha_sigma: AlphaSigma,
+    schedule: Schedule,
     *,
     weighting: str = "truncated_snr",
 ) -> Array:
@@ -94,11 +93,11 @@ def progressive_distillation_loss(
     """
     t, s = (jnp.asarray(time) for time in times)
     x_t = jnp.asarray(x_t)
-    alpha_t, sigma_t = alpha_sigma(t)
-    alpha_s, sigma_s = alpha_sigma(s)
-    target = progressive_target(
-        x_t, teacher_x_s, expand(alpha_t, x_t), expand(sigma_t, x_t), expand(alpha_s, x_t), expand(sigma_s, x_t)
+    alpha_t, sigma_t, alpha_s, sigma_s = (
+        fn(time) for fn, time in ((schedule.alpha, t), (schedule.sigma, t), (schedule.alpha, s), (schedule.sigma, s))
     )
+    coefficients = (expand_to(v, x_t) for v in (alpha_t, sigma_t, alpha_s, sigma_s))
+    target = progressive_target(x_t, teacher_x_s, *coefficients)
     return regression_loss(student_x0, target, weights=progressive_weights(alpha_t, sigma_t, weighting))
 
 

@@ -28,23 +28,25 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.diffusion.methods.common import expand, regression_loss
+from jdistill.diffusion.methods.common import regression_loss
+from jdistill.diffusion.schedules import RectifiedFlow, expand_to
 
 VelocityFn = Callable[[Array, Array], Array]
 StepVelocityFn = Callable[[Array, Array, Array], Array]
 
 
+FLOW = RectifiedFlow()
+
+
 def interpolate(x0: ArrayLike, noise: ArrayLike, t: ArrayLike) -> Array:
-    """x_t = (1 - t) x0 + t z, `t [batch]`."""
-    x0 = jnp.asarray(x0)
-    t = expand(t, x0)
-    return (1.0 - t) * x0 + t * jnp.asarray(noise)
+    """x_t = (1 - t) x0 + t z, `t [batch]` (the rectified-flow schedule's `add_noise`)."""
+    return FLOW.add_noise(jnp.asarray(x0), jnp.asarray(noise), jnp.asarray(t))
 
 
 def euler_step(v_fn: VelocityFn, x: ArrayLike, t: ArrayLike, s: ArrayLike) -> Array:
     """One Euler step of dx/dt = v from t down to s: x_s = x_t - (t - s) v(x_t, t)."""
     x = jnp.asarray(x)
-    return x - expand(jnp.asarray(t) - jnp.asarray(s), x) * v_fn(x, jnp.asarray(t))
+    return x - expand_to(jnp.asarray(t) - jnp.asarray(s), x) * v_fn(x, jnp.asarray(t))
 
 
 def reflow_loss(v_pred: ArrayLike, x0: ArrayLike, noise: ArrayLike) -> Array:
@@ -140,9 +142,9 @@ def traflow_loss(
     Returns (weighted sum, the three terms). A straight teacher with the student equal to it zeroes all three."""
     x_t, t, u = jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(u)
     v_t = student_v(x_t, t)
-    one_step = x_t - expand(t, x_t) * v_t
-    x_u = x_t - expand(t - u, x_t) * v_t
-    two_steps = x_u - expand(u, x_t) * student_v(x_u, u)
+    one_step = x_t - expand_to(t, x_t) * v_t
+    x_u = x_t - expand_to(t - u, x_t) * v_t
+    two_steps = x_u - expand_to(u, x_t) * student_v(x_u, u)
     terms = {
         "reconstruction": regression_loss(one_step, teacher_x0),
         "velocity": regression_loss(v_t, teacher_v(x_t, t)),
@@ -166,7 +168,7 @@ def shortcut_target(u_fn: StepVelocityFn, x_t: ArrayLike, t: ArrayLike, h: Array
     direction). At h = 0 it is u(x_t, t, 0), the flow itself; for a field of straight paths it is the field."""
     x_t, t, h = jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(h)
     first = u_fn(x_t, t, h)
-    x_next = x_t - expand(h, x_t) * first
+    x_next = x_t - expand_to(h, x_t) * first
     return 0.5 * (first + u_fn(x_next, t - h, h))
 
 
