@@ -9,11 +9,14 @@ Shapes: samples `[batch, ...]`; per-example values `[batch]`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
+
+from jdistill.diffusion.schedules import Schedule, ddim_step
 
 METRICS = ("l2", "l1", "pseudo_huber")
 # iCT (Song & Dhariwal 2023): the pseudo-Huber constant c = 0.00054 sqrt(d) for a sample of d numbers.
@@ -53,3 +56,20 @@ def regression_loss(
     if weights is not None:
         values = values * jnp.asarray(weights, jnp.float32)
     return jnp.mean(values)
+
+
+def teacher_trajectory(
+    teacher_x0: Callable[[Array, Array], Array], x_start: ArrayLike, grid: ArrayLike, schedule: Schedule
+) -> Array:
+    """Every state of the teacher's DDIM ODE solve from `x_start` along the decreasing `grid [N + 1]`: `[N + 1,
+    batch, ...]` (row 0 is `x_start`); one `lax.scan`, the teacher held fixed."""
+    x_start, grid = jnp.asarray(x_start), jnp.asarray(grid, jnp.float32)
+    batch = x_start.shape[0]
+
+    def step(x, times):
+        t, s = jnp.full((batch,), times[0]), jnp.full((batch,), times[1])
+        x_next = ddim_step(schedule, x, t, s, jax.lax.stop_gradient(teacher_x0(x, t)))
+        return x_next, x_next
+
+    _, states = jax.lax.scan(step, x_start, jnp.stack([grid[:-1], grid[1:]], axis=-1))
+    return jnp.concatenate([x_start[None], states], axis=0)

@@ -2,8 +2,8 @@
 Timestep Distillation via Continuous-Time Consistency with Trajectory-Sampled Pairs", TBCM).
 
 No data: the training points are states of the teacher's own probability-flow ODE, integrated from pure noise
-(`teacher_trajectory`, `trajectory_points`), so the student trains where it will sample. The consistency condition
-is imposed in continuous time (Lu & Song 2024, sCM): along the ODE, the consistency function is constant,
+(`common.teacher_trajectory`, `trajectory_points`), so the student trains where it will sample. The consistency
+condition is imposed in continuous time (Lu & Song 2024, sCM): along the ODE, the consistency function is constant,
 
     d/dt f(x_t, t) = (df/dx) (dx_t/dt) + df/dt = 0,
 
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdistill.diffusion.schedules import Schedule, ddim_step, expand_to
+from jdistill.diffusion.schedules import expand_to
 
 
 def consistency_tangent(
@@ -51,23 +51,6 @@ def continuous_consistency_loss(
         tangent = tangent / expand_to(norm + c, tangent)
     goal = jax.lax.stop_gradient(jnp.asarray(target, jnp.float32) - tangent)
     return jnp.mean(jnp.mean((online - goal).reshape(online.shape[0], -1) ** 2, axis=-1))
-
-
-def teacher_trajectory(
-    teacher_x0: Callable[[Array, Array], Array], x_start: ArrayLike, grid: ArrayLike, schedule: Schedule
-) -> Array:
-    """Every state of the teacher's DDIM ODE solve from `x_start` along the decreasing `grid [N + 1]`: `[N + 1,
-    batch, ...]` (row 0 is `x_start`); one `lax.scan`, the teacher held fixed."""
-    x_start, grid = jnp.asarray(x_start), jnp.asarray(grid, jnp.float32)
-    batch = x_start.shape[0]
-
-    def step(x, times):
-        t, s = jnp.full((batch,), times[0]), jnp.full((batch,), times[1])
-        x_next = ddim_step(schedule, x, t, s, jax.lax.stop_gradient(teacher_x0(x, t)))
-        return x_next, x_next
-
-    _, states = jax.lax.scan(step, x_start, jnp.stack([grid[:-1], grid[1:]], axis=-1))
-    return jnp.concatenate([x_start[None], states], axis=0)
 
 
 def trajectory_points(key: Array, states: ArrayLike, grid: ArrayLike, exclude_last: bool = True) -> tuple[Array, Array]:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdistill.diffusion.methods import consistency_continuous as cc
+from jdistill.diffusion.methods.common import teacher_trajectory
 from tests.diffusion.methods.paths import FAMILIES, gaussian_flow_map, gaussian_x0, np_ddim
 
 RNG = np.random.default_rng(3)
@@ -50,7 +51,7 @@ def test_teacher_trajectory_and_points_are_the_teachers_own_ode():
     teacher = lambda x, t: jnp.tanh(x @ weight) * (1 - t[:, None])
     grid = np.array([1.0, 0.7, 0.4, 0.1, 0.0])
     x = RNG.normal(size=(5, 3))
-    states = cc.teacher_trajectory(teacher, x, grid, FAMILIES["flow"])
+    states = teacher_trajectory(teacher, x, grid, FAMILIES["flow"])
     assert states.shape == (5, 5, 3)
     expected = [x]
     for t, s in itertools.pairwise(grid):
