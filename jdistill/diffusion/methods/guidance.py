@@ -36,7 +36,7 @@ def guided_target(conditional: ArrayLike, unconditional: ArrayLike, w: ArrayLike
     """(1 + w) x_c - w x_u, `w` a scalar or `[batch]` (lifted to broadcast against the predictions)."""
     conditional = jnp.asarray(conditional)
     w = expand_to(jnp.asarray(w, jnp.float32), conditional)
-    return (1.0 + w) * conditional - w * jnp.asarray(unconditional)
+    return jnp.asarray((1.0 + w) * conditional - w * jnp.asarray(unconditional))
 
 
 def guidance_distillation_loss(
