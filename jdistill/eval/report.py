@@ -76,7 +76,8 @@ def read_curves(metrics_path, split: str = "eval") -> dict[str, dict[str, list]]
 
 
 def plot_learning_curves(metrics_path, out_path, stages) -> None:
-    """Test accuracy and NLL (bits/byte for LMs) against step for each stage, as a PNG."""
+    """Test accuracy and NLL (bits/byte for LMs; the denoising loss for diffusion teachers) against step for each
+    stage, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,18 +85,23 @@ def plot_learning_curves(metrics_path, out_path, stages) -> None:
 
     curves = read_curves(metrics_path)
     loss_key = "bits_per_byte" if any("bits_per_byte" in c for c in curves.values()) else "nll"
+    if not any(loss_key in c for c in curves.values()):  # e.g. diffusion teachers: the held-out denoising loss
+        loss_key = "denoising_loss"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for stage in stages:
         if stage not in curves:
             continue
         c = curves[stage]
-        axes[0].plot(c["step"], c["accuracy"], marker=".", label=stage)
-        axes[1].plot(c["step"], c[loss_key], marker=".", label=stage)
+        if "accuracy" in c:
+            axes[0].plot(c["step"], c["accuracy"], marker=".", label=stage)
+        if loss_key in c:
+            axes[1].plot(c["step"], c[loss_key], marker=".", label=stage)
     axes[0].set(xlabel="step", ylabel="test accuracy", title="accuracy")
     axes[1].set(xlabel="step", ylabel=f"test {loss_key.replace('_', ' ')}", title=loss_key.replace("_", " "))
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
