@@ -16,8 +16,8 @@ The three methods differ in how s is chosen:
 - TCD: s drawn in [0, t_n] (`tcd_target_times`), and sampling by strategic stochastic sampling.
 - TDD (Wang et al. 2024, "Target-Driven Distillation"): s is the next time of a few-step schedule drawn from a
   predefined set, with a tolerance (`tdd_target_times`); guidance is decoupled in training (`guidance.py`).
-- Hyper-SD (Ren et al. 2024): s is the start of the segment that holds t, with the number of segments going
-  8 -> 4 -> 2 -> 1 over the training stages (`segment_start`, `hyper_sd_segments`).
+- Hyper-SD (Ren et al. 2024): s is the end (toward the data) of the trajectory segment that holds t, with the
+  number of segments going 8 -> 4 -> 2 -> 1 over the training stages (`segment_end_index`, `hyper_sd_segments`).
 """
 
 from __future__ import annotations
@@ -152,27 +152,21 @@ def tdd_target_times(key: Array, t_cur: ArrayLike, schedules: ArrayLike, toleran
     return jnp.maximum(target - jitter, t_end)
 
 
-def segment_start(t: ArrayLike, num_segments: ArrayLike, t_min: float, t_max: float) -> Array:
-    """Hyper-SD's segment boundary: [t_min, t_max] split into `num_segments` equal segments (b_j = t_min + j (t_max -
-    t_min) / k); a time in (b_j, b_{j+1}] maps to b_j (t_min maps to itself). One segment is plain consistency
-    distillation (every time maps to t_min); k segments make a k-step sampler along the boundaries."""
-    t = jnp.asarray(t, jnp.float32)
-    width = (t_max - t_min) / num_segments
-    index = jnp.clip(jnp.ceil((t - t_min) / width) - 1, 0, num_segments - 1)
-    return t_min + index * width
+def segment_end_index(index: ArrayLike, num_intervals: int, num_segments: ArrayLike) -> Array:
+    """Hyper-SD's target: the grid index where the segment holding step `index` ends (toward the data end).
+
+    The training grid has `num_intervals` steps (index 0 the noise end); it is split into `num_segments` segments of
+    L = num_intervals / num_segments steps, and a point at index n (in the segment [jL, (j + 1) L)) is mapped to the
+    segment's end (j + 1) L. One segment is consistency distillation (every point maps to the boundary);
+    `num_intervals` segments is plain trajectory distillation of one teacher step (s = t_n). The segment ends are the
+    grid of a `num_segments`-step sampler. `num_segments` may be traced; it must divide `num_intervals`."""
+    length = num_intervals // jnp.asarray(num_segments)
+    return (jnp.asarray(index) // length + 1) * length
 
 
 def hyper_sd_segments(step: ArrayLike, total_steps: int, stages: Sequence[int] = HYPER_SD_STAGES) -> Array:
     """The number of segments at training step `step` of `total_steps`: the stages (8 -> 4 -> 2 -> 1 by default)
     take equal shares of the steps, in order; may be traced."""
-    stage = jnp.clip(jnp.asarray(step) * len(stages) // max(total_steps, 1), 0, len(stages) - 1)
+    stage = jnp.floor(jnp.asarray(step, jnp.float32) * len(stages) / max(total_steps, 1)).astype(jnp.int32)
+    stage = jnp.clip(stage, 0, len(stages) - 1)
     return jnp.asarray(stages)[stage]
-
-
-def hyper_sd_times(
-    t_next: ArrayLike, t_cur: ArrayLike, num_segments: ArrayLike, t_min: float, t_max: float
-) -> tuple[Array, Array]:
-    """(t_n, s) for trajectory-segmented consistency: s = the start of t_{n+1}'s segment, and the teacher's step
-    t_{n+1} -> t_n stopped at s when it would leave the segment (then the target is the teacher's state at s)."""
-    s = segment_start(t_next, num_segments, t_min, t_max)
-    return jnp.maximum(jnp.asarray(t_cur, jnp.float32), s), s

@@ -96,14 +96,10 @@ def test_tdd_targets_come_from_the_predefined_schedules():
 
 
 def test_segments_and_stages():
-    t = np.array([0.0, 0.1, 0.25, 0.26, 0.5, 0.74, 0.75, 0.99, 1.0])
-    np.testing.assert_allclose(tc.segment_start(t, 4, 0.0, 1.0), [0, 0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75], atol=1e-7)
-    np.testing.assert_allclose(tc.segment_start(t, 1, 0.0, 1.0), 0.0)
-    edm = np.array([0.002, 10.0, 40.0, 41.0, 80.0])
-    np.testing.assert_allclose(tc.segment_start(edm, 2, 0.002, 80.0), [0.002, 0.002, 0.002, 40.001, 40.001], rtol=1e-6)
+    index = np.arange(16)
+    np.testing.assert_array_equal(tc.segment_end_index(index, 16, 4), np.repeat([4, 8, 12, 16], 4))
+    np.testing.assert_array_equal(tc.segment_end_index(index, 16, 1), 16)  # consistency distillation
+    np.testing.assert_array_equal(tc.segment_end_index(index, 16, 16), index + 1)  # one teacher step
+    np.testing.assert_array_equal(tc.segment_end_index(np.array([7, 8]), 16, jnp.asarray(2)), [8, 16])
     stages = [int(tc.hyper_sd_segments(step, 100)) for step in (0, 24, 25, 49, 50, 75, 99, 150)]
     assert stages == [8, 8, 4, 4, 2, 1, 1, 1]
-    t_cur, s = tc.hyper_sd_times(np.array([0.3, 0.6]), np.array([0.2, 0.55]), 2, 0.0, 1.0)
-    np.testing.assert_allclose(t_cur, [0.2, 0.55]) and np.testing.assert_allclose(s, [0.0, 0.5])
-    t_cur, s = tc.hyper_sd_times(np.array([0.52]), np.array([0.45]), 2, 0.0, 1.0)
-    np.testing.assert_allclose(t_cur, [0.5]) and np.testing.assert_allclose(s, [0.5])
