@@ -2,6 +2,7 @@
 
 import types
 
+import jax
 from flax import nnx
 
 from jdistill.diffusion.denoisers import MLPDenoiser
@@ -28,7 +29,7 @@ def student_of(recipe, hidden=16, seed=3):
     model_config = types.SimpleNamespace(d_model=hidden, num_layers=1)
     student = recipe.wraps_student()(model_config, nnx.Rngs(seed))
     graphdef, params = nnx.split(student)
-    params, state = recipe.init(params, None, None)
+    params, state = recipe.init(params, None, jax.random.key(seed))
     return graphdef, params, state
 
 
