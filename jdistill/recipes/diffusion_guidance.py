@@ -24,7 +24,7 @@ from flax import nnx
 
 from jdistill.diffusion.denoisers import DiT, MLPDenoiser
 from jdistill.diffusion.methods import guidance
-from jdistill.diffusion.methods.guidance_modules import LoRADenoiser, PlugAndPlayDenoiser, path_name
+from jdistill.diffusion.methods.wrappers import LoRADenoiser, PlugAndPlayDenoiser, path_name
 from jdistill.diffusion.samplers import make_sampler
 from jdistill.diffusion.schedules import predict
 from jdistill.errors import ConfigError

@@ -45,7 +45,7 @@ def test_each_variant_starts_as_the_conditional_teacher_and_trains_only_its_part
 
 
 def r_name(path):
-    from jdistill.diffusion.methods.guidance_modules import path_name
+    from jdistill.diffusion.methods.wrappers import path_name
 
     return path_name(path)
 

@@ -1,4 +1,5 @@
-"""Denoisers built around a frozen teacher for guidance distillation (`guidance.py`): LoRA and plug-and-play.
+"""Denoisers built around a frozen teacher: LoRA and plug-and-play for guidance distillation (`guidance.py`), and the
+per-step parameters of a distilled ODE solver (`solvers.py`, D-ODE).
 
 Both are called like every denoiser, `model(x, t, labels=None, guidance_scale=None) -> raw`, and pass through the
 attributes samplers read (`schedule`, `num_classes`, `null_label`, `sample_shape`, `guidance_conditioning`). Which
@@ -94,3 +95,16 @@ class PlugAndPlayDenoiser(_Wrapped):
             return raw
         scale = jnp.broadcast_to(jnp.asarray(guidance_scale, jnp.float32), x.shape[:1])
         return plug_and_play_output(raw, self.guide(x, t, labels, scale), scale - 1.0).astype(raw.dtype)
+
+
+class DODEDenoiser(_Wrapped):
+    """The base denoiser unchanged, plus D-ODE's `lambdas [steps]` (zero: the base solver), which
+    `solvers.dode_sample` uses on the `steps`-step grid."""
+
+    def __init__(self, base, steps: int):
+        self.base = base
+        self.guidance_conditioning = base.guidance_conditioning
+        self.lambdas = nnx.Param(jnp.zeros((steps,)))
+
+    def __call__(self, x, t, labels=None, guidance_scale=None):
+        return self.base(x, t, labels, guidance_scale)
