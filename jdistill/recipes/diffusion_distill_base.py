@@ -80,8 +80,13 @@ class DiffusionDistillation(DiffusionTeacher):
             raise ConfigError(f"distill.options.teacher_run: {error}") from None
 
     @property
-    def schedule(self) -> Schedule:
+    def teacher_schedule(self) -> Schedule:
         return self.teacher().schedule
+
+    @property
+    def schedule(self) -> Schedule:
+        """The student's schedule: the teacher's unless a method changes the path (reflow's rectified flow)."""
+        return self.teacher_schedule
 
     @property
     def conditional(self) -> bool:
@@ -103,14 +108,15 @@ class DiffusionDistillation(DiffusionTeacher):
         """`x0_fn(x, t)` of the teacher, classifier-free guided with `scale` (a number or `[batch]`; default
         `teacher_guidance_scale`): x_u + scale (x_c - x_u), one batched pass over both branches."""
         scale = self.teacher_guidance_scale if scale is None else scale
+        schedule = self.teacher_schedule
         if labels is None or (isinstance(scale, int | float) and scale == 1.0):
-            return lambda x, t: predict(self.schedule, teacher, x, t, labels).x0
+            return lambda x, t: predict(schedule, teacher, x, t, labels).x0
         null = jnp.full_like(labels, teacher.null_label)
 
         def guided(x, t):
             t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
             doubled = (jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels, null]))
-            conditional, unconditional = jnp.split(predict(self.schedule, teacher, *doubled).x0, 2)
+            conditional, unconditional = jnp.split(predict(schedule, teacher, *doubled).x0, 2)
             return guided_target(conditional, unconditional, jnp.asarray(scale) - 1.0)
 
         return guided

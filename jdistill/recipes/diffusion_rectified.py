@@ -8,9 +8,12 @@
     shortcut  a step-size-conditioned velocity u(x, t, h), u(., 0) distilled from the teacher's velocity and
               u(., 2h) from two of its own h steps (Frans et al. 2025; the pre-trained-flow variant of Zhang et al.)
 
-The couplings are drawn once, at `init`: `num_couplings` noises z, the teacher's Euler ODE from each with
-`coupling_steps` steps (class labels cycling over the classes for a conditional teacher), every state kept
-(`state["couplings"]`: noise, trajectory `[coupling_steps + 1, n, ...]`, labels). Each step draws a batch of them.
+The student is a rectified flow whatever the teacher's family: an EDM or VP teacher is read on the flow path through
+the time change t = sigma / (alpha + sigma) (`methods.rectified.x0_in_flow_time`), so its ODE, its couplings and its
+velocities are the flow's. The couplings are drawn once, at `init`: `num_couplings` noises z, the teacher's DDIM
+solve from each along its own `coupling_steps`-step grid (class labels cycling over the classes for a conditional
+teacher), every state kept (`state["couplings"]`: noise, trajectory `[coupling_steps + 1, n, ...]` in flow space,
+labels). Each step draws a batch of them.
 The shortcut student takes the step size through the denoiser's scalar conditioning input (the one a guidance-
 distilled student uses for its scale), its embedding zeroed at the start so that h has no effect until trained.
 """
@@ -22,12 +25,12 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jdistill.diffusion.methods import rectified as rf
 from jdistill.diffusion.methods.common import teacher_trajectory
-from jdistill.diffusion.schedules import RectifiedFlow, predict
-from jdistill.errors import ConfigError
+from jdistill.diffusion.schedules import Schedule, predict
 from jdistill.recipes.diffusion_distill_base import DiffusionDistillation
 
 VARIANTS = ("reflow", "slimflow", "traflow", "shortcut")
@@ -65,10 +68,26 @@ class DiffusionRectified(DiffusionDistillation):
         if self.shortcut_levels < 1:
             raise ValueError(f"shortcut_levels must be >= 1, got {self.shortcut_levels}")
 
-    def check(self, config):
-        super().check(config)
-        if not isinstance(self.schedule, RectifiedFlow):
-            raise ConfigError(f"recipe {self.name!r} distils a rectified flow: the teacher run is {self.schedule.name}")
+    @property
+    def schedule(self) -> Schedule:
+        return rf.FLOW
+
+    @property
+    def coupling_grid(self) -> np.ndarray:
+        """The teacher's own `coupling_steps` grid in flow time, from its noise end to 0."""
+        teacher = self.teacher_schedule
+        with jax.ensure_compile_time_eval():  # a constant, also when asked while tracing
+            return np.asarray(rf.flow_time(teacher, np.asarray(teacher.timesteps(self.coupling_steps))), np.float64)
+
+    def flow_x0(self, teacher_model, labels):
+        """The teacher's x0 prediction at flow-path points (x_t, t)."""
+        t_max = float(self.coupling_grid[0])
+        return rf.x0_in_flow_time(self.teacher_x0(teacher_model, labels), self.teacher_schedule, t_max)
+
+    def teacher_velocity(self, teacher_model, labels):
+        """The teacher's velocity on the flow path, (x_t - x0) / t."""
+        x0_fn = self.flow_x0(teacher_model, labels)
+        return lambda x, t: rf.FLOW.velocity_from_x0(x, t, x0_fn(x, t))
 
     # ---- students ----
     @property
@@ -90,14 +109,14 @@ class DiffusionRectified(DiffusionDistillation):
     def make_couplings(self, state, rng):
         """{"noise", "trajectory", "labels"}: the teacher's Euler ODE from `num_couplings` noises, in batches."""
         teacher = self.teacher_module(state)
-        grid = self.schedule.timesteps(self.coupling_steps)
+        grid = self.coupling_grid
         shape = (self.num_couplings, *teacher.sample_shape)
         noise = jax.random.normal(rng, shape)
         labels = jnp.arange(self.num_couplings) % teacher.num_classes if self.conditional else None
 
         @jax.jit
-        def solve(noise, labels):
-            return teacher_trajectory(self.teacher_x0(teacher, labels), noise, grid, self.schedule)
+        def solve(noise, labels):  # from x_{t0} = t0 z: the data term (1 - t0) x0 is below the teacher's noise end
+            return teacher_trajectory(self.flow_x0(teacher, labels), grid[0] * noise, grid, self.schedule)
 
         chunks = []
         for start in range(0, self.num_couplings, 1024):
@@ -135,7 +154,7 @@ class DiffusionRectified(DiffusionDistillation):
             beta = rf.annealing_beta(step, int(self.anneal_fraction * total))
             reflow_noise = rf.annealed_noise(noise, jax.random.normal(keys[2], noise.shape), beta)
             t_mid = jax.random.uniform(keys[3], (batch_size,), minval=0.2, maxval=0.8)
-            guide = rf.two_step_prediction(self.velocity(teacher_model, labels), noise, t_mid)
+            guide = rf.two_step_prediction(self.teacher_velocity(teacher_model, labels), noise, t_mid)
             distill = rf.flow_guided_distillation_loss(one_step, x_data, guide, guide_weight=self.guide_weight)
         t = jax.random.uniform(keys[1], (batch_size,))
         x_t = rf.interpolate(x_data, reflow_noise, t)
@@ -147,14 +166,14 @@ class DiffusionRectified(DiffusionDistillation):
     def _traflow(self, student, teacher_model, trajectory, labels, key):
         steps = trajectory.shape[0] - 1
         batch_size = trajectory.shape[1]
-        grid = jnp.asarray(self.schedule.timesteps(self.coupling_steps), jnp.float32)
+        grid = jnp.asarray(self.coupling_grid, jnp.float32)
         index_key, u_key = jax.random.split(key)
         index = jax.random.randint(index_key, (batch_size,), 0, steps)
         x_t, t = trajectory[index, jnp.arange(batch_size)], grid[index]
         u = t * jax.random.uniform(u_key, (batch_size,))
         total, terms = rf.traflow_loss(
             self.velocity(student, labels),
-            self.velocity(teacher_model, labels),
+            self.teacher_velocity(teacher_model, labels),
             x_t,
             t,
             u,
@@ -172,7 +191,7 @@ class DiffusionRectified(DiffusionDistillation):
         x_t = rf.interpolate(x_data, noise, t)
         zero = jnp.zeros((batch_size,))
         at_zero = predict(self.schedule, student, x_t, t, labels, zero).velocity
-        flow = self.velocity(teacher_model, labels)(x_t, t)
+        flow = self.teacher_velocity(teacher_model, labels)(x_t, t)
         t2, h = rf.shortcut_steps(keys[3], batch_size, self.shortcut_levels)
         x2 = rf.interpolate(x_data, noise, t2)
         at_2h = predict(self.schedule, student, x2, t2, labels, 2.0 * h).velocity

@@ -29,7 +29,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from jdistill.diffusion.methods.common import regression_loss
-from jdistill.diffusion.schedules import RectifiedFlow, expand_to
+from jdistill.diffusion.schedules import EDM, VP, RectifiedFlow, Schedule, expand_to
 
 VelocityFn = Callable[[Array, Array], Array]
 StepVelocityFn = Callable[[Array, Array, Array], Array]
@@ -41,6 +41,43 @@ FLOW = RectifiedFlow()
 def interpolate(x0: ArrayLike, noise: ArrayLike, t: ArrayLike) -> Array:
     """x_t = (1 - t) x0 + t z, `t [batch]` (the rectified-flow schedule's `add_noise`)."""
     return FLOW.add_noise(jnp.asarray(x0), jnp.asarray(noise), jnp.asarray(t))
+
+
+def flow_time(schedule: Schedule, tau: ArrayLike) -> Array:
+    """The rectified-flow time of the schedule's time tau: t = sigma / (alpha + sigma) (the same signal-to-noise
+    ratio: x_tau = alpha x0 + sigma z is (alpha + sigma) times the flow's x_t = (1 - t) x0 + t z)."""
+    alpha, sigma = schedule.alpha(jnp.asarray(tau)), schedule.sigma(jnp.asarray(tau))
+    return sigma / (alpha + sigma)
+
+
+def schedule_time(schedule: Schedule, t: ArrayLike) -> Array:
+    """The inverse of `flow_time`: the schedule's time with sigma / alpha = t / (1 - t) (EDM: sigma itself; VP with
+    linear betas: the root of beta_min tau + (beta_max - beta_min) tau^2 / 2 = log(1 + r^2)); `t` in [0, 1)."""
+    t = jnp.asarray(t, jnp.float32)
+    ratio = t / (1.0 - t)
+    if isinstance(schedule, RectifiedFlow):
+        return t
+    if isinstance(schedule, EDM):
+        return ratio
+    if isinstance(schedule, VP):
+        a, b = 0.5 * (schedule.beta_max - schedule.beta_min), schedule.beta_min
+        c = jnp.log1p(ratio**2)
+        return (-b + jnp.sqrt(b**2 + 4.0 * a * c)) / (2.0 * a) if a > 0 else c / b
+    raise ValueError(f"no flow-time map for schedule {schedule.name!r}")
+
+
+def x0_in_flow_time(x0_fn: Callable[[Array, Array], Array], schedule: Schedule, t_max: float):
+    """A teacher's data prediction at a point (x_t, t) of the rectified-flow path, for a teacher of any Gaussian
+    path: x0 = x0_fn((alpha + sigma) x_t, tau) with tau = `schedule_time(t)`. Times above `t_max` (the teacher's
+    noise end in flow time) are evaluated at t_max, where the teacher was trained."""
+
+    def flow_x0(x, t):
+        x = jnp.asarray(x)
+        tau = schedule_time(schedule, jnp.minimum(jnp.asarray(t, jnp.float32), t_max))
+        scale = expand_to(schedule.alpha(tau) + schedule.sigma(tau), x)
+        return x0_fn(scale * x, tau)
+
+    return flow_x0
 
 
 def euler_step(v_fn: VelocityFn, x: ArrayLike, t: ArrayLike, s: ArrayLike) -> Array:

@@ -3,8 +3,10 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jdistill.diffusion.methods import rectified as rf
+from tests.diffusion.methods.paths import FAMILIES, gaussian_x0
 
 RNG = np.random.default_rng(4)
 POINT = jnp.asarray(RNG.normal(size=(1, 3)), jnp.float32)
@@ -137,3 +139,17 @@ def test_shortcut_steps_lie_on_the_grid_of_their_step_size():
     assert np.all(t - 2 * h >= -1e-7) and np.all(t <= 1 + 1e-7)
     np.testing.assert_allclose(np.round(t / (2 * h)), t / (2 * h), atol=1e-5)
     assert np.any(t == 1.0) and np.any(np.isclose(t, 2 * h))
+
+
+@pytest.mark.parametrize("family", ["edm", "vp", "flow"])
+def test_any_gaussian_path_is_a_rectified_flow_after_a_time_change(family):
+
+    schedule = FAMILIES[family]
+    tau = jnp.asarray([0.05, 0.3, 0.7, 0.9] if family != "edm" else [0.01, 0.5, 3.0, 40.0])
+    t = rf.flow_time(schedule, tau)
+    np.testing.assert_allclose(rf.schedule_time(schedule, t), tau, rtol=2e-3)
+    # The exact denoiser of Gaussian data read through the map is the flow path's exact denoiser.
+    x = jnp.asarray(RNG.normal(size=(4, 3)), jnp.float32)
+    t_flow = jnp.asarray([0.1, 0.4, 0.6, 0.8])
+    via_map = rf.x0_in_flow_time(gaussian_x0(0.7, family), schedule, 1.0)(x, t_flow)
+    np.testing.assert_allclose(via_map, gaussian_x0(0.7, "flow")(x, t_flow), rtol=2e-3, atol=1e-5)
