@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdistill.diffusion.methods.guidance import plug_and_play_output
+from jdistill.nn.params import param
 
 
 def path_name(path) -> str:
@@ -60,10 +61,14 @@ class LoRADenoiser(_Wrapped):
             if path_name(path).endswith("kernel") and value.ndim == 2
         ]
         self.paths = tuple(name for name, _ in kernels)
+        # Logical axes: the factors' outer dimensions as the model width, the rank replicated.
         self.lora_a = nnx.List(
-            [nnx.Param(jax.random.normal(rngs.params(), (d_in, rank)) / math.sqrt(d_in)) for _, (d_in, _) in kernels]
+            [
+                param(jax.random.normal(rngs.params(), (d_in, rank)) / math.sqrt(d_in), ("embed", "projection"))
+                for _, (d_in, _) in kernels
+            ]
         )
-        self.lora_b = nnx.List([nnx.Param(jnp.zeros((rank, d_out))) for _, (_, d_out) in kernels])
+        self.lora_b = nnx.List([param(jnp.zeros((rank, d_out)), ("projection", "embed")) for _, (_, d_out) in kernels])
 
     def __call__(self, x, t, labels=None, guidance_scale=None):
         graphdef, state = nnx.split(self.base)
@@ -104,7 +109,7 @@ class DODEDenoiser(_Wrapped):
     def __init__(self, base, steps: int):
         self.base = base
         self.guidance_conditioning = base.guidance_conditioning
-        self.lambdas = nnx.Param(jnp.zeros((steps,)))
+        self.lambdas = param(jnp.zeros((steps,)), ("layers",))  # a per-step table, replicated
 
     def __call__(self, x, t, labels=None, guidance_scale=None):
         return self.base(x, t, labels, guidance_scale)
