@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     importlib.import_module("jdistill.data.cli").register(sub)
     importlib.import_module("jdistill.bench.data").register(bench_sub)
     register_llm_kd(bench_sub)
+    importlib.import_module("jdistill.bench.diffusion_cli").register(bench_sub)
     return parser
 
 

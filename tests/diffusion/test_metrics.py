@@ -152,6 +152,8 @@ def test_knn_radius_is_the_kth_neighbour_excluding_the_point_itself():
     points = np.array([[0.0], [1.0], [3.0], [7.0]])
     np.testing.assert_allclose(metrics.knn_radii(points, 1), [1.0, 1.0, 4.0, 16.0])
     np.testing.assert_allclose(metrics.knn_radii(points, 2), [9.0, 4.0, 9.0, 36.0])
+    # A ball is closed (the paper's <=): -1 lies on the boundary of the ball around 0 (radius 1) and in no other.
+    assert metrics.coverage(np.array([[-1.0], [-1.01]]), points, metrics.knn_radii(points, 1)) == 0.5
 
 
 def test_precision_and_recall_limits():

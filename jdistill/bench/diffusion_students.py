@@ -1,0 +1,32 @@
+"""The students `jdistill bench diffusion` measures: one entry per distillation method (docs/diffusion_metrics.md).
+
+An entry maps the method's name (its key under "students" in the JSON) to a `Student`:
+
+    "progressive": Student("jdistill.diffusion.methods.progressive:bench_student"),
+    "reflow": Student("jdistill.diffusion.methods.rectified:bench_reflow", data=("digits", "toy2d")),
+
+`build` names a function `(context: jdistill.bench.diffusion.BenchContext, data: str, seed: int) -> Generator`
+(imported only when the benchmark runs): it trains or loads the student distilled from `context.teacher(data)`
+with `seed` (caching its run under `context.student_dir(name, data, seed)`), and returns a
+`jdistill.bench.diffusion.Generator` (`denoiser_generator(model, schedule, sampler=...)` for a denoiser with one of
+the library's samplers). `data`: "digits" and / or "toy2d"; `nfes`: the step counts to measure.
+This module imports nothing heavy, so adding an entry is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+STUDENT_NFES = (1, 2, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    build: str  # "package.module:function"
+    data: tuple[str, ...] = ("digits",)
+    nfes: tuple[int, ...] = STUDENT_NFES
+
+
+STUDENTS: dict[str, Student] = {
+    # one line per method, e.g. "progressive": Student("jdistill.diffusion.methods.progressive:bench_student"),
+}
