@@ -14,8 +14,9 @@ from pathlib import Path
 
 import jax
 
-# name -> (preset, recipe options); the benchmark's registry (`jdistill.bench.diffusion_students`) names the builders.
-METHODS: dict[str, tuple[str, dict]] = {
+# name -> (preset, recipe options[, other config overrides]); the benchmark's registry
+# (`jdistill.bench.diffusion_students`) names the builders.
+METHODS: dict[str, tuple] = {
     "progressive": ("diffusion_progressive", {}),
     "consistency": ("diffusion_cd", {"variant": "cd"}),
     "consistency_training": ("diffusion_cd", {"variant": "ct"}),
@@ -27,7 +28,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     "traflow": ("diffusion_reflow", {"variant": "traflow"}),
     "shortcut": ("diffusion_reflow", {"variant": "shortcut"}),
     "sfd": ("diffusion_sfd", {"variant": "sfd"}),
-    "dode": ("diffusion_sfd", {"variant": "dode"}),
+    "dode": ("diffusion_sfd", {"variant": "dode"}, ("student.train.learning_rate=0.01", "student.train.steps=200")),
     "guidance": ("diffusion_guidance", {"variant": "student"}),
 }
 
@@ -46,10 +47,10 @@ def _train_or_load(context, name: str, data: str, seed: int):
             return load_denoiser(run_dir)
         except RunDirError:
             pass  # an interrupted run: resumed below
-    preset, options = METHODS[name]
+    preset, options, *extra = METHODS[name]
     teacher = context.teacher(data)
     overrides = [f"seed={seed}", f"distill.options.teacher_run={context.teacher_dirs[data]}"]
-    overrides += [f"distill.options.{key}={value}" for key, value in options.items()]
+    overrides += [f"distill.options.{key}={value}" for key, value in options.items()] + list(extra[0] if extra else ())
     if data == "toy2d":
         overrides += [f"distill.options.data={context.toy}", "distill.options.class_conditional=false"]
     config = load_config(preset, overrides)

@@ -17,7 +17,7 @@ def test_every_registered_method_has_a_builder_and_a_preset():
         module, _, function = student.build.partition(":")
         if module == bench_students.__name__:
             assert callable(getattr(importlib.import_module(module), function)), name
-            preset, options = bench_students.METHODS[function]
+            preset, options, *_ = bench_students.METHODS[function]
             config = load_config(preset, [f"distill.options.{key}={value}" for key, value in options.items()])
             assert config.distill.options["variant" if options else "teacher_run"] is not None
 
