@@ -24,17 +24,22 @@ def install(monkeypatch, schedule, *, hidden=16, seed=0, images=False):
         model = MLPDenoiser(schedule, hidden=hidden, num_layers=1, rngs=nnx.Rngs(seed))
     # Every parameter perturbed, so the zero-initialised layers (output, adaLN-Zero modulation) take part as in a
     # trained teacher.
-    state = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    noisy = [leaf + 0.2 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys, strict=True)]
-    nnx.update(model, jax.tree.unflatten(treedef, noisy))
+    nnx.update(model, _perturbed(nnx.state(model, nnx.Param), jax.random.key(seed + 1)))
     data = "images" if images else "8gaussians"
     config = types.SimpleNamespace(distill=types.SimpleNamespace(options={"data": data}))
     teacher = TrainedDenoiser(model, schedule, config, 0)
     monkeypatch.setattr(base, "trained_teacher", lambda run_dir: teacher)
     monkeypatch.setattr(base, "_teacher_graphdef", lambda run_dir: nnx.split(teacher.model)[0])
     return teacher
+
+
+@jax.jit
+def _perturbed(state, key):
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    )
 
 
 def student_of(recipe, hidden=16, seed=3, images=False):

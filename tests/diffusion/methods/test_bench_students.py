@@ -2,6 +2,7 @@ import importlib
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from jdistill.bench.diffusion_students import STUDENTS
 from jdistill.diffusion.methods import bench_students
@@ -22,6 +23,7 @@ def test_every_registered_method_has_a_builder_and_a_preset():
             assert config.distill.options["variant" if options else "teacher_run"] is not None
 
 
+@pytest.mark.slow
 def test_generator_draws_with_the_recipes_sampler(monkeypatch):
     fake_teacher.install(monkeypatch, RectifiedFlow())
     recipe = DiffusionConsistency(teacher_run="fake", data="8gaussians", class_conditional=False, num_steps=8)

@@ -81,7 +81,7 @@ def test_deterministic_strategic_sampling_is_ddim():
 def test_tdd_targets_come_from_the_predefined_schedules():
     schedules = tc.tdd_schedules((2, 4), t_max=1.0)
     np.testing.assert_allclose(schedules, [[1, 0.5, 0, 0, 0], [1, 0.75, 0.5, 0.25, 0]], atol=1e-7)
-    t_cur = jnp.asarray(RNG.uniform(0.01, 1.0, 2000), jnp.float32)
+    t_cur = jnp.asarray(RNG.uniform(0.01, 1.0, 600), jnp.float32)
     target = np.asarray(tc.tdd_target_times(jax.random.key(3), t_cur, schedules))
     t_np = np.asarray(t_cur)
     below_half = np.where(t_np > 0.5, 0.5, 0.0)
@@ -89,7 +89,7 @@ def test_tdd_targets_come_from_the_predefined_schedules():
     assert np.all((target == below_half) | (target == below_quarter))
     assert np.all(target < t_np)
     picked_coarse = (target == below_half) & (below_half != below_quarter)
-    assert 0.3 < picked_coarse.mean() / (below_half != below_quarter).mean() < 0.7
+    assert 0.25 < picked_coarse.mean() / (below_half != below_quarter).mean() < 0.75
     jittered = np.asarray(tc.tdd_target_times(jax.random.key(3), t_cur, schedules, tolerance=0.1))
     assert np.all(jittered <= target) and np.all(jittered >= np.maximum(target - 0.1, 0.0) - 1e-7)
     assert np.mean(jittered < target) > 0.5

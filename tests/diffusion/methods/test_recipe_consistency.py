@@ -31,6 +31,7 @@ def loss_and_grads(r, params, state, graphdef, epoch=0.0, seed=0):
     return jax.value_and_grad(f)(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_from_the_teacher(monkeypatch, variant):
     fake_teacher.install(monkeypatch, EDM())

@@ -13,6 +13,7 @@ def recipe(**options):
     return DiffusionGuidance(**{"teacher_run": "fake", "guide_d_model": 8, **options})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_each_variant_starts_as_the_conditional_teacher_and_trains_only_its_part(monkeypatch, variant):
     teacher = fake_teacher.install(monkeypatch, EDM(), images=True)
@@ -50,6 +51,7 @@ def r_name(path):
     return path_name(path)
 
 
+@pytest.mark.slow
 def test_a_perfect_student_has_zero_loss(monkeypatch):
     # The teacher itself answers every w with (1 + w) x_c - w x_u when it is guided explicitly.
     teacher = fake_teacher.install(monkeypatch, EDM(), images=True)
@@ -58,3 +60,39 @@ def test_a_perfect_student_has_zero_loss(monkeypatch):
     value = r.loss(nnx.merge(graphdef, params), None, state, fake_teacher.batch(images=True), jax.random.key(0))[0]
     assert float(value) < 1e-10  # w = 0: the conditional teacher, which LoRA at B = 0 is
     del teacher
+
+
+# Parameter paths of the four student modules (a guidance-conditioned DiT, LoRA and plug-and-play wrappers).
+PATHS = {
+    "student": ["blocks/0/attention/q/kernel", "condition/guidance/out/kernel", "out/kernel"],
+    "adapter": ["blocks/0/attention/q/kernel", "condition/guidance/out/kernel", "condition/time/out/kernel"],
+    "lora": ["base/blocks/0/mlp/up/kernel", "lora_a/0", "lora_b/0"],
+    "guide": ["base/out/kernel", "guide/out/kernel", "guide/condition/guidance/hidden/bias"],
+}
+TRAINABLE = {
+    "student": set(PATHS["student"]),
+    "adapter": {"condition/guidance/out/kernel"},
+    "lora": {"lora_a/0", "lora_b/0"},
+    "guide": {"guide/out/kernel", "guide/condition/guidance/hidden/bias"},
+}
+
+
+def nested(paths):
+    tree: dict = {}
+    for path in paths:
+        node = tree
+        *parents, leaf = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.ones((2,))
+    return tree
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_variants_own_parameters_receive_gradient(monkeypatch, variant):
+    fake_teacher.install(monkeypatch, EDM())
+    r = recipe(variant=variant)
+    params = nested(PATHS[variant])
+    grads = jax.grad(lambda p: sum(jnp.sum(leaf) for leaf in jax.tree.leaves(r.forward_params(p))))(params)
+    flowing = {r_name(path) for path, g in jax.tree_util.tree_flatten_with_path(grads)[0] if float(jnp.abs(g).max())}
+    assert flowing == TRAINABLE[variant]

@@ -37,7 +37,8 @@ def test_rounds_halve_the_student_steps_on_nested_grids(monkeypatch):
         np.testing.assert_allclose(s, grid[index + stride], atol=1e-6)
 
 
-def test_loss_trains_and_the_student_becomes_the_next_teacher(monkeypatch):
+@pytest.mark.slow
+def test_loss_trains(monkeypatch):
     fake_teacher.install(monkeypatch, VP())
     r = recipe()
     graphdef, params, state = fake_teacher.student_of(r)
@@ -48,6 +49,12 @@ def test_loss_trains_and_the_student_becomes_the_next_teacher(monkeypatch):
     value, grads = jax.value_and_grad(f)(params)
     assert np.isfinite(float(value)) and float(value) > 0
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 0
+
+
+def test_the_student_becomes_the_next_teacher_at_each_round_end(monkeypatch):
+    fake_teacher.install(monkeypatch, VP())
+    r = recipe()
+    _, params, state = fake_teacher.student_of(r)
     moved = jax.tree.map(lambda p: p + 1.0, params)
     inside = r.after_update(state, moved, 7)
     boundary = r.after_update(state, moved, 10)
@@ -60,6 +67,7 @@ def test_loss_trains_and_the_student_becomes_the_next_teacher(monkeypatch):
         np.testing.assert_array_equal(final, old)  # no round starts after the last one
 
 
+@pytest.mark.slow
 def test_sampler_and_options(monkeypatch):
     fake_teacher.install(monkeypatch, VP())
     r = recipe()

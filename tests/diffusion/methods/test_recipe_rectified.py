@@ -26,6 +26,7 @@ def recipe(**options):
     return DiffusionRectified(**{**defaults, **options})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_and_samples(monkeypatch, variant):
     fake_teacher.install(monkeypatch, RectifiedFlow())
@@ -54,6 +55,7 @@ def test_couplings_are_the_teachers_ode(monkeypatch):
     np.testing.assert_allclose(couplings["trajectory"][:, :5], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_phase_switch_and_shortcut_student_start(monkeypatch):
     teacher = fake_teacher.install(monkeypatch, RectifiedFlow())
     r = recipe(variant="reflow", reflow_fraction=0.5)
@@ -72,6 +74,7 @@ def test_phase_switch_and_shortcut_student_start(monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_edm_teachers_couplings_are_its_own_ddim_solve(monkeypatch):
     teacher = fake_teacher.install(monkeypatch, EDM())
     r = recipe()

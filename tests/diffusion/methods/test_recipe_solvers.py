@@ -27,6 +27,7 @@ def loss_and_grads(r, graphdef, params, state):
     return jax.value_and_grad(f)(params)
 
 
+@pytest.mark.slow
 def test_sfd_is_zero_for_the_teacher_with_one_substep_and_trains_otherwise(monkeypatch):
     fake_teacher.install(monkeypatch, VP())
     graphdef, params, state = fake_teacher.student_of(recipe(substeps=1))
@@ -42,6 +43,7 @@ def test_sfd_is_zero_for_the_teacher_with_one_substep_and_trains_otherwise(monke
         r.student_sampler(nnx.merge(graphdef, params), 3)
 
 
+@pytest.mark.slow
 def test_dode_trains_only_its_lambdas_and_starts_as_ddim(monkeypatch):
     teacher = fake_teacher.install(monkeypatch, VP())
     r = recipe(variant="dode")
@@ -62,3 +64,13 @@ def test_bad_options(monkeypatch):
     for bad in ({"variant": "dpm"}, {"teacher_steps": 2}, {"rollout": "mixed"}):
         with pytest.raises(ValueError):
             recipe(**bad)
+
+
+def test_dode_freezes_everything_but_its_lambdas(monkeypatch):
+    fake_teacher.install(monkeypatch, VP())
+    r = recipe(variant="dode")
+    _, params, _ = fake_teacher.student_of(r)
+    grads = jax.grad(lambda p: sum(jnp.sum(leaf) for leaf in jax.tree.leaves(r.forward_params(p))))(params)
+    moving = {path_name(p) for p, g in jax.tree_util.tree_flatten_with_path(grads)[0] if float(jnp.abs(g).max()) > 0}
+    assert moving == {"lambdas"}
+    np.testing.assert_array_equal(params["lambdas"][...], 0.0)
