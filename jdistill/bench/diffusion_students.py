@@ -27,6 +27,21 @@ class Student:
     nfes: tuple[int, ...] = STUDENT_NFES
 
 
+_TRAJECTORY = "jdistill.diffusion.methods.bench_students"  # the trajectory family (docs/diffusion_methods.md)
+
 STUDENTS: dict[str, Student] = {
     # one line per method, e.g. "progressive": Student("jdistill.diffusion.methods.progressive:bench_student"),
+    "progressive": Student(f"{_TRAJECTORY}:progressive", data=("digits", "toy2d")),
+    "consistency": Student(f"{_TRAJECTORY}:consistency", data=("digits", "toy2d")),
+    "consistency_training": Student(f"{_TRAJECTORY}:consistency_training"),
+    "tcd": Student(f"{_TRAJECTORY}:tcd", data=("digits", "toy2d")),
+    "tdd": Student(f"{_TRAJECTORY}:tdd"),
+    "hyper_sd": Student(f"{_TRAJECTORY}:hyper_sd", data=("digits", "toy2d")),
+    "image_free_cm": Student(f"{_TRAJECTORY}:image_free_cm"),
+    "reflow": Student(f"{_TRAJECTORY}:reflow", data=("digits", "toy2d")),
+    "traflow": Student(f"{_TRAJECTORY}:traflow"),
+    "shortcut": Student(f"{_TRAJECTORY}:shortcut"),
+    "sfd": Student(f"{_TRAJECTORY}:sfd", nfes=(4,)),
+    "dode": Student(f"{_TRAJECTORY}:dode", nfes=(4,)),
+    "guidance": Student(f"{_TRAJECTORY}:guidance"),
 }
