@@ -3,8 +3,9 @@ checkpoint folder, or RUN_DIR/STAGE, a stage of an earlier run).
 
 The model's architecture is the checkpoint's: `resolve_init_from(config)` replaces the stage's `model` by the
 checkpoint's model config, keeping from the config only how the model runs (`RUNTIME_FIELDS`: dtype,
-rematerialisation, kernels, and for LMs `max_seq_len`). A field the config sets to something other than both its
-default and the checkpoint's value is a one-line error naming it; a field left at its default takes the checkpoint's.
+rematerialisation, kernels, the MoE dispatch, and for LMs `max_seq_len`). A field the config sets to something
+other than both its default and the checkpoint's value is a one-line error naming it; a field left at its default
+takes the checkpoint's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jdistill.models import Transformer
 from jdistill.models.config import ModelConfig
 
 ROLES = ("teacher", "student")
-RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "delta_rule_impl")
+RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "delta_rule_impl", "moe_dispatch")
 
 
 def checkpoint_model(spec: str, role: str) -> tuple[ModelConfig, str]:
