@@ -1,4 +1,7 @@
-"""Mixture-of-experts layer: routing, dropless dispatch (ragged == one-hot == numpy), aux losses, the module."""
+"""Mixture-of-experts layer: routing, dropless dispatch (ragged_dot == blocked == one-hot == numpy), aux losses,
+the module."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +16,9 @@ from jdistill.nn.moe import MoE
 
 # One compiled function each (eager dispatch compiles every small op separately).
 route = jax.jit(moe_lib.route, static_argnums=(1, 2))
-moe_ragged, moe_one_hot = jax.jit(moe_lib.moe_ragged), jax.jit(moe_lib.moe_one_hot)
+ragged_dot = jax.jit(functools.partial(moe_lib.moe_ragged, impl="ragged_dot"))
+blocked = jax.jit(functools.partial(moe_lib.moe_ragged, impl="blocked"))
+moe_one_hot = jax.jit(moe_lib.moe_one_hot)
 load_balancing_loss = jax.jit(moe_lib.load_balancing_loss, static_argnums=2)
 router_z_loss = jax.jit(moe_lib.router_z_loss)
 
@@ -87,12 +92,20 @@ def test_ragged_and_one_hot_equal_the_numpy_combine(tokens, num_experts, k, norm
     x, logits, w_gate, w_up, w_down = _problem(tokens, 8, 6, num_experts, k, seed)
     weights, experts = route(jnp.asarray(logits), k, norm)
     expected = _numpy_moe(x, np.asarray(weights), np.asarray(experts), w_gate, w_up, w_down)
-    for dispatch in (moe_ragged, moe_one_hot):
+    for dispatch in (ragged_dot, blocked, moe_one_hot):
         np.testing.assert_allclose(dispatch(x, weights, experts, w_gate, w_up, w_down), expected, atol=2e-5)
 
 
+def test_blocked_dispatch_spans_several_blocks_per_expert():
+    x, logits, w_gate, w_up, w_down = _problem(64, 8, 6, 4, 2, seed=1)
+    assert moe_lib.block_size(128, 4) == 16  # ~32 assignments per expert: two or three blocks each
+    weights, experts = route(jnp.asarray(logits), 2, True)
+    expected = _numpy_moe(x, np.asarray(weights), np.asarray(experts), w_gate, w_up, w_down)
+    np.testing.assert_allclose(blocked(x, weights, experts, w_gate, w_up, w_down), expected, atol=2e-5)
+
+
 def test_ragged_gradients_equal_one_hot():
-    x, logits, w_gate, w_up, w_down = _problem(13, 8, 6, 5, 2, seed=3)
+    x, logits, w_gate, w_up, w_down = _problem(4, 8, 6, 5, 2, seed=3)
 
     def loss(dispatch, x, logits, w_gate, w_up, w_down):
         weights, experts = route(logits, 2, True)
@@ -100,14 +113,18 @@ def test_ragged_gradients_equal_one_hot():
         return jnp.sum(jnp.sin(y))  # a non-linear read-out: every output element gets its own cotangent
 
     args = tuple(map(jnp.asarray, (x, logits, w_gate, w_up, w_down)))
-    ragged = jax.grad(lambda *a: loss(moe_ragged, *a), argnums=(0, 1, 2, 3, 4))(*args)
-    one_hot = jax.grad(lambda *a: loss(moe_one_hot, *a), argnums=(0, 1, 2, 3, 4))(*args)
-    for a, b in zip(ragged, one_hot, strict=True):
-        assert np.abs(np.asarray(b)).max() > 0
-        np.testing.assert_allclose(a, b, atol=2e-5)
+    grads = {
+        name: jax.jit(jax.grad(lambda *a, fn=fn: loss(fn, *a), argnums=(0, 1, 2, 3, 4)))(*args)
+        for name, fn in (("ragged_dot", ragged_dot), ("blocked", blocked), ("one_hot", moe_one_hot))
+    }
     unused = np.setdiff1d(np.arange(5), np.asarray(route(args[1], 2, True)[1]))
-    for expert in unused:  # an expert no token chose gets a zero gradient
-        np.testing.assert_array_equal(ragged[2][expert], 0.0)
+    assert len(unused)  # seed 3 leaves expert 1 without tokens
+    for name in ("ragged_dot", "blocked"):
+        for a, b in zip(grads[name], grads["one_hot"], strict=True):
+            assert np.abs(np.asarray(b)).max() > 0
+            np.testing.assert_allclose(a, b, atol=2e-5, err_msg=name)
+        for expert in unused:  # an expert no token chose gets a zero gradient
+            np.testing.assert_array_equal(grads[name][2][expert], 0.0)
 
 
 def _numpy_load_balancing(probs, experts, num_experts):
