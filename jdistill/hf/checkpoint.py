@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 from safetensors import SafetensorError, safe_open
@@ -137,7 +138,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Tra
     config = model_config_from_hf(
         read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
     )
-    model = Transformer(config, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))  # shapes only: every weight is read
     load_weights(model, directory)
     return model
 
@@ -155,6 +156,8 @@ def load_weights(model: Transformer, path: str | os.PathLike) -> None:
         load_tensors(model, tensors, mappings)
     except ValueError as error:
         raise HFImportError(f"{directory}: {error}") from None
+    unread = [leaf for leaf in jax.tree.leaves(nnx.state(model)) if isinstance(leaf, jax.ShapeDtypeStruct)]
+    assert not unread, f"{len(unread)} parameters of an abstract model have no checkpoint tensor"
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, *, extra_config: dict | None = None) -> None:

@@ -109,7 +109,7 @@ def load_init_model(stage_config: Any, role: str) -> Transformer:
     if stage_config.init_from.startswith("hf:"):
         from jdistill.hf.checkpoint import load_weights
 
-        model = Transformer(model_config, rngs=nnx.Rngs(0))
+        model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))  # every weight is read
         try:
             load_weights(model, hf_dir(stage_config.init_from, f"{role}.init_from"))
         except HFImportError as error:

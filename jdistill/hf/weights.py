@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -134,7 +135,9 @@ def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], mappings: li
     for path, group in by_param.items():
         param = _param(model, path)
         whole = len(group) == 1 and group[0].columns is None and group[0].expert is None
-        current = None if whole else np.array(param[...])
+        # the parts (key and value columns, experts) cover the whole parameter: assembled from zeros, so that the
+        # model may be abstract (`nnx.eval_shape`: no random initialisation to overwrite)
+        current = None if whole else np.zeros(param.get_value().shape, np.float32)
         for mapping in group:
             raw = np.asarray(tensors[mapping.hf_name], np.float32)
             target = None if current is None else _part(current, mapping)  # a view into `current`
@@ -142,13 +145,13 @@ def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], mappings: li
                 value = _to_param_layout(raw, mapping)
             except IndexError:
                 value = None
-            if value is None or value.shape != (tuple(param[...].shape) if target is None else target.shape):
+            if value is None or value.shape != (tuple(param.get_value().shape) if target is None else target.shape):
                 raise ValueError(f"{mapping.hf_name}: shape {raw.shape} does not match the config")
             if target is None:
                 current = value
             else:
                 target[...] = value
-        param[...] = current
+        param.set_value(jnp.asarray(current))
 
 
 def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
