@@ -55,8 +55,15 @@ def test_config_and_logits_match_transformers(loaded):
     np.testing.assert_allclose(logits, data["logits"], atol=1e-4, rtol=0)
 
 
-def test_greedy_generation_matches_transformers(loaded):
-    name, model = loaded
+@pytest.mark.parametrize(
+    "name",
+    [
+        "qwen3_moe",
+        pytest.param("qwen3_next_moe", marks=pytest.mark.slow),
+    ],  # Qwen3-Next's decode: tests/hf/test_generate.py
+)
+def test_greedy_generation_matches_transformers(name):
+    model = from_pretrained(FIXTURES / name)
     data = _expected(name)
     prompts, prompt_len = data["input_ids"], data["input_ids"].shape[1]
     new_tokens = data["greedy"].shape[1] - prompt_len
