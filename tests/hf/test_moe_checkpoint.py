@@ -12,7 +12,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jdistill.hf import HFImportError, from_pretrained, save_pretrained
-from jdistill.hf.config import hf_config_from_model
+from jdistill.hf.config import hf_config_from_model, model_config_from_hf
 from jdistill.hf.prune import prune_layers
 from jdistill.models.generate import generate
 from jdistill.nn.moe import MoE
@@ -192,3 +192,13 @@ def test_pruning_keeps_each_blocks_mlp_kind(loaded):
     np.testing.assert_array_equal(
         pruned.blocks[1 if name == "qwen3_moe" else 0].mlp.w_up[...], model.blocks[1].mlp.w_up[...]
     )
+
+
+@pytest.mark.parametrize("name, default", [("qwen3_moe", False), ("qwen3_next_moe", True)])
+def test_absent_moe_keys_take_transformers_defaults(name, default):
+    config = json.loads((FIXTURES / name / "config.json").read_text())
+    for key in ("norm_topk_prob", "decoder_sparse_step", "mlp_only_layers"):
+        config.pop(key)
+    model_config = model_config_from_hf(config)
+    assert (model_config.norm_topk_prob, model_config.moe_every, model_config.dense_layers) == (default, 1, ())
+    assert model_config.num_moe_layers == model_config.num_layers
