@@ -48,6 +48,8 @@ DEFAULT_RULES: dict[str, Any] = {
     "layers": None,  # per-layer tables (exit layer embeddings' rows, head-gate rows)
     "layer_embed": None,  # features of the exits' layer embedding
     "projection": None,  # feature distillation's projection outputs (the teacher's width)
+    "expert": None,  # mixture-of-experts weights' expert dimension (moe-scale maps it to the expert mesh axis)
+    "router": None,  # the MoE router's outputs (one logit per expert; small, kept whole)
 }
 
 # The Variable metadata key that holds a parameter's logical axes (Flax NNX's sharding annotation).
