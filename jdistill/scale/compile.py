@@ -54,10 +54,11 @@ def check_mesh(config, topology: Topology) -> None:
             f"mesh.dcn_data: {mesh.dcn_data}, but the topology has {topology.num_slices} slice(s) "
             "(cluster.num_slices); they must match"
         )
-    if mesh.data != -1 and mesh.data * mesh.fsdp * mesh.tensor * mesh.dcn_data != topology.num_chips:
+    devices = mesh.data * mesh.fsdp * mesh.tensor * mesh.expert * mesh.dcn_data
+    if mesh.data != -1 and devices != topology.num_chips:
         raise ConfigError(
-            f"mesh: data*fsdp*tensor*dcn_data = {mesh.data * mesh.fsdp * mesh.tensor * mesh.dcn_data}"
-            f", but {topology.describe()} has {topology.num_chips} chips"
+            f"mesh: data*fsdp*tensor*expert*dcn_data = {devices}, but {topology.describe()} has "
+            f"{topology.num_chips} chips"
         )
 
 
@@ -134,7 +135,7 @@ def summarize(report: dict, config, topology: Topology) -> dict:
     mesh_devices = math.prod(report["mesh"].values())
     if mesh_devices != topology.num_chips:
         raise ConfigError(
-            f"mesh: data*fsdp*tensor*dcn_data = {mesh_devices}, but {topology.describe()} has "
+            f"mesh: data*fsdp*tensor*expert*dcn_data = {mesh_devices}, but {topology.describe()} has "
             f"{topology.num_chips} chips"
         )
     hbm = topology.chip.hbm_bytes
