@@ -51,6 +51,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "layer_embed": None,  # features of the exits' layer embedding
     "projection": None,  # feature distillation's projection outputs (the teacher's width)
     "expert": "expert",  # the expert dimension of mixture-of-experts weights (expert parallelism)
+    "router": None,  # the MoE router's outputs (one logit per expert; small, kept whole)
 }
 
 # The Variable metadata key that holds a parameter's logical axes (Flax NNX's sharding annotation).

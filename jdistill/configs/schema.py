@@ -382,7 +382,7 @@ def expert_axis_problems(mesh: MeshConfig, models: dict[str, ModelConfig]) -> Pr
     return [
         (f"{role}.model.num_experts", f"a multiple of mesh.expert={mesh.expert} (experts split evenly over the axis)")
         for role, model in models.items()
-        if getattr(model, "num_experts", 0) > 0 and mesh.expert >= 1 and model.num_experts % mesh.expert
+        if model.num_experts > 0 and mesh.expert >= 1 and model.num_experts % mesh.expert
     ]
 
 
