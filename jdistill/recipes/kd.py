@@ -121,7 +121,7 @@ class KnowledgeDistillation(RecipeBase):
         student_out = student(batch["inputs"], **lm_kwargs(batch))
         teacher_logits = self._teacher_forward(teacher, batch, logits=True)
         (total, count), metrics = self.loss_from_logits(student_out.logits, teacher_logits, labels, mask)
-        return self._router_losses(student_out.aux, total, count, metrics), ()
+        return (*self._router_losses(student_out.aux, total, count, metrics), ())
 
     def loss_from_logits(self, student_logits, teacher_logits, labels, mask):
         """((sum, count) over valid positions, metrics): the divergence and CE are each computed once."""
@@ -171,7 +171,7 @@ class KnowledgeDistillation(RecipeBase):
             real_vocab=real_vocab,
         )
         metrics = {"distill_and_ce": total / jnp.maximum(count, 1.0)}
-        return self._router_losses(s_out.aux, total, count, metrics), ()
+        return (*self._router_losses(s_out.aux, total, count, metrics), ())
 
     def _router_losses(self, aux, total, count, metrics):
         """((sum, count), metrics) with a MoE student's router losses (unchanged for a dense student)."""
