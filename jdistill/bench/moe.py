@@ -101,13 +101,16 @@ def _programs(tokens: int, d_model: int, experts: int, top_k: int, expert_dim: i
 
     x = jax.random.normal(jax.random.key(0), (tokens, d_model), jnp.float32)
     cotangent = jax.random.normal(jax.random.key(1), (tokens, d_model), jnp.float32)
-    layer = dict(shared_dim=shared_dim, rngs=nnx.Rngs(2))
+
+    def moe_layer(dispatch: str = "ragged") -> MoE:
+        return MoE(d_model, expert_dim, experts, top_k, shared_dim=shared_dim, dispatch=dispatch, rngs=nnx.Rngs(2))
+
     modules = {
         "dense": (GLUMLP(d_model, top_k * expert_dim + shared_dim, "silu", rngs=nnx.Rngs(2)), None),
-        "moe": (MoE(d_model, expert_dim, experts, top_k, **layer), None),
-        "moe_blocked": (MoE(d_model, expert_dim, experts, top_k, **layer), blocked_grouped_matmul),
-        "moe_ragged_dot": (MoE(d_model, expert_dim, experts, top_k, **layer), jax.lax.ragged_dot),
-        "one_hot": (MoE(d_model, expert_dim, experts, top_k, dispatch="one_hot", **layer), None),
+        "moe": (moe_layer(), None),
+        "moe_blocked": (moe_layer(), blocked_grouped_matmul),
+        "moe_ragged_dot": (moe_layer(), jax.lax.ragged_dot),
+        "one_hot": (moe_layer("one_hot"), None),
     }
     programs = {}
     for name, (module, matmul) in modules.items():

@@ -1,7 +1,7 @@
 """Expert-parallel KD step checks on 8 simulated CPU devices (run as a subprocess by test_moe_sharding.py; prints
-JSON). A mixture-of-experts teacher distilled into a mixture-of-experts student (router losses on), three steps
-from the same init and batches on each mesh: the losses, the updated parameters, the per-device shard of an
-expert weight, and the compiled step's collectives."""
+JSON). A mixture-of-experts teacher (with a shared expert) distilled into a mixture-of-experts student (router
+losses on), two steps from the same init and batches on each mesh: the losses, the updated parameters, the
+per-device shard of an expert weight, and the compiled step's collectives."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from jdistill.train.step import StepShardings, make_train_step
 
 MOE = dict(kind="lm", d_model=32, num_heads=2, mlp_dim=64, vocab_size=64, max_seq_len=16, mlp="glu", activation="silu")
 MOE |= dict(mlp_bias=False, num_experts=8, experts_per_token=2, moe_mlp_dim=32)
-TEACHER = ModelConfig(num_layers=2, shared_expert_dim=16, **MOE)
+TEACHER = ModelConfig(num_layers=1, shared_expert_dim=16, **MOE)
 STUDENT = ModelConfig(num_layers=1, **MOE)
 TRAIN = TrainConfig(steps=10, warmup_steps=1, learning_rate=3e-3, batch_size=8)
 MESHES = {
@@ -40,7 +40,7 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 EXPERT_WEIGHT = ("blocks", 0, "mlp", "w_up")
 
 
-def batches(count=3):
+def batches(count=2):
     rng = np.random.default_rng(0)
     for _ in range(count):
         tokens = rng.integers(0, 64, (8, 17))
@@ -85,6 +85,10 @@ def run(mesh_config):
         "expert_weight_shard_shape": list(weight.addressable_shards[0].data.shape),
         "expert_weight_spec": str(weight.sharding.spec),
         "collectives": {name: len(re.findall(rf"\b{name}(-start)?\(", hlo)) for name in COLLECTIVES},
+        # all-gathers whose result is a whole [experts, ...] weight: expert parallelism keeps each device's experts
+        "expert_weight_gathers": len(
+            re.findall(r"= f32\[" + ",".join(map(str, weight.shape)) + r"\][^ ]* all-gather(-start)?\(", hlo)
+        ),
         "devices": int(np.prod(list(mesh.shape.values()))),
     }
 
