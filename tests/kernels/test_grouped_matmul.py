@@ -43,10 +43,16 @@ def test_default_block_is_a_power_of_two_in_range():
     assert default_block(16384, 8) == 256 and default_block(64, 8) == 8 and default_block(1024, 8) == 32
 
 
-def test_grouped_matmul_lowers_per_platform(operands):
-    x, w = operands
-    fn = jax.jit(lambda x, w: grouped_matmul(x, w, jnp.asarray(SIZES[0], jnp.int32)))
-    np.testing.assert_allclose(fn(x, w), jax.lax.ragged_dot(x, w, jnp.asarray(SIZES[0], jnp.int32)), atol=1e-5)
-    assert "ragged_dot" not in fn.lower(x, w).as_text()  # CPU: the blocked form (XLA:CPU has no ragged dot)
+def test_grouped_matmul_lowers_per_platform():
+    rows, groups, d, f = 512, 8, 32, 32
+    x, w = jnp.ones((rows, d)), jnp.ones((groups, d, f))
+    sizes = jnp.asarray([100, 0, 60, 60, 60, 60, 60, 112], jnp.int32)
+    fn = jax.jit(lambda x, w: grouped_matmul(x, w, sizes))
+    np.testing.assert_allclose(fn(x, w), jax.lax.ragged_dot(x, w, sizes))
+    # CPU: the blocked form, (M + E * (block - 1)) * d * f multiply-adds, not JAX's masked E * M * d * f
+    cost = fn.lower(x, w).compile().cost_analysis()
+    flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    block = default_block(rows, groups)
+    assert flops <= 1.5 * 2 * (rows + groups * (block - 1)) * d * f < 2 * groups * rows * d * f / 4
     tpu = fn.trace(x, w).lower(lowering_platforms=("tpu",)).as_text()
     assert "ragged_dot" in tpu  # TPU: one grouped-matmul instruction
