@@ -11,6 +11,7 @@ from flax import nnx
 from jdistill.models import Transformer
 from jdistill.models.config import ModelConfig
 from jdistill.nn.moe import MoE
+from tests.nn.test_moe import random_module
 
 MOE = ModelConfig(
     kind="lm",
@@ -38,7 +39,7 @@ def test_which_blocks_are_moe():
     assert [config.is_moe_layer(i) for i in range(6)] == [False, True, False, False, False, True]
     assert config.num_moe_layers == 2
     assert not any(dataclasses.replace(config, num_experts=0).is_moe_layer(i) for i in range(6))
-    model = Transformer(dataclasses.replace(MOE, shared_expert_dim=0), rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Transformer(dataclasses.replace(MOE, shared_expert_dim=0), rngs=nnx.Rngs(0)))
     assert [isinstance(block.mlp, MoE) for block in model.blocks] == [True, False, True]
     assert model.blocks[0].mlp.w_gate.shape == (4, 16, 8) and model.blocks[1].mlp.up.kernel.shape == (16, 24)
 
@@ -65,29 +66,33 @@ def test_valid_config_and_dense_config_have_no_problems():
     assert dataclasses.replace(MOE, num_experts=0, experts_per_token=9, mlp="dense").validate() == []
 
 
+def _model(config=MOE, seed=0):
+    return random_module(lambda: Transformer(config, rngs=nnx.Rngs(0)), seed)
+
+
 @nnx.jit
-def _forward(model, tokens):
+def _aux_and_recomputed(model, tokens):
+    """The model's aux, and each MoE block's statistics recomputed from its input (the residual after attention)."""
     out = model(tokens, return_hidden_states=True)
-    return out.logits, out.aux, out.hidden_states
+    per_layer = []
+    for i in (0, 2):
+        block, h = model.blocks[i], out.hidden_states[i]
+        h = h + block.attention(block.attention_norm(h))
+        per_layer.append(block.mlp(block.mlp_norm(h))[1])
+    return out.aux, per_layer
 
 
 def test_aux_holds_the_mean_of_the_moe_blocks_statistics():
-    model = Transformer(MOE, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 7)), jnp.int32)
-    _, aux, hidden = _forward(model, tokens)
-    per_layer = []  # the MoE input of block i is its residual after attention: recomputed from hidden[i]
-    for i in (0, 2):
-        block = model.blocks[i]
-        h = hidden[i] + block.attention(block.attention_norm(hidden[i]))
-        per_layer.append(block.mlp(block.mlp_norm(h))[1])
+    aux, per_layer = _aux_and_recomputed(_model(), tokens)
     for key in ("load_balancing_loss", "router_z_loss"):
         np.testing.assert_allclose(aux["moe_" + key], np.mean([s[key] for s in per_layer]), rtol=1e-5)
     np.testing.assert_array_equal(aux["moe_tokens_per_expert"], np.stack([s["tokens_per_expert"] for s in per_layer]))
     assert aux["moe_tokens_per_expert"].shape == (2, 4) and float(aux["moe_tokens_per_expert"].sum()) == 2 * 14 * 2
-    dense = Transformer(dataclasses.replace(MOE, num_experts=0), rngs=nnx.Rngs(0))
-    assert not any(key.startswith("moe_") for key in dense(tokens).aux)
+    assert 2.0 < float(aux["moe_load_balancing_loss"]) < 4.0  # between k (balanced) and E (collapsed)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_values_aux_and_gradients():
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 32, (2, 7)), jnp.int32)
 
@@ -97,7 +102,7 @@ def test_remat_gives_the_same_values_aux_and_gradients():
 
     values = []
     for remat in ("none", "full"):
-        model = Transformer(dataclasses.replace(MOE, remat=remat), rngs=nnx.Rngs(0))
+        model = _model(dataclasses.replace(MOE, remat=remat))
         values.append(nnx.jit(lambda m: (loss(m), nnx.grad(loss)(m)))(model))
     (loss_a, grads_a), (loss_b, grads_b) = values
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
@@ -107,10 +112,11 @@ def test_remat_gives_the_same_values_aux_and_gradients():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_decoding_matches_the_full_forward():
-    model = Transformer(MOE, rngs=nnx.Rngs(2))
+@pytest.mark.slow
+def test_decoding_matches_the_full_forward():  # fast coverage: tests/hf/test_moe_checkpoint.py's greedy generation
+    model = _model(seed=2)
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 32, (2, 6)), jnp.int32)
-    logits, _, _ = _forward(model, tokens)
+    logits = nnx.jit(lambda m, t: m(t).logits)(model, tokens)
     positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
     stepped, caches = nnx.jit(lambda m, t, p: m.decode(t, positions=p, caches=m.init_cache(2, 8)))(
         model, tokens[:, :4], positions[:, :4]
