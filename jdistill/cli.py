@@ -15,6 +15,7 @@
     jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
     jdistill bench llm-kd [--steps N] [--json PATH]
     jdistill bench early-exit --checkpoint RUN/STAGE [--exits 2,4] [--draft-lens 3,5] [--json PATH]
+    jdistill bench moe [--tokens 512,2048,8192] [--json PATH]
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
 """
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     importlib.import_module("jdistill.text.cli").register(sub)
     importlib.import_module("jdistill.data.cli").register(sub)
     importlib.import_module("jdistill.bench.data").register(bench_sub)
+    importlib.import_module("jdistill.bench.moe").register(bench_sub)
     register_llm_kd(bench_sub)
     register_early_exit(bench_sub)
     importlib.import_module("jdistill.bench.diffusion_cli").register(bench_sub)
