@@ -118,6 +118,11 @@ class Block(nnx.Module):
         cfg = self.attention.config
         return KVCache.zeros(batch, max_len, cfg.resolved_kv_heads, cfg.resolved_head_dim, jnp.dtype(cfg.dtype))
 
+    def fill_cache(self, h, *, positions, cache):
+        """The cache after writing the keys and values this block's attention computes from `h`, without running
+        the block (attention blocks only; see `Attention.fill_cache`)."""
+        return self.attention.fill_cache(self.attention_norm(h), positions=positions, cache=cache)
+
     def decode(self, h, *, positions, cache):
         mixer = getattr(self, "linear_attention", None)
         if isinstance(mixer, ReGLA):
@@ -201,7 +206,8 @@ class Transformer(nnx.Module):
         output (causal head gating). `skip_budget` (GateSkip inference, models with `residual_gates`): in every
         branch, the tokens whose mean gate is under that quantile keep their residual unchanged (the branch's
         output is dropped), about that fraction of tokens per branch. `layer_keep [batch, num_layers]` (bool):
-        layer dropout (LayerSkip): a row passes through every block whose entry is False unchanged. Models with
+        layer dropout (LayerSkip): a row passes through every block whose entry is False unchanged (or per token,
+        `[batch, seq, num_layers]`). Models with
         mixture-of-experts blocks always return `moe_load_balancing_loss` and `moe_router_z_loss` (means over the
         MoE blocks) and `moe_tokens_per_expert` (`[num_moe_layers, num_experts]`) in `aux` (`jdistill.nn.moe`)."""
         h = constrain_batch(self._embed(inputs))
@@ -225,8 +231,9 @@ class Transformer(nnx.Module):
                     skip_budget=skip_budget,
                     moe_stats=moe_stats,
                 )
-            if layer_keep is not None:
-                h = jnp.where(layer_keep[:, index, None, None], h, hidden[-1])
+            if layer_keep is not None:  # [batch, num_layers] per row, or [batch, seq, num_layers] per token
+                keep = layer_keep[:, index, None, None] if layer_keep.ndim == 2 else layer_keep[:, :, index, None]
+                h = jnp.where(keep, h, hidden[-1])
             h = constrain_batch(h)
             if moe_stats is not None:
                 moe_layers.append(moe_stats)

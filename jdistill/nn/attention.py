@@ -111,6 +111,12 @@ class GatedSelfAttention(nnx.Module):
                 stats["mean_gate"] = jnp.mean(nnx.sigmoid(gate.astype(jnp.float32)))
         return _apply(self.output, out.reshape(batch, seq, -1))
 
+    def fill_cache(self, x, *, positions, cache: KVCache) -> KVCache:
+        """`cache` with x's keys and values written at `positions` and nothing attended: a block that a token
+        skipped still leaves its keys and values for later tokens (CALM's state propagation)."""
+        _, k, v, _ = self._project(x, positions)
+        return cache.write(k, v, positions)
+
     def decode(self, x, *, positions, cache: KVCache):
         """Attend from `x [batch, seq, d_model]` at `positions [batch, seq]` over `cache` updated with x's keys
         and values (causal by position); returns (output, new cache). The XLA path; used by generation."""

@@ -1,0 +1,225 @@
+"""Confidence exits at inference: stop at the first exit whose prediction is confident enough
+(docs/early_exit.md#confidence-exits).
+
+Exits are the model's exit heads (`ModelConfig.exit_layers`, as the `multi_exit` recipe trains them) followed by
+the final head; the model "uses" `exit_layers[i]` blocks at exit i and all of them at the final head. The
+confidence of an exit's logits z over C classes (or a vocabulary):
+
+    max_prob:  max_c softmax(z)_c                       (Schwartz et al. 2020, "The Right Tool for the Job")
+    entropy:   1 - H(softmax(z)) / log C                (1 for a one-hot prediction, 0 for the uniform one)
+
+both in [0, 1]; an example (a token) exits at the first exit with confidence >= `threshold`, else at the final
+head. A threshold above 1 never exits early (the full model); 0 always takes the first exit.
+
+- `calibrate_threshold` picks, on a held-out split, the threshold with the fewest blocks used on average among
+  those whose accuracy is at most `max_accuracy_drop` below the full model's.
+- Classifiers: `classify_with_exits` runs one batch block by block and skips the remaining blocks (a
+  `lax.cond`) as soon as every example of the batch has exited: at batch size 1 each example stops at its own
+  exit, so the saving is wall time, not only FLOPs.
+- Language models, per token (CALM, Schuster et al. 2022): `generate_with_exits` decodes greedily; at each token the
+  blocks after a confident exit are skipped, and their key/value caches are filled from the exit's hidden state
+  (each skipped block writes the keys and values its attention computes from that state: the state propagation of
+  CALM), so later tokens attend to every layer as usual. The output equals the full forward with every skipped
+  (position, block) pair passing its input through (`Transformer(..., layer_keep=[batch, seq, layers])`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdistill.errors import UserError
+from jdistill.models.generate import _argmax
+from jdistill.nn.kv_cache import with_offsets
+
+Measure = Literal["max_prob", "entropy"]
+MEASURES = ("max_prob", "entropy")
+
+
+class ExitOptionError(UserError):
+    """Confidence-exit options that do not fit (threshold, measure, a model without exits)."""
+
+
+def confidence(logits, measure: str = "max_prob"):
+    """The confidence in [0, 1] of `logits [..., C]` (see the module docstring)."""
+    log_p = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    if measure == "max_prob":
+        return jnp.exp(jnp.max(log_p, axis=-1))
+    if measure == "entropy":
+        p = jnp.exp(log_p)
+        entropy = -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1)
+        return 1.0 - entropy / jnp.log(logits.shape[-1])
+    raise ExitOptionError(f"measure: expected one of {MEASURES}, got {measure!r}")
+
+
+def exit_index(confidences, threshold):
+    """`confidences [E, ...]` (the last exit is the final head) -> the exit taken `[...]`: the first with
+    confidence >= threshold, else the last."""
+    confident = confidences >= threshold
+    confident = confident.at[-1].set(True)
+    return jnp.argmax(confident, axis=0)
+
+
+def check_options(config, *, threshold: float, measure: str) -> None:
+    if not config.exit_layers:
+        raise ExitOptionError(
+            "confidence exits need a model with exits (model.exit_layers, e.g. the multi_exit recipe)"
+        )
+    if not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ExitOptionError(f"threshold: expected a number in [0, 1], got {threshold!r}")
+    if measure not in MEASURES:
+        raise ExitOptionError(f"measure: expected one of {MEASURES}, got {measure!r}")
+
+
+def calibrate_threshold(exit_logits, labels, layers_used, *, max_accuracy_drop: float, measure: Measure = "max_prob"):
+    """(threshold, curve) on a held-out split: `exit_logits [E, N, C]` (every exit, the final head last), `labels
+    [N]`, `layers_used [E]` blocks each exit costs. Every distinct confidence (and 1 + eps: the full model) is a
+    candidate; the chosen threshold has the fewest mean blocks among those with accuracy >= the full model's -
+    `max_accuracy_drop`. `curve`: (threshold, accuracy, mean blocks) of every candidate, for plotting."""
+    if not 0.0 <= max_accuracy_drop <= 1.0:
+        raise ExitOptionError(f"max_accuracy_drop: expected a fraction in [0, 1], got {max_accuracy_drop!r}")
+    logits = np.asarray(exit_logits, np.float32)
+    confidences = np.asarray(confidence(logits, measure))  # [E, N]
+    correct = np.argmax(logits, axis=-1) == np.asarray(labels)[None, :]  # [E, N]
+    cost = np.asarray(layers_used, np.float64)
+    candidates = np.unique(np.concatenate([confidences[:-1].ravel(), [1.0 + 1e-6]]))
+    curve = []
+    for threshold in candidates:
+        taken = np.asarray(exit_index(jnp.asarray(confidences), threshold))
+        rows = np.arange(taken.shape[0])
+        curve.append((float(threshold), float(correct[taken, rows].mean()), float(cost[taken].mean())))
+    floor = correct[-1].mean() - max_accuracy_drop
+    feasible = [row for row in curve if row[1] >= floor - 1e-12]
+    return min(feasible, key=lambda row: (row[2], -row[1]))[0], curve
+
+
+def _classifier_exits(model, inputs, threshold: float, measure: str):
+    """Logits `[batch, C]` and the exit taken `[batch]`; blocks after the point where every row has exited are
+    skipped."""
+    cfg = model.config
+    exits = list(cfg.exit_layers)
+    h = model._embed(inputs)
+    batch = inputs.shape[0]
+    logits = jnp.zeros((batch, cfg.num_classes), jnp.float32)
+    taken = jnp.full((batch,), len(exits), jnp.int32)
+    done = jnp.zeros((batch,), bool)
+
+    def run_segment(state, blocks, exit_number, exit_layer):
+        h, logits, taken, done = state
+        for block in blocks:
+            h = block(h)
+        if exit_layer is None:  # the final head
+            out = model._logits(model.final_norm(h).mean(axis=1))
+            now = ~done
+        else:
+            out = model.exits.exit_logits(h.mean(axis=1), exit_layer)
+            now = ~done & (confidence(out, measure) >= threshold)
+        logits = jnp.where(now[:, None], out, logits)
+        taken = jnp.where(now, exit_number, taken)
+        return h, logits, taken, done | now
+
+    state = (h, logits, taken, done)
+    bounds = [0, *exits, cfg.num_layers]
+    blocks = list(model.blocks)
+    for number in range(len(exits) + 1):
+        segment = blocks[bounds[number] : bounds[number + 1]]
+        exit_layer = exits[number] if number < len(exits) else None
+        run = functools.partial(run_segment, blocks=segment, exit_number=number, exit_layer=exit_layer)
+        state = jax.lax.cond(jnp.all(state[3]), lambda s: s, run, state)
+    return state[1], state[2]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "threshold", "measure"))
+def _classify(graphdef, params, inputs, *, threshold, measure):
+    return _classifier_exits(nnx.merge(graphdef, params), inputs, threshold, measure)
+
+
+def classify_with_exits(model, inputs, *, threshold: float, measure: Measure = "max_prob"):
+    """(logits `[batch, C]`, exit taken `[batch]`: 0 .. len(exit_layers), the last being the final head) of a
+    classifier with exits, skipping blocks once every example of the batch has exited."""
+    check_options(model.config, threshold=threshold, measure=measure)
+    graphdef, params = nnx.split(model)
+    return _classify(graphdef, params, jnp.asarray(inputs), threshold=float(threshold), measure=measure)
+
+
+def _lm_rest(model, number, bounds, exits, positions, threshold, measure, h, caches):
+    """The blocks after exit `number - 1` (recursively: the next exit, or the final head)."""
+    cfg = model.config
+    blocks = list(model.blocks)
+    new = list(caches)
+    for index in range(bounds[number], bounds[number + 1]):
+        h, new[index] = blocks[index].decode(h, positions=positions, cache=new[index])
+    caches = tuple(new)
+    if number == len(exits):
+        return model._logits(model.final_norm(h[:, 0])), caches, jnp.int32(number)
+    exit_layer = exits[number]
+    logits = model.exits.exit_logits(h[:, 0], exit_layer)
+
+    def fill(h, caches):
+        new = list(caches)
+        for index in range(exit_layer, cfg.num_layers):
+            new[index] = blocks[index].fill_cache(h, positions=positions, cache=new[index])
+        return logits, tuple(new), jnp.int32(number)
+
+    rest = functools.partial(_lm_rest, model, number + 1, bounds, exits, positions, threshold, measure)
+    return jax.lax.cond(jnp.all(confidence(logits, measure) >= threshold), fill, rest, h, caches)
+
+
+def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: str):
+    batch, width = prompt.shape
+    caches = with_offsets(model.init_cache(batch, width + max_new_tokens), jnp.zeros((batch,), jnp.int32))
+    positions = jnp.broadcast_to(jnp.arange(width), (batch, width))
+    logits, caches = model.decode(prompt, positions=positions, caches=caches, last_only=True)
+    first = _argmax(logits[:, 0]).astype(jnp.int32)
+
+    def step(carry, index):
+        token, caches = carry
+        logits, caches, taken = _lm_rest(
+            model,
+            0,
+            [0, *model.config.exit_layers, model.config.num_layers],
+            list(model.config.exit_layers),
+            jnp.full((batch, 1), width + index),
+            threshold,
+            measure,
+            model.embed(token[:, None]),
+            caches,
+        )
+        nxt = _argmax(logits).astype(jnp.int32)
+        return (nxt, caches), (nxt, taken, logits)
+
+    (_, _), (tokens, taken, logits) = jax.lax.scan(step, (first, caches), jnp.arange(max_new_tokens - 1))
+    return jnp.concatenate([first[:, None], tokens.T], axis=1), taken, jnp.swapaxes(logits, 0, 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "threshold", "measure"))
+def _generate_jit(graphdef, params, prompt, *, max_new_tokens, threshold, measure):
+    return _generate(
+        nnx.merge(graphdef, params), prompt, max_new_tokens=max_new_tokens, threshold=threshold, measure=measure
+    )
+
+
+def generate_with_exits(model, prompt_ids, *, max_new_tokens: int, threshold: float, measure: Measure = "max_prob"):
+    """Greedy continuation of full-length prompts `[batch, P]` with per-token confidence exits (the batch exits
+    together). Returns (tokens int32 `[batch, max_new_tokens]`, the exit taken for every token after the first
+    `[max_new_tokens - 1]` (0 .. len(exit_layers), the last being the final head; the first token comes from the
+    prefill's full forward), the logits that chose them `[batch, max_new_tokens - 1, vocab]`)."""
+    check_options(model.config, threshold=threshold, measure=measure)
+    if set(model.config.layer_pattern) != {"A"}:
+        raise ExitOptionError("per-token confidence exits need attention-only models (recurrent states cannot skip)")
+    if max_new_tokens < 1:
+        raise ExitOptionError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
+    graphdef, params = nnx.split(model)
+    return _generate_jit(
+        graphdef,
+        params,
+        jnp.asarray(prompt_ids, jnp.int32),
+        max_new_tokens=int(max_new_tokens),
+        threshold=float(threshold),
+        measure=measure,
+    )

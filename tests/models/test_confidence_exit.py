@@ -1,0 +1,147 @@
+"""Confidence exits: the confidence measures and threshold calibration against numpy, classifier exits against
+the full forward's exits, and per-token LM exits against the full forward with the same (position, block) skips."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jdistill.errors import UserError
+from jdistill.models import ModelConfig, Transformer
+from jdistill.models.confidence_exit import (
+    calibrate_threshold,
+    classify_with_exits,
+    confidence,
+    exit_index,
+    generate_with_exits,
+)
+from jdistill.models.generate import generate
+
+
+def test_confidence_measures():
+    logits = np.array([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [1.0, 2.0, 0.5, -1.0]])
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(confidence(logits, "max_prob"), p.max(-1), rtol=1e-6)
+    entropy = -(p * np.log(p)).sum(-1)
+    np.testing.assert_allclose(confidence(logits, "entropy"), 1 - entropy / np.log(4), rtol=1e-5, atol=1e-6)
+    assert abs(float(confidence(logits, "entropy")[0])) < 1e-6  # uniform: 0
+
+
+def test_exit_index_takes_the_first_confident_exit_and_the_final_head_otherwise():
+    confidences = jnp.array([[0.2, 0.9, 0.5], [0.95, 0.1, 0.6], [0.0, 0.0, 0.0]])  # [exits, examples]
+    np.testing.assert_array_equal(exit_index(confidences, 0.8), [1, 0, 2])
+    np.testing.assert_array_equal(exit_index(confidences, 0.0), [0, 0, 0])
+    np.testing.assert_array_equal(exit_index(confidences, 1.01), [2, 2, 2])
+
+
+def test_calibration_picks_the_cheapest_threshold_within_the_accuracy_budget():
+    rng = np.random.default_rng(0)
+    exits, n, classes = 3, 400, 5
+    labels = rng.integers(0, classes, n)
+    # exit e is right with probability 0.5, 0.7, 0.9 and more confident when right
+    logits = rng.normal(size=(exits, n, classes))
+    for e, rate in enumerate((0.5, 0.7, 0.9)):
+        right = rng.random(n) < rate
+        logits[e, np.arange(n), labels] += np.where(right, 4.0, -4.0)
+    layers = np.array([1, 2, 4])
+    threshold, curve = calibrate_threshold(logits, labels, layers, max_accuracy_drop=0.02)
+    full = (logits[-1].argmax(-1) == labels).mean()
+    # the numpy reference: every candidate threshold, accuracy and mean cost
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    conf = (p / p.sum(-1, keepdims=True)).max(-1)
+    best = None
+    for t in np.unique(np.concatenate([conf[:-1].ravel(), [1 + 1e-6]])):
+        confident = conf >= t
+        confident[-1] = True
+        taken = confident.argmax(0)
+        acc = (logits[taken, np.arange(n)].argmax(-1) == labels).mean()
+        cost = layers[taken].mean()
+        if acc >= full - 0.02 - 1e-12 and (best is None or (cost, -acc) < (best[1], -best[2])):
+            best = (t, cost, acc)
+    assert threshold == pytest.approx(best[0])
+    assert best[1] < 4.0  # it does exit early for some examples
+    assert len(curve) == len(np.unique(np.concatenate([conf[:-1].ravel(), [1 + 1e-6]])))
+    _, no_loss = calibrate_threshold(logits, labels, layers, max_accuracy_drop=0.0)
+    assert max(row[1] for row in no_loss) >= full
+
+
+CLASSIFIER = ModelConfig(kind="classifier", num_layers=4, d_model=16, num_heads=2, mlp_dim=32, exit_layers=(1, 2))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.25, 0.4, 1.0])
+def test_classifier_exits_equal_the_full_forwards_exit_outputs(threshold):
+    model = Transformer(CLASSIFIER, rngs=nnx.Rngs(0))
+    images = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
+    full = model(images)
+    all_logits = jnp.stack([*full.exits, full.logits])
+    want_taken = exit_index(confidence(all_logits), threshold)
+    want = all_logits[want_taken, jnp.arange(6)]
+    for batch in (slice(0, 6), slice(0, 1), slice(3, 4)):  # the whole batch, and one example at a time
+        logits, taken = classify_with_exits(model, images[batch], threshold=threshold)
+        np.testing.assert_array_equal(taken, want_taken[batch])
+        np.testing.assert_allclose(logits, want[batch], atol=1e-5)
+
+
+LM = ModelConfig(
+    kind="lm", num_layers=4, d_model=16, num_heads=2, mlp_dim=32, vocab_size=11, max_seq_len=32, exit_layers=(1, 2)
+)
+
+
+def _reference(model, prompt, new_tokens, threshold):
+    """Greedy decoding by full forwards in which a generated token that exited at block e passes every later
+    block's input through (its keys and values there computed from the exit's hidden state)."""
+    keep = np.ones((1, prompt.shape[1], model.config.num_layers), bool)
+    tokens = list(np.asarray(prompt[0]))
+    layers = [1, 2, 4]
+    taken, chosen = [], []
+    for step in range(new_tokens):
+        out = model(jnp.asarray([tokens]), layer_keep=jnp.asarray(keep), return_hidden_states=True)
+        if step == 0:
+            nxt = int(jnp.argmax(out.logits[0, -1]))
+        else:
+            logits = [model.exits.exit_logits(out.hidden_states[layer][0, -1], layer) for layer in (1, 2)]
+            logits.append(out.logits[0, -1])
+            exit_number = int(exit_index(confidence(jnp.stack(logits)[:, None]), threshold)[0])
+            taken.append(exit_number)
+            nxt = int(jnp.argmax(logits[exit_number]))
+            chosen.append(np.asarray(logits[exit_number]))
+            keep[0, -1, layers[exit_number] :] = False
+        tokens.append(nxt)
+        keep = np.concatenate([keep, np.ones((1, 1, model.config.num_layers), bool)], axis=1)
+    return np.asarray(tokens[prompt.shape[1] :]), taken, np.stack(chosen)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 1.0])
+def test_lm_token_exits_fill_the_skipped_caches_like_the_reference(threshold):
+    model = Transformer(LM, rngs=nnx.Rngs(2))
+    prompt = jax.random.randint(jax.random.key(3), (1, 5), 0, 11)
+    tokens, taken, logits = generate_with_exits(model, prompt, max_new_tokens=8, threshold=threshold)
+    want_tokens, want_taken, want_logits = _reference(model, prompt, 8, threshold)
+    np.testing.assert_array_equal(np.asarray(tokens)[0], want_tokens)
+    np.testing.assert_array_equal(taken, want_taken)
+    np.testing.assert_allclose(np.asarray(logits)[0], want_logits, atol=2e-5)
+    if threshold == 1.0:
+        np.testing.assert_array_equal(tokens, generate(model, prompt, max_new_tokens=8))
+    if threshold == 0.0:  # every token from the first exit
+        assert set(want_taken) == {0}
+    if threshold == 0.3:  # early tokens exit early, later ones go deeper and read the filled caches
+        assert want_taken[0] < max(want_taken[1:]) and len(set(want_taken)) == 3, want_taken
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(threshold=1.5), "threshold: expected a number in [0, 1]"),
+        (dict(threshold=0.5, measure="margin"), "measure: expected one of"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    model = Transformer(CLASSIFIER, rngs=nnx.Rngs(0))
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        classify_with_exits(model, jnp.zeros((1, 8, 8, 1)), **kwargs)
+    plain = Transformer(dataclasses.replace(CLASSIFIER, exit_layers=()), rngs=nnx.Rngs(0))
+    with pytest.raises(UserError, match="need a model with exits"):
+        classify_with_exits(plain, jnp.zeros((1, 8, 8, 1)), threshold=0.5)
