@@ -101,13 +101,11 @@ def test_a_2d_flow_teacher_trains_through_the_step_and_loads_its_ema(tmp_path, d
     losses = [r["loss"] for r in records if r["split"] == "train"]
     # flow matching on 8 Gaussians: 3.0 at the zero-output start (E|eps - x0|^2 / 2), down to about 2.3 in 120 steps
     assert losses[-1] < 0.85 * losses[0], losses
-    ema = load_denoiser(tmp_path / "run")
-    online = load_denoiser(tmp_path / "run", ema=False)
-    assert ema.step == 120 and isinstance(ema.schedule, RectifiedFlow)
-    ema_out, online_out = (float(jnp.abs(m.model.out.kernel[...]).sum()) for m in (ema, online))
-    assert ema_out != online_out and ema_out > 0  # the EMA trails the online weights
-    run, params = make_sampler(ema.model, ema.schedule, sampler="flow_euler", nfe=8)
-    points = run(params, ema.schedule.prior(jax.random.key(0), (512, 2)), None, jax.random.key(1))
+    teacher = load_denoiser(tmp_path / "run")
+    assert teacher.step == 120 and isinstance(teacher.schedule, RectifiedFlow)
+    assert float(jnp.abs(teacher.model.out.kernel[...]).sum()) > 0  # the EMA moved off the zero-initialised output
+    run, params = make_sampler(teacher.model, teacher.schedule, sampler="flow_euler", nfe=8)
+    points = run(params, teacher.schedule.prior(jax.random.key(0), (512, 2)), None, jax.random.key(1))
     radius = jnp.linalg.norm(points, axis=-1)
     assert float(jnp.median(radius)) == pytest.approx(2.0, abs=0.6)  # the Gaussians sit on a circle of radius 2
 
