@@ -147,3 +147,26 @@ def test_load_denoiser_refuses_runs_that_are_not_diffusion_teachers(tmp_path):
     write_config(tmp_path, to_dict(load_config("default")))
     with pytest.raises(RunDirError, match="recipe 'kd' did not train a diffusion teacher"):
         load_denoiser(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,sampler,nfe", [("diffusion_flow", "flow_euler", 32), ("diffusion_edm", "heun", 35)])
+def test_the_2d_preset_trains_a_teacher_that_samples_the_distribution(tmp_path, data_dir, recipe, sampler, nfe):
+    """The full diffusion_flow_2d preset (and its EDM variant): the EMA teacher's samples are as close to fresh
+    draws of the 8 Gaussians (sliced Wasserstein distance) as two fresh draws are to each other, up to 1.5x
+    (measured: flow teacher 0.107 at flow_euler 32 NFE, fresh draws 0.180, standard normal noise 0.580)."""
+    from jdistill.diffusion.data import toy2d
+    from jdistill.diffusion.load import load_denoiser
+    from jdistill.diffusion.metrics import sliced_wasserstein
+    from jdistill.diffusion.samplers import make_sampler
+    from jdistill.train.job import run_job
+
+    overrides = [f"distill.recipe={recipe}", f"data.dir={data_dir}", "run.plot=false", "run.progress=false"]
+    run_job(load_config("diffusion_flow_2d", overrides), tmp_path / "run")
+    teacher = load_denoiser(tmp_path / "run")
+    run, params = make_sampler(teacher.model, teacher.schedule, sampler=sampler, nfe=nfe)
+    samples = run(params, teacher.schedule.prior(jax.random.key(0), (2000, 2)), None, jax.random.key(1))
+    real, fresh = toy2d("8gaussians", jax.random.key(2), 2000), toy2d("8gaussians", jax.random.key(3), 2000)
+    floor = sliced_wasserstein(real, fresh)
+    distance = sliced_wasserstein(real, samples)
+    assert distance < 1.5 * floor, (distance, floor)
