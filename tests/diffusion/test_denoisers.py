@@ -42,17 +42,27 @@ def test_dit_starts_at_zero_output_and_uses_the_gated_attention():
     assert model.num_classes == 10 and model.null_label == 10
 
 
-def test_labels_none_is_the_null_class_and_labels_change_the_output():
-    graphdef, params = nnx.split(random_weights(lambda: DiT(CONFIG, EDM(), rngs=nnx.Rngs(0))))
+def test_dit_null_class_labels_and_preconditioning():
+    """labels=None is the null class; labels change the output; under EDM the DiT sees (c_in x, c_noise): the same
+    weights under rectified flow (inputs passed through) fed those inputs give the same output."""
+    model = random_weights(lambda: DiT(CONFIG, EDM(), rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(model)
+    plain = nnx.clone(model)
+    plain.schedule = RectifiedFlow()
+    plain_graphdef = nnx.graphdef(plain)
 
     @jax.jit
-    def outputs(x, t):
-        model = nnx.merge(graphdef, params)
-        return model(x, t, None), model(x, t, jnp.array([10, 10])), model(x, t, jnp.array([1, 2]))
+    def outputs(x, sigma):
+        dit = nnx.merge(graphdef, params)
+        c_in = (1 / jnp.sqrt(sigma**2 + 0.25))[:, None, None, None]
+        scaled = nnx.merge(plain_graphdef, params)(c_in * x, jnp.log(sigma) / 4)
+        return dit(x, sigma, None), dit(x, sigma, jnp.array([10, 10])), dit(x, sigma, jnp.array([1, 2])), scaled
 
-    null, null_label, labelled = outputs(jax.random.normal(jax.random.key(1), (2, 8, 8, 1)), jnp.array([0.3, 0.8]))
+    x, sigma = jax.random.normal(jax.random.key(1), (2, 8, 8, 1)), jnp.array([0.3, 8.0])
+    null, null_label, labelled, scaled = outputs(x, sigma)
     np.testing.assert_allclose(null_label, null, rtol=1e-6)
     assert float(jnp.abs(labelled - null).max()) > 1e-3
+    np.testing.assert_allclose(scaled, null, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
