@@ -64,12 +64,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from jdistill.diffusion.load import load_denoiser
-    from jdistill.diffusion.samplers import make_sampler
+    from jdistill.diffusion.samplers import SAMPLERS, make_sampler
+    from jdistill.diffusion.schedules import check_steps
     from jdistill.errors import ConfigError
     from jdistill.io import fs
 
-    if args.num < 1:
-        raise ConfigError(f"--num: expected an integer >= 1, got {args.num}")
+    if args.sampler not in SAMPLERS:  # the cheap checks before the checkpoint is read
+        raise ConfigError(f"sampler: unknown sampler {args.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    check_steps(args.nfe, "nfe")
+    check_steps(args.num, "--num")
     teacher = load_denoiser(args.run_dir, args.stage, ema=not args.online)
     labels = requested_labels(args.labels, args.num, teacher.model.num_classes)
     run, params = make_sampler(

@@ -88,7 +88,6 @@ TOY = [
 
 def test_a_2d_flow_teacher_trains_through_the_step_and_loads_its_ema(tmp_path, data_dir, capsys):
     from jdistill.diffusion.load import load_denoiser
-    from jdistill.diffusion.samplers import make_sampler
     from jdistill.eval.report import summary_table
     from jdistill.train.job import run_job
 
@@ -104,21 +103,20 @@ def test_a_2d_flow_teacher_trains_through_the_step_and_loads_its_ema(tmp_path, d
     teacher = load_denoiser(tmp_path / "run")
     assert teacher.step == 120 and isinstance(teacher.schedule, RectifiedFlow)
     assert float(jnp.abs(teacher.model.out.kernel[...]).sum()) > 0  # the EMA moved off the zero-initialised output
-    run, params = make_sampler(teacher.model, teacher.schedule, sampler="flow_euler", nfe=8)
-    points = run(params, teacher.schedule.prior(jax.random.key(0), (512, 2)), None, jax.random.key(1))
-    radius = jnp.linalg.norm(points, axis=-1)
-    assert float(jnp.median(radius)) == pytest.approx(2.0, abs=0.6)  # the Gaussians sit on a circle of radius 2
-    assert_sample_cli(tmp_path / "run", tmp_path / "samples.npz", capsys)
+    points = assert_sample_cli(tmp_path / "run", tmp_path / "samples.npz", capsys)
+    radius = np.linalg.norm(points, axis=-1)
+    assert float(np.median(radius)) == pytest.approx(2.0, abs=0.6)  # the Gaussians sit on a circle of radius 2
 
 
 def assert_sample_cli(run_dir, out, capsys):
-    """`jdistill sample` writes the draws; bad input is one line and exit status 2, before any sampling."""
+    """`jdistill sample` writes the draws (returned); bad input is one line and exit status 2, before sampling."""
     from jdistill.cli import main
 
     common = ["sample", "--run-dir", str(run_dir), "--out", str(out)]
-    assert main([*common, "--sampler", "flow_euler", "--nfe", "2", "--num", "16"]) == 0
+    assert main([*common, "--sampler", "flow_euler", "--nfe", "8", "--num", "512"]) == 0
     with np.load(out) as saved:
-        assert saved["samples"].shape == (16, 2) and (saved["labels"] == -1).all()
+        points = saved["samples"]
+        assert points.shape == (512, 2) and (saved["labels"] == -1).all()
     for extra, message in [
         (["--nfe", "0"], "nfe: expected an integer >= 1, got 0"),
         (["--sampler", "euler_a"], "unknown sampler 'euler_a'"),
@@ -128,6 +126,7 @@ def assert_sample_cli(run_dir, out, capsys):
         assert main([*common, *extra]) == 2
         error = capsys.readouterr().err.strip()
         assert message in error and "\n" not in error, error
+    return points
 
 
 def test_ema_decay_warms_up():
