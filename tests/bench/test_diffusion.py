@@ -99,20 +99,26 @@ STUDENTS = {
 }
 
 
-def _randomised(module):
-    """`module` with every parameter drawn from N(0, 0.3^2): its output depends on every input (a fresh DiT's
-    zero-initialised modulation and output layers would ignore the labels)."""
-    graphdef, params = nnx.split(module)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [0.3 * jax.random.normal(key, leaf.shape) for key, leaf in zip(keys, leaves, strict=True)]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+def _randomised(make):
+    """The module `make()` builds, with every parameter drawn from N(0, 0.3^2) so that its output depends on every
+    input (a fresh DiT's zero-initialised modulation and output layers would ignore the labels); one compiled
+    program, not op by op."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    leaves, treedef = jax.tree.flatten(abstract)
+
+    def draw():
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        return [0.3 * jax.random.normal(key, leaf.shape) for key, leaf in zip(keys, leaves, strict=True)]
+
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.jit(draw)()))
 
 
+@functools.cache
 def _teachers(num_classes=10):
     config = ModelConfig(kind="classifier", num_layers=1, d_model=8, num_heads=1, mlp_dim=16, patch_size=8)
-    dit = _randomised(DiT(config, EDM(), num_classes=num_classes, rngs=nnx.Rngs(0)))
-    mlp = MLPDenoiser(RectifiedFlow(), hidden=16, num_layers=1, rngs=nnx.Rngs(0))
+    dit = _randomised(lambda: DiT(config, EDM(), num_classes=num_classes, rngs=nnx.Rngs(0)))
+    make_mlp = lambda: MLPDenoiser(RectifiedFlow(), hidden=16, num_layers=1, rngs=nnx.Rngs(0))
+    mlp = nnx.merge(nnx.graphdef(nnx.eval_shape(make_mlp)), jax.jit(lambda: nnx.state(make_mlp()))())  # as initialised
     return {"digits": TrainedDenoiser(dit, EDM(), None, 0), "toy2d": TrainedDenoiser(mlp, RectifiedFlow(), None, 0)}
 
 
@@ -186,7 +192,7 @@ def test_throughput_is_reported_against_the_single_evaluation(result):
 
 
 def test_denoiser_generator_draws_with_the_library_sampler():
-    model = _randomised(MLPDenoiser(RectifiedFlow(), hidden=8, num_layers=1, num_classes=3, rngs=nnx.Rngs(0)))
+    model = _randomised(lambda: MLPDenoiser(RectifiedFlow(), hidden=8, num_layers=1, num_classes=3, rngs=nnx.Rngs(0)))
     generator = bench.denoiser_generator(model, RectifiedFlow(), sampler="flow_euler")
     labels = jnp.arange(4) % 3
     samples = generator.draw(2)(jax.random.key(3), labels)

@@ -58,6 +58,7 @@ def test_features_are_the_penultimate_representation(cached, data_dir):
     np.testing.assert_allclose(classifier.features(images[:, :, :, 0].reshape(600, 64)), features, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_seed_same_classifier(cached, data_dir):
     _, classifier = cached
     model, _ = fc.train_classifier(TINY, data_dir)
