@@ -67,17 +67,17 @@ class ConditionEmbedding(nnx.Module):
         return self.num_classes
 
     def __call__(self, t_in, labels=None, guidance_scale=None):
+        if labels is not None and not self.num_classes:
+            raise ConfigError("labels given to an unconditional denoiser (num_classes = 0)")
+        if guidance_scale is not None and not self.guidance_conditioning:
+            raise ConfigError("guidance_scale given to a denoiser without guidance conditioning")
         batch = t_in.shape[0]
         c = self.time(t_in)
         if self.num_classes:
             if labels is None:
                 labels = jnp.full((batch,), self.null_label, jnp.int32)
             c = c + self.classes(jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,)))
-        elif labels is not None:
-            raise ConfigError("labels given to an unconditional denoiser (num_classes = 0)")
         if self.guidance_conditioning:
             scale = jnp.ones((batch,)) if guidance_scale is None else guidance_scale
             c = c + self.guidance(jnp.broadcast_to(jnp.asarray(scale, jnp.float32), (batch,)))
-        elif guidance_scale is not None:
-            raise ConfigError("guidance_scale given to a denoiser without guidance conditioning")
         return c

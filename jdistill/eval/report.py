@@ -13,20 +13,25 @@ LM_METRICS = (("perplexity", "perplexity", ".3f"), ("bits_per_byte", "bits/byte"
 # accuracy mean nothing
 PROBE_METRICS = (("linear_probe_accuracy", "probe acc", ".4f"), ("knn_accuracy", "k-NN acc", ".4f"))
 CLASSIFIER_METRICS = (("accuracy", "accuracy", ".4f"), ("nll", "nll", ".4f"), ("ece", "ece", ".4f"))
+# diffusion teachers (recipes with `eval_stats`): the held-out denoising loss
+DENOISER_METRICS = (("denoising_loss", "denoising loss", ".4f"),)
 
 
 def headline_metrics(metrics: dict) -> list[tuple[str, str, str]]:
     """(key, column, format) of the metrics that judge a stage: perplexity and bits per byte for LMs, probe and
-    k-NN accuracy when the recipe reports probes, else accuracy, NLL and ECE; then the recipe's own accuracies
+    k-NN accuracy when the recipe reports probes, the denoising loss of diffusion teachers, else accuracy, NLL and
+    ECE; then the recipe's own accuracies
     (robust, aggregated, quantized, per exit ...)."""
     base: tuple[tuple[str, str, str], ...]
     if "bits_per_byte" in metrics:
         base = LM_METRICS
     elif "linear_probe_accuracy" in metrics:
         base = PROBE_METRICS
+    elif "denoising_loss" in metrics:
+        base = DENOISER_METRICS
     else:
         base = CLASSIFIER_METRICS
-    known = {key for key, _, _ in (*LM_METRICS, *PROBE_METRICS, *CLASSIFIER_METRICS)}
+    known = {key for key, _, _ in (*LM_METRICS, *PROBE_METRICS, *CLASSIFIER_METRICS, *DENOISER_METRICS)}
     extra = [(key, key.removesuffix("_accuracy") + " acc", ".4f") for key in metrics if key.endswith("_accuracy")]
     return [*base, *(column for column in extra if column[0] not in known)]
 

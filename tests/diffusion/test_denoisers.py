@@ -12,6 +12,7 @@ from jdistill.diffusion.embeddings import sinusoidal_embedding
 from jdistill.diffusion.schedules import EDM, RectifiedFlow
 from jdistill.errors import ConfigError
 from jdistill.models.config import ModelConfig
+from tests.diffusion.weights import random_weights
 
 CONFIG = ModelConfig(num_layers=1, d_model=16, num_heads=2, mlp_dim=32, gate="headwise", patch_size=2)
 
@@ -20,20 +21,6 @@ def apply(model):
     """`model(x, t, labels[, guidance_scale])` compiled once (eager calls dispatch every op separately)."""
     graphdef, params = nnx.split(model)
     return jax.jit(lambda x, t, *rest: nnx.merge(graphdef, params)(x, t, *rest))
-
-
-@pytest.fixture(scope="module")
-def flow_dit():
-    return perturbed(DiT(CONFIG, RectifiedFlow(), rngs=nnx.Rngs(0)))
-
-
-def perturbed(model, scale=0.3):
-    """The model with every parameter moved off its (partly zero) initialisation, so every path carries signal."""
-    graphdef, params = nnx.split(model)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    moved = [leaf + scale * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys, strict=True)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, moved))
 
 
 def test_patchify_round_trips_and_orders_patches_row_major():
@@ -55,39 +42,68 @@ def test_dit_starts_at_zero_output_and_uses_the_gated_attention():
     assert model.num_classes == 10 and model.null_label == 10
 
 
-def test_labels_none_is_the_null_class_and_labels_change_the_output(flow_dit):
-    model = apply(flow_dit)
-    x, t = jax.random.normal(jax.random.key(1), (2, 8, 8, 1)), jnp.array([0.3, 0.8])
-    null = model(x, t, None)
-    np.testing.assert_allclose(model(x, t, jnp.array([10, 10])), null, rtol=1e-6)
-    assert float(jnp.abs(model(x, t, jnp.array([1, 2])) - null).max()) > 1e-3
-    np.testing.assert_allclose(model(x, 0.5, None), model(x, jnp.array([0.5, 0.5]), None), rtol=1e-6)
+def test_dit_null_class_labels_and_preconditioning():
+    """labels=None is the null class; labels change the output; under EDM the DiT sees (c_in x, c_noise): the same
+    weights under rectified flow (inputs passed through) fed those inputs give the same output."""
+    model = random_weights(lambda: DiT(CONFIG, EDM(), rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(model)
+    plain = nnx.clone(model)
+    plain.schedule = RectifiedFlow()
+    plain_graphdef = nnx.graphdef(plain)
+
+    @jax.jit
+    def outputs(x, sigma):
+        dit = nnx.merge(graphdef, params)
+        c_in = (1 / jnp.sqrt(sigma**2 + 0.25))[:, None, None, None]
+        scaled = nnx.merge(plain_graphdef, params)(c_in * x, jnp.log(sigma) / 4)
+        return dit(x, sigma, None), dit(x, sigma, jnp.array([10, 10])), dit(x, sigma, jnp.array([1, 2])), scaled
+
+    x, sigma = jax.random.normal(jax.random.key(1), (2, 8, 8, 1)), jnp.array([0.3, 8.0])
+    null, null_label, labelled, scaled = outputs(x, sigma)
+    np.testing.assert_allclose(null_label, null, rtol=1e-6)
+    assert float(jnp.abs(labelled - null).max()) > 1e-3
+    np.testing.assert_allclose(scaled, null, rtol=1e-5, atol=1e-5)
 
 
-def test_edm_denoiser_sees_c_in_x_and_c_noise():
-    """Under EDM the network's inputs are (c_in x, c_noise(sigma)): the same weights under a schedule without
-    preconditioning (rectified flow passes x and t through) give the same output when fed those inputs."""
-    edm = EDM()
-    model = perturbed(MLPDenoiser(edm, hidden=16, num_layers=1, rngs=nnx.Rngs(0)))
-    plain = MLPDenoiser(RectifiedFlow(), hidden=16, num_layers=1, rngs=nnx.Rngs(0))
-    nnx.update(plain, nnx.state(model))
+@pytest.fixture(scope="module")
+def mlp():
+    """A class- and guidance-conditioned MLP denoiser under EDM with random weights."""
+    return random_weights(
+        lambda: MLPDenoiser(EDM(), hidden=16, num_layers=1, num_classes=3, guidance_conditioning=True, rngs=nnx.Rngs(0))
+    )
+
+
+def test_edm_preconditioning_and_the_guidance_input(mlp):
+    """Under EDM the network sees (c_in x, c_noise(sigma)): the same weights under a schedule without
+    preconditioning (rectified flow passes x and t through) give the same output when fed those inputs. The
+    guidance scale is an input of a guidance-conditioned denoiser (none given: scale 1)."""
+    graphdef, params = nnx.split(mlp)
+    plain = nnx.clone(mlp)
+    plain.schedule = RectifiedFlow()
+    plain_graphdef = nnx.graphdef(plain)
     x, sigma = jax.random.normal(jax.random.key(2), (4, 2)), jnp.array([0.01, 0.5, 5.0, 80.0])
-    expected = apply(plain)(x / jnp.sqrt(sigma**2 + 0.25)[:, None], jnp.log(sigma) / 4)
-    np.testing.assert_allclose(apply(model)(x, sigma), expected, rtol=1e-5, atol=1e-6)
+    labels = jnp.arange(4) % 3
+
+    @jax.jit
+    def outputs(x, sigma):
+        model = nnx.merge(graphdef, params)
+        scaled = nnx.merge(plain_graphdef, params)(x / jnp.sqrt(sigma**2 + 0.25)[:, None], jnp.log(sigma) / 4, labels)
+        return model(x, sigma, labels), scaled, model(x, sigma, labels, 1.0), model(x, sigma, labels, 4.0)
+
+    preconditioned, expected, one, four = outputs(x, sigma)
+    np.testing.assert_allclose(preconditioned, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(preconditioned, one, rtol=1e-6)
+    assert float(jnp.abs(four - one).max()) > 1e-4
 
 
 def test_conditioning_inputs_are_checked():
-    unconditional = apply(MLPDenoiser(EDM(), hidden=8, num_layers=1, rngs=nnx.Rngs(0)))
-    x = jnp.zeros((1, 2))
-    with pytest.raises(ConfigError, match="unconditional denoiser"):
-        unconditional(x, 1.0, jnp.array([1]))
+    """Checked while tracing (`jax.eval_shape`: nothing is computed)."""
+    unconditional = nnx.eval_shape(lambda: MLPDenoiser(EDM(), hidden=8, num_layers=1, rngs=nnx.Rngs(0)))
+    x = jax.ShapeDtypeStruct((1, 2), jnp.float32)
+    with pytest.raises(ConfigError, match="labels given to an unconditional denoiser"):
+        jax.eval_shape(lambda x: unconditional(x, 1.0, jnp.array([1])), x)
     with pytest.raises(ConfigError, match="without guidance conditioning"):
-        unconditional(x, 1.0, None, 2.0)
-    guided = MLPDenoiser(EDM(), hidden=8, num_layers=1, num_classes=3, guidance_conditioning=True, rngs=nnx.Rngs(0))
-    guided = apply(perturbed(guided))
-    x2, labels = jnp.ones((2, 2)), jnp.array([0, 1])
-    np.testing.assert_allclose(guided(x2, 1.0, labels), guided(x2, 1.0, labels, 1.0), rtol=1e-6)
-    assert float(jnp.abs(guided(x2, 1.0, labels, 4.0) - guided(x2, 1.0, labels, 1.0)).max()) > 1e-4
+        jax.eval_shape(lambda x: unconditional(x, 1.0, None, 2.0), x)
 
 
 def test_sinusoidal_embedding_matches_its_formula():

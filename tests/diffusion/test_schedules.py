@@ -39,6 +39,10 @@ def test_edm_coefficients_match_the_paper():
     np.testing.assert_allclose(edm.c_in(sigma), 1 / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
     np.testing.assert_allclose(edm.c_noise(sigma), np.log(sigma) / 4, rtol=1e-6)
     np.testing.assert_allclose(edm.loss_weight(sigma), 1 / edm.c_out(sigma) ** 2, rtol=1e-5)
+    x = jnp.ones((5, 2))
+    x_in, t_in = edm.model_inputs(x, sigma)  # what the network sees
+    np.testing.assert_allclose(x_in, x / np.sqrt(sigma**2 + sd**2)[:, None], rtol=1e-6)
+    np.testing.assert_allclose(t_in, np.log(sigma) / 4, rtol=1e-6)
     # the effective training target (x0 - c_skip x) / c_out has unit variance for data of variance sd^2 (EDM B.6)
     target_variance = (sd**2 * (1 - edm.c_skip(sigma)) ** 2 + edm.c_skip(sigma) ** 2 * sigma**2) / edm.c_out(sigma) ** 2
     np.testing.assert_allclose(target_variance, 1.0, rtol=1e-5)
