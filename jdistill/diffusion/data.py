@@ -16,6 +16,7 @@ Details and the metrics computed on them: docs/diffusion_metrics.md.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -81,8 +82,10 @@ TOY_2D: dict[str, Callable[..., jax.Array]] = {
 }
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def toy2d(name: str, key, n: int) -> jax.Array:
-    """`n` points of the 2-D toy distribution `name` (see the module docstring) from `key`, `float32 [n, 2]`."""
+    """`n` points of the 2-D toy distribution `name` (see the module docstring) from `key`, `float32 [n, 2]`; one
+    compiled program per (name, n)."""
     return toy2d_sampler(name)(key, n)
 
 

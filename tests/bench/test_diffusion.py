@@ -2,6 +2,7 @@
 student, a stand-in feature network; one-line errors for bad input."""
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -45,18 +46,35 @@ class StandInClassifier:
         return self.features_and_predictions(images)[0]
 
 
+@functools.cache
+def _table(data_dir):
+    images, labels = digits("train", data_dir)
+    return images, labels
+
+
 def collapsed_student(context, data, seed):
-    """A mode-collapsed 'student': always the first train digit of the requested class."""
-    images, labels = digits("train", context.data_dir)
+    return _collapsed(context.data_dir)
+
+
+@functools.cache
+def _collapsed(data_dir):
+    """A mode-collapsed 'student': always the first train digit of the requested class (the same for every seed)."""
+    images, labels = _table(data_dir)
     firsts = jnp.asarray(np.stack([images[labels == c][0] for c in range(10)]))
     draw = jax.jit(lambda key, wanted: firsts[wanted])
     return bench.Generator(lambda nfe: draw, lambda nfe: draw)
 
 
 def oracle_student(context, data, seed):
-    """A 'student' that returns real data: train digits of the requested class, or fresh toy points."""
+    return _oracle(context.data_dir, context.toy, data)
+
+
+@functools.cache
+def _oracle(data_dir, toy, data):
+    """A 'student' that returns real data: train digits of the requested class, or fresh toy points (one
+    generator for every seed: one compilation)."""
     if data == "digits":
-        images, labels = digits("train", context.data_dir)
+        images, labels = _table(data_dir)
         order = np.argsort(labels, kind="stable")
         starts = np.searchsorted(labels[order], np.arange(10))
         counts = np.bincount(labels, minlength=10)
@@ -69,7 +87,7 @@ def oracle_student(context, data, seed):
     else:
 
         def draw(key, wanted):
-            return toy2d(context.toy, jax.random.fold_in(key, 7), wanted.shape[0])
+            return toy2d(toy, jax.random.fold_in(key, 7), wanted.shape[0])
 
     jitted = jax.jit(draw)
     return bench.Generator(lambda nfe: jitted, lambda nfe: jitted, conditional=data == "digits")
@@ -81,20 +99,26 @@ STUDENTS = {
 }
 
 
-def _randomised(module):
-    """`module` with every parameter drawn from N(0, 0.3^2): its output depends on every input (a fresh DiT's
-    zero-initialised modulation and output layers would ignore the labels)."""
-    graphdef, params = nnx.split(module)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [0.3 * jax.random.normal(key, leaf.shape) for key, leaf in zip(keys, leaves, strict=True)]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+def _randomised(make):
+    """The module `make()` builds, with every parameter drawn from N(0, 0.3^2) so that its output depends on every
+    input (a fresh DiT's zero-initialised modulation and output layers would ignore the labels); one compiled
+    program, not op by op."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    leaves, treedef = jax.tree.flatten(abstract)
+
+    def draw():
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        return [0.3 * jax.random.normal(key, leaf.shape) for key, leaf in zip(keys, leaves, strict=True)]
+
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.jit(draw)()))
 
 
+@functools.cache
 def _teachers(num_classes=10):
-    config = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, patch_size=4)
-    dit = _randomised(DiT(config, EDM(), num_classes=num_classes, rngs=nnx.Rngs(0)))
-    mlp = MLPDenoiser(RectifiedFlow(), hidden=16, num_layers=1, rngs=nnx.Rngs(0))
+    config = ModelConfig(kind="classifier", num_layers=1, d_model=8, num_heads=1, mlp_dim=16, patch_size=8)
+    dit = _randomised(lambda: DiT(config, EDM(), num_classes=num_classes, rngs=nnx.Rngs(0)))
+    make_mlp = lambda: MLPDenoiser(RectifiedFlow(), hidden=16, num_layers=1, rngs=nnx.Rngs(0))
+    mlp = nnx.merge(nnx.graphdef(nnx.eval_shape(make_mlp)), jax.jit(lambda: nnx.state(make_mlp()))())  # as initialised
     return {"digits": TrainedDenoiser(dit, EDM(), None, 0), "toy2d": TrainedDenoiser(mlp, RectifiedFlow(), None, 0)}
 
 
@@ -168,18 +192,18 @@ def test_throughput_is_reported_against_the_single_evaluation(result):
 
 
 def test_denoiser_generator_draws_with_the_library_sampler():
-    teacher = _teachers()["digits"]
-    generator = bench.denoiser_generator(teacher.model, teacher.schedule, sampler="euler")
-    labels = jnp.arange(4) % 10
+    model = _randomised(lambda: MLPDenoiser(RectifiedFlow(), hidden=8, num_layers=1, num_classes=3, rngs=nnx.Rngs(0)))
+    generator = bench.denoiser_generator(model, RectifiedFlow(), sampler="flow_euler")
+    labels = jnp.arange(4) % 3
     samples = generator.draw(2)(jax.random.key(3), labels)
     from jdistill.diffusion.samplers import make_sampler
 
-    run, params = make_sampler(teacher.model, teacher.schedule, sampler="euler", nfe=2)
+    run, params = make_sampler(model, RectifiedFlow(), sampler="flow_euler", nfe=2)
     noise_key, sampler_key = jax.random.split(jax.random.key(3))
-    expected = run(params, teacher.schedule.prior(noise_key, (4, 8, 8, 1)), labels, sampler_key)
+    expected = run(params, RectifiedFlow().prior(noise_key, (4, 2)), labels, sampler_key)
     np.testing.assert_allclose(samples, expected, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(generator.draw(2)(jax.random.key(3), labels + 1), samples, atol=1e-3)  # follows labels
-    assert generator.forward(2)(jax.random.key(0), labels).shape == (4, 8, 8, 1)
+    assert not np.allclose(generator.draw(2)(jax.random.key(3), (labels + 1) % 3), samples, atol=1e-3)  # follows labels
+    assert generator.conditional and generator.forward(2)(jax.random.key(0), labels).shape == (4, 2)
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, data_dir):

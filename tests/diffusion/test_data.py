@@ -67,8 +67,6 @@ def test_toy_samples_are_a_pure_function_of_the_key():
         assert a.shape == (64, 2)
         np.testing.assert_array_equal(a, b)
         assert not np.allclose(a, c)
-    jitted = jax.jit(data.toy2d, static_argnums=(0, 2))
-    np.testing.assert_allclose(jitted("two_moons", jax.random.key(1), 64), _draw("two_moons", 64, 1), atol=1e-6)
 
 
 def test_unknown_distribution_is_one_line():

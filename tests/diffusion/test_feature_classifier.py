@@ -14,10 +14,10 @@ from jdistill.diffusion.metrics import feature_fd
 from jdistill.models import ModelConfig
 
 TINY = fc.ClassifierSettings(
-    model=ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, patch_size=4),
-    steps=80,
+    model=ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, patch_size=8),
+    steps=60,
     batch_size=32,
-    learning_rate=1e-2,
+    learning_rate=2e-2,
     warmup_steps=4,
 )
 
@@ -32,8 +32,8 @@ def test_trains_once_then_loads_the_same_weights(cached, data_dir, monkeypatch):
     cache, classifier = cached
     entry = cache / fc.CACHE_SUBDIR / f"digits-{fc.cache_key(TINY)}"
     assert sorted(p.name for p in entry.iterdir()) == ["info.json", "weights.npz"]
-    assert classifier.info["key"] == fc.cache_key(TINY) and classifier.info["settings"]["steps"] == 80
-    assert classifier.info["test_accuracy"] > 0.3  # 80 steps of a tiny model; chance is 0.1
+    assert classifier.info["key"] == fc.cache_key(TINY) and classifier.info["settings"]["steps"] == 60
+    assert classifier.info["test_accuracy"] > 0.4  # 60 steps of a tiny model (0.64 measured); chance is 0.1
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached classifier was trained again")
@@ -58,6 +58,7 @@ def test_features_are_the_penultimate_representation(cached, data_dir):
     np.testing.assert_allclose(classifier.features(images[:, :, :, 0].reshape(600, 64)), features, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_seed_same_classifier(cached, data_dir):
     _, classifier = cached
     model, _ = fc.train_classifier(TINY, data_dir)
@@ -68,7 +69,7 @@ def test_same_seed_same_classifier(cached, data_dir):
 def test_cache_key_covers_settings_and_version(monkeypatch):
     key = fc.cache_key(TINY)
     assert len(key) == 16 and fc.cache_key(TINY) == key
-    for changed in (dataclasses.replace(TINY, steps=81), dataclasses.replace(TINY, seed=1)):
+    for changed in (dataclasses.replace(TINY, steps=61), dataclasses.replace(TINY, seed=1)):
         assert fc.cache_key(changed) != key
     wider = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, d_model=32))
     assert fc.cache_key(wider) != key
