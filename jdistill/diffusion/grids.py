@@ -85,6 +85,6 @@ def save_scatter(path, panels: dict, *, reference=None, limit: float = 3.0) -> N
         ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", title=title, xticks=[], yticks=[])
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     fs.write_bytes_atomic(path, buffer.getvalue())

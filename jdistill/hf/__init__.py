@@ -1,6 +1,6 @@
-"""Hugging Face interop: local safetensors checkpoints of Llama and Qwen3 decoders in and out, depth pruning
-(`jdistill prune`) and export of trained stages (`jdistill export`). The names below are imported on first use, so
-the command line's argument parsing stays fast."""
+"""Hugging Face interop: local safetensors checkpoints of Llama, Qwen3, Qwen3-MoE and Qwen3-Next decoders in and
+out (docs/checkpoints.md, docs/moe.md), depth pruning (`jdistill prune`) and export of trained stages (`jdistill
+export`). The names below are imported on first use, so the command line's argument parsing stays fast."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 from safetensors import SafetensorError, safe_open
@@ -17,6 +18,7 @@ from safetensors.numpy import save_file
 
 from jdistill.hf.config import HFImportError, hf_config_from_model, model_config_from_hf
 from jdistill.hf.files import read_json
+from jdistill.hf.moe_layout import PACKED, expert_layout, packed_shapes, unpack_experts
 from jdistill.hf.weights import dump_tensors, expected_hf_shapes, load_tensors, tensor_mappings
 from jdistill.models import Transformer
 from jdistill.models.config import DType, ModelConfig
@@ -101,11 +103,20 @@ def read_tensors(directory: Path, names: list[str]) -> dict[str, np.ndarray]:
     return _each_tensor(directory, names, lambda f, name: f.get_tensor(name))
 
 
+def _expected_shapes(model_config: ModelConfig, directory: Path) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """(tensor name -> shape the config needs, whether the experts are in transformers' packed layout)."""
+    expected = expected_hf_shapes(model_config)
+    if not model_config.num_experts:
+        return expected, False
+    packed = expert_layout(model_config, set(_tensor_files(directory)), str(directory)) == PACKED
+    return (packed_shapes(model_config, expected) if packed else expected), packed
+
+
 def check_weights(model_config: ModelConfig, path: str | os.PathLike) -> None:
     """Every tensor `model_config` needs is in the checkpoint with its shape, read from the safetensors headers
     only (no tensor data): damage is found before any stage starts."""
     directory = Path(path)
-    expected = expected_hf_shapes(model_config)
+    expected, _ = _expected_shapes(model_config, directory)
     shapes = _each_tensor(directory, list(expected), lambda f, name: tuple(f.get_slice(name).get_shape()))
     files = _files_of(directory, list(expected))
     for name, shape in expected.items():
@@ -116,7 +127,9 @@ def check_weights(model_config: ModelConfig, path: str | os.PathLike) -> None:
 
 
 def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Transformer:
-    """A jdistill decoder LM with the weights of a local `LlamaForCausalLM` / `Qwen3ForCausalLM` checkpoint.
+    """A jdistill decoder LM with the weights of a local `LlamaForCausalLM` / `Qwen3ForCausalLM` /
+    `Qwen3MoeForCausalLM` / `Qwen3NextForCausalLM` checkpoint (MoE experts in the released per-expert layout or
+    transformers' packed one, docs/moe.md).
 
     `dtype` is the compute dtype; parameters are kept in float32. `model(input_ids).logits` matches
     transformers' logits (float32: max abs difference <= 1e-4 in the tests).
@@ -125,7 +138,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Tra
     config = model_config_from_hf(
         read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
     )
-    model = Transformer(config, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))  # shapes only: every weight is read
     load_weights(model, directory)
     return model
 
@@ -135,15 +148,21 @@ def load_weights(model: Transformer, path: str | os.PathLike) -> None:
     directory = Path(path)
     check_weights(model.config, directory)  # names, shapes and readable files, before any data is read
     mappings = tensor_mappings(model.config)
-    tensors = read_tensors(directory, [m.hf_name for m in mappings])
+    expected, packed = _expected_shapes(model.config, directory)
+    tensors = read_tensors(directory, list(expected))
+    if packed:
+        tensors = unpack_experts(model.config, tensors)
     try:
         load_tensors(model, tensors, mappings)
     except ValueError as error:
         raise HFImportError(f"{directory}: {error}") from None
+    unread = [leaf for leaf in jax.tree.leaves(nnx.state(model)) if isinstance(leaf, jax.ShapeDtypeStruct)]
+    assert not unread, f"{len(unread)} parameters of an abstract model have no checkpoint tensor"
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, *, extra_config: dict | None = None) -> None:
-    """Write `config.json` and `model.safetensors` that transformers (and `from_pretrained`) load back.
+    """Write `config.json` and `model.safetensors` that transformers (and `from_pretrained`) load back (MoE
+    experts in the released per-expert layout).
 
     `extra_config`: more `config.json` keys (e.g. `eos_token_id`); those describing the model win over them.
     Files are written to temporary names and renamed, so an interrupted save never leaves a half checkpoint.

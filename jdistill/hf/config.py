@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from jdistill.hf.config_schema import MODEL_KEYS, HFImportError, check_hf_config, check_qwen3_next
+from jdistill.hf.config_schema import (
+    MODEL_KEYS,
+    HFImportError,
+    check_hf_config,
+    check_moe,
+    check_qwen3_next,
+    moe_layers,
+    num_experts,
+)
 from jdistill.models.config import DType, ModelConfig
 
-SUPPORTED = ("LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3NextForCausalLM")
-MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen3NextForCausalLM": "qwen3_next"}
+SUPPORTED = ("LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen3NextForCausalLM")
+MODEL_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Qwen3NextForCausalLM": "qwen3_next",
+}
+# transformers' default of norm_topk_prob when config.json has none (Qwen3MoeConfig / Qwen3NextConfig)
+NORM_TOPK_PROB_DEFAULT = {"Qwen3MoeForCausalLM": False, "Qwen3NextForCausalLM": True}
 LAYER_TYPES = {"linear_attention": "D", "full_attention": "A"}
 
 __all__ = ["SUPPORTED", "HFImportError", "hf_config_from_model", "model_config_from_hf"]
@@ -44,15 +59,9 @@ def _rope_fraction(hf: dict[str, Any]) -> float:
 
 
 def _qwen3_next_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
-    """Hybrid layout, gated attention and Gated DeltaNet sizes of a Qwen3-Next config (dense MLPs only)."""
+    """Hybrid layout, gated attention and Gated DeltaNet sizes of a Qwen3-Next config."""
     check_qwen3_next(hf, source)
     layers = hf["num_hidden_layers"]
-    dense = set(hf.get("mlp_only_layers") or []) >= set(range(layers)) or not hf.get("num_experts")
-    if not dense:
-        raise HFImportError(
-            f"{source}: mixture-of-experts layers are not supported (dense MLP layers required: "
-            "mlp_only_layers must list every layer)"
-        )
     layer_types = hf.get("layer_types") or []
     if len(layer_types) != layers or set(layer_types) - set(LAYER_TYPES):
         raise HFImportError(f"{source}: layer_types must list {layers} of {sorted(LAYER_TYPES)}")
@@ -66,6 +75,24 @@ def _qwen3_next_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
         linear_key_head_dim=hf["linear_key_head_dim"],
         linear_value_head_dim=hf["linear_value_head_dim"],
         linear_conv_kernel=hf["linear_conv_kernel_dim"],
+    )
+
+
+def _moe_fields(hf: dict[str, Any], architecture: str, source: str) -> dict[str, Any]:
+    """The mixture-of-experts fields of a Qwen3-MoE / Qwen3-Next config ({} when no block is a MoE block:
+    `num_experts` 0 or absent, or every layer in `mlp_only_layers`)."""
+    if architecture not in NORM_TOPK_PROB_DEFAULT or not moe_layers(hf, source):
+        return {}
+    shared = architecture == "Qwen3NextForCausalLM"
+    check_moe(hf, source, shared_expert=shared)
+    return dict(
+        num_experts=num_experts(hf, source),
+        experts_per_token=hf["num_experts_per_tok"],
+        moe_mlp_dim=hf["moe_intermediate_size"],
+        shared_expert_dim=hf["shared_expert_intermediate_size"] if shared else 0,
+        norm_topk_prob=hf.get("norm_topk_prob", NORM_TOPK_PROB_DEFAULT[architecture]),
+        moe_every=hf.get("decoder_sparse_step") or 1,
+        dense_layers=tuple(sorted(set(hf.get("mlp_only_layers") or []))),
     )
 
 
@@ -90,8 +117,8 @@ def _check_supported(hf: dict[str, Any], source: str) -> str:
 
 
 def model_config_from_hf(hf: dict[str, Any], *, dtype: DType = "float32", source: str = "config.json") -> ModelConfig:
-    """The jdistill `ModelConfig` equivalent to a Llama / Qwen3 `config.json`; a damaged or inconsistent file is a
-    one-line `HFImportError` naming `source` and the key."""
+    """The jdistill `ModelConfig` equivalent to a Llama / Qwen3 / Qwen3-MoE / Qwen3-Next `config.json`; a damaged or
+    inconsistent file is a one-line `HFImportError` naming `source` and the key."""
     hf = check_hf_config(hf, source)
     architecture = _check_supported(hf, source)
     config = _model_config(hf, architecture, dtype, source)
@@ -106,6 +133,7 @@ def _model_config(hf: dict[str, Any], architecture: str, dtype: DType, source: s
     fields: dict[str, Any] = {"gate": "none"}
     if architecture == "Qwen3NextForCausalLM":
         fields.update(_qwen3_next_fields(hf, source))
+    fields.update(_moe_fields(hf, architecture, source))
     return ModelConfig(
         kind="lm",
         num_layers=hf["num_hidden_layers"],
@@ -117,7 +145,7 @@ def _model_config(hf: dict[str, Any], architecture: str, dtype: DType, source: s
         activation="silu",
         mlp="glu",
         mlp_bias=False,
-        qk_norm=architecture in ("Qwen3ForCausalLM", "Qwen3NextForCausalLM"),
+        qk_norm=architecture != "LlamaForCausalLM",
         rotary_fraction=_rope_fraction(hf),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         vocab_size=hf["vocab_size"],
@@ -146,9 +174,31 @@ def _hf_rope_scaling(scaling: tuple[float, ...]) -> dict[str, Any]:
     }
 
 
+def _hf_moe(config: ModelConfig, next_style: bool) -> dict[str, Any]:
+    """The mixture-of-experts keys of `config.json` (none for a dense model)."""
+    if not config.num_experts:
+        return {}
+    if not config.qk_norm or bool(config.shared_expert_dim) != next_style:
+        raise HFImportError(
+            "save_pretrained: a mixture-of-experts model is written as Qwen3-MoE (qk-norm, no shared expert) or "
+            "Qwen3-Next (its layout, with a shared expert: shared_expert_dim > 0)"
+        )
+    keys = {
+        "num_experts": config.num_experts,
+        "num_experts_per_tok": config.experts_per_token,
+        "moe_intermediate_size": config.resolved_moe_mlp_dim,
+        "norm_topk_prob": config.norm_topk_prob,
+        "decoder_sparse_step": config.moe_every,
+        "mlp_only_layers": list(config.dense_layers),
+    }
+    if next_style:
+        keys["shared_expert_intermediate_size"] = config.shared_expert_dim
+    return keys
+
+
 def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
-    """A `config.json` that transformers loads as the equivalent Llama, Qwen3 or (hybrid / gated / zero-centred
-    norms) Qwen3-Next model."""
+    """A `config.json` that transformers loads as the equivalent Llama, Qwen3, Qwen3-MoE (experts) or (hybrid /
+    gated / zero-centred norms) Qwen3-Next model."""
     next_style = config.norm_zero_centered or "D" in config.layer_pattern or config.gate != "none"
     qwen3_next_complete = config.norm_zero_centered and config.qk_norm and config.gate == "elementwise"
     exportable = (
@@ -170,9 +220,12 @@ def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
             "and zero-centred norms) can be "
             "written as Hugging Face checkpoints"
         )
-    architecture = (
-        "Qwen3NextForCausalLM" if next_style else "Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLM"
-    )
+    if next_style:
+        architecture = "Qwen3NextForCausalLM"
+    elif config.qk_norm:
+        architecture = "Qwen3MoeForCausalLM" if config.num_experts else "Qwen3ForCausalLM"
+    else:
+        architecture = "LlamaForCausalLM"
     hf = {
         "architectures": [architecture],
         "model_type": MODEL_TYPES[architecture],
@@ -209,4 +262,5 @@ def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
             num_experts=0,
             decoder_sparse_step=1,
         )
+    hf.update(_hf_moe(config, next_style))
     return hf

@@ -45,6 +45,12 @@ MODEL_KEYS = {  # ModelConfig field -> config.json key
     "rope_scaling": "rope_scaling",
     "linear_value_heads": "linear_num_value_heads",
     "layer_pattern": "layer_types",
+    "num_experts": "num_experts",
+    "experts_per_token": "num_experts_per_tok",
+    "moe_mlp_dim": "moe_intermediate_size",
+    "shared_expert_dim": "shared_expert_intermediate_size",
+    "moe_every": "decoder_sparse_step",
+    "dense_layers": "mlp_only_layers",
 }
 
 
@@ -117,17 +123,55 @@ def check_hf_config(hf: Any, source: str) -> dict[str, Any]:
 
 
 def check_qwen3_next(hf: dict[str, Any], source: str) -> None:
-    """The Gated DeltaNet sizes and layer lists of a Qwen3-Next config."""
+    """The Gated DeltaNet sizes and layer list of a Qwen3-Next config."""
     for key in QWEN3_NEXT_SIZES:
         if key not in hf:
             raise HFImportError(f"{source}: {key}: missing (expected a positive integer)")
         _positive_int(source, key, hf[key])
-    for key in ("layer_types", "mlp_only_layers"):
-        value = hf.get(key)
-        if value is not None and not isinstance(value, list):
-            raise _fail(source, key, "a list", value)
-    experts = hf.get("num_experts")
-    if experts is not None and (isinstance(experts, bool) or not isinstance(experts, int)):
-        raise _fail(source, "num_experts", "an integer", experts)
-    if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in hf.get("mlp_only_layers") or []):
-        raise _fail(source, "mlp_only_layers", "a list of layer numbers", hf["mlp_only_layers"])
+    value = hf.get("layer_types")
+    if value is not None and not isinstance(value, list):
+        raise _fail(source, "layer_types", "a list", value)
+
+
+def _count(source: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(source, key, "a non-negative integer", value)
+
+
+def num_experts(hf: dict[str, Any], source: str) -> int:
+    """The expert count: `num_experts` (the released configs) or `num_local_experts` (transformers 5's name for it
+    in Qwen3-MoE); 0 when absent."""
+    values = {key: hf[key] for key in ("num_experts", "num_local_experts") if hf.get(key) is not None}
+    for key, value in values.items():
+        _count(source, key, value)
+    if len(set(values.values())) > 1:
+        raise _fail(source, "num_local_experts", f"the same as num_experts={values['num_experts']}", values)
+    return next(iter(values.values()), 0)
+
+
+def moe_layers(hf: dict[str, Any], source: str) -> list[int]:
+    """The 0-based layers transformers builds as mixture-of-experts blocks (`num_experts` > 0, not in
+    `mlp_only_layers`, (i + 1) % `decoder_sparse_step` == 0), after checking those keys' types."""
+    dense = hf.get("mlp_only_layers")
+    if dense is not None and (
+        not isinstance(dense, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in dense)
+    ):
+        raise _fail(source, "mlp_only_layers", "a list of layer numbers", dense)
+    step = hf.get("decoder_sparse_step")
+    if step is not None:
+        _positive_int(source, "decoder_sparse_step", step)
+    if not num_experts(hf, source):
+        return []
+    return [i for i in range(hf["num_hidden_layers"]) if i not in (dense or []) and (i + 1) % (step or 1) == 0]
+
+
+def check_moe(hf: dict[str, Any], source: str, shared_expert: bool) -> None:
+    """The sizes a model with mixture-of-experts blocks needs (`shared_expert`: Qwen3-Next's shared expert)."""
+    keys = ["num_experts_per_tok", "moe_intermediate_size"]
+    keys += ["shared_expert_intermediate_size"] if shared_expert else []
+    for key in keys:
+        if hf.get(key) is None:
+            raise HFImportError(f"{source}: {key}: missing (expected a positive integer)")
+        _positive_int(source, key, hf[key])
+    if hf.get("norm_topk_prob") is not None and not isinstance(hf["norm_topk_prob"], bool):
+        raise _fail(source, "norm_topk_prob", "true or false", hf["norm_topk_prob"])

@@ -3,8 +3,9 @@ checkpoint folder, or RUN_DIR/STAGE, a stage of an earlier run).
 
 The model's architecture is the checkpoint's: `resolve_init_from(config)` replaces the stage's `model` by the
 checkpoint's model config, keeping from the config only how the model runs (`RUNTIME_FIELDS`: dtype,
-rematerialisation, kernels, and for LMs `max_seq_len`). A field the config sets to something other than both its
-default and the checkpoint's value is a one-line error naming it; a field left at its default takes the checkpoint's.
+rematerialisation, kernels, the MoE dispatch, and for LMs `max_seq_len`). A field the config sets to something
+other than both its default and the checkpoint's value is a one-line error naming it; a field left at its default
+takes the checkpoint's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jdistill.models import Transformer
 from jdistill.models.config import ModelConfig
 
 ROLES = ("teacher", "student")
-RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "delta_rule_impl")
+RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "delta_rule_impl", "moe_dispatch")
 
 
 def checkpoint_model(spec: str, role: str) -> tuple[ModelConfig, str]:
@@ -108,7 +109,7 @@ def load_init_model(stage_config: Any, role: str) -> Transformer:
     if stage_config.init_from.startswith("hf:"):
         from jdistill.hf.checkpoint import load_weights
 
-        model = Transformer(model_config, rngs=nnx.Rngs(0))
+        model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))  # every weight is read
         try:
             load_weights(model, hf_dir(stage_config.init_from, f"{role}.init_from"))
         except HFImportError as error:

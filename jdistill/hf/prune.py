@@ -33,9 +33,10 @@ from jdistill.progress import step_bar
 def prune_layers(model: Transformer, keep: list[int]) -> Transformer:
     """A new Transformer with blocks `keep` of `model` (strictly increasing indices), everything else shared.
 
-    Block j of the result is block `keep[j]` of `model` (its weights, and its mixer type in a hybrid
-    `layer_pattern`); the embedding, final norm and head are `model`'s. Nothing is initialised at random and
-    `model` is not changed. Exit heads refer to block numbers, so a model with `exit_layers` is refused.
+    Block j of the result is block `keep[j]` of `model` (its weights, its mixer type in a hybrid `layer_pattern`,
+    its MLP or mixture of experts: `dense_layers` is rebuilt with `moe_every` 1); the embedding, final norm and
+    head are `model`'s. Nothing is initialised at random and `model` is not changed. Exit heads refer to block
+    numbers, so a model with `exit_layers` is refused.
     """
     config = model.config
     if config.exit_layers:
@@ -45,7 +46,16 @@ def prune_layers(model: Transformer, keep: list[int]) -> Transformer:
     pattern = "".join(config.layer_pattern[i % len(config.layer_pattern)] for i in keep)
     if len(set(pattern)) == 1:
         pattern = pattern[0]
-    pruned_config = dataclasses.replace(config, num_layers=len(keep), layer_pattern=pattern)
+    moe = [j for j, i in enumerate(keep) if config.is_moe_layer(i)]  # each kept block keeps its MLP kind
+    dense = tuple(j for j in range(len(keep)) if j not in moe)
+    pruned_config = dataclasses.replace(
+        config,
+        num_layers=len(keep),
+        layer_pattern=pattern,
+        num_experts=config.num_experts if moe else 0,
+        moe_every=1,
+        dense_layers=dense if moe else (),
+    )
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(pruned_config, rngs=nnx.Rngs(0))))
     values = nnx.to_pure_dict(nnx.state(model))
     blocks = values["blocks"]

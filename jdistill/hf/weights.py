@@ -1,7 +1,9 @@
-"""Tensor names of Hugging Face Llama / Qwen3 checkpoints <-> jdistill parameters.
+"""Tensor names of Hugging Face Llama / Qwen3 / Qwen3-MoE / Qwen3-Next checkpoints <-> jdistill parameters.
 
 HF linear weights are `[out, in]`; jdistill kernels are `[in, out]`, so every projection is transposed. Keys and
-values share one fused jdistill kernel (`key_value`: keys in the first `kv_heads * head_dim` columns).
+values share one fused jdistill kernel (`key_value`: keys in the first `kv_heads * head_dim` columns). A
+mixture-of-experts block's experts are stacked in jdistill (`w_gate [E, d, f]`, ...): the released per-expert
+tensors `mlp.experts.{e}.gate_proj.weight [f, d]` are slice e of them, transposed (docs/moe.md).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -27,6 +30,7 @@ class TensorMapping:
     columns: tuple[int, int] | None = None  # [start, stop) columns of the jdistill parameter
     row_order: tuple[int, ...] | None = None  # HF rows in jdistill column order (applied before transposing)
     conv: bool = False  # HF depthwise Conv1d weight [channels, 1, K] <-> jdistill [K, channels]
+    expert: int | None = None  # the HF tensor is slice [expert] of the jdistill parameter's first axis
 
 
 def _query_gate_rows(heads: int, head_dim: int) -> tuple[int, ...]:
@@ -72,6 +76,27 @@ def _deltanet_mappings(prefix: str, block: ParamPath) -> list[TensorMapping]:
     ]
 
 
+def _mlp_mappings(config: ModelConfig, index: int, prefix: str, block: ParamPath) -> list[TensorMapping]:
+    """A dense SwiGLU MLP, or a MoE block: router `mlp.gate`, the experts one by one, the gated shared expert."""
+    mlp, hf = block + ("mlp",), prefix + "mlp."
+    projections = (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down"))
+    if not config.is_moe_layer(index):
+        return [TensorMapping(f"{hf}{name}.weight", mlp + (attr, "kernel"), True) for name, attr in projections]
+    mappings = [TensorMapping(hf + "gate.weight", mlp + ("router",), True)]
+    for e in range(config.num_experts):
+        mappings += [
+            TensorMapping(f"{hf}experts.{e}.{name}.weight", mlp + ("w_" + attr,), True, expert=e)
+            for name, attr in projections
+        ]
+    if config.shared_expert_dim:
+        mappings += [
+            TensorMapping(f"{hf}shared_expert.{name}.weight", mlp + ("shared_expert", attr, "kernel"), True)
+            for name, attr in projections
+        ]
+        mappings.append(TensorMapping(hf + "shared_expert_gate.weight", mlp + ("shared_gate", "kernel"), True))
+    return mappings
+
+
 def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
     """Every tensor of the checkpoint, in a fixed order."""
     mappings = [
@@ -85,9 +110,7 @@ def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
         mappings += [
             TensorMapping(prefix + "input_layernorm.weight", block + ("attention_norm", "scale")),
             TensorMapping(prefix + "post_attention_layernorm.weight", block + ("mlp_norm", "scale")),
-            TensorMapping(prefix + "mlp.gate_proj.weight", block + ("mlp", "gate", "kernel"), True),
-            TensorMapping(prefix + "mlp.up_proj.weight", block + ("mlp", "up", "kernel"), True),
-            TensorMapping(prefix + "mlp.down_proj.weight", block + ("mlp", "down", "kernel"), True),
+            *_mlp_mappings(config, i, prefix, block),
         ]
         if config.layer_type(i) == "deltanet":
             mappings += _deltanet_mappings(prefix, block)
@@ -104,23 +127,31 @@ def _param(model: nnx.Module, path: ParamPath) -> nnx.Param:
 
 
 def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], mappings: list[TensorMapping]) -> None:
-    """Write checkpoint tensors into the model's parameters (shapes checked)."""
+    """Write checkpoint tensors into the model's parameters (shapes checked); a parameter filled from several
+    tensors (key and value columns, the experts of a MoE block) is assembled on the host and written once."""
+    by_param: dict[ParamPath, list[TensorMapping]] = {}
     for mapping in mappings:
-        param = _param(model, mapping.param_path)
-        raw = np.asarray(tensors[mapping.hf_name], np.float32)
-        current = np.array(param[...])
-        target = current if mapping.columns is None else current[:, slice(*mapping.columns)]
-        try:
-            value = _to_param_layout(raw, mapping)
-        except IndexError:
-            value = None
-        if value is None or target.shape != value.shape:
-            raise ValueError(f"{mapping.hf_name}: shape {raw.shape} does not match the config")
-        if mapping.columns is None:
-            current = value
-        else:
-            current[:, slice(*mapping.columns)] = value
-        param[...] = current
+        by_param.setdefault(mapping.param_path, []).append(mapping)
+    for path, group in by_param.items():
+        param = _param(model, path)
+        whole = len(group) == 1 and group[0].columns is None and group[0].expert is None
+        # the parts (key and value columns, experts) cover the whole parameter: assembled from zeros, so that the
+        # model may be abstract (`nnx.eval_shape`: no random initialisation to overwrite)
+        current = None if whole else np.zeros(param.get_value().shape, np.float32)
+        for mapping in group:
+            raw = np.asarray(tensors[mapping.hf_name], np.float32)
+            target = None if current is None else _part(current, mapping)  # a view into `current`
+            try:
+                value = _to_param_layout(raw, mapping)
+            except IndexError:
+                value = None
+            if value is None or value.shape != (tuple(param.get_value().shape) if target is None else target.shape):
+                raise ValueError(f"{mapping.hf_name}: shape {raw.shape} does not match the config")
+            if target is None:
+                current = value
+            else:
+                target[...] = value
+        param.set_value(jnp.asarray(current))
 
 
 def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -130,7 +161,9 @@ def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
     shapes = {}
     for mapping in tensor_mappings(config):
-        shape = tuple(_param(model, mapping.param_path).value.shape)
+        shape = tuple(_param(model, mapping.param_path).get_value().shape)
+        if mapping.expert is not None:
+            shape = shape[1:]
         if mapping.columns is not None:
             shape = (shape[0], mapping.columns[1] - mapping.columns[0])
         if mapping.conv:
@@ -143,13 +176,22 @@ def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def dump_tensors(model: nnx.Module, mappings: list[TensorMapping]) -> dict[str, np.ndarray]:
     """The checkpoint tensors of a model (float32, contiguous)."""
-    tensors = {}
+    tensors, host = {}, {}
     for mapping in mappings:
-        value = np.asarray(_param(model, mapping.param_path)[...], np.float32)
-        if mapping.columns is not None:
-            value = value[:, slice(*mapping.columns)]
+        if mapping.param_path not in host:  # one device -> host copy per parameter (all experts of a MoE block)
+            host[mapping.param_path] = np.asarray(_param(model, mapping.param_path)[...], np.float32)
+        value = _part(host[mapping.param_path], mapping)
         tensors[mapping.hf_name] = np.ascontiguousarray(_to_hf_layout(value, mapping))
     return tensors
+
+
+def _part(value: np.ndarray, mapping: TensorMapping) -> np.ndarray:
+    """The slice of a parameter's value that `mapping`'s tensor holds (a view)."""
+    if mapping.expert is not None:
+        value = value[mapping.expert]
+    if mapping.columns is not None:
+        value = value[:, slice(*mapping.columns)]
+    return value
 
 
 def _to_param_layout(value: np.ndarray, mapping: TensorMapping) -> np.ndarray:

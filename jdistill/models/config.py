@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 DType = Literal["float32", "bfloat16"]  # a model's parameter and compute dtype
+MOE_ZERO = {"num_experts": "dense MLPs only", "moe_mlp_dim": "mlp_dim", "shared_expert_dim": "no shared expert"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,16 @@ class ModelConfig:
       residual_gates: GateSkip residual gates on every attention and MLP branch (docs/methods.md#gateskip).
       exit_layers: 1-based blocks with an early exit (shared exit head,
       docs/methods.md#multi-exit-self-distillation); () for none.
+      num_experts: experts of the mixture-of-experts layers (`jdistill.nn.moe.MoE`, docs/moe.md); 0 = a dense
+        MLP in every block.
+      experts_per_token: experts each token is routed to (top-k), in [1, num_experts].
+      moe_mlp_dim: hidden size of each expert (0: mlp_dim); the dense MLPs of a MoE model keep mlp_dim.
+      shared_expert_dim: hidden size of the shared SwiGLU expert with a sigmoid gate (Qwen3-Next); 0 = none.
+      norm_topk_prob: renormalise the k routing weights to sum to 1 (otherwise the raw softmax probabilities).
+      moe_every: block i (0-based) is a MoE block when (i + 1) % moe_every == 0 (HF `decoder_sparse_step`) ...
+      dense_layers: ... and i is not listed here (0-based; HF `mlp_only_layers`).
+      moe_dispatch: "ragged" (sort by expert, grouped matmuls; dropless) or "one_hot" (every expert on every
+        token, the reference; E times the work).
       attention_impl: passed to `jdistill.kernels.gated_attention` ("auto", "xla", ...).
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
       remat: rematerialisation of each block in the backward pass: "none" (keep activations), "full" (recompute
@@ -88,6 +99,14 @@ class ModelConfig:
     norm_zero_centered: bool = False
     residual_gates: bool = False
     exit_layers: tuple[int, ...] = ()
+    num_experts: int = 0
+    experts_per_token: int = 2
+    moe_mlp_dim: int = 0
+    shared_expert_dim: int = 0
+    norm_topk_prob: bool = True
+    moe_every: int = 1
+    dense_layers: tuple[int, ...] = ()
+    moe_dispatch: Literal["ragged", "one_hot"] = "ragged"
     attention_impl: str = "auto"
     dtype: DType = "float32"
     remat: Literal["none", "full", "dots"] = "none"
@@ -103,6 +122,18 @@ class ModelConfig:
     def layer_type(self, index: int) -> str:
         """ "attention" or "deltanet" for block `index` (0-based)."""
         return {"A": "attention", "D": "deltanet", "R": "regla"}[self.layer_pattern[index % len(self.layer_pattern)]]
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether block `index` (0-based) has the mixture-of-experts MLP (the HF Qwen3-MoE rule)."""
+        return self.num_experts > 0 and index not in self.dense_layers and (index + 1) % self.moe_every == 0
+
+    @property
+    def resolved_moe_mlp_dim(self) -> int:
+        return self.moe_mlp_dim or self.mlp_dim
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.num_layers))
 
     @property
     def rotary_dim(self) -> int:
@@ -176,7 +207,30 @@ class ModelConfig:
             and self.image_size % self.patch_size
         ):
             problems.append(("patch_size", f"a divisor of image_size={self.image_size}"))
+        problems += self._moe_problems()
         problems += self._kernel_problems()
+        return problems
+
+    def _moe_problems(self) -> list[tuple[str, str]]:
+        """The mixture-of-experts fields (all ignored while num_experts is 0, except their own types)."""
+        problems = []
+        for name in ("num_experts", "moe_mlp_dim", "shared_expert_dim"):
+            if getattr(self, name) < 0:
+                problems.append((name, "a non-negative integer (0: " + MOE_ZERO[name] + ")"))
+        if self.moe_every < 1:
+            problems.append(("moe_every", "a positive integer"))
+        if self.moe_dispatch not in ("ragged", "one_hot"):
+            problems.append(("moe_dispatch", '"ragged" or "one_hot"'))
+        if self.num_experts < 1:
+            return problems
+        if not 1 <= self.experts_per_token <= self.num_experts:
+            problems.append(("experts_per_token", f"an integer in [1, num_experts={self.num_experts}]"))
+        if any(not 0 <= layer < self.num_layers for layer in self.dense_layers) or list(self.dense_layers) != sorted(
+            set(self.dense_layers)
+        ):
+            problems.append(("dense_layers", f"increasing 0-based block numbers below num_layers={self.num_layers}"))
+        if self.mlp != "glu" or self.glu_order != 2 or self.activation != "silu" or self.mlp_bias:
+            problems.append(("mlp", "mlp: glu, glu_order: 2, activation: silu, mlp_bias: false (SwiGLU experts)"))
         return problems
 
     def _kernel_problems(self) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from jdistill.nn.deltanet import GatedDeltaNet
 from jdistill.nn.exits import ExitHeads
 from jdistill.nn.gateskip import ResidualGate, gate_sparsity_loss, mean_gate, skip_mask, skip_tokens
 from jdistill.nn.kv_cache import KVCache
+from jdistill.nn.moe import MoE
 from jdistill.nn.params import dense, embedding, param
 from jdistill.nn.regla import ReGLA
 from jdistill.partitioning import constrain_batch
@@ -22,14 +23,16 @@ from jdistill.partitioning import constrain_batch
 
 class Block(nnx.Module):
     """Pre-norm block: `h + attn(norm(h))`, then `h + mlp(norm(h))`. With `residual_gates` each branch is scaled
-    by a GateSkip gate `sigmoid(W stopgrad(h) + b)` (docs/methods.md#gateskip) recorded in `stats["residual_gates"]`."""
+    by a GateSkip gate `sigmoid(W stopgrad(h) + b)` (docs/methods.md#gateskip) recorded in `stats["residual_gates"]`.
+    In a mixture-of-experts block (`config.is_moe_layer(index)`) `mlp` is a `jdistill.nn.moe.MoE`, whose routing
+    statistics go to the `moe_stats` dict when one is passed."""
 
     def __init__(self, config: ModelConfig, index: int = 0, *, rngs: nnx.Rngs):
         causal = config.kind == "lm"
         dtype = jnp.dtype(config.dtype)
         self.attention_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
         self.linear_attention: GatedDeltaNet | ReGLA
-        self.mlp: GLUMLP | MLP
+        self.mlp: GLUMLP | MLP | MoE
         if config.layer_type(index) == "deltanet":
             self.linear_attention = GatedDeltaNet(config, rngs=rngs)
         elif config.layer_type(index) == "regla":
@@ -37,7 +40,19 @@ class Block(nnx.Module):
         else:
             self.attention = GatedSelfAttention(config, causal=causal, rope=causal, rngs=rngs)
         self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
-        if config.mlp == "glu":
+        if config.is_moe_layer(index):
+            self.mlp = MoE(
+                config.d_model,
+                config.resolved_moe_mlp_dim,
+                config.num_experts,
+                config.experts_per_token,
+                norm_topk_prob=config.norm_topk_prob,
+                shared_dim=config.shared_expert_dim,
+                dispatch=config.moe_dispatch,
+                dtype=dtype,
+                rngs=rngs,
+            )
+        elif config.mlp == "glu":
             self.mlp = GLUMLP(
                 config.d_model,
                 config.mlp_dim,
@@ -65,8 +80,24 @@ class Block(nnx.Module):
             return h_out
         return skip_tokens(h, h_out, skip_mask(mean_gate(gate), skip_budget))
 
+    def _mlp(self, x, moe_stats: dict | None = None):
+        if not isinstance(self.mlp, MoE):
+            return self.mlp(x)
+        y, stats = self.mlp(x)
+        if moe_stats is not None:
+            moe_stats.update(stats)
+        return y
+
     def __call__(
-        self, h, *, positions=None, segment_ids=None, stats: dict | None = None, head_gates=None, skip_budget=None
+        self,
+        h,
+        *,
+        positions=None,
+        segment_ids=None,
+        stats: dict | None = None,
+        head_gates=None,
+        skip_budget=None,
+        moe_stats: dict | None = None,
     ):
         if hasattr(self, "linear_attention"):
             attended = self.linear_attention(self.attention_norm(h))
@@ -75,7 +106,7 @@ class Block(nnx.Module):
                 self.attention_norm(h), positions=positions, segment_ids=segment_ids, stats=stats, head_gates=head_gates
             )
         h = self._residual(h, attended, "attention_gate", stats, skip_budget)
-        return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", stats, skip_budget)
+        return self._residual(h, self._mlp(self.mlp_norm(h), moe_stats), "mlp_gate", stats, skip_budget)
 
     def init_cache(self, batch: int, max_len: int):
         """A key/value cache (attention), a conv + recurrent state (Gated DeltaNet) or a recurrent state (ReGLA)."""
@@ -97,7 +128,7 @@ class Block(nnx.Module):
         else:
             attended, cache = self.attention.decode(self.attention_norm(h), positions=positions, cache=cache)
         h = self._residual(h, attended, "attention_gate", None)
-        return self._residual(h, self.mlp(self.mlp_norm(h)), "mlp_gate", None), cache
+        return self._residual(h, self._mlp(self.mlp_norm(h)), "mlp_gate", None), cache
 
 
 def _positions(count: int, d_model: int, rngs: nnx.Rngs) -> nnx.Param:
@@ -160,6 +191,7 @@ class Transformer(nnx.Module):
         head_gates=None,
         skip_budget: float | None = None,
         logits: bool = True,
+        layer_keep=None,
     ):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
@@ -168,16 +200,21 @@ class Transformer(nnx.Module):
         `gate_sparsity_loss` in `aux`. `head_gates [num_layers, num_heads]` multiplies each attention head's
         output (causal head gating). `skip_budget` (GateSkip inference, models with `residual_gates`): in every
         branch, the tokens whose mean gate is under that quantile keep their residual unchanged (the branch's
-        output is dropped), about that fraction of tokens per branch."""
+        output is dropped), about that fraction of tokens per branch. `layer_keep [batch, num_layers]` (bool):
+        layer dropout (LayerSkip): a row passes through every block whose entry is False unchanged. Models with
+        mixture-of-experts blocks always return `moe_load_balancing_loss` and `moe_router_z_loss` (means over the
+        MoE blocks) and `moe_tokens_per_expert` (`[num_moe_layers, num_experts]`) in `aux` (`jdistill.nn.moe`)."""
         h = constrain_batch(self._embed(inputs))
         hidden = [h]
         layer_stats = []
         residual_gates = []
+        moe_layers: list[dict[str, Any]] = []
         for index, block in enumerate(self.blocks):
+            moe_stats: dict[str, Any] | None = {} if self.config.is_moe_layer(index) else None
             stats: dict[str, Any] | None = {} if (return_stats or self.config.residual_gates) else None
             gates = None if head_gates is None else head_gates[index]
             if stats is None and gates is None and skip_budget is None and self.config.remat != "none":
-                h = _remat_block(block, h, positions, segment_ids, self.config.remat)
+                h, moe_stats = _remat_block(block, h, positions, segment_ids, self.config.remat, moe_stats)
             else:
                 h = block(
                     h,
@@ -186,8 +223,13 @@ class Transformer(nnx.Module):
                     stats=stats,
                     head_gates=gates,
                     skip_budget=skip_budget,
+                    moe_stats=moe_stats,
                 )
+            if layer_keep is not None:
+                h = jnp.where(layer_keep[:, index, None, None], h, hidden[-1])
             h = constrain_batch(h)
+            if moe_stats is not None:
+                moe_layers.append(moe_stats)
             hidden.append(h)
             if stats is not None:
                 residual_gates += stats.pop("residual_gates", [])
@@ -202,6 +244,8 @@ class Transformer(nnx.Module):
         if residual_gates:
             aux["gate_sparsity_loss"] = gate_sparsity_loss(residual_gates)
             aux["residual_gates"] = tuple(residual_gates)
+        if moe_layers:
+            aux.update(_moe_aux(moe_layers))
         return ModelOutput(
             logits=self._logits(h) if logits else None,
             exits=exits,
@@ -253,15 +297,27 @@ class Transformer(nnx.Module):
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def _remat_block(block, h, positions, segment_ids, remat: str):
-    """Run `block` under `jax.checkpoint` so its activations are recomputed in the backward pass."""
+def _remat_block(block, h, positions, segment_ids, remat: str, moe_stats: dict | None):
+    """Run `block` under `jax.checkpoint` so its activations are recomputed in the backward pass; returns the
+    block's output and its MoE statistics (None for a dense block)."""
 
     graphdef, state = nnx.split(block)  # functional form: also works on modules merged in an outer trace
 
     def run(state, h, positions, segment_ids):
-        return nnx.merge(graphdef, state)(h, positions=positions, segment_ids=segment_ids)
+        stats: dict[str, Any] | None = None if moe_stats is None else {}
+        out = nnx.merge(graphdef, state)(h, positions=positions, segment_ids=segment_ids, moe_stats=stats)
+        return out, stats
 
     return jax.checkpoint(run, policy=REMAT_POLICIES[remat])(state, h, positions, segment_ids)
+
+
+def _moe_aux(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model's MoE aux entries from each MoE block's `MoE` statistics."""
+    return {
+        "moe_load_balancing_loss": jnp.mean(jnp.stack([s["load_balancing_loss"] for s in layers])),
+        "moe_router_z_loss": jnp.mean(jnp.stack([s["router_z_loss"] for s in layers])),
+        "moe_tokens_per_expert": jnp.stack([s["tokens_per_expert"] for s in layers]),
+    }
 
 
 def count_params(model: nnx.Module) -> int:

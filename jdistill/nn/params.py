@@ -12,12 +12,12 @@ from flax import nnx
 from jdistill.partitioning import AXES_METADATA
 
 
-def axes_metadata(axes: tuple[str, ...]) -> dict:
+def axes_metadata(axes: tuple[str | None, ...]) -> dict:
     """Variable metadata naming each dimension of a parameter (one logical name per dimension)."""
     return {AXES_METADATA: tuple(axes), "eager_sharding": False}
 
 
-def param(value, axes: tuple[str, ...]) -> nnx.Param:
+def param(value, axes: tuple[str | None, ...]) -> nnx.Param:
     """`nnx.Param(value)` with logical axes; `len(axes)` must equal `value.ndim`."""
     if len(axes) != value.ndim:
         raise ValueError(f"logical axes {axes} do not match a parameter of shape {value.shape}")

@@ -3,6 +3,7 @@ student, a stand-in feature network; one-line errors for bad input."""
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,14 @@ class StandInClassifier:
         return self.features_and_predictions(images)[0]
 
 
+def collapsed_student(context, data, seed):
+    """A mode-collapsed 'student': always the first train digit of the requested class."""
+    images, labels = digits("train", context.data_dir)
+    firsts = jnp.asarray(np.stack([images[labels == c][0] for c in range(10)]))
+    draw = jax.jit(lambda key, wanted: firsts[wanted])
+    return bench.Generator(lambda nfe: draw, lambda nfe: draw)
+
+
 def oracle_student(context, data, seed):
     """A 'student' that returns real data: train digits of the requested class, or fresh toy points."""
     if data == "digits":
@@ -66,12 +75,25 @@ def oracle_student(context, data, seed):
     return bench.Generator(lambda nfe: jitted, lambda nfe: jitted, conditional=data == "digits")
 
 
-STUDENTS = {"oracle": Student("tests.bench.test_diffusion:oracle_student", data=("digits", "toy2d"), nfes=(1,))}
+STUDENTS = {
+    "oracle": Student("tests.bench.test_diffusion:oracle_student", data=("digits", "toy2d"), nfes=(1,)),
+    "collapsed": Student("tests.bench.test_diffusion:collapsed_student", nfes=(1,)),
+}
+
+
+def _randomised(module):
+    """`module` with every parameter drawn from N(0, 0.3^2): its output depends on every input (a fresh DiT's
+    zero-initialised modulation and output layers would ignore the labels)."""
+    graphdef, params = nnx.split(module)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [0.3 * jax.random.normal(key, leaf.shape) for key, leaf in zip(keys, leaves, strict=True)]
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
 
 
 def _teachers(num_classes=10):
     config = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, patch_size=4)
-    dit = DiT(config, EDM(), num_classes=num_classes, rngs=nnx.Rngs(0))
+    dit = _randomised(DiT(config, EDM(), num_classes=num_classes, rngs=nnx.Rngs(0)))
     mlp = MLPDenoiser(RectifiedFlow(), hidden=16, num_layers=1, rngs=nnx.Rngs(0))
     return {"digits": TrainedDenoiser(dit, EDM(), None, 0), "toy2d": TrainedDenoiser(mlp, RectifiedFlow(), None, 0)}
 
@@ -96,7 +118,7 @@ def test_json_layout_is_the_issues(result):
     folder, out = result
     assert {"teacher", "students", "real_fd", "toy2d"} <= set(out)
     digits_keys = {"fd", "precision", "recall", "class_accuracy", "samples_per_s"}
-    assert set(out["teacher"]) == {"1", "2"} and set(out["students"]) == {"oracle"}
+    assert set(out["teacher"]) == {"1", "2"} and set(out["students"]) == {"oracle", "collapsed"}
     assert set(out["students"]["oracle"]) == {"1"}
     for entry in [*out["teacher"].values(), *out["students"]["oracle"].values()]:
         assert set(entry) == digits_keys and all(np.isfinite(entry[key]) for key in digits_keys)
@@ -111,6 +133,7 @@ def test_json_layout_is_the_issues(result):
     json.loads(json.dumps(out))  # plain JSON types throughout
     grids = sorted(p.name for p in (folder / "bench_grids").iterdir())
     assert grids == [
+        "digits_collapsed_nfe1.png",
         "digits_oracle_nfe1.png",
         "digits_teacher_nfe1.png",
         "digits_teacher_nfe2.png",
@@ -126,6 +149,8 @@ def test_metrics_rank_real_data_above_an_untrained_teacher(result):
     assert oracle["precision"] > 0.8 and oracle["recall"] > 0.8 and teacher["precision"] < 0.2
     assert oracle["class_accuracy"] > 0.8 and out["real"]["class_accuracy"] > 0.8
     assert out["real"]["test_examples"] == 360 and out["real"]["train_examples"] == 1437
+    collapsed = out["students"]["collapsed"]["1"]  # ten real images: all inside the data, covering little of it
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1 and collapsed["class_accuracy"] > 0.5
     toy = out["toy2d"]
     # the untrained flow's velocity is 0 (zero-initialised output), so its samples are its N(0, I) prior
     assert toy["students"]["oracle"]["1"]["swd"] < 0.5 * toy["teacher"]["1"]["swd"]
@@ -153,6 +178,7 @@ def test_denoiser_generator_draws_with_the_library_sampler():
     noise_key, sampler_key = jax.random.split(jax.random.key(3))
     expected = run(params, teacher.schedule.prior(noise_key, (4, 8, 8, 1)), labels, sampler_key)
     np.testing.assert_allclose(samples, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(generator.draw(2)(jax.random.key(3), labels + 1), samples, atol=1e-3)  # follows labels
     assert generator.forward(2)(jax.random.key(0), labels).shape == (4, 8, 8, 1)
 
 
@@ -188,3 +214,28 @@ def test_cli_errors_exit_2_before_any_compute(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"jdistill: error: {tmp_path}: not a run directory (no config.yaml)"
     assert main(["bench", "diffusion", "--json", str(tmp_path / "b.json"), "--seeds", "0"]) == 2
     assert "--seeds: expected at least 1 seed, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_teachers_trained_from_the_presets_then_reused(tmp_path, data_dir, monkeypatch):
+    """The whole path of `jdistill bench diffusion` without run dirs: both presets trained for a few steps into the
+    work dir, the real digits-FD classifier, the JSON written; a second run loads the teachers it finds."""
+    monkeypatch.setenv("JDISTILL_CACHE_DIR", os.environ.get("JDISTILL_CACHE_DIR") or str(tmp_path / "cache"))
+    settings = ["--seeds", "1", "--teacher-nfe", "1,2", "--toy", "two_moons", "--toy-samples", "64", "--repeats", "1"]
+    out = tmp_path / "bench.json"
+    argv = ["bench", "diffusion", "--json", str(out), "--teacher-steps", "3", "--data-dir", str(data_dir), *settings]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["teacher"]) == {"1", "2"} and result["toy2d"]["distribution"] == "two_moons"
+    assert result["classifier"]["test_accuracy"] >= 0.95
+    work = tmp_path / "diffusion_bench"
+    assert (work / "teacher_digits" / "config.yaml").is_file() and (work / "teacher_two_moons").is_dir()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a teacher was trained again")
+
+    monkeypatch.setattr("jdistill.train.run_teacher_student", no_training)
+    again = tmp_path / "again.json"
+    argv = ["bench", "diffusion", "--json", str(again), "--toy-teacher", str(work / "teacher_two_moons"), *settings]
+    assert main([*argv, "--work-dir", str(work), "--data-dir", str(data_dir), "--toy", "8gaussians"]) == 0
+    assert json.loads(again.read_text())["toy2d"]["distribution"] == "two_moons"  # the run's own distribution

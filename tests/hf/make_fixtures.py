@@ -4,7 +4,8 @@
     /tmp/hf/bin/python tests/hf/make_fixtures.py
 
 For each architecture: a small random-weight model with grouped-query attention, saved with
-`save_pretrained` (config.json + model.safetensors), and `expected.safetensors` holding the prompt ids, the
+`save_pretrained` (config.json + model.safetensors; MoE experts in the released per-expert layout, except the
+fixtures in PACKED, saved in transformers 5's packed layout), and `expected.safetensors` holding the prompt ids, the
 float32 logits transformers computes for them, and transformers' greedy continuations of the prompts and of
 the second prompt cut to 7 tokens (for batches with per-row lengths). The tests read these
 files only, so they need neither PyTorch nor transformers.
@@ -64,6 +65,54 @@ ARCHITECTURES = {
         ),
     ),
 }
+# Mixture-of-experts fixtures (smaller width: the experts dominate the size).
+MOE_COMMON = dict(hidden_size=32, intermediate_size=48, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16)
+ARCHITECTURES.update(
+    {
+        # Qwen3-MoE as released (norm_topk_prob true), with a dense first layer (mlp_only_layers).
+        "qwen3_moe": (
+            transformers.Qwen3MoeConfig,
+            transformers.Qwen3MoeForCausalLM,
+            dict(
+                MOE_COMMON,
+                num_hidden_layers=3,
+                head_dim=16,
+                rms_norm_eps=1e-6,
+                rope_theta=1000000.0,
+                tie_word_embeddings=False,
+                norm_topk_prob=True,
+                decoder_sparse_step=1,
+                mlp_only_layers=[0],
+            ),
+        ),
+        # Qwen3-Next with MoE blocks on every second layer (decoder_sparse_step 2), the gated shared expert, raw
+        # top-k probabilities (norm_topk_prob false); saved in transformers' packed expert layout.
+        "qwen3_next_moe": (
+            transformers.Qwen3NextConfig,
+            transformers.Qwen3NextForCausalLM,
+            dict(
+                MOE_COMMON,
+                num_hidden_layers=4,
+                head_dim=16,
+                partial_rotary_factor=0.25,
+                rms_norm_eps=1e-6,
+                rope_theta=10000.0,
+                tie_word_embeddings=True,
+                layer_types=["linear_attention", "full_attention"] * 2,
+                linear_num_key_heads=2,
+                linear_num_value_heads=4,
+                linear_key_head_dim=8,
+                linear_value_head_dim=8,
+                linear_conv_kernel_dim=4,
+                mlp_only_layers=[],
+                decoder_sparse_step=2,
+                norm_topk_prob=False,
+                shared_expert_intermediate_size=24,
+            ),
+        ),
+    }
+)
+PACKED = {"qwen3_next_moe"}  # written with save_original_format=False: mlp.experts.gate_up_proj / down_proj
 PROMPT_LENGTH, NEW_TOKENS, BATCH, SHORT_LENGTH = 11, 8, 2, 7
 
 
@@ -91,7 +140,7 @@ def make(name: str, seed: int) -> None:
     perturb(model, generator)
     directory = FIXTURES / name
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, save_original_format=name not in PACKED)
     ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT_LENGTH), generator=generator)
     short = ids[1:, :SHORT_LENGTH]
     with torch.no_grad():
@@ -125,5 +174,9 @@ def make(name: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    chosen = sys.argv[1:] or list(ARCHITECTURES)  # e.g. `make_fixtures.py qwen3_moe` rewrites that one only
     for index, architecture in enumerate(ARCHITECTURES):
-        make(architecture, seed=index)
+        if architecture in chosen:
+            make(architecture, seed=index)

@@ -53,6 +53,9 @@ MODEL_KINDS = {
     "dense_expanded_activation": dataclasses.replace(CLASSIFIER, activation="xgelu"),
     "gateskip_exits": dataclasses.replace(LM, residual_gates=True, exit_layers=(1, 3)),
     "classifier_exits": dataclasses.replace(CLASSIFIER, num_layers=2, exit_layers=(1, 2), residual_gates=True),
+    "moe_shared_expert_dense_layer": dataclasses.replace(
+        LM, mlp="glu", activation="silu", mlp_bias=False, num_experts=4, shared_expert_dim=8, dense_layers=(1,)
+    ),
 }
 
 # Options that make a recipe's wrapper add parameters of its own (feature_kd projects only across widths).
