@@ -90,6 +90,9 @@ def test_tdd_targets_come_from_the_predefined_schedules():
     assert np.all(target < t_np)
     picked_coarse = (target == below_half) & (below_half != below_quarter)
     assert 0.25 < picked_coarse.mean() / (below_half != below_quarter).mean() < 0.75
+    # A time on a schedule point targets the point below it, never itself.
+    on_points = np.asarray(tc.tdd_target_times(jax.random.key(4), jnp.full((64,), 0.5), schedules))
+    assert set(np.round(on_points, 6)) == {0.0, 0.25}
     jittered = np.asarray(tc.tdd_target_times(jax.random.key(3), t_cur, schedules, tolerance=0.1))
     assert np.all(jittered <= target) and np.all(jittered >= np.maximum(target - 0.1, 0.0) - 1e-7)
     assert np.mean(jittered < target) > 0.5
