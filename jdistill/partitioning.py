@@ -3,8 +3,8 @@ context that tells layers and kernels which table the current step was built wit
 
 Every parameter names each of its dimensions when it is created (`jdistill.nn.params`: the Flax NNX
 `out_sharding` metadata of the `nnx.Param`, never applied eagerly), e.g. an MLP's up projection is
-`("embed", "mlp")`. `DEFAULT_RULES` maps each logical name to mesh axes of the `("data", "fsdp", "tensor")` mesh
-(`jdistill.train.sharding.make_mesh`); the config's `mesh.rules` overrides entries
+`("embed", "mlp")`. `DEFAULT_RULES` maps each logical name to mesh axes of the `("data", "fsdp", "tensor",
+"expert")` mesh (`jdistill.train.sharding.make_mesh`); the config's `mesh.rules` overrides entries
 (`jdistill.train.sharding.resolve_rules`). Consumers:
   - parameter, optimizer-state, recipe-state and teacher shardings (`jdistill.train.sharding`) read the names
     from each Variable's metadata; optax moments and EMA copies are Variables built from the parameters, so they
@@ -30,12 +30,14 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# `expert` (expert parallelism) is last, as in MaxText: the mesh's last axes get the closest devices. Outside the
+# mixture-of-experts layers it splits the batch like `data`, so no device idles; of size 1 it changes nothing.
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
 # logical axis -> mesh axis, tuple of mesh axes, or None (unsharded). Every logical name a parameter or an
 # activation uses must be a key here (tests/models/test_partitioning.py checks every model kind).
 DEFAULT_RULES: dict[str, Any] = {
-    "batch": ("data", "fsdp"),  # the leading axis of batches and activations
+    "batch": ("data", "fsdp", "expert"),  # the leading axis of batches and activations
     "embed": "fsdp",  # d_model: parameter shards gathered per layer (ZeRO-3)
     "vocab": "tensor",  # the output head's outputs (vocabulary or classes) and the embedding's rows
     "heads": "tensor",  # attention and linear-mixer projections' head channels, per-head vectors
@@ -48,7 +50,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "layers": None,  # per-layer tables (exit layer embeddings' rows, head-gate rows)
     "layer_embed": None,  # features of the exits' layer embedding
     "projection": None,  # feature distillation's projection outputs (the teacher's width)
-    "expert": None,  # mixture-of-experts weights' expert dimension (moe-scale maps it to the expert mesh axis)
+    "expert": "expert",  # the expert dimension of mixture-of-experts weights (expert parallelism)
     "router": None,  # the MoE router's outputs (one logit per expert; small, kept whole)
 }
 

@@ -279,18 +279,21 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """The device mesh: axes `data` (batch), `fsdp` (batch and parameter shards), `tensor` (heads / mlp /
-    vocabulary), and `dcn_data` (data parallel across slices over the data-centre network; 1 on one slice).
-    `data: -1` takes whatever devices the other axes leave. `rules` override the logical-axis -> mesh-axes
-    table of `jdistill.train.sharding.DEFAULT_RULES` (e.g. `{mlp: tensor, embed: null}`)."""
+    vocabulary), `expert` (expert parallelism: each mixture-of-experts layer's experts split over it, and the batch
+    with them; the expert count of every MoE model must be a multiple of it), and `dcn_data` (data parallel across
+    slices over the data-centre network; 1 on one slice). `data: -1` takes whatever devices the other axes leave.
+    `rules` override the logical-axis -> mesh-axes table of `jdistill.train.sharding.DEFAULT_RULES` (e.g.
+    `{mlp: tensor, embed: null}`)."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    expert: int = 1
     dcn_data: int = 1
     rules: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> Problems:
-        problems = _positive(self, "fsdp", "tensor", "dcn_data")
+        problems = _positive(self, "fsdp", "tensor", "expert", "dcn_data")
         if self.data < 1 and self.data != -1:
             problems.append(("data", "a positive integer or -1 (all remaining devices)"))
         return problems
@@ -348,6 +351,7 @@ class Config:
         if self.student.prune.layers is not None:
             student_model, prune_problems = pruned_student_model(self)
             problems += prune_problems
+        problems += expert_axis_problems(self.mesh, {"teacher": self.teacher.model, "student": student_model})
         kind = self.teacher.model.kind
         if student_model.kind != kind:
             problems.append(("student.model.kind", f"the teacher's kind ({kind!r})"))
@@ -370,6 +374,16 @@ class Config:
             for role, model in (("teacher", self.teacher.model), ("student", self.student.model))
             if self.data.seq_len > model.max_seq_len
         ]
+
+
+def expert_axis_problems(mesh: MeshConfig, models: dict[str, ModelConfig]) -> Problems:
+    """Each mixture-of-experts model's `num_experts` must be a multiple of `mesh.expert`: every device of the expert
+    axis holds the same number of whole experts (a dense model, `num_experts: 0`, is not split over it)."""
+    return [
+        (f"{role}.model.num_experts", f"a multiple of mesh.expert={mesh.expert} (experts split evenly over the axis)")
+        for role, model in models.items()
+        if model.num_experts > 0 and mesh.expert >= 1 and model.num_experts % mesh.expert
+    ]
 
 
 # Fields of a pruned student that are not its architecture: how it runs, taken from `student.model`.

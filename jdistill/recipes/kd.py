@@ -15,6 +15,13 @@ and the data tokenizer, docs/checkpoints.md#vocabulary-policy): D compares the d
 reads its own tokens of the same text (`teacher_inputs [batch, teacher_seq_len]`, `jdistill.data.teacher_view`),
 and D compares each student position with the teacher position that has read the same text prefix
 (`teacher_index`), on the positions that have one (`teacher_aligned`) only.
+
+Mixture-of-experts models (docs/moe.md): the teacher's MoE forward runs inside the step under `stop_gradient`
+like any teacher (no router gradient, its auxiliary losses unused). A MoE student's router losses are added with
+`router_aux_loss_coef` (load balancing, Switch Transformer: Fedus et al. 2021) and `router_z_loss_coef` (ST-MoE:
+Zoph et al. 2022), per token, `loss += c_lb * L_lb + c_z * L_z` (the model's means over its MoE blocks), and
+logged as metrics with the heaviest expert's load over the mean (`moe_max_load`, 1 = balanced) whatever the
+coefficients (`add_router_losses`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jdistill import losses
+from jdistill.errors import ConfigError
 from jdistill.eval.batch import lm_kwargs, targets_and_mask
 from jdistill.eval.metrics import token_accuracy
 from jdistill.recipes.base import RecipeBase
@@ -43,6 +51,8 @@ class KnowledgeDistillation(RecipeBase):
     vocab_chunk: int = 0
     real_vocab: tuple[int, int] | None = None  # (student, teacher) real rows; None: min of the two (uld: all)
     teacher_seq_len: int | None = None  # the teacher reads its own tokenizer's tokens (set by the job; uld only)
+    router_aux_loss_coef: float = 0.0  # a MoE student's load-balancing loss weight (HF Qwen3-MoE's name)
+    router_z_loss_coef: float = 0.0  # a MoE student's router z-loss weight
     name: str = "kd"
     teacher_policy: str = "frozen"
 
@@ -52,6 +62,18 @@ class KnowledgeDistillation(RecipeBase):
             raise ValueError(
                 f"teacher_seq_len: a teacher with its own tokenizer needs objective uld, not {self.objective!r}"
             )
+
+    def check(self, config) -> None:
+        """Router loss coefficients need a student with mixture-of-experts blocks, and are >= 0."""
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"distill.options.{name}: expected a number >= 0, got {value!r}")
+            if value and not config.student.model.num_moe_layers:
+                raise ConfigError(
+                    f"distill.options.{name}: the student has no mixture-of-experts blocks "
+                    "(student.model.num_experts: 0); leave it unset"
+                )
 
     def batch_fields(self, batch):
         """With `teacher_seq_len`: the teacher's own tokens of each window (`jdistill.data.teacher_view`)."""
@@ -96,10 +118,10 @@ class KnowledgeDistillation(RecipeBase):
         mask = self._mask(batch, mask)
         if self.vocab_chunk and labels.ndim == 2:
             return self._chunked_loss(student, teacher, recipe_state, batch, labels, mask)
-        student_logits = student(batch["inputs"], **lm_kwargs(batch)).logits
+        student_out = student(batch["inputs"], **lm_kwargs(batch))
         teacher_logits = self._teacher_forward(teacher, batch, logits=True)
-        (total, count), metrics = self.loss_from_logits(student_logits, teacher_logits, labels, mask)
-        return (total, count), metrics, ()
+        (total, count), metrics = self.loss_from_logits(student_out.logits, teacher_logits, labels, mask)
+        return (*self._router_losses(student_out.aux, total, count, metrics), ())
 
     def loss_from_logits(self, student_logits, teacher_logits, labels, mask):
         """((sum, count) over valid positions, metrics): the divergence and CE are each computed once."""
@@ -148,4 +170,30 @@ class KnowledgeDistillation(RecipeBase):
             reduction="sum_count",
             real_vocab=real_vocab,
         )
-        return (total, count), {"distill_and_ce": total / jnp.maximum(count, 1.0)}, ()
+        metrics = {"distill_and_ce": total / jnp.maximum(count, 1.0)}
+        return (*self._router_losses(s_out.aux, total, count, metrics), ())
+
+    def _router_losses(self, aux, total, count, metrics):
+        """((sum, count), metrics) with a MoE student's router losses (unchanged for a dense student)."""
+        coefficients = (self.router_aux_loss_coef, self.router_z_loss_coef)
+        total, metrics = add_router_losses(total, count, aux, metrics, *coefficients)
+        return (total, count), metrics
+
+
+def add_router_losses(total, count, aux, metrics, load_balancing_coef: float, z_coef: float):
+    """(`total` + count * (c_lb * L_lb + c_z * L_z), metrics with L_lb, L_z and `moe_max_load`) from a MoE model's
+    `aux` (`moe_load_balancing_loss`, `moe_router_z_loss`, `moe_tokens_per_expert [layers, E]`); `total` is a sum
+    over `count` tokens, so after the step divides by the count each token carries the router losses once.
+    Unchanged when `aux` has no MoE entries (a dense model)."""
+    if "moe_load_balancing_loss" not in aux:
+        return total, metrics
+    balance, z_loss, load = aux["moe_load_balancing_loss"], aux["moe_router_z_loss"], aux["moe_tokens_per_expert"]
+    metrics = dict(
+        metrics,
+        moe_load_balancing_loss=balance,
+        moe_router_z_loss=z_loss,
+        moe_max_load=jnp.max(load / jnp.maximum(jnp.mean(load, axis=-1, keepdims=True), 1e-9)),
+    )
+    if load_balancing_coef or z_coef:
+        total = total + count * (load_balancing_coef * balance + z_coef * z_loss)
+    return total, metrics

@@ -54,10 +54,11 @@ def check_mesh(config, topology: Topology) -> None:
             f"mesh.dcn_data: {mesh.dcn_data}, but the topology has {topology.num_slices} slice(s) "
             "(cluster.num_slices); they must match"
         )
-    if mesh.data != -1 and mesh.data * mesh.fsdp * mesh.tensor * mesh.dcn_data != topology.num_chips:
+    devices = mesh.data * mesh.fsdp * mesh.tensor * mesh.expert * mesh.dcn_data
+    if mesh.data != -1 and devices != topology.num_chips:
         raise ConfigError(
-            f"mesh: data*fsdp*tensor*dcn_data = {mesh.data * mesh.fsdp * mesh.tensor * mesh.dcn_data}"
-            f", but {topology.describe()} has {topology.num_chips} chips"
+            f"mesh: data*fsdp*tensor*expert*dcn_data = {devices}, but {topology.describe()} has "
+            f"{topology.num_chips} chips"
         )
 
 
@@ -99,12 +100,18 @@ def run_aot(jobs: list[dict], topology: Topology, timeout: float = 3600) -> list
     return reports
 
 
-def _model_matmul_params(model) -> tuple[int, int]:
-    """(matmul parameters per layer, head parameters) of an attention LM / classifier config."""
+def _model_matmul_params(model) -> tuple[float, int]:
+    """(matmul parameters per layer, head parameters) of an attention LM / classifier config. A mixture-of-experts
+    block counts its ACTIVE parameters per token: the router, top-k experts and the shared expert with its gate;
+    the per-layer figure is the mean over the blocks (`dense_layers` / `moe_every` keep some blocks dense)."""
     head_dim, heads, kv = model.resolved_head_dim, model.num_heads, model.resolved_kv_heads
     attention = model.d_model * head_dim * (2 * heads + 2 * kv)
     attention += model.d_model * heads * {"none": 0, "headwise": 1, "elementwise": head_dim}[model.gate]
     mlp = model.d_model * model.mlp_dim * (3 if model.mlp == "glu" else 2)
+    if model.num_moe_layers:
+        active = model.experts_per_token * model.resolved_moe_mlp_dim + model.shared_expert_dim
+        routed = model.d_model * (3 * active + model.num_experts + (1 if model.shared_expert_dim else 0))
+        mlp = (mlp * (model.num_layers - model.num_moe_layers) + routed * model.num_moe_layers) / model.num_layers
     outputs = model.vocab_size if model.kind == "lm" else model.num_classes
     return attention + mlp, model.d_model * outputs
 
@@ -134,7 +141,7 @@ def summarize(report: dict, config, topology: Topology) -> dict:
     mesh_devices = math.prod(report["mesh"].values())
     if mesh_devices != topology.num_chips:
         raise ConfigError(
-            f"mesh: data*fsdp*tensor*dcn_data = {mesh_devices}, but {topology.describe()} has "
+            f"mesh: data*fsdp*tensor*expert*dcn_data = {mesh_devices}, but {topology.describe()} has "
             f"{topology.num_chips} chips"
         )
     hbm = topology.chip.hbm_bytes

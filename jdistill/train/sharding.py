@@ -1,8 +1,10 @@
 """The device mesh, and the shardings of parameters, optimizer state, recipe state and batches on it.
 
 Mesh axes: `data` (batch only), `fsdp` (batch and parameter shards: ZeRO-3 style, gathered per layer by XLA),
-`tensor` (attention heads, MLP hidden units, vocabulary). Multi-slice jobs put `dcn_data` slices along the
-data axis (`create_hybrid_device_mesh`), so only gradient all-reduces cross the data-centre network.
+`tensor` (attention heads, MLP hidden units, vocabulary), `expert` (expert parallelism: the experts of each
+mixture-of-experts layer split over it, the batch too, so outside those layers it acts as data parallelism; size
+1 unless `mesh.expert` is set). Multi-slice jobs put `dcn_data` slices along the data axis
+(`create_hybrid_device_mesh`), so only gradient all-reduces cross the data-centre network.
 
 Every parameter carries its logical axes from where it was created (`jdistill.nn.params`); the one rule table
 (`jdistill.partitioning.DEFAULT_RULES`, with the config's `mesh.rules` applied by `resolve_rules`) maps them to
@@ -32,35 +34,35 @@ class MeshError(UserError):
     """The mesh in the config does not fit the devices."""
 
 
-def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) sizes, with `data: -1` taking the devices the other axes leave. A mesh smaller than
-    the devices is allowed on one process (it uses the first devices: `mesh.data=1` runs on one device)."""
-    fixed = mesh_config.fsdp * mesh_config.tensor
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int, int]:
+    """(data, fsdp, tensor, expert) sizes, with `data: -1` taking the devices the other axes leave. A mesh smaller
+    than the devices is allowed on one process (it uses the first devices: `mesh.data=1` runs on one device)."""
+    fixed = mesh_config.fsdp * mesh_config.tensor * mesh_config.expert
     data = mesh_config.data
     if data == -1:
         if num_devices % fixed:
-            raise MeshError(f"mesh: fsdp*tensor = {fixed} does not divide the {num_devices} devices")
+            raise MeshError(f"mesh: fsdp*tensor*expert = {fixed} does not divide the {num_devices} devices")
         data = num_devices // fixed
     if data * fixed > num_devices or (data * fixed < num_devices and jax.process_count() > 1):
         raise MeshError(
-            f"mesh: data*fsdp*tensor = {data}*{mesh_config.fsdp}*{mesh_config.tensor} = "
-            f"{data * fixed}, but there are {num_devices} devices"
+            f"mesh: data*fsdp*tensor*expert = {data}*{mesh_config.fsdp}*{mesh_config.tensor}*{mesh_config.expert}"
+            f" = {data * fixed}, but there are {num_devices} devices"
         )
-    return data, mesh_config.fsdp, mesh_config.tensor
+    return data, mesh_config.fsdp, mesh_config.tensor, mesh_config.expert
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-    """The ("data", "fsdp", "tensor") mesh over `devices` (default: all devices of the job)."""
+    """The ("data", "fsdp", "tensor", "expert") mesh over `devices` (default: all devices of the job)."""
     devices = list(jax.devices() if devices is None else devices)
     slices = mesh_config.dcn_data
     if slices > 1:
         if len(devices) % slices:
             raise MeshError(f"mesh.dcn_data={slices} does not divide the {len(devices)} devices")
-        data, fsdp, tensor = mesh_shape(mesh_config, len(devices) // slices)
+        data, fsdp, tensor, expert = mesh_shape(mesh_config, len(devices) // slices)
         if not hasattr(devices[0], "slice_index"):  # simulated devices (tests): consecutive blocks are the slices
-            return Mesh(np.asarray(devices).reshape(slices * data, fsdp, tensor), MESH_AXES)
+            return Mesh(np.asarray(devices).reshape(slices * data, fsdp, tensor, expert), MESH_AXES)
         grid = mesh_utils.create_hybrid_device_mesh(
-            (data, fsdp, tensor), (slices, 1, 1), devices=devices, allow_split_physical_axes=True
+            (data, fsdp, tensor, expert), (slices, 1, 1, 1), devices=devices, allow_split_physical_axes=True
         )
         return Mesh(grid, MESH_AXES)
     shape = mesh_shape(mesh_config, len(devices))

@@ -48,6 +48,7 @@ def _check_compiled_step(summary, config, topology):
         "data": config.mesh.data * config.mesh.dcn_data,
         "fsdp": config.mesh.fsdp,
         "tensor": config.mesh.tensor,
+        "expert": config.mesh.expert,
     }
     assert summary["fits"] and summary["total_bytes"] <= topology.chip.hbm_bytes
     # Arguments: student parameters + two AdamW moments (12 bytes each) and the float32 teacher (4 bytes), split
@@ -309,7 +310,7 @@ def test_extrapolate_compiles_two_depths_and_grows_linearly(monkeypatch, capsys)
 
 
 def test_a_mesh_that_does_not_cover_the_topology_is_a_config_error():
-    with pytest.raises(ConfigError, match="mesh: data\\*fsdp\\*tensor\\*dcn_data = 16, but v5p-128"):
+    with pytest.raises(ConfigError, match="mesh: data\\*fsdp\\*tensor\\*expert\\*dcn_data = 16, but v5p-128"):
         aot_compile.compile_config("tpu_configs/v5e-16.yaml", topology_name="v5p-128")
     with pytest.raises(ConfigError, match=r"mesh\.dcn_data"):
         aot_compile.compile_config("tpu_configs/v5e-256.yaml", ["cluster.num_slices=2"])

@@ -24,7 +24,7 @@ from jdistill.train import sharding
 from jdistill.train.optim import make_optimizer
 from jdistill.train.state import TrainState
 
-MESH = AbstractMesh((2, 2, 2), sharding.MESH_AXES)
+MESH = AbstractMesh((2, 2, 2, 1), sharding.MESH_AXES)
 CONFIG = ModelConfig(kind="lm", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, vocab_size=32, max_seq_len=8)
 
 

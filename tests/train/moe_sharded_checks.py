@@ -1,0 +1,99 @@
+"""Expert-parallel KD step checks on 8 simulated CPU devices (run as a subprocess by test_moe_sharding.py; prints
+JSON). A mixture-of-experts teacher (with a shared expert) distilled into a mixture-of-experts student (router
+losses on), two steps from the same init and batches on each mesh: the losses, the updated parameters, the
+per-device shard of an expert weight, and the compiled step's collectives."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdistill.configs import MeshConfig, TrainConfig
+from jdistill.models import ModelConfig, Transformer
+from jdistill.recipes.kd import KnowledgeDistillation
+from jdistill.train import sharding
+from jdistill.train.optim import make_optimizer
+from jdistill.train.state import TrainState
+from jdistill.train.step import StepShardings, make_train_step
+
+MOE = dict(kind="lm", d_model=32, num_heads=2, mlp_dim=64, vocab_size=64, max_seq_len=16, mlp="glu", activation="silu")
+MOE |= dict(mlp_bias=False, num_experts=8, experts_per_token=2, moe_mlp_dim=32)
+TEACHER = ModelConfig(num_layers=1, shared_expert_dim=16, **MOE)
+STUDENT = ModelConfig(num_layers=1, **MOE)
+TRAIN = TrainConfig(steps=10, warmup_steps=1, learning_rate=3e-3, batch_size=8)
+MESHES = {
+    "single": MeshConfig(data=1),
+    "expert8": MeshConfig(data=1, expert=8),
+    "data2_expert4": MeshConfig(data=2, expert=4),
+    "fsdp2_tensor2_expert2": MeshConfig(data=1, fsdp=2, tensor=2, expert=2),
+}
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+EXPERT_WEIGHT = ("blocks", 0, "mlp", "w_up")
+
+
+def batches(count=2):
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        tokens = rng.integers(0, 64, (8, 17))
+        yield {
+            "inputs": tokens[:, :-1].astype(np.int32),
+            "targets": tokens[:, 1:].astype(np.int32),
+            "mask": rng.random((8, 16)) > 0.2,
+        }
+
+
+def run(mesh_config):
+    teacher_graphdef, teacher_params = nnx.split(Transformer(TEACHER, rngs=nnx.Rngs(1)))
+    graphdef, params = nnx.split(Transformer(STUDENT, rngs=nnx.Rngs(2)))
+    optimizer = make_optimizer(TRAIN)
+    recipe = KnowledgeDistillation(temperature=2.0, label_weight=0.5, router_aux_loss_coef=0.1, router_z_loss_coef=0.01)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+    mesh = sharding.make_mesh(mesh_config)
+    rules = sharding.resolve_rules(mesh_config.rules)
+    state_shardings = sharding.state_shardings(state, mesh, rules)
+    teacher_shardings = sharding.param_shardings(teacher_params, mesh, rules)
+    first = next(batches(1))
+    batch_shardings = sharding.batch_shardings(first, mesh, rules)
+    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh), rules)
+    step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef, shardings=shardings)
+    state = sharding.shard(state, state_shardings)
+    teacher_params = sharding.shard(teacher_params, teacher_shardings)
+    hlo = step.lower(state, teacher_params, sharding.global_batch(first, batch_shardings)).compile().as_text()
+    losses, balance = [], []
+    for batch in batches():
+        state, metrics = step(state, teacher_params, sharding.global_batch(batch, batch_shardings))
+        losses.append(float(metrics["loss"]))
+        balance.append(float(metrics["moe_load_balancing_loss"]))
+    weight = state.params
+    for key in EXPERT_WEIGHT:
+        weight = weight[key]
+    weight = weight.get_value()
+    return {
+        "losses": losses,
+        "load_balancing": balance,
+        "params": np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]).tolist(),
+        "expert_weight_shape": list(weight.shape),
+        "expert_weight_shard_shape": list(weight.addressable_shards[0].data.shape),
+        "expert_weight_spec": str(weight.sharding.spec),
+        "collectives": {name: len(re.findall(rf"\b{name}(-start)?\(", hlo)) for name in COLLECTIVES},
+        # all-gathers whose result is a whole [experts, ...] weight: expert parallelism keeps each device's experts
+        "expert_weight_gathers": len(
+            re.findall(r"= f32\[" + ",".join(map(str, weight.shape)) + r"\][^ ]* all-gather(-start)?\(", hlo)
+        ),
+        "devices": int(np.prod(list(mesh.shape.values()))),
+    }
+
+
+if __name__ == "__main__":
+    jax.config.update("jax_num_cpu_devices", 8)
+    names = sys.argv[1:] or list(MESHES)
+    print(json.dumps({name: run(MESHES[name]) for name in names}))
