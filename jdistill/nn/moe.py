@@ -33,6 +33,7 @@ from jdistill.nn.activations import GATES, glu
 from jdistill.nn.mlp import GLUMLP
 from jdistill.nn.moe_blocked import expert_ffn_blocked
 from jdistill.nn.params import dense, param
+from jdistill.partitioning import current_rules, mesh_axes_of
 
 
 def route(logits, top_k: int, norm_topk_prob: bool):
@@ -49,10 +50,15 @@ def _swiglu(gate, up, gate_fn=GATES["silu"]):
     return glu(gate, up, gate_fn, 2)
 
 
-def grouped_matmul(x, w, group_sizes):
+def _ragged_dot(x, w, group_sizes):
     """`x [M, d]` whose rows are sorted into E consecutive groups of `group_sizes [E]` rows, times `w [E, d, f]`:
     row r of group e is `x_r @ w[e]` (`jax.lax.ragged_dot`); rows past sum(group_sizes) are zero."""
     return jax.lax.ragged_dot(x, w, group_sizes)
+
+
+# The grouped matmul of the sorted dispatch (`impl="ragged_dot"`). A benchmark or test may replace this module
+# attribute while it traces the layer: a replaced one is then used on every platform (see `moe_ragged`).
+grouped_matmul = _ragged_dot
 
 
 def _sort_by_expert(experts, num_experts: int):
@@ -73,6 +79,15 @@ def _expert_ffn_ragged_dot(x, experts, w_gate, w_up, w_down):
     return out[jnp.argsort(order)].reshape(tokens, k, -1)  # assignment order
 
 
+def _experts_sharded() -> bool:
+    """Whether the current mesh splits the "expert" logical axis (expert parallelism): the partitioner then splits
+    `ragged_dot` by expert groups and moves tokens, where the blocked scan would gather every expert's weights."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    return any(mesh.shape.get(axis, 1) > 1 for axis in mesh_axes_of(current_rules().get("expert")))
+
+
 GROUPED = {"ragged_dot": _expert_ffn_ragged_dot, "blocked": expert_ffn_blocked}
 
 
@@ -84,9 +99,16 @@ def moe_ragged(x, weights, experts, w_gate, w_up, w_down, *, impl: str | None = 
     one grouped matmul over the sorted rows, and the rows are put back in assignment order for the weighted sum.
     `impl`: "ragged_dot" (`jax.lax.ragged_dot`: a native grouped matmul on TPU / GPU) or "blocked"
     (`jdistill.nn.moe_blocked`: expert-padded blocks; XLA's CPU backend expands ragged_dot into E dense masked
-    matmuls, E times the work); None picks "blocked" on CPU, "ragged_dot" elsewhere (docs/moe.md#dispatch)."""
-    impl = impl or ("blocked" if jax.default_backend() == "cpu" else "ragged_dot")
-    out = GROUPED[impl](x, experts, w_gate, w_up, w_down)
+    matmuls, E times the work); None picks "blocked" when compiled for CPU, "ragged_dot" for TPU / GPU
+    (`jax.lax.platform_dependent`) and under expert parallelism (docs/moe.md#dispatch)."""
+    if impl is None and (grouped_matmul is not _ragged_dot or _experts_sharded()):
+        impl = "ragged_dot"  # a replaced grouped matmul (see `grouped_matmul`), or expert parallelism
+    if impl is None:  # by the platform compiled for (an ahead-of-time TPU compile on a CPU host gets ragged_dot)
+        out = jax.lax.platform_dependent(
+            x, experts, w_gate, w_up, w_down, cpu=GROUPED["blocked"], default=GROUPED["ragged_dot"]
+        )
+    else:
+        out = GROUPED[impl](x, experts, w_gate, w_up, w_down)
     return jnp.einsum("tkd,tk->td", out, weights.astype(out.dtype))
 
 
