@@ -14,6 +14,7 @@
     jdistill bench attention [--seq 1024,8192] [--head-dim 128] [--causal yes|no|both] [--json PATH]
     jdistill bench train-step [--steps N] [--json PATH] [--no-torch] [--profile DIR]
     jdistill bench llm-kd [--steps N] [--json PATH]
+    jdistill bench early-exit --checkpoint RUN/STAGE [--exits 2,4] [--draft-lens 3,5] [--json PATH]
     jdistill bench moe [--tokens 512,2048,8192] [--json PATH]
 
 User errors (config, data, run directory) print one line and exit with status 2, without a traceback.
@@ -30,6 +31,7 @@ import sys
 from pathlib import Path
 
 from jdistill.bench import add_attention_arguments, run_attention
+from jdistill.bench.early_exit_cli import register as register_early_exit
 from jdistill.bench.llm_kd_cli import register as register_llm_kd
 from jdistill.errors import Preempted, RunDirError, UserError
 from jdistill.hf.cli_args import add_export_arguments, add_prune_arguments
@@ -279,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     importlib.import_module("jdistill.bench.data").register(bench_sub)
     importlib.import_module("jdistill.bench.moe").register(bench_sub)
     register_llm_kd(bench_sub)
+    register_early_exit(bench_sub)
+    importlib.import_module("jdistill.bench.diffusion_cli").register(bench_sub)
     return parser
 
 

@@ -77,6 +77,21 @@ def test_loss_modules_share_private_helpers_only_through_common():
     assert not _violations(paths, bad)
 
 
+# The diffusion substrate (docs/diffusion.md): recipes and training build on it, so it imports neither
+# (`jdistill.diffusion.load`, which reads run directories, is the one module of the package above them).
+DIFFUSION_SUBSTRATE = ("schedules", "embeddings", "denoisers", "samplers", "objectives")
+
+
+def test_the_diffusion_substrate_sits_below_recipes_and_training():
+    paths = [PACKAGE / "diffusion" / f"{name}.py" for name in DIFFUSION_SUBSTRATE]
+    assert all(path.is_file() for path in paths)
+
+    def above(module, name):
+        return _is_recipes(module, name) or module.startswith("jdistill.train") or module == "jdistill.diffusion.load"
+
+    assert not _violations(paths, above)
+
+
 def test_kernel_ridge_lives_with_the_losses():
     recipe_functions = {
         node.name

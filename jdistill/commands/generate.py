@@ -41,6 +41,19 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--tokenizer", help="bytes | hf:DIR | DIR (default: the run's, or the checkpoint's own)")
     parser.add_argument("--jsonl", action="store_true", help="print one JSON object per prompt")
+    parser.add_argument(
+        "--draft-exit",
+        type=_positive,
+        default=None,
+        help="early-exit self-speculative decoding: draft with the first N blocks (LayerSkip; docs/early_exit.md)",
+    )
+    parser.add_argument("--draft-len", type=_positive, default=4, help="tokens drafted per round (with --draft-exit)")
+    parser.add_argument(
+        "--draft-control",
+        choices=("fixed", "thompson"),
+        default="fixed",
+        help="fixed: --draft-len every round; thompson: up to --draft-len, chosen per round by Thompson sampling",
+    )
     parser.set_defaults(func=cmd_generate)
 
 
@@ -87,15 +100,20 @@ def load_model(checkpoint: str):
 def cmd_generate(args) -> int:
     import jax
 
-    from jdistill.errors import ConfigError
+    from jdistill.errors import ConfigError, UserError
     from jdistill.eval.samples import complete, encode_prompts, records_from_rows
     from jdistill.models import Transformer
+    from jdistill.models.speculative import check_options
     from jdistill.text import load_tokenizer
 
     if args.temperature < 0:
         raise ConfigError(f"--temperature: expected >= 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p: expected a probability mass in (0, 1], got {args.top_p}")
+    if args.draft_exit is not None and (args.top_k is not None or args.top_p is not None):
+        raise ConfigError(
+            "--draft-exit: self-speculative decoding samples at a temperature only (drop --top-k/--top-p)"
+        )
     model, tokenizer_spec, stage = load_model(args.checkpoint)
     if not isinstance(model, Transformer) or model.config.kind != "lm":
         raise ConfigError(f"--checkpoint {args.checkpoint}: not a decoder language model (nothing to generate)")
@@ -105,6 +123,24 @@ def cmd_generate(args) -> int:
     for index, ids in enumerate(prompts):
         if ids.max() >= vocab:
             raise ConfigError(f"--prompt[{index}]: token id {int(ids.max())} is outside the model's vocabulary {vocab}")
+    speculative = None
+    if args.draft_exit is not None:
+        try:
+            check_options(
+                model.config,
+                exit_layer=args.draft_exit,
+                draft_len=args.draft_len,
+                temperature=args.temperature,
+                draft_head="auto",
+            )
+        except UserError as error:
+            raise ConfigError(f"--draft-exit/--draft-len: {error}") from None
+        speculative = {
+            "exit_layer": args.draft_exit,
+            "draft_len": args.draft_len,
+            "draft_control": args.draft_control,
+        }
+    sampling = {} if speculative else {"top_k": args.top_k, "top_p": args.top_p}
     with compile_timer() as compiling:
         started = time.perf_counter()
         rows = complete(
@@ -115,8 +151,8 @@ def cmd_generate(args) -> int:
             pad_id=tokenizer.pad_id,
             rng=jax.random.key(args.seed),
             temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
+            speculative=speculative,
+            **sampling,
         )
         seconds = time.perf_counter() - started
     records = records_from_rows(tokenizer, prompts, rows, stage=stage, texts=args.prompt)
@@ -128,7 +164,14 @@ def cmd_generate(args) -> int:
     count, decoding = sum(len(row) for row in rows), max(seconds - compiling[0], 1e-9)
     print(
         f"jdistill generate: {count} tokens in {seconds:.2f} s ({compiling[0]:.2f} s compiling), "
-        f"{count / decoding:.1f} tokens/s",
+        f"{count / decoding:.1f} tokens/s"
+        + (
+            ""
+            if speculative is None
+            else f"; drafts from block {args.draft_exit}: {speculative['stats'].acceptance_rate:.1%} accepted, "
+            f"{speculative['stats'].tokens_per_round:.2f} tokens per round, "
+            f"{speculative['stats'].mean_draft_len:.2f} drafted"
+        ),
         file=sys.stderr,
     )
     return 0

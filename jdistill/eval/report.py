@@ -13,20 +13,25 @@ LM_METRICS = (("perplexity", "perplexity", ".3f"), ("bits_per_byte", "bits/byte"
 # accuracy mean nothing
 PROBE_METRICS = (("linear_probe_accuracy", "probe acc", ".4f"), ("knn_accuracy", "k-NN acc", ".4f"))
 CLASSIFIER_METRICS = (("accuracy", "accuracy", ".4f"), ("nll", "nll", ".4f"), ("ece", "ece", ".4f"))
+# diffusion teachers (recipes with `eval_stats`): the held-out denoising loss
+DENOISER_METRICS = (("denoising_loss", "denoising loss", ".4f"),)
 
 
 def headline_metrics(metrics: dict) -> list[tuple[str, str, str]]:
     """(key, column, format) of the metrics that judge a stage: perplexity and bits per byte for LMs, probe and
-    k-NN accuracy when the recipe reports probes, else accuracy, NLL and ECE; then the recipe's own accuracies
+    k-NN accuracy when the recipe reports probes, the denoising loss of diffusion teachers, else accuracy, NLL and
+    ECE; then the recipe's own accuracies
     (robust, aggregated, quantized, per exit ...)."""
     base: tuple[tuple[str, str, str], ...]
     if "bits_per_byte" in metrics:
         base = LM_METRICS
     elif "linear_probe_accuracy" in metrics:
         base = PROBE_METRICS
+    elif "denoising_loss" in metrics:
+        base = DENOISER_METRICS
     else:
         base = CLASSIFIER_METRICS
-    known = {key for key, _, _ in (*LM_METRICS, *PROBE_METRICS, *CLASSIFIER_METRICS)}
+    known = {key for key, _, _ in (*LM_METRICS, *PROBE_METRICS, *CLASSIFIER_METRICS, *DENOISER_METRICS)}
     extra = [(key, key.removesuffix("_accuracy") + " acc", ".4f") for key in metrics if key.endswith("_accuracy")]
     return [*base, *(column for column in extra if column[0] not in known)]
 
@@ -76,7 +81,8 @@ def read_curves(metrics_path, split: str = "eval") -> dict[str, dict[str, list]]
 
 
 def plot_learning_curves(metrics_path, out_path, stages) -> None:
-    """Test accuracy and NLL (bits/byte for LMs) against step for each stage, as a PNG."""
+    """Test accuracy and NLL (bits/byte for LMs; the denoising loss for diffusion teachers) against step for each
+    stage, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,18 +90,23 @@ def plot_learning_curves(metrics_path, out_path, stages) -> None:
 
     curves = read_curves(metrics_path)
     loss_key = "bits_per_byte" if any("bits_per_byte" in c for c in curves.values()) else "nll"
+    if not any(loss_key in c for c in curves.values()):  # e.g. diffusion teachers: the held-out denoising loss
+        loss_key = "denoising_loss"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for stage in stages:
         if stage not in curves:
             continue
         c = curves[stage]
-        axes[0].plot(c["step"], c["accuracy"], marker=".", label=stage)
-        axes[1].plot(c["step"], c[loss_key], marker=".", label=stage)
+        if "accuracy" in c:
+            axes[0].plot(c["step"], c["accuracy"], marker=".", label=stage)
+        if loss_key in c:
+            axes[1].plot(c["step"], c[loss_key], marker=".", label=stage)
     axes[0].set(xlabel="step", ylabel="test accuracy", title="accuracy")
     axes[1].set(xlabel="step", ylabel=f"test {loss_key.replace('_', ' ')}", title=loss_key.replace("_", " "))
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)

@@ -14,6 +14,7 @@ import numpy as np
 from jdistill.errors import ConfigError
 from jdistill.io import fs, strict_json
 from jdistill.models.generate import generate
+from jdistill.models.speculative import self_speculative_generate
 
 DEFAULT_PROMPT_COUNT = 4
 DEFAULT_PROMPT_TOKENS = 32
@@ -69,17 +70,32 @@ def encode_prompts(tokenizer, texts, *, max_len: int, field: str = "run.sample_p
     return prompts
 
 
-def complete(model, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int, **sampling) -> list[np.ndarray]:
+def complete(
+    model, prompts, *, max_new_tokens: int, eos_id: int, pad_id: int, speculative: dict | None = None, **sampling
+) -> list[np.ndarray]:
     """Continue every prompt in one batch (right-padded with `pad_id`); each row's generated ids, kept up to and
-    including its first EOS. `sampling`: temperature / top_k / top_p / rng of `generate` (default greedy)."""
+    including its first EOS. `sampling`: temperature / top_k / top_p / rng of `generate` (default greedy).
+    `speculative`: `exit_layer`, `draft_len` (and `draft_head`) of `models.speculative.self_speculative_generate`,
+    which then decodes (same tokens when greedy); its `SpeculativeStats` are stored in `speculative["stats"]`."""
     width = max(len(p) for p in prompts)
-    padded = np.full((len(prompts), width), pad_id, np.int32)
-    for row, prompt in enumerate(prompts):
-        padded[row, : len(prompt)] = prompt
     lengths = np.asarray([len(p) for p in prompts], np.int32)
-    tokens = np.asarray(
-        generate(model, padded, lengths, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, **sampling)
-    )
+    if speculative is None:
+        padded = np.full((len(prompts), width), pad_id, np.int32)
+        for row, prompt in enumerate(prompts):
+            padded[row, : len(prompt)] = prompt
+        tokens = np.asarray(
+            generate(model, padded, lengths, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, **sampling)
+        )
+    else:
+        left = np.full((len(prompts), width), pad_id, np.int32)
+        for row, prompt in enumerate(prompts):
+            left[row, width - len(prompt) :] = prompt
+        mask = np.arange(width)[None, :] >= (width - lengths)[:, None]
+        options = {key: value for key, value in speculative.items() if key != "stats"}
+        result, speculative["stats"] = self_speculative_generate(
+            model, left, mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, **options, **sampling
+        )
+        tokens = np.asarray(result)
     rows = []
     for row in tokens:
         stops = np.flatnonzero(row == eos_id)

@@ -3,6 +3,7 @@
 from jdistill.losses.chunked import chunked_distillation_loss
 from jdistill.losses.chunked_positions import chunked_jsd_at_positions
 from jdistill.losses.divergences import DIVERGENCES, Divergence, divergence
+from jdistill.losses.early_exit import early_exit_loss, exit_weights, layer_dropout_rates, layer_keep_mask
 from jdistill.losses.features import (
     attention_map,
     attention_transfer,
@@ -86,9 +87,11 @@ __all__ = [
     "dino_pair_count",
     "dino_teacher_temperature",
     "divergence",
+    "early_exit_loss",
     "ema_momentum",
     "ema_update",
     "ensemble_teacher_log_probs",
+    "exit_weights",
     "filter_pseudo_labels",
     "forward_kl",
     "generalized_jsd",
@@ -99,6 +102,8 @@ __all__ = [
     "kd",
     "krr_operator",
     "krr_query_operator",
+    "layer_dropout_rates",
+    "layer_keep_mask",
     "multi_exit_weights",
     "probe_alpha",
     "probe_operator",

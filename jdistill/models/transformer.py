@@ -191,6 +191,7 @@ class Transformer(nnx.Module):
         head_gates=None,
         skip_budget: float | None = None,
         logits: bool = True,
+        layer_keep=None,
     ):
         """Forward pass. `return_stats` fills `aux` with per-layer attention-sink statistics, each `[num_layers]`:
         `first_token_share` (mean attention on the first token), `max_activation` (largest |residual| after the
@@ -199,9 +200,10 @@ class Transformer(nnx.Module):
         `gate_sparsity_loss` in `aux`. `head_gates [num_layers, num_heads]` multiplies each attention head's
         output (causal head gating). `skip_budget` (GateSkip inference, models with `residual_gates`): in every
         branch, the tokens whose mean gate is under that quantile keep their residual unchanged (the branch's
-        output is dropped), about that fraction of tokens per branch. Models with mixture-of-experts blocks always
-        return `moe_load_balancing_loss` and `moe_router_z_loss` (means over the MoE blocks) and
-        `moe_tokens_per_expert` (`[num_moe_layers, num_experts]`) in `aux` (`jdistill.nn.moe`)."""
+        output is dropped), about that fraction of tokens per branch. `layer_keep [batch, num_layers]` (bool):
+        layer dropout (LayerSkip): a row passes through every block whose entry is False unchanged. Models with
+        mixture-of-experts blocks always return `moe_load_balancing_loss` and `moe_router_z_loss` (means over the
+        MoE blocks) and `moe_tokens_per_expert` (`[num_moe_layers, num_experts]`) in `aux` (`jdistill.nn.moe`)."""
         h = constrain_batch(self._embed(inputs))
         hidden = [h]
         layer_stats = []
@@ -223,6 +225,8 @@ class Transformer(nnx.Module):
                     skip_budget=skip_budget,
                     moe_stats=moe_stats,
                 )
+            if layer_keep is not None:
+                h = jnp.where(layer_keep[:, index, None, None], h, hidden[-1])
             h = constrain_batch(h)
             if moe_stats is not None:
                 moe_layers.append(moe_stats)

@@ -31,6 +31,7 @@ from flax import nnx
 
 from jdistill.nn.activations import GATES, glu
 from jdistill.nn.mlp import GLUMLP
+from jdistill.nn.moe_blocked import expert_ffn_blocked
 from jdistill.nn.params import dense, param
 
 
@@ -72,39 +73,7 @@ def _expert_ffn_ragged_dot(x, experts, w_gate, w_up, w_down):
     return out[jnp.argsort(order)].reshape(tokens, k, -1)  # assignment order
 
 
-def block_size(rows: int, num_experts: int) -> int:
-    """Rows per block of the blocked grouped matmul: the power of two at or below rows / (4 E) (a quarter of an
-    expert's mean group: padding wastes E B / 2 rows on average), in [8, 256] (larger blocks, faster matmuls)."""
-    return max(8, min(256, 1 << max(0, (rows // (4 * num_experts)).bit_length() - 1)))
-
-
-def _expert_ffn_blocked(x, experts, w_gate, w_up, w_down):
-    """The same as `_expert_ffn_ragged_dot` as a block-sparse batched matmul (MegaBlocks' layout, Gale et al.
-    2022): each expert's assignments, sorted, are padded to whole blocks of B rows; every block belongs to one
-    expert and is one `[B, d] x [d, f]` product with that expert's weights. A static ceil(T k / B) + E blocks
-    bound the padded rows, so at most (E + 1) B rows of work are wasted, never E times the work."""
-    tokens, k = experts.shape
-    num_experts, rows = w_gate.shape[0], tokens * k
-    size = block_size(rows, num_experts)
-    blocks = -(-rows // size) + num_experts
-    order, group_sizes = _sort_by_expert(experts, num_experts)
-    padded = (group_sizes + size - 1) // size * size
-    padded_end = jnp.cumsum(padded)
-    sorted_expert = experts.reshape(-1)[order]
-    offset_in_group = jnp.arange(rows, dtype=jnp.int32) - (jnp.cumsum(group_sizes) - group_sizes)[sorted_expert]
-    slot = (padded_end - padded)[sorted_expert] + offset_in_group  # the padded row of each sorted assignment
-    slot_of_assignment = jnp.zeros((rows,), jnp.int32).at[order].set(slot)
-    token_of_slot = jnp.zeros((blocks * size,), jnp.int32).at[slot].set((order // k).astype(jnp.int32))
-    expert_of_block = jnp.searchsorted(padded_end, jnp.arange(blocks) * size, side="right")
-    expert_of_block = jnp.minimum(expert_of_block, num_experts - 1)  # blocks past the last group: unused work
-    xb = x[token_of_slot].reshape(blocks, size, -1)
-    gate = jnp.einsum("nbd,ndf->nbf", xb, w_gate[expert_of_block])
-    up = jnp.einsum("nbd,ndf->nbf", xb, w_up[expert_of_block])
-    out = jnp.einsum("nbf,nfd->nbd", _swiglu(gate, up), w_down[expert_of_block])
-    return out.reshape(blocks * size, -1)[slot_of_assignment].reshape(tokens, k, -1)
-
-
-GROUPED = {"ragged_dot": _expert_ffn_ragged_dot, "blocked": _expert_ffn_blocked}
+GROUPED = {"ragged_dot": _expert_ffn_ragged_dot, "blocked": expert_ffn_blocked}
 
 
 def moe_ragged(x, weights, experts, w_gate, w_up, w_down, *, impl: str | None = None):
@@ -113,9 +82,9 @@ def moe_ragged(x, weights, experts, w_gate, w_up, w_down, *, impl: str | None = 
 
     The T * k assignments are sorted by expert (token t's j-th at row t * k + j before sorting), each projection is
     one grouped matmul over the sorted rows, and the rows are put back in assignment order for the weighted sum.
-    `impl`: "ragged_dot" (`jax.lax.ragged_dot`: a native grouped matmul on TPU / GPU) or "blocked" (a padded
-    block-sparse batched matmul: XLA's CPU backend expands ragged_dot into E dense masked matmuls, E times the
-    work); None picks "blocked" on CPU, "ragged_dot" elsewhere (docs/moe.md#dispatch)."""
+    `impl`: "ragged_dot" (`jax.lax.ragged_dot`: a native grouped matmul on TPU / GPU) or "blocked"
+    (`jdistill.nn.moe_blocked`: expert-padded blocks; XLA's CPU backend expands ragged_dot into E dense masked
+    matmuls, E times the work); None picks "blocked" on CPU, "ragged_dot" elsewhere (docs/moe.md#dispatch)."""
     impl = impl or ("blocked" if jax.default_backend() == "cpu" else "ragged_dot")
     out = GROUPED[impl](x, experts, w_gate, w_up, w_down)
     return jnp.einsum("tkd,tk->td", out, weights.astype(out.dtype))

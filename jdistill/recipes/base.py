@@ -159,6 +159,13 @@ class RecipeBase:
         del model, eval_batches, rng
         return {}
 
+    def eval_stats(self):
+        """None (the stage scores the module's predictions: accuracy, NLL, ECE), or `stats(model, batch) -> dict`
+        of sums over the batch's valid examples, one of them `count`, for a module that does not predict labels
+        (a diffusion denoiser): the stage jits it, adds it over the evaluation batches and reports each sum / count
+        (`jdistill.train.evaluation.evaluate`)."""
+        return None
+
     def wraps_student(self):
         """None, or a function `(model_config, rngs) -> nnx.Module` building the trained module (e.g. two peer
         students for mutual distillation); its `__call__` must give the output that is evaluated."""

@@ -59,15 +59,19 @@ class Checkpointer:
 
     def restore_params(self, step: int, params_like):
         """Only the student parameters of a saved TrainState (any recipe state), into `params_like`'s layout."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
+        return self.restore_field(step, "params", params_like)
+
+    def restore_field(self, step: int, field: str, like):
+        """Only `field` of a saved TrainState ("params", or "recipe_state" e.g. an EMA), into `like`'s layout."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
         restored = self.manager.restore(
             step,
             args=ocp.args.PyTreeRestore(
-                item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+                item={field: abstract}, restore_args={field: restore_args}, partial_restore=True
             ),
         )
-        return restored["params"]
+        return restored[field]
 
     def close(self) -> None:
         self.manager.close()

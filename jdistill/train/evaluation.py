@@ -38,6 +38,9 @@ def evaluate(eval_step, params, batches, *, kind: str, byte_lengths=None) -> dic
         total = add_stats(total, stats)
     if total is None:
         raise DataError("evaluation got no batches: the evaluation split is empty")
+    if "bin_count" not in total:  # a recipe's own sums (RecipeBase.eval_stats): each sum per counted example
+        count = max(float(total["count"]), 1.0)
+        return dict({key: float(value) / count for key, value in total.items() if key != "count"}, count=int(count))
     return summarize(total)
 
 
@@ -83,11 +86,12 @@ def stage_sampler(run_config, tokenizer, eval_batches, *, max_seq_len: int):
     return sample
 
 
-def stage_evaluation(data_config, model_config, run_config, graphdef, forward_params=None):
+def stage_evaluation(data_config, model_config, run_config, graphdef, forward_params=None, eval_stats=None):
     """(score, sampler, eval batches) of a stage: `score(params) -> metrics` over the held-out batches (bits per
-    byte with the run tokenizer's byte lengths), `sampler` as `stage_sampler` (None for classifiers)."""
+    byte with the run tokenizer's byte lengths; the recipe's `eval_stats` sums when given), `sampler` as
+    `stage_sampler` (None for classifiers)."""
     kind = model_config.kind
-    eval_step = make_eval_step(graphdef, forward_params)
+    eval_step = make_eval_step(graphdef, forward_params, eval_stats)
     eval_batches = inputs.eval_batches(data_config, kind)
     tokenizer = run_tokenizer(data_config) if kind == "lm" else None
     byte_lengths = None if tokenizer is None else tokenizer.token_byte_lengths()

@@ -177,8 +177,9 @@ def run_stage(
     if jax.process_index() == 0:
         truncate_jsonl(run_dir / "metrics.jsonl", name, start)
     writer = MetricsWriter(run_dir, name, tensorboard=tensorboard, first_step=start + 1)
+    recipe = stage.recipe
     score, sampler, eval_batches = stage_evaluation(
-        data_config, stage_config.model, run_config, stage.graphdef, stage.recipe.forward_params
+        data_config, stage_config.model, run_config, stage.graphdef, recipe.forward_params, recipe.eval_stats()
     )
     stop = train_config.steps if interrupt_at_step is None else min(interrupt_at_step, train_config.steps)
     bar = StepBar(

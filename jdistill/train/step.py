@@ -180,12 +180,15 @@ def _accumulate(loss_and_grad, state, teacher_params, batch, epoch, rng, count_m
     return total, count, metrics, statistics, grads
 
 
-def make_eval_step(graphdef, forward_params=None):
+def make_eval_step(graphdef, forward_params=None, stats=None):
     """Jitted `eval_step(params, batch) -> summed prediction stats` (see `jdistill.eval.metrics`); the model runs
-    with `forward_params(params)` when given (the recipe's deployed weights, e.g. quantised)."""
+    with `forward_params(params)` when given (the recipe's deployed weights, e.g. quantised). `stats(model, batch)`:
+    the recipe's own sums instead (`RecipeBase.eval_stats`)."""
 
     def eval_step(params, batch):
         model = nnx.merge(graphdef, params if forward_params is None else forward_params(params))
+        if stats is not None:
+            return stats(model, batch)
         labels, mask = targets_and_mask(batch)
         return prediction_stats(model(batch["inputs"], **lm_kwargs(batch)).logits, labels, mask)
 

@@ -75,6 +75,17 @@ def test_generate_from_hf_dir_prints_generates_greedy_completions(tmp_path, caps
     assert code == 0 and plain == "\n\n".join(r["completion"] for r in _records(out)) + "\n"
 
 
+def test_self_speculative_generation_prints_the_same_greedy_completions(tmp_path, capsys):
+    deeper = dataclasses.replace(QWEN3_STYLE, num_layers=3)
+    save_pretrained(Transformer(deeper, rngs=nnx.Rngs(5)), tmp_path / "hf")
+    args = ["--checkpoint", f"hf:{tmp_path / 'hf'}", "--tokenizer", "bytes", "--jsonl", "--max-new-tokens", "7"]
+    args += ["--prompt", "def f(x):", "--prompt", "import"]
+    _, plain, _ = _generate(capsys, *args)
+    code, fast, err = _generate(capsys, *args, "--draft-exit", "1", "--draft-len", "3")
+    assert code == 0, err
+    assert fast == plain and "drafts from block 1:" in err and "accepted" in err
+
+
 def test_sampling_depends_on_the_seed_only(tmp_path, capsys):
     save_pretrained(Transformer(QWEN3_STYLE, rngs=nnx.Rngs(3)), tmp_path / "hf")
     args = ["--checkpoint", f"hf:{tmp_path / 'hf'}", "--tokenizer", "bytes", "--prompt", "x = ", "--jsonl"]
@@ -95,6 +106,8 @@ def test_sampling_depends_on_the_seed_only(tmp_path, capsys):
             "--prompt[0]: the prompt is 25 tokens",
         ),
         (["--checkpoint", "{hf}", "--tokenizer", "bytes", "--top-p", "1.5"], "--top-p"),
+        (["--checkpoint", "{hf}", "--tokenizer", "bytes", "--draft-exit", "1"], "exit_layer: expected a block number"),
+        (["--checkpoint", "{hf}", "--draft-exit", "1", "--top-k", "5"], "--draft-exit: self-speculative decoding"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 from jdistill.hf import HFImportError, from_pretrained, save_pretrained
 from jdistill.hf.config import hf_config_from_model, model_config_from_hf
 from jdistill.hf.prune import prune_layers
+from jdistill.models.config import ModelConfig
 from jdistill.models.generate import generate
 from jdistill.nn.moe import MoE
 
@@ -202,3 +203,17 @@ def test_absent_moe_keys_take_transformers_defaults(name, default):
     model_config = model_config_from_hf(config)
     assert (model_config.norm_topk_prob, model_config.moe_every, model_config.dense_layers) == (default, 1, ())
     assert model_config.num_moe_layers == model_config.num_layers
+
+
+def test_init_from_reads_a_moe_checkpoint_with_the_configs_dispatch():
+    from types import SimpleNamespace
+
+    from jdistill.hf.init_from import load_init_model
+
+    stage = SimpleNamespace(
+        init_from=f"hf:{FIXTURES / 'qwen3_moe'}", model=ModelConfig(kind="lm", moe_dispatch="one_hot")
+    )
+    model = load_init_model(stage, "teacher")
+    assert model.config.moe_dispatch == "one_hot" and model.config.num_experts == 8
+    data = _expected("qwen3_moe")
+    np.testing.assert_allclose(_logits(model, data["input_ids"]), data["logits"], atol=1e-4, rtol=0)

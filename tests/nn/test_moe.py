@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jdistill.nn import moe as moe_lib
+from jdistill.nn import moe_blocked
 from jdistill.nn.moe import MoE
 
 # One compiled function each (eager dispatch compiles every small op separately).
@@ -108,7 +109,7 @@ def test_ragged_and_one_hot_equal_the_numpy_combine(tokens, num_experts, k, norm
 
 def test_blocked_dispatch_spans_several_blocks_per_expert():
     x, logits, w_gate, w_up, w_down = _problem(128, 8, 6, 4, 2, seed=1)
-    assert moe_lib.block_size(256, 4) == 16  # ~64 assignments per expert: four or five blocks each
+    assert moe_blocked.block_size(256, 4) == 16  # ~64 assignments per expert: four or five blocks each
     weights, experts = route(jnp.asarray(logits), 2, True)
     expected = _numpy_moe(x, np.asarray(weights), np.asarray(experts), w_gate, w_up, w_down)
     np.testing.assert_allclose(blocked(x, weights, experts, w_gate, w_up, w_down), expected, atol=2e-5)

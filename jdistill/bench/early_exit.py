@@ -1,0 +1,222 @@
+"""`jdistill bench early-exit`: early-exit self-speculative greedy decoding against plain greedy decoding of the
+same model, in one process (docs/early_exit.md#benchmark).
+
+The model is a run's LM stage (`--checkpoint RUN/STAGE`, e.g. the `llm_layerskip` preset's `student_layerskip`)
+or an `hf:DIR` checkpoint. Prompts: the first `--prompt-len` tokens of the run's held-out windows (one prompt per
+window, `--prompts` of them), each continued by `--new-tokens` tokens at batch size 1 (LayerSkip's setting).
+Contenders: plain greedy decoding (`models.generate.generate`) and self-speculative decoding
+(`models.speculative.self_speculative_generate`) for every exit layer in `--exits`, draft length in
+`--draft-lens` and control in fixed / Thompson. Each contender is compiled and run once first (not timed); then
+`--repeats` rounds time every contender over all prompts, plain and speculative interleaved so that load from
+other processes hits all alike; a contender's time is its median round. Reported per contender: tokens/s, the
+speed-up over plain greedy, `exact_match` (the fraction of prompts whose tokens equal plain greedy's), the
+acceptance rate, tokens per round and mean draft length. `speedup` / `exact_match` at the top are the fastest
+contender's. The quality of every exit as a predictor (perplexity of block l's output through the shared head on
+the held-out windows) against the blocks it uses is written as a PNG curve beside the JSON, for this stage and,
+when the run has it, its `student_scratch` stage (trained without the early-exit loss).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdistill.io import strict_json
+from jdistill.models.generate import generate
+from jdistill.models.speculative import self_speculative_generate
+
+
+def exit_perplexities(model, batches) -> list[float]:
+    """Perplexity of every block's output through the model's final norm and head, over `batches` (LM windows
+    with `inputs`, `targets`, `mask`): index l - 1 is block l's exit (the last is the model itself)."""
+
+    @jax.jit
+    def sums(inputs, targets, mask):
+        hidden = model(inputs, return_hidden_states=True, logits=False).hidden_states[1:]
+        totals = []
+        for h in hidden:
+            log_p = jax.nn.log_softmax(model._logits(model.final_norm(h)), axis=-1)
+            nll = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+            totals.append(jnp.sum(jnp.where(mask, nll, 0.0)))
+        return jnp.stack(totals), jnp.sum(mask)
+
+    total: np.ndarray | float = 0.0
+    count = 0.0
+    for batch in batches:
+        layer_sums, tokens = sums(
+            jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"]), jnp.asarray(batch["mask"]) > 0
+        )
+        total, count = total + np.asarray(layer_sums, np.float64), count + float(tokens)
+    return [math.exp(value / max(count, 1.0)) for value in np.atleast_1d(total)]
+
+
+def _prompts(batches, count: int, prompt_len: int) -> list[np.ndarray]:
+    prompts: list[np.ndarray] = []
+    for batch in batches:
+        for row, mask in zip(np.asarray(batch["inputs"]), np.asarray(batch["mask"]), strict=True):
+            if mask[:prompt_len].all() and len(prompts) < count:
+                prompts.append(row[:prompt_len].astype(np.int32))
+    return prompts
+
+
+def _timed(fn, prompts) -> tuple[float, list[np.ndarray], list]:
+    started = time.perf_counter()
+    outputs, stats = [], []
+    for prompt in prompts:
+        tokens, info = fn(prompt[None, :])
+        outputs.append(np.asarray(tokens)[0])
+        stats.append(info)
+    return time.perf_counter() - started, outputs, stats
+
+
+def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, controls, repeats: int) -> dict:
+    """The contenders' figures (see the module docstring) on `prompts` (each `[prompt_len]` int)."""
+
+    def plain(prompt):
+        return generate(model, prompt, max_new_tokens=new_tokens), None
+
+    def speculative(exit_layer, draft_len, control):
+        def run(prompt):
+            return self_speculative_generate(
+                model,
+                prompt,
+                exit_layer=exit_layer,
+                draft_len=draft_len,
+                max_new_tokens=new_tokens,
+                draft_control=control,
+            )
+
+        return run
+
+    contenders = {"plain": plain}
+    for exit_layer in exits:
+        for draft_len in draft_lens:
+            for control in controls:
+                contenders[f"exit{exit_layer}_d{draft_len}_{control}"] = speculative(exit_layer, draft_len, control)
+    for fn in contenders.values():  # compile
+        fn(prompts[0][None, :])
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    results: dict[str, tuple] = {}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            seconds, outputs, stats = _timed(fn, prompts)
+            times[name].append(seconds)
+            results[name] = (outputs, stats)
+    generated = len(prompts) * new_tokens
+    plain_seconds = statistics.median(times["plain"])
+    reference = results["plain"][0]
+    rows = {}
+    for name in contenders:
+        if name == "plain":
+            continue
+        outputs, stats = results[name]
+        seconds = statistics.median(times[name])
+        drafted = sum(s.drafted for s in stats)
+        row_rounds = sum(s.row_rounds for s in stats)
+        exit_layer, draft_len, control = name.removeprefix("exit").split("_")
+        rows[name] = {
+            "exit_layer": int(exit_layer),
+            "draft_len": int(draft_len.removeprefix("d")),
+            "control": control,
+            "tokens_per_s": generated / seconds,
+            "speedup": plain_seconds / seconds,
+            "exact_match": float(np.mean([np.array_equal(a, b) for a, b in zip(outputs, reference, strict=True)])),
+            "acceptance_rate": sum(s.accepted for s in stats) / max(drafted, 1),
+            "tokens_per_round": sum(s.emitted for s in stats) / max(row_rounds, 1),
+            "mean_draft_len": drafted / max(row_rounds, 1),
+        }
+    best = max(rows, key=lambda name: rows[name]["speedup"])
+    return {
+        "speedup": rows[best]["speedup"],
+        "exact_match": rows[best]["exact_match"],
+        "best": best,
+        "plain_tokens_per_s": generated / plain_seconds,
+        "contenders": rows,
+        "prompts": len(prompts),
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+    }
+
+
+def plot_exit_quality(curves: dict[str, list[float]], path: Path) -> None:
+    """Perplexity against blocks used, one line per stage, as a PNG (written to a temporary name, then renamed)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for stage, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=stage)
+    ax.set(xlabel="blocks used (exit layer)", ylabel="held-out perplexity", yscale="log", title="early-exit quality")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    plt.close(fig)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(image.getvalue())
+    tmp.replace(path)
+
+
+def run_early_exit(args) -> int:
+    from jdistill.commands.generate import load_model
+    from jdistill.configs import load_config
+    from jdistill.errors import ConfigError
+    from jdistill.train.inputs import eval_batches
+
+    model, _, stage = load_model(args.checkpoint)
+    if model.config.kind != "lm":
+        raise ConfigError(f"--checkpoint {args.checkpoint}: not a decoder language model")
+    if args.checkpoint.startswith("hf:"):
+        raise ConfigError("--checkpoint: a run's stage (RUN/STAGE) is needed: prompts come from its held-out split")
+    stage_dir = Path(args.checkpoint)
+    config = load_config(str(stage_dir.parent / "config.yaml"))
+    batches = eval_batches(config.data, "lm")
+    layers = model.config.num_layers
+    exits = args.exits or sorted({max(1, layers // 4), max(1, layers // 2)})
+    for exit_layer in exits:
+        if not 1 <= exit_layer < layers:
+            raise ConfigError(f"--exits: {exit_layer} is outside [1, {layers - 1}] (the model has {layers} blocks)")
+    prompts = _prompts(batches, args.prompts, args.prompt_len)
+    if not prompts:
+        raise ConfigError(f"--prompt-len {args.prompt_len}: no held-out window has that many tokens")
+    figures = run_benchmark(
+        model,
+        prompts,
+        new_tokens=args.new_tokens,
+        exits=exits,
+        draft_lens=args.draft_lens,
+        controls=("fixed", "thompson"),
+        repeats=args.repeats,
+    )
+    curves = {stage: exit_perplexities(model, batches)}
+    scratch = stage_dir.parent / "student_scratch"
+    if scratch.is_dir() and stage != "student_scratch":
+        curves["student_scratch"] = exit_perplexities(load_model(str(scratch))[0], batches)
+    figures["exit_perplexity"] = curves
+    figures["checkpoint"] = args.checkpoint
+    figures["cores"] = len(jax.devices("cpu")) if jax.default_backend() == "cpu" else None
+    for name, row in sorted(figures["contenders"].items(), key=lambda item: -item[1]["speedup"]):
+        print(
+            f"{name:24s} {row['tokens_per_s']:8.1f} tok/s  {row['speedup']:5.2f}x  exact {row['exact_match']:.2f}  "
+            f"accept {row['acceptance_rate']:.2f}  {row['tokens_per_round']:.2f} tok/round  "
+            f"draft {row['mean_draft_len']:.2f}"
+        )
+    print(f"plain greedy {figures['plain_tokens_per_s']:.1f} tok/s; best {figures['best']}: {figures['speedup']:.2f}x")
+    if args.json:
+        path = Path(args.json)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(strict_json.dumps(figures, indent=2))
+        tmp.replace(path)
+        plot_exit_quality(curves, path.with_suffix(".png"))
+    return 0

@@ -1,0 +1,37 @@
+"""The `jdistill bench early-exit` parser (free of JAX imports, so building the CLI stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(bench_sub) -> None:
+    """Add `early-exit` to the `jdistill bench` subcommands."""
+    parser: argparse.ArgumentParser = bench_sub.add_parser(
+        "early-exit", help="self-speculative (early-exit draft) vs plain greedy decoding of one LM stage"
+    )
+    parser.add_argument("--checkpoint", required=True, help="RUN_DIR/STAGE of an LM (e.g. llm_layerskip's student)")
+    parser.add_argument("--exits", type=_int_list, default=None, help="draft exit layers (default: L/4 and L/2)")
+    parser.add_argument("--draft-lens", type=_int_list, default=[3, 5], help="draft lengths (maximum for thompson)")
+    parser.add_argument("--prompts", type=int, default=8, help="held-out prompts, each decoded at batch size 1")
+    parser.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt")
+    parser.add_argument("--new-tokens", type=int, default=96, help="tokens generated per prompt")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds over all prompts (median)")
+    parser.add_argument("--json", help="write the figures to this JSON file (and the exit-quality curve beside it)")
+
+    def run(args) -> int:
+        from jdistill.bench.early_exit import run_early_exit
+
+        return run_early_exit(args)
+
+    parser.set_defaults(func=run)

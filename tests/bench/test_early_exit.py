@@ -1,0 +1,47 @@
+"""`jdistill bench early-exit` on a tiny `llm_layerskip` run: every contender's tokens equal plain greedy decoding's,
+the JSON has the documented keys, and the exit-quality curve covers both stages."""
+
+import json
+
+import pytest
+
+from jdistill.cli import main
+from jdistill.configs import load_config
+from jdistill.train import job
+from tests.train.llm_tiny import TINY_LLM
+
+TINY_MODEL = [
+    f"{side}.model.{key}={value}"
+    for side in ("teacher", "student")
+    for key, value in (
+        ("num_layers", 3),
+        ("d_model", 16),
+        ("num_heads", 2),
+        ("num_kv_heads", 1),
+        ("head_dim", 8),
+        ("mlp_dim", 32),
+        ("vocab_size", 320),
+    )
+]
+TINY = [o for o in TINY_LLM if not o.startswith(("teacher.", "student.prune"))] + TINY_MODEL
+
+
+@pytest.mark.slow  # a job and 5 compiled decoders: ~35 s on a quiet 2-core machine
+def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
+    run_dir = tmp_path / "run"
+    summary = job.run_job(load_config("llm_layerskip", TINY), run_dir)
+    assert {"student_scratch", "student_layerskip"} <= set(summary)
+    out = tmp_path / "bench.json"
+    args = ["bench", "early-exit", "--checkpoint", str(run_dir / "student_layerskip"), "--exits", "1,2"]
+    args += ["--draft-lens", "2", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "6", "--repeats", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["contenders"]) == {f"exit{e}_d2_{c}" for e in (1, 2) for c in ("fixed", "thompson")}
+    for row in figures["contenders"].values():
+        assert row["exact_match"] == 1.0  # greedy self-speculative decoding changes nothing but the speed
+        assert 1.0 <= row["tokens_per_round"] <= 3.0 and row["speedup"] > 0
+    assert figures["speedup"] == figures["contenders"][figures["best"]]["speedup"]
+    curves = figures["exit_perplexity"]
+    assert set(curves) == {"student_layerskip", "student_scratch"} and all(len(c) == 3 for c in curves.values())
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert "plain greedy" in capsys.readouterr().out
