@@ -5,11 +5,10 @@ Contenders, each `y = f(x)` for `x [tokens, d_model]`, timed as one jitted `valu
 fixed random cotangent c) with respect to the parameters and x:
   - `dense`: `jdistill.nn.mlp.GLUMLP` with hidden size top_k * expert_dim + shared_dim: the same multiply-adds per
     token as the routed experts (+ the shared expert); the target of the goal.
-  - `moe`: `jdistill.nn.moe.MoE` as the model runs it (router, top-k, sort by expert, grouped matmuls, unsort).
-  - `moe_blocked` / `moe_ragged_dot`: the same layer with its grouped matmul (`jdistill.nn.moe.grouped_matmul`)
-    swapped for `jdistill.kernels.grouped_matmul.blocked_grouped_matmul` (fixed-size blocks, CPU) or for
-    `jax.lax.ragged_dot` as XLA:CPU lowers it (a dense product masked per expert: E times the work), while the
-    program is traced, so the difference between them is the grouped matmul alone.
+  - `moe`: `jdistill.nn.moe.MoE` as the models run it (router, top-k, the dropless grouped dispatch the layer picks
+    for this backend: `jdistill.nn.moe_blocked` on CPU, `jax.lax.ragged_dot` elsewhere).
+  - `moe_ragged_dot`: the same layer with `jax.lax.ragged_dot` forced (`moe_ragged(impl="ragged_dot")` while the
+    program is traced); on CPU JAX expands it into E masked dense products.
   - `one_hot`: the layer with `dispatch="one_hot"`: every expert on every token (E / top_k times the work).
 Times are medians over `repeats` rounds, the contenders called in alternating order within each round, after a
 warm-up call (compilation). Ratios: `moe_over_dense` = time(moe) / time(dense) (goal: <= 1.5),
@@ -20,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import platform
 import statistics
 from pathlib import Path
@@ -28,7 +28,7 @@ from jdistill.errors import ConfigError
 from jdistill.io import strict_json
 
 GOAL = 1.5  # the MoE layer's fwd+bwd time within 1.5x that of the dense layer of equal active parameters
-CONTENDERS = ("dense", "moe", "moe_blocked", "moe_ragged_dot", "one_hot")
+CONTENDERS = ("dense", "moe", "moe_ragged_dot", "one_hot")
 
 
 def _int_list(text: str) -> list[int]:
@@ -74,19 +74,19 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
 
 
 @contextlib.contextmanager
-def _grouped_matmul(fn):
-    """Trace the MoE layer with `jdistill.nn.moe.grouped_matmul` replaced by `fn` (None: as shipped)."""
+def _grouped_impl(impl):
+    """Trace the MoE layer with its sorted dispatch forced to `impl` (None: the layer's own choice)."""
     from jdistill.nn import moe
 
-    if fn is None:
+    if impl is None:
         yield
         return
-    shipped = moe.grouped_matmul
-    moe.grouped_matmul = fn
+    shipped = moe.DISPATCH["ragged"]
+    moe.DISPATCH["ragged"] = functools.partial(moe.moe_ragged, impl=impl)
     try:
         yield
     finally:
-        moe.grouped_matmul = shipped
+        moe.DISPATCH["ragged"] = shipped
 
 
 def _programs(tokens: int, d_model: int, experts: int, top_k: int, expert_dim: int, shared_dim: int) -> dict:
@@ -95,7 +95,6 @@ def _programs(tokens: int, d_model: int, experts: int, top_k: int, expert_dim: i
     import jax.numpy as jnp
     from flax import nnx
 
-    from jdistill.kernels.grouped_matmul import blocked_grouped_matmul
     from jdistill.nn.mlp import GLUMLP
     from jdistill.nn.moe import MoE
 
@@ -108,12 +107,11 @@ def _programs(tokens: int, d_model: int, experts: int, top_k: int, expert_dim: i
     modules = {
         "dense": (GLUMLP(d_model, top_k * expert_dim + shared_dim, "silu", rngs=nnx.Rngs(2)), None),
         "moe": (moe_layer(), None),
-        "moe_blocked": (moe_layer(), blocked_grouped_matmul),
-        "moe_ragged_dot": (moe_layer(), jax.lax.ragged_dot),
+        "moe_ragged_dot": (moe_layer(), "ragged_dot"),
         "one_hot": (moe_layer("one_hot"), None),
     }
     programs = {}
-    for name, (module, matmul) in modules.items():
+    for name, (module, impl) in modules.items():
         graphdef, params = nnx.split(module)
 
         def loss(params, x, graphdef=graphdef):
@@ -121,7 +119,7 @@ def _programs(tokens: int, d_model: int, experts: int, top_k: int, expert_dim: i
             y = out[0] if isinstance(out, tuple) else out
             return jnp.sum(y * cotangent)
 
-        with _grouped_matmul(matmul):
+        with _grouped_impl(impl):
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x).compile()
         jax.block_until_ready(step(params, x))
         programs[name] = lambda step=step, params=params: jax.block_until_ready(step(params, x))
@@ -142,7 +140,6 @@ def measure(
         "ms": {name: 1e3 * value for name, value in seconds.items()},
         "tokens_per_s": {name: tokens / value for name, value in seconds.items()},
         "moe_over_dense": seconds["moe"] / seconds["dense"],
-        "moe_blocked_over_dense": seconds["moe_blocked"] / seconds["dense"],
         "moe_ragged_dot_over_dense": seconds["moe_ragged_dot"] / seconds["dense"],
         "one_hot_over_moe": seconds["one_hot"] / seconds["moe"],
     }

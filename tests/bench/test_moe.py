@@ -1,13 +1,14 @@
 """`jdistill bench moe` at toy size: every contender timed, the ratios follow from the times, the JSON written, and
-bad arguments are one-line errors."""
+bad arguments are one-line errors (argparse's, or a ConfigError: exit 2 without a traceback)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from jdistill.bench import moe
 from jdistill.bench.moe import CONTENDERS, run
+from jdistill.cli import build_parser
+from jdistill.errors import ConfigError
 
 
 def test_a_tiny_run_reports_every_contender_and_consistent_ratios(tmp_path):
@@ -24,14 +25,15 @@ def test_a_tiny_run_reports_every_contender_and_consistent_ratios(tmp_path):
     assert any("moe/dense" in line for line in lines) and "goal" in lines[-1]
 
 
-@pytest.mark.parametrize("args", [["--top-k", "9"], ["--tokens", "0"], ["--shared-dim", "-1"]])
-def test_bad_arguments_are_one_line_errors(args):
-    """Exit 2, no traceback, the last line names the argument (argparse prints its usage above it)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "jdistill.cli", "bench", "moe", "--experts", "8", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert args[0] in done.stderr.strip().splitlines()[-1]
+@pytest.mark.parametrize("args", [["--tokens", "0"], ["--shared-dim", "-1"], ["--experts", "x"]])
+def test_bad_arguments_are_one_line_parser_errors(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["bench", "moe", *args])
+    assert exit_info.value.code == 2 and args[0] in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_top_k_above_the_experts_is_a_config_error_before_any_compute(monkeypatch):
+    monkeypatch.setattr(moe, "run", lambda *a, **k: pytest.fail("ran"))
+    args = build_parser().parse_args(["bench", "moe", "--experts", "8", "--top-k", "9"])
+    with pytest.raises(ConfigError, match=r"--top-k 9: at most --experts \(8\)"):
+        args.func(args)

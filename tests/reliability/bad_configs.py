@@ -186,6 +186,7 @@ _OUT_OF_RANGE_GLOBAL = {
     "run.sample_tokens": st.integers(max_value=-1),
     "mesh.fsdp": st.integers(max_value=0),
     "mesh.tensor": st.integers(max_value=0),
+    "mesh.expert": st.integers(max_value=0),
     "mesh.dcn_data": st.integers(max_value=0),
     "mesh.data": st.integers(max_value=-2) | st.just(0),
     "cluster.num_slices": st.integers(max_value=0),
@@ -262,8 +263,8 @@ def misspelled_names(draw):
 def bad_meshes(draw):
     """A mesh larger than this machine's devices, or rules naming an unknown logical or mesh axis."""
     devices = jax.device_count()
-    kind = draw(st.sampled_from(["fsdp", "tensor", "data", "dcn_data", "rules_logical", "rules_mesh"]))
-    if kind in ("fsdp", "tensor", "data", "dcn_data"):
+    kind = draw(st.sampled_from(["fsdp", "tensor", "expert", "data", "dcn_data", "rules_logical", "rules_mesh"]))
+    if kind in ("fsdp", "tensor", "expert", "data", "dcn_data"):
         return [f"mesh.{kind}={draw(st.integers(devices + 1, devices + 4096))}"], "mesh"
     name = draw(st.text(alphabet=string.ascii_lowercase, min_size=3, max_size=10))
     if kind == "rules_logical":

@@ -58,8 +58,11 @@ def family(model) -> str:
 
 
 def tiny_model(model, *, layers: int, d_model: int):
-    """The config's architecture at toy size: same GQA ratio, qk-norm, tying, RoPE, norm eps, dtype, remat."""
+    """The config's architecture at toy size: same GQA ratio, qk-norm, tying, RoPE, norm eps, dtype, remat; a
+    mixture of experts keeps 8 experts (a multiple of any scaled expert axis), top-2, expert hidden d_model."""
     ratio = model.num_heads // model.resolved_kv_heads
+    if model.num_experts:
+        model = dataclasses.replace(model, num_experts=8, experts_per_token=2, moe_mlp_dim=d_model)
     return dataclasses.replace(
         model,
         num_layers=layers,
@@ -122,11 +125,11 @@ def scaled_config(name: str, work: Path):
     student_dir = checkpoint(work / name / "student-hf", student, tokenizer, seed=2)
     train = config.student.train
     full_devices = math.prod(
-        getattr(config.mesh, axis) for axis in ("data", "fsdp", "dcn_data")
+        getattr(config.mesh, axis) for axis in ("data", "fsdp", "expert", "dcn_data")
     )  # the batch-sharded axes
     per_device = train.batch_size // (train.grad_accum_steps * full_devices)
     mesh = MeshConfig(**MESHES[name], rules=config.mesh.rules)
-    batch_devices = mesh.data * mesh.fsdp * mesh.dcn_data
+    batch_devices = mesh.data * mesh.fsdp * mesh.expert * mesh.dcn_data
     options = dict(config.distill.options)
     if options.get("vocab_chunk"):
         options["vocab_chunk"] = max(8, options["vocab_chunk"] * SEQ // FULL_SEQ)

@@ -12,4 +12,5 @@ MESHES = {
     "2x-v5e-256": dict(data=1, fsdp=2, tensor=2, dcn_data=2),
     "h100-1x8": dict(data=1, fsdp=8, tensor=1),
     "h100-4x8": dict(data=2, fsdp=4, tensor=1),
+    "v4-32-moe": dict(data=1, fsdp=2, tensor=1, expert=4),
 }
