@@ -81,6 +81,8 @@ def _modules():
         for name, config in MODEL_KINDS.items()
     ]
     for name, cls in recipe_classes().items():
+        if name in TEACHER_RUN_RECIPES:
+            continue
         factory = cls(**WRAPPER_OPTIONS.get(name, {})).wraps_student()
         if factory is None:
             continue
@@ -91,7 +93,34 @@ def _modules():
                 (f"{name}_{kind}", _abstract(lambda factory=factory, config=config: factory(config, nnx.Rngs(0))))
             )
     modules.append(("head_gates", _abstract(lambda: HeadGates(3, 2))))
+    modules += _diffusion_student_wrappers()
     return modules
+
+
+# Diffusion distillation recipes build their student from a trained teacher run (`distill.options.teacher_run`):
+# the denoiser itself is covered by the teacher recipes' wrappers above, the modules they add around it here.
+TEACHER_RUN_RECIPES = {
+    "diffusion_consistency",
+    "diffusion_guidance",
+    "diffusion_progressive",
+    "diffusion_rectified",
+    "diffusion_solvers",
+}
+
+
+def _diffusion_student_wrappers():
+    from jdistill.diffusion.methods.wrappers import DODEDenoiser, LoRADenoiser, PlugAndPlayDenoiser
+
+    def base(guidance=False):
+        return recipe_classes()["diffusion_edm"](guidance_conditioning=guidance).wraps_student()(
+            CLASSIFIER, nnx.Rngs(0)
+        )
+
+    return [
+        ("lora_denoiser", _abstract(lambda: LoRADenoiser(base(), rank=2, rngs=nnx.Rngs(1)))),
+        ("plug_and_play_denoiser", _abstract(lambda: PlugAndPlayDenoiser(base(), base(guidance=True)))),
+        ("dode_denoiser", _abstract(lambda: DODEDenoiser(base(), steps=4))),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +130,8 @@ def modules():
 
 def test_the_wrappers_are_in_the_list(modules):
     names = {name for name, _ in modules}
-    assert {"mutual_lm", "sla_sd_classifier", "feature_kd_lm"} <= names
+    assert {"mutual_lm", "sla_sd_classifier", "feature_kd_lm", "diffusion_edm_classifier", "lora_denoiser"} <= names
+    assert set(recipe_classes()) >= TEACHER_RUN_RECIPES
 
 
 def test_every_parameter_names_each_dimension_with_a_ruled_logical_axis(modules):
