@@ -38,7 +38,7 @@ from flax import nnx
 from jdistill.configs.schema import TrainConfig
 from jdistill.diffusion.data import to_unit
 from jdistill.errors import UserError
-from jdistill.io import fs
+from jdistill.io import fs, strict_json
 from jdistill.models import ModelConfig, Transformer
 
 CACHE_ENV = "JDISTILL_CACHE_DIR"
@@ -143,7 +143,7 @@ def cache_key(settings: ClassifierSettings = DEFAULT_SETTINGS) -> str:
     from jdistill import __version__
 
     abstract = nnx.state(nnx.eval_shape(lambda: _build(settings)))
-    text = json.dumps(
+    text = strict_json.dumps(
         {"settings": dataclasses.asdict(settings), "version": __version__, "params": _param_names(abstract)},
         sort_keys=True,
         default=str,
@@ -185,7 +185,7 @@ def train_classifier(settings: ClassifierSettings, data_dir=None) -> tuple[Trans
     images, labels = digits("test", data_dir)
     accuracy = float((FeatureClassifier(model, {}).predict(images) == labels).mean())
     info = {
-        "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+        "settings": json.loads(strict_json.dumps(dataclasses.asdict(settings), default=str)),
         "test_accuracy": accuracy,
         "train_seconds": time.perf_counter() - start,
         "backend": jax.default_backend(),
@@ -198,7 +198,9 @@ def _save(directory: pathlib.Path, model: Transformer, info: dict) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, *[np.asarray(leaf) for leaf in leaves])
     fs.write_bytes_atomic(directory / "weights.npz", buffer.getvalue())
-    fs.write_text_atomic(directory / "info.json", json.dumps(info, indent=2) + "\n")  # last: the entry is complete
+    fs.write_text_atomic(
+        directory / "info.json", strict_json.dumps(info, indent=2) + "\n"
+    )  # last: the entry is complete
 
 
 def _load(directory: pathlib.Path, settings: ClassifierSettings) -> FeatureClassifier:

@@ -21,14 +21,16 @@ BATCH, SEQ, WIDTH, VOCAB = 2, 6, 5, 13
 
 class LinearLM:
     """A stand-in for a language model: fixed features and an output head, read the way the kd recipe reads a
-    Transformer (`model(inputs).logits`, `model(inputs, logits=False).features`, `model.head_weights()`)."""
+    Transformer (`model(inputs).logits`, `model(inputs, logits=False).features`, `.aux` (a dense model's: no
+    router losses), `model.head_weights()`)."""
 
     def __init__(self, features, head, bias):
         self.features, self.head, self.bias = (jnp.asarray(a, jnp.float32) for a in (features, head, bias))
 
     def __call__(self, inputs, logits=True):
         del inputs
-        return SimpleNamespace(features=self.features, logits=self.features @ self.head + self.bias if logits else None)
+        logits_out = self.features @ self.head + self.bias if logits else None
+        return SimpleNamespace(features=self.features, logits=logits_out, aux={})
 
     def head_weights(self):
         return self.head, self.bias
