@@ -157,6 +157,7 @@ def _train(recipe, steps=120):
     return model
 
 
+@pytest.mark.slow  # trains two models; the loss itself is pinned by the weighted-sum test
 def test_layerskip_makes_the_first_exit_a_usable_prediction():
     # No layer dropout: the early-exit loss alone must do it (dropout alone also helps a little).
     layerskip = LayerSkip(p_max=0.0, e_scale=1.0, curriculum="none", total_steps=120, steps_per_epoch=120.0)

@@ -77,6 +77,7 @@ def test_every_draft_accepted_when_the_upper_blocks_are_the_identity():
     assert stats.rounds == 2 and stats.tokens_per_round == 5.0
 
 
+@pytest.mark.slow
 def test_random_drafts_are_mostly_rejected_and_still_exact():
     model = Transformer(LM, rngs=nnx.Rngs(2))
     prompt, mask = _ragged_prompts(2, 8, 6, LM.vocab_size)
@@ -108,7 +109,7 @@ def _exact_joint(model, prompt, temperature, steps):
     return dict(zip(sequences, np.exp(np.asarray(chosen.sum(axis=1), np.float64)), strict=True))
 
 
-@pytest.mark.parametrize("control", ["fixed", "thompson"])
+@pytest.mark.parametrize("control", ["fixed", pytest.param("thompson", marks=pytest.mark.slow)])
 def test_speculative_sampling_draws_from_the_full_models_distribution(control):
     config = dataclasses.replace(LM, vocab_size=6, d_model=16, num_heads=2, num_kv_heads=1, mlp_dim=32)
     model = Transformer(config, rngs=nnx.Rngs(4))
@@ -136,6 +137,7 @@ def test_speculative_sampling_draws_from_the_full_models_distribution(control):
     assert chi2 < 66.6, chi2
 
 
+@pytest.mark.slow
 def test_draft_distribution_alone_would_fail_the_same_test():
     """The chi-square test above can fail: the early exit's own distribution is far from the full model's."""
     config = dataclasses.replace(LM, vocab_size=6, d_model=16, num_heads=2, num_kv_heads=1, mlp_dim=32)
@@ -174,6 +176,7 @@ def test_recurrent_models_are_refused():
         self_speculative_generate(model, np.ones((1, 3), np.int32), exit_layer=2, draft_len=2, max_new_tokens=3)
 
 
+@pytest.mark.slow  # two models x 100 tokens; the controller's pure parts are tested fast below
 def test_thompson_control_drafts_long_when_drafts_are_accepted_and_short_when_not():
     good = _identity_above(Transformer(LM, rngs=nnx.Rngs(1)), 1)  # every draft accepted
     bad = Transformer(LM, rngs=nnx.Rngs(2))  # an untrained exit: most drafts rejected
