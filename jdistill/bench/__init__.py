@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers (sizes, counts, layer numbers)."""
     try:
-        return [int(part) for part in text.split(",") if part]
+        values = [int(part) for part in text.split(",") if part]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `jdistill bench attention`."""
     parser.add_argument(
-        "--seq", type=_int_list, help="sequence lengths, e.g. 1024,8192 (default: 1k..16k on GPU/TPU, 128..512 on CPU)"
+        "--seq", type=int_list, help="sequence lengths, e.g. 1024,8192 (default: 1k..16k on GPU/TPU, 128..512 on CPU)"
     )
-    parser.add_argument("--head-dim", type=_int_list, default=[128], help="head dims (default 128)")
+    parser.add_argument("--head-dim", type=int_list, default=[128], help="head dims (default 128)")
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
     parser.add_argument("--mode", choices=["fwd", "fwd+bwd", "both"], default="both")
     parser.add_argument("--batch", type=int, default=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jdistill.bench import _int_list
+from jdistill.bench import int_list
 
 
 def register(bench_sub) -> None:
@@ -19,7 +19,7 @@ def register(bench_sub) -> None:
     parser.add_argument("--toy-teacher", help="run dir of a 2-D teacher (default: train diffusion_flow_2d)")
     parser.add_argument("--work-dir", help="where teachers and students are trained (default: beside --json)")
     parser.add_argument("--seeds", type=int, default=3, help="sampling (and student) seeds 0..N-1 (default 3)")
-    parser.add_argument("--teacher-nfe", type=_int_list, default=[1, 2, 4, 8, 35], help="default 1,2,4,8,35")
+    parser.add_argument("--teacher-nfe", type=int_list, default=[1, 2, 4, 8, 35], help="default 1,2,4,8,35")
     parser.add_argument("--teacher-sampler", default="auto", help="auto (edm: heun, vp: ddim, flow: flow_euler)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale of the digits teacher (1: none)")
     parser.add_argument("--methods", type=lambda s: s.split(","), help="students to measure (default: all)")

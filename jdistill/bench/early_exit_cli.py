@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+from jdistill.bench import int_list
 
 
 def register(bench_sub) -> None:
@@ -21,8 +13,8 @@ def register(bench_sub) -> None:
         "early-exit", help="self-speculative (early-exit draft) vs plain greedy decoding of one LM stage"
     )
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/STAGE of an LM (e.g. llm_layerskip's student)")
-    parser.add_argument("--exits", type=_int_list, default=None, help="draft exit layers (default: L/4 and L/2)")
-    parser.add_argument("--draft-lens", type=_int_list, default=[3, 5], help="draft lengths (maximum for thompson)")
+    parser.add_argument("--exits", type=int_list, default=None, help="draft exit layers (default: L/4 and L/2)")
+    parser.add_argument("--draft-lens", type=int_list, default=[3, 5], help="draft lengths (maximum for thompson)")
     parser.add_argument("--prompts", type=int, default=8, help="held-out prompts, each decoded at batch size 1")
     parser.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt")
     parser.add_argument("--new-tokens", type=int, default=96, help="tokens generated per prompt")

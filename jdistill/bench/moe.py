@@ -24,21 +24,12 @@ import platform
 import statistics
 from pathlib import Path
 
+from jdistill.bench import int_list
 from jdistill.errors import ConfigError
 from jdistill.io import strict_json
 
 GOAL = 1.5  # the MoE layer's fwd+bwd time within 1.5x that of the dense layer of equal active parameters
 CONTENDERS = ("dense", "moe", "moe_ragged_dot", "one_hot")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _at_least(minimum: int):
@@ -62,7 +53,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     bench = bench_subparsers.add_parser(
         "moe", help="MoE layer fwd+bwd tokens/s vs a dense MLP of equal active parameters and the one-hot dispatch"
     )
-    bench.add_argument("--tokens", type=_int_list, default=[512, 2048, 8192], help="token counts (default 512..8192)")
+    bench.add_argument("--tokens", type=int_list, default=[512, 2048, 8192], help="token counts (default 512..8192)")
     bench.add_argument("--d-model", type=_positive, default=256)
     bench.add_argument("--experts", type=_positive, default=8)
     bench.add_argument("--top-k", type=_positive, default=2)
