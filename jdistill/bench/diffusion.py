@@ -74,7 +74,7 @@ def denoiser_generator(model, schedule, *, sampler: str, guidance_scale: float =
     """A `Generator` of a denoiser module with one of `jdistill.diffusion.samplers`' samplers (x_T from the key)."""
     from flax import nnx
 
-    from jdistill.diffusion.samplers import guided_denoiser, make_sampler
+    from jdistill.diffusion.samplers import draw_from_prior, guided_denoiser, make_sampler
 
     conditional = bool(getattr(model, "num_classes", 0))
     shape = tuple(model.sample_shape)
@@ -82,14 +82,7 @@ def denoiser_generator(model, schedule, *, sampler: str, guidance_scale: float =
 
     def draw(nfe: int) -> Draw:
         run, _ = make_sampler(model, schedule, sampler=sampler, nfe=nfe, guidance_scale=guidance_scale)
-
-        @jax.jit
-        def sample(params, key, labels):
-            noise_key, sampler_key = jax.random.split(key)
-            x_T = schedule.prior(noise_key, (labels.shape[0], *shape))
-            return run(params, x_T, labels if conditional else None, sampler_key)
-
-        return lambda key, labels: sample(params, key, labels)
+        return draw_from_prior(run, schedule, params, shape, conditional=conditional)
 
     @jax.jit
     def evaluate(params, key, labels):

@@ -247,3 +247,16 @@ def make_sampler(
         return sample(denoise_fn, x_T, schedule, nfe, sampler=sampler, rng=rng, eta=eta, timesteps=timesteps)
 
     return run, params
+
+
+def draw_from_prior(run, schedule: Schedule, params, sample_shape, *, conditional: bool):
+    """`draw(key, labels) -> samples`: x_T from the schedule's prior for `labels.shape[0]` samples of
+    `sample_shape`, then `run(params, x_T, labels or None, rng)` (a sampler of `make_sampler`), jitted as one."""
+
+    @jax.jit
+    def sample_from(params, key, labels):
+        noise_key, sampler_key = jax.random.split(key)
+        x_T = schedule.prior(noise_key, (labels.shape[0], *sample_shape))
+        return run(params, x_T, labels if conditional else None, sampler_key)
+
+    return lambda key, labels: sample_from(params, key, labels)

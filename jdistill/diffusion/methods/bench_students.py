@@ -67,6 +67,7 @@ def recipe_generator(recipe, model):
     from flax import nnx
 
     from jdistill.bench.diffusion import Generator
+    from jdistill.diffusion.samplers import draw_from_prior
     from jdistill.diffusion.schedules import predict
 
     schedule = recipe.schedule
@@ -77,14 +78,7 @@ def recipe_generator(recipe, model):
     @functools.cache
     def draw(nfe: int):
         run, _ = recipe.student_sampler(model, nfe)
-
-        @jax.jit
-        def sample(params, key, labels):
-            noise_key, sampler_key = jax.random.split(key)
-            x_T = schedule.prior(noise_key, (labels.shape[0], *shape))
-            return run(params, x_T, labels if conditional else None, sampler_key)
-
-        return lambda key, labels: sample(params, key, labels)
+        return draw_from_prior(run, schedule, params, shape, conditional=conditional)
 
     @jax.jit
     def forward(params, key, labels):
