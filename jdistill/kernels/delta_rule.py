@@ -137,7 +137,7 @@ _WHAT = "delta_rule_impl"
 
 def _auto_impl() -> str:
     """The platform's preferred implementation: pallas_tpu on TPU, pallas_gpu on GPU, chunked elsewhere."""
-    return support.DELTA_AUTO.get(support.target_platform(), "chunked")
+    return support.DELTA_AUTO.get(support.target_platform(), ("chunked",))[0]
 
 
 def delta_rule_impl_problem(impl: str, *, key_dim: int, value_dim: int) -> str | None:

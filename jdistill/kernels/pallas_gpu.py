@@ -222,15 +222,19 @@ def gated_flash_attention(
     """Gated flash attention (Pallas GPU kernel, or its interpret-mode run when `interpret=True`).
 
     Same contract as `jdistill.kernels.gated_attention_reference`; `T` and `S` are padded to block multiples
-    internally. Default blocks (query x key) are 128 x 64, or 64 x 32 for head dims above 128 so the tiles fit
-    in shared memory; they shrink (powers of two, >= 16 for the tensor-core dots) for short sequences.
+    internally. Default blocks (query x key) are 128 x 64, one tier smaller (64 x 32) for head dims above 128
+    and one more for float32 inputs (down to 32 x 16), so the tiles fit in shared memory; they shrink (powers of
+    two, >= 16 for the tensor-core dots) for short sequences.
     """
     fc.check_shapes(q, k, v, gate, segment_ids)
     _batch, q_len, _heads, head_dim = q.shape
     kv_len = k.shape[1]
-    wide = head_dim > 128
-    block_q = block_q or (64 if wide else 128)
-    block_k = block_k or (32 if wide else 64)
+    # Shared memory per program grows with the tile's bytes: float32 tiles (TF32 dots) take a size tier smaller
+    # than bfloat16 ones (measured on an H200: f32 at 128 x 64 asks 262 KiB for head dim 64, 427 KiB for 128;
+    # 227 KiB are available).
+    tier = (head_dim > 128) + (jnp.dtype(q.dtype).itemsize > 2)
+    block_q = block_q or (128, 64, 32)[tier]
+    block_k = block_k or (64, 32, 16)[tier]
     cfg = fc.make_config(
         "pallas_gpu",
         q,

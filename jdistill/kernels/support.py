@@ -13,6 +13,7 @@ ahead-of-time TPU compile from a CPU host checks against TPU), else JAX's defaul
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +31,12 @@ CUDNN_MAX_HEAD_DIM = 256  # 128 before Hopper; jax.nn checks the architecture it
 DELTA_GPU_MIN_DIM = 16
 
 ATTENTION_PLATFORM = {"pallas_gpu": "gpu", "pallas_tpu": "tpu", "cudnn": "gpu"}
-ATTENTION_AUTO = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}
+# `auto`'s preferences per platform, fastest first. GPU: cuDNN + separate gate before the fused Pallas kernel, as
+# measured on an H200 (docs/benchmarks.md: cuDNN is 2-3.7x faster at 4k-16k tokens); the Pallas kernel runs what
+# cuDNN cannot (float32, odd masked lengths).
+ATTENTION_AUTO = {"gpu": ("cudnn", "pallas_gpu"), "tpu": ("pallas_tpu",)}
 DELTA_PLATFORM = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}
-DELTA_AUTO = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}
+DELTA_AUTO = {"gpu": ("pallas_gpu",), "tpu": ("pallas_tpu",)}
 
 
 class KernelUnsupportedError(UserError, ValueError):
@@ -144,16 +148,21 @@ def report_auto_choice(what: str, choice: str, reason: str, passed_over: bool) -
     LOG.log(logging.WARNING if passed_over else logging.INFO, "%s='auto' runs %r: %s", what, choice, reason)
 
 
-def choose(what: str, auto_table: dict[str, str], fallback: str, problem_of) -> str:
-    """`auto`: the platform's fused kernel if `problem_of(impl)` is None, else `fallback`; reported once."""
+def choose(what: str, auto_table: Mapping[str, tuple[str, ...]], fallback: str, problem_of) -> str:
+    """`auto`: the platform's first preferred kernel for which `problem_of(impl, platform)` is None, else
+    `fallback`; the choice and its reason are reported once."""
     platform = target_platform()
-    preferred = auto_table.get(platform)
-    if preferred is None:
+    preferred = auto_table.get(platform, ())
+    if not preferred:
         report_auto_choice(what, fallback, f"no fused kernel for {platform}", passed_over=False)
         return fallback
-    problem = problem_of(preferred, platform)
-    if problem is not None:
-        report_auto_choice(what, fallback, f"{preferred!r} cannot run: {problem}", passed_over=True)
-        return fallback
-    report_auto_choice(what, preferred, f"the fused kernel for {platform}", passed_over=False)
-    return preferred
+    problems: list[str] = []
+    for impl in preferred:
+        problem = problem_of(impl, platform)
+        if problem is None:
+            reason = f"the fastest kernel for {platform} that runs this call"
+            report_auto_choice(what, impl, "; ".join([*problems, reason]), passed_over=False)
+            return impl
+        problems.append(f"{impl!r} cannot run: {problem}")
+    report_auto_choice(what, fallback, "; ".join(problems), passed_over=True)
+    return fallback

@@ -41,12 +41,32 @@ def test_pallas_gpu_matches_reference(case, dtype, tol):
     _check("pallas_gpu", case, dtype, tol)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+CUDNN_CASES = [case for case in CASES if case[0] % 2 == 0 and case[1] % 2 == 0]  # cuDNN's masks need even lengths
+
+
+@pytest.mark.parametrize("case", CUDNN_CASES, ids=str)
 def test_cudnn_path_matches_reference(case):
     _check("cudnn", case, jnp.bfloat16, 4e-2)
 
 
-def test_auto_picks_the_pallas_gpu_kernel():
-    from jdistill.kernels.attention import _auto_impl
+def test_cudnn_refuses_odd_masked_lengths_in_one_line():
+    from jdistill.kernels.support import KernelUnsupportedError
 
-    assert _auto_impl() == "pallas_gpu"
+    odd = next(case for case in CASES if case not in CUDNN_CASES)
+    with pytest.raises(KernelUnsupportedError, match="needs even lengths, got q_len 777 and kv_len 1031"):
+        _check("cudnn", odd, jnp.bfloat16, 4e-2)
+
+
+def test_auto_picks_cudnn_and_the_pallas_kernel_where_cudnn_cannot_run():
+    from jdistill.kernels import attention, support
+
+    assert attention._auto_impl() == "cudnn"
+    for case, dtype, want in ((CASES[0], jnp.bfloat16, "cudnn"), (CASES[0], jnp.float32, "pallas_gpu")):
+        q_len, kv_len, heads, kv_heads, head_dim, _, causal, _ = case
+        q = jnp.zeros((1, q_len, heads, head_dim), dtype)
+        k = jnp.zeros((1, kv_len, kv_heads, head_dim), dtype)
+
+        def problem(impl, platform, q=q, k=k, causal=causal):
+            return attention._problem(impl, q, k, causal, None, None, platform)
+
+        assert support.choose("attention_impl", support.ATTENTION_AUTO, "xla", problem) == want

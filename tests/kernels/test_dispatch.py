@@ -22,3 +22,21 @@ def test_unknown_delta_rule_impl_is_rejected():
     g = jnp.zeros((1, 2, 1))
     with pytest.raises(ValueError, match="impl must be one of"):
         gated_delta_rule(x, x, x, g, g, impl="magic")
+
+
+def test_auto_takes_the_first_preferred_kernel_that_runs_the_call(monkeypatch, caplog):
+    from jdistill.kernels import support
+
+    monkeypatch.setattr(support, "target_platform", lambda: "gpu")
+    monkeypatch.setattr(support, "_reported", set())
+    caplog.set_level("INFO", logger=support.LOG.name)
+    table = {"gpu": ("fast", "slow")}
+    problems = {"fast": "float32 inputs", "slow": None}
+    assert support.choose("k", table, "xla", lambda impl, platform: problems[impl]) == "slow"
+    assert "'fast' cannot run: float32 inputs" in caplog.text
+    problems["fast"] = None
+    assert support.choose("k", table, "xla", lambda impl, platform: problems[impl]) == "fast"
+    problems.update(fast="a", slow="b")
+    assert support.choose("k", table, "xla", lambda impl, platform: problems[impl]) == "xla"
+    assert support.choose("k", {}, "xla", lambda impl, platform: None) == "xla"
+    assert support.ATTENTION_AUTO["gpu"] == ("cudnn", "pallas_gpu")  # measured order (docs/benchmarks.md)
