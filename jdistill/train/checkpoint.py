@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 
 from jdistill.errors import RunDirError
 from jdistill.io import fs
+from jdistill.train.checkpoint_digest import manifest_problem, write_manifest
 
 
 class Checkpointer:
@@ -37,8 +38,18 @@ class Checkpointer:
 
     def save(self, step: int, state, *, force: bool = False, info: dict | None = None) -> None:
         """Save `state` at `step`; `info`: a small JSON dict stored with it (read back by `info`)."""
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=force, custom_metadata=info or {})
+        saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=force, custom_metadata=info or {})
         self.manager.wait_until_finished()
+        if saved and jax.process_index() == 0:  # every process's files are in place once orbax has finished
+            write_manifest(self._written(step))
+
+    def _written(self, step: int) -> fs.AnyPath:
+        """The folder orbax wrote `step` to (`step_path`, or its local stand-in under the tests' fake gs://)."""
+        return fs.checkpoint_location(self.directory) / str(step)
+
+    def damage(self, step: int) -> str | None:
+        """None when `step`'s files match the checksums written with them, else what differs (one line)."""
+        return manifest_problem(self._written(step))
 
     def info(self, step: int) -> dict:
         """The `info` dict saved with `step` ({} when absent or unreadable: it is bookkeeping, not state)."""

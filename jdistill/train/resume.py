@@ -2,11 +2,12 @@
 `result.json`.
 
 A checkpoint that does not restore (a truncated, zeroed or deleted file inside it: orbax / TensorStore raise on
-read) is damaged: the stage warns in one line, moves it aside to `stage_dir/checkpoints_damaged/STEP` (so it is
-never listed again) and resumes from the newest kept checkpoint that restores. When none restores, nothing is
-moved and the resume stops with one line (the same failure on every checkpoint usually means the state no longer
-fits them, not that they are all damaged). A `result.json` that is not the stage's result (garbage, a partial
-write) is ignored with a warning: the finished stage is evaluated again from its last checkpoint.
+read) or whose files differ from the checksums written with them (`jdistill.train.checkpoint_digest`) is damaged:
+the stage warns in one line, moves it aside to `stage_dir/checkpoints_damaged/STEP` (so it is never listed again)
+and resumes from the newest kept checkpoint that restores. When none restores, nothing is moved and the resume
+stops with one line (the same failure on every checkpoint usually means the state no longer fits them, not that
+they are all damaged). A `result.json` that is not the stage's result (garbage, a partial write) is ignored with a
+warning: the finished stage is evaluated again from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -87,11 +88,12 @@ def restore_newest(checkpointer: Checkpointer, like, stage_dir: Path, *, stage: 
     steps = sorted(checkpointer.all_steps(), reverse=True)
     failures: list[tuple[int, str]] = []
     for step in steps:
-        error: str | None = None
-        try:
-            restored = read(step, like)
-        except Exception as exc:  # orbax / TensorStore raise many kinds on a damaged file
-            restored, error = None, _first_line(exc)
+        restored, error = None, checkpointer.damage(step)
+        if error is None:
+            try:
+                restored = read(step, like)
+            except Exception as exc:  # orbax / TensorStore raise many kinds on a damaged file
+                error = _first_line(exc)
         if error is not None:
             _collect_quietly()
         if _all_processes_ok(error is None):

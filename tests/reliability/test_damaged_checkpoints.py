@@ -35,6 +35,14 @@ def zero(step: Path) -> None:
     data.write_bytes(bytes(data.stat().st_size))
 
 
+def flip_byte(step: Path) -> None:
+    """One byte of the largest data file changed: no read error, only the checksums can tell."""
+    data = _largest(step / "default" / "ocdbt.process_0")
+    content = bytearray(data.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    data.write_bytes(bytes(content))
+
+
 def delete_file(step: Path) -> None:
     (step / "default" / "_METADATA").unlink()
 
@@ -43,7 +51,13 @@ def delete_folder(step: Path) -> None:
     shutil.rmtree(step / "default" / "d")
 
 
-DAMAGE = {"truncated": truncate, "zeroed": zero, "deleted_file": delete_file, "deleted_folder": delete_folder}
+DAMAGE = {
+    "truncated": truncate,
+    "zeroed": zero,
+    "flipped_byte": flip_byte,
+    "deleted_file": delete_file,
+    "deleted_folder": delete_folder,
+}
 
 
 @pytest.fixture(scope="module")
