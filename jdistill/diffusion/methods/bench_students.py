@@ -28,6 +28,7 @@ METHODS: dict[str, tuple] = {
     "traflow": ("diffusion_reflow", {"variant": "traflow"}),
     "shortcut": ("diffusion_reflow", {"variant": "shortcut"}),
     "sfd": ("diffusion_sfd", {"variant": "sfd"}),
+    "sfd_v": ("diffusion_sfd", {"variant": "sfd", "step_counts": "[2,3,4,5]"}),
     "dode": ("diffusion_sfd", {"variant": "dode"}, ("student.train.learning_rate=0.01", "student.train.steps=200")),
     "guidance": ("diffusion_guidance", {"variant": "student"}),
 }
@@ -111,5 +112,6 @@ reflow = build("reflow")
 traflow = build("traflow")
 shortcut = build("shortcut")
 sfd = build("sfd")
+sfd_v = build("sfd_v")
 dode = build("dode")
 guidance = build("guidance")

@@ -74,3 +74,27 @@ def test_dode_freezes_everything_but_its_lambdas(monkeypatch):
     moving = {path_name(p) for p, g in jax.tree_util.tree_flatten_with_path(grads)[0] if float(jnp.abs(g).max()) > 0}
     assert moving == {"lambdas"}
     np.testing.assert_array_equal(params["lambdas"][...], 0.0)
+
+
+def test_sfd_v_starts_as_the_teacher_trains_its_step_condition_and_samples_each_count(monkeypatch):
+    teacher = fake_teacher.install(monkeypatch, VP())
+    exact = recipe(substeps=1, step_counts=(2, 3), metric="l2")
+    graphdef, params, state = fake_teacher.student_of(exact)
+    value = exact.loss(nnx.merge(graphdef, params), None, state, fake_teacher.batch(), jax.random.key(0))[0]
+    assert float(value) < 1e-9  # the zero-initialised condition leaves the teacher's weights as they were
+    r = recipe(step_counts=(2, 3))
+    value, grads = loss_and_grads(r, graphdef, params, state)
+    condition = [g for p, g in jax.tree_util.tree_flatten_with_path(grads)[0] if "guidance" in path_name(p)]
+    assert float(value) > 1e-4 and max(float(jnp.abs(g).max()) for g in condition) > 0
+    student = nnx.merge(graphdef, params)
+    x = jax.random.normal(jax.random.key(1), (4, 2))
+    for nfe in (2, 3):
+        run, sampler_params = r.student_sampler(student, nfe)
+        told = lambda x, t, h=1.0 / nfe: predict(teacher.schedule, student, x, t, None, jnp.full((4,), h)).x0
+        grid = VP().timesteps(2 * nfe)[::2]
+        ddim = samplers.sample(told, x, teacher.schedule, nfe, sampler="ddim", timesteps=grid)
+        np.testing.assert_allclose(run(sampler_params, x, None, jax.random.key(0)), ddim, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"one of its step_counts \[2, 3\]"):
+        r.student_sampler(student, 4)
+    with pytest.raises(ValueError, match="step_counts"):
+        recipe(variant="dode", step_counts=(2, 3))
