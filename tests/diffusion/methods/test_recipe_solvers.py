@@ -76,6 +76,7 @@ def test_dode_freezes_everything_but_its_lambdas(monkeypatch):
     np.testing.assert_array_equal(params["lambdas"][...], 0.0)
 
 
+@pytest.mark.slow
 def test_sfd_v_starts_as_the_teacher_trains_its_step_condition_and_samples_each_count(monkeypatch):
     teacher = fake_teacher.install(monkeypatch, VP())
     exact = recipe(substeps=1, step_counts=(2, 3), metric="l2")
