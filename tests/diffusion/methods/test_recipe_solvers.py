@@ -6,7 +6,7 @@ from flax import nnx
 
 from jdistill.diffusion import samplers
 from jdistill.diffusion.methods.wrappers import path_name
-from jdistill.diffusion.schedules import VP, predict
+from jdistill.diffusion.schedules import EDM, VP, predict
 from jdistill.errors import ConfigError
 from jdistill.recipes.diffusion_solvers import DiffusionSolvers
 from tests.diffusion.methods import fake_teacher
@@ -78,7 +78,7 @@ def test_dode_freezes_everything_but_its_lambdas(monkeypatch):
 
 @pytest.mark.slow
 def test_sfd_v_starts_as_the_teacher_trains_its_step_condition_and_samples_each_count(monkeypatch):
-    teacher = fake_teacher.install(monkeypatch, VP())
+    teacher = fake_teacher.install(monkeypatch, EDM())  # Karras grids: k of 2k steps is not the k-step grid
     exact = recipe(substeps=1, step_counts=(2, 3), metric="l2")
     graphdef, params, state = fake_teacher.student_of(exact)
     value = exact.loss(nnx.merge(graphdef, params), None, state, fake_teacher.batch(), jax.random.key(0))[0]
@@ -92,7 +92,7 @@ def test_sfd_v_starts_as_the_teacher_trains_its_step_condition_and_samples_each_
     for nfe in (2, 3):
         run, sampler_params = r.student_sampler(student, nfe)
         told = lambda x, t, h=1.0 / nfe: predict(teacher.schedule, student, x, t, None, jnp.full((4,), h)).x0
-        grid = VP().timesteps(2 * nfe)[::2]
+        grid = EDM().timesteps(2 * nfe)[::2]
         ddim = samplers.sample(told, x, teacher.schedule, nfe, sampler="ddim", timesteps=grid)
         np.testing.assert_allclose(run(sampler_params, x, None, jax.random.key(0)), ddim, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match=r"one of its step_counts \[2, 3\]"):
