@@ -20,7 +20,8 @@ Teachers come from run directories (`--teacher`, `--toy-teacher`: `jdistill.diff
 trained here from the presets `diffusion_edm` / `diffusion_flow_2d` into `--work-dir` (reused when already there).
 JSON layout (docs/diffusion_metrics.md#the-benchmark): {"teacher": {"<nfe>": {"fd", "precision", "recall",
 "class_accuracy", "samples_per_s"}}, "students": {"<method>": {"<nfe>": {...}}}, "real_fd": <floor>, "toy2d": {...}}
-plus "per_seed", "throughput", "real", "classifier" and "settings".
+plus "per_seed", "throughput", "goals" (the students' goals, `jdistill.bench.diffusion_goals`), "real",
+"classifier" and "settings".
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jdistill.bench.diffusion_goals import format_goals, goals
 from jdistill.bench.diffusion_students import STUDENTS, Student
 from jdistill.diffusion import metrics
 from jdistill.errors import ConfigError, RunDirError
@@ -433,6 +435,7 @@ def run(settings: Settings, *, classifier=None, teachers: dict | None = None, st
         )
     result["per_seed"] = per_seed
     result["throughput"] = throughput
+    result["goals"] = goals(result)
     result["real"] = dict(real, train_examples=len(train_images), test_examples=len(test_images))
     result["classifier"] = classifier_info(classifier)
     result["settings"] = {
@@ -539,6 +542,7 @@ def format_result(result: dict) -> str:
                     f"{entry['samples_per_s']:>10.1f} {speed[nfe]['ratio']:>10.2f}"
                 )
     lines.append(f"(vs fwd/NFE: samples/s x NFE / single-evaluation samples/s; goal >= {THROUGHPUT_GOAL})")
+    lines += format_goals(result.get("goals", {}))
     return "\n".join(lines)
 
 

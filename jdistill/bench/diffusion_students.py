@@ -42,6 +42,7 @@ STUDENTS: dict[str, Student] = {
     "traflow": Student(f"{_TRAJECTORY}:traflow"),
     "shortcut": Student(f"{_TRAJECTORY}:shortcut"),
     "sfd": Student(f"{_TRAJECTORY}:sfd", nfes=(4,)),
+    "sfd_v": Student(f"{_TRAJECTORY}:sfd_v", nfes=(2, 4)),
     "dode": Student(f"{_TRAJECTORY}:dode", nfes=(4,)),
     "guidance": Student(f"{_TRAJECTORY}:guidance"),
 }

@@ -65,6 +65,9 @@ class Recipe(Protocol):
     def loss(self, student, teacher, recipe_state, batch: dict, rng) -> tuple[Any, dict, Any]:
         """(loss: scalar or (sum, count), metrics: dict of scalars, statistics: per-example pytree or `()`)."""
 
+    def evaluated_params(self, params, recipe_state):
+        """The weights the stage's evaluation scores (default `params`; e.g. an EMA kept in the recipe state)."""
+
     def update_state(self, recipe_state, statistics):
         """The recipe state after this optimizer step's batch, from the whole batch's `statistics` (once per step)."""
 
@@ -143,6 +146,12 @@ class RecipeBase:
         return teacher_params
 
     def forward_params(self, params):
+        return params
+
+    def evaluated_params(self, params, recipe_state):
+        """The weights the stage's evaluation scores: default the trained `params`; a recipe that deploys an
+        average of them returns it (the diffusion recipes: their EMA, `recipe_state["ema"]`)."""
+        del recipe_state
         return params
 
     def update_state(self, recipe_state, statistics):

@@ -4,7 +4,12 @@
     ct          consistency training: no teacher, the same noise at both times (Song et al. 2023)
     tcd         trajectory consistency: map both points to a random s <= t_n (Zheng et al. 2024)
     tdd         target-driven: s from a predefined set of few-step schedules, decoupled guidance (Wang et al. 2024)
-    hyper_sd    trajectory-segmented: s = the start of t_{n+1}'s segment, segments 8 -> 4 -> 2 -> 1 (Ren et al. 2024)
+    hyper_sd    trajectory-segmented: s = the start of t_{n+1}'s segment, segments 8 -> 4 -> 2 -> 1 (Ren et al. 2024);
+                with `reward_weight` > 0 its human-feedback stage follows from `reward_start` (a fraction of the
+                steps): + reward_weight * L_HF, the negative log-likelihood of each condition under a reward
+                classifier on the student's one-step prediction (`tc.reward_feedback_loss`); the reward model is
+                the digits classifier trained with `reward_seed` (not the digits-FD network, seed 0, that scores
+                the samples), its weights in `state["reward"]`, held fixed
     image_free  continuous-time consistency on points of the teacher's own ODE from noise, no data (Tang et al. 2025)
 
 The student is f(x, t) = c_skip(t) x + c_out(t) x0_theta(x, t) (`methods.consistency.consistency_function`, x0 form;
@@ -19,6 +24,7 @@ sampled. Sampling: `consistency` multistep sampling for cd / ct / image_free, st
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +32,17 @@ import numpy as np
 from flax import nnx
 
 from jdistill.diffusion import samplers
+from jdistill.diffusion.data import to_unit
+from jdistill.diffusion.feature_classifier import DEFAULT_SETTINGS
 from jdistill.diffusion.methods import consistency as cm
 from jdistill.diffusion.methods import consistency_continuous as cc
 from jdistill.diffusion.methods import consistency_trajectory as tc
 from jdistill.diffusion.methods.common import teacher_trajectory
 from jdistill.diffusion.schedules import EDM, predict
+from jdistill.errors import ConfigError
 from jdistill.losses.ssl import ema_update
 from jdistill.recipes.diffusion_distill_base import DiffusionDistillation
+from jdistill.recipes.diffusion_teacher import IMAGES
 from jdistill.recipes.dino import copy_params
 
 VARIANTS = ("cd", "ct", "tcd", "tdd", "hyper_sd", "image_free")
@@ -56,6 +66,9 @@ class DiffusionConsistency(DiffusionDistillation):
     tdd_uncond_fraction: float = 0.1  # examples trained unconditional and unguided, so the student can be guided
     hyper_sd_stages: tuple[int, ...] = tc.HYPER_SD_STAGES
     normalize_tangent: bool = True  # image_free: sCM's tangent normalisation
+    reward_weight: float = 0.0  # hyper_sd: weight of the human-feedback stage's reward loss (0: no such stage)
+    reward_start: float = 0.75  # hyper_sd: the fraction of the steps after which the feedback stage runs
+    reward_seed: int = 1  # hyper_sd: the reward classifier is the digits classifier trained with this seed
     total_steps: int | None = None
     steps_per_epoch: float | None = None
 
@@ -72,6 +85,19 @@ class DiffusionConsistency(DiffusionDistillation):
         stages = self.hyper_sd_stages
         if self.variant == "hyper_sd" and (not stages or any(k < 1 or self.num_steps % k for k in stages)):
             raise ValueError(f"hyper_sd_stages must divide num_steps={self.num_steps}, got {self.hyper_sd_stages}")
+        if self.reward_weight < 0 or (self.reward_weight and self.variant != "hyper_sd"):
+            raise ValueError(f"reward_weight must be >= 0 and set only for variant hyper_sd, got {self.reward_weight}")
+        if not 0.0 <= self.reward_start <= 1.0:
+            raise ValueError(f"reward_start must be in [0, 1], got {self.reward_start}")
+        if self.reward_weight and self.reward_seed == DEFAULT_SETTINGS.seed:
+            raise ValueError(f"reward_seed {self.reward_seed} is the digits-FD network's, which scores the samples")
+
+    def check(self, config):
+        super().check(config)
+        if self.reward_weight and not (self.conditional and self.data == IMAGES):
+            raise ConfigError(
+                "distill.options.reward_weight: the reward classifier needs a class-conditional digits teacher"
+            )
 
     # ---- the consistency function ----
     def grid_of(self, steps: int) -> np.ndarray:
@@ -108,7 +134,10 @@ class DiffusionConsistency(DiffusionDistillation):
     # ---- state ----
     def init(self, student_params, teacher_params, rng):
         student_params, state = super().init(student_params, teacher_params, rng)
-        return student_params, dict(state, target=copy_params(student_params))
+        state = dict(state, target=copy_params(student_params))
+        if self.reward_weight:
+            state["reward"] = copy_params(nnx.state(reward_classifier(self.reward_seed)))
+        return student_params, state
 
     def after_update(self, recipe_state, params, step):
         state = super().after_update(recipe_state, params, step)
@@ -142,10 +171,22 @@ class DiffusionConsistency(DiffusionDistillation):
             return value, {}, ()
         s = self._target_times(keys[4], index, t_cur, batch)
         times = (t_next, t_cur, s)
+        x0_hat = online(x_next, t_next)
         value = tc.trajectory_consistency_loss(
-            x_next, online(x_next, t_next), x_cur, target(x_cur, t_cur), times, self.schedule, metric=self.metric
+            x_next, x0_hat, x_cur, target(x_cur, t_cur), times, self.schedule, metric=self.metric
         )
-        return value, {}, ()
+        if not self.reward_weight:
+            return value, {}, ()
+        reward = nnx.merge(
+            nnx.graphdef(reward_classifier(self.reward_seed)), jax.lax.stop_gradient(recipe_state["reward"])
+        )
+        feedback = tc.reward_feedback_loss(reward(to_unit(x0_hat)).logits, labels, student.null_label)
+        on = self._step(batch) >= self.reward_start * (self.total_steps or 1)
+        return value + jnp.where(on, self.reward_weight, 0.0) * feedback, {"reward_loss": feedback}, ()
+
+    def _step(self, batch):
+        """The optimizer step of `batch` (from its epoch position)."""
+        return jnp.asarray(batch["epoch"], jnp.float32) * (self.steps_per_epoch or 1.0)
 
     def _target_times(self, key, index, t_cur, batch):
         t_min, t_max = self.boundary, float(self.grid[0])
@@ -155,8 +196,7 @@ class DiffusionConsistency(DiffusionDistillation):
             schedules = tc.tdd_schedules(self.tdd_step_counts, t_max, t_min)
             finest = (t_max - t_min) / max(self.tdd_step_counts)
             return tc.tdd_target_times(key, t_cur, schedules, self.tdd_tolerance * finest)
-        step = jnp.asarray(batch["epoch"], jnp.float32) * (self.steps_per_epoch or 1.0)
-        segments = tc.hyper_sd_segments(step, self.total_steps or 1, self.hyper_sd_stages)
+        segments = tc.hyper_sd_segments(self._step(batch), self.total_steps or 1, self.hyper_sd_stages)
         return jnp.asarray(self.grid, jnp.float32)[tc.segment_end_index(index, self.num_steps, segments)]
 
     def _decoupled_guidance(self, key, labels, null_label):
@@ -200,3 +240,13 @@ class DiffusionConsistency(DiffusionDistillation):
             return tc.strategic_stochastic_sample(f, x_T, grid, rng, schedule, gamma=gamma)
 
         return run, params
+
+
+@functools.cache
+def reward_classifier(seed: int):
+    """The reward model of Hyper-SD's feedback stage: the digits classifier of
+    `jdistill.diffusion.feature_classifier.DEFAULT_SETTINGS` trained with `seed` (trained once and cached like the
+    digits-FD network), an NNX `Transformer` whose `logits` score images in [0, 1]."""
+    from jdistill.diffusion.feature_classifier import load_or_train
+
+    return load_or_train(dataclasses.replace(DEFAULT_SETTINGS, seed=seed)).model

@@ -2,7 +2,10 @@
 
     sfd   Simple and Fast Distillation (Zhou et al. 2024): the denoiser, started from the teacher, is fine-tuned only
           at the `student_steps` times its DDIM sampler visits; each of its steps must land where `substeps` teacher
-          DDIM steps land (`methods.solvers.sfd_loss`, l1 by default, teacher rollout)
+          DDIM steps land (`methods.solvers.sfd_loss`, l1 by default, teacher rollout). With `step_counts` (e.g.
+          [2, 3, 4, 5]) it is SFD-v: the student is conditioned on its step count k (input 1 / k, through the
+          scalar-conditioning embedding, zero-initialised so it starts as the teacher), each training step draws k
+          uniformly from the list (`methods.solvers.sfd_v_loss`), and it samples with any k of the list
     dode  D-ODE (Kim et al. 2023): the teacher stays frozen; only one parameter per DDIM step trains, so that the
           `student_steps`-step solver's endpoint matches the `teacher_steps`-step solver's (`methods.solvers`)
 
@@ -26,6 +29,7 @@ from jdistill.diffusion.methods.wrappers import DODEDenoiser, path_name
 from jdistill.diffusion.schedules import predict
 from jdistill.errors import ConfigError
 from jdistill.recipes.diffusion_distill_base import DiffusionDistillation, merge_params
+from jdistill.recipes.diffusion_rectified import zero_scalar_conditioning
 from jdistill.recipes.dino import copy_params
 
 VARIANTS = ("sfd", "dode")
@@ -42,6 +46,7 @@ class DiffusionSolvers(DiffusionDistillation):
     teacher_steps: int = 32  # dode: the many-step solver the few-step one is distilled from
     metric: str = "l1"  # sfd: l1, l2 or pseudo_huber
     rollout: str = "teacher"  # sfd: the next step starts from the teacher's state or the student's own
+    step_counts: tuple[int, ...] = ()  # sfd: SFD-v, one step-conditioned student for these counts (empty: SFD)
     label_dropout: float = 0.0
 
     def __post_init__(self):
@@ -52,6 +57,8 @@ class DiffusionSolvers(DiffusionDistillation):
             raise ValueError("student_steps and substeps must be >= 1 and teacher_steps > student_steps")
         if self.rollout not in solvers.ROLLOUTS:
             raise ValueError(f"rollout must be one of {', '.join(solvers.ROLLOUTS)}, got {self.rollout!r}")
+        if self.step_counts and (self.variant != "sfd" or min(self.step_counts) < 1):
+            raise ValueError(f"step_counts (SFD-v) must be counts >= 1 of variant sfd, got {list(self.step_counts)}")
 
     def check(self, config):
         super().check(config)
@@ -68,8 +75,14 @@ class DiffusionSolvers(DiffusionDistillation):
             return self.schedule.timesteps(self.student_steps)
         return solvers.sfd_grids(self.teacher_grid, self.substeps)
 
+    @property
+    def step_conditioned(self) -> bool:
+        return bool(self.step_counts)
+
     # ---- the student module ----
     def wraps_student(self):
+        if self.step_conditioned and not self.guidance_conditioning:
+            return dataclasses.replace(self, guidance_conditioning=True).wraps_student()
         build_base, variant, steps = super().wraps_student(), self.variant, self.student_steps
 
         def build(model_config, rngs):
@@ -80,7 +93,10 @@ class DiffusionSolvers(DiffusionDistillation):
 
     def init(self, student_params, teacher_params, rng):
         if self.variant == "sfd":
-            return super().init(student_params, teacher_params, rng)
+            student_params, state = super().init(student_params, teacher_params, rng)
+            if self.step_conditioned:
+                student_params = zero_scalar_conditioning(student_params)
+            return student_params, state
         teacher = nnx.state(self.teacher().model)
         student_params["base"] = merge_params(student_params["base"], teacher)
         return student_params, {"ema": copy_params(student_params), "teacher": copy_params(teacher)}
@@ -103,6 +119,20 @@ class DiffusionSolvers(DiffusionDistillation):
         x_T, labels = self._start(student, rng, batch["inputs"].shape[0])
         teacher_x0 = self.teacher_x0(self.teacher_module(recipe_state), labels)
         student_x0 = lambda x, t: predict(self.schedule, student, x, t, labels).x0
+        if self.step_conditioned:
+            index = jax.random.randint(jax.random.fold_in(rng, 1), (), 0, len(self.step_counts))
+            value = solvers.sfd_v_loss(
+                self.conditioned_x0(student, labels),
+                teacher_x0,
+                x_T,
+                self.schedule,
+                self.step_counts,
+                self.substeps,
+                index,
+                metric=self.metric,
+                rollout=self.rollout,
+            )
+            return value, {}, ()
         if self.variant == "sfd":
             value, _ = solvers.sfd_loss(
                 student_x0,
@@ -119,9 +149,17 @@ class DiffusionSolvers(DiffusionDistillation):
         value = solvers.dode_loss(student.lambdas[...], teacher_x0, x_T, self.schedule, self.student_grid, target)
         return value, {"lambda_abs_mean": jnp.mean(jnp.abs(student.lambdas[...]))}, ()
 
+    def conditioned_x0(self, student, labels):
+        """`h -> x0_fn(x, t)`: the SFD-v student told its step condition h (`solvers.step_condition`)."""
+        schedule = self.schedule
+        return lambda h: lambda x, t: predict(schedule, student, x, t, labels, jnp.full(x.shape[:1], h)).x0
+
     # ---- sampling ----
     def student_sampler(self, model, nfe: int | None = None):
-        """DDIM on the distilled grid (`nfe` = student_steps); D-ODE with its learned parameters."""
+        """DDIM on the distilled grid (`nfe` = student_steps); D-ODE with its learned parameters; an SFD-v student
+        with `nfe` of `step_counts` (default the largest), told that count."""
+        if self.step_conditioned:
+            return self._step_conditioned_sampler(model, nfe or max(self.step_counts))
         nfe = nfe or self.student_steps
         if nfe != self.student_steps:
             raise ConfigError(f"nfe={nfe}: a {self.variant} student samples with its {self.student_steps} steps")
@@ -137,5 +175,22 @@ class DiffusionSolvers(DiffusionDistillation):
             student = nnx.merge(graphdef, params)
             x0_fn = lambda x, t: predict(schedule, student, x, t, labels).x0
             return solvers.dode_sample(x0_fn, x_T, schedule, grid, student.lambdas[...])
+
+        return run, params
+
+    def _step_conditioned_sampler(self, model, nfe: int):
+        if nfe not in self.step_counts:
+            raise ConfigError(
+                f"nfe={nfe}: this SFD-v student samples with one of its step_counts {list(self.step_counts)}"
+            )
+        grid = solvers.sfd_grids(self.schedule.timesteps(nfe * self.substeps), self.substeps)
+        graphdef, params = nnx.split(model)
+        h = solvers.step_condition(nfe)
+
+        @jax.jit
+        def run(params, x_T, labels, rng):
+            del rng
+            x0_fn = self.conditioned_x0(nnx.merge(graphdef, params), labels)(h)
+            return samplers.sample(x0_fn, x_T, self.schedule, nfe, sampler="ddim", timesteps=grid)
 
         return run, params

@@ -15,7 +15,8 @@ distribution (`jdistill.diffusion.data`), a residual MLP of width `d_model` and 
 
 The EMA weights live in the recipe state (`{"ema": params}`), are checkpointed with the stage and are what
 `jdistill.diffusion.load.load_denoiser` returns for sampling. No teacher runs in the step (policy `none`); the
-stage's evaluation is the denoising loss of the online weights on the test split at fixed times and noise.
+stage's evaluation (`evaluated_params`) is the denoising loss of those EMA weights on the test split at fixed times
+and noise.
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ class DiffusionTeacher(RecipeBase):
     def init(self, student_params, teacher_params, rng):
         del teacher_params, rng
         return student_params, {"ema": copy_params(student_params)}
+
+    def evaluated_params(self, params, recipe_state):
+        """The EMA weights: what is sampled and deployed is what the stage's evaluation scores."""
+        del params
+        return recipe_state["ema"]
 
     def after_update(self, recipe_state, params, step):
         decay = ema_decay_at(step, self.ema_decay, self.ema_warmup)

@@ -79,7 +79,8 @@ class LoopContext:
 
 
 def train_loop(stage, state, dataset, *, start: int, stop: int, train_config, score, context: LoopContext):
-    """Steps `start + 1 .. stop` with logging, evaluation (`score(params) -> metrics`) and checkpoints;
+    """Steps `start + 1 .. stop` with logging, evaluation (`score(params) -> metrics` of the weights
+    `recipe.evaluated_params(params, recipe_state)`) and checkpoints;
     (state, last evaluation or None). Raises `NonFiniteError` (`jdistill.train.nonfinite`) and, after saving the
     current step, `Preempted` (`jdistill.train.preemption`)."""
     window, window_start = [], time.perf_counter()
@@ -108,7 +109,7 @@ def train_loop(stage, state, dataset, *, start: int, stop: int, train_config, sc
             context.save_clocks()
             window, window_start = [], time.perf_counter()
         if step % train_config.eval_every == 0 or step == train_config.steps:
-            metrics = score(state.params)
+            metrics = score(stage.recipe.evaluated_params(state.params, state.recipe_state))
             context.writer.write(step, "eval", metrics)
         if step % train_config.checkpoint_every == 0 or step == train_config.steps:
             context.save(step, state)
@@ -217,7 +218,7 @@ def run_stage(
             context.save_clocks()
             checkpointer.close()
         if metrics is None or stop < train_config.steps:
-            metrics = score(state.params)
+            metrics = score(stage.recipe.evaluated_params(state.params, state.recipe_state))
         metrics = final_metrics(
             metrics,
             stage.recipe,

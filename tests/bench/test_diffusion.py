@@ -140,7 +140,8 @@ def result(data_dir, tmp_path_factory):
 
 def test_json_layout_is_the_issues(result):
     folder, out = result
-    assert {"teacher", "students", "real_fd", "toy2d"} <= set(out)
+    assert {"teacher", "students", "real_fd", "toy2d", "goals"} <= set(out)
+    assert out["goals"] == {}  # none of the issue's goals names these stand-in students
     digits_keys = {"fd", "precision", "recall", "class_accuracy", "samples_per_s"}
     assert set(out["teacher"]) == {"1", "2"} and set(out["students"]) == {"oracle", "collapsed"}
     assert set(out["students"]["oracle"]) == {"1"}

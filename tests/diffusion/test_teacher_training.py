@@ -1,6 +1,6 @@
 """Teacher objectives and the diffusion recipes: EDM's weighting, flow matching's target, the exact denoiser's zero
 loss, label dropout, a short run through the train step that lowers the loss and keeps an EMA that
-`load_denoiser` returns, and the recipes' one-line errors."""
+`load_denoiser` returns and the stage's evaluation scores, and the recipes' one-line errors."""
 
 import json
 
@@ -103,9 +103,29 @@ def test_a_2d_flow_teacher_trains_through_the_step_and_loads_its_ema(tmp_path, d
     teacher = load_denoiser(tmp_path / "run")
     assert teacher.step == 120 and isinstance(teacher.schedule, RectifiedFlow)
     assert float(jnp.abs(teacher.model.out.kernel[...]).sum()) > 0  # the EMA moved off the zero-initialised output
+    ema_loss, online_loss = held_out_losses(config, tmp_path / "run")
+    assert stage["denoising_loss"] == pytest.approx(ema_loss, rel=1e-5)  # the stage scores the EMA weights
+    assert abs(online_loss - ema_loss) > 1e-3 * ema_loss, (online_loss, ema_loss)  # which are not the online ones
     points = assert_sample_cli(tmp_path / "run", tmp_path / "samples.npz", capsys)
     radius = np.linalg.norm(points, axis=-1)
     assert float(np.median(radius)) == pytest.approx(2.0, abs=0.6)  # the Gaussians sit on a circle of radius 2
+
+
+def held_out_losses(config, run_dir) -> tuple[float, float]:
+    """The held-out denoising loss of the run's EMA and of its online weights, scored as the stage scores."""
+    from flax import nnx
+
+    from jdistill.diffusion.load import load_denoiser
+    from jdistill.recipes.registry import build_recipe
+    from jdistill.train.evaluation import stage_evaluation
+
+    losses = []
+    for ema in (True, False):
+        graphdef, params = nnx.split(load_denoiser(run_dir, ema=ema).model)
+        eval_stats = build_recipe(config.distill).eval_stats()
+        score, _, _ = stage_evaluation(config.data, config.student.model, config.run, graphdef, None, eval_stats)
+        losses.append(float(score(params)["denoising_loss"]))
+    return losses[0], losses[1]
 
 
 def assert_sample_cli(run_dir, out, capsys):

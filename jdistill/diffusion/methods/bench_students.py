@@ -28,6 +28,7 @@ METHODS: dict[str, tuple] = {
     "traflow": ("diffusion_reflow", {"variant": "traflow"}),
     "shortcut": ("diffusion_reflow", {"variant": "shortcut"}),
     "sfd": ("diffusion_sfd", {"variant": "sfd"}),
+    "sfd_v": ("diffusion_sfd", {"variant": "sfd", "step_counts": "[2,3,4,5]"}),
     "dode": ("diffusion_sfd", {"variant": "dode"}, ("student.train.learning_rate=0.01", "student.train.steps=200")),
     "guidance": ("diffusion_guidance", {"variant": "student"}),
 }
@@ -35,18 +36,15 @@ METHODS: dict[str, tuple] = {
 
 def _train_or_load(context, name: str, data: str, seed: int):
     """The trained student of method `name` for `data` ("digits" or "toy2d") and `seed`, trained into
-    `context.student_dir(...)` when its run is not there."""
+    `context.student_dir(...)` unless a finished run (one with `summary.json`) is there; an interrupted run (its
+    checkpoints restore, but the stage did not reach its last step) is resumed, never measured as it is."""
     from jdistill.configs import load_config
     from jdistill.diffusion.load import load_denoiser
-    from jdistill.errors import RunDirError
     from jdistill.train import run_teacher_student
 
     run_dir = Path(context.student_dir(name, data, seed))
-    if (run_dir / "config.yaml").is_file():
-        try:
-            return load_denoiser(run_dir)
-        except RunDirError:
-            pass  # an interrupted run: resumed below
+    if (run_dir / "summary.json").is_file():  # written when the run finished; an interrupted run is resumed below
+        return load_denoiser(run_dir)
     preset, options, *extra = METHODS[name]
     teacher = context.teacher(data)
     overrides = [f"seed={seed}", f"distill.options.teacher_run={context.teacher_dirs[data]}"]
@@ -111,5 +109,6 @@ reflow = build("reflow")
 traflow = build("traflow")
 shortcut = build("shortcut")
 sfd = build("sfd")
+sfd_v = build("sfd_v")
 dode = build("dode")
 guidance = build("guidance")

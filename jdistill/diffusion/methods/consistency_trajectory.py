@@ -18,6 +18,8 @@ The three methods differ in how s is chosen:
   predefined set, with a tolerance (`tdd_target_times`); guidance is decoupled in training (`guidance.py`).
 - Hyper-SD (Ren et al. 2024): s is the end (toward the data) of the trajectory segment that holds t, with the
   number of segments going 8 -> 4 -> 2 -> 1 over the training stages (`segment_end_index`, `hyper_sd_segments`).
+  Its human-feedback stage follows: reward feedback learning (ReFL, Xu et al. 2023) on the student's one-step
+  prediction, here with a classifier's log-likelihood of the condition as the reward (`reward_feedback_loss`).
 """
 
 from __future__ import annotations
@@ -170,3 +172,19 @@ def hyper_sd_segments(step: ArrayLike, total_steps: int, stages: Sequence[int] =
     stage = jnp.floor(jnp.asarray(step, jnp.float32) * len(stages) / max(total_steps, 1)).astype(jnp.int32)
     stage = jnp.clip(stage, 0, len(stages) - 1)
     return jnp.asarray(stages)[stage]
+
+
+def reward_feedback_loss(logits: ArrayLike, labels: ArrayLike, null_label: int) -> Array:
+    """Hyper-SD's human-feedback loss with a classifier as the reward model: the negative reward
+
+        L_HF = - mean_{i: c_i != null} log p_r(c_i | x0_hat_i),
+
+    where `logits [batch, classes]` are the reward classifier's on the student's one-step predictions x0_hat of
+    noisy training points (ReFL scores the denoised prediction, not a full sample) and `labels [batch]` the
+    conditions. Examples with the null label have no condition to reward and are left out (0 when none has one)."""
+    log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    labels = jnp.asarray(labels)
+    conditioned = labels != null_label
+    safe = jnp.where(conditioned, labels, 0)
+    picked = jnp.take_along_axis(log_probs, safe[:, None], axis=-1)[:, 0]
+    return -jnp.sum(jnp.where(conditioned, picked, 0.0)) / jnp.maximum(jnp.sum(conditioned), 1)

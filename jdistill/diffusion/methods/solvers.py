@@ -11,13 +11,15 @@
 - SFD (Zhou et al. 2024, "Simple and Fast Distillation of Diffusion Models"): fine-tune the denoiser only at the
   k times a k-step sampler visits: from each visited state the student's single DDIM step must land where the
   teacher's M sub-steps land (`sfd_loss`). The student grid is every M-th point of the teacher's k M-step grid.
+  SFD-v (same paper, the step-conditioned variant): one student for several step counts k, told k through a scalar
+  input (1 / k); each training step draws k and takes SFD's loss on the k-step grid (`sfd_v_loss`).
 
 Times in the schedule's own units (`jdistill.diffusion.schedules`); grids decreasing, noise end first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -136,3 +138,38 @@ def sfd_loss(
         losses.append(jnp.mean(per_example_distance(student_next, jax.lax.stop_gradient(teacher_next), metric)))
         x = jax.lax.stop_gradient(teacher_next if rollout == "teacher" else student_next)
     return jnp.mean(jnp.stack(losses)), x
+
+
+def step_condition(steps: int) -> float:
+    """The scalar an SFD-v student is conditioned on when it samples with `steps` steps: 1 / steps (the step size of
+    the unit interval, as the shortcut model's h)."""
+    return 1.0 / steps
+
+
+def sfd_v_loss(
+    student_x0_at: Callable[[float], DenoiseFn],
+    teacher_x0: DenoiseFn,
+    x_start: ArrayLike,
+    schedule: Schedule,
+    step_counts: Sequence[int],
+    substeps: int,
+    index: ArrayLike,
+    *,
+    metric: str = "l1",
+    rollout: str = "teacher",
+) -> Array:
+    """SFD-v: `sfd_loss` for k = step_counts[index] student steps, on the grid `schedule.timesteps(k substeps)`,
+    with the student's x0 function `student_x0_at(step_condition(k))` (conditioned on k). `index`: an int32 scalar
+    (traced; the recipe draws it uniformly each step); one `lax.switch` branch per count, so only the drawn one runs.
+    With a single count it is `sfd_loss` of the student conditioned on it."""
+    counts = [int(k) for k in step_counts]
+    if not counts or min(counts) < 1:
+        raise ValueError(f"step_counts must be a non-empty list of counts >= 1, got {list(step_counts)}")
+
+    def branch(k: int):
+        grid = schedule.timesteps(k * substeps)
+        student_x0 = student_x0_at(step_condition(k))
+        options = {"metric": metric, "rollout": rollout}
+        return lambda x: sfd_loss(student_x0, teacher_x0, x, schedule, grid, substeps, **options)[0]
+
+    return jax.lax.switch(jnp.asarray(index, jnp.int32), [branch(k) for k in counts], jnp.asarray(x_start))

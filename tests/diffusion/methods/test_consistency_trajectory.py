@@ -106,3 +106,14 @@ def test_segments_and_stages():
     np.testing.assert_array_equal(tc.segment_end_index(np.array([7, 8]), 16, jnp.asarray(2)), [8, 16])
     stages = [int(tc.hyper_sd_segments(step, 100)) for step in (0, 24, 25, 49, 50, 75, 99, 150)]
     assert stages == [8, 8, 4, 4, 2, 1, 1, 1]
+
+
+def test_reward_feedback_is_the_conditions_negative_log_likelihood_without_the_null_examples():
+    logits = RNG.normal(size=(5, 10)) * 2.0
+    labels = np.array([3, 10, 0, 9, 10])  # 10: the null class
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.mean([log_probs[i, labels[i]] for i in (0, 2, 3)])
+    np.testing.assert_allclose(tc.reward_feedback_loss(logits, labels, 10), expected, rtol=1e-5)
+    grads = jax.grad(tc.reward_feedback_loss)(jnp.asarray(logits, jnp.float32), labels, 10)
+    assert float(jnp.abs(grads[np.array([1, 4])]).max()) == 0.0 and float(jnp.abs(grads[0]).max()) > 0
+    assert float(tc.reward_feedback_loss(logits, np.full(5, 10), 10)) == 0.0

@@ -101,3 +101,43 @@ def test_bad_options_are_one_line_errors(monkeypatch):
         recipe(variant="hyper_sd", num_steps=6)
     with pytest.raises(ConfigError, match="teacher_run"):
         DiffusionConsistency().teacher()
+
+
+KEY = jax.random.key(0)
+
+
+@pytest.mark.slow
+def test_hyper_sd_feedback_stage_adds_the_reward_loss_from_reward_start(monkeypatch):
+    from jdistill.models import ModelConfig, Transformer
+    from jdistill.recipes import diffusion_consistency
+
+    fake_teacher.install(monkeypatch, EDM(), images=True)
+    config = ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, patch_size=4)
+    reward = Transformer(config, rngs=nnx.Rngs(7))
+    monkeypatch.setattr(diffusion_consistency, "reward_classifier", lambda seed: reward)
+    options = dict(variant="hyper_sd", data="images", class_conditional=True)
+    plain, fed = recipe(**options), recipe(**options, reward_weight=2.0, reward_start=0.5)
+    graphdef, params, state = fake_teacher.student_of(fed, images=True)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, state["reward"], nnx.state(reward)))
+
+    def loss_fn(r):
+        def f(p, batch):
+            value, metrics, _ = r.loss(nnx.merge(graphdef, p), None, state, batch, KEY)
+            return value, metrics
+
+        jitted = jax.jit(jax.value_and_grad(f, has_aux=True))
+        return lambda epoch: (lambda out: (*out[0], out[1]))(jitted(params, fake_teacher.batch(epoch, images=True)))
+
+    plain_loss, fed_loss = loss_fn(plain), loss_fn(fed)
+    before, _, _ = plain_loss(2.0)
+    value, metrics, _ = fed_loss(2.0)  # step 2 of 8: still trajectory-segmented distillation only
+    assert float(value) == pytest.approx(float(before), rel=1e-6) and float(metrics["reward_loss"]) > 0
+    before, _, plain_grads = plain_loss(6.0)
+    value, metrics, grads = fed_loss(6.0)  # step 6: the feedback stage
+    assert float(value) == pytest.approx(float(before) + 2.0 * float(metrics["reward_loss"]), rel=1e-5)
+    difference = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), grads, plain_grads)
+    assert max(jax.tree.leaves(difference)) > 1e-6  # the reward reaches the student through its prediction
+    with pytest.raises(ValueError, match="reward_weight"):
+        recipe(variant="tcd", reward_weight=1.0)
+    with pytest.raises(ValueError, match="digits-FD"):
+        recipe(**options, reward_weight=1.0, reward_seed=0)

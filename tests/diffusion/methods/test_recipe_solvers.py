@@ -6,7 +6,7 @@ from flax import nnx
 
 from jdistill.diffusion import samplers
 from jdistill.diffusion.methods.wrappers import path_name
-from jdistill.diffusion.schedules import VP, predict
+from jdistill.diffusion.schedules import EDM, VP, predict
 from jdistill.errors import ConfigError
 from jdistill.recipes.diffusion_solvers import DiffusionSolvers
 from tests.diffusion.methods import fake_teacher
@@ -74,3 +74,30 @@ def test_dode_freezes_everything_but_its_lambdas(monkeypatch):
     moving = {path_name(p) for p, g in jax.tree_util.tree_flatten_with_path(grads)[0] if float(jnp.abs(g).max()) > 0}
     assert moving == {"lambdas"}
     np.testing.assert_array_equal(params["lambdas"][...], 0.0)
+
+
+@pytest.mark.slow
+def test_sfd_v_starts_as_the_teacher_trains_its_step_condition_and_samples_each_count(monkeypatch):
+    teacher = fake_teacher.install(monkeypatch, EDM())  # Karras grids: k of 2k steps is not the k-step grid
+    exact = recipe(substeps=1, step_counts=(2, 3), metric="l2")
+    graphdef, params, state = fake_teacher.student_of(exact)
+    value = exact.loss(nnx.merge(graphdef, params), None, state, fake_teacher.batch(), jax.random.key(0))[0]
+    assert float(value) < 1e-9  # the zero-initialised condition leaves the teacher's weights as they were
+    r = recipe(step_counts=(2, 3))
+    value, grads = loss_and_grads(r, graphdef, params, state)
+    condition = [g for p, g in jax.tree_util.tree_flatten_with_path(grads)[0] if "guidance" in path_name(p)]
+    assert float(value) > 1e-4 and max(float(jnp.abs(g).max()) for g in condition) > 0
+    # a trained condition (at init it has no effect): the sampler must tell the student its own count
+    moved = jax.tree_util.tree_map_with_path(lambda p, v: v + 0.3 if "guidance" in path_name(p) else v, params)
+    student = nnx.merge(graphdef, moved)
+    x = jax.random.normal(jax.random.key(1), (4, 2))
+    for nfe in (2, 3):
+        run, sampler_params = r.student_sampler(student, nfe)
+        told = lambda x, t, h=1.0 / nfe: predict(teacher.schedule, student, x, t, None, jnp.full((4,), h)).x0
+        grid = EDM().timesteps(2 * nfe)[::2]
+        ddim = samplers.sample(told, x, teacher.schedule, nfe, sampler="ddim", timesteps=grid)
+        np.testing.assert_allclose(run(sampler_params, x, None, jax.random.key(0)), ddim, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"one of its step_counts \[2, 3\]"):
+        r.student_sampler(student, 4)
+    with pytest.raises(ValueError, match="step_counts"):
+        recipe(variant="dode", step_counts=(2, 3))

@@ -97,3 +97,19 @@ def test_sfd_student_rollout_feeds_the_students_own_states():
         t_b, s_b = jnp.full((2,), t), jnp.full((2,), s)
         expected = ddim_step(schedule, expected, t_b, s_b, student(expected, t_b))
     np.testing.assert_allclose(last, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sfd_v_takes_sfd_on_the_drawn_counts_grid_with_the_student_told_one_over_that_count():
+    schedule = FAMILIES["vp"]
+    x = jnp.asarray(RNG.normal(size=(3, 3)), jnp.float32)
+    student_at = lambda h: lambda x, t: nonlinear_x0(x, t) * (0.8 + h)  # a student that depends on its condition
+    values = []
+    for index, k in enumerate((2, 3, 4)):
+        got = solvers.sfd_v_loss(student_at, nonlinear_x0, x, schedule, (2, 3, 4), 2, jnp.int32(index))
+        grid = schedule.timesteps(2 * k)
+        expected, _ = solvers.sfd_loss(student_at(1.0 / k), nonlinear_x0, x, schedule, grid, 2)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        values.append(float(got))
+    assert len(set(values)) == 3  # each count its own grid and condition
+    with pytest.raises(ValueError, match="step_counts"):
+        solvers.sfd_v_loss(student_at, nonlinear_x0, x, schedule, (), 2, 0)
