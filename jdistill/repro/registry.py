@@ -1,0 +1,24 @@
+"""The claims `jdistill repro` knows, in the order of issue 18's table."""
+
+from __future__ import annotations
+
+import difflib
+
+from jdistill.errors import ConfigError
+from jdistill.repro.claim import Claim
+
+
+def claims() -> dict[str, Claim]:
+    from jdistill.repro.claims import label_noise
+
+    ordered = [label_noise.CLAIM]
+    return {claim.name: claim for claim in ordered}
+
+
+def get_claim(name: str) -> Claim:
+    known = claims()
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"repro {name}: unknown claim{hint}; claims: {', '.join(known)} (or all)")
+    return known[name]
