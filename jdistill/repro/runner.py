@@ -77,10 +77,10 @@ def run_claim(
     per_seed = []
     for seed in seeds:
         context = Context(seed, out_dir / f"seed{seed}", tuple(overrides), params, quick_overrides)
-        numbers = claim.measure(context)
-        per_seed.append(numbers)
+        measured = claim.measure(context)
+        per_seed.append(measured)
         if log is not None:
-            log(f"{claim.name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+            log(f"{claim.name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items()))
     numbers = aggregate(per_seed)
     held = bool(claim.held(means(numbers)))
     summary = {
