@@ -9,9 +9,9 @@ from jdistill.repro.claim import Claim
 
 
 def claims() -> dict[str, Claim]:
-    from jdistill.repro.claims import label_noise
+    from jdistill.repro.claims import born_again, label_noise, pskd, random_teacher, teacher_guidance
 
-    ordered = [label_noise.CLAIM]
+    ordered = [label_noise.CLAIM, teacher_guidance.CLAIM, born_again.CLAIM, pskd.CLAIM, random_teacher.CLAIM]
     return {claim.name: claim for claim in ordered}
 
 
