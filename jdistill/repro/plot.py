@@ -4,6 +4,7 @@ a legend; written to a temporary name, then renamed (`fs.write_bytes_atomic`).""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,10 +40,11 @@ def plot_claim(claim: Claim, numbers: Mapping[str, Mapping], held: bool, seeds, 
     verdict = "holds" if held else "does not hold"
     ax.set_title(f"{claim.name}: {verdict} (mean ± std over seeds {', '.join(map(str, seeds))})", fontsize=10)
     ax.legend(fontsize=8)
-    low = min(numbers[n]["mean"] - numbers[n]["std"] for n, _, _ in bars)
-    high = max(numbers[n]["mean"] + numbers[n]["std"] for n, _, _ in bars)
-    margin = max(0.15 * (high - low), 1e-3)
-    ax.set_ylim(low - margin, high + margin)
+    ends = [numbers[n]["mean"] + sign * numbers[n]["std"] for n, _, _ in bars for sign in (-1, 1)]
+    ends = [end for end in ends if math.isfinite(end)]  # a NaN number (a diverged seed) draws no bar
+    if ends:
+        margin = max(0.15 * (max(ends) - min(ends)), 1e-3)
+        ax.set_ylim(min(ends) - margin, max(ends) + margin)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     image = io.BytesIO()
