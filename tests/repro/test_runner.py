@@ -52,7 +52,8 @@ def test_aggregate_is_mean_and_sample_std_per_number():
 
 def test_run_claim_writes_the_summary_and_the_plot(tmp_path):
     CALLS.clear()
-    summary = run_claim(FAKE, tmp_path / "out", seeds=[0, 1, 2], quick=True, overrides=["seed=5"], params={"scale": 0.0})
+    out = tmp_path / "out"
+    summary = run_claim(FAKE, out, seeds=[0, 1, 2], quick=True, overrides=["seed=5"], params={"scale": 0.0})
     assert [c.seed for c in CALLS] == [0, 1, 2] and CALLS[0].quick == FAKE.quick
     assert [c.run_dir.name for c in CALLS] == ["seed0", "seed1", "seed2"] and CALLS[0].overrides == ("seed=5",)
     assert summary["held"] is True and summary["held_per_seed"] == [False, True, True]
@@ -74,7 +75,7 @@ def test_a_non_finite_number_is_written_as_null(tmp_path):
 
 def test_bad_input_fails_before_any_measurement(tmp_path):
     CALLS.clear()
-    with pytest.raises(ConfigError, match="student.train.stepz"):
+    with pytest.raises(ConfigError, match=r"student\.train\.stepz"):
         run_claim(FAKE, tmp_path / "a", seeds=[0], overrides=["student.train.stepz=3"])
     (tmp_path / "b" / "seed1").mkdir(parents=True)
     with pytest.raises(RunDirError, match="seed1: already exists"):
