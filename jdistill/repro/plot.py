@@ -12,7 +12,9 @@ from jdistill.io import fs
 from jdistill.repro.claim import Claim
 
 
-def plot_claim(claim: Claim, numbers: Mapping[str, Mapping], held: bool, seeds, out_path: Path) -> None:
+def plot_claim(
+    claim: Claim, numbers: Mapping[str, Mapping], held: bool, seeds, out_path: Path, quick: bool = False
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +40,8 @@ def plot_claim(claim: Claim, numbers: Mapping[str, Mapping], held: bool, seeds, 
     ax.set_xlabel(spec.xlabel)
     ax.set_ylabel(spec.ylabel)
     verdict = "holds" if held else "does not hold"
-    ax.set_title(f"{claim.name}: {verdict} (mean ± std over seeds {', '.join(map(str, seeds))})", fontsize=10)
+    smoke = " [--quick: a smoke test, no verdict]" if quick else ""
+    ax.set_title(f"{claim.name}: {verdict} (mean ± std, seeds {', '.join(map(str, seeds))}){smoke}", fontsize=10)
     ax.legend(fontsize=8)
     ends = [numbers[n]["mean"] + sign * numbers[n]["std"] for n, _, _ in bars for sign in (-1, 1)]
     ends = [end for end in ends if math.isfinite(end)]  # a NaN number (a diverged seed) draws no bar

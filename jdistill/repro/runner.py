@@ -103,5 +103,5 @@ def run_claim(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "summary.json", summary)
-    plot_claim(claim, numbers, held, list(seeds), out_dir / f"{claim.name}.png")
+    plot_claim(claim, numbers, held, list(seeds), out_dir / f"{claim.name}.png", quick=quick)
     return summary
