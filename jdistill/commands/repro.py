@@ -45,18 +45,18 @@ def cmd_repro(args) -> int:
     from pathlib import Path
 
     from jdistill.errors import ConfigError
-    from jdistill.repro import claims, get_claim, run_claim
+    from jdistill.repro import all_claims, get_claim, run_claim
     from jdistill.repro.runner import split_arguments
     from jdistill.repro.stats import table
     from jdistill.train.rundir import default_run_dir
 
     if args.list:
-        for claim in claims().values():
+        for claim in all_claims().values():
             print(f"{claim.name:<18} {claim.statement} ({claim.paper})")
         return 0
     if args.name is None:
         raise ConfigError("repro: name a claim (jdistill repro --list) or all")
-    chosen = list(claims().values()) if args.name == "all" else [get_claim(args.name)]
+    chosen = list(all_claims().values()) if args.name == "all" else [get_claim(args.name)]
     plans = [(claim, *split_arguments(claim, args.overrides)) for claim in chosen]  # every error before training
     out = Path(args.out) if args.out else default_run_dir(Path("runs") / f"repro-{args.name}")
     failed = 0

@@ -8,15 +8,29 @@ from jdistill.errors import ConfigError
 from jdistill.repro.claim import Claim
 
 
-def claims() -> dict[str, Claim]:
-    from jdistill.repro.claims import born_again, label_noise, pskd, random_teacher, teacher_guidance
+def all_claims() -> dict[str, Claim]:
+    from jdistill.repro.claims import (
+        attention_sink,
+        born_again,
+        label_noise,
+        pskd,
+        random_teacher,
+        teacher_guidance,
+    )
 
-    ordered = [label_noise.CLAIM, teacher_guidance.CLAIM, born_again.CLAIM, pskd.CLAIM, random_teacher.CLAIM]
+    ordered = [
+        label_noise.CLAIM,
+        teacher_guidance.CLAIM,
+        born_again.CLAIM,
+        pskd.CLAIM,
+        random_teacher.CLAIM,
+        attention_sink.CLAIM,
+    ]
     return {claim.name: claim for claim in ordered}
 
 
 def get_claim(name: str) -> Claim:
-    known = claims()
+    known = all_claims()
     if name not in known:
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -145,3 +145,24 @@ def test_teacher_guidance_verdict_needs_both_settings():
     assert not teacher_guidance.held({**means, "digits_accuracy_guided_last": 0.89})
     assert not teacher_guidance.held({**means, "kernel_mse_guided_last": 0.04})
     assert not teacher_guidance.held({**means, "kernel_mse_pure_last": 0.01})
+
+
+def test_attention_sink_trains_one_lm_per_gate_and_reads_its_statistics(monkeypatch, tmp_path, data_dir):
+    from jdistill.repro.claims import attention_sink
+
+    bpb = {"none": 2.0, "headwise": 1.9, "elementwise": 1.95}
+    FakeJobs(monkeypatch, lambda config, stage: {"bits_per_byte": bpb[config.teacher.model.gate]})
+    read = []
+
+    def statistics(run_dir, stage="teacher"):
+        read.append(run_dir.name)
+        gate = run_dir.name.removeprefix("gate_")
+        return {"first_token_share": 0.5 if gate == "none" else 0.1, "max_activation": 40.0 if gate == "none" else 5.0}
+
+    monkeypatch.setattr(attention_sink, "sink_statistics", statistics)
+    numbers = attention_sink.CLAIM.measure(context(tmp_path))
+    assert read == ["gate_none", "gate_headwise", "gate_elementwise"]
+    assert numbers["bits_per_byte_headwise"] == 1.9 and numbers["first_token_share_none"] == 0.5
+    assert attention_sink.held(numbers)
+    assert not attention_sink.held({**numbers, "bits_per_byte_elementwise": 2.1})
+    assert not attention_sink.held({**numbers, "max_activation_headwise": 41.0})
