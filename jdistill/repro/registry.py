@@ -10,6 +10,7 @@ from jdistill.repro.claim import Claim
 
 def all_claims() -> dict[str, Claim]:
     from jdistill.repro.claims import (
+        activations,
         attention_sink,
         born_again,
         label_noise,
@@ -25,6 +26,7 @@ def all_claims() -> dict[str, Claim]:
         pskd.CLAIM,
         random_teacher.CLAIM,
         attention_sink.CLAIM,
+        activations.CLAIM,
     ]
     return {claim.name: claim for claim in ordered}
 

@@ -166,3 +166,15 @@ def test_attention_sink_trains_one_lm_per_gate_and_reads_its_statistics(monkeypa
     assert attention_sink.held(numbers)
     assert not attention_sink.held({**numbers, "bits_per_byte_elementwise": 2.1})
     assert not attention_sink.held({**numbers, "max_activation_headwise": 41.0})
+
+
+def test_activations_trains_one_lm_per_activation(monkeypatch, tmp_path, data_dir):
+    from jdistill.repro.claims import activations
+
+    bpb = {"gelu": 2.0, "silu": 2.01, "xgelu": 1.9, "xsilu": 1.95, "xatlu": 1.97, "golu": 1.99}
+    jobs = FakeJobs(monkeypatch, lambda config, stage: {"bits_per_byte": bpb[config.teacher.model.activation]})
+    numbers = activations.CLAIM.measure(context(tmp_path))
+    assert [name for _, name, _ in jobs.calls] == [f"activation_{a}" for a in bpb]
+    assert numbers == {f"bits_per_byte_{a}": value for a, value in bpb.items()}
+    assert activations.held(numbers)
+    assert not activations.held({**numbers, "bits_per_byte_golu": 2.005})  # worse than gelu, better than silu

@@ -7,7 +7,15 @@ import pytest
 
 from jdistill.cli import main
 
-ISSUE_ORDER = ["label-noise-xi", "teacher-guidance", "born-again", "pskd", "random-teacher", "attention-sink"]
+ISSUE_ORDER = [
+    "label-noise-xi",
+    "teacher-guidance",
+    "born-again",
+    "pskd",
+    "random-teacher",
+    "attention-sink",
+    "activations",
+]
 
 
 def test_list_names_every_claim_in_the_issue_order(capsys):

@@ -17,21 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from jdistill.repro.claim import Claim, Context, Plot
-from jdistill.repro.claims.common import metric
+from jdistill.repro.claims.common import LM_TEACHER_ONLY, QUICK_LM_TEACHER, metric
 
 GATES = ("none", "headwise", "elementwise")
 STATS = ("first_token_share", "max_activation")
-QUICK = (
-    "teacher.model.num_layers=2",
-    "teacher.model.d_model=32",
-    "teacher.model.mlp_dim=64",
-    "teacher.train.steps=20",
-    "teacher.train.warmup_steps=2",
-    "teacher.train.eval_every=20",
-    "teacher.train.checkpoint_every=20",
-    "data.eval_max_batches=2",
-    "data.eval_batch_size=8",
-)
+QUICK = QUICK_LM_TEACHER
 
 
 def sink_statistics(run_dir, stage: str = "teacher") -> dict[str, float]:
@@ -58,16 +48,7 @@ def sink_statistics(run_dir, stage: str = "teacher") -> dict[str, float]:
 def measure(context: Context) -> dict[str, float]:
     numbers = {}
     for gate in GATES:
-        config = context.config(
-            "lm_kd",
-            f"teacher.model.gate={gate}",
-            "run.baseline=false",
-            "run.sample_tokens=0",
-            "student.train.steps=2",
-            "student.train.warmup_steps=1",
-            "student.train.eval_every=2",
-            "student.train.checkpoint_every=2",
-        )
+        config = context.config("lm_kd", f"teacher.model.gate={gate}", *LM_TEACHER_ONLY)
         summary = context.job(config, f"gate_{gate}")
         numbers[f"bits_per_byte_{gate}"] = metric(summary, "teacher", "bits_per_byte")
         for key, value in sink_statistics(context.run_dir / f"gate_{gate}").items():

@@ -25,6 +25,29 @@ def quick_digits(stages: Sequence[str] = ("teacher", "student"), steps: int = 20
     return tuple(out)
 
 
+# LM claims compare variants of the `lm_kd` preset's teacher stage (3 blocks, d 128, 600 steps); the preset's
+# student stage is cut to 2 steps (a job always trains its recipe's student; it is not part of those claims).
+LM_TEACHER_ONLY = (
+    "run.baseline=false",
+    "run.sample_tokens=0",
+    "student.train.steps=2",
+    "student.train.warmup_steps=1",
+    "student.train.eval_every=2",
+    "student.train.checkpoint_every=2",
+)
+QUICK_LM_TEACHER = (
+    "teacher.model.num_layers=2",
+    "teacher.model.d_model=32",
+    "teacher.model.mlp_dim=64",
+    "teacher.train.steps=20",
+    "teacher.train.warmup_steps=2",
+    "teacher.train.eval_every=20",
+    "teacher.train.checkpoint_every=20",
+    "data.eval_max_batches=2",
+    "data.eval_batch_size=8",
+)
+
+
 def metric(summary: dict, stage: str, key: str) -> float:
     return float(summary[stage][key])
 
