@@ -31,6 +31,8 @@ def split_arguments(claim: Claim, arguments: Sequence[str]) -> tuple[list[str], 
             overrides.append(text)
             continue
         name = path[0]
+        if name == "seed":
+            raise ConfigError(f"{text}: a claim runs every seed of --seeds (e.g. --seeds 0,1,2); drop {text}")
         if name not in claim.params:
             known = ", ".join(claim.params) or "none"
             close = difflib.get_close_matches(name, list(claim.params), n=1)

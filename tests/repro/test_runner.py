@@ -88,5 +88,7 @@ def test_arguments_split_into_config_overrides_and_typed_claim_parameters():
     assert overrides == ["student.train.steps=7"] and params == {"scale": 2.0} and isinstance(params["scale"], float)
     with pytest.raises(ConfigError, match=r"no parameter 'scal' \(did you mean scale\?\)"):
         split_arguments(FAKE, ["scal=2"])
+    with pytest.raises(ConfigError, match="--seeds"):
+        split_arguments(FAKE, ["seed=3"])
     with pytest.raises(ConfigError, match="expected a float for scale"):
         split_arguments(FAKE, ["scale=abc"])
