@@ -11,10 +11,13 @@ from jdistill.repro.claim import Claim
 def all_claims() -> dict[str, Claim]:
     from jdistill.repro.claims import (
         activations,
+        adr,
         attention_sink,
         born_again,
         label_noise,
+        multi_exit,
         pskd,
+        quantized,
         random_teacher,
         teacher_guidance,
     )
@@ -27,6 +30,9 @@ def all_claims() -> dict[str, Claim]:
         random_teacher.CLAIM,
         attention_sink.CLAIM,
         activations.CLAIM,
+        adr.CLAIM,
+        multi_exit.CLAIM,
+        quantized.CLAIM,
     ]
     return {claim.name: claim for claim in ordered}
 
