@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.set_defaults(func=cmd_recipes)
     importlib.import_module("jdistill.commands.generate").register(sub)
     importlib.import_module("jdistill.commands.sample").register(sub)
+    importlib.import_module("jdistill.commands.repro").register(sub)
     cache = sub.add_parser("cache-teacher", help="run a teacher over a dataset once; store top-k log-probs per token")
     cache.add_argument("--config", help="preset name or YAML path (its teacher is trained unless init_from is set)")
     cache.add_argument("--run-dir", help="a run whose trained teacher stage to use (default: train one)")

@@ -44,7 +44,7 @@ from jdistill.train import inputs, sharding
 from jdistill.train.distributed import barrier
 from jdistill.train.evaluation import check_samples, evaluate_loaded
 from jdistill.train.export_step import check_export, export_final
-from jdistill.train.loop import StageResult, run_stage, stage_key
+from jdistill.train.loop import PURPOSE_EXTRA_METRICS, StageResult, run_stage, stage_key
 from jdistill.train.prune_stage import prune_teacher, pruned_stage_config, resolve_prune
 from jdistill.train.restore import load_pretrained
 from jdistill.train.rundir import check_remote_run_dir, check_run_dir, prepare_run_dir, write_config
@@ -98,11 +98,17 @@ def compared_recipes(config: Config, recipe) -> dict:
     return compared
 
 
-def random_teacher(config: Config) -> StageResult:
-    """The teacher at its random initialisation (policy `random_init`): never trained, never changed."""
+def random_teacher(config: Config, recipe) -> StageResult:
+    """The teacher at its random initialisation (policy `random_init`): never trained, never changed. It is scored
+    with the recipe's end-of-stage metrics (random teachers: linear-probe and k-NN accuracy of its features) on the
+    same evaluation split and probe halves as the student (`stage_key(seed, STUDENT_INIT)`), so the summary can
+    compare them pair-wise."""
+    started = time.perf_counter()
     model = Transformer(config.teacher.model, rngs=nnx.Rngs(params=stage_key(config.seed, TEACHER_INIT)))
+    probe_key = jax.random.fold_in(stage_key(config.seed, STUDENT_INIT), PURPOSE_EXTRA_METRICS)
+    metrics = recipe.extra_metrics(model, inputs.eval_batches(config.data, config.teacher.model.kind), probe_key)
     graphdef, params = nnx.split(model)
-    return StageResult("teacher", graphdef, params, {}, count_params(model), 0.0)
+    return StageResult("teacher", graphdef, params, metrics, count_params(model), time.perf_counter() - started)
 
 
 def check_job(config: Config, *, resume: bool = False):
@@ -191,7 +197,7 @@ def run_job(
                 return {}
             teacher = results["teacher"]
     elif recipe.policy.random_teacher:
-        teacher = random_teacher(config)
+        teacher = results["teacher"] = random_teacher(config, recipe)
     if recipe.policy.cache:  # the student reads the teacher's top-k from disk, never the teacher
         from jdistill.train.teacher_cache import job_dataset_fn
 

@@ -73,7 +73,11 @@ def test_random_teacher_preset_distils_its_frozen_teacher_from_close_by(tmp_path
     noise (seeds 0/1/2, linear probe at the start 0.536, 0.586, 0.594, after 200 steps 0.586, 0.547, 0.617), so
     beating the untrained student is not a claim this run can test.
 
-    Broken on purpose: the loss sign flipped (the KL grows), the teacher's logits replaced by the student's (the
+    The teacher is never trained but is probed (issue 18: the claim compares the two): its probe metrics are those of
+    the teacher rebuilt at its init key, on the student's probe halves.
+
+    Broken on purpose: the teacher probed with the student's params, or with its own probe key (other halves); the
+    loss sign flipped (the KL grows), the teacher's logits replaced by the student's (the
     KL is 0 from the start), the student initialised independently (far from the teacher at the start)."""
     from tests.recipes.family_a import train_log
 
@@ -81,9 +85,28 @@ def test_random_teacher_preset_distils_its_frozen_teacher_from_close_by(tmp_path
         "random_teacher", tiny_job(stages=("teacher", "student"), steps=40, extra=["student.train.learning_rate=0.003"])
     )
     summary = run_job(config, tmp_path / "run", progress=False)
-    assert "teacher" not in summary  # never trained, never evaluated as a stage
     metrics = summary["student_random_teacher"]
+    _assert_teacher_probed_at_its_init(config, summary["teacher"], metrics)
     assert 0.2 < metrics["linear_probe_accuracy"] <= 1.0 and 0.2 < metrics["knn_accuracy"] <= 1.0
     kl = train_log(tmp_path / "run", "student_random_teacher", "random_teacher_kl")
     assert 1e-3 < kl[0] < 0.05  # near the teacher, not on it
     assert kl[-1] < 0.25 * kl[0]
+
+
+def _assert_teacher_probed_at_its_init(config, teacher_metrics, student_metrics):
+    import jax
+    from flax import nnx
+
+    from jdistill.eval.probes import probe_metrics
+    from jdistill.models import Transformer
+    from jdistill.train import inputs
+    from jdistill.train.job import STUDENT_INIT, TEACHER_INIT
+    from jdistill.train.loop import PURPOSE_EXTRA_METRICS, stage_key
+
+    teacher = Transformer(config.teacher.model, rngs=nnx.Rngs(params=stage_key(config.seed, TEACHER_INIT)))
+    key = jax.random.fold_in(stage_key(config.seed, STUDENT_INIT), PURPOSE_EXTRA_METRICS)
+    expected = probe_metrics(teacher, inputs.eval_batches(config.data, "classifier"), key)
+    assert set(teacher_metrics) == {"linear_probe_accuracy", "knn_accuracy", "params", "wall_seconds"}
+    for name, value in expected.items():
+        assert teacher_metrics[name] == pytest.approx(value, abs=1e-12)
+        assert teacher_metrics[name] != student_metrics[name]
