@@ -1,6 +1,6 @@
-"""The one-step generators `jdistill bench diffusion` measures (docs/diffusion_generators.md): DMD, DMD2 and SiD,
-each trained from the benchmark's digits teacher with its preset (or loaded when its run is there) and sampled with
-its recipe's `student_sampler` (`jdistill.diffusion.methods.bench_students.recipe_generator`).
+"""The one-step generators `jdistill bench diffusion` measures (docs/diffusion_generators.md): DMD, DMD2, SiD and
+DMD meets RL, each trained from the benchmark's digits teacher with its preset (or loaded when its run is there)
+and sampled with its recipe's `student_sampler` (`jdistill.diffusion.methods.bench_students.recipe_generator`).
 
 Registered in `jdistill.bench.diffusion_students.STUDENTS` by name; this module imports nothing heavy at import time.
 """
@@ -12,6 +12,7 @@ GENERATORS: dict[str, tuple] = {
     "dmd": ("diffusion_dmd", {"variant": "dmd"}),
     "dmd2": ("diffusion_dmd2", {"variant": "dmd2"}),
     "sid": ("diffusion_sid", {}),
+    "dmd_rl": ("diffusion_dmd_rl", {"variant": "dmd"}),
 }
 
 
@@ -30,3 +31,4 @@ def build(name: str):
 dmd = build("dmd")
 dmd2 = build("dmd2")
 sid = build("sid")
+dmd_rl = build("dmd_rl")

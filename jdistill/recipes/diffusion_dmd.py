@@ -18,11 +18,15 @@ DMD's regression pairs (`num_pairs` noises z_ref with their labels and the teach
 y_ref at `pair_nfe`) are drawn once at `init` into `recipe_state["pairs"]`. A K-step generator (DMD2) trains on its
 own intermediate states (backward simulation): each example draws a step k, its input is the generator's sample
 after k steps re-noised to t_k. The sampled and evaluated generator is the EMA of the student (`ema_decay`).
+DMD meets RL (`reward_weight` > 0, preset `diffusion_dmd_rl`): the generator's loss also subtracts
+reward_weight x mean log p(y | x) of the requested class under the cached digits classifier
+(`jdistill.diffusion.feature_classifier`; its weights in `recipe_state["reward"]`, held fixed).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jdistill.diffusion.data import to_unit
 from jdistill.diffusion.methods import dmd
 from jdistill.diffusion.methods.common import METRICS, per_example_distance
 from jdistill.diffusion.objectives import teacher_loss
@@ -42,6 +47,14 @@ from jdistill.recipes.dino import copy_params
 
 FAKE_SCORE = "fake_score"
 VARIANTS = ("dmd", "dmd2")
+
+
+@functools.cache
+def reward_classifier():
+    """The digits classifier whose log-likelihood of the requested class is DMD meets RL's reward (loaded once)."""
+    from jdistill.diffusion.feature_classifier import load_or_train
+
+    return load_or_train().model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +186,7 @@ class DiffusionDMD(GeneratorDistillation):
     num_pairs: int = 1024
     pair_sampler: str = "heun"
     pair_nfe: int = 35
+    reward_weight: float = 0.0  # DMD meets RL: weight of -log p(y | x) under the digits classifier
 
     def __post_init__(self):
         super().__post_init__()
@@ -180,8 +194,8 @@ class DiffusionDMD(GeneratorDistillation):
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant == "dmd" and self.generator_steps != 1:
             raise ValueError("variant dmd trains a one-step generator: set generator_steps: 1 (or variant: dmd2)")
-        if self.num_pairs < 1 or self.regression_weight < 0:
-            raise ValueError("num_pairs must be >= 1 and regression_weight >= 0")
+        if self.num_pairs < 1 or self.regression_weight < 0 or self.reward_weight < 0:
+            raise ValueError("num_pairs must be >= 1, regression_weight and reward_weight >= 0")
         if self.regression_metric not in METRICS:
             raise ValueError(f"regression_metric must be one of {', '.join(METRICS)}, got {self.regression_metric!r}")
 
@@ -189,11 +203,25 @@ class DiffusionDMD(GeneratorDistillation):
     def regresses(self) -> bool:
         return self.variant == "dmd" and self.regression_weight > 0
 
+    def check(self, config):
+        super().check(config)
+        if self.reward_weight > 0 and not self.conditional:
+            raise ConfigError(
+                "distill.options.reward_weight: the class reward needs a class-conditional digits teacher"
+            )
+
     def init(self, student_params, teacher_params, rng):
         student_params, state = super().init(student_params, teacher_params, rng)
         if self.regresses:
             state = dict(state, pairs=self.make_pairs(state, rng))
+        if self.reward_weight > 0:
+            state = dict(state, reward=copy_params(nnx.state(reward_classifier())))
         return student_params, state
+
+    def reward(self, recipe_state, x, labels):
+        """mean log p(labels | x) under the reward classifier (its weights held fixed)."""
+        classifier = nnx.merge(nnx.graphdef(reward_classifier()), jax.lax.stop_gradient(recipe_state["reward"]))
+        return jnp.mean(dmd.class_log_likelihood(classifier(to_unit(x)).logits, labels))
 
     def make_pairs(self, state, rng):
         """{"noise", "samples"[, "labels"]}: `num_pairs` noises and the teacher's ODE samples from them."""
@@ -222,6 +250,9 @@ class DiffusionDMD(GeneratorDistillation):
         real, fake = self.scores(recipe_state, labels)
         matching = dmd.distribution_matching_loss(x, real(x_t, t), fake(x_t, t))
         metrics = {"distribution_matching": matching}
+        if self.reward_weight > 0:
+            reward = self.reward(recipe_state, x, labels)
+            matching, metrics = matching - self.reward_weight * reward, dict(metrics, reward=reward)
         if not self.regresses:
             return matching, metrics, ()
         pairs = recipe_state["pairs"]

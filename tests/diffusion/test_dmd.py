@@ -82,3 +82,10 @@ def test_one_step_limit_ignores_backward_simulation():
     x_in, t = dmd.backward_simulated_input(lambda x, t: x, flow, z, [1.0], jnp.zeros(3, jnp.int32), jax.random.key(0))
     np.testing.assert_allclose(x_in, z)
     assert float(t[0]) == pytest.approx(1.0)
+
+
+def test_class_log_likelihood_is_the_log_softmax_of_the_requested_class():
+    rng = np.random.default_rng(1)
+    logits, labels = rng.standard_normal((5, 10)), np.array([0, 3, 9, 3, 1])
+    expected = logits[np.arange(5), labels] - np.log(np.exp(logits).sum(axis=-1))
+    np.testing.assert_allclose(dmd.class_log_likelihood(jnp.asarray(logits), jnp.asarray(labels)), expected, rtol=1e-5)

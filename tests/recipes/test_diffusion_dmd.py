@@ -139,3 +139,29 @@ def test_bad_options_are_one_line_errors():
         DiffusionDMD(fake_updates_per_step=0)
     with pytest.raises(ValueError, match="regression_metric"):
         DiffusionDMD(regression_metric="lpips")
+
+
+@pytest.mark.slow
+def test_dmd_meets_rl_subtracts_the_class_reward(monkeypatch):
+    from jdistill.models import ModelConfig, Transformer
+    from jdistill.recipes import diffusion_dmd
+
+    fake_teacher.install(monkeypatch, EDM(), images=True)
+    classifier = Transformer(
+        ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, patch_size=4, num_classes=10),
+        rngs=nnx.Rngs(0),
+    )
+    monkeypatch.setattr(diffusion_dmd, "reward_classifier", lambda: classifier)
+    options = dict(teacher_run="fake", num_pairs=8, pair_sampler="euler", pair_nfe=2)
+    plain, rl = DiffusionDMD(**options), DiffusionDMD(**options, reward_weight=0.5)
+    graphdef, params, state = fake_teacher.student_of(rl, images=True)
+    batch = fake_teacher.batch(images=True)
+    loss = jax.jit(
+        lambda r, p, s: r.loss(nnx.merge(graphdef, p), None, s, batch, jax.random.key(1))[:2], static_argnums=0
+    )
+    value, metrics = loss(rl, params, state)
+    base_value, _ = loss(plain, params, {k: v for k, v in state.items() if k != "reward"})
+    assert float(metrics["reward"]) < 0  # a log-probability
+    np.testing.assert_allclose(float(value), float(base_value) - 0.5 * float(metrics["reward"]), rtol=1e-5)
+    grads = jax.grad(lambda p: loss(rl, p, state)[0])(params)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 0

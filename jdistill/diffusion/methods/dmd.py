@@ -21,6 +21,11 @@ the generator's distribution.
   the fake score is updated several times per generator update (two time-scale); a K-step generator is trained on
   its own intermediate states (backward simulation, `backward_simulated_input`) rather than noised real images.
 
+- DMD meets RL (Flash-DMD-style reward on generator samples): a reward r(x, y) on the generator's samples is added
+  to the distribution-matching loss, L = L_DM - reward_weight mean r; here r = log p(y | x) of the requested class
+  under the digits classifier (`class_log_likelihood`), with the distribution-matching term keeping the samples on
+  the teacher's distribution (the benchmark checks the reward does not hack FD).
+
 Times t for the losses are drawn as indices of the schedule's `TIME_GRID`-step sampling grid (`grid_times`): DMD
 uses [0.02, 0.98] of it, as the paper's [20, 980] of 1000 DDPM steps. Shapes: samples `[batch, ...]`.
 """
@@ -120,3 +125,9 @@ def backward_simulated_input(
         current = renoise(schedule, x0, table[k], jax.random.normal(keys[k], z.shape))
         x_in = jnp.where(expand_to(step == k, z), current, x_in)
     return jax.lax.stop_gradient(x_in), table[step]
+
+
+def class_log_likelihood(logits: Array, labels: Array) -> Array:
+    """log p(label | x) per example from a classifier's `logits [batch, classes]`: the reward of DMD meets RL."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
