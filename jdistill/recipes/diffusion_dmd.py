@@ -72,6 +72,9 @@ class GeneratorDistillation(DiffusionDistillation):
     time_high: float = 0.98
     label_dropout: float = 0.0
     sampling_nfe: int = 1
+    # inference-time distillation: after each generator step the teacher corrects the sample at this time (None: off)
+    correction_time: float | None = None
+    correction_weight: float = 0.5
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,6 +82,8 @@ class GeneratorDistillation(DiffusionDistillation):
             raise ValueError(f"generator_steps must be >= 1, got {self.generator_steps}")
         if self.fake_learning_rate < 0 or self.fake_updates_per_step < 1:
             raise ValueError("fake_learning_rate must be >= 0 and fake_updates_per_step >= 1")
+        if self.correction_time is not None and not 0.0 <= self.correction_weight <= 1.0:
+            raise ValueError(f"correction_weight must be in [0, 1], got {self.correction_weight}")
         if not 0.0 <= self.time_low < self.time_high <= 1.0:
             raise ValueError(f"expected 0 <= time_low < time_high <= 1, got {self.time_low}, {self.time_high}")
 
@@ -159,16 +164,32 @@ class GeneratorDistillation(DiffusionDistillation):
     # ---- sampling the trained generator ----
     def student_sampler(self, model, nfe: int | None = None):
         """`run(params, x_T, labels, rng)`: z = x_T / sigma(t_max), then the generator's `nfe` steps (its own times
-        when nfe = generator_steps, else the first nfe of an (nfe + 1)-step grid)."""
+        when nfe = generator_steps, else the first nfe of an (nfe + 1)-step grid). With `correction_time` (inference-
+        time distillation) each step is one generator and one teacher evaluation: `nfe` (even) counts both."""
         nfe = nfe or self.sampling_nfe
+        correcting = self.correction_time is not None
+        if correcting and nfe % 2:
+            raise ConfigError(
+                f"inference-time correction: nfe counts generator + teacher passes, so it is even (got {nfe})"
+            )
         graphdef, params = nnx.split(model)
-        schedule, times = self.schedule, self.times(nfe)
+        schedule, times = self.schedule, self.times(nfe // 2 if correcting else nfe)
         sigma_max = float(schedule.sigma(schedule.t_max))
+        teacher = self.teacher().model if correcting else None
 
         @jax.jit
         def run(params, x_T, labels, rng):
             generator = nnx.merge(graphdef, params)
             x0_fn = lambda x, t: predict(schedule, generator, x, t, labels).x0
+            if correcting:
+                teacher_x0, inner = self.teacher_x0(teacher, labels), x0_fn
+
+                def x0_fn(x, t):  # the generator's estimate, corrected by the teacher with fresh noise
+                    eps = jax.random.normal(jax.random.fold_in(rng, 7919), x.shape)
+                    return dmd.teacher_corrected(
+                        inner(x, t), teacher_x0, schedule, self.correction_time, self.correction_weight, eps
+                    )
+
             return dmd.generate(x0_fn, schedule, x_T / sigma_max, times, rng)
 
         return run, params

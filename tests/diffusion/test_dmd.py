@@ -89,3 +89,15 @@ def test_class_log_likelihood_is_the_log_softmax_of_the_requested_class():
     logits, labels = rng.standard_normal((5, 10)), np.array([0, 3, 9, 3, 1])
     expected = logits[np.arange(5), labels] - np.log(np.exp(logits).sum(axis=-1))
     np.testing.assert_allclose(dmd.class_log_likelihood(jnp.asarray(logits), jnp.asarray(labels)), expected, rtol=1e-5)
+
+
+def test_teacher_correction_limits():
+    """Weight 0: the student's estimate; weight 1: the teacher's denoising of it re-noised to t; in between, linear."""
+    edm = EDM()
+    x0, eps = jax.random.normal(jax.random.key(0), (2, 3, 4))
+    teacher = lambda x, t: 0.5 * x - 0.1 * t[:, None]
+    x_t = x0 + 0.2 * eps
+    np.testing.assert_allclose(dmd.teacher_corrected(x0, teacher, edm, 0.2, 0.0, eps), x0, rtol=1e-6)
+    np.testing.assert_allclose(dmd.teacher_corrected(x0, teacher, edm, 0.2, 1.0, eps), 0.5 * x_t - 0.02, rtol=1e-5)
+    half = dmd.teacher_corrected(x0, teacher, edm, 0.2, 0.25, eps)
+    np.testing.assert_allclose(half, x0 + 0.25 * (0.5 * x_t - 0.02 - x0), rtol=1e-5, atol=1e-6)

@@ -28,10 +28,10 @@ def test_sid_loss_is_the_fused_loss_on_the_two_scores(monkeypatch):
     fake_params = jax.tree.map(lambda x: 1.1 * x, state[FAKE_SCORE]["params"])
     state = dict(state, **{FAKE_SCORE: dict(state[FAKE_SCORE], params=fake_params)})
     rng = jax.random.key(3)
-    value, _, _ = jax.jit(lambda p: r.loss(nnx.merge(graphdef, p), None, state, fake_teacher.batch(), rng))(params)
+    recipe_loss = lambda p: r.loss(nnx.merge(graphdef, p), None, state, fake_teacher.batch(), rng)[0]
+    value, grads = jax.jit(jax.value_and_grad(recipe_loss))(params)
     fake = nnx.merge(nnx.graphdef(teacher.model), fake_params)
 
-    @jax.jit
     def reference(params):
         sample_key, time_key, noise_key = jax.random.split(rng, 3)
         x_g, _ = r.generator_sample(nnx.merge(graphdef, params), sample_key, fake_teacher.BATCH)
@@ -40,7 +40,11 @@ def test_sid_loss_is_the_fused_loss_on_the_two_scores(monkeypatch):
         real_x0, fake_x0 = (predict(EDM(), model, x_t, t).x0 for model in (teacher.model, fake))
         return sid_generator_loss(x_g, real_x0, fake_x0, 1.2)
 
-    np.testing.assert_allclose(float(value), float(reference(params)), rtol=1e-4)
+    want_value, want_grads = jax.jit(jax.value_and_grad(reference))(params)
+    np.testing.assert_allclose(float(value), float(want_value), rtol=1e-4)
+    # the gradient flows through x_t into both scores too (SiD), not only through x_g
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-7)
     assert float(value) != 0.0
     # the generator starts as the teacher at sigma_init = 2.5: x = D(2.5 z; 2.5)
     z = jax.random.normal(jax.random.key(4), (5, 2))

@@ -131,3 +131,18 @@ def class_log_likelihood(logits: Array, labels: Array) -> Array:
     """log p(label | x) per example from a classifier's `logits [batch, classes]`: the reward of DMD meets RL."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def teacher_corrected(
+    x0: Array, teacher_x0: Callable[[Array, Array], Array], schedule: Schedule, t, weight: float, eps
+):
+    """Inference-time distillation (Park et al. 2024, "Inference-Time Diffusion Model Distillation", Distillation++):
+    the teacher corrects a student's estimate x0 without retraining. x0 is re-noised to the teacher's time t,
+    x_t = alpha(t) x0 + sigma(t) eps, and moved toward the teacher's denoising of it,
+
+        x0 <- x0 + weight (x0_teacher(x_t, t) - x0),
+
+    a step of size `weight` down the score-distillation loss 0.5 ||x0 - sg(x0_teacher(x_t, t))||^2 (weight 0: the
+    student alone; weight 1: the teacher's one-step SDEdit of the student's sample). One teacher evaluation."""
+    t = jnp.broadcast_to(jnp.asarray(t, x0.dtype), x0.shape[:1])
+    return x0 + weight * (teacher_x0(renoise(schedule, x0, t, eps), t) - x0)
