@@ -76,8 +76,7 @@ class GeneratorDistillation(DiffusionDistillation):
     correction_time: float | None = None
     correction_weight: float = 0.5
 
-    def __post_init__(self):
-        super().__post_init__()
+    def __post_init__(self):  # own options first: the parent's check loads the teacher run
         if self.generator_steps < 1:
             raise ValueError(f"generator_steps must be >= 1, got {self.generator_steps}")
         if self.fake_learning_rate < 0 or self.fake_updates_per_step < 1:
@@ -86,6 +85,7 @@ class GeneratorDistillation(DiffusionDistillation):
             raise ValueError(f"correction_weight must be in [0, 1], got {self.correction_weight}")
         if not 0.0 <= self.time_low < self.time_high <= 1.0:
             raise ValueError(f"expected 0 <= time_low < time_high <= 1, got {self.time_low}, {self.time_high}")
+        super().__post_init__()
 
     # ---- checks ----
     def check(self, config):
@@ -210,7 +210,6 @@ class DiffusionDMD(GeneratorDistillation):
     reward_weight: float = 0.0  # DMD meets RL: weight of -log p(y | x) under the digits classifier
 
     def __post_init__(self):
-        super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant == "dmd" and self.generator_steps != 1:
@@ -219,6 +218,7 @@ class DiffusionDMD(GeneratorDistillation):
             raise ValueError("num_pairs must be >= 1, regression_weight and reward_weight >= 0")
         if self.regression_metric not in METRICS:
             raise ValueError(f"regression_metric must be one of {', '.join(METRICS)}, got {self.regression_metric!r}")
+        super().__post_init__()
 
     @property
     def regresses(self) -> bool:
