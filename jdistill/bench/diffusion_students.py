@@ -45,4 +45,8 @@ STUDENTS: dict[str, Student] = {
     "sfd_v": Student(f"{_TRAJECTORY}:sfd_v", nfes=(2, 4)),
     "dode": Student(f"{_TRAJECTORY}:dode", nfes=(4,)),
     "guidance": Student(f"{_TRAJECTORY}:guidance"),
+    **{
+        name: Student(f"jdistill.bench.diffusion_generators:{name}", nfes=(1, 2))
+        for name in ("dmd", "dmd2", "sid", "dmd_rl")
+    },
 }

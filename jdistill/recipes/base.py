@@ -9,6 +9,13 @@ A recipe never edits the train step. Inside one jitted function the step does, p
 then, once per optimizer step, `recipe_state = recipe.update_state(recipe_state, statistics)` with the statistics of
 the whole batch, the optimizer update, and `recipe_state = recipe.after_update(recipe_state, new_params, step)`.
 
+A recipe that trains a second network alongside the student (the fake score of DMD / DMD2 / SiD, a discriminator)
+returns a `SecondNetwork` from `second_network()`: its parameters and optimizer state live in the recipe state
+(`recipe_state[network.name] = {"params", "opt_state"}`, `second_network_slot`), and before the student's loss the
+step makes `network.updates_per_step` updates of them with their own optimizer (two time-scale training), each on
+the whole batch with the student held fixed; the student's loss then sees the updated network
+(`jdistill.train.step`). Recipes without one (the default, None) get exactly the single-network step.
+
 - `student` / `teacher` are Flax NNX modules (`teacher` is None unless the policy's `module_in_step`); a recipe
   calls them as often as it needs (several crops, a PGD attack, sampling with the KV cache).
 - `loss` is a scalar (a mean) or a pair `(sum, count)`: with gradient accumulation the step adds the sums and
@@ -36,7 +43,10 @@ log-probs read from disk with the batch, `self` the student itself (e.g. deeper 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import optax
 
 from jdistill.errors import ConfigError
 from jdistill.recipes.teacher_policy import TEACHER_POLICIES, TeacherPolicy, policy_named  # noqa: F401
@@ -91,6 +101,33 @@ class RunFacts:
     @property
     def num_epochs(self) -> float:
         return self.total_steps / self.steps_per_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class SecondNetwork:
+    """A second network trained in the student's step with its own optimizer and update ratio.
+
+    `loss(params, student, teacher, recipe_state, batch, rng) -> (scalar loss, metrics dict)`: the network's
+    objective as a function of its parameters (`params`); `student` is the student module with its parameters held
+    fixed (stop_gradient), `teacher` as in `Recipe.loss`. The step applies `updates_per_step` updates of
+    `optimizer` per student update, each with its own key, and reports `<name>_loss` / `<name>_grad_norm` (means over
+    the updates), the network's metrics prefixed with `<name>_`, and `finite_<name>`: a non-finite loss or gradient
+    keeps the whole step's previous state and halts the stage naming the network (`jdistill.train.nonfinite`).
+    """
+
+    name: str
+    optimizer: optax.GradientTransformation
+    loss: Callable[..., tuple[Any, dict]]
+    updates_per_step: int = 1
+
+    def __post_init__(self):
+        if self.updates_per_step < 1:
+            raise ValueError(f"{self.name}: updates_per_step must be >= 1, got {self.updates_per_step}")
+
+
+def second_network_slot(network: SecondNetwork, params) -> dict:
+    """The recipe-state entry of a second network: its parameters and its optimizer's initial state."""
+    return {"params": params, "opt_state": network.optimizer.init(params)}
 
 
 # Recipe fields that `RecipeBase.bind` fills from the stage's RunFacts when the config leaves them None.
@@ -173,6 +210,11 @@ class RecipeBase:
         of sums over the batch's valid examples, one of them `count`, for a module that does not predict labels
         (a diffusion denoiser): the stage jits it, adds it over the evaluation batches and reports each sum / count
         (`jdistill.train.evaluation.evaluate`)."""
+        return None
+
+    def second_network(self) -> SecondNetwork | None:
+        """None (one trained network, the student), or the `SecondNetwork` the step also trains (its parameters in
+        `recipe_state[network.name]`, put there by `init` with `second_network_slot`)."""
         return None
 
     def wraps_student(self):

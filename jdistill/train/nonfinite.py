@@ -51,6 +51,17 @@ class NonFiniteGuard:
                 raise NonFiniteError(self.message(step, metrics))
 
     def message(self, step: int, metrics: dict) -> str:
+        network = _diverged_network(metrics)
+        if network is not None:  # a recipe's second network (e.g. DMD's fake score) diverged, not the student
+            good = self.last_good()
+            where = (
+                f"step {good[0]} at {good[1]}" if good is not None else "none yet (the stage starts again at step 0)"
+            )
+            loss = float(jax.device_get(metrics[f"{network}_loss"]))
+            return (
+                f"{self.stage}: the second network {network!r} diverged (non-finite {network}_loss = {loss}) at "
+                f"step {step}; training halted; last good checkpoint: {where}; lower that network's learning rate"
+            )
         loss, grad_norm = (float(jax.device_get(metrics[name])) for name in ("loss", "grad_norm"))
         metric = f"loss = {loss}" if loss != loss or abs(loss) == float("inf") else f"grad_norm = {grad_norm}"
         good = self.last_good()
@@ -62,10 +73,18 @@ class NonFiniteGuard:
         )
 
 
+def _diverged_network(metrics: dict) -> str | None:
+    """The name of a second network whose `finite_<name>` flag is false in `metrics` (`jdistill.train.step`)."""
+    for key, value in metrics.items():
+        if key.startswith("finite_") and not bool(jax.device_get(value)):
+            return key[len("finite_") :]
+    return None
+
+
 def finite_window_means(window: list[dict]) -> dict:
     """The mean of each metric over the window's finite steps (a skipped step's values are not averaged in);
     {} when every step was skipped. The `finite` flag itself is dropped."""
     host = [m for m in jax.device_get(window) if bool(m["finite"])]
     if not host:
         return {}
-    return {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0] if not k.startswith("finite")}

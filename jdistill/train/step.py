@@ -12,6 +12,13 @@ The metrics carry `finite`: the loss and the global gradient norm are finite. Wh
 the previous parameters, optimizer and recipe state (only `step` advances), so a bad batch never poisons the state;
 the loop (`jdistill.train.nonfinite`) then halts the stage or counts the step as skipped.
 With `shardings` the step is jitted with explicit in/out shardings (see `jdistill.train.sharding`).
+
+Two networks (`recipe.second_network()`, `jdistill.recipes.base.SecondNetwork`): before the student's loss the step
+makes `updates_per_step` updates of the second network (its parameters and optimizer state in
+`recipe_state[name]`), each one a gradient step of its own loss on the whole batch with the student held fixed,
+keyed by `fold_in(fold_in(seed, PURPOSE_SECOND_NETWORK), step)` folded with the update's index (so the student's
+keys are those of the single-network step); the student's loss then reads the updated recipe state. The step is
+finite only if every update was: otherwise both networks keep their previous state.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from jdistill.partitioning import DEFAULT_RULES, axis_rules
 from jdistill.train.state import TrainState
 
 PURPOSE_STEP_RNG = 1
+PURPOSE_SECOND_NETWORK = 2
 
 
 class StepShardings(NamedTuple):
@@ -66,15 +74,20 @@ def split_micro_batches(batch: dict, count: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(count, x.shape[0] // count, *x.shape[1:]), batch)
 
 
+def teacher_module(graphdef, recipe, teacher_graphdef, recipe_state, teacher_params):
+    """The teacher module of this step (the recipe selects its parameters, held fixed), or None."""
+    selected = recipe.teacher_params(recipe_state, teacher_params)
+    if selected is not None and recipe.policy.module_in_step:
+        return nnx.merge(teacher_graphdef or graphdef, jax.lax.stop_gradient(selected))
+    return None
+
+
 def make_loss_and_grad(graphdef, recipe, teacher_graphdef):
     """`(params, recipe_state, teacher_params, batch, rng) -> ((sum, count), metrics, statistics, grad of sum)`:
     `statistics` the recipe's per-example pytree for `recipe.update_state` (the state itself is not changed)."""
 
     def loss_and_grad(params, recipe_state, teacher_params, batch, rng):
-        teacher = None
-        selected = recipe.teacher_params(recipe_state, teacher_params)
-        if selected is not None and recipe.policy.module_in_step:
-            teacher = nnx.merge(teacher_graphdef or graphdef, jax.lax.stop_gradient(selected))
+        teacher = teacher_module(graphdef, recipe, teacher_graphdef, recipe_state, teacher_params)
 
         def loss_fn(params):
             student = nnx.merge(graphdef, recipe.forward_params(params))
@@ -86,6 +99,40 @@ def make_loss_and_grad(graphdef, recipe, teacher_graphdef):
         return (total, count), metrics, statistics, grads
 
     return loss_and_grad
+
+
+def make_second_network_update(graphdef, recipe, teacher_graphdef, network):
+    """`(params, recipe_state, teacher_params, batch, rng) -> (recipe_state, metrics, finite)`: `updates_per_step`
+    optimizer steps of the second network `network` (`jdistill.recipes.base.SecondNetwork`) with the student's
+    `params` held fixed; a non-finite update leaves the network's slot as it was."""
+
+    def update(params, recipe_state, teacher_params, batch, rng):
+        teacher = teacher_module(graphdef, recipe, teacher_graphdef, recipe_state, teacher_params)
+        student = nnx.merge(graphdef, jax.lax.stop_gradient(recipe.forward_params(params)))
+
+        def one(slot, index):
+            def loss_fn(net_params):
+                loss, metrics = network.loss(
+                    net_params, student, teacher, recipe_state, batch, jax.random.fold_in(rng, index)
+                )
+                return jnp.asarray(loss, jnp.float32), metrics
+
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(slot["params"])
+            updates, opt_state = network.optimizer.update(grads, slot["opt_state"], slot["params"])
+            updated = {"params": optax.apply_updates(slot["params"], updates), "opt_state": opt_state}
+            grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            return keep_if_not(finite, updated, slot), (loss, grad_norm, finite, metrics)
+
+        slot, (losses, grad_norms, finite, metrics) = jax.lax.scan(
+            one, recipe_state[network.name], jnp.arange(network.updates_per_step)
+        )
+        name = network.name
+        metrics = {f"{name}_{key}": jnp.mean(value) for key, value in metrics.items()}
+        metrics.update({f"{name}_loss": jnp.mean(losses), f"{name}_grad_norm": jnp.mean(grad_norms)})
+        return dict(recipe_state, **{name: slot}), metrics, jnp.all(finite)
+
+    return update
 
 
 def make_train_step(
@@ -101,30 +148,50 @@ def make_train_step(
 ):
     """Build the jitted `train_step(state, teacher_params, batch) -> (state, metrics)`."""
     loss_and_grad = make_loss_and_grad(graphdef, recipe, teacher_graphdef)
+    network = getattr(recipe, "second_network", lambda: None)()
+    if network is not None:
+        update_network = make_second_network_update(graphdef, recipe, teacher_graphdef, network)
 
     def train_step(state: TrainState, teacher_params, batch):
         rng = step_rng(seed, state.step)
         epoch = jnp.asarray(state.step, jnp.float32) / steps_per_epoch if steps_per_epoch else jnp.zeros(())
+        recipe_state_in, network_metrics, network_finite = state.recipe_state, {}, jnp.ones((), bool)
+        if network is not None:
+            network_rng = jax.random.fold_in(
+                jax.random.fold_in(jax.random.key(seed), PURPOSE_SECOND_NETWORK), state.step
+            )
+            recipe_state_in, network_metrics, network_finite = update_network(
+                state.params, state.recipe_state, teacher_params, dict(batch, epoch=epoch), network_rng
+            )
+            network_metrics[f"finite_{network.name}"] = network_finite
         if grad_accum_steps == 1:
             (total, count), metrics, statistics, grads = loss_and_grad(
-                state.params, state.recipe_state, teacher_params, dict(batch, epoch=epoch), rng
+                state.params, recipe_state_in, teacher_params, dict(batch, epoch=epoch), rng
             )
         else:
             total, count, metrics, statistics, grads = _accumulate(
-                loss_and_grad, state, teacher_params, batch, epoch, rng, grad_accum_steps
+                loss_and_grad,
+                TrainState(state.step, state.params, state.opt_state, recipe_state_in),
+                teacher_params,
+                batch,
+                epoch,
+                rng,
+                grad_accum_steps,
             )
-        recipe_state = recipe.update_state(state.recipe_state, statistics)  # once per step, from the whole batch
+        recipe_state = recipe.update_state(recipe_state_in, statistics)  # once per step, from the whole batch
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         recipe_state = recipe.after_update(recipe_state, params, state.step + 1)
         loss, grad_norm = total / jnp.maximum(count, 1.0), optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if network is not None:
+            finite = finite & network_finite
         # a non-finite step changes nothing but the step counter (docs/reliability.md): the loop halts or skips it
         params, opt_state, recipe_state = keep_if_not(
             finite, (params, opt_state, recipe_state), (state.params, state.opt_state, state.recipe_state)
         )
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
+        metrics = dict(metrics, **network_metrics, loss=loss, grad_norm=grad_norm, finite=finite)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, recipe_state=recipe_state)
         return new_state, metrics
 

@@ -42,6 +42,8 @@ BAD = {
         "not a run directory",
     ),
     "diffusion_rectified": ("diffusion_reflow", ["distill.options.variant=flow"], "variant must be one of"),
+    "diffusion_dmd": ("diffusion_dmd", ["distill.options.variant=dmd3"], "variant must be one of"),
+    "diffusion_sid": ("diffusion_sid", ["distill.options.teacher_run=/nonexistent/edm"], "not a run directory"),
     "diffusion_solvers": ("diffusion_sfd", ["distill.options.teacher_run=/nonexistent/edm"], "not a run directory"),
     "diffusion_vp": ("diffusion_edm", ["distill.recipe=diffusion_vp", "distill.options.ema_decay=2"], "ema_decay"),
     "dino": (

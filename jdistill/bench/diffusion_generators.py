@@ -1,0 +1,53 @@
+"""The one-step generators `jdistill bench diffusion` measures (docs/diffusion_generators.md): DMD, DMD2, SiD and
+DMD meets RL, each trained from the benchmark's digits teacher with its preset (or loaded when its run is there)
+and sampled with its recipe's `student_sampler` (`jdistill.diffusion.methods.bench_students.recipe_generator`).
+
+Registered in `jdistill.bench.diffusion_students.STUDENTS` by name; this module imports nothing heavy at import time.
+"""
+
+from __future__ import annotations
+
+# name -> (preset, recipe options[, other config overrides]), as `jdistill.diffusion.methods.bench_students.METHODS`
+GENERATORS: dict[str, tuple] = {
+    "dmd": ("diffusion_dmd", {"variant": "dmd"}),
+    "dmd2": ("diffusion_dmd2", {"variant": "dmd2"}),
+    "sid": ("diffusion_sid", {}),
+    "dmd_rl": ("diffusion_dmd_rl", {"variant": "dmd"}),
+}
+
+
+# inference-time distillation: the SiD generator, its sample corrected once by the teacher at this sigma and weight
+# (chosen on a 200-step SiD generator, seed 0: FD 2.12 -> 1.43 at sigma 0.2, weight 1; 2.40 at 0.5, 0.5; 3.76 at 1.0)
+CORRECTION = {"correction_time": 0.2, "correction_weight": 1.0}
+
+
+def build(name: str):
+    """The benchmark builder `(context, data, seed) -> Generator` of generator method `name`."""
+
+    def builder(context, data: str, seed: int):
+        from jdistill.diffusion.methods import bench_students
+
+        bench_students.METHODS.setdefault(name, GENERATORS[name])  # its train-or-load reads the method's preset there
+        return bench_students.build(name)(context, data, seed)
+
+    return builder
+
+
+dmd = build("dmd")
+dmd2 = build("dmd2")
+sid = build("sid")
+dmd_rl = build("dmd_rl")
+
+
+def inference_time(context, data: str, seed: int):
+    """The SiD generator of the benchmark (trained or loaded as `sid`) sampled with the teacher's correction after its
+    step: NFE 2 = one generator and one teacher evaluation (`dmd.teacher_corrected`), no retraining."""
+    import dataclasses
+
+    from jdistill.diffusion.methods import bench_students
+    from jdistill.recipes.registry import build_recipe
+
+    bench_students.METHODS.setdefault("sid", GENERATORS["sid"])
+    student = bench_students._train_or_load(context, "sid", data, seed)
+    recipe = dataclasses.replace(build_recipe(student.config.distill), **CORRECTION)
+    return bench_students.recipe_generator(recipe, student.model)
