@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdistill.bench.early_exit_confidence import confidence_exit_benchmark
 from jdistill.io import strict_json
 from jdistill.models.generate import generate
 from jdistill.models.speculative import self_speculative_generate
@@ -144,8 +145,10 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
     }
 
 
-def plot_exit_quality(curves: dict[str, list[float]], path: Path) -> None:
-    """Perplexity against blocks used, one line per stage, as a PNG (written to a temporary name, then renamed)."""
+def plot_exit_quality(curves: dict[str, list[float]], path: Path, exits: dict | None = None) -> None:
+    """Perplexity against blocks used, one line per stage, as a PNG (written to a temporary name, then renamed);
+    with `exits` (`confidence_exit_benchmark`'s figures) a second panel: held-out next-token accuracy against the
+    mean blocks per token of the confidence exits, the calibrated threshold marked."""
     import io
 
     import matplotlib
@@ -153,12 +156,23 @@ def plot_exit_quality(curves: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2 if exits else 1, figsize=(11 if exits else 6, 4), squeeze=False)
+    ax = axes[0, 0]
     for stage, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=stage)
     ax.set(xlabel="blocks used (exit layer)", ylabel="held-out perplexity", yscale="log", title="early-exit quality")
     ax.grid(alpha=0.3)
     ax.legend()
+    if exits:
+        ax = axes[0, 1]
+        points = sorted((row["mean_blocks"], row["accuracy"]) for row in exits["curve"])
+        ax.plot(*zip(*points, strict=True), label=f"exits at {exits['exit_layers']}")
+        ax.scatter([exits["heldout_mean_blocks"]], [exits["heldout_accuracy"]], color="red", zorder=3,
+                   label=f"threshold {exits['threshold']:.3f} ({exits['speedup']:.2f}x wall time)")  # fmt: skip
+        ax.axhline(exits["heldout_accuracy_full"], color="gray", linestyle="--", label="full model")
+        ax.set(xlabel="mean blocks per token", ylabel="held-out next-token accuracy", title="confidence exits")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
@@ -204,6 +218,21 @@ def run_early_exit(args) -> int:
     if scratch.is_dir() and stage != "student_scratch":
         curves["student_scratch"] = exit_perplexities(load_model(str(scratch))[0], batches)
     figures["exit_perplexity"] = curves
+    confidence_exits = args.confidence_exits or sorted({max(1, layers * i // 4) for i in (1, 2, 3)} - {layers})
+    for exit_layer in confidence_exits:
+        if not 1 <= exit_layer < layers:
+            raise ConfigError(
+                f"--confidence-exits: {exit_layer} is outside [1, {layers - 1}] (the model has {layers} blocks)"
+            )
+    figures["confidence_exits"] = confidence_exit_benchmark(
+        model,
+        batches,
+        prompts,
+        exit_layers=confidence_exits,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        max_quality_drop=args.max_quality_drop,
+    )
     figures["checkpoint"] = args.checkpoint
     figures["cores"] = len(jax.devices("cpu")) if jax.default_backend() == "cpu" else None
     for name, row in sorted(figures["contenders"].items(), key=lambda item: -item[1]["speedup"]):
@@ -213,10 +242,17 @@ def run_early_exit(args) -> int:
             f"draft {row['mean_draft_len']:.2f}"
         )
     print(f"plain greedy {figures['plain_tokens_per_s']:.1f} tok/s; best {figures['best']}: {figures['speedup']:.2f}x")
+    exits = figures["confidence_exits"]
+    print(
+        f"confidence exits at {exits['exit_layers']}: threshold {exits['threshold']:.3f}, held-out accuracy "
+        f"{exits['heldout_accuracy']:.4f} vs {exits['heldout_accuracy_full']:.4f}, {exits['decode_mean_blocks']:.2f} "
+        f"blocks per token, {exits['speedup']:.2f}x plain greedy ({exits['speedup_vs_no_exit']:.2f}x without exits), "
+        f"exact {exits['exact_match']:.2f}"
+    )
     if args.json:
         path = Path(args.json)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(strict_json.dumps(figures, indent=2))
         tmp.replace(path)
-        plot_exit_quality(curves, path.with_suffix(".png"))
+        plot_exit_quality(curves, path.with_suffix(".png"), figures["confidence_exits"])
     return 0

@@ -83,17 +83,29 @@ def calibrate_threshold(exit_logits, labels, layers_used, *, max_accuracy_drop: 
     [N]`, `layers_used [E]` blocks each exit costs. Every distinct confidence (and 1 + eps: the full model) is a
     candidate; the chosen threshold has the fewest mean blocks among those with accuracy >= the full model's -
     `max_accuracy_drop`. `curve`: (threshold, accuracy, mean blocks) of every candidate, for plotting."""
+    logits = np.asarray(exit_logits, np.float32)
+    correct = np.argmax(logits, axis=-1) == np.asarray(labels)[None, :]  # [E, N]
+    confidences = np.asarray(confidence(logits, measure))  # [E, N]
+    return calibrate_confidences(confidences, correct, layers_used, max_accuracy_drop=max_accuracy_drop)
+
+
+def calibrate_confidences(confidences, correct, layers_used, *, max_accuracy_drop: float, candidates: int = 0):
+    """`calibrate_threshold` from every exit's confidence `[E, N]` and correctness `[E, N]` (bool). With
+    `candidates` > 0 only that many quantiles of the confidences (and 1 + eps) are tried: for millions of
+    tokens."""
     if not 0.0 <= max_accuracy_drop <= 1.0:
         raise ExitOptionError(f"max_accuracy_drop: expected a fraction in [0, 1], got {max_accuracy_drop!r}")
-    logits = np.asarray(exit_logits, np.float32)
-    confidences = np.asarray(confidence(logits, measure))  # [E, N]
-    correct = np.argmax(logits, axis=-1) == np.asarray(labels)[None, :]  # [E, N]
+    confidences, correct = np.asarray(confidences), np.asarray(correct, bool)
     cost = np.asarray(layers_used, np.float64)
-    candidates = np.unique(np.concatenate([confidences[:-1].ravel(), [1.0 + 1e-6]]))
+    seen = confidences[:-1].ravel()
+    if candidates:
+        seen = np.quantile(seen, np.linspace(0.0, 1.0, candidates))
+    rows = np.arange(confidences.shape[1])
     curve = []
-    for threshold in candidates:
-        taken = np.asarray(exit_index(jnp.asarray(confidences), threshold))
-        rows = np.arange(taken.shape[0])
+    for threshold in np.unique(np.concatenate([seen, [1.0 + 1e-6]])):
+        confident = confidences >= threshold
+        confident[-1] = True
+        taken = np.argmax(confident, axis=0)  # `exit_index`, in numpy
         curve.append((float(threshold), float(correct[taken, rows].mean()), float(cost[taken].mean())))
     floor = correct[-1].mean() - max_accuracy_drop
     feasible = [row for row in curve if row[1] >= floor - 1e-12]
