@@ -7,13 +7,16 @@ window, `--prompts` of them), each continued by `--new-tokens` tokens at batch s
 Contenders: plain greedy decoding (`models.generate.generate`) and self-speculative decoding
 (`models.speculative.self_speculative_generate`) for every exit layer in `--exits`, draft length in
 `--draft-lens` and control in fixed / Thompson. Each contender is compiled and run once first (not timed); then
-`--repeats` rounds time every contender over all prompts, plain and speculative interleaved so that load from
-other processes hits all alike; a contender's time is its median round. Reported per contender: tokens/s, the
+`--repeats` rounds time every contender over all prompts, interleaved prompt by prompt so that load from other
+processes hits all alike; a contender's time is its median round (wall time; `cpu_speedup` is the same ratio of
+this process's CPU time, steadier on a loaded machine). Reported per contender: tokens/s, the
 speed-up over plain greedy, `exact_match` (the fraction of prompts whose tokens equal plain greedy's), the
 acceptance rate, tokens per round and mean draft length. `speedup` / `exact_match` at the top are the fastest
 contender's. The quality of every exit as a predictor (perplexity of block l's output through the shared head on
 the held-out windows) against the blocks it uses is written as a PNG curve beside the JSON, for this stage and,
-when the run has it, its `student_scratch` stage (trained without the early-exit loss).
+when the run has it, its `student_scratch` stage (trained without the early-exit loss). Per-token confidence
+exits (`--confidence-exits`, calibrated for `--max-quality-drop`) are measured by `bench.early_exit_confidence`
+and drawn in a second panel.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdistill.bench.early_exit_confidence import confidence_exit_benchmark
 from jdistill.io import strict_json
 from jdistill.models.generate import generate
 from jdistill.models.speculative import self_speculative_generate
@@ -66,14 +68,30 @@ def _prompts(batches, count: int, prompt_len: int) -> list[np.ndarray]:
     return prompts
 
 
-def _timed(fn, prompts) -> tuple[float, list[np.ndarray], list]:
-    started = time.perf_counter()
-    outputs, stats = [], []
-    for prompt in prompts:
-        tokens, info = fn(prompt[None, :])
-        outputs.append(np.asarray(tokens)[0])
-        stats.append(info)
-    return time.perf_counter() - started, outputs, stats
+def time_interleaved(contenders: dict, prompts, repeats: int) -> tuple[dict, dict, dict]:
+    """Run every contender (`fn(prompt [1, P]) -> (tokens, info)`, compiled first, untimed) on every prompt,
+    `repeats` times, interleaved prompt by prompt so that load from other processes hits all alike. Returns
+    (median over rounds of each contender's wall seconds, the same for this process's CPU seconds, each
+    contender's last (tokens list, info list))."""
+    for fn in contenders.values():  # compile
+        fn(prompts[0][None, :])
+    wall = {name: [0.0] * repeats for name in contenders}
+    cpu = {name: [0.0] * repeats for name in contenders}
+    results: dict[str, tuple[list, list]] = {name: ([], []) for name in contenders}
+    for round_ in range(repeats):
+        results = {name: ([], []) for name in contenders}
+        for prompt in prompts:
+            for name, fn in contenders.items():
+                started, started_cpu = time.perf_counter(), time.process_time()
+                tokens, info = fn(prompt[None, :])
+                tokens = np.asarray(tokens)[0]
+                wall[name][round_] += time.perf_counter() - started
+                cpu[name][round_] += time.process_time() - started_cpu
+                results[name][0].append(tokens)
+                results[name][1].append(info)
+    median = {name: statistics.median(values) for name, values in wall.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    return median, median_cpu, results
 
 
 def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, controls, repeats: int) -> dict:
@@ -100,24 +118,15 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
         for draft_len in draft_lens:
             for control in controls:
                 contenders[f"exit{exit_layer}_d{draft_len}_{control}"] = speculative(exit_layer, draft_len, control)
-    for fn in contenders.values():  # compile
-        fn(prompts[0][None, :])
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    results: dict[str, tuple] = {}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            seconds, outputs, stats = _timed(fn, prompts)
-            times[name].append(seconds)
-            results[name] = (outputs, stats)
+    seconds, cpu_seconds, results = time_interleaved(contenders, prompts, repeats)
     generated = len(prompts) * new_tokens
-    plain_seconds = statistics.median(times["plain"])
+    plain_seconds = seconds["plain"]
     reference = results["plain"][0]
     rows = {}
     for name in contenders:
         if name == "plain":
             continue
         outputs, stats = results[name]
-        seconds = statistics.median(times[name])
         drafted = sum(s.drafted for s in stats)
         row_rounds = sum(s.row_rounds for s in stats)
         exit_layer, draft_len, control = name.removeprefix("exit").split("_")
@@ -125,8 +134,9 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
             "exit_layer": int(exit_layer),
             "draft_len": int(draft_len.removeprefix("d")),
             "control": control,
-            "tokens_per_s": generated / seconds,
-            "speedup": plain_seconds / seconds,
+            "tokens_per_s": generated / seconds[name],
+            "speedup": plain_seconds / seconds[name],
+            "cpu_speedup": cpu_seconds["plain"] / cpu_seconds[name],
             "exact_match": float(np.mean([np.array_equal(a, b) for a, b in zip(outputs, reference, strict=True)])),
             "acceptance_rate": sum(s.accepted for s in stats) / max(drafted, 1),
             "tokens_per_round": sum(s.emitted for s in stats) / max(row_rounds, 1),
@@ -183,6 +193,7 @@ def plot_exit_quality(curves: dict[str, list[float]], path: Path, exits: dict | 
 
 
 def run_early_exit(args) -> int:
+    from jdistill.bench.early_exit_confidence import confidence_exit_benchmark
     from jdistill.commands.generate import load_model
     from jdistill.configs import load_config
     from jdistill.errors import ConfigError

@@ -12,13 +12,11 @@ confidence (no exit: the cost of the checks and branches alone), interleaved ove
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdistill.bench.early_exit import time_interleaved
 from jdistill.models.confidence_exit import calibrate_confidences, confidence, generate_with_exits, lm_exit_logits
 from jdistill.models.generate import generate
 
@@ -63,28 +61,19 @@ def confidence_exit_benchmark(
             tokens, taken, _ = generate_with_exits(
                 model, prompt, max_new_tokens=new_tokens, threshold=value, exit_layers=tuple(exit_layers)
             )
-            return np.asarray(tokens)[0], np.asarray(taken)
+            return tokens, np.asarray(taken)
 
         return run
 
     contenders = {
-        "plain": lambda prompt: (np.asarray(generate(model, prompt, max_new_tokens=new_tokens))[0], None),
+        "plain": lambda prompt: (generate(model, prompt, max_new_tokens=new_tokens), None),
         "exits": exits(exit_threshold),
         "exits_never": exits(never),
     }
-    for fn in contenders.values():  # compile
-        fn(prompts[0][None, :])
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    outputs: dict[str, list] = {}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            started = time.perf_counter()
-            outputs[name] = [fn(prompt[None, :]) for prompt in prompts]
-            times[name].append(time.perf_counter() - started)
-    seconds = {name: statistics.median(values) for name, values in times.items()}
-    taken = np.concatenate([info for _, info in outputs["exits"]])
+    seconds, cpu_seconds, outputs = time_interleaved(contenders, prompts, repeats)
+    taken = np.concatenate(outputs["exits"][1])
     blocks_used = float(np.mean(np.asarray(cost)[taken]))
-    same = [np.array_equal(a[0], b[0]) for a, b in zip(outputs["exits"], outputs["plain"], strict=True)]
+    same = [np.array_equal(a, b) for a, b in zip(outputs["exits"][0], outputs["plain"][0], strict=True)]
     return {
         "exit_layers": list(exit_layers),
         "max_quality_drop": max_quality_drop,
@@ -95,6 +84,7 @@ def confidence_exit_benchmark(
         "decode_mean_blocks": blocks_used,
         "speedup": seconds["plain"] / seconds["exits"],
         "speedup_vs_no_exit": seconds["exits_never"] / seconds["exits"],
+        "cpu_speedup": cpu_seconds["plain"] / cpu_seconds["exits"],
         "tokens_per_s": len(prompts) * new_tokens / seconds["exits"],
         "plain_tokens_per_s": len(prompts) * new_tokens / seconds["plain"],
         "exact_match": float(np.mean(same)),
