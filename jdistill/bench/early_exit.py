@@ -7,13 +7,16 @@ window, `--prompts` of them), each continued by `--new-tokens` tokens at batch s
 Contenders: plain greedy decoding (`models.generate.generate`) and self-speculative decoding
 (`models.speculative.self_speculative_generate`) for every exit layer in `--exits`, draft length in
 `--draft-lens` and control in fixed / Thompson. Each contender is compiled and run once first (not timed); then
-`--repeats` rounds time every contender over all prompts, plain and speculative interleaved so that load from
-other processes hits all alike; a contender's time is its median round. Reported per contender: tokens/s, the
+`--repeats` rounds time every contender over all prompts, interleaved prompt by prompt so that load from other
+processes hits all alike; a contender's time is its median round (wall time; `cpu_speedup` is the same ratio of
+this process's CPU time, steadier on a loaded machine). Reported per contender: tokens/s, the
 speed-up over plain greedy, `exact_match` (the fraction of prompts whose tokens equal plain greedy's), the
 acceptance rate, tokens per round and mean draft length. `speedup` / `exact_match` at the top are the fastest
 contender's. The quality of every exit as a predictor (perplexity of block l's output through the shared head on
 the held-out windows) against the blocks it uses is written as a PNG curve beside the JSON, for this stage and,
-when the run has it, its `student_scratch` stage (trained without the early-exit loss).
+when the run has it, its `student_scratch` stage (trained without the early-exit loss). Per-token confidence
+exits (`--confidence-exits`, calibrated for `--max-quality-drop`) are measured by `bench.early_exit_confidence`
+and drawn in a second panel.
 """
 
 from __future__ import annotations
@@ -65,14 +68,30 @@ def _prompts(batches, count: int, prompt_len: int) -> list[np.ndarray]:
     return prompts
 
 
-def _timed(fn, prompts) -> tuple[float, list[np.ndarray], list]:
-    started = time.perf_counter()
-    outputs, stats = [], []
-    for prompt in prompts:
-        tokens, info = fn(prompt[None, :])
-        outputs.append(np.asarray(tokens)[0])
-        stats.append(info)
-    return time.perf_counter() - started, outputs, stats
+def time_interleaved(contenders: dict, prompts, repeats: int) -> tuple[dict, dict, dict]:
+    """Run every contender (`fn(prompt [1, P]) -> (tokens, info)`, compiled first, untimed) on every prompt,
+    `repeats` times, interleaved prompt by prompt so that load from other processes hits all alike. Returns
+    (median over rounds of each contender's wall seconds, the same for this process's CPU seconds, each
+    contender's last (tokens list, info list))."""
+    for fn in contenders.values():  # compile
+        fn(prompts[0][None, :])
+    wall = {name: [0.0] * repeats for name in contenders}
+    cpu = {name: [0.0] * repeats for name in contenders}
+    results: dict[str, tuple[list, list]] = {name: ([], []) for name in contenders}
+    for round_ in range(repeats):
+        results = {name: ([], []) for name in contenders}
+        for prompt in prompts:
+            for name, fn in contenders.items():
+                started, started_cpu = time.perf_counter(), time.process_time()
+                tokens, info = fn(prompt[None, :])
+                tokens = np.asarray(tokens)[0]
+                wall[name][round_] += time.perf_counter() - started
+                cpu[name][round_] += time.process_time() - started_cpu
+                results[name][0].append(tokens)
+                results[name][1].append(info)
+    median = {name: statistics.median(values) for name, values in wall.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    return median, median_cpu, results
 
 
 def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, controls, repeats: int) -> dict:
@@ -99,24 +118,15 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
         for draft_len in draft_lens:
             for control in controls:
                 contenders[f"exit{exit_layer}_d{draft_len}_{control}"] = speculative(exit_layer, draft_len, control)
-    for fn in contenders.values():  # compile
-        fn(prompts[0][None, :])
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    results: dict[str, tuple] = {}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            seconds, outputs, stats = _timed(fn, prompts)
-            times[name].append(seconds)
-            results[name] = (outputs, stats)
+    seconds, cpu_seconds, results = time_interleaved(contenders, prompts, repeats)
     generated = len(prompts) * new_tokens
-    plain_seconds = statistics.median(times["plain"])
+    plain_seconds = seconds["plain"]
     reference = results["plain"][0]
     rows = {}
     for name in contenders:
         if name == "plain":
             continue
         outputs, stats = results[name]
-        seconds = statistics.median(times[name])
         drafted = sum(s.drafted for s in stats)
         row_rounds = sum(s.row_rounds for s in stats)
         exit_layer, draft_len, control = name.removeprefix("exit").split("_")
@@ -124,8 +134,9 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
             "exit_layer": int(exit_layer),
             "draft_len": int(draft_len.removeprefix("d")),
             "control": control,
-            "tokens_per_s": generated / seconds,
-            "speedup": plain_seconds / seconds,
+            "tokens_per_s": generated / seconds[name],
+            "speedup": plain_seconds / seconds[name],
+            "cpu_speedup": cpu_seconds["plain"] / cpu_seconds[name],
             "exact_match": float(np.mean([np.array_equal(a, b) for a, b in zip(outputs, reference, strict=True)])),
             "acceptance_rate": sum(s.accepted for s in stats) / max(drafted, 1),
             "tokens_per_round": sum(s.emitted for s in stats) / max(row_rounds, 1),
@@ -144,8 +155,10 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
     }
 
 
-def plot_exit_quality(curves: dict[str, list[float]], path: Path) -> None:
-    """Perplexity against blocks used, one line per stage, as a PNG (written to a temporary name, then renamed)."""
+def plot_exit_quality(curves: dict[str, list[float]], path: Path, exits: dict | None = None) -> None:
+    """Perplexity against blocks used, one line per stage, as a PNG (written to a temporary name, then renamed);
+    with `exits` (`confidence_exit_benchmark`'s figures) a second panel: held-out next-token accuracy against the
+    mean blocks per token of the confidence exits, the calibrated threshold marked."""
     import io
 
     import matplotlib
@@ -153,12 +166,23 @@ def plot_exit_quality(curves: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2 if exits else 1, figsize=(11 if exits else 6, 4), squeeze=False)
+    ax = axes[0, 0]
     for stage, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=stage)
     ax.set(xlabel="blocks used (exit layer)", ylabel="held-out perplexity", yscale="log", title="early-exit quality")
     ax.grid(alpha=0.3)
     ax.legend()
+    if exits:
+        ax = axes[0, 1]
+        points = sorted((row["mean_blocks"], row["accuracy"]) for row in exits["curve"])
+        ax.plot(*zip(*points, strict=True), label=f"exits at {exits['exit_layers']}")
+        ax.scatter([exits["heldout_mean_blocks"]], [exits["heldout_accuracy"]], color="red", zorder=3,
+                   label=f"threshold {exits['threshold']:.3f} ({exits['speedup']:.2f}x wall time)")  # fmt: skip
+        ax.axhline(exits["heldout_accuracy_full"], color="gray", linestyle="--", label="full model")
+        ax.set(xlabel="mean blocks per token", ylabel="held-out next-token accuracy", title="confidence exits")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
@@ -169,6 +193,7 @@ def plot_exit_quality(curves: dict[str, list[float]], path: Path) -> None:
 
 
 def run_early_exit(args) -> int:
+    from jdistill.bench.early_exit_confidence import confidence_exit_benchmark
     from jdistill.commands.generate import load_model
     from jdistill.configs import load_config
     from jdistill.errors import ConfigError
@@ -204,6 +229,21 @@ def run_early_exit(args) -> int:
     if scratch.is_dir() and stage != "student_scratch":
         curves["student_scratch"] = exit_perplexities(load_model(str(scratch))[0], batches)
     figures["exit_perplexity"] = curves
+    confidence_exits = args.confidence_exits or sorted({max(1, layers * i // 4) for i in (1, 2, 3)} - {layers})
+    for exit_layer in confidence_exits:
+        if not 1 <= exit_layer < layers:
+            raise ConfigError(
+                f"--confidence-exits: {exit_layer} is outside [1, {layers - 1}] (the model has {layers} blocks)"
+            )
+    figures["confidence_exits"] = confidence_exit_benchmark(
+        model,
+        batches,
+        prompts,
+        exit_layers=confidence_exits,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        max_quality_drop=args.max_quality_drop,
+    )
     figures["checkpoint"] = args.checkpoint
     figures["cores"] = len(jax.devices("cpu")) if jax.default_backend() == "cpu" else None
     for name, row in sorted(figures["contenders"].items(), key=lambda item: -item[1]["speedup"]):
@@ -213,10 +253,17 @@ def run_early_exit(args) -> int:
             f"draft {row['mean_draft_len']:.2f}"
         )
     print(f"plain greedy {figures['plain_tokens_per_s']:.1f} tok/s; best {figures['best']}: {figures['speedup']:.2f}x")
+    exits = figures["confidence_exits"]
+    print(
+        f"confidence exits at {exits['exit_layers']}: threshold {exits['threshold']:.3f}, held-out accuracy "
+        f"{exits['heldout_accuracy']:.4f} vs {exits['heldout_accuracy_full']:.4f}, {exits['decode_mean_blocks']:.2f} "
+        f"blocks per token, {exits['speedup']:.2f}x plain greedy ({exits['speedup_vs_no_exit']:.2f}x without exits), "
+        f"exact {exits['exact_match']:.2f}"
+    )
     if args.json:
         path = Path(args.json)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(strict_json.dumps(figures, indent=2))
         tmp.replace(path)
-        plot_exit_quality(curves, path.with_suffix(".png"))
+        plot_exit_quality(curves, path.with_suffix(".png"), figures["confidence_exits"])
     return 0

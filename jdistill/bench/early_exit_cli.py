@@ -19,6 +19,12 @@ def register(bench_sub) -> None:
     parser.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt")
     parser.add_argument("--new-tokens", type=int, default=96, help="tokens generated per prompt")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds over all prompts (median)")
+    parser.add_argument(
+        "--confidence-exits", type=int_list, default=None, help="per-token confidence exits (default: L/4, L/2, 3L/4)"
+    )
+    parser.add_argument(
+        "--max-quality-drop", type=float, default=0.01, help="relative held-out accuracy loss allowed to the exits"
+    )
     parser.add_argument("--json", help="write the figures to this JSON file (and the exit-quality curve beside it)")
 
     def run(args) -> int:

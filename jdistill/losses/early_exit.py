@@ -84,12 +84,36 @@ def layer_keep_mask(rng, batch: int, rates):
     return jax.random.uniform(rng, (batch, rates.shape[0])) >= rates[None, :]
 
 
+def max_active_exits(num_layers: int, *, e_scale: float, curriculum: str, rotation: int = 2) -> int:
+    """The most layers with a nonzero weight w(t, l) at any step (static): the layers whose loss is computed.
+
+    e(0) = 0 whenever e_scale is used, so block 0 never counts; `rotational` turns on about L / R layers per step
+    (plus the last); `gradual` ends with every layer with e(l) > 0 on."""
+    scales = exit_scales(num_layers, e_scale) > 0
+    if curriculum == "rotational":
+        layers = np.arange(num_layers)
+        return max(
+            int(np.sum(scales & ((layers % rotation == phase) | (layers == num_layers - 1))))
+            for phase in range(rotation)
+        )
+    return int(np.sum(scales))
+
+
+def active_exits(layer_weights, count: int):
+    """Indices `[count]` of the layers whose loss is computed at this step (traced): the last layer first, then the
+    other layers with w_l > 0 in order, padded with zero-weight layers when fewer than `count` are on."""
+    num_layers = layer_weights.shape[0]
+    layers = jnp.arange(num_layers)
+    rank = jnp.where(layers == num_layers - 1, -1, (layer_weights <= 0).astype(jnp.int32))
+    return jnp.argsort(rank, stable=True)[:count]
+
+
 def _chunk_ce(head, bias, carry, chunk):
-    hidden, labels, weights = chunk  # [L, B, P, D], [B, P], [L, B, P]
+    hidden, labels, valid = chunk  # [L, B, P, D], [B, P], [B, P]
     logits = jnp.dot(hidden, head, preferred_element_type=jnp.float32) + bias
     targets = jnp.broadcast_to(labels[None], logits.shape[:-1])[..., None]
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets, axis=-1)[..., 0]
-    return carry + jnp.sum(jnp.where(weights > 0, ce, 0.0) * weights), None
+    return carry + jnp.sum(jnp.where(valid > 0, ce, 0.0) * valid, axis=(1, 2)), None
 
 
 def early_exit_loss(normed_hidden, head, labels, layer_weights, *, mask=None, bias=None, chunk_size: int = 1024):
@@ -97,15 +121,20 @@ def early_exit_loss(normed_hidden, head, labels, layer_weights, *, mask=None, bi
 
     normed_hidden `[L, batch, seq, d]`: each layer's output through the model's final norm; head `[d, vocab]`;
     labels `[batch, seq]`; layer_weights `[L]` (`exit_weights`); mask `[batch, seq]` or None. sum = sum over valid
-    tokens of sum_l w_l CE_l, count = the number of valid tokens. The logits are formed `chunk_size // batch`
-    positions at a time (rematerialised in the backward pass): no `[L, batch, seq, vocab]` array exists.
-    """
+    tokens of sum_l w_l CE_l, count = the number of valid tokens. See `exit_cross_entropies`."""
+    sums, count = exit_cross_entropies(normed_hidden, head, labels, mask=mask, bias=bias, chunk_size=chunk_size)
+    return jnp.dot(layer_weights.astype(jnp.float32), sums), count
+
+
+def exit_cross_entropies(normed_hidden, head, labels, *, mask=None, bias=None, chunk_size: int = 1024):
+    """Per layer, the cross-entropy CE(normed_hidden_l @ head + bias, y) summed over valid tokens, `[L]`, and the
+    number of valid tokens. The logits are formed `chunk_size // (L * batch)` positions at a time (rematerialised
+    in the backward pass): no `[L, batch, seq, vocab]` array exists."""
     num_layers, batch, seq = normed_hidden.shape[:3]
     positions = min(seq, max(1, chunk_size // max(batch * num_layers, 1)))
     num_chunks = -(-seq // positions)
     pad = num_chunks * positions - seq
     valid = jnp.ones((batch, seq), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-    weights = layer_weights[:, None, None].astype(jnp.float32) * valid[None]
 
     def chunks(x, axis):  # split the seq axis `axis` into [num_chunks, ..., positions, ...]
         widths = [(0, 0)] * x.ndim
@@ -114,8 +143,8 @@ def early_exit_loss(normed_hidden, head, labels, layer_weights, *, mask=None, bi
         x = x.reshape(*x.shape[:axis], num_chunks, positions, *x.shape[axis + 1 :])
         return jnp.moveaxis(x, axis, 0)
 
-    xs = (chunks(normed_hidden, 2), chunks(labels.astype(jnp.int32), 1), chunks(weights, 2))
+    xs = (chunks(normed_hidden, 2), chunks(labels.astype(jnp.int32), 1), chunks(valid, 1))
     bias = jnp.zeros(head.shape[-1:], jnp.float32) if bias is None else bias.astype(jnp.float32)
     body = jax.checkpoint(functools.partial(_chunk_ce, head.astype(normed_hidden.dtype), bias))
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
-    return total, jnp.sum(valid)
+    sums, _ = jax.lax.scan(body, jnp.zeros((num_layers,), jnp.float32), xs)
+    return sums, jnp.sum(valid)

@@ -25,7 +25,9 @@ head. A threshold above 1 never exits early (the full model); 0 always takes the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 from typing import Literal
 
 import jax
@@ -81,17 +83,29 @@ def calibrate_threshold(exit_logits, labels, layers_used, *, max_accuracy_drop: 
     [N]`, `layers_used [E]` blocks each exit costs. Every distinct confidence (and 1 + eps: the full model) is a
     candidate; the chosen threshold has the fewest mean blocks among those with accuracy >= the full model's -
     `max_accuracy_drop`. `curve`: (threshold, accuracy, mean blocks) of every candidate, for plotting."""
+    logits = np.asarray(exit_logits, np.float32)
+    correct = np.argmax(logits, axis=-1) == np.asarray(labels)[None, :]  # [E, N]
+    confidences = np.asarray(confidence(logits, measure))  # [E, N]
+    return calibrate_confidences(confidences, correct, layers_used, max_accuracy_drop=max_accuracy_drop)
+
+
+def calibrate_confidences(confidences, correct, layers_used, *, max_accuracy_drop: float, candidates: int = 0):
+    """`calibrate_threshold` from every exit's confidence `[E, N]` and correctness `[E, N]` (bool). With
+    `candidates` > 0 only that many quantiles of the confidences (and 1 + eps) are tried: for millions of
+    tokens."""
     if not 0.0 <= max_accuracy_drop <= 1.0:
         raise ExitOptionError(f"max_accuracy_drop: expected a fraction in [0, 1], got {max_accuracy_drop!r}")
-    logits = np.asarray(exit_logits, np.float32)
-    confidences = np.asarray(confidence(logits, measure))  # [E, N]
-    correct = np.argmax(logits, axis=-1) == np.asarray(labels)[None, :]  # [E, N]
+    confidences, correct = np.asarray(confidences), np.asarray(correct, bool)
     cost = np.asarray(layers_used, np.float64)
-    candidates = np.unique(np.concatenate([confidences[:-1].ravel(), [1.0 + 1e-6]]))
+    seen = confidences[:-1].ravel()
+    if candidates:
+        seen = np.quantile(seen, np.linspace(0.0, 1.0, candidates))
+    rows = np.arange(confidences.shape[1])
     curve = []
-    for threshold in candidates:
-        taken = np.asarray(exit_index(jnp.asarray(confidences), threshold))
-        rows = np.arange(taken.shape[0])
+    for threshold in np.unique(np.concatenate([seen, [1.0 + 1e-6]])):
+        confident = confidences >= threshold
+        confident[-1] = True
+        taken = np.argmax(confident, axis=0)  # `exit_index`, in numpy
         curve.append((float(threshold), float(correct[taken, rows].mean()), float(cost[taken].mean())))
     floor = correct[-1].mean() - max_accuracy_drop
     feasible = [row for row in curve if row[1] >= floor - 1e-12]
@@ -147,6 +161,29 @@ def classify_with_exits(model, inputs, *, threshold: float, measure: Measure = "
     return _classify(graphdef, params, jnp.asarray(inputs), threshold=float(threshold), measure=measure)
 
 
+def lm_exit_logits(model, hidden, layer: int):
+    """Logits of the exit at block `layer` from that block's output: the model's exit head there if it has one,
+    else the final norm and output head (LayerSkip's shared head, `losses.early_exit_loss`)."""
+    if layer in model.config.exit_layers:
+        return model.exits.exit_logits(hidden, layer)
+    return model._logits(model.final_norm(hidden))
+
+
+def check_exit_layers(config, exit_layers) -> tuple[int, ...]:
+    """The LM exit layers to use: `exit_layers` (strictly increasing, each in [1, num_layers - 1]) or the model's."""
+    if exit_layers is None:
+        return tuple(config.exit_layers)
+    layers = tuple(int(layer) for layer in exit_layers)
+    if not layers or any(b <= a for a, b in itertools.pairwise(layers)):
+        raise ExitOptionError(f"exit_layers: expected strictly increasing block numbers, got {list(exit_layers)}")
+    if not 1 <= layers[0] <= layers[-1] <= config.num_layers - 1:
+        raise ExitOptionError(
+            f"exit_layers: {list(layers)} leaves [1, {config.num_layers - 1}]"
+            f" (the model has {config.num_layers} blocks)"
+        )
+    return layers
+
+
 def _lm_rest(model, number, bounds, exits, positions, threshold, measure, h, caches):
     """The blocks after exit `number - 1` (recursively: the next exit, or the final head)."""
     cfg = model.config
@@ -158,7 +195,7 @@ def _lm_rest(model, number, bounds, exits, positions, threshold, measure, h, cac
     if number == len(exits):
         return model._logits(model.final_norm(h[:, 0])), caches, jnp.int32(number)
     exit_layer = exits[number]
-    logits = model.exits.exit_logits(h[:, 0], exit_layer)
+    logits = lm_exit_logits(model, h[:, 0], exit_layer)
 
     def fill(h, caches):
         new = list(caches)
@@ -170,7 +207,7 @@ def _lm_rest(model, number, bounds, exits, positions, threshold, measure, h, cac
     return jax.lax.cond(jnp.all(confidence(logits, measure) >= threshold), fill, rest, h, caches)
 
 
-def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: str):
+def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: str, exits: tuple[int, ...]):
     batch, width = prompt.shape
     caches = with_offsets(model.init_cache(batch, width + max_new_tokens), jnp.zeros((batch,), jnp.int32))
     positions = jnp.broadcast_to(jnp.arange(width), (batch, width))
@@ -182,8 +219,8 @@ def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: 
         logits, caches, taken = _lm_rest(
             model,
             0,
-            [0, *model.config.exit_layers, model.config.num_layers],
-            list(model.config.exit_layers),
+            [0, *exits, model.config.num_layers],
+            list(exits),
             jnp.full((batch, 1), width + index),
             threshold,
             measure,
@@ -197,19 +234,35 @@ def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: 
     return jnp.concatenate([first[:, None], tokens.T], axis=1), taken, jnp.swapaxes(logits, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "threshold", "measure"))
-def _generate_jit(graphdef, params, prompt, *, max_new_tokens, threshold, measure):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "threshold", "measure", "exits"))
+def _generate_jit(graphdef, params, prompt, *, max_new_tokens, threshold, measure, exits):
     return _generate(
-        nnx.merge(graphdef, params), prompt, max_new_tokens=max_new_tokens, threshold=threshold, measure=measure
+        nnx.merge(graphdef, params),
+        prompt,
+        max_new_tokens=max_new_tokens,
+        threshold=threshold,
+        measure=measure,
+        exits=exits,
     )
 
 
-def generate_with_exits(model, prompt_ids, *, max_new_tokens: int, threshold: float, measure: Measure = "max_prob"):
+def generate_with_exits(
+    model,
+    prompt_ids,
+    *,
+    max_new_tokens: int,
+    threshold: float,
+    measure: Measure = "max_prob",
+    exit_layers=None,
+):
     """Greedy continuation of full-length prompts `[batch, P]` with per-token confidence exits (the batch exits
     together). Returns (tokens int32 `[batch, max_new_tokens]`, the exit taken for every token after the first
     `[max_new_tokens - 1]` (0 .. len(exit_layers), the last being the final head; the first token comes from the
-    prefill's full forward), the logits that chose them `[batch, max_new_tokens - 1, vocab]`)."""
-    check_options(model.config, threshold=threshold, measure=measure)
+    prefill's full forward), the logits that chose them `[batch, max_new_tokens - 1, vocab]`). `exit_layers`
+    (default the model's exit heads): the blocks to exit after; where the model has no exit head the shared final
+    norm and head read the block's output (a LayerSkip-trained model, whose early layers predict through it)."""
+    exits = check_exit_layers(model.config, exit_layers)
+    check_options(dataclasses.replace(model.config, exit_layers=exits), threshold=threshold, measure=measure)
     if set(model.config.layer_pattern) != {"A"}:
         raise ExitOptionError("per-token confidence exits need attention-only models (recurrent states cannot skip)")
     if max_new_tokens < 1:
@@ -222,4 +275,5 @@ def generate_with_exits(model, prompt_ids, *, max_new_tokens: int, threshold: fl
         max_new_tokens=int(max_new_tokens),
         threshold=float(threshold),
         measure=measure,
+        exits=exits,
     )

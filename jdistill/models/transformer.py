@@ -194,7 +194,7 @@ class Transformer(nnx.Module):
         return_hidden_states: bool = False,
         return_stats: bool = False,
         head_gates=None,
-        skip_budget: float | None = None,
+        skip_budget=None,
         logits: bool = True,
         layer_keep=None,
     ):
@@ -205,11 +205,12 @@ class Transformer(nnx.Module):
         `gate_sparsity_loss` in `aux`. `head_gates [num_layers, num_heads]` multiplies each attention head's
         output (causal head gating). `skip_budget` (GateSkip inference, models with `residual_gates`): in every
         branch, the tokens whose mean gate is under that quantile keep their residual unchanged (the branch's
-        output is dropped), about that fraction of tokens per branch. `layer_keep [batch, num_layers]` (bool):
-        layer dropout (LayerSkip): a row passes through every block whose entry is False unchanged (or per token,
-        `[batch, seq, num_layers]`). Models with
-        mixture-of-experts blocks always return `moe_load_balancing_loss` and `moe_router_z_loss` (means over the
-        MoE blocks) and `moe_tokens_per_expert` (`[num_moe_layers, num_experts]`) in `aux` (`jdistill.nn.moe`)."""
+        output is dropped), about that fraction of tokens per branch; a sequence of `num_layers` budgets gives each
+        block its own (GateSkip's per-layer token budgets; None entries skip nothing there).
+        `layer_keep [batch, num_layers]` (bool): layer dropout (LayerSkip): a row passes through every block whose
+        entry is False unchanged (or per token, `[batch, seq, num_layers]`). Models with mixture-of-experts blocks
+        always return `moe_load_balancing_loss` and `moe_router_z_loss` (means over the MoE blocks) and
+        `moe_tokens_per_expert` (`[num_moe_layers, num_experts]`) in `aux` (`jdistill.nn.moe`)."""
         h = constrain_batch(self._embed(inputs))
         hidden = [h]
         layer_stats = []
@@ -219,7 +220,8 @@ class Transformer(nnx.Module):
             moe_stats: dict[str, Any] | None = {} if self.config.is_moe_layer(index) else None
             stats: dict[str, Any] | None = {} if (return_stats or self.config.residual_gates) else None
             gates = None if head_gates is None else head_gates[index]
-            if stats is None and gates is None and skip_budget is None and self.config.remat != "none":
+            budget = _layer_budget(skip_budget, index, self.config.num_layers)
+            if stats is None and gates is None and budget is None and self.config.remat != "none":
                 h, moe_stats = _remat_block(block, h, positions, segment_ids, self.config.remat, moe_stats)
             else:
                 h = block(
@@ -228,7 +230,7 @@ class Transformer(nnx.Module):
                     segment_ids=segment_ids,
                     stats=stats,
                     head_gates=gates,
-                    skip_budget=skip_budget,
+                    skip_budget=budget,
                     moe_stats=moe_stats,
                 )
             if layer_keep is not None:  # [batch, num_layers] per row, or [batch, seq, num_layers] per token
@@ -299,6 +301,16 @@ class Transformer(nnx.Module):
         if last_only:
             h = h[:, -1:]
         return self._logits(self.final_norm(h)), tuple(new_caches)
+
+
+def _layer_budget(budgets, index: int, num_layers: int):
+    """Block `index`'s GateSkip budget: `budgets` itself when None or one number, else its entry of a sequence of
+    `num_layers` budgets (floats or None)."""
+    if budgets is None or isinstance(budgets, (int, float)):
+        return budgets
+    if len(budgets) != num_layers:
+        raise ValueError(f"skip_budget: expected one budget per block ({num_layers}), got {len(budgets)}")
+    return budgets[index]
 
 
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}

@@ -73,6 +73,12 @@ class LayerSkip(RecipeBase):
             gradual_steps=self.gradual_steps or self.total_steps or 1,
         )
 
+    def exits_computed(self, num_layers: int) -> int:
+        """How many layers' cross-entropies each step computes (static): the most that have w(t, l) > 0."""
+        return losses.max_active_exits(
+            num_layers, e_scale=self.e_scale, curriculum=self.curriculum, rotation=self.rotation
+        )
+
     def loss(self, student, teacher, recipe_state, batch, rng):
         del teacher, recipe_state
         config = student.config
@@ -84,20 +90,21 @@ class LayerSkip(RecipeBase):
         )
         keep = losses.layer_keep_mask(rng, batch["inputs"].shape[0], rates)
         out = student(batch["inputs"], **lm_kwargs(batch), return_hidden_states=True, layer_keep=keep, logits=False)
-        normed = jax.vmap(student.final_norm)(jnp.stack(out.hidden_states[1:]))  # [L, batch, seq, d]
+        weights = self.weights(num_layers, step)
+        # Only the layers with w(t, l) > 0 go through the head (the last one first): e(0) = 0, and the rotational
+        # curriculum turns on about L / R of them per step.
+        active = losses.active_exits(weights, self.exits_computed(num_layers))
+        normed = jax.vmap(student.final_norm)(jnp.stack(out.hidden_states[1:])[active])  # [K, batch, seq, d]
         if config.kind == "classifier":
             normed = normed.mean(axis=2, keepdims=True)  # the classifier's head reads mean(norm(h))
             labels, mask = labels[:, None], None
         head, bias = student.head_weights()
-        weights = self.weights(num_layers, step)
-        total, count = losses.early_exit_loss(
-            normed, head, labels, weights, mask=mask, bias=bias, chunk_size=self.chunk_size
+        sums, count = losses.exit_cross_entropies(
+            normed, head, labels, mask=mask, bias=bias, chunk_size=self.chunk_size
         )
-        last_ce, _ = losses.early_exit_loss(
-            jax.lax.stop_gradient(normed[-1:]), head, labels, jnp.ones((1,)), mask=mask, bias=bias
-        )
+        total = jnp.dot(weights[active], sums)
         metrics = {
-            "ce": last_ce / jnp.maximum(count, 1.0),
+            "ce": jax.lax.stop_gradient(sums[0]) / jnp.maximum(count, 1.0),
             "early_exit_ce": total / jnp.maximum(count, 1.0),
             "layers_kept": jnp.mean(keep.astype(jnp.float32)),
         }

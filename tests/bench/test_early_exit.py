@@ -43,5 +43,8 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
     assert figures["speedup"] == figures["contenders"][figures["best"]]["speedup"]
     curves = figures["exit_perplexity"]
     assert set(curves) == {"student_layerskip", "student_scratch"} and all(len(c) == 3 for c in curves.values())
+    exits = figures["confidence_exits"]  # default exits L/4, L/2, 3L/4 of 3 blocks
+    assert exits["exit_layers"] == [1, 2] and 1.0 <= exits["decode_mean_blocks"] <= 3.0
+    assert exits["heldout_accuracy"] >= 0.99 * exits["heldout_accuracy_full"] - 1e-12
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert "plain greedy" in capsys.readouterr().out

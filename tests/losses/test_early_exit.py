@@ -171,16 +171,17 @@ def test_layerskip_makes_the_first_exit_a_usable_prediction():
     assert _exit_ce(trained, held_out, 2) < 0.3 * _exit_ce(baseline, held_out, 2)
 
 
-def test_the_recipe_loss_is_the_weighted_sum_of_every_layers_cross_entropy():
+@pytest.mark.parametrize("epoch, on", [(0.3, [0.0, 1.0, 1.0]), (0.4, [0.0, 0.0, 1.0])])
+def test_the_recipe_loss_is_the_weighted_sum_of_every_layers_cross_entropy(epoch, on):
     model = Transformer(LM, rngs=nnx.Rngs(4))
-    batch = dict(_batch(5), epoch=jnp.asarray(0.3))  # step 3 of 10: rotational curriculum, layers 1 and 2 on
+    batch = dict(_batch(5), epoch=jnp.asarray(epoch))  # step 3 / 4 of 10: rotational curriculum, both phases
     recipe = LayerSkip(
         p_max=0.0, e_scale=2.0, curriculum="rotational", rotation=2, total_steps=10, steps_per_epoch=10.0
     )
-    (total, count), _, _ = recipe.loss(model, None, (), batch, jax.random.key(0))
+    (total, count), metrics, _ = recipe.loss(model, None, (), batch, jax.random.key(0))
     hidden = model(batch["inputs"], return_hidden_states=True).hidden_states
     e = np.array([0.0, 2.0, 2 + 2.0 * 1])  # e_scale * [0, 1] and L - 1 + e_scale * sum_{i<=1} i
-    weights = np.array([0.0, 1.0, 1.0]) * e
+    weights = np.array(on) * e
     weights /= weights.sum()
     per_layer = [
         float(
@@ -189,4 +190,21 @@ def test_the_recipe_loss_is_the_weighted_sum_of_every_layers_cross_entropy():
         for h in hidden[1:]
     ]
     np.testing.assert_allclose(float(total), float(np.dot(weights, per_layer)), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["ce"]), per_layer[-1] / batch["targets"].size, rtol=1e-5)
     assert float(count) == batch["targets"].size
+
+
+def test_only_the_layers_with_a_weight_go_through_the_head():
+    # e(0) = 0 and the rotational curriculum turns on every R-th layer plus the last: 8 layers, R = 2 -> at most 4
+    # of the 8 layers' logits are formed per step (phase 0: 2, 4, 6, 7; phase 1: 1, 3, 5, 7).
+    assert losses.max_active_exits(8, e_scale=1.0, curriculum="rotational", rotation=2) == 4
+    assert losses.max_active_exits(8, e_scale=1.0, curriculum="rotational", rotation=4) == 3
+    assert losses.max_active_exits(8, e_scale=1.0, curriculum="none") == 7
+    assert losses.max_active_exits(8, e_scale=0.0, curriculum="gradual") == 1  # plain training: the last only
+    for step in range(4):
+        weights = losses.exit_weights(8, step, e_scale=1.0, curriculum="rotational", rotation=2)
+        active = np.asarray(losses.active_exits(weights, 4))
+        assert active[0] == 7  # the last layer first (its CE is the `ce` metric)
+        assert set(active) == set(np.flatnonzero(np.asarray(weights) > 0))
+    weights = losses.exit_weights(8, 0, e_scale=0.0, curriculum="none")
+    np.testing.assert_array_equal(np.asarray(losses.active_exits(weights, 3))[:1], [7])

@@ -90,25 +90,28 @@ LM = ModelConfig(
 )
 
 
-def _reference(model, prompt, new_tokens, threshold):
+def _reference(model, prompt, new_tokens, threshold, exit_layers=None):
     """Greedy decoding by full forwards in which a generated token that exited at block e passes every later
     block's input through (its keys and values there computed from the exit's hidden state). The forward runs at
     the final length every step (one compiled function; causal attention: later slots do not change earlier ones)."""
     width, layers = prompt.shape[1], model.config.num_layers
     length = width + new_tokens
+    exit_layers = tuple(model.config.exit_layers if exit_layers is None else exit_layers)
     graphdef, params = nnx.split(model)
 
     @jax.jit
     def exits_at(params, tokens, keep, index):
         m = nnx.merge(graphdef, params)
         out = m(tokens, layer_keep=keep, return_hidden_states=True)
-        logits = [m.exits.exit_logits(out.hidden_states[layer][0, index], layer) for layer in m.config.exit_layers]
+        heads = {layer: m.exits.exit_logits for layer in m.config.exit_layers}
+        shared = lambda h, layer: m._logits(m.final_norm(h))  # LayerSkip's shared head
+        logits = [heads.get(layer, shared)(out.hidden_states[layer][0, index], layer) for layer in exit_layers]
         return jnp.stack([*logits, out.logits[0, index]])
 
     tokens = np.zeros((1, length), np.int32)
     tokens[0, :width] = np.asarray(prompt[0])
     keep = np.ones((1, length, layers), bool)
-    exit_blocks = [*model.config.exit_layers, layers]
+    exit_blocks = [*exit_layers, layers]
     taken, chosen = [], []
     for step in range(new_tokens):
         index = width + step - 1  # the position whose prediction is the next token
@@ -137,6 +140,21 @@ def test_lm_token_exits_fill_the_skipped_caches_like_the_reference(threshold):
         assert set(want_taken) == {0}
     if threshold == 0.3:  # early tokens exit early, later ones go deeper and read the filled caches
         assert want_taken[0] < max(want_taken[1:]) and len(set(want_taken)) == 3, want_taken
+
+
+def test_lm_token_exits_through_the_shared_head_of_a_model_without_exit_heads():
+    # A LayerSkip-trained model has no exit heads: its blocks' outputs go through the final norm and head.
+    model = Transformer(dataclasses.replace(LM, exit_layers=()), rngs=nnx.Rngs(2))
+    prompt = jax.random.randint(jax.random.key(3), (1, 5), 0, 11)
+    tokens, taken, logits = generate_with_exits(model, prompt, max_new_tokens=8, threshold=0.2, exit_layers=(1, 3))
+    want_tokens, want_taken, want_logits = _reference(model, prompt, 8, 0.2, exit_layers=(1, 3))
+    np.testing.assert_array_equal(np.asarray(tokens)[0], want_tokens)
+    np.testing.assert_array_equal(taken, want_taken)
+    np.testing.assert_allclose(np.asarray(logits)[0], want_logits, atol=2e-5)
+    assert len(set(want_taken)) >= 2, want_taken  # exits and full-depth tokens mix
+    for bad, message in [((2, 2), "strictly increasing"), ((0, 2), "leaves \\[1, 3\\]"), ((4,), "leaves")]:
+        with pytest.raises(UserError, match=message):
+            generate_with_exits(model, prompt, max_new_tokens=4, threshold=0.5, exit_layers=bad)
 
 
 @pytest.mark.parametrize(
