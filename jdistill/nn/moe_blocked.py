@@ -36,26 +36,6 @@ def block_size(capacity: int) -> int:
     return max(8, min(64, capacity // 8))
 
 
-@jax.custom_vjp
-def _take_rows(src, index, back_index, back_valid):
-    """`src[index]`; its cotangent is gathered back through `back_index` (the output rows that read each source
-    row, `[src_rows * m]`, masked by `back_valid`) and summed over the m readers of each row."""
-    return src[index]
-
-
-def _take_rows_fwd(src, index, back_index, back_valid):
-    return src[index], (src.shape[0], back_index, back_valid)
-
-
-def _take_rows_bwd(residuals, d_out):
-    rows, back_index, back_valid = residuals
-    d_src = jnp.where(back_valid[:, None], d_out[back_index], 0).reshape(rows, -1, d_out.shape[-1]).sum(1)
-    return d_src, None, None, None
-
-
-_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
-
-
 class Plan(NamedTuple):
     """Where each of the T k assignments (token t's j-th at t k + j) goes, for capacity C and blocks of B rows."""
 
@@ -117,141 +97,99 @@ def _times_t(a, w):
     return jax.lax.dot_general(a, w, (((1,), (1,)), ((), ())))
 
 
-def _block_rows(order, i, block_start, block_end, size: int):
-    """(assignments of overflow block i `[B]`, which of its rows are real `[B]`); `order` is padded by B rows."""
-    start = block_start[i]
-    assignments = jax.lax.dynamic_slice(order, (start,), (size,))
-    return assignments, start + jnp.arange(size) < block_end[i]
-
-
 def _bdot(a, b, a_contract: int, b_contract: int):
     """Per expert (leading axis): `a[e]` contracted with `b[e]` over the given axes."""
     return jax.lax.dot_general(a, b, (((a_contract,), (b_contract,)), ((0,), (0,))))
 
 
-@jax.custom_vjp
-def _batched_swiglu(xb, w_gate, w_up, w_down):
-    """`(silu(x G_e) * (x U_e)) D_e` for each expert's rows `xb [E, C, d]`."""
-    return _batched_swiglu_fwd(xb, w_gate, w_up, w_down)[0]
+def _batch_weights(weights, p: Plan):
+    """The routing weight of each batched assignment `[T, k]`, zero for the overflowing ones."""
+    return jnp.where(p.batched.reshape(weights.shape), weights, 0)
 
 
-def _batched_swiglu_fwd(xb, w_gate, w_up, w_down):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _experts(x, weights, w_gate, w_up, w_down, p: Plan, cap: int, size: int):
+    """sum_j weights[t, j] FFN_{experts[t, j]}(x_t) `[T, d]`, dispatched by the plan `p` (capacity `cap`, overflow
+    blocks of `size` rows)."""
+    return _experts_fwd(x, weights, w_gate, w_up, w_down, p, cap, size)[0]
+
+
+def _overflow_step(weights, p: Plan, i, k: int, size: int):
+    """(rows' tokens, rows' routing weights (0 on padding), which rows are real, their expert) of overflow block i."""
+    start = p.block_start[i]
+    assignments = jax.lax.dynamic_slice(p.order, (start,), (size,))
+    real = start + jnp.arange(size) < p.block_end[i]
+    scale = jnp.where(real, weights.reshape(-1)[assignments], 0)
+    return assignments, assignments // k, scale, real, p.block_expert[i]
+
+
+def _experts_fwd(x, weights, w_gate, w_up, w_down, p: Plan, cap: int, size: int):
+    (tokens, k), num_experts = weights.shape, w_gate.shape[0]
+    xb = x[p.slot_assignment // k].reshape(num_experts, cap, -1)
     gate, up = _bdot(xb, w_gate, 2, 1), _bdot(xb, w_up, 2, 1)
-    return _bdot(jax.nn.silu(gate) * up, w_down, 2, 1), (xb, w_gate, w_up, w_down, gate, up)
+    rows = _bdot(jax.nn.silu(gate) * up, w_down, 2, 1).reshape(num_experts * cap, -1)
+    y = jnp.sum(rows[p.slot.reshape(tokens, k)] * _batch_weights(weights, p).astype(rows.dtype)[..., None], axis=1)
+    order = jnp.concatenate([p.order, jnp.zeros((size,), p.order.dtype)])  # blocks may read past the end
+    padded = p._replace(order=order)
+
+    def overflow(i, y):
+        _, rows_tokens, scale, _, e = _overflow_step(weights, padded, i, k, size)
+        xo = x[rows_tokens]
+        out = (jax.nn.silu(xo @ w_gate[e]) * (xo @ w_up[e])) @ w_down[e]
+        return y.at[rows_tokens].add((out * scale.astype(out.dtype)[:, None]).astype(y.dtype))
+
+    y = jax.lax.fori_loop(0, p.blocks, overflow, y)
+    return y, (x, weights, w_gate, w_up, w_down, padded, xb, gate, up, rows)
 
 
-def _batched_swiglu_bwd(residuals, d_out):
-    xb, w_gate, w_up, w_down, gate, up = residuals
+def _experts_bwd(cap, size, residuals, d_y):
+    x, weights, w_gate, w_up, w_down, p, xb, gate, up, rows = residuals
+    (tokens, k), num_experts = weights.shape, w_gate.shape[0]
+    # the batch: gathers only (each slot knows its assignment, each assignment its slot)
+    scale = jnp.where(p.slot_used, weights.reshape(-1)[p.slot_assignment], 0).astype(d_y.dtype)
+    d_rows = (d_y[p.slot_assignment // k] * scale[:, None]).reshape(num_experts, cap, -1)
+    d_weights = jnp.sum(rows[p.slot.reshape(tokens, k)] * d_y[:, None, :], axis=-1, dtype=jnp.float32)
+    # (an overflowing assignment's entry, read from slot 0, is overwritten by the overflow loop below)
     silu, slope = _silu_parts(gate)
-    d_down_w = _bdot(silu * up, d_out, 1, 1)
-    d_hidden = _bdot(d_out, w_down, 2, 2)
+    d_down_w = _bdot(silu * up, d_rows, 1, 1)
+    d_hidden = _bdot(d_rows, w_down, 2, 2)
     d_gate, d_up = d_hidden * up * slope, d_hidden * silu
-    d_xb = _bdot(d_gate, w_gate, 2, 2) + _bdot(d_up, w_up, 2, 2)
-    return d_xb, _bdot(xb, d_gate, 1, 1), _bdot(xb, d_up, 1, 1), d_down_w
+    d_gate_w, d_up_w = _bdot(xb, d_gate, 1, 1), _bdot(xb, d_up, 1, 1)
+    d_xb = (_bdot(d_gate, w_gate, 2, 2) + _bdot(d_up, w_up, 2, 2)).reshape(num_experts * cap, -1)
+    d_x = jnp.where(p.batched[:, None], d_xb[p.slot], 0).reshape(tokens, k, -1).sum(1)
 
-
-_batched_swiglu.defvjp(_batched_swiglu_fwd, _batched_swiglu_bwd)
-
-
-@jax.custom_vjp
-def _combine(rows, weights, slot, batched, slot_assignment, slot_used):
-    """`y [T, d]`: y_t = sum_j [assignment (t, j) batched] weights[t, j] rows[slot[t, j]], for the batch's output
-    `rows [E C, d]`. Gathers both ways: the backward reads dy at each slot's token (no scatter-add)."""
-    tokens, k = weights.shape
-    used = jnp.where(batched.reshape(tokens, k), weights, 0).astype(rows.dtype)
-    return jnp.sum(rows[slot.reshape(tokens, k)] * used[..., None], axis=1)
-
-
-def _combine_fwd(rows, weights, slot, batched, slot_assignment, slot_used):
-    y = _combine(rows, weights, slot, batched, slot_assignment, slot_used)
-    return y, (rows, weights, slot, batched, slot_assignment, slot_used)
-
-
-def _combine_bwd(residuals, d_y):
-    rows, weights, slot, batched, slot_assignment, slot_used = residuals
-    tokens, k = weights.shape
-    scale = jnp.where(slot_used, weights.reshape(-1)[slot_assignment], 0).astype(d_y.dtype)
-    d_rows = d_y[slot_assignment // k] * scale[:, None]
-    d_weights = jnp.sum(rows[slot.reshape(tokens, k)] * d_y[:, None, :], axis=-1, dtype=jnp.float32)
-    d_weights = jnp.where(batched.reshape(tokens, k), d_weights, 0).astype(weights.dtype)
-    return d_rows, d_weights, None, None, None, None
-
-
-_combine.defvjp(_combine_fwd, _combine_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12))
-def _overflow(y, x, weights, w_gate, w_up, w_down, order, block_expert, block_start, block_end, blocks, k, size):
-    """`y` plus, for each overflowing assignment (token t's j-th, expert e), weights[t, j] FFN_e(x_t) at row t."""
-    padded = jnp.concatenate([order, jnp.zeros((size,), order.dtype)])
-    flat_weights = weights.reshape(-1)
-
-    def step(i, y):
-        assignments, real = _block_rows(padded, i, block_start, block_end, size)
-        e, tokens = block_expert[i], assignments // k
-        xb = x[tokens]
-        out = (jax.nn.silu(xb @ w_gate[e]) * (xb @ w_up[e])) @ w_down[e]
-        scale = jnp.where(real, flat_weights[assignments], 0).astype(out.dtype)
-        return y.at[tokens].add((out * scale[:, None]).astype(y.dtype))
-
-    return jax.lax.fori_loop(0, blocks, step, y)
-
-
-def _overflow_fwd(y, x, weights, w_gate, w_up, w_down, order, block_expert, block_start, block_end, blocks, k, size):
-    plan_ = (order, block_expert, block_start, block_end, blocks)
-    out = _overflow(y, x, weights, w_gate, w_up, w_down, *plan_, k, size)
-    return out, (x, weights, w_gate, w_up, w_down, *plan_)
-
-
-def _overflow_bwd(k, size, residuals, d_y):
-    x, weights, w_gate, w_up, w_down, order, block_expert, block_start, block_end, blocks = residuals
-    padded = jnp.concatenate([order, jnp.zeros((size,), order.dtype)])
-    flat_weights = weights.reshape(-1)
-
-    def step(i, grads):
+    def overflow(i, grads):  # the overflow blocks' gradients, summed in place into the batch's (float32)
         d_x, d_weights, d_gate_w, d_up_w, d_down_w = grads
-        assignments, real = _block_rows(padded, i, block_start, block_end, size)
-        e, tokens = block_expert[i], assignments // k
-        xb, dy = x[tokens], d_y[tokens]
-        g, u = xb @ w_gate[e], xb @ w_up[e]
+        assignments, rows_tokens, scale, real, e = _overflow_step(weights, p, i, k, size)
+        xo, dy = x[rows_tokens], d_y[rows_tokens]
+        g, u = xo @ w_gate[e], xo @ w_up[e]
         silu, slope = _silu_parts(g)
         hidden = silu * u
         d_scale = jnp.sum((hidden @ w_down[e]) * dy, axis=-1, dtype=jnp.float32)
-        d_weights = d_weights.at[jnp.where(real, assignments, d_weights.shape[0])].set(d_scale, mode="drop")
-        d_out = dy * jnp.where(real, flat_weights[assignments], 0).astype(dy.dtype)[:, None]
+        d_weights = d_weights.reshape(-1).at[jnp.where(real, assignments, tokens * k)].set(d_scale, mode="drop")
+        d_out = dy * scale.astype(dy.dtype)[:, None]
         d_down_w = d_down_w.at[e].add(_rows_t(hidden, d_out).astype(d_down_w.dtype))
         d_hidden = _times_t(d_out, w_down[e])
         d_g, d_u = d_hidden * u * slope, d_hidden * silu
-        d_gate_w = d_gate_w.at[e].add(_rows_t(xb, d_g).astype(d_gate_w.dtype))
-        d_up_w = d_up_w.at[e].add(_rows_t(xb, d_u).astype(d_up_w.dtype))
-        d_xb = _times_t(d_g, w_gate[e]) + _times_t(d_u, w_up[e])  # zero on padding rows (d_out = 0 there)
-        return d_x.at[tokens].add(d_xb.astype(d_x.dtype)), d_weights, d_gate_w, d_up_w, d_down_w
+        d_gate_w = d_gate_w.at[e].add(_rows_t(xo, d_g).astype(d_gate_w.dtype))
+        d_up_w = d_up_w.at[e].add(_rows_t(xo, d_u).astype(d_up_w.dtype))
+        d_xo = _times_t(d_g, w_gate[e]) + _times_t(d_u, w_up[e])  # zero on padding rows (d_out = 0 there)
+        d_x = d_x.at[rows_tokens].add(d_xo.astype(d_x.dtype))
+        return d_x, d_weights.reshape(tokens, k), d_gate_w, d_up_w, d_down_w
 
-    matrices = (w_gate, w_up, w_down)
-    zeros = (
-        jnp.zeros(x.shape, jnp.float32),
-        jnp.zeros((weights.size,), jnp.float32),
-        *(jnp.zeros(w.shape, jnp.float32) for w in matrices),
-    )
-    d_x, d_weights, *d_matrices = jax.lax.fori_loop(0, blocks, step, zeros)  # float32 sums whatever the dtype
-    d_matrices = tuple(g.astype(w.dtype) for g, w in zip(d_matrices, matrices, strict=True))
-    d_weights = d_weights.reshape(weights.shape).astype(weights.dtype)
-    return (d_y, d_x.astype(x.dtype), d_weights, *d_matrices, None, None, None, None, None)
+    grads = tuple(g.astype(jnp.float32) for g in (d_x, d_weights, d_gate_w, d_up_w, d_down_w))
+    grads = jax.lax.fori_loop(0, p.blocks, overflow, grads)
+    return (*(g.astype(a.dtype) for g, a in zip(grads, (x, weights, w_gate, w_up, w_down), strict=True)), None)
 
 
-_overflow.defvjp(_overflow_fwd, _overflow_bwd)
+_experts.defvjp(_experts_fwd, _experts_bwd)
 
 
-def moe_blocked(x, weights, experts, w_gate, w_up, w_down):
+def moe_blocked(x, weights, experts, w_gate, w_up, w_down, *, cap: int | None = None, size: int | None = None):
     """sum_j weights[t, j] FFN_{experts[t, j]}(x_t), `[T, d]`: `x [T, d]`, routing `weights` and `experts [T, k]`,
-    `w_gate`, `w_up` `[E, d, f]`, `w_down [E, f, d]`."""
+    `w_gate`, `w_up` `[E, d, f]`, `w_down [E, f, d]`. `cap` and `size` (static) replace `capacity` and
+    `block_size`."""
     num_experts = w_gate.shape[0]
-    cap = capacity(experts.size, num_experts)
-    size = block_size(cap)
-    p = plan(experts, num_experts, cap, size)
-    k = experts.shape[1]
-    xb = _take_rows(x, p.slot_assignment // k, p.slot, p.batched).reshape(num_experts, cap, -1)
-    rows = _batched_swiglu(xb, w_gate, w_up, w_down).reshape(num_experts * cap, -1)
-    y = _combine(rows, weights, p.slot, p.batched, p.slot_assignment, p.slot_used)
-    overflow_plan = (p.order, p.block_expert, p.block_start, p.block_end, p.blocks)
-    return _overflow(y, x, weights, w_gate, w_up, w_down, *overflow_plan, k, size)
+    cap = cap or capacity(experts.size, num_experts)
+    size = size or block_size(cap)
+    return _experts(x, weights, w_gate, w_up, w_down, plan(experts, num_experts, cap, size), cap, size)

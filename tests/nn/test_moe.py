@@ -123,14 +123,15 @@ def _grads(dispatch, x, weights, experts, w_gate, w_up, w_down):
 def test_blocked_dispatch_batches_and_overflow_blocks_equal_one_hot_in_values_and_gradients():
     x, _, w_gate, w_up, w_down = _problem(64, 8, 6, 4, 2, seed=1)
     rng = np.random.default_rng(1)
-    # expert 0: all 64 tokens; expert 1: 45; experts 2 and 3: 19 and 0 (none). Capacity 32, blocks of 8 rows.
-    experts = np.stack([np.zeros(64, int), np.where(np.arange(64) < 45, 1, 2)], axis=1)
-    experts[::2] = experts[::2, ::-1]  # either order within a token
+    # expert 0: all 64 tokens; expert 3 (the last one in sorted order): 45; expert 2: 19; expert 1: none.
+    # Capacity 32, blocks of 8 rows.
+    experts = np.stack([np.zeros(64, int), np.where(np.arange(64) < 45, 3, 2)], axis=1)
+    experts[1::2] = experts[1::2, ::-1]  # either order within a token
     weights = rng.uniform(0.1, 1.0, size=(64, 2)).astype(np.float32)
     capacity = moe_blocked.capacity(128, 4)
     plan = jax.jit(moe_blocked.plan, static_argnums=(1, 2, 3))(jnp.asarray(experts), 4, capacity, 8)
     assert (capacity, moe_blocked.block_size(capacity)) == (32, 8)
-    assert int(plan.blocks) == 4 + 2  # expert 1's 13 overflowing rows in two blocks, the second padded
+    assert int(plan.blocks) == 4 + 2  # expert 3's 13 overflowing rows in two blocks, the second padded past the end
     blocked_values, blocked_grads = _grads(blocked, x, weights, experts, w_gate, w_up, w_down)
     values, grads = _grads(moe_one_hot, x, weights, experts, w_gate, w_up, w_down)
     np.testing.assert_allclose(values, _numpy_moe(x, weights, experts, w_gate, w_up, w_down), atol=2e-5)
@@ -138,7 +139,7 @@ def test_blocked_dispatch_batches_and_overflow_blocks_equal_one_hot_in_values_an
     for name, a, b in zip(("x", "weights", "w_gate", "w_up", "w_down"), blocked_grads, grads, strict=True):
         assert np.abs(np.asarray(b)).max() > 0, name
         np.testing.assert_allclose(a, b, atol=5e-5, err_msg=name)
-    np.testing.assert_array_equal(blocked_grads[2][3], 0.0)  # no token chose expert 3
+    np.testing.assert_array_equal(blocked_grads[2][1], 0.0)  # no token chose expert 1
 
 
 def test_dispatches_equal_numpy_and_each_other_in_values_and_gradients():
