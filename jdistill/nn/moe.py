@@ -31,7 +31,7 @@ from flax import nnx
 
 from jdistill.nn.activations import GATES, glu
 from jdistill.nn.mlp import GLUMLP
-from jdistill.nn.moe_blocked import expert_ffn_blocked
+from jdistill.nn.moe_blocked import moe_blocked
 from jdistill.nn.params import dense, param
 from jdistill.partitioning import current_rules, mesh_axes_of
 
@@ -88,7 +88,12 @@ def _experts_sharded() -> bool:
     return any(mesh.shape.get(axis, 1) > 1 for axis in mesh_axes_of(current_rules().get("expert")))
 
 
-GROUPED = {"ragged_dot": _expert_ffn_ragged_dot, "blocked": expert_ffn_blocked}
+def _moe_ragged_dot(x, weights, experts, w_gate, w_up, w_down):
+    out = _expert_ffn_ragged_dot(x, experts, w_gate, w_up, w_down)
+    return jnp.einsum("tkd,tk->td", out, weights.astype(out.dtype))
+
+
+GROUPED = {"ragged_dot": _moe_ragged_dot, "blocked": moe_blocked}
 
 
 def moe_ragged(x, weights, experts, w_gate, w_up, w_down, *, impl: str | None = None):
@@ -104,12 +109,10 @@ def moe_ragged(x, weights, experts, w_gate, w_up, w_down, *, impl: str | None = 
     if impl is None and (grouped_matmul is not _ragged_dot or _experts_sharded()):
         impl = "ragged_dot"  # a replaced grouped matmul (see `grouped_matmul`), or expert parallelism
     if impl is None:  # by the platform compiled for (an ahead-of-time TPU compile on a CPU host gets ragged_dot)
-        out = jax.lax.platform_dependent(
-            x, experts, w_gate, w_up, w_down, cpu=GROUPED["blocked"], default=GROUPED["ragged_dot"]
+        return jax.lax.platform_dependent(
+            x, weights, experts, w_gate, w_up, w_down, cpu=GROUPED["blocked"], default=GROUPED["ragged_dot"]
         )
-    else:
-        out = GROUPED[impl](x, experts, w_gate, w_up, w_down)
-    return jnp.einsum("tkd,tk->td", out, weights.astype(out.dtype))
+    return GROUPED[impl](x, weights, experts, w_gate, w_up, w_down)
 
 
 def moe_one_hot(x, weights, experts, w_gate, w_up, w_down):

@@ -1,68 +1,85 @@
-"""The experts of a mixture-of-experts layer as a blocked grouped matmul: the dropless dispatch on CPU, where XLA
-expands `jax.lax.ragged_dot` into E dense masked matmuls (docs/moe.md#dispatch).
+"""The experts of a mixture-of-experts layer without `jax.lax.ragged_dot`: the dropless dispatch on CPU, where XLA
+expands ragged_dot into E dense masked matmuls (docs/moe.md#dispatch).
 
-MegaBlocks' layout (Gale et al. 2022, "MegaBlocks: Efficient Sparse Training with Mixture-of-Experts"): the T k
-(token, expert) assignments are sorted by expert and each expert's group is padded to whole blocks of B rows, so
-every block belongs to one expert. A static bound of ceil(T k / B) + E blocks keeps the shapes fixed; the padding
-wastes at most (E + 1) B rows of work. The blocks run in a `lax.scan`, one `[B, d] x [d, f]` SwiGLU per step with
-that block's expert weights, and the backward is written out (textbook SwiGLU gradients per block, the weight
-gradients accumulated in place per expert, as `jdistill.nn.mlp_core` does for the dense MLP): autodiff of the scan
-and of the row gathers leaves scatter-adds and transposed copies that cost more than the matmuls on CPU.
-Row moves are gathers both ways: each slot knows its assignment, each assignment its slot.
+The T k (token, expert) assignments are sorted by expert (stable). With a static capacity C (the mean group T k / E
+rounded down to a multiple of 8), the first C assignments of every expert go to a `[E, C, d]` batch that runs as
+three batched matmuls (one `[C, d] x [d, f]` product per expert, as large as the mean group): the bulk of the work
+in few, large products. An expert's assignments past C (its *overflow*, from uneven routing) run in blocks of B
+rows, one block per step of a loop whose trip count is the number of blocks in use (MegaBlocks' layout, Gale et
+al. 2022: every block belongs to one expert; the last block of an expert is padded), so dispatch stays dropless
+and exact whatever the routing. The work is E C + (blocks in use) B rows: for balanced routing a few percent over
+T k, at worst (every token on the same experts) about twice T k.
+
+Backward: the batch by autodiff of its three matmuls; the overflow loop by a hand-written backward (textbook
+SwiGLU gradients per block, recomputing its forward; weight gradients summed in place per expert in float32).
+Row moves are gathers both ways: each slot knows its assignment and each assignment its slot, so the backward of a
+gather is a gather, not a scatter-add.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 
-def block_size(rows: int, num_experts: int) -> int:
-    """Rows per block: the power of two at or below rows / (4 E) (a quarter of an expert's mean group: padding
-    wastes E B / 2 rows on average), in [8, 256] (larger blocks, faster matmuls)."""
-    return max(8, min(256, 1 << max(0, (rows // (4 * num_experts)).bit_length() - 1)))
+def capacity(rows: int, num_experts: int) -> int:
+    """Batched rows per expert: the mean group `rows / num_experts` rounded down to a multiple of 8, at least 8."""
+    return max(8, rows // num_experts // 8 * 8)
 
 
-@jax.custom_vjp
-def _take_rows(src, index, back_index, back_valid):
-    """`src[index]`; its cotangent is gathered back through `back_index` (the output rows that read each source
-    row, `[src_rows * m]`, masked by `back_valid`) and summed over the m readers of each row."""
-    return src[index]
+def block_size(capacity: int) -> int:
+    """Rows per overflow block: C / 8 in [8, 64] (small blocks pad little; the overflow of balanced routing is
+    about one standard deviation of a group, ~sqrt(C))."""
+    return max(8, min(64, capacity // 8))
 
 
-def _take_rows_fwd(src, index, back_index, back_valid):
-    return src[index], (src.shape[0], back_index, back_valid)
+class Plan(NamedTuple):
+    """Where each of the T k assignments (token t's j-th at t k + j) goes, for capacity C and blocks of B rows."""
+
+    order: jax.Array  # [T k] the assignments sorted by expert (stable)
+    batched: jax.Array  # [T k] bool: the assignment is among its expert's first C (in the batch)
+    slot: jax.Array  # [T k] its batch slot e C + rank (0 when it overflows)
+    slot_assignment: jax.Array  # [E C] the assignment in each batch slot (0 when empty)
+    slot_used: jax.Array  # [E C] bool: the slot holds an assignment
+    block_expert: jax.Array  # [n] expert of each overflow block (n a static bound)
+    block_start: jax.Array  # [n] its first row in sorted order
+    block_end: jax.Array  # [n] the end of its expert's group in sorted order (rows from there are padding)
+    blocks: jax.Array  # the number of overflow blocks in use
 
 
-def _take_rows_bwd(residuals, d_out):
-    rows, back_index, back_valid = residuals
-    d_src = jnp.where(back_valid[:, None], d_out[back_index], 0).reshape(rows, -1, d_out.shape[-1]).sum(1)
-    return d_src, None, None, None
-
-
-_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
-
-
-def _plan(experts, num_experts: int, size: int):
-    """(assignment of each padded slot (0 for padding), whether the slot holds one, slot of each assignment in
-    assignment order, expert of each block)."""
+def plan(experts, num_experts: int, capacity: int, size: int) -> Plan:
+    """The dispatch `Plan` of `experts [T, k]` (each assignment's expert)."""
     rows = experts.size
-    blocks = -(-rows // size) + num_experts
     flat = experts.reshape(-1)
-    order = jnp.argsort(flat, stable=True)
-    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
-    group_start = jnp.cumsum(group_sizes) - group_sizes
-    padded = (group_sizes + size - 1) // size * size
-    padded_end = jnp.cumsum(padded)
-    padded_start = padded_end - padded
-    slots = jnp.arange(blocks * size, dtype=jnp.int32)
-    expert_of_slot = jnp.minimum(jnp.searchsorted(padded_end, slots, side="right"), num_experts - 1)
-    offset = slots - padded_start[expert_of_slot]
-    valid = offset < group_sizes[expert_of_slot]  # past the last group: padding blocks of the last expert
-    assignment_of_slot = order[jnp.where(valid, group_start[expert_of_slot] + offset, 0)]
-    rank = jnp.argsort(order)  # sorted position of each assignment
-    slot_of_assignment = padded_start[flat] + rank - group_start[flat]
-    return assignment_of_slot, valid, slot_of_assignment, expert_of_slot[::size]
+    order = jnp.argsort(flat, stable=True).astype(jnp.int32)
+    sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+    start = jnp.cumsum(sizes) - sizes
+    position = jnp.zeros((rows,), jnp.int32).at[order].set(jnp.arange(rows, dtype=jnp.int32))
+    rank = position - start[flat]
+    batched = rank < capacity
+    column = jnp.arange(capacity, dtype=jnp.int32)
+    slot_used = column[None, :] < sizes[:, None]
+    slot_assignment = jnp.where(slot_used, order[jnp.minimum(start[:, None] + column, rows - 1)], 0)
+    overflow_blocks = (jnp.maximum(sizes - capacity, 0) + size - 1) // size
+    blocks_end = jnp.cumsum(overflow_blocks)
+    bound = -(-max(rows - capacity, 0) // size) + num_experts  # sum_e ceil(overflow_e / B) for any routing
+    block = jnp.arange(bound, dtype=jnp.int32)
+    block_expert = jnp.minimum(jnp.searchsorted(blocks_end, block, side="right"), num_experts - 1).astype(jnp.int32)
+    first_block = (blocks_end - overflow_blocks)[block_expert]
+    return Plan(
+        order=order,
+        batched=batched,
+        slot=jnp.where(batched, flat * capacity + rank, 0),
+        slot_assignment=slot_assignment.reshape(-1),
+        slot_used=slot_used.reshape(-1),
+        block_expert=block_expert,
+        block_start=start[block_expert] + capacity + (block - first_block) * size,
+        block_end=start[block_expert] + sizes[block_expert],
+        blocks=blocks_end[-1],
+    )
 
 
 def _silu_parts(gate):
@@ -80,59 +97,99 @@ def _times_t(a, w):
     return jax.lax.dot_general(a, w, (((1,), (1,)), ((), ())))
 
 
-def _scan_blocks(xb, block_expert, w_gate, w_up, w_down, keep: bool):
-    """The blocks' SwiGLU outputs `[n, B, d]`, with the gate and up pre-activations when `keep` (the residuals)."""
-
-    def step(_, inputs):
-        x, e = inputs
-        gate, up = x @ w_gate[e], x @ w_up[e]
-        out = (jax.nn.silu(gate) * up) @ w_down[e]
-        return None, (out, gate, up) if keep else out
-
-    return jax.lax.scan(step, None, (xb, block_expert))[1]
+def _bdot(a, b, a_contract: int, b_contract: int):
+    """Per expert (leading axis): `a[e]` contracted with `b[e]` over the given axes."""
+    return jax.lax.dot_general(a, b, (((a_contract,), (b_contract,)), ((0,), (0,))))
 
 
-@jax.custom_vjp
-def _blocked_swiglu(xb, block_expert, w_gate, w_up, w_down):
-    """`(silu(x G_e) * (x U_e)) D_e` for each block `xb [n, B, d]` of expert `block_expert [n]`."""
-    return _scan_blocks(xb, block_expert, w_gate, w_up, w_down, keep=False)
+def _batch_weights(weights, p: Plan):
+    """The routing weight of each batched assignment `[T, k]`, zero for the overflowing ones."""
+    return jnp.where(p.batched.reshape(weights.shape), weights, 0)
 
 
-def _blocked_swiglu_fwd(xb, block_expert, w_gate, w_up, w_down):
-    out, gate, up = _scan_blocks(xb, block_expert, w_gate, w_up, w_down, keep=True)
-    return out, (xb, block_expert, w_gate, w_up, w_down, gate, up)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _experts(x, weights, w_gate, w_up, w_down, p: Plan, cap: int, size: int):
+    """sum_j weights[t, j] FFN_{experts[t, j]}(x_t) `[T, d]`, dispatched by the plan `p` (capacity `cap`, overflow
+    blocks of `size` rows)."""
+    return _experts_fwd(x, weights, w_gate, w_up, w_down, p, cap, size)[0]
 
 
-def _blocked_swiglu_bwd(residuals, d_out):
-    xb, block_expert, w_gate, w_up, w_down, gate, up = residuals
+def _overflow_step(weights, p: Plan, i, k: int, size: int):
+    """(rows' tokens, rows' routing weights (0 on padding), which rows are real, their expert) of overflow block i."""
+    start = p.block_start[i]
+    assignments = jax.lax.dynamic_slice(p.order, (start,), (size,))
+    real = start + jnp.arange(size) < p.block_end[i]
+    scale = jnp.where(real, weights.reshape(-1)[assignments], 0)
+    return assignments, assignments // k, scale, real, p.block_expert[i]
 
-    def step(grads, inputs):
-        d_gate_w, d_up_w, d_down_w = grads
-        x, e, g, u, dy = inputs
+
+def _experts_fwd(x, weights, w_gate, w_up, w_down, p: Plan, cap: int, size: int):
+    (tokens, k), num_experts = weights.shape, w_gate.shape[0]
+    xb = x[p.slot_assignment // k].reshape(num_experts, cap, -1)
+    gate, up = _bdot(xb, w_gate, 2, 1), _bdot(xb, w_up, 2, 1)
+    rows = _bdot(jax.nn.silu(gate) * up, w_down, 2, 1).reshape(num_experts * cap, -1)
+    y = jnp.sum(rows[p.slot.reshape(tokens, k)] * _batch_weights(weights, p).astype(rows.dtype)[..., None], axis=1)
+    order = jnp.concatenate([p.order, jnp.zeros((size,), p.order.dtype)])  # blocks may read past the end
+    padded = p._replace(order=order)
+
+    def overflow(i, y):
+        _, rows_tokens, scale, _, e = _overflow_step(weights, padded, i, k, size)
+        xo = x[rows_tokens]
+        out = (jax.nn.silu(xo @ w_gate[e]) * (xo @ w_up[e])) @ w_down[e]
+        return y.at[rows_tokens].add((out * scale.astype(out.dtype)[:, None]).astype(y.dtype))
+
+    y = jax.lax.fori_loop(0, p.blocks, overflow, y)
+    return y, (x, weights, w_gate, w_up, w_down, padded, xb, gate, up, rows)
+
+
+def _experts_bwd(cap, size, residuals, d_y):
+    x, weights, w_gate, w_up, w_down, p, xb, gate, up, rows = residuals
+    (tokens, k), num_experts = weights.shape, w_gate.shape[0]
+    # the batch: gathers only (each slot knows its assignment, each assignment its slot)
+    scale = jnp.where(p.slot_used, weights.reshape(-1)[p.slot_assignment], 0).astype(d_y.dtype)
+    d_rows = (d_y[p.slot_assignment // k] * scale[:, None]).reshape(num_experts, cap, -1)
+    d_weights = jnp.sum(rows[p.slot.reshape(tokens, k)] * d_y[:, None, :], axis=-1, dtype=jnp.float32)
+    # (an overflowing assignment's entry, read from slot 0, is overwritten by the overflow loop below)
+    silu, slope = _silu_parts(gate)
+    d_down_w = _bdot(silu * up, d_rows, 1, 1)
+    d_hidden = _bdot(d_rows, w_down, 2, 2)
+    d_gate, d_up = d_hidden * up * slope, d_hidden * silu
+    d_gate_w, d_up_w = _bdot(xb, d_gate, 1, 1), _bdot(xb, d_up, 1, 1)
+    d_xb = (_bdot(d_gate, w_gate, 2, 2) + _bdot(d_up, w_up, 2, 2)).reshape(num_experts * cap, -1)
+    d_x = jnp.where(p.batched[:, None], d_xb[p.slot], 0).reshape(tokens, k, -1).sum(1)
+
+    def overflow(i, grads):  # the overflow blocks' gradients, summed in place into the batch's (float32)
+        d_x, d_weights, d_gate_w, d_up_w, d_down_w = grads
+        assignments, rows_tokens, scale, real, e = _overflow_step(weights, p, i, k, size)
+        xo, dy = x[rows_tokens], d_y[rows_tokens]
+        g, u = xo @ w_gate[e], xo @ w_up[e]
         silu, slope = _silu_parts(g)
-        d_down_w = d_down_w.at[e].add(_rows_t(silu * u, dy).astype(d_down_w.dtype))
-        d_hidden = _times_t(dy, w_down[e])
+        hidden = silu * u
+        d_scale = jnp.sum((hidden @ w_down[e]) * dy, axis=-1, dtype=jnp.float32)
+        d_weights = d_weights.reshape(-1).at[jnp.where(real, assignments, tokens * k)].set(d_scale, mode="drop")
+        d_out = dy * scale.astype(dy.dtype)[:, None]
+        d_down_w = d_down_w.at[e].add(_rows_t(hidden, d_out).astype(d_down_w.dtype))
+        d_hidden = _times_t(d_out, w_down[e])
         d_g, d_u = d_hidden * u * slope, d_hidden * silu
-        d_gate_w = d_gate_w.at[e].add(_rows_t(x, d_g).astype(d_gate_w.dtype))
-        d_up_w = d_up_w.at[e].add(_rows_t(x, d_u).astype(d_up_w.dtype))
-        return (d_gate_w, d_up_w, d_down_w), _times_t(d_g, w_gate[e]) + _times_t(d_u, w_up[e])
+        d_gate_w = d_gate_w.at[e].add(_rows_t(xo, d_g).astype(d_gate_w.dtype))
+        d_up_w = d_up_w.at[e].add(_rows_t(xo, d_u).astype(d_up_w.dtype))
+        d_xo = _times_t(d_g, w_gate[e]) + _times_t(d_u, w_up[e])  # zero on padding rows (d_out = 0 there)
+        d_x = d_x.at[rows_tokens].add(d_xo.astype(d_x.dtype))
+        return d_x, d_weights.reshape(tokens, k), d_gate_w, d_up_w, d_down_w
 
-    weights = (w_gate, w_up, w_down)
-    zeros = tuple(jnp.zeros(w.shape, jnp.float32) for w in weights)  # float32 sums over blocks, whatever the dtype
-    grads, d_xb = jax.lax.scan(step, zeros, (xb, block_expert, gate, up, d_out))
-    return (d_xb, None, *(g.astype(w.dtype) for g, w in zip(grads, weights, strict=True)))
-
-
-_blocked_swiglu.defvjp(_blocked_swiglu_fwd, _blocked_swiglu_bwd)
+    grads = tuple(g.astype(jnp.float32) for g in (d_x, d_weights, d_gate_w, d_up_w, d_down_w))
+    grads = jax.lax.fori_loop(0, p.blocks, overflow, grads)
+    return (*(g.astype(a.dtype) for g, a in zip(grads, (x, weights, w_gate, w_up, w_down), strict=True)), None)
 
 
-def expert_ffn_blocked(x, experts, w_gate, w_up, w_down):
-    """FFN_{experts[t, j]}(x_t) for every assignment, `[T, k, d]`: `x [T, d]`, `experts [T, k]`, `w_gate`, `w_up`
-    `[E, d, f]`, `w_down [E, f, d]`."""
-    tokens, k = experts.shape
-    size = block_size(experts.size, w_gate.shape[0])
-    assignment_of_slot, valid, slot_of_assignment, block_expert = _plan(experts, w_gate.shape[0], size)
-    every = jnp.ones(slot_of_assignment.shape, bool)
-    xb = _take_rows(x, assignment_of_slot // k, slot_of_assignment, every).reshape(-1, size, x.shape[-1])
-    out = _blocked_swiglu(xb, block_expert, w_gate, w_up, w_down).reshape(-1, w_down.shape[-1])
-    return _take_rows(out, slot_of_assignment, assignment_of_slot, valid).reshape(tokens, k, -1)
+_experts.defvjp(_experts_fwd, _experts_bwd)
+
+
+def moe_blocked(x, weights, experts, w_gate, w_up, w_down, *, cap: int | None = None, size: int | None = None):
+    """sum_j weights[t, j] FFN_{experts[t, j]}(x_t), `[T, d]`: `x [T, d]`, routing `weights` and `experts [T, k]`,
+    `w_gate`, `w_up` `[E, d, f]`, `w_down [E, f, d]`. `cap` and `size` (static) replace `capacity` and
+    `block_size`."""
+    num_experts = w_gate.shape[0]
+    cap = cap or capacity(experts.size, num_experts)
+    size = size or block_size(cap)
+    return _experts(x, weights, w_gate, w_up, w_down, plan(experts, num_experts, cap, size), cap, size)

@@ -107,12 +107,39 @@ def test_ragged_and_one_hot_equal_the_numpy_combine(tokens, num_experts, k, norm
         np.testing.assert_allclose(dispatch(x, weights, experts, w_gate, w_up, w_down), expected, atol=2e-5)
 
 
-def test_blocked_dispatch_spans_several_blocks_per_expert():
-    x, logits, w_gate, w_up, w_down = _problem(128, 8, 6, 4, 2, seed=1)
-    assert moe_blocked.block_size(256, 4) == 16  # ~64 assignments per expert: four or five blocks each
-    weights, experts = route(jnp.asarray(logits), 2, True)
-    expected = _numpy_moe(x, np.asarray(weights), np.asarray(experts), w_gate, w_up, w_down)
-    np.testing.assert_allclose(blocked(x, weights, experts, w_gate, w_up, w_down), expected, atol=2e-5)
+def _grads(dispatch, x, weights, experts, w_gate, w_up, w_down):
+    """(values, gradients with respect to x, the routing weights and the three expert weights) of a non-linear
+    read-out of `dispatch`."""
+
+    def loss(x, weights, w_gate, w_up, w_down):
+        y = dispatch(x, weights, experts, w_gate, w_up, w_down)
+        return jnp.sum(jnp.sin(y)), y  # every output element gets its own cotangent
+
+    args = map(jnp.asarray, (x, weights, w_gate, w_up, w_down))
+    grads, values = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+    return values, grads
+
+
+def test_blocked_dispatch_batches_and_overflow_blocks_equal_one_hot_in_values_and_gradients():
+    x, _, w_gate, w_up, w_down = _problem(64, 8, 6, 4, 2, seed=1)
+    rng = np.random.default_rng(1)
+    # expert 0: all 64 tokens; expert 3 (the last one in sorted order): 45; expert 2: 19; expert 1: none.
+    # Capacity 32, blocks of 8 rows.
+    experts = np.stack([np.zeros(64, int), np.where(np.arange(64) < 45, 3, 2)], axis=1)
+    experts[1::2] = experts[1::2, ::-1]  # either order within a token
+    weights = rng.uniform(0.1, 1.0, size=(64, 2)).astype(np.float32)
+    capacity = moe_blocked.capacity(128, 4)
+    plan = jax.jit(moe_blocked.plan, static_argnums=(1, 2, 3))(jnp.asarray(experts), 4, capacity, 8)
+    assert (capacity, moe_blocked.block_size(capacity)) == (32, 8)
+    assert int(plan.blocks) == 4 + 2  # expert 3's 13 overflowing rows in two blocks, the second padded past the end
+    blocked_values, blocked_grads = _grads(blocked, x, weights, experts, w_gate, w_up, w_down)
+    values, grads = _grads(moe_one_hot, x, weights, experts, w_gate, w_up, w_down)
+    np.testing.assert_allclose(values, _numpy_moe(x, weights, experts, w_gate, w_up, w_down), atol=2e-5)
+    np.testing.assert_allclose(blocked_values, values, atol=2e-5)
+    for name, a, b in zip(("x", "weights", "w_gate", "w_up", "w_down"), blocked_grads, grads, strict=True):
+        assert np.abs(np.asarray(b)).max() > 0, name
+        np.testing.assert_allclose(a, b, atol=5e-5, err_msg=name)
+    np.testing.assert_array_equal(blocked_grads[2][1], 0.0)  # no token chose expert 1
 
 
 def test_dispatches_equal_numpy_and_each_other_in_values_and_gradients():
