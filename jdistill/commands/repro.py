@@ -5,10 +5,10 @@
 
 Each claim trains its presets' jobs (the stages of `jdistill train`) for every seed, prints a table of its numbers
 (mean ± std over seeds, each seed's value) and whether the claim held, and writes `DIR/summary.json` and
-`DIR/NAME.png` (default DIR: runs/repro-NAME/<time>; `all`: one folder per claim under DIR). `key.sub=value` overrides the claim's configs as in
-`jdistill train`; `param=value` (no dot) sets a parameter of the claim (e.g. `noise=0.3`). `--quick` shrinks the
-models and budgets to seconds (a smoke test; its verdict means nothing). Bad input is one line, exit status 2,
-before any training.
+`DIR/NAME.png` (default DIR: runs/repro-NAME/<time>; `all`: one folder per claim under DIR). `key.sub=value`
+overrides the claim's configs as in `jdistill train`; `param=value` (no dot) sets a parameter of the claim (e.g.
+`noise=0.3`). `--quick` shrinks the models and budgets to seconds (a smoke test; its verdict means nothing). Bad
+input is one line, exit status 2, before any training.
 
 This module stays import-light (argparse only) so that `jdistill --help` does not load JAX.
 """
