@@ -178,3 +178,62 @@ def test_activations_trains_one_lm_per_activation(monkeypatch, tmp_path, data_di
     assert numbers == {f"bits_per_byte_{a}": value for a, value in bpb.items()}
     assert activations.held(numbers)
     assert not activations.held({**numbers, "bits_per_byte_golu": 2.005})  # worse than gelu, better than silu
+
+
+@pytest.mark.parametrize(
+    ("name", "compare", "metrics", "numbers", "worse"),
+    [
+        (
+            "adr",
+            {"onehot_at": {"options": {"lam_start": 0, "lam_end": 0}}},
+            {
+                "student_onehot_at": {"accuracy": 0.9, "robust_accuracy": 0.5},
+                "student_adr": {"accuracy": 0.9, "robust_accuracy": 0.6},
+            },
+            {
+                "accuracy_onehot_at": 0.9,
+                "robust_accuracy_onehot_at": 0.5,
+                "accuracy_adr": 0.9,
+                "robust_accuracy_adr": 0.6,
+            },
+            {"robust_accuracy_adr": 0.4},
+        ),
+        (
+            "multi-exit",
+            {"labels_only": {"distill_weight": 0}},
+            {
+                "student_labels_only": {"exit1_accuracy": 0.7, "exit2_accuracy": 0.8, "accuracy": 0.9},
+                "student_multi_exit": {"exit1_accuracy": 0.75, "exit2_accuracy": 0.85, "accuracy": 0.9},
+            },
+            {
+                "exit1_accuracy_labels": 0.7,
+                "exit2_accuracy_labels": 0.8,
+                "accuracy_labels": 0.9,
+                "exit1_accuracy_distilled": 0.75,
+                "exit2_accuracy_distilled": 0.85,
+                "accuracy_distilled": 0.9,
+            },
+            {"accuracy_distilled": 0.89},
+        ),
+        (
+            "quantized",
+            {"no_distill": {"distill_weight": 0}},
+            {
+                "teacher": {"accuracy": 0.97},
+                "student_no_distill": {"quantized_accuracy": 0.9},
+                "student_quantized": {"quantized_accuracy": 0.92},
+            },
+            {"teacher_accuracy": 0.97, "quantized_accuracy_no_distill": 0.9, "quantized_accuracy_distilled": 0.92},
+            {"quantized_accuracy_distilled": 0.9},
+        ),
+    ],
+)
+def test_compare_claims_read_the_recipe_and_its_comparison_stage(
+    name, compare, metrics, numbers, worse, monkeypatch, tmp_path, data_dir
+):
+    jobs = FakeJobs(monkeypatch, lambda config, stage: metrics.get(stage, {}))
+    claim = get_claim(name)
+    assert claim.measure(context(tmp_path)) == numbers
+    ((config, _, _),) = jobs.calls
+    assert config.run.compare == compare and not config.run.baseline
+    assert claim.held(numbers) and not claim.held({**numbers, **worse})

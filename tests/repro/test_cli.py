@@ -15,6 +15,9 @@ ISSUE_ORDER = [
     "random-teacher",
     "attention-sink",
     "activations",
+    "adr",
+    "multi-exit",
+    "quantized",
 ]
 
 
