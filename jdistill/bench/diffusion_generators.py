@@ -13,6 +13,8 @@ GENERATORS: dict[str, tuple] = {
     "dmd2": ("diffusion_dmd2", {"variant": "dmd2"}),
     "sid": ("diffusion_sid", {}),
     "dmd_rl": ("diffusion_dmd_rl", {"variant": "dmd"}),
+    # multi-student distillation: SiD students, each on its half of the classes
+    **{f"multi_student{k}": ("diffusion_sid", {"num_students": 2, "student_index": k}) for k in range(2)},
 }
 
 
@@ -51,3 +53,28 @@ def inference_time(context, data: str, seed: int):
     student = bench_students._train_or_load(context, "sid", data, seed)
     recipe = dataclasses.replace(build_recipe(student.config.distill), **CORRECTION)
     return bench_students.recipe_generator(recipe, student.model)
+
+
+def multi_student(context, data: str, seed: int):
+    """Two SiD generators, each distilled on half of the classes (`multi_student{k}`); a sample is drawn by the one
+    that owns its label (`jdistill.diffusion.methods.multi_student.select`): NFE 1 per sample."""
+    import jax.numpy as jnp
+
+    from jdistill.bench.diffusion import Generator
+    from jdistill.diffusion.methods import bench_students
+    from jdistill.diffusion.methods.multi_student import select
+    from jdistill.recipes.registry import build_recipe
+
+    parts = []
+    for k in range(2):
+        name = f"multi_student{k}"
+        bench_students.METHODS.setdefault(name, GENERATORS[name])
+        student = bench_students._train_or_load(context, name, data, seed)
+        parts.append(bench_students.recipe_generator(build_recipe(student.config.distill), student.model))
+    num_classes = context.teacher(data).model.num_classes
+
+    def draw(nfe: int):
+        draws = [part.draw(nfe) for part in parts]
+        return lambda key, labels: select(jnp.stack([d(key, labels) for d in draws]), labels, num_classes)
+
+    return Generator(draw, parts[0].forward, conditional=True)

@@ -49,4 +49,6 @@ STUDENTS: dict[str, Student] = {
         name: Student(f"jdistill.bench.diffusion_generators:{name}", nfes=(1, 2))
         for name in ("dmd", "dmd2", "sid", "dmd_rl")
     },
+    "inference_time": Student("jdistill.bench.diffusion_generators:inference_time", nfes=(2,)),
+    "multi_student": Student("jdistill.bench.diffusion_generators:multi_student", nfes=(1,)),
 }

@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 
 from jdistill.diffusion.data import to_unit
-from jdistill.diffusion.methods import dmd
+from jdistill.diffusion.methods import dmd, multi_student
 from jdistill.diffusion.methods.common import METRICS, per_example_distance
 from jdistill.diffusion.objectives import teacher_loss
 from jdistill.diffusion.samplers import make_sampler
@@ -75,12 +75,20 @@ class GeneratorDistillation(DiffusionDistillation):
     # inference-time distillation: after each generator step the teacher corrects the sample at this time (None: off)
     correction_time: float | None = None
     correction_weight: float = 0.5
+    # multi-student distillation: this generator is student `student_index` of `num_students`, each owning a block of
+    # the classes (`jdistill.diffusion.methods.multi_student`); it draws only its own classes' labels
+    num_students: int = 1
+    student_index: int = 0
 
     def __post_init__(self):  # own options first: the parent's check loads the teacher run
         if self.generator_steps < 1:
             raise ValueError(f"generator_steps must be >= 1, got {self.generator_steps}")
         if self.fake_learning_rate < 0 or self.fake_updates_per_step < 1:
             raise ValueError("fake_learning_rate must be >= 0 and fake_updates_per_step >= 1")
+        if not 0 <= self.student_index < self.num_students:
+            raise ValueError(
+                f"expected 0 <= student_index < num_students, got {self.student_index}, {self.num_students}"
+            )
         if self.correction_time is not None and not 0.0 <= self.correction_weight <= 1.0:
             raise ValueError(f"correction_weight must be in [0, 1], got {self.correction_weight}")
         if not 0.0 <= self.time_low < self.time_high <= 1.0:
@@ -100,6 +108,8 @@ class GeneratorDistillation(DiffusionDistillation):
                 )
         if not self.init_from_teacher:
             raise ConfigError(f"recipe {self.name!r}: the generator starts as the teacher: set init_from_teacher: true")
+        if self.num_students > 1 and not self.conditional:
+            raise ConfigError("distill.options.num_students: splitting the classes needs a class-conditional teacher")
 
     # ---- the two networks ----
     def times(self, steps: int | None = None) -> np.ndarray:
@@ -123,7 +133,15 @@ class GeneratorDistillation(DiffusionDistillation):
 
     # ---- samples ----
     def draw_labels(self, rng, batch: int):
-        return jax.random.randint(rng, (batch,), 0, self.teacher().model.num_classes) if self.conditional else None
+        """Uniform over the classes (multi-student: over this student's own block of them); None if unconditional."""
+        if not self.conditional:
+            return None
+        classes = jnp.asarray(multi_student.classes_of(self.student_index, self.num_students, self.num_classes))
+        return classes[jax.random.randint(rng, (batch,), 0, classes.shape[0])]
+
+    @property
+    def num_classes(self) -> int:
+        return self.teacher().model.num_classes
 
     def generator_sample(self, generator, rng, batch: int):
         """(x = G(z) `[batch, ...]`, labels or None): each example at a step k drawn uniformly (backward simulation

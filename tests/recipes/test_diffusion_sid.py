@@ -76,3 +76,21 @@ def test_presets_load():
         config = load_config(preset)
         assert config.distill.recipe == recipe
     assert load_config("diffusion_dmd2").distill.options["fake_updates_per_step"] == 5
+
+
+def test_every_generator_entry_has_a_builder_and_a_preset():
+    import importlib
+
+    from jdistill.bench import diffusion_generators
+    from jdistill.bench.diffusion_students import STUDENTS
+
+    registered = set()
+    for name, student in STUDENTS.items():
+        module, _, function = student.build.partition(":")
+        if module == diffusion_generators.__name__:
+            assert callable(getattr(importlib.import_module(module), function)), name
+            registered.add(name)
+    assert registered == {"dmd", "dmd2", "sid", "dmd_rl", "inference_time", "multi_student"}
+    for name, (preset, options) in diffusion_generators.GENERATORS.items():
+        config = load_config(preset, [f"distill.options.{key}={value}" for key, value in options.items()])
+        assert config.distill.recipe in ("diffusion_dmd", "diffusion_sid"), name
