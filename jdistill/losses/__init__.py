@@ -3,15 +3,7 @@
 from jdistill.losses.chunked import chunked_distillation_loss
 from jdistill.losses.chunked_positions import chunked_jsd_at_positions
 from jdistill.losses.divergences import DIVERGENCES, Divergence, divergence
-from jdistill.losses.early_exit import (
-    active_exits,
-    early_exit_loss,
-    exit_cross_entropies,
-    exit_weights,
-    layer_dropout_rates,
-    layer_keep_mask,
-    max_active_exits,
-)
+from jdistill.losses.early_exit import early_exit_loss, exit_weights, layer_dropout_rates, layer_keep_mask
 from jdistill.losses.features import (
     attention_map,
     attention_transfer,
@@ -79,7 +71,6 @@ __all__ = [
     "REDUCTIONS",
     "TAIL_FLOOR",
     "Divergence",
-    "active_exits",
     "adr_labels",
     "attention_map",
     "attention_transfer",
@@ -100,7 +91,6 @@ __all__ = [
     "ema_momentum",
     "ema_update",
     "ensemble_teacher_log_probs",
-    "exit_cross_entropies",
     "exit_weights",
     "filter_pseudo_labels",
     "forward_kl",
@@ -114,7 +104,6 @@ __all__ = [
     "krr_query_operator",
     "layer_dropout_rates",
     "layer_keep_mask",
-    "max_active_exits",
     "multi_exit_weights",
     "probe_alpha",
     "probe_operator",

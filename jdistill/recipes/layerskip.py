@@ -75,7 +75,7 @@ class LayerSkip(RecipeBase):
 
     def exits_computed(self, num_layers: int) -> int:
         """How many layers' cross-entropies each step computes (static): the most that have w(t, l) > 0."""
-        return losses.max_active_exits(
+        return losses.early_exit.max_active_exits(
             num_layers, e_scale=self.e_scale, curriculum=self.curriculum, rotation=self.rotation
         )
 
@@ -93,13 +93,13 @@ class LayerSkip(RecipeBase):
         weights = self.weights(num_layers, step)
         # Only the layers with w(t, l) > 0 go through the head (the last one first): e(0) = 0, and the rotational
         # curriculum turns on about L / R of them per step.
-        active = losses.active_exits(weights, self.exits_computed(num_layers))
+        active = losses.early_exit.active_exits(weights, self.exits_computed(num_layers))
         normed = jax.vmap(student.final_norm)(jnp.stack(out.hidden_states[1:])[active])  # [K, batch, seq, d]
         if config.kind == "classifier":
             normed = normed.mean(axis=2, keepdims=True)  # the classifier's head reads mean(norm(h))
             labels, mask = labels[:, None], None
         head, bias = student.head_weights()
-        sums, count = losses.exit_cross_entropies(
+        sums, count = losses.early_exit.exit_cross_entropies(
             normed, head, labels, mask=mask, bias=bias, chunk_size=self.chunk_size
         )
         total = jnp.dot(weights[active], sums)

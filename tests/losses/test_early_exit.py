@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jdistill import losses
-from jdistill.losses.early_exit import curriculum_mask, exit_scales
+from jdistill.losses.early_exit import active_exits, curriculum_mask, exit_scales, max_active_exits
 from jdistill.models import ModelConfig, Transformer
 from jdistill.recipes.layerskip import LayerSkip
 from jdistill.recipes.supervised import Supervised
@@ -197,14 +197,14 @@ def test_the_recipe_loss_is_the_weighted_sum_of_every_layers_cross_entropy(epoch
 def test_only_the_layers_with_a_weight_go_through_the_head():
     # e(0) = 0 and the rotational curriculum turns on every R-th layer plus the last: 8 layers, R = 2 -> at most 4
     # of the 8 layers' logits are formed per step (phase 0: 2, 4, 6, 7; phase 1: 1, 3, 5, 7).
-    assert losses.max_active_exits(8, e_scale=1.0, curriculum="rotational", rotation=2) == 4
-    assert losses.max_active_exits(8, e_scale=1.0, curriculum="rotational", rotation=4) == 3
-    assert losses.max_active_exits(8, e_scale=1.0, curriculum="none") == 7
-    assert losses.max_active_exits(8, e_scale=0.0, curriculum="gradual") == 1  # plain training: the last only
+    assert max_active_exits(8, e_scale=1.0, curriculum="rotational", rotation=2) == 4
+    assert max_active_exits(8, e_scale=1.0, curriculum="rotational", rotation=4) == 3
+    assert max_active_exits(8, e_scale=1.0, curriculum="none") == 7
+    assert max_active_exits(8, e_scale=0.0, curriculum="gradual") == 1  # plain training: the last only
     for step in range(4):
         weights = losses.exit_weights(8, step, e_scale=1.0, curriculum="rotational", rotation=2)
-        active = np.asarray(losses.active_exits(weights, 4))
+        active = np.asarray(active_exits(weights, 4))
         assert active[0] == 7  # the last layer first (its CE is the `ce` metric)
         assert set(active) == set(np.flatnonzero(np.asarray(weights) > 0))
     weights = losses.exit_weights(8, 0, e_scale=0.0, curriculum="none")
-    np.testing.assert_array_equal(np.asarray(losses.active_exits(weights, 3))[:1], [7])
+    np.testing.assert_array_equal(np.asarray(active_exits(weights, 3))[:1], [7])
