@@ -12,7 +12,9 @@ fixed random cotangent c) with respect to the parameters and x:
   - `one_hot`: the layer with `dispatch="one_hot"`: every expert on every token (E / top_k times the work).
 Times are medians over `repeats` rounds, the contenders called in alternating order within each round, after a
 warm-up call (compilation). Ratios: `moe_over_dense` = time(moe) / time(dense) (goal: <= 1.5),
-`one_hot_over_moe` = time(one_hot) / time(moe) (what routing saves over the naive dispatch).
+`one_hot_over_moe` = time(one_hot) / time(moe) (what routing saves over the naive dispatch). Each call's process
+CPU time is kept too (`cpu_ms`, `moe_over_dense_cpu`): on a machine shared with other jobs it stays comparable
+where wall times do not; the load average at the start is recorded (`load_average`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -124,11 +127,14 @@ def measure(
     from jdistill.bench.train_step import time_interleaved
 
     programs = _programs(tokens, d_model, experts, top_k, expert_dim, shared_dim)
-    wall, _ = time_interleaved(programs, steps=repeats, warmup=0)
+    wall, cpu = time_interleaved(programs, steps=repeats, warmup=0)
     seconds = {name: statistics.median(times) for name, times in wall.items()}
+    cpu_seconds = {name: statistics.median(times) for name, times in cpu.items()}
     return {
         "tokens": tokens,
         "ms": {name: 1e3 * value for name, value in seconds.items()},
+        "cpu_ms": {name: 1e3 * value for name, value in cpu_seconds.items()},
+        "moe_over_dense_cpu": cpu_seconds["moe"] / cpu_seconds["dense"],
         "tokens_per_s": {name: tokens / value for name, value in seconds.items()},
         "moe_over_dense": seconds["moe"] / seconds["dense"],
         "moe_ragged_dot_over_dense": seconds["moe_ragged_dot"] / seconds["dense"],
@@ -159,7 +165,10 @@ def run(
         f"experts, top-{top_k}, expert hidden {expert_dim}, shared {shared_dim}; dense hidden "
         f"{top_k * expert_dim + shared_dim} (same active parameters); median of {repeats}"
     )
-    printer(f"{'tokens':>7} " + " ".join(f"{name + ' tok/s':>20}" for name in CONTENDERS) + "  moe/dense  one_hot/moe")
+    load = os.getloadavg()[0]
+    printer(f"load average {load:.1f} at the start (wall times are only comparable on an otherwise idle machine)")
+    header = " ".join(f"{name + ' tok/s':>20}" for name in CONTENDERS)
+    printer(f"{'tokens':>7} {header}  moe/dense  one_hot/moe  moe/dense(cpu)")
     rows = []
     for count in tokens:
         row = measure(count, repeats=repeats, **layer)
@@ -168,6 +177,7 @@ def run(
             f"{count:>7} "
             + " ".join(f"{row['tokens_per_s'][name]:>20,.0f}" for name in CONTENDERS)
             + f"  {row['moe_over_dense']:>8.2f}x  {row['one_hot_over_moe']:>10.2f}x"
+            + f"  {row['moe_over_dense_cpu']:>13.2f}x"
         )
     met = all(row["moe_over_dense"] <= GOAL for row in rows)
     printer(f"goal (moe within {GOAL}x of dense at every token count): {'met' if met else 'NOT met'}")
@@ -178,6 +188,7 @@ def run(
         "goal_met": met,
         "backend": jax.default_backend(),
         "cores": available_cores(),
+        "load_average": load,
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
     }
     if json_path:

@@ -36,6 +36,15 @@ def block_size(capacity: int) -> int:
     return max(8, min(64, capacity // 8))
 
 
+class Blocks(NamedTuple):
+    """Overflow blocks of one size, each within one expert's group of the sorted assignments."""
+
+    expert: jax.Array  # [n] the expert of each block (n a static bound)
+    start: jax.Array  # [n] its first row in sorted order
+    end: jax.Array  # [n] the end of its expert's group in sorted order (rows from there are padding)
+    used: jax.Array  # the number of blocks in use
+
+
 class Plan(NamedTuple):
     """Where each of the T k assignments (token t's j-th at t k + j) goes, for capacity C and blocks of B rows."""
 
@@ -44,10 +53,21 @@ class Plan(NamedTuple):
     slot: jax.Array  # [T k] its batch slot e C + rank (0 when it overflows)
     slot_assignment: jax.Array  # [E C] the assignment in each batch slot (0 when empty)
     slot_used: jax.Array  # [E C] bool: the slot holds an assignment
-    block_expert: jax.Array  # [n] expert of each overflow block (n a static bound)
-    block_start: jax.Array  # [n] its first row in sorted order
-    block_end: jax.Array  # [n] the end of its expert's group in sorted order (rows from there are padding)
-    blocks: jax.Array  # the number of overflow blocks in use
+    big: Blocks  # an expert's overflow in whole blocks of BIG B rows first,
+    small: Blocks  # then the rest in blocks of B rows (the last one padded)
+
+
+BIG = 4  # big overflow blocks hold BIG * B rows: a heavily loaded expert runs larger products
+
+
+def _blocks(first, rows, group_end, size: int, bound: int) -> Blocks:
+    """Blocks of `size` rows covering rows [first_e, first_e + rows_e) of sorted order for every expert e."""
+    per_expert = (rows + size - 1) // size
+    ends = jnp.cumsum(per_expert)
+    block = jnp.arange(bound, dtype=jnp.int32)
+    expert = jnp.minimum(jnp.searchsorted(ends, block, side="right"), first.shape[0] - 1).astype(jnp.int32)
+    start = first[expert] + (block - (ends - per_expert)[expert]) * size
+    return Blocks(expert=expert, start=start, end=group_end[expert], used=ends[-1])
 
 
 def plan(experts, num_experts: int, capacity: int, size: int) -> Plan:
@@ -63,22 +83,18 @@ def plan(experts, num_experts: int, capacity: int, size: int) -> Plan:
     column = jnp.arange(capacity, dtype=jnp.int32)
     slot_used = column[None, :] < sizes[:, None]
     slot_assignment = jnp.where(slot_used, order[jnp.minimum(start[:, None] + column, rows - 1)], 0)
-    overflow_blocks = (jnp.maximum(sizes - capacity, 0) + size - 1) // size
-    blocks_end = jnp.cumsum(overflow_blocks)
-    bound = -(-max(rows - capacity, 0) // size) + num_experts  # sum_e ceil(overflow_e / B) for any routing
-    block = jnp.arange(bound, dtype=jnp.int32)
-    block_expert = jnp.minimum(jnp.searchsorted(blocks_end, block, side="right"), num_experts - 1).astype(jnp.int32)
-    first_block = (blocks_end - overflow_blocks)[block_expert]
+    overflow = jnp.maximum(sizes - capacity, 0)
+    big_rows = overflow // (BIG * size) * (BIG * size)
+    left = max(rows - capacity, 0)  # no routing overflows more rows than this
+    small_bound = min(BIG, -(-left // size)) * num_experts + 1  # at most BIG small blocks per expert
     return Plan(
         order=order,
         batched=batched,
         slot=jnp.where(batched, flat * capacity + rank, 0),
         slot_assignment=slot_assignment.reshape(-1),
         slot_used=slot_used.reshape(-1),
-        block_expert=block_expert,
-        block_start=start[block_expert] + capacity + (block - first_block) * size,
-        block_end=start[block_expert] + sizes[block_expert],
-        blocks=blocks_end[-1],
+        big=_blocks(start + capacity, big_rows, start + sizes, BIG * size, left // (BIG * size) + 1),
+        small=_blocks(start + capacity + big_rows, overflow - big_rows, start + sizes, size, small_bound),
     )
 
 
@@ -114,13 +130,14 @@ def _experts(x, weights, w_gate, w_up, w_down, p: Plan, cap: int, size: int):
     return _experts_fwd(x, weights, w_gate, w_up, w_down, p, cap, size)[0]
 
 
-def _overflow_step(weights, p: Plan, i, k: int, size: int):
-    """(rows' tokens, rows' routing weights (0 on padding), which rows are real, their expert) of overflow block i."""
-    start = p.block_start[i]
-    assignments = jax.lax.dynamic_slice(p.order, (start,), (size,))
-    real = start + jnp.arange(size) < p.block_end[i]
+def _overflow_step(weights, order, blocks: Blocks, i, k: int, size: int):
+    """(assignments, their tokens, their routing weights (0 on padding), which rows are real, the expert) of block
+    i of `blocks`; `order` is padded so that a block may read past its end."""
+    start = blocks.start[i]
+    assignments = jax.lax.dynamic_slice(order, (start,), (size,))
+    real = start + jnp.arange(size) < blocks.end[i]
     scale = jnp.where(real, weights.reshape(-1)[assignments], 0)
-    return assignments, assignments // k, scale, real, p.block_expert[i]
+    return assignments, assignments // k, scale, real, blocks.expert[i]
 
 
 def _experts_fwd(x, weights, w_gate, w_up, w_down, p: Plan, cap: int, size: int):
@@ -129,16 +146,17 @@ def _experts_fwd(x, weights, w_gate, w_up, w_down, p: Plan, cap: int, size: int)
     gate, up = _bdot(xb, w_gate, 2, 1), _bdot(xb, w_up, 2, 1)
     rows = _bdot(jax.nn.silu(gate) * up, w_down, 2, 1).reshape(num_experts * cap, -1)
     y = jnp.sum(rows[p.slot.reshape(tokens, k)] * _batch_weights(weights, p).astype(rows.dtype)[..., None], axis=1)
-    order = jnp.concatenate([p.order, jnp.zeros((size,), p.order.dtype)])  # blocks may read past the end
+    order = jnp.concatenate([p.order, jnp.zeros((BIG * size,), p.order.dtype)])  # blocks may read past the end
     padded = p._replace(order=order)
+    for blocks, rows_per_block in ((p.big, BIG * size), (p.small, size)):
 
-    def overflow(i, y):
-        _, rows_tokens, scale, _, e = _overflow_step(weights, padded, i, k, size)
-        xo = x[rows_tokens]
-        out = (jax.nn.silu(xo @ w_gate[e]) * (xo @ w_up[e])) @ w_down[e]
-        return y.at[rows_tokens].add((out * scale.astype(out.dtype)[:, None]).astype(y.dtype))
+        def overflow(i, y, blocks=blocks, rows_per_block=rows_per_block):
+            _, rows_tokens, scale, _, e = _overflow_step(weights, order, blocks, i, k, rows_per_block)
+            xo = x[rows_tokens]
+            out = (jax.nn.silu(xo @ w_gate[e]) * (xo @ w_up[e])) @ w_down[e]
+            return y.at[rows_tokens].add((out * scale.astype(out.dtype)[:, None]).astype(y.dtype))
 
-    y = jax.lax.fori_loop(0, p.blocks, overflow, y)
+        y = jax.lax.fori_loop(0, blocks.used, overflow, y)
     return y, (x, weights, w_gate, w_up, w_down, padded, xb, gate, up, rows)
 
 
@@ -158,9 +176,9 @@ def _experts_bwd(cap, size, residuals, d_y):
     d_xb = (_bdot(d_gate, w_gate, 2, 2) + _bdot(d_up, w_up, 2, 2)).reshape(num_experts * cap, -1)
     d_x = jnp.where(p.batched[:, None], d_xb[p.slot], 0).reshape(tokens, k, -1).sum(1)
 
-    def overflow(i, grads):  # the overflow blocks' gradients, summed in place into the batch's (float32)
+    def overflow(i, grads, blocks, rows_per_block):  # the overflow blocks' gradients, summed into the batch's
         d_x, d_weights, d_gate_w, d_up_w, d_down_w = grads
-        assignments, rows_tokens, scale, real, e = _overflow_step(weights, p, i, k, size)
+        assignments, rows_tokens, scale, real, e = _overflow_step(weights, p.order, blocks, i, k, rows_per_block)
         xo, dy = x[rows_tokens], d_y[rows_tokens]
         g, u = xo @ w_gate[e], xo @ w_up[e]
         silu, slope = _silu_parts(g)
@@ -177,8 +195,10 @@ def _experts_bwd(cap, size, residuals, d_y):
         d_x = d_x.at[rows_tokens].add(d_xo.astype(d_x.dtype))
         return d_x, d_weights.reshape(tokens, k), d_gate_w, d_up_w, d_down_w
 
-    grads = tuple(g.astype(jnp.float32) for g in (d_x, d_weights, d_gate_w, d_up_w, d_down_w))
-    grads = jax.lax.fori_loop(0, p.blocks, overflow, grads)
+    grads = tuple(g.astype(jnp.float32) for g in (d_x, d_weights, d_gate_w, d_up_w, d_down_w))  # float32 sums
+    for blocks, rows_per_block in ((p.big, BIG * size), (p.small, size)):
+        step = functools.partial(overflow, blocks=blocks, rows_per_block=rows_per_block)
+        grads = jax.lax.fori_loop(0, blocks.used, step, grads)
     return (*(g.astype(a.dtype) for g, a in zip(grads, (x, weights, w_gate, w_up, w_down), strict=True)), None)
 
 

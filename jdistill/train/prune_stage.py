@@ -105,6 +105,28 @@ def prune_teacher(config: Any, teacher, run_dir: Path) -> Path:
     return out
 
 
+# Which blocks of a mixture-of-experts teacher are MoE follows from the blocks the prune keeps (known only after
+# block influence is scored): the pruned checkpoint's MoE fields (`jdistill.hf.prune.prune_layers` rebuilds
+# `dense_layers`; a prune that keeps no MoE block is a dense model) replace those `resolve_prune` derived from the
+# teacher.
+MOE_LAYOUT_FIELDS = (
+    "num_experts",
+    "experts_per_token",
+    "moe_mlp_dim",
+    "shared_expert_dim",
+    "norm_topk_prob",
+    "moe_every",
+    "dense_layers",
+)
+
+
 def pruned_stage_config(config: Any, init_dir: Path):
-    """The student stage config that starts from the pruned teacher."""
-    return dataclasses.replace(config.student, init_from=f"hf:{init_dir}")
+    """The student stage config that starts from the pruned teacher (its MoE layout that of the saved blocks)."""
+    from jdistill.hf.init_from import checkpoint_model
+
+    spec = f"hf:{init_dir}"
+    saved, _ = checkpoint_model(spec, "student")
+    layout = {name: getattr(saved, name) for name in MOE_LAYOUT_FIELDS}
+    return dataclasses.replace(
+        config.student, init_from=spec, model=dataclasses.replace(config.student.model, **layout)
+    )

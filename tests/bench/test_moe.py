@@ -19,6 +19,8 @@ def test_a_tiny_run_reports_every_contender_and_consistent_ratios(tmp_path):
     assert set(row["tokens_per_s"]) == set(CONTENDERS) and all(v > 0 for v in row["tokens_per_s"].values())
     assert row["moe_over_dense"] == pytest.approx(row["ms"]["moe"] / row["ms"]["dense"])
     assert row["one_hot_over_moe"] == pytest.approx(row["ms"]["one_hot"] / row["ms"]["moe"])
+    assert row["moe_over_dense_cpu"] == pytest.approx(row["cpu_ms"]["moe"] / row["cpu_ms"]["dense"])
+    assert set(row["cpu_ms"]) == set(CONTENDERS) and results["load_average"] >= 0
     assert results["settings"]["dense_hidden"] == 2 * 8  # top_k * expert_dim: the same active parameters
     assert results["goal_met"] == (row["moe_over_dense"] <= 1.5)
     assert json.loads(path.read_text())["rows"][0]["tokens"] == 32

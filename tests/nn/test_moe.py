@@ -121,17 +121,18 @@ def _grads(dispatch, x, weights, experts, w_gate, w_up, w_down):
 
 
 def test_blocked_dispatch_batches_and_overflow_blocks_equal_one_hot_in_values_and_gradients():
-    x, _, w_gate, w_up, w_down = _problem(64, 8, 6, 4, 2, seed=1)
+    x, _, w_gate, w_up, w_down = _problem(96, 8, 6, 4, 2, seed=1)
     rng = np.random.default_rng(1)
-    # expert 0: all 64 tokens; expert 3 (the last one in sorted order): 45; expert 2: 19; expert 1: none.
-    # Capacity 32, blocks of 8 rows.
-    experts = np.stack([np.zeros(64, int), np.where(np.arange(64) < 45, 3, 2)], axis=1)
+    # expert 0: all 96 tokens; expert 3 (the last one in sorted order): 70; expert 2: 26; expert 1: none.
+    experts = np.stack([np.zeros(96, int), np.where(np.arange(96) < 70, 3, 2)], axis=1)
     experts[1::2] = experts[1::2, ::-1]  # either order within a token
-    weights = rng.uniform(0.1, 1.0, size=(64, 2)).astype(np.float32)
-    capacity = moe_blocked.capacity(128, 4)
+    weights = rng.uniform(0.1, 1.0, size=(96, 2)).astype(np.float32)
+    capacity = moe_blocked.capacity(192, 4)
     plan = jax.jit(moe_blocked.plan, static_argnums=(1, 2, 3))(jnp.asarray(experts), 4, capacity, 8)
-    assert (capacity, moe_blocked.block_size(capacity)) == (32, 8)
-    assert int(plan.blocks) == 4 + 2  # expert 3's 13 overflowing rows in two blocks, the second padded past the end
+    assert (capacity, moe_blocked.block_size(capacity), moe_blocked.BIG) == (48, 8, 4)
+    # expert 0 overflows by 48 rows: one big block of 32, two small ones; expert 3 by 22: three small blocks, the
+    # last one padded past the end of the sorted assignments
+    assert (int(plan.big.used), int(plan.small.used)) == (1, 2 + 3)
     blocked_values, blocked_grads = _grads(blocked, x, weights, experts, w_gate, w_up, w_down)
     values, grads = _grads(moe_one_hot, x, weights, experts, w_gate, w_up, w_down)
     np.testing.assert_allclose(values, _numpy_moe(x, weights, experts, w_gate, w_up, w_down), atol=2e-5)
