@@ -101,7 +101,10 @@ class DiffusionDistillation(DiffusionTeacher):
 
     def teacher_module(self, recipe_state):
         """The teacher denoiser with the weights of the recipe state, held fixed."""
-        params = jax.lax.stop_gradient(recipe_state["teacher"])
+        return self.denoiser_module(jax.lax.stop_gradient(recipe_state["teacher"]))
+
+    def denoiser_module(self, params):
+        """A denoiser of the teacher's architecture with `params` (the teacher's, or a copy trained alongside)."""
         return nnx.merge(_teacher_graphdef(self.teacher_run), params)
 
     def teacher_x0(self, teacher, labels, scale=None):

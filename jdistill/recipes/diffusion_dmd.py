@@ -42,7 +42,7 @@ from jdistill.diffusion.samplers import make_sampler
 from jdistill.diffusion.schedules import predict
 from jdistill.errors import ConfigError
 from jdistill.recipes.base import SecondNetwork, second_network_slot
-from jdistill.recipes.diffusion_distill_base import DiffusionDistillation, _teacher_graphdef
+from jdistill.recipes.diffusion_distill_base import DiffusionDistillation
 from jdistill.recipes.dino import copy_params
 
 FAKE_SCORE = "fake_score"
@@ -124,7 +124,7 @@ class GeneratorDistillation(DiffusionDistillation):
         return SecondNetwork(FAKE_SCORE, self.fake_optimizer(), self.fake_score_loss, self.fake_updates_per_step)
 
     def fake_module(self, params):
-        return nnx.merge(_teacher_graphdef(self.teacher_run), params)
+        return self.denoiser_module(params)
 
     def init(self, student_params, teacher_params, rng):
         student_params, state = super().init(student_params, teacher_params, rng)

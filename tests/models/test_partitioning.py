@@ -101,6 +101,8 @@ def _modules():
 # the denoiser itself is covered by the teacher recipes' wrappers above, the modules they add around it here.
 TEACHER_RUN_RECIPES = {
     "diffusion_consistency",
+    "diffusion_dmd",
+    "diffusion_sid",
     "diffusion_guidance",
     "diffusion_progressive",
     "diffusion_rectified",
