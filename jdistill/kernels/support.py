@@ -160,7 +160,7 @@ def choose(what: str, auto_table: Mapping[str, tuple[str, ...]], fallback: str, 
     for impl in preferred:
         problem = problem_of(impl, platform)
         if problem is None:
-            reason = f"the fastest kernel for {platform} that runs this call"
+            reason = f"the {'first' if not problems else 'next'} choice for {platform}"
             report_auto_choice(what, impl, "; ".join([*problems, reason]), passed_over=False)
             return impl
         problems.append(f"{impl!r} cannot run: {problem}")

@@ -142,11 +142,13 @@ def test_auto_passes_over_a_kernel_that_cannot_run_with_one_warning_per_reason(p
     assert auto_records(caplog) == [
         (
             logging.WARNING,
-            "attention_impl='auto' runs 'xla': 'pallas_gpu' cannot run: head_dim 96 is not one of 64, 128, 256",
+            "attention_impl='auto' runs 'xla': 'cudnn' cannot run: dtype float32 is not one of bfloat16, float16; "
+            "'pallas_gpu' cannot run: head_dim 96 is not one of 64, 128, 256",
         ),
         (
             logging.WARNING,
-            "attention_impl='auto' runs 'xla': 'pallas_gpu' cannot run: head_dim 32 is not one of 64, 128, 256",
+            "attention_impl='auto' runs 'xla': 'cudnn' cannot run: dtype float32 is not one of bfloat16, float16; "
+            "'pallas_gpu' cannot run: head_dim 32 is not one of 64, 128, 256",
         ),
         (
             logging.WARNING,
@@ -156,7 +158,7 @@ def test_auto_passes_over_a_kernel_that_cannot_run_with_one_warning_per_reason(p
     ]
 
 
-def test_auto_on_gpu_runs_the_fused_kernel_when_it_can(platform, monkeypatch, caplog):
+def test_auto_on_gpu_runs_the_fused_kernel_where_cudnn_cannot(platform, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="jdistill.kernels")
     platform("gpu")
     ran = []
@@ -164,7 +166,24 @@ def test_auto_on_gpu_runs_the_fused_kernel_when_it_can(platform, monkeypatch, ca
     q, k, v = qkv(head_dim=64)
     gated_attention(q, k, v, causal=True)
     assert ran == [1]
-    assert auto_records(caplog) == [(logging.INFO, "attention_impl='auto' runs 'pallas_gpu': the fused kernel for gpu")]
+    assert auto_records(caplog) == [
+        (
+            logging.INFO,
+            "attention_impl='auto' runs 'pallas_gpu': 'cudnn' cannot run: dtype float32 is not one of bfloat16, "
+            "float16; the next choice for gpu",
+        )
+    ]
+
+
+def test_auto_on_gpu_runs_cudnn_first_when_it_can(platform, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="jdistill.kernels")
+    platform("gpu")
+    ran = []
+    for name in ("cudnn", "pallas_gpu"):
+        monkeypatch.setitem(attention._IMPLS, name, lambda *args, name=name, **kwargs: ran.append(name) or args[0])
+    gated_attention(*qkv(head_dim=64, dtype=jnp.bfloat16), causal=True)
+    assert ran == ["cudnn"]
+    assert auto_records(caplog) == [(logging.INFO, "attention_impl='auto' runs 'cudnn': the first choice for gpu")]
 
 
 @pytest.mark.parametrize(
@@ -232,7 +251,7 @@ def test_delta_rule_auto_reports_its_choice_once(platform, monkeypatch, caplog):
             "delta_rule_impl='auto' runs 'chunked': 'pallas_gpu' cannot run: key head dim 24 is not "
             "a power of two >= 16",
         ),
-        (logging.INFO, "delta_rule_impl='auto' runs 'pallas_gpu': the fused kernel for gpu"),
+        (logging.INFO, "delta_rule_impl='auto' runs 'pallas_gpu': the first choice for gpu"),
     ]
 
 
