@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from jdistill.configs import load_config
@@ -62,6 +63,7 @@ def test_llm_kd_prunes_the_teacher_and_reports_every_stage(tmp_path, data_dir, m
     assert summary["student_pruned"]["nll"] < summary["student_scratch"]["nll"]
 
 
+@pytest.mark.slow  # 43 s; GKD's default-suite checks: tests/recipes/test_gkd.py
 def test_llm_gkd_reports_on_policy_and_off_policy_stages(tmp_path, data_dir):
     config = load_config("llm_gkd", TINY_GKD)
     assert config.run.compare_distill("offpolicy", config.distill).options["lam"] == 0.0
