@@ -20,6 +20,7 @@ docs/diffusion_metrics.md#the-digits-classifier.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -247,3 +248,19 @@ def load_or_train(
 def classifier_info(classifier: FeatureClassifier) -> dict[str, Any]:
     """The facts the benchmark reports about its feature network."""
     return {key: classifier.info.get(key) for key in ("key", "test_accuracy", "train_seconds")}
+
+
+@functools.cache
+def reward_classifier(seed: int) -> Transformer:
+    """A reward model for generators (Hyper-SD's feedback stage, DMD meets RL): the digits classifier of
+    `DEFAULT_SETTINGS` trained with `seed` (once, cached like the digits-FD network), whose `logits` score images
+    in [0, 1]. Its seed must differ from the digits-FD network's (`reward_seed_problem`): a generator rewarded by
+    the network that scores it could raise its score without better samples."""
+    return load_or_train(dataclasses.replace(DEFAULT_SETTINGS, seed=seed)).model
+
+
+def reward_seed_problem(seed: int) -> str | None:
+    """Why `seed` cannot seed a reward classifier (None when it can)."""
+    if seed == DEFAULT_SETTINGS.seed:
+        return f"reward_seed {seed} is the digits-FD network's, which scores the samples"
+    return None

@@ -24,7 +24,6 @@ sampled. Sampling: `consistency` multistep sampling for cd / ct / image_free, st
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ from flax import nnx
 
 from jdistill.diffusion import samplers
 from jdistill.diffusion.data import to_unit
-from jdistill.diffusion.feature_classifier import DEFAULT_SETTINGS
+from jdistill.diffusion.feature_classifier import reward_classifier, reward_seed_problem
 from jdistill.diffusion.methods import consistency as cm
 from jdistill.diffusion.methods import consistency_continuous as cc
 from jdistill.diffusion.methods import consistency_trajectory as tc
@@ -89,8 +88,8 @@ class DiffusionConsistency(DiffusionDistillation):
             raise ValueError(f"reward_weight must be >= 0 and set only for variant hyper_sd, got {self.reward_weight}")
         if not 0.0 <= self.reward_start <= 1.0:
             raise ValueError(f"reward_start must be in [0, 1], got {self.reward_start}")
-        if self.reward_weight and self.reward_seed == DEFAULT_SETTINGS.seed:
-            raise ValueError(f"reward_seed {self.reward_seed} is the digits-FD network's, which scores the samples")
+        if self.reward_weight and (problem := reward_seed_problem(self.reward_seed)):
+            raise ValueError(problem)
 
     def check(self, config):
         super().check(config)
@@ -240,13 +239,3 @@ class DiffusionConsistency(DiffusionDistillation):
             return tc.strategic_stochastic_sample(f, x_T, grid, rng, schedule, gamma=gamma)
 
         return run, params
-
-
-@functools.cache
-def reward_classifier(seed: int):
-    """The reward model of Hyper-SD's feedback stage: the digits classifier of
-    `jdistill.diffusion.feature_classifier.DEFAULT_SETTINGS` trained with `seed` (trained once and cached like the
-    digits-FD network), an NNX `Transformer` whose `logits` score images in [0, 1]."""
-    from jdistill.diffusion.feature_classifier import load_or_train
-
-    return load_or_train(dataclasses.replace(DEFAULT_SETTINGS, seed=seed)).model

@@ -19,14 +19,14 @@ y_ref at `pair_nfe`) are drawn once at `init` into `recipe_state["pairs"]`. A K-
 own intermediate states (backward simulation): each example draws a step k, its input is the generator's sample
 after k steps re-noised to t_k. The sampled and evaluated generator is the EMA of the student (`ema_decay`).
 DMD meets RL (`reward_weight` > 0, preset `diffusion_dmd_rl`): the generator's loss also subtracts
-reward_weight x mean log p(y | x) of the requested class under the cached digits classifier
-(`jdistill.diffusion.feature_classifier`; its weights in `recipe_state["reward"]`, held fixed).
+reward_weight x mean log p(y | x) of the requested class under a digits classifier trained with `reward_seed`
+(`jdistill.diffusion.feature_classifier.reward_classifier`; not the digits-FD network that scores the samples; its
+weights in `recipe_state["reward"]`, held fixed).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from jdistill.diffusion.data import to_unit
+from jdistill.diffusion.feature_classifier import reward_classifier, reward_seed_problem
 from jdistill.diffusion.methods import dmd, multi_student
 from jdistill.diffusion.methods.common import METRICS, per_example_distance
 from jdistill.diffusion.objectives import teacher_loss
@@ -47,14 +48,6 @@ from jdistill.recipes.dino import copy_params
 
 FAKE_SCORE = "fake_score"
 VARIANTS = ("dmd", "dmd2")
-
-
-@functools.cache
-def reward_classifier():
-    """The digits classifier whose log-likelihood of the requested class is DMD meets RL's reward (loaded once)."""
-    from jdistill.diffusion.feature_classifier import load_or_train
-
-    return load_or_train().model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +219,7 @@ class DiffusionDMD(GeneratorDistillation):
     pair_sampler: str = "heun"
     pair_nfe: int = 35
     reward_weight: float = 0.0  # DMD meets RL: weight of -log p(y | x) under the digits classifier
+    reward_seed: int = 1  # DMD meets RL: the reward classifier's seed (not the digits-FD network's, seed 0)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -234,6 +228,8 @@ class DiffusionDMD(GeneratorDistillation):
             raise ValueError("variant dmd trains a one-step generator: set generator_steps: 1 (or variant: dmd2)")
         if self.num_pairs < 1 or self.regression_weight < 0 or self.reward_weight < 0:
             raise ValueError("num_pairs must be >= 1, regression_weight and reward_weight >= 0")
+        if self.reward_weight and (problem := reward_seed_problem(self.reward_seed)):
+            raise ValueError(problem)
         if self.regression_metric not in METRICS:
             raise ValueError(f"regression_metric must be one of {', '.join(METRICS)}, got {self.regression_metric!r}")
         super().__post_init__()
@@ -254,12 +250,14 @@ class DiffusionDMD(GeneratorDistillation):
         if self.regresses:
             state = dict(state, pairs=self.make_pairs(state, rng))
         if self.reward_weight > 0:
-            state = dict(state, reward=copy_params(nnx.state(reward_classifier())))
+            state = dict(state, reward=copy_params(nnx.state(reward_classifier(self.reward_seed))))
         return student_params, state
 
     def reward(self, recipe_state, x, labels):
         """mean log p(labels | x) under the reward classifier (its weights held fixed)."""
-        classifier = nnx.merge(nnx.graphdef(reward_classifier()), jax.lax.stop_gradient(recipe_state["reward"]))
+        classifier = nnx.merge(
+            nnx.graphdef(reward_classifier(self.reward_seed)), jax.lax.stop_gradient(recipe_state["reward"])
+        )
         return jnp.mean(dmd.class_log_likelihood(classifier(to_unit(x)).logits, labels))
 
     def make_pairs(self, state, rng):

@@ -151,7 +151,7 @@ def test_dmd_meets_rl_subtracts_the_class_reward(monkeypatch):
         ModelConfig(kind="classifier", num_layers=1, d_model=16, num_heads=2, mlp_dim=32, patch_size=4, num_classes=10),
         rngs=nnx.Rngs(0),
     )
-    monkeypatch.setattr(diffusion_dmd, "reward_classifier", lambda: classifier)
+    monkeypatch.setattr(diffusion_dmd, "reward_classifier", lambda seed: classifier)
     options = dict(teacher_run="fake", num_pairs=8, pair_sampler="euler", pair_nfe=2)
     plain, rl = DiffusionDMD(**options), DiffusionDMD(**options, reward_weight=0.5)
     graphdef, params, state = fake_teacher.student_of(rl, images=True)
@@ -165,3 +165,10 @@ def test_dmd_meets_rl_subtracts_the_class_reward(monkeypatch):
     np.testing.assert_allclose(float(value), float(base_value) - 0.5 * float(metrics["reward"]), rtol=1e-5)
     grads = jax.grad(lambda p: loss(rl, p, state)[0])(params)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 0
+
+
+def test_dmd_meets_rl_refuses_the_digits_fd_network_as_its_reward(monkeypatch):
+    fake_teacher.install(monkeypatch, EDM(), images=True)
+    with pytest.raises(ValueError, match="reward_seed 0 is the digits-FD network's, which scores the samples"):
+        DiffusionDMD(teacher_run="fake", reward_weight=0.5, reward_seed=0)
+    DiffusionDMD(teacher_run="fake", reward_seed=0)  # no reward: the seed is unused
