@@ -14,24 +14,19 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jdistill.configs import MeshConfig, TrainConfig
-from jdistill.models import ModelConfig, Transformer
+from jdistill.configs import MeshConfig
+from jdistill.models import ModelConfig
 from jdistill.nn import moe
 from jdistill.recipes.kd import KnowledgeDistillation
 from jdistill.train import sharding
-from jdistill.train.optim import make_optimizer
-from jdistill.train.state import TrainState
-from jdistill.train.step import StepShardings, make_train_step
+from tests.train import sharded_checks
 
 MOE = dict(kind="lm", d_model=32, num_heads=2, mlp_dim=64, vocab_size=64, max_seq_len=16, mlp="glu", activation="silu")
 MOE |= dict(mlp_bias=False, num_experts=8, experts_per_token=2, moe_mlp_dim=32)
 TEACHER = ModelConfig(num_layers=1, shared_expert_dim=16, **MOE)
 STUDENT = ModelConfig(num_layers=1, **MOE)
-TRAIN = TrainConfig(steps=10, warmup_steps=1, learning_rate=3e-3, batch_size=8)
 MESHES = {
     "single": MeshConfig(data=1),
     "expert8": MeshConfig(data=1, expert=8),
@@ -58,21 +53,11 @@ def batches(count=2):
 
 
 def run(mesh_config):
-    teacher_graphdef, teacher_params = nnx.split(Transformer(TEACHER, rngs=nnx.Rngs(1)))
-    graphdef, params = nnx.split(Transformer(STUDENT, rngs=nnx.Rngs(2)))
-    optimizer = make_optimizer(TRAIN)
     recipe = KnowledgeDistillation(temperature=2.0, label_weight=0.5, router_aux_loss_coef=0.1, router_z_loss_coef=0.01)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-    mesh = sharding.make_mesh(mesh_config)
-    rules = sharding.resolve_rules(mesh_config.rules)
-    state_shardings = sharding.state_shardings(state, mesh, rules)
-    teacher_shardings = sharding.param_shardings(teacher_params, mesh, rules)
+    step, state, teacher_params, batch_shardings, mesh = sharded_checks.build(
+        mesh_config, teacher=TEACHER, student=STUDENT, recipe=recipe, batches=batches
+    )
     first = next(batches(1))
-    batch_shardings = sharding.batch_shardings(first, mesh, rules)
-    shardings = StepShardings(state_shardings, teacher_shardings, batch_shardings, sharding.replicated(mesh), rules)
-    step = make_train_step(graphdef, recipe, optimizer, seed=0, teacher_graphdef=teacher_graphdef, shardings=shardings)
-    state = sharding.shard(state, state_shardings)
-    teacher_params = sharding.shard(teacher_params, teacher_shardings)
     hlo = step.lower(state, teacher_params, sharding.global_batch(first, batch_shardings)).compile().as_text()
     losses, balance = [], []
     for batch in batches():

@@ -50,12 +50,13 @@ def batches(count=3):
         }
 
 
-def build(mesh_config):
-    """(jitted sharded step, sharded state, sharded teacher params, batch shardings) for a mesh."""
-    teacher_graphdef, teacher_params = nnx.split(Transformer(TEACHER, rngs=nnx.Rngs(1)))
-    graphdef, params = nnx.split(Transformer(STUDENT, rngs=nnx.Rngs(2)))
+def build(mesh_config, *, teacher=TEACHER, student=STUDENT, recipe=None, batches=batches):
+    """(jitted sharded step, sharded state, sharded teacher params, batch shardings, mesh) for a mesh: a KD step
+    (temperature 2, label weight 0.5 unless `recipe` is given) of `student` from `teacher` on `batches()`."""
+    teacher_graphdef, teacher_params = nnx.split(Transformer(teacher, rngs=nnx.Rngs(1)))
+    graphdef, params = nnx.split(Transformer(student, rngs=nnx.Rngs(2)))
     optimizer = make_optimizer(TRAIN)
-    recipe = KnowledgeDistillation(temperature=2.0, label_weight=0.5)
+    recipe = recipe or KnowledgeDistillation(temperature=2.0, label_weight=0.5)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
     mesh = sharding.make_mesh(mesh_config)
     rules = sharding.resolve_rules(mesh_config.rules)
