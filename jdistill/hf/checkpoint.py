@@ -13,12 +13,13 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, Sharding
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from jdistill.hf.config import HFImportError, hf_config_from_model, model_config_from_hf
 from jdistill.hf.files import read_json
-from jdistill.hf.moe_layout import PACKED, expert_layout, packed_shapes, unpack_experts
+from jdistill.hf.moe_layout import PACKED, expert_layout, packed_part, packed_shapes
 from jdistill.hf.weights import dump_tensors, expected_hf_shapes, load_tensors, tensor_mappings
 from jdistill.models import Transformer
 from jdistill.models.config import DType, ModelConfig
@@ -98,9 +99,25 @@ def _each_tensor(directory: Path, names: list[str], read: Callable[[Any, str], A
     return out
 
 
-def read_tensors(directory: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """The named tensors (bf16 arrives as ml_dtypes.bfloat16); a missing one is a one-line error."""
-    return _each_tensor(directory, names, lambda f, name: f.get_tensor(name))
+def _tensor_reader(directory: Path, config: ModelConfig, names: list[str], packed: bool) -> Callable[[str], np.ndarray]:
+    """name -> that tensor, read from its file when asked (one tensor in host memory at a time). In a packed
+    checkpoint an expert's released tensor is read as its slice of the packed one (only that expert's rows)."""
+    files = _files_of(directory, names)
+    listed_in = str(directory / INDEX_FILE) if (directory / INDEX_FILE).is_file() else None
+
+    def read(name: str) -> np.ndarray:
+        part = packed_part(config, name) if packed else None
+        stored = name if part is None else part[0]
+        with _open(files[stored], listed_in) as f:
+            try:
+                if part is None:
+                    return f.get_tensor(stored)
+                _, expert, rows = part
+                return f.get_slice(stored)[expert : expert + 1][0][rows]
+            except (SafetensorError, ValueError, OSError) as error:
+                raise HFImportError(f"{files[stored]}: tensor {stored} cannot be read ({error})") from None
+
+    return read
 
 
 def _expected_shapes(model_config: ModelConfig, directory: Path) -> tuple[dict[str, tuple[int, ...]], bool]:
@@ -126,34 +143,47 @@ def check_weights(model_config: ModelConfig, path: str | os.PathLike) -> None:
             )
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype: DType = "float32") -> Transformer:
+def from_pretrained(
+    path: str | os.PathLike, *, dtype: DType = "float32", mesh: Mesh | None = None, rules: dict | None = None
+) -> Transformer:
     """A jdistill decoder LM with the weights of a local `LlamaForCausalLM` / `Qwen3ForCausalLM` /
     `Qwen3MoeForCausalLM` / `Qwen3NextForCausalLM` checkpoint (MoE experts in the released per-expert layout or
     transformers' packed one, docs/moe.md).
 
     `dtype` is the compute dtype; parameters are kept in float32. `model(input_ids).logits` matches
-    transformers' logits (float32: max abs difference <= 1e-4 in the tests).
+    transformers' logits (float32: max abs difference <= 1e-4 in the tests). `mesh` (a `jax.sharding.Mesh` with
+    jdistill's axes, `jdistill.train.sharding.make_mesh`) and `rules` (logical -> mesh axes; default the
+    library's): every parameter is loaded straight into its sharded layout, each process reading only what its
+    devices hold (docs/scaling_out.md, "Loading a large checkpoint").
     """
     directory = Path(path)
     config = model_config_from_hf(
         read_json(directory / "config.json"), dtype=dtype, source=str(directory / "config.json")
     )
     model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))  # shapes only: every weight is read
-    load_weights(model, directory)
+    load_weights(model, directory, shardings=None if mesh is None else model_shardings(model, mesh, rules))
     return model
 
 
-def load_weights(model: Transformer, path: str | os.PathLike) -> None:
-    """Overwrite `model`'s parameters with the checkpoint's (its config must describe the same architecture)."""
+def model_shardings(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> dict[tuple, Sharding]:
+    """parameter path -> its NamedSharding on `mesh` by the parameter's logical axes and `rules`."""
+    from jdistill.train.sharding import param_shardings, resolve_rules
+
+    specs = param_shardings(nnx.state(model, nnx.Param), mesh, resolve_rules(rules))
+    return {tuple(path): variable.get_value() for path, variable in nnx.to_flat_state(specs)}
+
+
+def load_weights(model: Transformer, path: str | os.PathLike, shardings: dict[tuple, Sharding] | None = None) -> None:
+    """Overwrite `model`'s parameters with the checkpoint's (its config must describe the same architecture), one
+    parameter at a time; `shardings` (`model_shardings`): build each parameter in that sharding
+    (`jdistill.hf.weights.load_tensors`)."""
     directory = Path(path)
     check_weights(model.config, directory)  # names, shapes and readable files, before any data is read
     mappings = tensor_mappings(model.config)
     expected, packed = _expected_shapes(model.config, directory)
-    tensors = read_tensors(directory, list(expected))
-    if packed:
-        tensors = unpack_experts(model.config, tensors)
+    read = _tensor_reader(directory, model.config, list(expected), packed)
     try:
-        load_tensors(model, tensors, mappings)
+        load_tensors(model, read, mappings, shardings)
     except ValueError as error:
         raise HFImportError(f"{directory}: {error}") from None
     unread = [leaf for leaf in jax.tree.leaves(nnx.state(model)) if isinstance(leaf, jax.ShapeDtypeStruct)]

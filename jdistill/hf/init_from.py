@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flax import nnx
+from jax.sharding import Mesh
 
 from jdistill.errors import ConfigError, UserError
 from jdistill.hf.config import HFImportError, model_config_from_hf
@@ -102,16 +103,18 @@ def _lookup(config: Any, dotted: str) -> Any:
     return config
 
 
-def load_init_model(stage_config: Any, role: str) -> Transformer:
-    """A Transformer of the stage's (resolved) model with the weights of its `init_from`."""
+def load_init_model(stage_config: Any, role: str, layout: tuple[Mesh, dict | None] | None = None) -> Transformer:
+    """A Transformer of the stage's (resolved) model with the weights of its `init_from`; `layout` (mesh, mesh
+    rules): an "hf:DIR" checkpoint is read straight into that sharded layout (`jdistill.hf.from_pretrained`)."""
     saved, source = checkpoint_model(stage_config.init_from, role)
     model_config = merge_model(stage_config.model, saved, role, source)
     if stage_config.init_from.startswith("hf:"):
-        from jdistill.hf.checkpoint import load_weights
+        from jdistill.hf.checkpoint import load_weights, model_shardings
 
         model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))  # every weight is read
+        shardings = None if layout is None else model_shardings(model, *layout)
         try:
-            load_weights(model, hf_dir(stage_config.init_from, f"{role}.init_from"))
+            load_weights(model, hf_dir(stage_config.init_from, f"{role}.init_from"), shardings)
         except HFImportError as error:
             raise HFImportError(f"{role}.init_from: {error}") from None
         return model

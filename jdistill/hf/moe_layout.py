@@ -7,12 +7,10 @@
     `mlp.experts.gate_up_proj [E, 2f, d]` (gate rows first, then up) and `mlp.experts.down_proj [E, d, f]`.
 
 jdistill reads both and writes the released one; `jdistill.hf.weights` maps the released names, and a packed
-checkpoint is split into them after reading.
+checkpoint's per-expert tensors are read as slices of the packed ones (`packed_part`).
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from jdistill.hf.config_schema import HFImportError
 from jdistill.models.config import ModelConfig
@@ -59,14 +57,13 @@ def _is_expert_tensor(config: ModelConfig, name: str) -> bool:
     return any(name.startswith(prefix) and name[len(prefix)].isdigit() for prefix in _moe_prefixes(config))
 
 
-def unpack_experts(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Packed tensors -> the released per-expert ones (the other tensors unchanged)."""
-    f = config.resolved_moe_mlp_dim
-    out = dict(tensors)
+def packed_part(config: ModelConfig, name: str) -> tuple[str, int, slice] | None:
+    """Where released tensor `name` lies in a packed checkpoint: (packed tensor, expert, its rows), or None for a
+    tensor that is not an expert's."""
     for prefix in _moe_prefixes(config):
-        gate_up, down = out.pop(prefix + "gate_up_proj"), out.pop(prefix + "down_proj")
-        for e in range(config.num_experts):
-            out[f"{prefix}{e}.gate_proj.weight"] = gate_up[e, :f]
-            out[f"{prefix}{e}.up_proj.weight"] = gate_up[e, f:]
-            out[f"{prefix}{e}.down_proj.weight"] = down[e]
-    return out
+        if name.startswith(prefix) and name[len(prefix)].isdigit():
+            expert, projection = name[len(prefix) :].split(".", 1)
+            f = config.resolved_moe_mlp_dim
+            rows = {"gate_proj.weight": slice(0, f), "up_proj.weight": slice(f, 2 * f)}.get(projection)
+            return (prefix + "gate_up_proj" if rows else prefix + "down_proj"), int(expert), rows or slice(None)
+    return None

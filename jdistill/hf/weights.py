@@ -9,8 +9,10 @@ tensors `mlp.experts.{e}.gate_proj.weight [f, d]` are slice e of them, transpose
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -126,32 +128,81 @@ def _param(model: nnx.Module, path: ParamPath) -> nnx.Param:
     return node
 
 
-def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], mappings: list[TensorMapping]) -> None:
-    """Write checkpoint tensors into the model's parameters (shapes checked); a parameter filled from several
-    tensors (key and value columns, the experts of a MoE block) is assembled on the host and written once."""
+def load_tensors(
+    model: nnx.Module,
+    tensors: Mapping[str, np.ndarray] | Callable[[str], np.ndarray],
+    mappings: list[TensorMapping],
+    shardings: Mapping[ParamPath, jax.sharding.Sharding] | None = None,
+) -> None:
+    """Write checkpoint tensors into the model's parameters (shapes checked), one parameter at a time.
+
+    `tensors`: {name: array}, or a function reading one tensor by name (called when its parameter is built, so the
+    host holds one parameter's tensors at a time). A parameter filled from several tensors (key and value columns,
+    the experts of a MoE block) is assembled on the host and written once. `shardings` (parameter path ->
+    sharding): the parameter is built as a global array of that sharding from the regions its addressable devices
+    hold (`jax.make_array_from_callback`): nothing whole lands on one device, and a MoE block's experts are read
+    only by the processes whose devices hold them (each tensor once per process). Parameters without a sharding go
+    to the default device."""
+    read = tensors.__getitem__ if isinstance(tensors, Mapping) else tensors
     by_param: dict[ParamPath, list[TensorMapping]] = {}
     for mapping in mappings:
         by_param.setdefault(mapping.param_path, []).append(mapping)
     for path, group in by_param.items():
         param = _param(model, path)
-        whole = len(group) == 1 and group[0].columns is None and group[0].expert is None
-        # the parts (key and value columns, experts) cover the whole parameter: assembled from zeros, so that the
-        # model may be abstract (`nnx.eval_shape`: no random initialisation to overwrite)
-        current = None if whole else np.zeros(param.get_value().shape, np.float32)
-        for mapping in group:
-            raw = np.asarray(tensors[mapping.hf_name], np.float32)
-            target = None if current is None else _part(current, mapping)  # a view into `current`
-            try:
-                value = _to_param_layout(raw, mapping)
-            except IndexError:
-                value = None
-            if value is None or value.shape != (tuple(param.get_value().shape) if target is None else target.shape):
-                raise ValueError(f"{mapping.hf_name}: shape {raw.shape} does not match the config")
-            if target is None:
-                current = value
+        shape = tuple(param.get_value().shape)
+        region = _region_reader(group, shape, read)
+        sharding = None if shardings is None else shardings.get(path)
+        if sharding is None:
+            param.set_value(jnp.asarray(region(tuple(slice(None) for _ in shape))))
+        else:
+            param.set_value(jax.make_array_from_callback(shape, sharding, lambda index: region(index or ())))
+
+
+def _converted(raw: np.ndarray, mapping: TensorMapping, shape: tuple[int, ...]) -> np.ndarray:
+    """A checkpoint tensor in the parameter's layout, float32; a tensor of another shape is a ValueError."""
+    raw = np.asarray(raw, np.float32)
+    try:
+        value = _to_param_layout(raw, mapping)
+    except IndexError:
+        value = None
+    if value is None or value.shape != shape:
+        raise ValueError(f"{mapping.hf_name}: shape {raw.shape} does not match the config")
+    return value
+
+
+def _region_reader(
+    group: list[TensorMapping], shape: tuple[int, ...], read: Callable[[str], np.ndarray]
+) -> Callable[[tuple[slice, ...]], np.ndarray]:
+    """index (a tuple of slices) -> that region of the parameter filled from `group`'s tensors. The experts of a MoE
+    parameter (slice e of its first axis = tensor e) are read only for the experts the region covers; any other
+    parameter is assembled whole once (from zeros where parts cover it: the model may be abstract) and sliced."""
+    if all(mapping.expert is not None for mapping in group):
+        by_expert = {mapping.expert: mapping for mapping in group}
+        cache: dict[int, np.ndarray] = {}
+
+        def experts(index: tuple[slice, ...]) -> np.ndarray:
+            chosen = range(shape[0])[index[0]]
+            for e in chosen:
+                if e not in cache:
+                    cache[e] = _converted(read(by_expert[e].hf_name), by_expert[e], shape[1:])
+            return np.stack([cache[e][index[1:]] for e in chosen]) if chosen else np.zeros((0, *shape[1:]), np.float32)
+
+        return experts
+    whole: list[np.ndarray] = []
+
+    def assembled(index: tuple[slice, ...]) -> np.ndarray:
+        if not whole:
+            if len(group) == 1 and group[0].columns is None and group[0].expert is None:
+                whole.append(_converted(read(group[0].hf_name), group[0], shape))
             else:
-                target[...] = value
-        param.set_value(jnp.asarray(current))
+                value = np.zeros(shape, np.float32)
+                for mapping in group:
+                    target = _part(value, mapping)  # a view into `value`
+                    target[...] = _converted(read(mapping.hf_name), mapping, target.shape)
+                whole.append(value)
+        return whole[0][index]
+
+    return assembled
 
 
 def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -190,7 +190,7 @@ def run_job(
         if config.teacher.init_from:
             teacher_config = dataclasses.replace(config, data=teacher_data_config(config))  # its own tokenizer
             teacher = results["teacher"] = evaluate_loaded(
-                load_pretrained(config.teacher), teacher_config, run_dir / "teacher"
+                load_pretrained(config.teacher, mesh_config=config.mesh), teacher_config, run_dir / "teacher"
             )
         else:
             if stage("teacher", config.teacher, Supervised(), TEACHER_INIT):

@@ -62,12 +62,15 @@ def load_stage(run_dir, stage: str):
     return nnx.merge(graphdef, params), config
 
 
-def load_pretrained(stage_config, role: str = "teacher"):
+def load_pretrained(stage_config, role: str = "teacher", mesh_config=None):
     """A `StageResult` for `init_from`: "hf:DIR" (a Hugging Face checkpoint folder) or RUN_DIR/STAGE, built with the
-    checkpoint's architecture and the config's runtime fields (`jdistill.hf.init_from`)."""
+    checkpoint's architecture and the config's runtime fields (`jdistill.hf.init_from`). `mesh_config`: an "hf:DIR"
+    checkpoint is read straight into the job's sharded layout (each process reads what its devices hold)."""
     from jdistill.hf.init_from import load_init_model
+    from jdistill.train import sharding
     from jdistill.train.loop import StageResult
 
-    model = load_init_model(stage_config, role)
+    layout = None if mesh_config is None else (sharding.make_mesh(mesh_config), mesh_config.rules)
+    model = load_init_model(stage_config, role, layout)
     graphdef, params = nnx.split(model)
     return StageResult(role, graphdef, params, {}, count_params(model), 0.0)
