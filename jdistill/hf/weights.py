@@ -155,7 +155,9 @@ def load_tensors(
         if sharding is None:
             param.set_value(jnp.asarray(region(tuple(slice(None) for _ in shape))))
         else:
-            param.set_value(jax.make_array_from_callback(shape, sharding, lambda index: region(index or ())))
+            param.set_value(
+                jax.make_array_from_callback(shape, sharding, lambda index, region=region: region(index or ()))
+            )
 
 
 def _converted(raw: np.ndarray, mapping: TensorMapping, shape: tuple[int, ...]) -> np.ndarray:
