@@ -9,6 +9,7 @@ tensors `mlp.experts.{e}.gate_proj.weight [f, d]` are slice e of them, transpose
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -155,9 +156,11 @@ def load_tensors(
         if sharding is None:
             param.set_value(jnp.asarray(region(tuple(slice(None) for _ in shape))))
         else:
-            param.set_value(
-                jax.make_array_from_callback(shape, sharding, lambda index, region=region: region(index or ()))
-            )
+            param.set_value(jax.make_array_from_callback(shape, sharding, functools.partial(_region_at, region)))
+
+
+def _region_at(region: Callable[[tuple[slice, ...]], np.ndarray], index: tuple[slice, ...] | None) -> np.ndarray:
+    return region(index or ())  # `make_array_from_callback` passes None for a 0-d array
 
 
 def _converted(raw: np.ndarray, mapping: TensorMapping, shape: tuple[int, ...]) -> np.ndarray:
