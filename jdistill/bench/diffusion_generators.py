@@ -15,6 +15,7 @@ GENERATORS: dict[str, tuple] = {
     "dmd_rl": ("diffusion_dmd_rl", {"variant": "dmd"}),
     "dmd2_gan": ("diffusion_dmd2_gan", {"variant": "dmd2"}),
     "flash_dmd": ("diffusion_flash_dmd", {"variant": "flash"}),
+    "ladd": ("diffusion_ladd", {}),
     # multi-student distillation: SiD students, each on its half of the classes
     **{f"multi_student{k}": ("diffusion_sid", {"num_students": 2, "student_index": k}) for k in range(2)},
 }
@@ -43,6 +44,7 @@ sid = build("sid")
 dmd_rl = build("dmd_rl")
 dmd2_gan = build("dmd2_gan")
 flash_dmd = build("flash_dmd")
+ladd = build("ladd")
 
 
 def inference_time(context, data: str, seed: int):

@@ -47,7 +47,7 @@ STUDENTS: dict[str, Student] = {
     "guidance": Student(f"{_TRAJECTORY}:guidance"),
     **{
         name: Student(f"jdistill.bench.diffusion_generators:{name}", nfes=(1, 2))
-        for name in ("dmd", "dmd2", "sid", "dmd_rl", "dmd2_gan")
+        for name in ("dmd", "dmd2", "sid", "dmd_rl", "dmd2_gan", "ladd")
     },
     "flash_dmd": Student("jdistill.bench.diffusion_generators:flash_dmd", nfes=(1, 2, 4)),
     "inference_time": Student("jdistill.bench.diffusion_generators:inference_time", nfes=(2,)),

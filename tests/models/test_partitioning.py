@@ -103,6 +103,7 @@ TEACHER_RUN_RECIPES = {
     "diffusion_consistency",
     "diffusion_dmd",
     "diffusion_sid",
+    "diffusion_ladd",
     "diffusion_guidance",
     "diffusion_progressive",
     "diffusion_rectified",

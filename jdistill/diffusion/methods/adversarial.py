@@ -32,6 +32,21 @@ from jdistill.diffusion.denoisers import DiT, MLPDenoiser, patchify
 GAN_LOSSES = ("nonsaturating", "hinge")
 
 
+def feature_levels(model) -> int:
+    """How many feature levels `denoiser_features` returns (the denoiser's blocks)."""
+    return len(model.blocks) if isinstance(model, DiT) else len(model.hidden)
+
+
+def logit_normal_times(schedule, rng, batch: int, mean: float = 1.0, std: float = 1.0, grid: int = 1000):
+    """`[batch]` discriminator times of LADD: u = sigmoid(mean + std n), n ~ N(0, 1), read as the fraction of the way
+    from the data end to the noise end of the schedule's `grid`-step sampling grid (a positive `mean` shifts the
+    draws toward high noise, as LADD's logit-normal with m = 1)."""
+    times = jnp.asarray(schedule.timesteps(grid)[:-1], jnp.float32)  # index 0: t_max
+    u = jax.nn.sigmoid(mean + std * jax.random.normal(rng, (batch,)))
+    index = jnp.clip(jnp.floor((1.0 - u) * grid).astype(jnp.int32), 0, grid - 1)
+    return times[index]
+
+
 def denoiser_features(model, x: Array, t, labels=None) -> tuple[list[Array], Array]:
     """(features after each block `[batch, tokens, d]` (DiT) or `[batch, hidden]` (MLP), condition c `[batch, d]`) of
     the denoiser `model` at x_t = `x`, time `t` (the same computation as `model(x, t, labels)` up to its output
