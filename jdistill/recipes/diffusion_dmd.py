@@ -293,10 +293,10 @@ class DiffusionDMD(GeneratorDistillation):
         eps_real, eps_fake = jax.random.normal(noise_key, (2, *x.shape))
         heads, model = self.heads_module(params["head"]), self.fake_module(params)
         real_logits = adversarial.discriminator_logits(
-            heads, model, dmd.renoise(self.schedule, real, t, eps_real), t, real_labels
+            heads, model, dmd.renoise(self.schedule, real, t, eps_real), t, real_labels, levels=1
         )
         fake_logits = adversarial.discriminator_logits(
-            heads, model, dmd.renoise(self.schedule, x, t, eps_fake), t, labels
+            heads, model, dmd.renoise(self.schedule, x, t, eps_fake), t, labels, levels=1
         )
         value = adversarial.discriminator_loss(real_logits, fake_logits)
         metrics = {"gan_classifier": value, "real_logit": jnp.mean(real_logits), "fake_logit": jnp.mean(fake_logits)}
@@ -369,6 +369,7 @@ class DiffusionDMD(GeneratorDistillation):
                 dmd.renoise(self.schedule, x, t, eps),  # with the gradient to the generator, through the features
                 t,
                 labels,
+                levels=1,  # DMD2's head reads the fake score's last block
             )
             gan = adversarial.generator_loss(logits, weights=gan_weights)
             matching, metrics = matching + self.gan_weight * gan, dict(metrics, gan=gan)
