@@ -16,6 +16,7 @@ GENERATORS: dict[str, tuple] = {
     "dmd2_gan": ("diffusion_dmd2_gan", {"variant": "dmd2"}),
     "flash_dmd": ("diffusion_flash_dmd", {"variant": "flash"}),
     "ladd": ("diffusion_ladd", {}),
+    "emd": ("diffusion_emd", {}),
     "phased_dmd": ("diffusion_phased_dmd", {}),
     # multi-student distillation: SiD students, each on its half of the classes
     **{f"multi_student{k}": ("diffusion_sid", {"num_students": 2, "student_index": k}) for k in range(2)},
@@ -46,6 +47,7 @@ dmd_rl = build("dmd_rl")
 dmd2_gan = build("dmd2_gan")
 flash_dmd = build("flash_dmd")
 ladd = build("ladd")
+emd = build("emd")
 phased_dmd = build("phased_dmd")
 
 
