@@ -17,6 +17,7 @@ GENERATORS: dict[str, tuple] = {
     "flash_dmd": ("diffusion_flash_dmd", {"variant": "flash"}),
     "ladd": ("diffusion_ladd", {}),
     "emd": ("diffusion_emd", {}),
+    "disback": ("diffusion_disback", {}),
     "phased_dmd": ("diffusion_phased_dmd", {}),
     # multi-student distillation: SiD students, each on its half of the classes
     **{f"multi_student{k}": ("diffusion_sid", {"num_students": 2, "student_index": k}) for k in range(2)},
@@ -48,6 +49,7 @@ dmd2_gan = build("dmd2_gan")
 flash_dmd = build("flash_dmd")
 ladd = build("ladd")
 emd = build("emd")
+disback = build("disback")
 phased_dmd = build("phased_dmd")
 
 

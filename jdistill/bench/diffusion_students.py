@@ -47,7 +47,7 @@ STUDENTS: dict[str, Student] = {
     "guidance": Student(f"{_TRAJECTORY}:guidance"),
     **{
         name: Student(f"jdistill.bench.diffusion_generators:{name}", nfes=(1, 2))
-        for name in ("dmd", "dmd2", "sid", "dmd_rl", "dmd2_gan", "ladd", "emd")
+        for name in ("dmd", "dmd2", "sid", "dmd_rl", "dmd2_gan", "ladd", "emd", "disback")
     },
     "phased_dmd": Student("jdistill.bench.diffusion_generators:phased_dmd", nfes=(1, 2)),
     "flash_dmd": Student("jdistill.bench.diffusion_generators:flash_dmd", nfes=(1, 2, 4)),
