@@ -107,6 +107,7 @@ PRESET_WARMUPS = {
     "diffusion_dmd": (100, 12), "diffusion_dmd2": (100, 6), "diffusion_sid": (100, 10), "diffusion_dmd_rl": (100, 12),
     "diffusion_dmd2_gan": (100, 6), "diffusion_flash_dmd": (100, 6), "diffusion_ladd": (100, 6),
     "diffusion_phased_dmd": (100, 8), "diffusion_emd": (100, 6), "diffusion_disback": (100, 6),
+    "diffusion_video_edm": (100, 60), "diffusion_causvid": (100, 6),
     "defensive": (100, 100), "dino": (100, 60), "feature_kd": (100, 100), "gkd": (50, 50), "llm_gkd": (50, 20),
     "llm_kd": (50, 20), "lm_kd": (50, 50), "moe_kd": (50, 50), "multi_exit": (100, 100), "mutual": (100, 100),
     "pskd": (100, 100), "quantized": (100, 100), "random_teacher": (100, 100), "sekd": (50, 50), "sla_sd": (100, 100),

@@ -104,6 +104,7 @@ TEACHER_RUN_RECIPES = {
     "diffusion_dmd",
     "diffusion_sid",
     "diffusion_ladd",
+    "diffusion_causvid",
     "diffusion_disback",
     "diffusion_emd",
     "diffusion_phased_dmd",
