@@ -17,7 +17,7 @@ import dataclasses
 import jax
 
 from jdistill.diffusion.methods import dmd, emd
-from jdistill.diffusion.schedules import expand_to, predict
+from jdistill.diffusion.schedules import predict
 from jdistill.recipes.diffusion_dmd import DiffusionDMD
 
 
@@ -51,16 +51,12 @@ class DiffusionEMD(DiffusionDMD):
     def refine(self, generator, recipe_state, z, eps, t, labels, rng):
         """The E-step: (z*, eps*) after the Langevin steps (held fixed)."""
         real, fake = self.scores(recipe_state, labels)
-        g = self.one_step(generator, labels)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
 
         def grad_log_target(state):
-            z, eps = state
-            x, pullback = jax.vjp(g, z)
-            x_t = expand_to(alpha, x) * x + expand_to(sigma, x) * eps
-            score_gap = expand_to(alpha / sigma**2, x) * (real(x_t, t) - fake(x_t, t))  # s_real - s_fake
-            (grad_z,) = pullback(expand_to(alpha, x) * score_gap)
-            return grad_z - z, expand_to(sigma, x) * score_gap - eps
+            return emd.log_target_grad(
+                self.one_step(generator, labels), lambda x: real(x, t), lambda x: fake(x, t), alpha, sigma, *state
+            )
 
         refined = emd.langevin(grad_log_target, z, eps, self.mcmc_steps, self.mcmc_step_size, rng, self.cancel_noise)
         return jax.lax.stop_gradient(refined)

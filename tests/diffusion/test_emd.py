@@ -39,3 +39,23 @@ def test_no_steps_and_noise_cancellation():
     np.testing.assert_allclose(got_z, ref_z, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_eps, ref_eps - injected, rtol=1e-5, atol=1e-6)
     assert float(np.abs(injected).max()) > 0.1  # the cancelled noise was there
+
+
+def test_the_e_steps_gradient_is_that_of_its_log_target():
+    """Data N(m_p, v_p) and generator marginal N(m_q, v_q) on the EDM path (alpha 1): exact x0 predictors, and the
+    gradient of log p_t(x_t) - log q_t(x_t) - z^2 / 2 - eps^2 / 2 through x_t = g(z) + sigma eps with g(z) = 2 z + 1."""
+    m_p, v_p, m_q, v_q = 0.5, 0.3, -0.2, 0.8
+    sigma = jnp.asarray([0.7, 1.5])
+    z, eps = jnp.asarray([[0.3], [-1.1]]), jnp.asarray([[0.4], [0.9]])
+    g = lambda z: 2.0 * z + 1.0
+    x0 = lambda m, v: lambda x_t: m + v / (v + sigma[:, None] ** 2) * (x_t - m)
+    got = emd.log_target_grad(g, x0(m_p, v_p), x0(m_q, v_q), jnp.ones(2), sigma, z, eps)
+
+    def log_target(z, eps):
+        x_t = g(z) + sigma[:, None] * eps
+        log_n = lambda m, v: -0.5 * (x_t - m) ** 2 / (v + sigma[:, None] ** 2)
+        return jnp.sum(log_n(m_p, v_p) - log_n(m_q, v_q) - 0.5 * z**2 - 0.5 * eps**2)
+
+    want = jax.grad(log_target, argnums=(0, 1))(z, eps)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

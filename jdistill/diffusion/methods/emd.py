@@ -29,6 +29,18 @@ import jax.numpy as jnp
 from jax import Array
 
 
+def log_target_grad(generator: Callable[[Array], Array], x0_real, x0_fake, alpha: Array, sigma: Array, z, eps):
+    """(d/dz, d/deps) of log pi(z, eps) = log p_t(x_t) - log q_t(x_t) - |z|^2 / 2 - |eps|^2 / 2 at x_t = alpha
+    generator(z) + sigma eps, the scores from the x0 predictions `x0_real(x_t)`, `x0_fake(x_t)`: s_real - s_fake =
+    alpha (x0_real - x0_fake) / sigma^2. `alpha`, `sigma` `[batch]`."""
+    x, pullback = jax.vjp(generator, z)
+    a, s = (jnp.reshape(v, v.shape + (1,) * (x.ndim - 1)) for v in (alpha, sigma))
+    x_t = a * x + s * eps
+    score_gap = a / s**2 * (x0_real(x_t) - x0_fake(x_t))
+    (grad_z,) = pullback(a * score_gap)
+    return grad_z - z, s * score_gap - eps
+
+
 def langevin(
     grad_log_target: Callable[[tuple[Array, Array]], tuple[Array, Array]],
     z: Array,
