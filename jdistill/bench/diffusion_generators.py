@@ -13,6 +13,12 @@ GENERATORS: dict[str, tuple] = {
     "dmd2": ("diffusion_dmd2", {"variant": "dmd2"}),
     "sid": ("diffusion_sid", {}),
     "dmd_rl": ("diffusion_dmd_rl", {"variant": "dmd"}),
+    "dmd2_gan": ("diffusion_dmd2_gan", {"variant": "dmd2"}),
+    "flash_dmd": ("diffusion_flash_dmd", {"variant": "flash"}),
+    "ladd": ("diffusion_ladd", {}),
+    "emd": ("diffusion_emd", {}),
+    "disback": ("diffusion_disback", {}),
+    "phased_dmd": ("diffusion_phased_dmd", {}),
     # multi-student distillation: SiD students, each on its half of the classes
     **{f"multi_student{k}": ("diffusion_sid", {"num_students": 2, "student_index": k}) for k in range(2)},
 }
@@ -39,6 +45,12 @@ dmd = build("dmd")
 dmd2 = build("dmd2")
 sid = build("sid")
 dmd_rl = build("dmd_rl")
+dmd2_gan = build("dmd2_gan")
+flash_dmd = build("flash_dmd")
+ladd = build("ladd")
+emd = build("emd")
+disback = build("disback")
+phased_dmd = build("phased_dmd")
 
 
 def inference_time(context, data: str, seed: int):
@@ -78,3 +90,50 @@ def multi_student(context, data: str, seed: int):
         return lambda key, labels: select(jnp.stack([d(key, labels) for d in draws]), labels, num_classes)
 
     return Generator(draw, parts[0].forward, conditional=True)
+
+
+def causvid(context, data: str, seed: int):
+    """CausVid on digit videos: the bidirectional video teacher (preset `diffusion_video_edm`) and the causal student
+    (preset `diffusion_causvid`), each trained under the benchmark's work directory with `seed` (or loaded). A sample
+    of label y is the last frame of a video counting up to y (the frame drawn with the most cached context); NFE =
+    the student's steps per frame (plus one cache pass per earlier frame)."""
+    from pathlib import Path
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jdistill.bench.diffusion import Generator
+    from jdistill.configs import load_config
+    from jdistill.diffusion.load import load_denoiser
+    from jdistill.diffusion.samplers import draw_from_prior
+    from jdistill.recipes.registry import build_recipe
+    from jdistill.train import run_teacher_student
+
+    def train_or_load(name: str, preset: str, overrides: list[str]):
+        run_dir = Path(context.student_dir(name, data, seed))
+        if not (run_dir / "summary.json").is_file():
+            config = load_config(preset, [f"seed={seed}", *overrides])
+            run_teacher_student(config, run_dir, resume=(run_dir / "config.yaml").is_file())
+        return run_dir
+
+    teacher_dir = train_or_load("video_teacher", "diffusion_video_edm", [])
+    student = load_denoiser(
+        train_or_load("causvid", "diffusion_causvid", [f"distill.options.teacher_run={teacher_dir}"])
+    )
+    recipe, model = build_recipe(student.config.distill), student.model
+    frames = model.frames
+
+    def draw(nfe: int):
+        run, params = recipe.student_sampler(model, nfe)
+        videos = draw_from_prior(run, recipe.schedule, params, model.sample_shape, conditional=True)
+        return lambda key, labels: videos(key, (labels - (frames - 1)) % 10)[:, -1]
+
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def one_pass(params, key, labels):  # one evaluation of the whole video: the throughput reference
+        x = recipe.schedule.prior(key, (labels.shape[0], *model.sample_shape))
+        return nnx.merge(graphdef, params)(x, jnp.full(labels.shape, recipe.schedule.t_max), labels)
+
+    return Generator(draw, lambda nfe: lambda key, labels: one_pass(params, key, labels), conditional=True)

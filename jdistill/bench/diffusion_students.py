@@ -47,8 +47,11 @@ STUDENTS: dict[str, Student] = {
     "guidance": Student(f"{_TRAJECTORY}:guidance"),
     **{
         name: Student(f"jdistill.bench.diffusion_generators:{name}", nfes=(1, 2))
-        for name in ("dmd", "dmd2", "sid", "dmd_rl")
+        for name in ("dmd", "dmd2", "sid", "dmd_rl", "dmd2_gan", "ladd", "emd", "disback")
     },
+    "phased_dmd": Student("jdistill.bench.diffusion_generators:phased_dmd", nfes=(1, 2)),
+    "causvid": Student("jdistill.bench.diffusion_generators:causvid", nfes=(1, 2)),
+    "flash_dmd": Student("jdistill.bench.diffusion_generators:flash_dmd", nfes=(1, 2, 4)),
     "inference_time": Student("jdistill.bench.diffusion_generators:inference_time", nfes=(2,)),
     "multi_student": Student("jdistill.bench.diffusion_generators:multi_student", nfes=(1,)),
 }

@@ -36,7 +36,8 @@ from flax import nnx
 
 from jdistill.diffusion.data import to_unit
 from jdistill.diffusion.feature_classifier import reward_classifier, reward_seed_problem
-from jdistill.diffusion.methods import dmd, multi_student
+from jdistill.diffusion.methods import adversarial, dmd, multi_student
+from jdistill.diffusion.methods.adversarial import DiscriminatorHeads, feature_width
 from jdistill.diffusion.methods.common import METRICS, per_example_distance
 from jdistill.diffusion.objectives import teacher_loss
 from jdistill.diffusion.samplers import make_sampler
@@ -47,7 +48,7 @@ from jdistill.recipes.diffusion_distill_base import DiffusionDistillation
 from jdistill.recipes.dino import copy_params
 
 FAKE_SCORE = "fake_score"
-VARIANTS = ("dmd", "dmd2")
+VARIANTS = ("dmd", "dmd2", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,12 @@ class GeneratorDistillation(DiffusionDistillation):
     # ---- checks ----
     def check(self, config):
         super().check(config)
+        if not all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(self.teacher().model))):
+            raise ConfigError(
+                f"distill.options.teacher_run: {self.teacher_run} has no EMA weights in its checkpoint (the generator "
+                "and the fake score start as the teacher's EMA); train the teacher with diffusion_edm / "
+                "diffusion_flow / diffusion_vp"
+            )
         teacher_model = self.teacher().config.student.model
         for field in dataclasses.fields(teacher_model):
             mine, theirs = getattr(config.student.model, field.name), getattr(teacher_model, field.name)
@@ -139,13 +146,18 @@ class GeneratorDistillation(DiffusionDistillation):
     def generator_sample(self, generator, rng, batch: int):
         """(x = G(z) `[batch, ...]`, labels or None): each example at a step k drawn uniformly (backward simulation
         for k > 0), differentiable w.r.t. the generator's last evaluation only."""
+        x, labels, _ = self.generator_sample_steps(generator, rng, batch)
+        return x, labels
+
+    def generator_sample_steps(self, generator, rng, batch: int):
+        """`generator_sample` and each example's generator step k `[batch]` (0: the first, from noise)."""
         keys = jax.random.split(rng, 4)
         labels = self.draw_labels(keys[0], batch)
         z = jax.random.normal(keys[1], (batch, *self.teacher().model.sample_shape))
         x0_fn = lambda x, t: predict(self.schedule, generator, x, t, labels).x0
         step = jax.random.randint(keys[2], (batch,), 0, self.generator_steps)
         x_in, t = dmd.backward_simulated_input(x0_fn, self.schedule, z, self.times(), step, keys[3])
-        return x0_fn(x_in, t), labels
+        return x0_fn(x_in, t), labels, step
 
     def loss_times(self, rng, batch: int):
         return dmd.grid_times(self.schedule, rng, batch, self.time_low, self.time_high)
@@ -164,7 +176,16 @@ class GeneratorDistillation(DiffusionDistillation):
         per_example, _ = teacher_loss(
             self.schedule, self.fake_module(params), jax.lax.stop_gradient(x), loss_key, labels, t=t
         )
-        return jnp.mean(per_example), {}
+        extra = self.fake_score_extra_loss(params, jax.lax.stop_gradient(x), labels, batch, jax.random.fold_in(rng, 1))
+        if extra is None:
+            return jnp.mean(per_example), {}
+        return jnp.mean(per_example) + extra[0], extra[1]
+
+    def fake_score_extra_loss(self, params, x, labels, batch, rng):
+        """None, or (a term added to the fake score's loss, its metrics) on the generator's samples `x` (held fixed):
+        DMD2's GAN classifier."""
+        del params, x, labels, batch, rng
+        return None
 
     def scores(self, recipe_state, labels):
         """(x0_real_fn, x0_fake_fn): the teacher (guided) and the fake score of this step, parameters held fixed."""
@@ -220,12 +241,26 @@ class DiffusionDMD(GeneratorDistillation):
     pair_nfe: int = 35
     reward_weight: float = 0.0  # DMD meets RL: weight of -log p(y | x) under the digits classifier
     reward_seed: int = 1  # DMD meets RL: the reward classifier's seed (not the digits-FD network's, seed 0)
+    # DMD2's GAN term: a head on the fake score's last-block features of noised samples (real: the training data)
+    gan_weight: float = 0.0  # the generator's non-saturating GAN loss weight (DMD2: 3e-3); 0: no GAN term
+    gan_classifier_weight: float = 0.01  # the head's (and fake score's) classifier loss weight (DMD2: 1e-2)
+    gan_hidden: int = 64
+    # Flash-DMD: generator steps k < flash_split get the distribution-matching loss, steps k >= flash_split the GAN
+    flash_split: int = 2
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant == "dmd" and self.generator_steps != 1:
             raise ValueError("variant dmd trains a one-step generator: set generator_steps: 1 (or variant: dmd2)")
+        if self.variant == "flash" and not (0 < self.flash_split < self.generator_steps and self.gan_weight > 0):
+            raise ValueError(
+                "variant flash splits the generator's steps between the two losses: set generator_steps >= 2, "
+                f"0 < flash_split < generator_steps and gan_weight > 0 (got {self.generator_steps}, "
+                f"{self.flash_split}, {self.gan_weight})"
+            )
+        if self.gan_weight < 0 or self.gan_classifier_weight < 0:
+            raise ValueError("gan_weight and gan_classifier_weight must be >= 0")
         if self.num_pairs < 1 or self.regression_weight < 0 or self.reward_weight < 0:
             raise ValueError("num_pairs must be >= 1, regression_weight and reward_weight >= 0")
         if self.reward_weight and (problem := reward_seed_problem(self.reward_seed)):
@@ -238,6 +273,41 @@ class DiffusionDMD(GeneratorDistillation):
     def regresses(self) -> bool:
         return self.variant == "dmd" and self.regression_weight > 0
 
+    @property
+    def adversarial(self) -> bool:
+        """DMD2's GAN term is on: the fake score's slot holds {"score": its weights, "head": the classifier's}."""
+        return self.gan_weight > 0
+
+    def heads_module(self, params):
+        """The GAN classifier head (one, on the fake score's last block) with `params`."""
+        teacher = self.teacher().model
+        make = lambda: DiscriminatorHeads(feature_width(teacher), 1, self.gan_hidden, rngs=nnx.Rngs(0))
+        return nnx.merge(nnx.graphdef(nnx.eval_shape(make)), params)
+
+    def fake_module(self, params):
+        return self.denoiser_module(params["score"] if self.adversarial else params)
+
+    def fake_score_extra_loss(self, params, x, labels, batch, rng):
+        """DMD2's classifier: L_D on noised training images (real) and generator samples (fake), both at the
+        generator loss's times, through the fake score's features (it trains the head and the fake score)."""
+        if not self.adversarial:
+            return None
+        data_key, time_key, noise_key = jax.random.split(rng, 3)
+        real, real_labels = self.clean_data(batch, data_key)
+        size = x.shape[0]
+        t = self.loss_times(time_key, size)
+        eps_real, eps_fake = jax.random.normal(noise_key, (2, *x.shape))
+        heads, model = self.heads_module(params["head"]), self.fake_module(params)
+        real_logits = adversarial.discriminator_logits(
+            heads, model, dmd.renoise(self.schedule, real, t, eps_real), t, real_labels, levels=1
+        )
+        fake_logits = adversarial.discriminator_logits(
+            heads, model, dmd.renoise(self.schedule, x, t, eps_fake), t, labels, levels=1
+        )
+        value = adversarial.discriminator_loss(real_logits, fake_logits)
+        metrics = {"gan_classifier": value, "real_logit": jnp.mean(real_logits), "fake_logit": jnp.mean(fake_logits)}
+        return self.gan_classifier_weight * value, metrics
+
     def check(self, config):
         super().check(config)
         if self.reward_weight > 0 and not self.conditional:
@@ -247,6 +317,13 @@ class DiffusionDMD(GeneratorDistillation):
 
     def init(self, student_params, teacher_params, rng):
         student_params, state = super().init(student_params, teacher_params, rng)
+        if self.adversarial:
+            teacher = self.teacher().model
+            heads = DiscriminatorHeads(
+                feature_width(teacher), 1, self.gan_hidden, rngs=nnx.Rngs(jax.random.fold_in(rng, 3))
+            )
+            params = {"score": state[FAKE_SCORE]["params"], "head": nnx.state(heads, nnx.Param)}
+            state = dict(state, **{FAKE_SCORE: second_network_slot(self.second_network(), params)})
         if self.regresses:
             state = dict(state, pairs=self.make_pairs(state, rng))
         if self.reward_weight > 0:
@@ -281,12 +358,27 @@ class DiffusionDMD(GeneratorDistillation):
         del teacher
         size = batch["inputs"].shape[0]
         sample_key, time_key, noise_key, pair_key = jax.random.split(rng, 4)
-        x, labels = self.generator_sample(student, sample_key, size)
+        x, labels, step = self.generator_sample_steps(student, sample_key, size)
         t = self.loss_times(time_key, size)
-        x_t = jax.lax.stop_gradient(dmd.renoise(self.schedule, x, t, jax.random.normal(noise_key, x.shape)))
+        eps = jax.random.normal(noise_key, x.shape)
+        x_t = jax.lax.stop_gradient(dmd.renoise(self.schedule, x, t, eps))
         real, fake = self.scores(recipe_state, labels)
-        matching = dmd.distribution_matching_loss(x, real(x_t, t), fake(x_t, t))
+        # Flash-DMD: the early (high-noise) generator steps get distribution matching, the later ones the GAN term
+        dm_weights, gan_weights = dmd.flash_weights(step, self.flash_split) if self.variant == "flash" else (None, None)
+        matching = dmd.distribution_matching_loss(x, real(x_t, t), fake(x_t, t), dm_weights)
         metrics = {"distribution_matching": matching}
+        if self.adversarial:
+            fake_params = jax.lax.stop_gradient(recipe_state[FAKE_SCORE]["params"])
+            logits = adversarial.discriminator_logits(
+                self.heads_module(fake_params["head"]),
+                self.fake_module(fake_params),
+                dmd.renoise(self.schedule, x, t, eps),  # with the gradient to the generator, through the features
+                t,
+                labels,
+                levels=1,  # DMD2's head reads the fake score's last block
+            )
+            gan = adversarial.generator_loss(logits, weights=gan_weights)
+            matching, metrics = matching + self.gan_weight * gan, dict(metrics, gan=gan)
         if self.reward_weight > 0:
             reward = self.reward(recipe_state, x, labels)
             matching, metrics = matching - self.reward_weight * reward, dict(metrics, reward=reward)

@@ -44,6 +44,16 @@ BAD = {
     "diffusion_rectified": ("diffusion_reflow", ["distill.options.variant=flow"], "variant must be one of"),
     "diffusion_dmd": ("diffusion_dmd", ["distill.options.variant=dmd3"], "variant must be one of"),
     "diffusion_sid": ("diffusion_sid", ["distill.options.teacher_run=/nonexistent/edm"], "not a run directory"),
+    "diffusion_phased_dmd": ("diffusion_phased_dmd", ["distill.options.generator_steps=1"], "generator_steps >= 2"),
+    "diffusion_emd": ("diffusion_emd", ["distill.options.mcmc_steps=-1"], "mcmc_steps and mcmc_step_size"),
+    "diffusion_disback": ("diffusion_disback", ["distill.options.backtrack_fraction=0"], "backtrack_fraction"),
+    "diffusion_causvid": (
+        "diffusion_causvid",
+        ["distill.options.teacher_run=/nonexistent/video"],
+        "not a run directory",
+    ),
+    "diffusion_video_edm": ("diffusion_video_edm", ["distill.options.frames=0"], "frames must be >= 1"),
+    "diffusion_ladd": ("diffusion_ladd", ["distill.options.time_std=0"], "time_std must be > 0"),
     "diffusion_solvers": ("diffusion_sfd", ["distill.options.teacher_run=/nonexistent/edm"], "not a run directory"),
     "diffusion_vp": ("diffusion_edm", ["distill.recipe=diffusion_vp", "distill.options.ema_decay=2"], "ema_decay"),
     "dino": (

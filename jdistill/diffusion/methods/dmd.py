@@ -57,13 +57,17 @@ def distribution_matching_gradient(x: Array, x0_real: Array, x0_fake: Array, eps
     return jax.lax.stop_gradient((x0_fake - x0_real) / weight)
 
 
-def distribution_matching_loss(x: Array, x0_real: Array, x0_fake: Array) -> Array:
+def distribution_matching_loss(x: Array, x0_real: Array, x0_fake: Array, weights: Array | None = None) -> Array:
     """L_DM = 0.5 mean (x - sg(x - grad))^2 with `grad = distribution_matching_gradient(...)`: its gradient w.r.t.
     the generator's sample `x` is grad / x.size, so back-propagation through x = G(z) gives DMD's update. Its value is
-    0.5 mean grad^2 (a diagnostic: how far the fake score is from the real one)."""
+    0.5 mean grad^2 (a diagnostic: how far the fake score is from the real one). With per-example `weights [batch]`
+    each example's term is scaled by w_i (Flash-DMD: 0 where the adversarial term takes over)."""
     grad = jnp.nan_to_num(distribution_matching_gradient(x, x0_real, x0_fake))
     target = jax.lax.stop_gradient(x - grad)
-    return 0.5 * jnp.mean((x.astype(jnp.float32) - target.astype(jnp.float32)) ** 2)
+    squared = (x.astype(jnp.float32) - target.astype(jnp.float32)) ** 2
+    if weights is None:
+        return 0.5 * jnp.mean(squared)
+    return 0.5 * jnp.mean(expand_to(jnp.asarray(weights, jnp.float32), squared) * squared)
 
 
 def grid_times(schedule: Schedule, rng, batch: int, low: float, high: float, grid: int = TIME_GRID) -> Array:
@@ -125,6 +129,15 @@ def backward_simulated_input(
         current = renoise(schedule, x0, table[k], jax.random.normal(keys[k], z.shape))
         x_in = jnp.where(expand_to(step == k, z), current, x_in)
     return jax.lax.stop_gradient(x_in), table[step]
+
+
+def flash_weights(step: Array, split: int) -> tuple[Array, Array]:
+    """Flash-DMD's timestep-aware split of a K-step generator's losses (Chen et al. 2025, "Flash-DMD: Towards
+    High-Fidelity Few-Step Image Generation with Efficient Distillation and Joint Reinforcement Learning"): per
+    example, (distribution-matching weight, adversarial weight) = (1, 0) at the high-noise steps k < split (global
+    structure) and (0, 1) at the low-noise steps k >= split (detail), so the two gradients never meet on one sample."""
+    dm = (jnp.asarray(step) < split).astype(jnp.float32)
+    return dm, 1.0 - dm
 
 
 def class_log_likelihood(logits: Array, labels: Array) -> Array:
