@@ -56,7 +56,7 @@ class DiffusionConsistency(DiffusionDistillation):
     num_steps: int = 16  # N of the teacher-step grid (Consistency Models use 18 on CIFAR-10; 16 splits 8/4/2/1 ways)
     metric: str = "pseudo_huber"  # l2, l1 or pseudo_huber (iCT)
     target_decay: float = 0.95  # EMA of the target network theta- (LCM: 0.95; 0: theta- = sg(theta))
-    teacher_solver: str = "heun"  # the teacher's ODE step t_{n+1} -> t_n: heun (Consistency Models) or ddim
+    teacher_solver: str = "ddim"  # the teacher's ODE step t_{n+1} -> t_n: ddim, or heun (Consistency Models)
     output: str = "x0"  # F of f = c_skip x + c_out F: the data prediction (x0), or (EDM only) the raw network output
     time_scale: float | None = None  # t -> noise level of c_skip / c_out; None: 1 for EDM, 10 otherwise (LCM)
     gamma: float = 0.3  # strategic stochastic sampling (tcd / tdd); 0 = deterministic
