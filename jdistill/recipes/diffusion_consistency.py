@@ -57,7 +57,7 @@ class DiffusionConsistency(DiffusionDistillation):
     metric: str = "pseudo_huber"  # l2, l1 or pseudo_huber (iCT)
     target_decay: float = 0.95  # EMA of the target network theta- (LCM: 0.95; 0: theta- = sg(theta))
     teacher_solver: str = "ddim"  # the teacher's ODE step t_{n+1} -> t_n: ddim, or heun (Consistency Models)
-    output: str = "x0"  # F of f = c_skip x + c_out F: the data prediction (x0), or (EDM only) the raw network output
+    output: str = "x0"  # F of f = c_skip x + c_out F: x0 (data prediction), raw (EDM's raw output), auto (raw for EDM)
     time_scale: float | None = None  # t -> noise level of c_skip / c_out; None: 1 for EDM, 10 otherwise (LCM)
     gamma: float = 0.3  # strategic stochastic sampling (tcd / tdd); 0 = deterministic
     tdd_step_counts: tuple[int, ...] = (4, 5, 6, 7, 8)
@@ -84,8 +84,8 @@ class DiffusionConsistency(DiffusionDistillation):
         if self.teacher_solver not in cm.TEACHER_SOLVERS:
             solvers = ", ".join(cm.TEACHER_SOLVERS)
             raise ValueError(f"teacher_solver must be one of {solvers}, got {self.teacher_solver!r}")
-        if self.output not in cm.OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(cm.OUTPUTS)}, got {self.output!r}")
+        if self.output not in (*cm.OUTPUTS, "auto"):
+            raise ValueError(f"output must be one of {', '.join(cm.OUTPUTS)}, auto, got {self.output!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         stages = self.hyper_sd_stages
@@ -134,10 +134,11 @@ class DiffusionConsistency(DiffusionDistillation):
         form, F the network's raw output (EDM's F, whose denoiser is c_skip^EDM x + c_out^EDM F): the two sets of
         scalings differ only by sigma -> sigma - sigma_min, so a student copied from the teacher starts as the
         teacher's denoiser at every sigma (Consistency Models initialise CD students from the teacher).
+        `output="auto"`: raw for an EDM teacher, x0 otherwise.
         """
         schedule = self.schedule
         sigma_data = getattr(schedule, "sigma_data", cm.SIGMA_DATA)
-        if self.output == "raw":
+        if self.output == "raw" or (self.output == "auto" and isinstance(schedule, EDM)):
 
             def f_raw(x, t):
                 t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])

@@ -18,14 +18,15 @@ import jax
 # (`jdistill.bench.diffusion_students`) names the builders.
 METHODS: dict[str, tuple] = {
     "progressive": ("diffusion_progressive", {}),
-    # Consistency Models' raw-output form (`output: raw`) for the EDM teacher: 4-step FD 1.66 against 1.98 (seed 0)
-    "consistency": ("diffusion_cd", {"variant": "cd", "output": "raw"}),
+    # Consistency Models' raw-output form for the EDM teacher (`output: auto`: raw for EDM, x0 for the 2-D flow):
+    # 4-step FD 1.66 against 1.98 with x0 (seed 0)
+    "consistency": ("diffusion_cd", {"variant": "cd", "output": "auto"}),
     "consistency_training": ("diffusion_cd", {"variant": "ct"}),
     "tcd": ("diffusion_cd", {"variant": "tcd"}),
     "tdd": ("diffusion_cd", {"variant": "tdd"}),
     "hyper_sd": ("diffusion_cd", {"variant": "hyper_sd"}),
     # Hyper-SD's k-step model is trained down to k segments (the paper releases one checkpoint per step count)
-    "hyper_sd_4step": ("diffusion_cd", {"variant": "hyper_sd", "hyper_sd_stages": "[8,4]", "output": "raw"}),
+    "hyper_sd_4step": ("diffusion_cd", {"variant": "hyper_sd", "hyper_sd_stages": "[8,4]", "output": "auto"}),
     # + the human-feedback stage (reward classifier of seed 1) on the last quarter of the steps
     "hyper_sd_feedback": ("diffusion_cd", {"variant": "hyper_sd", "reward_weight": 0.2}),
     "image_free_cm": ("diffusion_cd", {"variant": "image_free"}),

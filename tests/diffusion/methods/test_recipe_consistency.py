@@ -72,6 +72,8 @@ def test_edm_raw_output_student_starts_as_the_teachers_denoiser(monkeypatch):
         denoised = predict(r.schedule, teacher.model, sigma * x, t).x0
         np.testing.assert_allclose(f(sigma * x, t), denoised, rtol=0.05, atol=0.05 * sigma)
     np.testing.assert_array_equal(f(x, jnp.full((5,), r.boundary)), x)
+    auto = recipe(output="auto").consistency_fn(nnx.merge(graphdef, params), None)  # raw for EDM
+    np.testing.assert_array_equal(auto(x, jnp.full((5,), 0.3)), f(x, jnp.full((5,), 0.3)))
 
 
 def test_cd_takes_the_teacher_solver_it_is_given(monkeypatch):
