@@ -3,6 +3,7 @@
 Each goal compares a student's digits-FD at a few steps with the teacher's (lower FD is better):
 
     few-step consistency   consistency / tcd / hyper_sd:  FD_student(4) / FD_teacher(35) <= 1.5
+                           hyper_sd_4step (Hyper-SD's 4-step model, segments 8 -> 4): the same
     progressive            progressive:                   FD_student(4) / FD_teacher(4)  <  1
     one-step reflow        reflow:                        FD_teacher(1) / FD_student(1)  >= 3
 
@@ -46,6 +47,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("consistency", 4, 35, 1.5),
     Goal("tcd", 4, 35, 1.5),
     Goal("hyper_sd", 4, 35, 1.5),
+    Goal("hyper_sd_4step", 4, 35, 1.5),
     Goal("progressive", 4, 4, 1.0, sign="<"),
     Goal("reflow", 1, 1, 3.0, inverted=True, sign=">="),
 )

@@ -37,6 +37,8 @@ STUDENTS: dict[str, Student] = {
     "tcd": Student(f"{_TRAJECTORY}:tcd", data=("digits", "toy2d")),
     "tdd": Student(f"{_TRAJECTORY}:tdd"),
     "hyper_sd": Student(f"{_TRAJECTORY}:hyper_sd", data=("digits", "toy2d")),
+    "hyper_sd_4step": Student(f"{_TRAJECTORY}:hyper_sd_4step", nfes=(4,)),
+    "hyper_sd_feedback": Student(f"{_TRAJECTORY}:hyper_sd_feedback"),
     "image_free_cm": Student(f"{_TRAJECTORY}:image_free_cm"),
     "reflow": Student(f"{_TRAJECTORY}:reflow", data=("digits", "toy2d")),
     "traflow": Student(f"{_TRAJECTORY}:traflow"),

@@ -25,7 +25,8 @@ one batched pass over the conditional and the null-class inputs (2 x the forward
 |              |                 | for each later time tau: x = f(alpha_tau x + sigma_tau z, tau)                     |
 
 The grids are `schedule.timesteps(steps)` (EDM: Karras sigmas; VP and flow: uniform in t) unless `timesteps` is
-given; `consistency` uses the grid without its last (data-end) point.
+given; `consistency` uses `consistency_grid` (it ends at the consistency boundary, EDM's sigma_min, not at 0) without
+its last point, so each of its n evaluations is at a time above the boundary, where f is not the identity.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdistill.diffusion.schedules import RectifiedFlow, Schedule, check_steps, ddim_step, predict
+from jdistill.diffusion.schedules import EDM, RectifiedFlow, Schedule, check_steps, ddim_step, predict
 from jdistill.errors import ConfigError
 
 SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m", "flow_euler", "consistency")
@@ -61,10 +62,29 @@ def sampler_steps(sampler: str, nfe: int) -> int:
     return math.ceil((nfe + 1) / 2) if sampler == "heun" else nfe
 
 
+def consistency_grid(schedule: Schedule, steps: int) -> np.ndarray:
+    """`steps + 1` times from the noise end down to a consistency function's boundary time (float64 numpy).
+
+    EDM: `steps + 1` Karras sigmas from sigma_max down to sigma_min (its own grid without the final 0), since
+    f(x, sigma_min) = x; VP and flow: `schedule.timesteps(steps)`, uniform down to 0. The k-step grid is every
+    (N / k)-th point of the N-step one. Multistep consistency sampling evaluates f at the first `steps` of them: at
+    the boundary f is the identity, and an evaluation spent there would be wasted (with EDM's own grid, 2 steps were
+    f(x_T, sigma_max) then x + 0.002 z).
+    """
+    check_steps(steps)
+    if isinstance(schedule, EDM):
+        return schedule.timesteps(steps + 1)[:-1]
+    return schedule.timesteps(steps)
+
+
 def sample_grid(sampler: str, schedule: Schedule, nfe: int, timesteps=None) -> np.ndarray:
-    """The sampler's time grid (float64 numpy): `steps + 1` points from the noise end to the data end."""
+    """The sampler's time grid (float64 numpy): `steps + 1` points from the noise end to the data end (`consistency`:
+    to the boundary, `consistency_grid`)."""
     steps = sampler_steps(sampler, nfe)
-    grid = schedule.timesteps(steps) if timesteps is None else np.asarray(timesteps, np.float64)
+    if timesteps is not None:
+        grid = np.asarray(timesteps, np.float64)
+    else:
+        grid = consistency_grid(schedule, steps) if sampler == "consistency" else schedule.timesteps(steps)
     if grid.shape != (steps + 1,):
         raise ConfigError(f"timesteps: sampler {sampler} with nfe={nfe} needs {steps + 1} times, got {grid.shape}")
     if np.any(np.diff(grid) >= 0):

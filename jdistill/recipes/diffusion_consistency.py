@@ -56,6 +56,8 @@ class DiffusionConsistency(DiffusionDistillation):
     num_steps: int = 16  # N of the teacher-step grid (Consistency Models use 18 on CIFAR-10; 16 splits 8/4/2/1 ways)
     metric: str = "pseudo_huber"  # l2, l1 or pseudo_huber (iCT)
     target_decay: float = 0.95  # EMA of the target network theta- (LCM: 0.95; 0: theta- = sg(theta))
+    teacher_solver: str = "ddim"  # the teacher's ODE step t_{n+1} -> t_n: ddim, or heun (Consistency Models)
+    output: str = "x0"  # F of f = c_skip x + c_out F: x0 (data prediction), raw (EDM's raw output), auto (raw for EDM)
     time_scale: float | None = None  # t -> noise level of c_skip / c_out; None: 1 for EDM, 10 otherwise (LCM)
     gamma: float = 0.3  # strategic stochastic sampling (tcd / tdd); 0 = deterministic
     tdd_step_counts: tuple[int, ...] = (4, 5, 6, 7, 8)
@@ -79,6 +81,11 @@ class DiffusionConsistency(DiffusionDistillation):
             raise ValueError(f"num_steps must be >= 2, got {self.num_steps}")
         if not 0.0 <= self.target_decay < 1.0:
             raise ValueError(f"target_decay must be in [0, 1), got {self.target_decay}")
+        if self.teacher_solver not in cm.TEACHER_SOLVERS:
+            solvers = ", ".join(cm.TEACHER_SOLVERS)
+            raise ValueError(f"teacher_solver must be one of {solvers}, got {self.teacher_solver!r}")
+        if self.output not in (*cm.OUTPUTS, "auto"):
+            raise ValueError(f"output must be one of {', '.join(cm.OUTPUTS)}, auto, got {self.output!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         stages = self.hyper_sd_stages
@@ -97,14 +104,18 @@ class DiffusionConsistency(DiffusionDistillation):
             raise ConfigError(
                 "distill.options.reward_weight: the reward classifier needs a class-conditional digits teacher"
             )
+        if self.output == "raw" and not isinstance(self.schedule, EDM):
+            raise ConfigError(
+                f"distill.options.output: raw needs an EDM teacher (its raw output is EDM's F); this teacher is "
+                f"{self.schedule.name!r}, use x0"
+            )
 
     # ---- the consistency function ----
     def grid_of(self, steps: int) -> np.ndarray:
         """A grid of `steps` intervals from the noise end down to the boundary time t_min (EDM: Karras sigmas down to
-        sigma_min; VP and flow: uniform down to 0); the grid of k steps is every (N / k)-th point of the N-step one."""
-        if isinstance(self.schedule, EDM):
-            return self.schedule.timesteps(steps + 1)[:-1]
-        return self.schedule.timesteps(steps)
+        sigma_min; VP and flow: uniform down to 0); the grid of k steps is every (N / k)-th point of the N-step one
+        (`samplers.consistency_grid`, also the grid of multistep consistency sampling)."""
+        return samplers.consistency_grid(self.schedule, steps)
 
     @property
     def grid(self) -> np.ndarray:
@@ -116,10 +127,26 @@ class DiffusionConsistency(DiffusionDistillation):
         return float(self.grid[-1])
 
     def consistency_fn(self, model, labels):
-        """f(x, t) of a denoiser module: the boundary-conditioned data prediction (`t` `[batch]` or a scalar)."""
+        """f(x, t) of a denoiser module: the boundary-conditioned data prediction (`t` `[batch]` or a scalar).
+
+        `output="x0"`: F is the denoiser's data prediction, c_out divided by sigma_data (LCM's reuse of a pre-trained
+        denoiser), times scaled by `time_scale` for VP / flow. `output="raw"` (EDM teachers): Consistency Models' own
+        form, F the network's raw output (EDM's F, whose denoiser is c_skip^EDM x + c_out^EDM F): the two sets of
+        scalings differ only by sigma -> sigma - sigma_min, so a student copied from the teacher starts as the
+        teacher's denoiser at every sigma (Consistency Models initialise CD students from the teacher).
+        `output="auto"`: raw for an EDM teacher, x0 otherwise.
+        """
         schedule = self.schedule
-        scale = self.time_scale if self.time_scale is not None else (1.0 if isinstance(schedule, EDM) else 10.0)
         sigma_data = getattr(schedule, "sigma_data", cm.SIGMA_DATA)
+        if self.output == "raw" or (self.output == "auto" and isinstance(schedule, EDM)):
+
+            def f_raw(x, t):
+                t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+                raw = model(x, t, labels)
+                return cm.consistency_function(x, raw, t, output="raw", sigma_min=self.boundary, sigma_data=sigma_data)
+
+            return f_raw
+        scale = self.time_scale if self.time_scale is not None else (1.0 if isinstance(schedule, EDM) else 10.0)
 
         def f(x, t):
             t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
@@ -162,7 +189,9 @@ class DiffusionConsistency(DiffusionDistillation):
             x_next, x_cur = cm.ct_pair(x0, noise, (t_next, t_cur), self.schedule)
         else:
             teacher_x0 = self.teacher_x0(self.teacher_module(recipe_state), labels, scale)
-            x_next, x_cur = cm.cd_pair(teacher_x0, x0, noise, (t_next, t_cur), self.schedule)
+            x_next, x_cur = cm.cd_pair(
+                teacher_x0, x0, noise, (t_next, t_cur), self.schedule, solver=self.teacher_solver
+            )
         online = self.consistency_fn(student, labels)
         target = self.consistency_fn(target_model, labels)
         if self.variant in ("cd", "ct"):
@@ -232,7 +261,7 @@ class DiffusionConsistency(DiffusionDistillation):
         @jax.jit
         def run(params, x_T, labels, rng):
             f = self.consistency_fn(nnx.merge(graphdef, params), labels)
-            if variant in ("cd", "ct", "image_free"):
+            if variant in ("cd", "ct", "image_free"):  # on `grid` (samplers.consistency_grid)
                 return samplers.sample(f, x_T, schedule, nfe, sampler="consistency", rng=rng)
             if variant == "hyper_sd":  # deterministic steps along the segment ends
                 return tc.strategic_stochastic_sample(f, x_T, grid, rng, schedule, gamma=0.0)

@@ -188,6 +188,8 @@ def test_throughput_is_reported_against_the_single_evaluation(result):
         assert entry["samples_per_s"] == out["teacher"][nfe]["samples_per_s"] > 0
         expected = entry["samples_per_s"] * int(nfe) / entry["forward_samples_per_s"]
         assert entry["ratio"] == pytest.approx(expected) and entry["goal_met"] == (entry["ratio"] >= 0.8)
+        cpu = entry["cpu_samples_per_s"] * int(nfe) / entry["cpu_forward_samples_per_s"]
+        assert entry["cpu_ratio"] == pytest.approx(cpu) and entry["cpu_goal_met"] == (entry["cpu_ratio"] >= 0.8)
     assert set(out["throughput"]["toy2d"]["students"]["oracle"]) == {"1"}
     assert "teacher" in bench.format_result(out) and "oracle" in bench.format_result(out)
 

@@ -137,6 +137,25 @@ def test_consistency_sampling_renoises_between_evaluations():
     np.testing.assert_allclose(two, denoise(renoised, tau), rtol=1e-6)
 
 
+@pytest.mark.parametrize("nfe", [1, 2, 4])
+def test_consistency_sampling_never_evaluates_at_the_edm_boundary(nfe):
+    # f(x, sigma_min) = x, so an evaluation there is wasted: the n evaluations are at the n largest of n + 1 Karras
+    # sigmas down to sigma_min.
+    edm, seen = EDM(), []
+
+    def denoise(x, t):
+        jax.debug.callback(lambda t: seen.append(float(t)), t)
+        return x
+
+    x_T, rng = jnp.ones((2, 2)), jax.random.key(0)
+    jax.block_until_ready(samplers.sample(denoise, x_T, edm, nfe, sampler="consistency", rng=rng))
+    expected = edm.timesteps(nfe + 1)[:nfe]
+    np.testing.assert_allclose(sorted(seen, reverse=True), expected, rtol=1e-6)
+    assert min(seen) > edm.sigma_min
+    np.testing.assert_array_equal(samplers.consistency_grid(edm, nfe), edm.timesteps(nfe + 1)[:-1])
+    np.testing.assert_array_equal(samplers.consistency_grid(RectifiedFlow(), nfe), RectifiedFlow().timesteps(nfe))
+
+
 class LabelModel:
     """A conditional 'denoiser' whose raw output is its label (the null class is 3): guidance is read off it."""
 

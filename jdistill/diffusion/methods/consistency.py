@@ -32,6 +32,7 @@ from jdistill.diffusion.schedules import Schedule, ddim_step, expand_to
 SIGMA_MIN = 0.002
 SIGMA_DATA = 0.5
 OUTPUTS = ("raw", "x0")
+TEACHER_SOLVERS = ("ddim", "heun")
 
 
 def consistency_scalings(sigma: ArrayLike, sigma_min: float = SIGMA_MIN, sigma_data: float = SIGMA_DATA):
@@ -80,16 +81,53 @@ def cd_pair(
     noise: ArrayLike,
     times: tuple[ArrayLike, ArrayLike],
     schedule: Schedule,
+    *,
+    solver: str = "ddim",
 ) -> tuple[Array, Array]:
     """(x_{t_{n+1}}, x^_{t_n}) for consistency distillation, `times = (t_{n+1}, t_n)` each `[batch]`, t_n < t_{n+1}.
 
-    x_{t_{n+1}} = alpha x0 + sigma z; x^_{t_n} is one DDIM step of the teacher (`schedules.ddim_step`: Euler for EDM,
-    the first-order exponential integrator for VP) from it. The teacher's output is held fixed.
+    x_{t_{n+1}} = alpha x0 + sigma z; x^_{t_n} is one step of the teacher's ODE solver from it (`teacher_step`):
+    `solver="ddim"` (one evaluation) or `"heun"` (two, Consistency Models' choice for EDM teachers). The teacher's
+    output is held fixed.
     """
     t_next, t_cur = (jnp.asarray(time) for time in times)
     x_next = schedule.add_noise(jnp.asarray(x0), jnp.asarray(noise), t_next)
-    x0_hat = jax.lax.stop_gradient(teacher_x0(x_next, t_next))
-    return x_next, ddim_step(schedule, x_next, t_next, t_cur, x0_hat)
+    return x_next, teacher_step(teacher_x0, x_next, t_next, t_cur, schedule, solver=solver)
+
+
+def teacher_step(
+    teacher_x0: Callable[[Array, Array], Array],
+    x: ArrayLike,
+    t: ArrayLike,
+    s: ArrayLike,
+    schedule: Schedule,
+    *,
+    solver: str = "ddim",
+) -> Array:
+    """One step of the teacher's probability-flow ODE from time t to s < t (`[batch]` each), held fixed.
+
+    "ddim": `schedules.ddim_step` with x0_hat(x, t) (Euler for EDM and the flow). "heun": EDM's second-order step
+    (Karras et al. 2022, Algorithm 1) in the schedule's own time, with v = dx/dt from the x0 prediction:
+
+        x' = x + (s - t) v(x, t),   x_s = x + (s - t) (v(x, t) + v(x', s)) / 2,
+
+    and the DDIM step where s is the data end (sigma(s) = 0, where v(., s) is undefined), as EDM does.
+    """
+    if solver not in TEACHER_SOLVERS:
+        raise ValueError(f"solver must be one of {TEACHER_SOLVERS}, got {solver!r}")
+    x, t, s = jnp.asarray(x), jnp.asarray(t), jnp.asarray(s)
+    x0_hat = jax.lax.stop_gradient(teacher_x0(x, t))
+    first = ddim_step(schedule, x, t, s, x0_hat)
+    if solver == "ddim":
+        return first
+    velocity = schedule.velocity_from_x0(x, t, x0_hat)
+    step = expand_to(s - t, x)
+    euler = x + step * velocity
+    interior = schedule.sigma(s) > 0
+    s_safe = jnp.where(interior, s, t)  # keeps v(x', s) finite where the correction is not taken
+    corrected = schedule.velocity_from_x0(euler, s_safe, jax.lax.stop_gradient(teacher_x0(euler, s_safe)))
+    heun = x + step * 0.5 * (velocity + corrected)
+    return jnp.where(expand_to(interior, x), heun, first)
 
 
 def ct_pair(

@@ -41,8 +41,14 @@ def trajectory_consistency_function(
     x_t: ArrayLike, x0_hat: ArrayLike, t: ArrayLike, s: ArrayLike, schedule: Schedule
 ) -> Array:
     """f(x_t, t, s): the first-order semi-linear map of x_t from time t to time s <= t given the data prediction
-    x0_hat at (x_t, t) (TCD, eq. 13 at first order); `t`, `s` `[batch]`. f(x, t, t) = x."""
-    return ddim_step(schedule, jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(s), jnp.asarray(x0_hat))
+    x0_hat at (x_t, t) (TCD, eq. 13 at first order); `t`, `s` `[batch]`. f(x, t, t) = x.
+
+    Where t is the data end itself (sigma(t) = 0, so s = t; VP and flow grids end there), the step's eps is 0 / 0:
+    f is x_t there, computed from a finite stand-in time so that no NaN reaches the value or its gradient."""
+    x_t, t, s = jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(s)
+    noisy = schedule.sigma(t) > 0
+    step = ddim_step(schedule, x_t, jnp.where(noisy, t, schedule.t_max), s, jnp.asarray(x0_hat))
+    return jnp.where(expand_to(noisy, x_t), step, x_t)
 
 
 def trajectory_consistency_loss(

@@ -100,3 +100,31 @@ def test_ict_schedule_weights_and_index_distribution():
     erf = np.vectorize(math.erf)
     cdf = erf((np.log(sigmas) + 1.1) / (math.sqrt(2) * 2.0))
     np.testing.assert_allclose(cm.ict_index_probabilities(sigmas), np.diff(cdf) / np.sum(np.diff(cdf)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_heun_teacher_step_is_second_order_and_ddim_at_the_data_end(family):
+    # Gaussian data: the exact denoiser and the exact flow map. Heun's one-step error is O(h^3), DDIM's O(h^2).
+    scale, schedule = 0.7, FAMILIES[family]
+    x = jnp.asarray(RNG.normal(size=(6, 5)))
+    t = jnp.full((6,), 0.6 if family != "edm" else 3.0)
+
+    def error(solver, h):
+        s = t - h
+        got = cm.teacher_step(gaussian_x0(scale, family), x, t, s, schedule, solver=solver)
+        return float(jnp.max(jnp.abs(got - gaussian_flow_map(x, t, s, scale, family))))
+
+    hs = (0.08, 0.04) if family != "edm" else (0.4, 0.2)
+    heun_order = math.log2(error("heun", hs[0]) / error("heun", hs[1]))
+    ddim_order = math.log2(error("ddim", hs[0]) / error("ddim", hs[1]))
+    assert 2.5 < heun_order < 3.6, heun_order
+    assert error("heun", hs[1]) < error("ddim", hs[1])
+    if family == "edm":
+        assert 1.5 < ddim_order < 2.5, ddim_order
+    # Into the data end (sigma = 0) the correction is undefined: the step is DDIM's, and finite.
+    if family != "edm":
+        zero = jnp.zeros((6,))
+        heun = cm.teacher_step(gaussian_x0(scale, family), x, t, zero, schedule, solver="heun")
+        np.testing.assert_array_equal(heun, cm.teacher_step(gaussian_x0(scale, family), x, t, zero, schedule))
+    with pytest.raises(ValueError, match="solver"):
+        cm.teacher_step(gaussian_x0(scale, family), x, t, t - 0.1, schedule, solver="rk4")

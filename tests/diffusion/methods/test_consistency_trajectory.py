@@ -19,6 +19,17 @@ def test_trajectory_consistency_function_is_the_identity_at_s_equal_t(family):
 
 
 @pytest.mark.parametrize("family", ["vp", "flow"])
+def test_trajectory_consistency_function_at_the_data_end_is_finite_with_finite_gradients(family):
+    # VP / flow grids end at t = 0 (sigma = 0): TCD and Hyper-SD map such points to s = 0, where eps is 0 / 0.
+    x, x0 = jnp.asarray(RNG.normal(size=(2, 3))), jnp.asarray(RNG.normal(size=(2, 3)))
+    t = jnp.array([0.0, 0.4])
+    f = tc.trajectory_consistency_function(x, x0, t, jnp.zeros(2), FAMILIES[family])
+    np.testing.assert_array_equal(f[0], x[0])
+    grad = jax.grad(lambda x0: jnp.sum(tc.trajectory_consistency_function(x, x0, t, jnp.zeros(2), FAMILIES[family])))
+    assert bool(jnp.all(jnp.isfinite(grad(x0))))
+
+
+@pytest.mark.parametrize("family", ["vp", "flow"])
 def test_trajectory_consistency_function_is_semi_linear_and_reaches_x0_at_the_clean_end(family):
     x, x0 = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 3))
     t, s = np.array([0.9, 0.6, 0.3, 0.5]), np.array([0.5, 0.2, 0.1, 0.0])

@@ -58,6 +58,41 @@ def test_student_starts_as_the_teacher_and_the_boundary_is_exact(monkeypatch):
     assert float(jnp.abs(f(x, jnp.ones(5)) - x).max()) > 1e-3
 
 
+def test_edm_raw_output_student_starts_as_the_teachers_denoiser(monkeypatch):
+    # Consistency Models' scalings on EDM's raw output: f differs from the teacher's D only by sigma -> sigma - t_min.
+    from jdistill.diffusion.schedules import predict
+
+    teacher = fake_teacher.install(monkeypatch, EDM())
+    r = recipe(output="raw")
+    graphdef, params, _state = fake_teacher.student_of(r)
+    x = jax.random.normal(jax.random.key(0), (5, 2))
+    f = r.consistency_fn(nnx.merge(graphdef, params), None)
+    for sigma in (0.05, 0.3, 1.0, 5.0, 80.0):
+        t = jnp.full((5,), sigma)
+        denoised = predict(r.schedule, teacher.model, sigma * x, t).x0
+        np.testing.assert_allclose(f(sigma * x, t), denoised, rtol=0.05, atol=0.05 * sigma)
+    np.testing.assert_array_equal(f(x, jnp.full((5,), r.boundary)), x)
+    auto = recipe(output="auto").consistency_fn(nnx.merge(graphdef, params), None)  # raw for EDM
+    np.testing.assert_array_equal(auto(x, jnp.full((5,), 0.3)), f(x, jnp.full((5,), 0.3)))
+
+
+def test_cd_takes_the_teacher_solver_it_is_given(monkeypatch):
+    from jdistill.diffusion.methods import consistency as cm
+
+    fake_teacher.install(monkeypatch, EDM())
+    seen, cd_pair = [], cm.cd_pair
+    monkeypatch.setattr(cm, "cd_pair", lambda *args, solver: seen.append(solver) or cd_pair(*args, solver=solver))
+    for solver in ("heun", "ddim"):
+        r = recipe(variant="cd", teacher_solver=solver)
+        graphdef, params, state = fake_teacher.student_of(r)
+        student, batch = nnx.merge(graphdef, params), fake_teacher.batch()
+        jax.eval_shape(r.loss, student, None, state, batch, jax.random.key(0))  # traced only, not run
+    assert seen == ["heun", "ddim"]
+    assert recipe().teacher_solver == "ddim"  # measured better here than Consistency Models' heun
+    with pytest.raises(ValueError, match="teacher_solver"):
+        recipe(teacher_solver="euler")
+
+
 def test_target_network_is_an_ema_of_the_student(monkeypatch):
     fake_teacher.install(monkeypatch, EDM())
     r = recipe(target_decay=0.75, ema_decay=0.5, ema_warmup=False)
