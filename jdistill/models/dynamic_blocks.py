@@ -22,21 +22,25 @@ from jdistill.errors import UserError
 from jdistill.nn.activations import GATES, glu
 from jdistill.nn.kv_cache import KVCache, cached_attention
 from jdistill.nn.mlp import GLUMLP
+from jdistill.nn.moe import MoE
 
 
 class DynamicModelError(UserError):
     """A model the dynamic-compute methods cannot run (recurrent, mixture-of-experts or gated blocks)."""
 
 
-def check_model(model, method: str) -> None:
-    """One-line error unless every block is dense attention + a GLU MLP without GateSkip gates (an LM)."""
+def check_model(model, method: str, *, glu_mlp: bool = False) -> None:
+    """One-line error unless every block is dense attention + a dense (with `glu_mlp`: GLU) MLP without GateSkip
+    gates (an LM)."""
     cfg = model.config
     if cfg.kind != "lm":
         raise DynamicModelError(f"{method}: needs a decoder language model (model.kind=lm)")
     for index, block in enumerate(model.blocks):
-        if hasattr(block, "linear_attention") or not isinstance(block.mlp, GLUMLP) or cfg.residual_gates:
+        mlp_ok = isinstance(block.mlp, GLUMLP) if glu_mlp else not isinstance(block.mlp, MoE)
+        if hasattr(block, "linear_attention") or not mlp_ok or cfg.residual_gates:
+            kind = "a GLU" if glu_mlp else "a dense"
             raise DynamicModelError(
-                f"{method}: block {index + 1} is not dense attention + a GLU MLP without residual gates "
+                f"{method}: block {index + 1} is not attention + {kind} MLP without residual gates "
                 f"(layer_pattern {cfg.layer_pattern!r}, mlp {cfg.mlp!r}, residual_gates {cfg.residual_gates})"
             )
 

@@ -75,14 +75,26 @@ def jei_loss(ce, gate_logits, costs, *, lam: float, rho: float = 0.1, mask=None)
     """(L_IM + L_gate, metrics) of the module docstring. `ce [E + 1, ...]` per-token cross-entropies of every IM
     and the final head, `gate_logits [E, ...]`, `costs [E + 1]` (fraction of blocks), `mask [...]` valid tokens."""
     pi = exit_probabilities(gate_logits)
-    weight = jnp.ones(ce.shape[1:], jnp.float32) if mask is None else mask.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(weight), 1.0)
-    cost = jnp.asarray(costs, jnp.float32).reshape((-1,) + (1,) * (ce.ndim - 1))
-    mean = lambda x: jnp.sum(jnp.sum(x, axis=0) * weight) / count
+    mean = _choice_mean(mask, ce.shape[1:])
     im = mean((jax.lax.stop_gradient(pi) + rho) * ce)
-    gate = mean(pi * jax.lax.stop_gradient(ce + lam * cost))
-    metrics = {"im_loss": im, "gate_loss": gate, "expected_cost": mean(pi * cost), "expected_ce": mean(pi * ce)}
-    return im + gate, metrics
+    gate, metrics = expected_loss_and_cost(pi, jax.lax.stop_gradient(ce), costs, lam=lam, mask=mask)
+    return im + gate, {"im_loss": im, "gate_loss": gate, **metrics}
+
+
+def _choice_mean(mask, shape):
+    weight = jnp.ones(shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weight), 1.0)
+    return lambda x: jnp.sum(jnp.sum(x, axis=0) * weight) / count
+
+
+def expected_loss_and_cost(pi, ce, costs, *, lam: float, mask=None):
+    """The cost-aware routing objective `mean_n sum_k pi_k(n) (CE_k(n) + lam c_k)` over the choices k (exits,
+    skipped spans, numbers of learners) with probabilities `pi [K, ...]`, per-token losses `ce [K, ...]` (pass them
+    stop-gradiented to train only the router) and costs `costs [K]`; returns (it, {expected_cost, expected_ce})."""
+    cost = jnp.asarray(costs, jnp.float32).reshape((-1,) + (1,) * (ce.ndim - 1))
+    mean = _choice_mean(mask, ce.shape[1:])
+    expected_cost, expected_ce = mean(pi * cost), mean(pi * ce)
+    return expected_ce + lam * expected_cost, {"expected_cost": expected_cost, "expected_ce": expected_ce}
 
 
 def exit_taken(gate_logits, threshold: float = 0.5):
