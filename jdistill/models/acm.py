@@ -31,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdistill.models.dynamic_blocks import DynamicModelError, check_model, hidden_and_mlp_inputs, run_block, sequence_cache
+from jdistill.models.dynamic_blocks import (
+    DynamicModelError,
+    check_model,
+    hidden_and_mlp_inputs,
+    run_block,
+    sequence_cache,
+)
 from jdistill.models.generate import _argmax
 from jdistill.models.jei_dnn import expected_loss_and_cost
 from jdistill.models.middle_skip import choose

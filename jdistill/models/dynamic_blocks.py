@@ -87,7 +87,7 @@ def hidden_and_mlp_inputs(model, inputs):
     h = model.embed(inputs)
     hidden, mlp_inputs = [h], []
     for block, cache in zip(model.blocks, sequence_cache(model, batch, seq), strict=True):
-        captured = []
+        captured: list = []
 
         def dense(x, block=block, captured=captured):
             captured.append(x)
@@ -114,5 +114,7 @@ def fit_adam(loss_fn, params, batches, *, steps: int, learning_rate: float, seed
     metrics: dict = {}
     key = jax.random.key(seed)
     for index in range(steps):
-        params, opt_state, metrics = step(params, opt_state, batches[index % len(batches)], jax.random.fold_in(key, index))
+        params, opt_state, metrics = step(
+            params, opt_state, batches[index % len(batches)], jax.random.fold_in(key, index)
+        )
     return params, jax.device_get(metrics)

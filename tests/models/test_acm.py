@@ -13,8 +13,8 @@ from jdistill.models import acm as acm_lib
 from jdistill.models.dynamic_blocks import fit_adam
 
 LM = ModelConfig(
-    kind="lm", num_layers=2, d_model=16, num_heads=2, mlp_dim=32, mlp="glu", activation="silu", mlp_bias=False, vocab_size=11,
-    max_seq_len=32,
+    kind="lm", num_layers=2, d_model=16, num_heads=2, mlp_dim=32, mlp="glu", activation="silu", mlp_bias=False,
+    vocab_size=11, max_seq_len=32,
 )  # fmt: skip
 
 
