@@ -29,10 +29,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jdistill.io import strict_json
-from jdistill.models.generate import generate
-from jdistill.models.speculative import self_speculative_generate
+from jdistill.models.generate import sample_completions
+from jdistill.models.speculative import SpeculativeDecoder
 
 
 def exit_perplexities(model, batches) -> list[float]:
@@ -94,24 +95,39 @@ def time_interleaved(contenders: dict, prompts, repeats: int) -> tuple[dict, dic
     return median, median_cpu, results
 
 
+class GreedyDecoder:
+    """Plain greedy decoding (`models.generate.sample_completions`) prepared like `SpeculativeDecoder`: the model
+    split once, one compiled program per prompt shape, so both sides of the comparison time decoding alone."""
+
+    def __init__(self, model, *, max_new_tokens: int):
+        self.graphdef, self.params = nnx.split(model)
+        self.max_new_tokens = max_new_tokens
+        self._compiled: dict = {}
+
+    def _decode(self, params, prompt):
+        model = nnx.merge(self.graphdef, params)
+        return sample_completions(model, prompt, max_new_tokens=self.max_new_tokens, rng=jax.random.key(0))
+
+    def __call__(self, prompt_ids):
+        prompt = np.asarray(prompt_ids).astype(np.int32)
+        program = self._compiled.get(prompt.shape)
+        if program is None:
+            program = self._compiled[prompt.shape] = jax.jit(self._decode).lower(self.params, prompt).compile()
+        return program(self.params, prompt)
+
+
 def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, controls, repeats: int) -> dict:
     """The contenders' figures (see the module docstring) on `prompts` (each `[prompt_len]` int)."""
 
+    greedy = GreedyDecoder(model, max_new_tokens=new_tokens)
+
     def plain(prompt):
-        return generate(model, prompt, max_new_tokens=new_tokens), None
+        return greedy(prompt), None
 
     def speculative(exit_layer, draft_len, control):
-        def run(prompt):
-            return self_speculative_generate(
-                model,
-                prompt,
-                exit_layer=exit_layer,
-                draft_len=draft_len,
-                max_new_tokens=new_tokens,
-                draft_control=control,
-            )
-
-        return run
+        return SpeculativeDecoder(
+            model, exit_layer=exit_layer, draft_len=draft_len, max_new_tokens=new_tokens, draft_control=control
+        )
 
     contenders = {"plain": plain}
     for exit_layer in exits:

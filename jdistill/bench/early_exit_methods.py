@@ -238,24 +238,16 @@ def fit_self_ablation(model, batches, *, k_heads: int, k_neurons: int, steps: in
 
 
 def self_ablation_curve(model, gates, batches, *, k_heads: int, share: float) -> list[dict]:
+    """Accuracy with the ablation on at k = 1/8 .. all of the MLP neurons (the heads at `k_heads`)."""
     hidden = model.config.mlp_dim
-
+    run = jax.jit(lambda inputs, k: sa.forward(model, gates, inputs, k_heads=k_heads, k_neurons=k))
     curve = []
     for fraction in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0):
         k = max(1, round(fraction * hidden))
-        run = jax.jit(lambda inputs, k=k: sa.forward(model, gates, inputs, k_heads=k_heads, k_neurons=k))
-        correct = [_accuracy(run(jnp.asarray(batch["inputs"])), batch)[0] for batch in batches]
+        correct = [_accuracy(run(jnp.asarray(batch["inputs"]), k), batch)[0] for batch in batches]
         blocks = model.config.num_layers * (share + (1 - share) * k / hidden)
         curve.append({"k_neurons": k, "accuracy": float(np.concatenate(correct).mean()), "mean_blocks": blocks})
     return curve
-
-
-def training_batches(data_config, *, count: int, batch_size: int, seed: int = 0) -> list[dict]:
-    """`count` shuffled batches of `batch_size` windows of the run's LM training split (numpy dicts)."""
-    from jdistill import data
-
-    dataset = data.lm_train_dataset(data.lm_windows(data_config, "train"), seed=seed, batch_size=batch_size)
-    return [{key: np.asarray(value) for key, value in dataset[index].items()} for index in range(count)]
 
 
 # --- the benchmark -----------------------------------------------------------------------------------------------
@@ -269,7 +261,8 @@ def cheapest_within(curve: list[dict], full_accuracy: float, max_quality_drop: f
 
 def _jei(model, train, heldout, *, steps, lam, new_tokens, share):
     del share
-    exits = tuple(range(1, model.config.num_layers))
+    layers = model.config.num_layers
+    exits = tuple(sorted({max(1, layers * i // 4) for i in (1, 2, 3)} - {layers}))  # as the confidence exits
     params, metrics = fit_jei(model, train, exits, steps=steps, lam=lam)
 
     def decoder(threshold):

@@ -41,13 +41,15 @@ def init_gates(model, rng) -> dict:
     }
 
 
-def kwta(scores, k: int, temperature: float = 1.0):
-    """k-winner-takes-all mask `[..., n]` of the module docstring (hard forward, sigmoid straight-through)."""
+def kwta(scores, k, temperature: float = 1.0):
+    """k-winner-takes-all mask `[..., n]` of the module docstring (hard forward, sigmoid straight-through); `k`
+    may be traced (one compiled program for every k)."""
     n = scores.shape[-1]
-    if k >= n:
-        return jnp.ones_like(scores)
-    top = jax.lax.top_k(scores, k + 1)[0]
-    theta = jax.lax.stop_gradient(0.5 * (top[..., k - 1] + top[..., k]))[..., None]
+    ranked = jnp.sort(scores, axis=-1)[..., ::-1]  # descending
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 1, n)
+    kth = jnp.take(ranked, k - 1, axis=-1)
+    next_ = jnp.where(k < n, jnp.take(ranked, jnp.minimum(k, n - 1), axis=-1), kth - 1.0)
+    theta = jax.lax.stop_gradient(0.5 * (kth + next_))[..., None]
     hard = (scores > theta).astype(scores.dtype)
     soft = jax.nn.sigmoid((scores - theta) / temperature)
     return hard + soft - jax.lax.stop_gradient(soft)
