@@ -250,6 +250,14 @@ def self_ablation_curve(model, gates, batches, *, k_heads: int, share: float) ->
     return curve
 
 
+def training_batches(data_config, *, count: int, batch_size: int, seed: int = 0) -> list[dict]:
+    """`count` shuffled batches of `batch_size` windows of the run's LM training split (numpy dicts)."""
+    from jdistill import data
+
+    dataset = data.lm_train_dataset(data.lm_windows(data_config, "train"), seed=seed, batch_size=batch_size)
+    return [{key: np.asarray(value) for key, value in dataset[index].items()} for index in range(count)]
+
+
 # --- the benchmark -----------------------------------------------------------------------------------------------
 
 
