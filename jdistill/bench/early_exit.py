@@ -29,10 +29,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jdistill.io import strict_json
-from jdistill.models.generate import generate
-from jdistill.models.speculative import self_speculative_generate
+from jdistill.models.generate import sample_completions
+from jdistill.models.speculative import SpeculativeDecoder
 
 
 def exit_perplexities(model, batches) -> list[float]:
@@ -94,24 +95,39 @@ def time_interleaved(contenders: dict, prompts, repeats: int) -> tuple[dict, dic
     return median, median_cpu, results
 
 
+class GreedyDecoder:
+    """Plain greedy decoding (`models.generate.sample_completions`) prepared like `SpeculativeDecoder`: the model
+    split once, one compiled program per prompt shape, so both sides of the comparison time decoding alone."""
+
+    def __init__(self, model, *, max_new_tokens: int):
+        self.graphdef, self.params = nnx.split(model)
+        self.max_new_tokens = max_new_tokens
+        self._compiled: dict = {}
+
+    def _decode(self, params, prompt):
+        model = nnx.merge(self.graphdef, params)
+        return sample_completions(model, prompt, max_new_tokens=self.max_new_tokens, rng=jax.random.key(0))
+
+    def __call__(self, prompt_ids):
+        prompt = np.asarray(prompt_ids).astype(np.int32)
+        program = self._compiled.get(prompt.shape)
+        if program is None:
+            program = self._compiled[prompt.shape] = jax.jit(self._decode).lower(self.params, prompt).compile()
+        return program(self.params, prompt)
+
+
 def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, controls, repeats: int) -> dict:
     """The contenders' figures (see the module docstring) on `prompts` (each `[prompt_len]` int)."""
 
+    greedy = GreedyDecoder(model, max_new_tokens=new_tokens)
+
     def plain(prompt):
-        return generate(model, prompt, max_new_tokens=new_tokens), None
+        return greedy(prompt), None
 
     def speculative(exit_layer, draft_len, control):
-        def run(prompt):
-            return self_speculative_generate(
-                model,
-                prompt,
-                exit_layer=exit_layer,
-                draft_len=draft_len,
-                max_new_tokens=new_tokens,
-                draft_control=control,
-            )
-
-        return run
+        return SpeculativeDecoder(
+            model, exit_layer=exit_layer, draft_len=draft_len, max_new_tokens=new_tokens, draft_control=control
+        )
 
     contenders = {"plain": plain}
     for exit_layer in exits:
@@ -155,10 +171,14 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
     }
 
 
-def plot_exit_quality(curves: dict[str, list[float]], path: Path, exits: dict | None = None) -> None:
+def plot_exit_quality(
+    curves: dict[str, list[float]], path: Path, exits: dict | None = None, methods: dict | None = None
+) -> None:
     """Perplexity against blocks used, one line per stage, as a PNG (written to a temporary name, then renamed);
-    with `exits` (`confidence_exit_benchmark`'s figures) a second panel: held-out next-token accuracy against the
-    mean blocks per token of the confidence exits, the calibrated threshold marked."""
+    with `exits` (`confidence_exit_benchmark`'s figures) a panel of held-out next-token accuracy against the mean
+    blocks per token of the confidence exits, the calibrated threshold marked; with `methods`
+    (`early_exit_methods.methods_benchmark`) the same axes for every learned method, with the confidence exits'
+    curve and the full model for reference."""
     import io
 
     import matplotlib
@@ -166,7 +186,8 @@ def plot_exit_quality(curves: dict[str, list[float]], path: Path, exits: dict | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if exits else 1, figsize=(11 if exits else 6, 4), squeeze=False)
+    panels = 1 + bool(exits) + bool(methods)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     for stage, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=stage)
@@ -183,6 +204,25 @@ def plot_exit_quality(curves: dict[str, list[float]], path: Path, exits: dict | 
         ax.set(xlabel="mean blocks per token", ylabel="held-out next-token accuracy", title="confidence exits")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if methods:
+        ax = axes[0, -1]
+        for name in ("jei", "middle_skip", "acm", "self_ablation"):
+            if name not in methods:
+                continue
+            row = methods[name]
+            points = sorted((point["mean_blocks"], point["accuracy"]) for point in row["curve"])
+            speed = f", {row['speedup']:.2f}x wall" if "speedup" in row else ", none within budget"
+            (line,) = ax.plot(*zip(*points, strict=True), marker=".", label=f"{name}{speed}")
+            if row["chosen"] is not None:
+                ax.scatter([row["chosen"]["mean_blocks"]], [row["chosen"]["accuracy"]], color=line.get_color(),
+                           s=60, edgecolors="black", zorder=3)  # fmt: skip
+        full = methods["heldout_accuracy_full"]
+        ax.axhline(full, color="gray", linestyle="--", label="full model")
+        ax.axhline((1 - methods["max_quality_drop"]) * full, color="gray", linestyle=":", label="quality budget")
+        ax.set(xlabel="mean blocks per token (FLOP-equivalent)", ylabel="held-out next-token accuracy",
+               title="learned dynamic compute")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
@@ -192,6 +232,60 @@ def plot_exit_quality(curves: dict[str, list[float]], path: Path, exits: dict | 
     tmp.replace(path)
 
 
+PARTS = ("speculative", "confidence", "methods")
+
+
+def check_parts(parts, methods) -> None:
+    """One-line `ConfigError` for an unknown `--parts` or `--methods` entry."""
+    from jdistill.bench.early_exit_methods import METHODS
+    from jdistill.errors import ConfigError
+
+    for flag, given, known in (("--parts", parts, PARTS), ("--methods", methods, METHODS)):
+        for name in given:
+            if name not in known:
+                raise ConfigError(f"{flag}: unknown entry {name!r} (expected some of {', '.join(known)})")
+
+
+def print_summary(figures: dict) -> None:
+    """One line per contender, exit rule and method."""
+    for name, row in sorted(figures.get("contenders", {}).items(), key=lambda item: -item[1]["speedup"]):
+        print(
+            f"{name:24s} {row['tokens_per_s']:8.1f} tok/s  {row['speedup']:5.2f}x  exact {row['exact_match']:.2f}  "
+            f"accept {row['acceptance_rate']:.2f}  {row['tokens_per_round']:.2f} tok/round  "
+            f"draft {row['mean_draft_len']:.2f}"
+        )
+    if "contenders" in figures:
+        print(
+            f"plain greedy {figures['plain_tokens_per_s']:.1f} tok/s; best {figures['best']}: {figures['speedup']:.2f}x"
+        )
+    exits = figures.get("confidence_exits")
+    if exits:
+        print(
+            f"confidence exits at {exits['exit_layers']}: threshold {exits['threshold']:.3f}, held-out accuracy "
+            f"{exits['heldout_accuracy']:.4f} vs {exits['heldout_accuracy_full']:.4f}, "
+            f"{exits['decode_mean_blocks']:.2f} blocks per token, {exits['speedup']:.2f}x plain greedy "
+            f"({exits['speedup_vs_no_exit']:.2f}x without exits), exact {exits['exact_match']:.2f}"
+        )
+    methods = figures.get("methods", {})
+    for name in ("jei", "middle_skip", "acm", "self_ablation"):
+        if name not in methods:
+            continue
+        row = methods[name]
+        chosen = row["chosen"]
+        if chosen is None:
+            best = max(point["accuracy"] for point in row["curve"])
+            print(
+                f"{name}: no point within the quality budget "
+                f"(best {best:.4f} vs {methods['heldout_accuracy_full']:.4f})"
+            )
+        else:
+            print(
+                f"{name}: accuracy {chosen['accuracy']:.4f} vs {methods['heldout_accuracy_full']:.4f} at "
+                f"{chosen['mean_blocks']:.2f} blocks, {row['speedup']:.2f}x plain greedy "
+                f"(CPU {row['cpu_speedup']:.2f}x)"
+            )
+
+
 def run_early_exit(args) -> int:
     from jdistill.bench.early_exit_confidence import confidence_exit_benchmark
     from jdistill.commands.generate import load_model
@@ -199,6 +293,8 @@ def run_early_exit(args) -> int:
     from jdistill.errors import ConfigError
     from jdistill.train.inputs import eval_batches
 
+    parts, methods = list(getattr(args, "parts", PARTS)), list(getattr(args, "methods", ()))
+    check_parts(parts, methods)
     model, _, stage = load_model(args.checkpoint)
     if model.config.kind != "lm":
         raise ConfigError(f"--checkpoint {args.checkpoint}: not a decoder language model")
@@ -215,15 +311,17 @@ def run_early_exit(args) -> int:
     prompts = _prompts(batches, args.prompts, args.prompt_len)
     if not prompts:
         raise ConfigError(f"--prompt-len {args.prompt_len}: no held-out window has that many tokens")
-    figures = run_benchmark(
-        model,
-        prompts,
-        new_tokens=args.new_tokens,
-        exits=exits,
-        draft_lens=args.draft_lens,
-        controls=("fixed", "thompson"),
-        repeats=args.repeats,
-    )
+    figures: dict = {}
+    if "speculative" in parts:
+        figures = run_benchmark(
+            model,
+            prompts,
+            new_tokens=args.new_tokens,
+            exits=exits,
+            draft_lens=args.draft_lens,
+            controls=("fixed", "thompson"),
+            repeats=args.repeats,
+        )
     curves = {stage: exit_perplexities(model, batches)}
     scratch = stage_dir.parent / "student_scratch"
     if scratch.is_dir() and stage != "student_scratch":
@@ -235,35 +333,38 @@ def run_early_exit(args) -> int:
             raise ConfigError(
                 f"--confidence-exits: {exit_layer} is outside [1, {layers - 1}] (the model has {layers} blocks)"
             )
-    figures["confidence_exits"] = confidence_exit_benchmark(
-        model,
-        batches,
-        prompts,
-        exit_layers=confidence_exits,
-        new_tokens=args.new_tokens,
-        repeats=args.repeats,
-        max_quality_drop=args.max_quality_drop,
-    )
+    if "confidence" in parts:
+        figures["confidence_exits"] = confidence_exit_benchmark(
+            model,
+            batches,
+            prompts,
+            exit_layers=confidence_exits,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            max_quality_drop=args.max_quality_drop,
+        )
+    if "methods" in parts and methods:
+        from jdistill.bench.early_exit_methods import methods_benchmark, training_batches
+
+        figures["methods"] = methods_benchmark(
+            model,
+            training_batches(config.data, count=16, batch_size=4),
+            list(batches)[:4],
+            prompts,
+            methods=methods,
+            steps=args.method_steps,
+            lam=args.method_lambda,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            max_quality_drop=args.max_quality_drop,
+        )
     figures["checkpoint"] = args.checkpoint
     figures["cores"] = len(jax.devices("cpu")) if jax.default_backend() == "cpu" else None
-    for name, row in sorted(figures["contenders"].items(), key=lambda item: -item[1]["speedup"]):
-        print(
-            f"{name:24s} {row['tokens_per_s']:8.1f} tok/s  {row['speedup']:5.2f}x  exact {row['exact_match']:.2f}  "
-            f"accept {row['acceptance_rate']:.2f}  {row['tokens_per_round']:.2f} tok/round  "
-            f"draft {row['mean_draft_len']:.2f}"
-        )
-    print(f"plain greedy {figures['plain_tokens_per_s']:.1f} tok/s; best {figures['best']}: {figures['speedup']:.2f}x")
-    exits = figures["confidence_exits"]
-    print(
-        f"confidence exits at {exits['exit_layers']}: threshold {exits['threshold']:.3f}, held-out accuracy "
-        f"{exits['heldout_accuracy']:.4f} vs {exits['heldout_accuracy_full']:.4f}, {exits['decode_mean_blocks']:.2f} "
-        f"blocks per token, {exits['speedup']:.2f}x plain greedy ({exits['speedup_vs_no_exit']:.2f}x without exits), "
-        f"exact {exits['exact_match']:.2f}"
-    )
+    print_summary(figures)
     if args.json:
         path = Path(args.json)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(strict_json.dumps(figures, indent=2))
         tmp.replace(path)
-        plot_exit_quality(curves, path.with_suffix(".png"), figures["confidence_exits"])
+        plot_exit_quality(curves, path.with_suffix(".png"), figures.get("confidence_exits"), figures.get("methods"))
     return 0

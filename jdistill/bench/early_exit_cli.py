@@ -25,6 +25,20 @@ def register(bench_sub) -> None:
     parser.add_argument(
         "--max-quality-drop", type=float, default=0.01, help="relative held-out accuracy loss allowed to the exits"
     )
+    parser.add_argument(
+        "--parts",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["speculative", "confidence", "methods"],
+        help="what to measure: speculative, confidence, methods (comma-separated; default all)",
+    )
+    parser.add_argument(
+        "--methods",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["jei", "middle_skip", "acm", "self_ablation"],
+        help="learned dynamic-compute methods fitted and measured (jei, middle_skip, acm, self_ablation)",
+    )
+    parser.add_argument("--method-steps", type=int, default=200, help="Adam steps fitting each method")
+    parser.add_argument("--method-lambda", type=float, default=0.5, help="cost weight of the learned routers")
     parser.add_argument("--json", help="write the figures to this JSON file (and the exit-quality curve beside it)")
 
     def run(args) -> int:

@@ -184,7 +184,22 @@ def check_exit_layers(config, exit_layers) -> tuple[int, ...]:
     return layers
 
 
-def _lm_rest(model, number, bounds, exits, positions, threshold, measure, h, caches):
+@dataclasses.dataclass(frozen=True)
+class ConfidenceRule:
+    """The exit rule of confidence exits: exit when every row's confidence reaches `threshold`. An exit rule is
+    a hashable callable `rule(model, rule_params, h [batch, d], exit_number, exit_layer) -> (logits, exit now:
+    bool scalar)`; `rule_params` is a traced pytree (e.g. JEI-DNN's gates, `jdistill.models.jei_dnn.JEIRule`)."""
+
+    threshold: float
+    measure: str = "max_prob"
+
+    def __call__(self, model, rule_params, h, exit_number: int, exit_layer: int):
+        del rule_params, exit_number
+        logits = lm_exit_logits(model, h, exit_layer)
+        return logits, jnp.all(confidence(logits, self.measure) >= self.threshold)
+
+
+def _lm_rest(model, number, bounds, exits, positions, rule, rule_params, h, caches):
     """The blocks after exit `number - 1` (recursively: the next exit, or the final head)."""
     cfg = model.config
     blocks = list(model.blocks)
@@ -195,7 +210,7 @@ def _lm_rest(model, number, bounds, exits, positions, threshold, measure, h, cac
     if number == len(exits):
         return model._logits(model.final_norm(h[:, 0])), caches, jnp.int32(number)
     exit_layer = exits[number]
-    logits = lm_exit_logits(model, h[:, 0], exit_layer)
+    logits, take = rule(model, rule_params, h[:, 0], number, exit_layer)
 
     def fill(h, caches):
         new = list(caches)
@@ -203,11 +218,11 @@ def _lm_rest(model, number, bounds, exits, positions, threshold, measure, h, cac
             new[index] = blocks[index].fill_cache(h, positions=positions, cache=new[index])
         return logits, tuple(new), jnp.int32(number)
 
-    rest = functools.partial(_lm_rest, model, number + 1, bounds, exits, positions, threshold, measure)
-    return jax.lax.cond(jnp.all(confidence(logits, measure) >= threshold), fill, rest, h, caches)
+    rest = functools.partial(_lm_rest, model, number + 1, bounds, exits, positions, rule, rule_params)
+    return jax.lax.cond(take, fill, rest, h, caches)
 
 
-def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: str, exits: tuple[int, ...]):
+def _generate(model, prompt, *, max_new_tokens: int, rule, rule_params, exits: tuple[int, ...]):
     batch, width = prompt.shape
     caches = with_offsets(model.init_cache(batch, width + max_new_tokens), jnp.zeros((batch,), jnp.int32))
     positions = jnp.broadcast_to(jnp.arange(width), (batch, width))
@@ -222,8 +237,8 @@ def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: 
             [0, *exits, model.config.num_layers],
             list(exits),
             jnp.full((batch, 1), width + index),
-            threshold,
-            measure,
+            rule,
+            rule_params,
             model.embed(token[:, None]),
             caches,
         )
@@ -234,14 +249,14 @@ def _generate(model, prompt, *, max_new_tokens: int, threshold: float, measure: 
     return jnp.concatenate([first[:, None], tokens.T], axis=1), taken, jnp.swapaxes(logits, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "threshold", "measure", "exits"))
-def _generate_jit(graphdef, params, prompt, *, max_new_tokens, threshold, measure, exits):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "rule", "exits"))
+def _generate_jit(graphdef, params, prompt, rule_params, *, max_new_tokens, rule, exits):
     return _generate(
         nnx.merge(graphdef, params),
         prompt,
         max_new_tokens=max_new_tokens,
-        threshold=threshold,
-        measure=measure,
+        rule=rule,
+        rule_params=rule_params,
         exits=exits,
     )
 
@@ -254,13 +269,16 @@ def generate_with_exits(
     threshold: float,
     measure: Measure = "max_prob",
     exit_layers=None,
+    rule=None,
+    rule_params=None,
 ):
     """Greedy continuation of full-length prompts `[batch, P]` with per-token confidence exits (the batch exits
     together). Returns (tokens int32 `[batch, max_new_tokens]`, the exit taken for every token after the first
     `[max_new_tokens - 1]` (0 .. len(exit_layers), the last being the final head; the first token comes from the
     prefill's full forward), the logits that chose them `[batch, max_new_tokens - 1, vocab]`). `exit_layers`
     (default the model's exit heads): the blocks to exit after; where the model has no exit head the shared final
-    norm and head read the block's output (a LayerSkip-trained model, whose early layers predict through it)."""
+    norm and head read the block's output (a LayerSkip-trained model, whose early layers predict through it).
+    `rule` (with its traced `rule_params`) replaces the confidence rule (`ConfidenceRule`), e.g. JEI-DNN's gates."""
     exits = check_exit_layers(model.config, exit_layers)
     check_options(dataclasses.replace(model.config, exit_layers=exits), threshold=threshold, measure=measure)
     if set(model.config.layer_pattern) != {"A"}:
@@ -272,8 +290,8 @@ def generate_with_exits(
         graphdef,
         params,
         jnp.asarray(prompt_ids, jnp.int32),
+        rule_params,
         max_new_tokens=int(max_new_tokens),
-        threshold=float(threshold),
-        measure=measure,
+        rule=ConfidenceRule(float(threshold), measure) if rule is None else rule,
         exits=exits,
     )

@@ -53,9 +53,10 @@ def with_offsets(caches, offsets):
     )
 
 
-def cached_attention(q, cache: KVCache, gate, positions, window: int | None = None):
+def cached_attention(q, cache: KVCache, gate, positions, window: int | None = None, key_valid=None):
     """`sigmoid(gate) * softmax(q k^T / sqrt(d) + mask) v` over the cache, mask: key slot in
-    [offset, query slot] (and > query slot - window with a sliding window).
+    [offset, query slot] (and > query slot - window with a sliding window; and `key_valid [batch, max_len]`
+    True there, when given: slots of tokens that skipped this layer are masked, `jdistill.models.middle_skip`).
 
     q `[batch, seq, heads, head_dim]`, positions `[batch, seq]`, gate as in `jdistill.kernels.gated_attention`.
     """
@@ -69,6 +70,8 @@ def cached_attention(q, cache: KVCache, gate, positions, window: int | None = No
     allowed = (key_slots <= query_slots) & (key_slots >= cache.offset[:, None, None])  # [batch, seq, max_len]
     if window is not None:
         allowed = allowed & (key_slots > query_slots - window)
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, :]
     scores = jnp.where(allowed[:, None, None], scores, -1e30)
     weights = jax.nn.softmax(scores, axis=-1).astype(cache.values.dtype)
     out = jnp.einsum("bhgqk,bhkd->bqhgd", weights, cache.values).reshape(batch, seq, heads, head_dim)

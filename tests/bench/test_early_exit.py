@@ -26,7 +26,7 @@ TINY_MODEL = [
 TINY = [o for o in TINY_LLM if not o.startswith(("teacher.", "student.prune"))] + TINY_MODEL
 
 
-@pytest.mark.slow  # a job and 5 compiled decoders: ~35 s on a quiet 2-core machine
+@pytest.mark.slow  # a job, 5 compiled decoders and 4 fitted methods: ~90 s on a quiet 2-core machine
 def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
     run_dir = tmp_path / "run"
     summary = job.run_job(load_config("llm_layerskip", TINY), run_dir)
@@ -34,6 +34,7 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
     out = tmp_path / "bench.json"
     args = ["bench", "early-exit", "--checkpoint", str(run_dir / "student_layerskip"), "--exits", "1,2"]
     args += ["--draft-lens", "2", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "6", "--repeats", "1"]
+    args += ["--method-steps", "2"]
     assert main([*args, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["contenders"]) == {f"exit{e}_d2_{c}" for e in (1, 2) for c in ("fixed", "thompson")}
@@ -46,5 +47,10 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
     exits = figures["confidence_exits"]  # default exits L/4, L/2, 3L/4 of 3 blocks
     assert exits["exit_layers"] == [1, 2] and 1.0 <= exits["decode_mean_blocks"] <= 3.0
     assert exits["heldout_accuracy"] >= 0.99 * exits["heldout_accuracy_full"] - 1e-12
+    methods = figures["methods"]  # every learned method fitted, with a curve and (within budget) a speed-up
+    assert set(methods) >= {"jei", "middle_skip", "acm", "self_ablation", "heldout_accuracy_full"}
+    for name in ("jei", "middle_skip", "acm", "self_ablation"):
+        assert all(0.0 <= p["mean_blocks"] <= 3.0 + 1e-9 for p in methods[name]["curve"])
+        assert methods[name]["chosen"] is None or methods[name]["speedup"] > 0
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert "plain greedy" in capsys.readouterr().out
