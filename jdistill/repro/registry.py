@@ -14,6 +14,7 @@ def all_claims() -> dict[str, Claim]:
         adr,
         attention_sink,
         born_again,
+        diffusion_few_step,
         gated_deltanet,
         gkd_on_policy,
         head_gating,
@@ -39,6 +40,7 @@ def all_claims() -> dict[str, Claim]:
         multi_exit.CLAIM,
         quantized.CLAIM,
         head_gating.CLAIM,
+        diffusion_few_step.CLAIM,
     ]
     return {claim.name: claim for claim in ordered}
 

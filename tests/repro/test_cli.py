@@ -15,9 +15,13 @@ ISSUE_ORDER = [
     "random-teacher",
     "attention-sink",
     "activations",
+    "gated-deltanet",
+    "gkd-on-policy",
     "adr",
     "multi-exit",
     "quantized",
+    "head-gating",
+    "diffusion-few-step",
 ]
 
 
@@ -35,6 +39,7 @@ def test_list_names_every_claim_in_the_issue_order(capsys):
         (["repro", "pskd", "noise=0.3"], "pskd has no parameter 'noise'"),
         (["repro", "label-noise-xi", "noise=2"], "noise=2.0: expected a label-noise rate in [0, 1]"),
         (["repro", "pskd", "student.train.stepz=3"], "student.train.stepz"),
+        (["repro", "diffusion-few-step", "methods=dmd9"], "methods=dmd9: expected comma-separated students"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):

@@ -89,10 +89,14 @@ def tokens_per_second(run_dirs: dict, lengths, batch: int = BATCH, repeats: int 
     return out
 
 
-def measure(context: Context) -> dict[str, float]:
+def parameter_count(run_dir, stage: str = "teacher") -> int:
     from jdistill.models import count_params
     from jdistill.train.restore import load_stage
 
+    return count_params(load_stage(run_dir, stage)[0])
+
+
+def measure(context: Context) -> dict[str, float]:
     quick = bool(context.quick)
     lengths, long_eval = (QUICK_LENGTHS, QUICK_LONG_EVAL) if quick else (LENGTHS, LONG_EVAL)
     numbers, run_dirs = {}, {}
@@ -102,7 +106,7 @@ def measure(context: Context) -> dict[str, float]:
         run_dirs[name] = context.run_dir / name
         numbers[f"bits_per_byte_{name}"] = metric(summary, "teacher", "bits_per_byte")
         numbers[f"bits_per_byte_long_{name}"] = bits_per_byte_at(run_dirs[name], long_eval)
-        numbers[f"params_{name}"] = float(count_params(load_stage(run_dirs[name], "teacher")[0]))
+        numbers[f"params_{name}"] = float(parameter_count(run_dirs[name]))
     speeds = tokens_per_second(run_dirs, lengths)
     for name, values in speeds.items():
         for length, value in zip(lengths, values, strict=True):
