@@ -136,9 +136,7 @@ def test_diffusion_students_are_reused_from_a_bench_work_dir_or_trained(monkeypa
     cached.mkdir(parents=True)
     (cached / "summary.json").write_text("{}")
     seed_dir = tmp_path / "seed1"
-    run = lambda name: diffusion_few_step.student_run(
-        context(seed_dir, work=str(work)), name, tmp_path / "teacher"
-    )
+    run = lambda name: diffusion_few_step.student_run(context(seed_dir, work=str(work)), name, tmp_path / "teacher")
     assert run("consistency") == cached and not jobs.calls
     assert run("tcd") == seed_dir / "tcd"
     ((config, name, _),) = jobs.calls

@@ -130,7 +130,11 @@ CLAIM = Claim(
         xlabel="sampling steps (NFE)",
         bars=(
             *((f"fd_teacher_{nfe}", f"teacher {nfe}", "teacher") for nfe in TEACHER_NFES),
-            *((f"fd_{name}_{nfe}", f"{name} {nfe}", f"{nfe}-step students") for nfe in STUDENT_NFES for name in METHODS),
+            *(
+                (f"fd_{name}_{nfe}", f"{name} {nfe}", f"{nfe}-step students")
+                for nfe in STUDENT_NFES
+                for name in METHODS
+            ),
         ),
     ),
     quick=QUICK,
