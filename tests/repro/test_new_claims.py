@@ -145,6 +145,19 @@ def test_diffusion_students_are_reused_from_a_bench_work_dir_or_trained(monkeypa
     assert config.distill.options["teacher_run"] == str(tmp_path / "teacher")
 
 
+def test_diffusion_2d_students_train_on_the_toy_data_with_the_teachers_model(monkeypatch, tmp_path, data_dir):
+    from jdistill.models import ModelConfig
+
+    jobs = FakeJobs(monkeypatch, lambda config, stage: {})
+    teacher_model = ModelConfig(num_layers=2, d_model=24, num_heads=2, mlp_dim=24)
+    ctx = context(tmp_path / "seed1", work=str(tmp_path / "empty"))
+    run = diffusion_few_step.student_run(ctx, "reflow", tmp_path / "toy", "toy2d", teacher_model)
+    assert run == tmp_path / "seed1" / "reflow_toy2d"
+    ((config, _, _),) = jobs.calls
+    assert config.distill.options["data"] == diffusion_few_step.TOY and not config.distill.options["class_conditional"]
+    assert config.student.model == teacher_model and config.distill.options["teacher_run"] == str(tmp_path / "toy")
+
+
 def test_diffusion_method_list_is_checked():
     from jdistill.errors import ConfigError
 
@@ -162,8 +175,15 @@ def test_diffusion_verdict_compares_each_step_count_and_the_35_step_teacher():
         "fd_progressive_4": 3.0,
         "fd_consistency_1": 2.8,
         "fd_consistency_4": 2.0,
+        "swd_teacher_1": 0.5,
+        "swd_teacher_4": 0.2,
+        "swd_teacher_35": 0.05,
+        "swd_reflow_1": 0.1,
+        "swd_reflow_4": 0.3,
+        "swd_tcd_4": 0.1,
     }
     assert diffusion_few_step.held(means)
+    assert not diffusion_few_step.held({**means, "swd_tcd_4": 0.25})
     assert not diffusion_few_step.held({**means, "fd_consistency_4": 2.2, "fd_progressive_4": 2.2})  # > 1.5 x 1.4
     assert not diffusion_few_step.held({**means, "fd_teacher_1": 2.0})
     assert not diffusion_few_step.held({**means, "fd_teacher_4": 1.9})
