@@ -54,3 +54,18 @@ def test_bad_seeds_are_an_argparse_error(seeds, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["repro", "pskd", "--seeds", seeds])
     assert exit_.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_all_runs_every_claim_into_its_own_folder(monkeypatch, tmp_path, capsys):
+    """`repro all`: every claim of the registry, one folder each under --out, a table and verdict each."""
+    import dataclasses
+
+    import jdistill.repro
+    from tests.repro.test_runner import FAKE
+
+    claims = {name: dataclasses.replace(FAKE, name=name) for name in ("fake-a", "fake-b")}
+    monkeypatch.setattr(jdistill.repro, "all_claims", lambda: claims)
+    assert main(["repro", "all", "--quick", "--seeds", "0", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-a", "fake-b"]
+    assert (tmp_path / "fake-b" / "summary.json").is_file() and (tmp_path / "fake-a" / "fake-a.png").is_file()
+    assert capsys.readouterr().out.count("HELD") == 2
