@@ -21,11 +21,14 @@ QUIET = ("run.progress=false", "run.tensorboard=false", "run.plot=false")
 @dataclasses.dataclass(frozen=True)
 class Plot:
     """The claim's PNG: one bar per entry of `bars` = (number, x tick label, legend group), its height the mean over
-    seeds and its error bar the spread; bars of one group share a colour and a legend entry."""
+    seeds and its error bar the spread; bars of one group share a colour and a legend entry. `panels`: more
+    panels of the same kind side by side (numbers on another scale)."""
 
     ylabel: str  # with units, e.g. "test accuracy (fraction)"
     xlabel: str
     bars: tuple[tuple[str, str, str], ...]
+    # further panels beside the first, each (ylabel, xlabel, bars): numbers on another scale (e.g. tokens/s)
+    panels: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

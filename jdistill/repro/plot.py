@@ -21,9 +21,30 @@ def plot_claim(
     import matplotlib.pyplot as plt
 
     spec = claim.plot
-    bars = [(number, tick, group) for number, tick, group in spec.bars if number in numbers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(bars) + 3), 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    panels = [
+        (ylabel, xlabel, [bar for bar in bars if bar[0] in numbers])
+        for ylabel, xlabel, bars in ((spec.ylabel, spec.xlabel, spec.bars), *spec.panels)
+    ]
+    panels = [panel for panel in panels if panel[2]] or panels[:1]
+    widths = [max(6.0, 0.8 * len(bars) + 3) for _, _, bars in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 4.2), squeeze=False)
+    for ax, (ylabel, xlabel, bars) in zip(axes[0], panels, strict=True):
+        draw_bars(ax, bars, numbers, plt.rcParams["axes.prop_cycle"].by_key()["color"])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    verdict = "holds" if held else "does not hold"
+    smoke = " [--quick: a smoke test, no verdict]" if quick else ""
+    title = f"{claim.name}: {verdict} (mean ± std, seeds {', '.join(map(str, seeds))}){smoke}"
+    (axes[0][0].set_title if len(panels) == 1 else fig.suptitle)(title, fontsize=10)
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    plt.close(fig)
+    fs.write_bytes_atomic(out_path, image.getvalue())
+
+
+def draw_bars(ax, bars, numbers: Mapping[str, Mapping], colours) -> None:
+    """One bar per (number, tick, group) at its mean with the spread as error bar; a colour and legend per group."""
     groups = list(dict.fromkeys(group for _, _, group in bars))
     for g, group in enumerate(groups):
         index = [i for i, bar in enumerate(bars) if bar[2] == group]
@@ -37,11 +58,6 @@ def plot_claim(
             label=group,
         )
     ax.set_xticks(range(len(bars)), [tick for _, tick, _ in bars], fontsize=8)
-    ax.set_xlabel(spec.xlabel)
-    ax.set_ylabel(spec.ylabel)
-    verdict = "holds" if held else "does not hold"
-    smoke = " [--quick: a smoke test, no verdict]" if quick else ""
-    ax.set_title(f"{claim.name}: {verdict} (mean ± std, seeds {', '.join(map(str, seeds))}){smoke}", fontsize=10)
     ax.legend(fontsize=8)
     ends = [numbers[n]["mean"] + sign * numbers[n]["std"] for n, _, _ in bars for sign in (-1, 1)]
     ends = [end for end in ends if math.isfinite(end)]  # a NaN number (a diverged seed) draws no bar
@@ -49,8 +65,3 @@ def plot_claim(
         margin = max(0.15 * (max(ends) - min(ends)), 1e-3)
         ax.set_ylim(min(ends) - margin, max(ends) + margin)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=110)
-    plt.close(fig)
-    fs.write_bytes_atomic(out_path, image.getvalue())

@@ -14,6 +14,10 @@ def all_claims() -> dict[str, Claim]:
         adr,
         attention_sink,
         born_again,
+        diffusion_few_step,
+        gated_deltanet,
+        gkd_on_policy,
+        head_gating,
         label_noise,
         multi_exit,
         pskd,
@@ -30,9 +34,13 @@ def all_claims() -> dict[str, Claim]:
         random_teacher.CLAIM,
         attention_sink.CLAIM,
         activations.CLAIM,
+        gated_deltanet.CLAIM,
+        gkd_on_policy.CLAIM,
         adr.CLAIM,
         multi_exit.CLAIM,
         quantized.CLAIM,
+        head_gating.CLAIM,
+        diffusion_few_step.CLAIM,
     ]
     return {claim.name: claim for claim in ordered}
 

@@ -92,3 +92,20 @@ def test_arguments_split_into_config_overrides_and_typed_claim_parameters():
         split_arguments(FAKE, ["seed=3"])
     with pytest.raises(ConfigError, match="expected a float for scale"):
         split_arguments(FAKE, ["scale=abc"])
+
+
+def test_plot_panels_are_drawn_side_by_side(tmp_path):
+    """A panel per `Plot.panels` entry beside the first: the PNG is as wide as the panels together."""
+    import dataclasses
+
+    import matplotlib.image
+
+    from jdistill.repro.plot import plot_claim
+
+    numbers = aggregate([{"a": 1.0, "b": 2.0, "c": 3000.0}])
+    widths = []
+    for panels in ((), (("tokens/s", "length", (("c", "c", "speed"),)),)):
+        claim = dataclasses.replace(FAKE, plot=dataclasses.replace(FAKE.plot, panels=panels))
+        plot_claim(claim, numbers, True, [0], tmp_path / "p.png")
+        widths.append(matplotlib.image.imread(tmp_path / "p.png").shape[1])
+    assert widths[1] == 2 * widths[0]
