@@ -7,6 +7,7 @@ signature (positional count, keyword names); each preset a cell loads by name (`
 A renamed or removed function, module, keyword or preset fails here in seconds, naming the notebook and cell."""
 
 import ast
+import contextlib
 import importlib
 import inspect
 import json
@@ -18,14 +19,13 @@ NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
 
 
 def code_cells(notebook: Path) -> list[str]:
-    return ["".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"] if cell["cell_type"] == "code"]
+    cells = json.loads(notebook.read_text())["cells"]
+    return ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
 
 
 def _import_submodule(module: str, name: str) -> None:
-    try:
+    with contextlib.suppress(ModuleNotFoundError):  # not a submodule either: the caller's check names what is missing
         importlib.import_module(f"{module}.{name}")
-    except ModuleNotFoundError:
-        pass  # not a submodule either: the caller's hasattr check names what is missing
 
 
 def jdistill_names(tree: ast.AST) -> dict[str, object]:
@@ -107,3 +107,26 @@ def test_the_checker_sees_a_missing_name_and_a_wrong_keyword():
     call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call))
     with pytest.raises(TypeError):
         check_call(call, callee(call.func, names))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_tiny_size_overrides_are_config_keys(notebook, monkeypatch, tmp_path):
+    """The size cell (the one that reads JDISTILL_NOTEBOOK_TINY) runs, and every `load_config(PRESET, ARGS)` whose
+    ARGS it can evaluate loads: an override naming a config key that is gone fails here, not minutes into a slow run."""
+    from jdistill.configs import load_config
+
+    monkeypatch.setenv("JDISTILL_NOTEBOOK_TINY", "1")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    cells = code_cells(notebook)
+    size = [source for source in cells if "JDISTILL_NOTEBOOK_TINY" in source and "import jdistill" not in source]
+    namespace: dict = {}
+    for source in size:
+        exec(compile(source, f"{notebook.name} size cell", "exec"), namespace)
+    for call in (node for source in cells for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)):
+        if getattr(call.func, "id", None) != "load_config" or not call.args:
+            continue
+        try:
+            args = [eval(compile(ast.Expression(arg), "args", "eval"), dict(namespace)) for arg in call.args]
+        except NameError:
+            continue  # built from names of later cells (a loop variable, a path): the slow run checks those
+        load_config(*args)
