@@ -1,7 +1,8 @@
 """The family notebooks (02.., Colab-ready) execute top to bottom at a tiny size (JDISTILL_NOTEBOOK_TINY=1).
 
-Each trains several small jobs, so they run with `-m slow`; the install cell of every notebook is checked in the
-default suite (test_install_cell.py)."""
+Each trains several small jobs (06 compiles a pod job four times), so they run with `-m slow`; in the default suite
+every notebook's install cell is checked (test_install_cell.py) and its calls into jdistill against the API
+(test_notebook_api.py)."""
 
 from pathlib import Path
 
@@ -13,7 +14,10 @@ NOTEBOOKS = Path(__file__).parents[2] / "notebooks"
 EXPECTED = {
     "02_self_distillation": ["accuracy_xi1p5", "xi=3.0"],
     "03_gated_attention": ["first_token_share_none", "layer  head      G     G+     G-  role"],
+    "04_llm_distillation": ["bytes per token", "student_kd", "student_gkd", "student_offpolicy", "PROMPT:"],
     "05_self_supervised": ["student_random_teacher", "student_dino", "student_linear_probe_accuracy"],
+    "06_tpu_pod": ["TPU v4 via libtpu", "memory per chip", "v5litepod-4", "queued-resources create", "## gcloud"],
+    "07_diffusion": ["teacher (Heun)", "dmd: NFE 1 FD", "(the floor)"],
 }
 
 
