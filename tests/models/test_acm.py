@@ -54,6 +54,9 @@ def test_distillation_fits_prefixes_and_the_gate_trades_error_for_cost(setup):
     )
     distill = jax.jit(lambda p: acm_lib.distill_loss(p, 0, *args))
     assert float(distill(fitted)) < 0.9 * float(distill(acm))
+    full = jax.jit(lambda p: acm_lib.relative_errors(acm_lib.prefix_outputs(p, 0, *args[:1], *args[2:]), args[1]))
+    errors = np.asarray(full(fitted)).mean(axis=(1, 2))
+    assert errors[-1] < 0.01 and errors[1] < float(np.asarray(full(acm)).mean(axis=(1, 2))[1])  # y_N stays near f
     uniform = dict(acm, router_b=jnp.zeros_like(acm["router_b"]))
     grad = jax.jit(lambda lam: jax.grad(lambda p: acm_lib.gate_loss(p, 0, *args, lam=lam)[0])(uniform)["router_b"][0])
     assert float(grad(0.0)[-1]) < 0 < float(grad(0.0)[0])  # no cost: descent raises P(all learners)
