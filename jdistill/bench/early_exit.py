@@ -348,7 +348,7 @@ def run_early_exit(args) -> int:
 
         figures["methods"] = methods_benchmark(
             model,
-            training_batches(config.data, count=16, batch_size=4),
+            training_batches(config.data, count=max(64, args.method_steps), batch_size=4),
             list(batches)[:4],
             prompts,
             methods=methods,

@@ -2,7 +2,9 @@
 JEI-DNN, learned middle-layer skipping, Adaptive Computation Modules and self-ablation, each fitted on the
 benchmarked LM stage and measured the same way.
 
-- **Fit** on `train` batches of the run's training split (`fit_*`): JEI-DNN's IMs and gates, the skip router and
+- **Fit** on `train` batches of the run's training split (`fit_*`; the frozen-model methods cache per-batch
+  hidden states, losses or layer targets of the first 64 batches and cycle over them, self-ablation takes a fresh
+  batch every step): JEI-DNN's IMs and gates, the skip router and
   ACM's learners and gates on the frozen model; self-ablation fine-tunes the model with its gates
   (`--method-steps` Adam steps each).
 - **Quality vs compute** on the held-out windows (teacher-forced): next-token accuracy against the mean blocks per
@@ -30,6 +32,7 @@ from jdistill.models.confidence_exit import generate_with_exits
 from jdistill.models.dynamic_blocks import fit_adam
 from jdistill.models.generate import generate
 
+CACHED_BATCHES = 64  # training batches whose frozen-model activations the JEI, skip and ACM fits keep
 METHODS = ("jei", "middle_skip", "acm", "self_ablation")
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
@@ -58,6 +61,7 @@ def fit_jei(model, batches, exit_layers, *, steps: int, lam: float, learning_rat
     """JEI-DNN IMs and gates on the frozen `model` (hidden states computed once per training batch)."""
     exits = tuple(exit_layers)
     costs = np.asarray([*exits, model.config.num_layers], np.float32) / model.config.num_layers
+    batches = batches[:CACHED_BATCHES]
     states = jax.jit(lambda inputs: model(inputs, return_hidden_states=True, logits=False).hidden_states)
     data = [dict(hidden=states(b["inputs"]), targets=b["targets"], mask=b["mask"]) for b in batches]
 
@@ -120,7 +124,7 @@ def fit_middle_skip(model, batches, *, router_layer: int, steps: int, lam: float
         return hidden, ms.uniform_span_losses(model, inputs, targets, spans)
 
     data = []
-    for b in batches:
+    for b in batches[:CACHED_BATCHES]:
         hidden, ce = prepare(b["inputs"], b["targets"])
         data.append(dict(hidden=hidden, ce=ce, mask=b["mask"]))
 
@@ -168,6 +172,7 @@ def _point(threshold, correct, blocks) -> dict:
 
 def fit_acm(model, batches, *, num_learners: int, steps: int, lam: float, learning_rate: float = 1e-3):
     """ACM learners (module-wise distillation from every dense MLP) and then their gates, on the frozen `model`."""
+    batches = batches[:CACHED_BATCHES]
     targets = jax.jit(lambda inputs: acm_lib.dense_targets(model, inputs))
     data = [dict(zip(("x", "dense"), targets(b["inputs"]), strict=True)) for b in batches]
     first = data[0]["x"].reshape(model.config.num_layers, -1, model.config.d_model)

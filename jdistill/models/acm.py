@@ -12,7 +12,10 @@ a gate:
 2. **Module-wise distillation** (`distill_loss`): every learner prefix is fitted to the dense layer it replaces,
    on the dense model's own inputs to that layer (layer by layer, the backbone frozen):
 
-       L_distill = mean_x sum_{n=1}^{N} ||y_n(x) - f(x)||^2 / mean_x ||f(x)||^2
+       L_distill = mean_x sum_{n=1}^{N} w_n ||y_n(x) - f(x)||^2 / mean_x ||f(x)||^2,   w_n = 1 (n < N), w_N = N
+
+   (the full prefix weighs N: it starts exact and must stay close to f, or no gate choice reaches the dense
+   model's quality).
 
 3. **Gate** (`gate_loss`): `pi = softmax(W x + b)` over n = 0 .. N, trained with the learners held by the
    cost-aware routing objective on the layer's relative error e_n(x) = ||y_n(x) - f(x)||^2 / mean ||f||^2:
@@ -105,8 +108,10 @@ def relative_errors(prefixes, dense):
 
 def distill_loss(acm: dict, layer: int, x, dense, gate_fn, order: int):
     """L_distill of block `layer` on its MLP inputs `x [..., d]` and the dense outputs `dense [..., d]`."""
-    errors = relative_errors(prefix_outputs(acm, layer, x, gate_fn, order), dense)
-    return jnp.mean(jnp.sum(errors[1:], axis=0))
+    errors = relative_errors(prefix_outputs(acm, layer, x, gate_fn, order), dense)[1:]
+    num = errors.shape[0]
+    weights = jnp.ones((num,)).at[-1].set(num).reshape((num,) + (1,) * (errors.ndim - 1))
+    return jnp.mean(jnp.sum(weights * errors, axis=0))
 
 
 def router_logits(acm: dict, layer: int, x):

@@ -17,10 +17,12 @@ def test_exit_probabilities_are_the_sequential_gate_model():
     logits = jnp.array([[0.3, -1.0], [2.0, 0.0], [-0.5, 1.5]])  # [E = 3, N = 2]
     g = jax.nn.sigmoid(logits)
     want = jnp.stack([g[0], (1 - g[0]) * g[1], (1 - g[0]) * (1 - g[1]) * g[2], (1 - g[0]) * (1 - g[1]) * (1 - g[2])])
-    pi = jei.exit_probabilities(logits)
+    pi = jax.jit(jei.exit_probabilities)(logits)
     np.testing.assert_allclose(pi, want, rtol=1e-6)
     np.testing.assert_allclose(pi.sum(0), 1.0, rtol=1e-6)
-    assert float(jei.exit_probabilities(jnp.array([[40.0], [0.0]]))[0, 0]) == 1.0  # a sure first gate takes all
+    assert (
+        float(jax.jit(jei.exit_probabilities)(jnp.array([[40.0], [0.0]]))[0, 0]) == 1.0
+    )  # a sure first gate takes all
 
 
 def test_the_loss_levels_im_weighted_by_exit_probability_gates_by_loss_plus_cost():
@@ -28,10 +30,10 @@ def test_the_loss_levels_im_weighted_by_exit_probability_gates_by_loss_plus_cost
     gates = jnp.array([[0.0], [0.0]])
     costs = jnp.array([0.25, 0.5, 1.0])
     # IM level: d/d ce_l = sg(pi_l) + rho (the gate term holds the IMs' losses fixed).
-    grad_ce = jax.grad(lambda c: jei.jei_loss(c, gates, costs, lam=0.0, rho=0.1)[0])(ce)
+    grad_ce = jax.jit(jax.grad(lambda c: jei.jei_loss(c, gates, costs, lam=0.0, rho=0.1)[0]))(ce)
     np.testing.assert_allclose(grad_ce, jei.exit_probabilities(gates) + 0.1, rtol=1e-6)
     # Gate level: without a cost the gates learn to continue (lower loss later); with a large cost, to exit.
-    grad = lambda lam: jax.grad(lambda g: jei.jei_loss(ce, g, costs, lam=lam)[0])(gates)
+    grad = jax.jit(lambda lam: jax.grad(lambda g: jei.jei_loss(ce, g, costs, lam=lam)[0])(gates))
     assert float(grad(0.0)[0, 0]) > 0 and float(grad(0.0)[1, 0]) > 0  # descent lowers g: continue
     assert float(grad(20.0)[0, 0]) < 0  # descent raises the first gate: exit early
     _, metrics = jei.jei_loss(ce, gates, costs, lam=1.0)
@@ -40,8 +42,9 @@ def test_the_loss_levels_im_weighted_by_exit_probability_gates_by_loss_plus_cost
 
 def test_exit_taken_is_the_first_gate_above_the_threshold():
     logits = jnp.array([[-1.0, 2.0, -3.0], [1.0, 3.0, -3.0]])
-    np.testing.assert_array_equal(jei.exit_taken(logits), [1, 0, 2])
-    np.testing.assert_array_equal(jei.exit_taken(logits, threshold=0.99), [2, 2, 2])
+    taken = jax.jit(jei.exit_taken)
+    np.testing.assert_array_equal(taken(logits, 0.5), [1, 0, 2])
+    np.testing.assert_array_equal(taken(logits, 0.99), [2, 2, 2])
 
 
 LM = ModelConfig(kind="lm", num_layers=4, d_model=16, num_heads=2, mlp_dim=32, vocab_size=11, max_seq_len=32)

@@ -33,13 +33,14 @@ def test_masked_pass_skips_blocks_and_hides_skipped_keys():
     inputs = jax.random.randint(jax.random.key(1), (1, 6), 0, 11)
     forward = jax.jit(lambda choices: ms.forward(model, inputs, choices, spans))
     hidden, logits = forward(jnp.zeros((1, 6), jnp.int32))
-    np.testing.assert_allclose(logits, jax.jit(lambda: model(inputs).logits)(), atol=1e-5)  # no skip: the model itself
+    keep = jnp.ones((1, 6, 4), bool).at[0, 1, 1:3].set(False).at[0, 3, 1:3].set(False)
+    reference = jax.jit(lambda keep: model(inputs, layer_keep=keep).logits)
+    np.testing.assert_allclose(logits, reference(jnp.ones_like(keep)), atol=1e-5)  # no skip: the model itself
     hidden, logits = forward(jnp.array([[0, 1, 0, 1, 0, 0]]))
     np.testing.assert_array_equal(hidden[3][0, 1], hidden[1][0, 1])  # a skipping token passes blocks 2, 3 through
     # Token 2 runs block 2 and must not see token 1's (never computed) keys there: a forward in which token 1's
     # keys are replaced by anything gives the same output at every other token.
-    keep = jnp.ones((1, 6, 4), bool).at[0, 1, 1:3].set(False).at[0, 3, 1:3].set(False)
-    plain = jax.jit(lambda: model(inputs, layer_keep=keep).logits)()
+    plain = reference(keep)
     assert not np.allclose(plain[0, 2:], logits[0, 2:], atol=1e-4)  # layer_keep alone attends to them
     np.testing.assert_allclose(logits[0, 0], plain[0, 0], atol=1e-5)
 
