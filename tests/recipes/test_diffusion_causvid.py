@@ -33,6 +33,7 @@ def video_teacher(monkeypatch):
     return teacher
 
 
+@pytest.mark.slow
 def test_the_video_teacher_denoises_counting_videos():
     r = DiffusionVideoEDM(frames=3)
     batch = fake_teacher.batch(images=True)
@@ -65,6 +66,7 @@ def test_causvid_distils_the_bidirectional_teacher_into_the_causal_student(video
     assert video.shape == (4, 3, 8, 8, 1) and bool(jnp.all(jnp.isfinite(video)))
 
 
+@pytest.mark.slow
 def test_causvid_needs_a_video_teacher(monkeypatch):
     fake_teacher.install(monkeypatch, EDM(), images=True)
     with pytest.raises(ConfigError, match="CausVid distils a video teacher"):

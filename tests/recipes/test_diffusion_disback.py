@@ -20,6 +20,7 @@ def mlp_teacher(monkeypatch):
     return fake_teacher.install(monkeypatch, EDM())
 
 
+@pytest.mark.slow
 def test_disback_records_the_path_and_walks_it_back(mlp_teacher):
     options = dict(teacher_run="fake", data="8gaussians", class_conditional=False)
     r = DiffusionDisBack(

@@ -22,6 +22,7 @@ def mlp_teacher(monkeypatch):
     return fake_teacher.install(monkeypatch, EDM())
 
 
+@pytest.mark.slow
 def test_the_gan_term_trains_the_head_and_reaches_the_generator_through_the_fake_scores_features(mlp_teacher):
     r = recipe()
     graphdef, params, state = fake_teacher.student_of(r)

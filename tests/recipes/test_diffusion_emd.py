@@ -20,6 +20,7 @@ def mlp_teacher(monkeypatch):
     return fake_teacher.install(monkeypatch, EDM())
 
 
+@pytest.mark.slow
 def test_emd_refines_the_latents_then_matches_distributions(mlp_teacher):
     options = dict(teacher_run="fake", data="8gaussians", class_conditional=False)
     base = DiffusionEMD(**options, mcmc_steps=0)

@@ -34,6 +34,7 @@ def test_logit_normal_times_lean_to_high_noise():
     assert np.median(mid) == pytest.approx(grid[500], rel=0.1)
 
 
+@pytest.mark.slow
 def test_ladd_losses_are_the_hinge_losses_of_the_heads_on_the_teachers_features(mlp_teacher):
     r = recipe()
     graphdef, params, state = fake_teacher.student_of(r)

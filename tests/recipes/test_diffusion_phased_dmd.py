@@ -20,6 +20,7 @@ def mlp_teacher(monkeypatch):
     return fake_teacher.install(monkeypatch, EDM())
 
 
+@pytest.mark.slow
 def test_phased_dmd_follows_the_phases(mlp_teacher):
     r = DiffusionPhasedDMD(
         teacher_run="fake", data="8gaussians", class_conditional=False, total_steps=100, steps_per_epoch=10.0

@@ -4,9 +4,9 @@ Diffusion Models") on a toy video: sequences of digit frames (docs/diffusion_gen
 - Data (`digit_video`): a video of F frames counts up from its label c: frame f is an 8x8 digit of class (c + f) mod
   10, each frame a different training image of that class (drawn from the batch).
 - `VideoDenoiser`: a DiT over all frames' patches at once (learned positions over frames x patches, adaLN-Zero per
-  frame from time + class, each frame with its own time t_f). Bidirectional (the teacher and the fake score: every
-  token attends to every frame) or *block-causal* (the student: a frame's tokens attend to its own and earlier
-  frames' tokens only).
+  frame from time + class + a learned frame embedding, each frame with its own time t_f). Bidirectional (the
+  teacher and the fake score: every token attends to every frame) or *block-causal* (the student: a frame's tokens
+  attend to its own and earlier frames' tokens only).
 - A causal denoiser runs one frame at a time with a KV cache (`frame_forward`): frame f's queries attend to the cached
   keys / values of frames < f and to its own. `causal_forward_with_cache` is the same computation as the full causal
   pass with per-frame times (tested), so the student is trained and sampled frame by frame.
@@ -106,6 +106,9 @@ class VideoDenoiser(nnx.Module):
         positions = 0.02 * jax.random.normal(rngs.params(), (frames * self.tokens_per_frame, d))
         self.position = param(positions, ("position", "embed"))
         self.condition = ConditionEmbedding(d, num_classes=num_classes, rngs=rngs)
+        # the frame's index joins its condition, so the adaLN modulation can tell frames apart (frame f of a video
+        # of label y shows class y + f)
+        self.frame_condition = param(0.02 * jax.random.normal(rngs.params(), (frames, d)), ("position", "embed"))
         self.blocks = nnx.List([VideoBlock(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_modulation = dense(d, 2 * d, ("embed", "mlp"), kernel_init=ZERO, rngs=rngs)
         self.out = dense(d, patch_dim, ("embed", "patch"), kernel_init=ZERO, rngs=rngs)
@@ -126,7 +129,8 @@ class VideoDenoiser(nnx.Module):
         batch, n = x.shape[:2]
         x_in, t_in = self.schedule.model_inputs(x.reshape(batch * n, *x.shape[2:]), t.reshape(-1))
         frame_labels = None if labels is None else jnp.repeat(jnp.asarray(labels), n)
-        c = self.condition(t_in, frame_labels, None).reshape(batch, n, 1, -1)
+        c = self.condition(t_in, frame_labels, None).reshape(batch, n, -1)
+        c = (c + self.frame_condition[...][first_frame : first_frame + n])[:, :, None]
         c = jnp.broadcast_to(c, (batch, n, self.tokens_per_frame, c.shape[-1])).reshape(
             batch, n * self.tokens_per_frame, -1
         )
@@ -144,7 +148,9 @@ class VideoDenoiser(nnx.Module):
     def __call__(self, x, t, labels=None, guidance_scale=None):
         del guidance_scale
         batch, frames = x.shape[:2]
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(batch, -1), (batch, frames))
+        t = jnp.asarray(t, jnp.float32)
+        t = jnp.broadcast_to(t, (batch,)) if t.ndim <= 1 else t  # a scalar, [batch] or [batch, frames]
+        t = jnp.broadcast_to(t.reshape(batch, -1), (batch, frames))
         h, c = self._tokens(x, t, labels, 0)
         mask = jnp.asarray(block_causal_mask(frames, self.tokens_per_frame)) if self.causal else None
         for block in self.blocks:
