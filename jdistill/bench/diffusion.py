@@ -317,6 +317,7 @@ class Settings:
     methods: tuple[str, ...] | None = None
     toy: str | None = "8gaussians"  # None: no 2-D part
     toy_samples: int = 2000
+    toy_seeds: int | None = None  # None: `seeds`
     repeats: int = 5
     teacher_steps: int | None = None
     grids: str | None = None
@@ -345,6 +346,8 @@ class Settings:
             toy2d_sampler(self.toy)
             if self.toy_samples < 2:
                 raise ConfigError(f"--toy-samples: expected at least 2, got {self.toy_samples}")
+        if self.toy_seeds is not None and self.toy_seeds < 1:
+            raise ConfigError(f"--toy-seeds: expected at least 1 seed, got {self.toy_seeds}")
         if self.repeats < 1:
             raise ConfigError(f"--repeats: expected at least 1, got {self.repeats}")
         if self.teacher_steps is not None and self.teacher_steps < 1:
@@ -356,6 +359,10 @@ class Settings:
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seeds))
+
+    @property
+    def toy_seed_list(self) -> list[int]:
+        return list(range(self.seeds if self.toy_seeds is None else self.toy_seeds))
 
     def work(self) -> Path:
         return Path(self.work_dir) if self.work_dir else Path(self.json_path).with_suffix("").parent / "diffusion_bench"
@@ -469,6 +476,7 @@ def run(settings: Settings, *, classifier=None, teachers: dict | None = None, st
         "guidance_scale": settings.guidance_scale,
         "digits_samples": len(test_labels),
         "toy_samples": settings.toy_samples if settings.toy is not None else None,
+        "toy_seeds": settings.toy_seed_list if settings.toy is not None else None,
         "teacher_runs": {data: str(path) for data, path in teacher_dirs.items()},
         "grids": str(grid_dir),
         "backend": jax.default_backend(),
@@ -494,7 +502,7 @@ def _merge_seeds(outcomes, keys: Sequence[str]) -> tuple[dict, dict, dict]:
 
 
 def _toy_part(settings: Settings, context: BenchContext, teacher, sampler: str, chosen: dict, toy: str, grid_dir):
-    seeds = settings.seed_list
+    seeds = settings.toy_seed_list
     generator = denoiser_generator(teacher.model, teacher.schedule, sampler=sampler)
     part: dict = {"distribution": toy, "samples": settings.toy_samples, "teacher": {}, "students": {}}
     per_seed: dict = {"teacher": {}, "students": {}}
@@ -587,6 +595,7 @@ def run_bench_diffusion(args) -> int:
         methods=tuple(args.methods) if args.methods else None,
         toy=None if args.toy == "none" else args.toy,
         toy_samples=args.toy_samples,
+        toy_seeds=args.toy_seeds,
         repeats=args.repeats,
         teacher_steps=args.teacher_steps,
         grids=args.grids,

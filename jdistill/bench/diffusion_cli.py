@@ -24,6 +24,7 @@ def register(bench_sub) -> None:
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale of the digits teacher (1: none)")
     parser.add_argument("--methods", type=lambda s: s.split(","), help="students to measure (default: all)")
     parser.add_argument("--toy", default="8gaussians", help="8gaussians, two_moons, checkerboard or none")
+    parser.add_argument("--toy-seeds", type=int, help="seeds of the 2-D part (default: --seeds)")
     parser.add_argument("--toy-samples", type=int, default=2000, help="2-D points per draw (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed single evaluations (default 5)")
     parser.add_argument("--teacher-steps", type=int, help="train steps of teachers trained here (default: preset's)")

@@ -131,6 +131,7 @@ def result(data_dir, tmp_path_factory):
         teacher_nfe=NFES,
         teacher_sampler="euler",
         toy_samples=TOY_SAMPLES,
+        toy_seeds=1,
         repeats=1,
         data_dir=str(data_dir),
     )
@@ -155,6 +156,7 @@ def test_json_layout_is_the_issues(result):
     assert set(per_seed) == digits_keys - {"samples_per_s"} and all(len(v) == SEEDS for v in per_seed.values())
     assert out["teacher"]["2"]["fd"] == pytest.approx(np.mean(per_seed["fd"]))
     assert len(out["per_seed"]["students"]["oracle"]["1"]["fd"]) == SEEDS
+    assert len(out["per_seed"]["toy2d"]["teacher"]["2"]["swd"]) == 1 == len(out["settings"]["toy_seeds"])  # --toy-seeds
     json.loads(json.dumps(out))  # plain JSON types throughout
     grids = sorted(p.name for p in (folder / "bench_grids").iterdir())
     assert grids == [
@@ -217,6 +219,7 @@ def test_bad_settings_are_one_line_errors(tmp_path, data_dir):
         "--teacher-sampler: unknown sampler 'bogus'": dict(teacher_sampler="bogus"),
         "--methods: unknown method 'nope'; expected one of: oracle": dict(methods=("nope",)),
         "unknown 2-D distribution 'spiral'": dict(toy="spiral"),
+        "--toy-seeds: expected at least 1": dict(toy_seeds=0),
         "folder .*missing does not exist": dict(json_path=str(tmp_path / "missing" / "b.json")),
     }
     for message, change in cases.items():
