@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 from flax import nnx
 
 from jdistill.diffusion.schedules import Schedule
@@ -71,4 +72,10 @@ def load_denoiser(run_dir, stage: str | None = None, *, ema: bool = True) -> Tra
         checkpointer.close()
     if step is None:
         raise RunDirError(f"{stage_dir}: no checkpoint to load")
+    if ema and not all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
+        # a run trained without an EMA (ema_decay: 0) saves none: orbax leaves the requested structure unfilled
+        raise RunDirError(
+            f"{stage_dir}: step {step} has no EMA weights (was the teacher trained with ema_decay: 0?); "
+            "a distillation starts from the teacher's EMA: train it with an EMA"
+        )
     return TrainedDenoiser(nnx.merge(graphdef, params), recipe.schedule, config, int(step))

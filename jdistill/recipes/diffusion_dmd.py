@@ -92,12 +92,6 @@ class GeneratorDistillation(DiffusionDistillation):
     # ---- checks ----
     def check(self, config):
         super().check(config)
-        if not all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(self.teacher().model))):
-            raise ConfigError(
-                f"distill.options.teacher_run: {self.teacher_run} has no EMA weights in its checkpoint (the generator "
-                "and the fake score start as the teacher's EMA); train the teacher with diffusion_edm / "
-                "diffusion_flow / diffusion_vp"
-            )
         teacher_model = self.teacher().config.student.model
         for field in dataclasses.fields(teacher_model):
             mine, theirs = getattr(config.student.model, field.name), getattr(teacher_model, field.name)

@@ -1,4 +1,6 @@
-"""The one-step generators refuse, in one line before training, a teacher run whose checkpoint has no EMA weights."""
+"""Diffusion students (one-step generators, consistency students, ...) refuse, in one line before training, a teacher
+run whose checkpoint has no EMA weights (`jdistill.diffusion.load.load_denoiser`: orbax would leave the requested
+EMA structure unfilled, and the student would start from placeholders)."""
 
 import jax.numpy as jnp
 import pytest
@@ -6,7 +8,6 @@ from flax import nnx
 
 from jdistill.configs import load_config, to_dict
 from jdistill.errors import ConfigError
-from jdistill.recipes.diffusion_dmd import DiffusionDMD
 from jdistill.recipes.registry import build_recipe
 from jdistill.train.checkpoint import Checkpointer
 from jdistill.train.rundir import write_config
@@ -16,7 +17,8 @@ SMALL = ["student.model.num_layers=1", "student.model.d_model=16", "student.mode
          "student.model.num_heads=2", "student.model.patch_size=4"]  # fmt: skip
 
 
-def test_a_teacher_without_ema_weights_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("preset", ["diffusion_dmd", "diffusion_cd"])
+def test_a_teacher_without_ema_weights_is_a_one_line_error(tmp_path, preset):
     config = load_config("diffusion_edm", SMALL)
     write_config(tmp_path, to_dict(config))
     model = build_recipe(config.distill).wraps_student()(config.student.model, nnx.Rngs(0))
@@ -24,8 +26,10 @@ def test_a_teacher_without_ema_weights_is_a_one_line_error(tmp_path):
     # a checkpoint with the online weights but a recipe state without "ema"
     checkpointer.save(1, TrainState(jnp.asarray(1, jnp.int32), nnx.state(model, nnx.Param), (), {"x": jnp.zeros(2)}))
     checkpointer.close()
-    recipe = DiffusionDMD(teacher_run=str(tmp_path))
+    student_config = load_config(preset, [*SMALL, f"distill.options.teacher_run={tmp_path}"])
     with pytest.raises(ConfigError) as error:
-        recipe.check(load_config("diffusion_dmd", [*SMALL, f"distill.options.teacher_run={tmp_path}"]))
+        build_recipe(student_config.distill).check(student_config)
     message = str(error.value)
-    assert message.startswith(f"distill.options.teacher_run: {tmp_path} has no EMA weights") and "\n" not in message
+    stage = tmp_path / "student_diffusion_edm"
+    assert f"distill.options.teacher_run: {stage}: step 1 has no EMA weights" in message, message
+    assert "\n" not in message
