@@ -158,6 +158,18 @@ def test_diffusion_2d_students_train_on_the_toy_data_with_the_teachers_model(mon
     assert config.student.model == teacher_model and config.distill.options["teacher_run"] == str(tmp_path / "toy")
 
 
+def test_a_diverged_diffusion_student_is_reported_not_raised(tmp_path, capsys):
+    from jdistill.errors import NonFiniteError
+
+    def diverge():
+        raise NonFiniteError("student_diffusion_consistency: non-finite loss = nan at step 1")
+
+    assert diffusion_few_step.diverged_as_none(context(tmp_path), "tcd", "toy2d", diverge) is None
+    assert "tcd (toy2d, seed 1) diverged" in capsys.readouterr().err
+    with pytest.raises(ValueError):  # any other error still stops the claim
+        diffusion_few_step.diverged_as_none(context(tmp_path), "tcd", "toy2d", lambda: int("x"))
+
+
 def test_diffusion_method_list_is_checked():
     from jdistill.errors import ConfigError
 
@@ -184,6 +196,7 @@ def test_diffusion_verdict_compares_each_step_count_and_the_35_step_teacher():
     }
     assert diffusion_few_step.held(means)
     assert not diffusion_few_step.held({**means, "swd_tcd_4": 0.25})
+    assert diffusion_few_step.held({**means, "swd_reflow_1": float("nan"), "swd_tcd_1": 0.2})  # diverged: left out
     assert not diffusion_few_step.held({**means, "fd_consistency_4": 2.2, "fd_progressive_4": 2.2})  # > 1.5 x 1.4
     assert not diffusion_few_step.held({**means, "fd_teacher_1": 2.0})
     assert not diffusion_few_step.held({**means, "fd_teacher_4": 1.9})

@@ -18,11 +18,14 @@ student copies the teacher's MLP), scored as the bench does: sliced Wasserstein 
 as many fresh points of the true distribution; the teacher at 1 / 4 / 35 steps, the students at 1 / 4.
 Held: at 1 step and at 4 steps the best student's FD is below the teacher's FD at the same steps, the best 4-step
 student's FD is at most 1.5x the teacher's 35-step FD (issue 15's goal), and on the 2-D data the best student's SWD is
-below the teacher's at 1 and at 4 steps (means over seeds).
+below the teacher's at 1 and at 4 steps (means over seeds). A student whose training stops on a non-finite loss is
+reported with NaN numbers (a line on stderr) and left out of the best student.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 
 from jdistill.repro.claim import Claim, Context, Plot
@@ -83,6 +86,18 @@ def student_run(context: Context, name: str, teacher_dir: Path, data: str = "dig
     return context.run_dir / run_name
 
 
+def diverged_as_none(context: Context, name: str, data: str, train):
+    """`train()`, or None when the student's training stopped on a non-finite loss (its numbers are then NaN, drawn
+    as no bar and left out of the best student; a line on stderr says so)."""
+    from jdistill.errors import NonFiniteError
+
+    try:
+        return train()
+    except NonFiniteError as error:
+        print(f"jdistill: {name} ({data}, seed {context.seed}) diverged, its numbers are NaN: {error}", file=sys.stderr)
+        return None
+
+
 def toy_numbers(context: Context, methods) -> dict[str, float]:
     """{swd_<who>_<nfe>}: the 2-D teacher at `TEACHER_NFES` and the 2-D students of `methods` at `STUDENT_NFES`."""
     from jdistill.bench.diffusion import DEFAULT_SAMPLERS, denoiser_generator, load_teacher, measure_toy
@@ -101,7 +116,11 @@ def toy_numbers(context: Context, methods) -> dict[str, float]:
     scores = measure_toy(generator, TEACHER_NFES, TOY, samples, seeds, REPEATS)[0]
     numbers = {f"swd_teacher_{nfe}": scores[str(nfe)]["swd"] for nfe in TEACHER_NFES}
     for name in [m for m in methods if m in TOY_METHODS]:
-        run = student_run(context, name, teacher_dir, "toy2d", teacher.config.student.model)
+        train = lambda n=name: student_run(context, n, teacher_dir, "toy2d", teacher.config.student.model)
+        run = diverged_as_none(context, name, "toy2d", train)
+        if run is None:
+            numbers.update({f"swd_{name}_{nfe}": math.nan for nfe in STUDENT_NFES})
+            continue
         student = load_denoiser(run)
         generator = recipe_generator(build_recipe(student.config.distill), student.model)
         scores = measure_toy(generator, STUDENT_NFES, TOY, samples, seeds, REPEATS)[0]
@@ -139,7 +158,11 @@ def measure(context: Context) -> dict[str, float]:
     scores = measure_digits(generator, TEACHER_NFES, reference, seeds, REPEATS)[0]
     numbers.update({f"fd_teacher_{nfe}": scores[str(nfe)]["fd"] for nfe in TEACHER_NFES})
     for name in methods:
-        student = load_denoiser(student_run(context, name, teacher_dir))
+        run = diverged_as_none(context, name, "digits", lambda n=name: student_run(context, n, teacher_dir))
+        if run is None:
+            numbers.update({f"fd_{name}_{nfe}": math.nan for nfe in STUDENT_NFES})
+            continue
+        student = load_denoiser(run)
         generator = recipe_generator(build_recipe(student.config.distill), student.model)
         scores = measure_digits(generator, STUDENT_NFES, reference, seeds, REPEATS)[0]
         numbers.update({f"fd_{name}_{nfe}": scores[str(nfe)]["fd"] for nfe in STUDENT_NFES})
@@ -147,10 +170,10 @@ def measure(context: Context) -> dict[str, float]:
 
 
 def best_student(means, metric: str, nfe: int) -> float:
-    """The lowest `metric` ("fd" / "swd") of any student at `nfe` steps (inf when none was measured)."""
-    values = [
-        v for k, v in means.items() if k.startswith(f"{metric}_") and k.endswith(f"_{nfe}") and "teacher" not in k
-    ]
+    """The lowest `metric` ("fd" / "swd") of any student at `nfe` steps, diverged (NaN) ones left out (inf when
+    none was measured)."""
+    student = lambda key: key.startswith(f"{metric}_") and key.endswith(f"_{nfe}") and "teacher" not in key
+    values = [value for key, value in means.items() if student(key) and math.isfinite(value)]
     return min(values, default=float("inf"))
 
 
