@@ -90,7 +90,11 @@ def test_every_generator_entry_has_a_builder_and_a_preset():
         if module == diffusion_generators.__name__:
             assert callable(getattr(importlib.import_module(module), function)), name
             registered.add(name)
-    assert registered == {"dmd", "dmd2", "sid", "dmd_rl", "inference_time", "multi_student"}
+    assert registered == {
+        *("dmd", "dmd2", "sid", "dmd_rl", "inference_time", "multi_student"),  # session 7
+        *("dmd2_gan", "flash_dmd", "ladd", "phased_dmd", "emd", "disback", "causvid"),  # session 8
+    }
+    generator_recipes = ("diffusion_dmd", "diffusion_sid", "diffusion_ladd", "diffusion_phased_dmd", "diffusion_emd")
     for name, (preset, options) in diffusion_generators.GENERATORS.items():
         config = load_config(preset, [f"distill.options.{key}={value}" for key, value in options.items()])
-        assert config.distill.recipe in ("diffusion_dmd", "diffusion_sid"), name
+        assert config.distill.recipe in (*generator_recipes, "diffusion_disback"), name
