@@ -69,6 +69,17 @@ def delta_rule_recurrent(q, k, v, g, beta, initial_state=None):
     return jnp.moveaxis(out, 0, 1).astype(v.dtype), final
 
 
+def _solve_unit_lower(a, rhs):
+    """x with (I + a) x = rhs for a strictly lower triangular `a [..., C, C]`, `rhs [..., C, D]`: forward
+    substitution, one row per step, x_r = rhs_r - sum_{s<r} a_rs x_s (rows not yet solved are zero). Written out
+    rather than `solve_triangular`: inside the chunked step's program XLA:CPU's batched triangular solve hung."""
+
+    def row(r, x):
+        return x.at[..., r, :].set(rhs[..., r, :] - jnp.einsum("...s,...sd->...d", a[..., r, :], x))
+
+    return jax.lax.fori_loop(0, a.shape[-1], row, jnp.zeros_like(rhs))
+
+
 def _chunk_terms(q, k, v, g, beta):
     """Per-chunk quantities independent of the carried state; inputs `[B, H, N, C, D]` (g, beta `[B,H,N,C]`)."""
     chunk = q.shape[-2]
@@ -78,8 +89,7 @@ def _chunk_terms(q, k, v, g, beta):
     decay = jnp.where(lower_incl, jnp.exp(jnp.where(lower_incl, diff, 0.0)), 0.0)  # G_r / G_s, s <= r
     strict = decay * (1.0 - jnp.eye(chunk))
     a = beta[..., :, None] * strict * jnp.einsum("...rd,...sd->...rs", k, k)
-    eye = jnp.broadcast_to(jnp.eye(chunk), a.shape)
-    solve = lambda rhs: jax.scipy.linalg.solve_triangular(eye + a, rhs, lower=True, unit_diagonal=True)
+    solve = lambda rhs: _solve_unit_lower(a, rhs)
     g_exp = jnp.exp(gamma)[..., None]
     u_tilde = solve(beta[..., None] * v)
     w = solve(beta[..., None] * g_exp * k)

@@ -85,6 +85,15 @@ def test_default_chunk_of_64_with_an_odd_length_and_no_initial_state():
     np.testing.assert_allclose(np.asarray(final_c), np.asarray(final_r), atol=1e-4, rtol=1e-4)
 
 
+def test_chunked_form_has_no_triangular_solve():
+    """The WY solve is written out as forward substitution: a full-size hybrid LM's train step with XLA:CPU's
+    batched triangular solve in it hung (0 % CPU, every thread idle) after its first steps were dispatched."""
+    q, k, v, g, beta = (jnp.ones((1, 80, 2, 16)),) * 3 + (jnp.zeros((1, 80, 2)), jnp.full((1, 80, 2), 0.5))
+    loss = lambda q, k, v: jnp.sum(delta_rule_chunked(q, k, v, g, beta)[0])
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).as_text()
+    assert "triangular" not in text.lower()
+
+
 def test_bad_gate_shape_is_rejected():
     q, k, v, g, beta, _ = make_inputs(0, 1, 3, 2, 4, 4, with_state=False)
     with pytest.raises(ValueError, match="g and beta must be"):
