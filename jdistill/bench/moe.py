@@ -6,7 +6,7 @@ fixed random cotangent c) with respect to the parameters and x:
   - `dense`: `jdistill.nn.mlp.GLUMLP` with hidden size top_k * expert_dim + shared_dim: the same multiply-adds per
     token as the routed experts (+ the shared expert); the target of the goal.
   - `moe`: `jdistill.nn.moe.MoE` as the models run it (router, top-k, the dropless grouped dispatch the layer picks
-    for this backend: `jdistill.nn.moe_blocked` on CPU, `jax.lax.ragged_dot` elsewhere).
+    for this backend: `jdistill.nn.moe_blocked` on CPU and NVIDIA GPUs, `jax.lax.ragged_dot` on TPU).
   - `moe_ragged_dot`: the same layer with `jax.lax.ragged_dot` forced (`moe_ragged(impl="ragged_dot")` while the
     program is traced); on CPU JAX expands it into E masked dense products.
   - `one_hot`: the layer with `dispatch="one_hot"`: every expert on every token (E / top_k times the work).
