@@ -272,15 +272,20 @@ def _speculative(
                 return draft_step(state, i)
             return jax.lax.cond(i < limit, draft_step, idle, state, i)
 
-        (_, early_caches), (hidden, drafted, log_q) = jax.lax.scan(step, (last, early_caches), jnp.arange(d))
-        drafts = jnp.swapaxes(drafted, 0, 1)  # x_1..x_d
-        log_q = jnp.swapaxes(log_q, 0, 1)
+        # Unrolled (d is small): a scan would be a nested while loop, whose per-iteration control costs as much
+        # as a block of this size on CPU and a host round trip per step on GPU.
+        state, steps = (last, early_caches), []
+        for i in range(d):
+            state, outputs = step(state, i)
+            steps.append(outputs)
+        early_caches = state[1]
+        hidden, drafts, log_q = (jnp.stack(parts, axis=1) for parts in zip(*steps, strict=True))  # x_1..x_d
         # The last draft x_limit also goes through the first E blocks (for the verify pass), without the draft head.
         last_draft = drafts[:, d - 1] if control == "fixed" else jnp.take(drafts, limit - 1, axis=1)
         tail, early_caches = _run_blocks(
             early, model.embed(last_draft[:, None]), (start + limit)[:, None], early_caches
         )
-        hidden = jnp.swapaxes(hidden, 0, 1)  # [B, d, D]: block E's output for x_0..x_{d-1}
+        # hidden [B, d, D]: block E's output for x_0..x_{d-1}
         if control == "fixed":
             hidden = jnp.concatenate([hidden, tail], axis=1)
         else:  # x_limit's slot; later slots hold the idle steps' zeros (never accepted)
