@@ -218,3 +218,20 @@ def test_posterior_counts_each_reached_draft_position():
     # position 3, which was not drafted); row 3 inactive
     np.testing.assert_array_equal(accepted_counts, [2, 2, 1, 0])
     np.testing.assert_array_equal(rejected_counts, [1, 0, 1, 0])
+
+
+@pytest.mark.parametrize("control", ["fixed", "thompson"])
+def test_a_round_is_one_loop_iteration(control):
+    """The draft steps are unrolled: the decoding loop's body holds no loop of its own (on an accelerator every
+    loop iteration is a host round trip)."""
+    from jdistill.models.speculative import _speculative
+
+    model = Transformer(LM, rngs=nnx.Rngs(0))
+    options = dict(exit_layer=1, draft_len=3, max_new_tokens=8, temperature=0.0, head="final", control=control)
+    prompt = jnp.ones((1, 4), jnp.int32)
+    jaxpr = jax.make_jaxpr(
+        lambda: _speculative(model, prompt, prompt > 0, jax.random.key(0), eos_id=None, pad_id=0, **options)
+    )()
+    loops = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "while"]
+    body = str(loops[-1].params["body_jaxpr"])  # the rounds (a key split before it may be a loop too)
+    assert "while[" not in body and "scan[" not in body
