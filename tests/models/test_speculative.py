@@ -167,6 +167,7 @@ def test_draft_distribution_alone_would_fail_the_same_test():
         (dict(temperature=-1.0), "temperature: expected a finite number >= 0"),
         (dict(draft_head="exit"), "draft_head=exit: the model has no exit at block 2"),
         (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(draft_loop="unroll"), "draft_loop: expected auto, scan or unrolled"),
     ],
 )
 def test_bad_options_are_one_line_errors(options, message):
@@ -231,7 +232,7 @@ def test_posterior_counts_each_reached_draft_position():
 def test_unrolled_drafts_make_a_round_one_loop_iteration(control):
     """draft_loop="unrolled": the decoding loop's body holds no loop of its own (on an accelerator every loop
     iteration waits for the host); "scan" nests one."""
-    from jdistill.models.speculative import _speculative
+    from jdistill.models.speculative import SpeculativeDecoder, _speculative
 
     model = Transformer(LM, rngs=nnx.Rngs(0))
     options = dict(exit_layer=1, draft_len=3, max_new_tokens=8, temperature=0.0, head="final", control=control)
@@ -248,3 +249,5 @@ def test_unrolled_drafts_make_a_round_one_loop_iteration(control):
 
     assert "while[" not in round_body("unrolled") and "scan[" not in round_body("unrolled")
     assert "scan[" in round_body("scan")
+    decoder = SpeculativeDecoder(model, exit_layer=1, draft_len=3, max_new_tokens=8, draft_control=control)
+    assert decoder.options["loop"] == ("scan" if jax.default_backend() == "cpu" else "unrolled")  # "auto"
