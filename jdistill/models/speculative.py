@@ -447,8 +447,10 @@ def self_speculative_generate(
     """Continue each left-padded prompt by `max_new_tokens` tokens with early-exit self-speculative decoding.
 
     prompt_ids int `[batch, P]` left-padded, prompt_mask bool `[batch, P]` (None: every token real). Greedy
-    (temperature 0) gives plain greedy decoding's tokens; temperature > 0 samples from the full model's
-    distribution at that temperature. `draft_control`: "fixed" drafts `draft_len` tokens every round; "thompson"
+    (temperature 0) gives plain greedy decoding's tokens (in float32 matmul precision: at a GPU's default TF32 the
+    multi-token verify pass and single-token decoding round differently and can flip a near-tie; use
+    `JAX_DEFAULT_MATMUL_PRECISION=highest` there); temperature > 0 samples from the full model's distribution at
+    that temperature. `draft_control`: "fixed" drafts `draft_len` tokens every round; "thompson"
     picks each round's draft length in 1 .. `draft_len` by Thompson sampling (`choose_draft_len`). Returns
     (tokens int32 `[batch, max_new_tokens]`, `SpeculativeStats`); after a row emits `eos_id` it emits `pad_id`
     (default `eos_id`). `draft_loop`: see `SpeculativeDecoder`. Repeated calls on one model: `SpeculativeDecoder`.
