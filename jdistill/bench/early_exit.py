@@ -116,24 +116,40 @@ class GreedyDecoder:
         return program(self.params, prompt)
 
 
-def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, controls, repeats: int) -> dict:
-    """The contenders' figures (see the module docstring) on `prompts` (each `[prompt_len]` int)."""
+def rows_loop(decoder) -> str:
+    """The draft loop form a `SpeculativeDecoder` compiled ("scan" or "unrolled")."""
+    return decoder.options["loop"]
+
+
+def run_benchmark(
+    model, prompts, *, new_tokens: int, exits, draft_lens, controls, repeats: int, loops=("auto",)
+) -> dict:
+    """The contenders' figures (see the module docstring) on `prompts` (each `[prompt_len]` int); `loops`: the
+    `SpeculativeDecoder.draft_loop` forms timed (a name suffix `_scan` / `_unrolled` when more than one)."""
 
     greedy = GreedyDecoder(model, max_new_tokens=new_tokens)
 
     def plain(prompt):
         return greedy(prompt), None
 
-    def speculative(exit_layer, draft_len, control):
+    def speculative(exit_layer, draft_len, control, loop):
         return SpeculativeDecoder(
-            model, exit_layer=exit_layer, draft_len=draft_len, max_new_tokens=new_tokens, draft_control=control
+            model,
+            exit_layer=exit_layer,
+            draft_len=draft_len,
+            max_new_tokens=new_tokens,
+            draft_control=control,
+            draft_loop=loop,
         )
 
     contenders = {"plain": plain}
     for exit_layer in exits:
         for draft_len in draft_lens:
             for control in controls:
-                contenders[f"exit{exit_layer}_d{draft_len}_{control}"] = speculative(exit_layer, draft_len, control)
+                for loop in loops:
+                    suffix = f"_{loop}" if len(loops) > 1 else ""
+                    name = f"exit{exit_layer}_d{draft_len}_{control}{suffix}"
+                    contenders[name] = speculative(exit_layer, draft_len, control, loop)
     seconds, cpu_seconds, results = time_interleaved(contenders, prompts, repeats)
     generated = len(prompts) * new_tokens
     plain_seconds = seconds["plain"]
@@ -145,11 +161,12 @@ def run_benchmark(model, prompts, *, new_tokens: int, exits, draft_lens, control
         outputs, stats = results[name]
         drafted = sum(s.drafted for s in stats)
         row_rounds = sum(s.row_rounds for s in stats)
-        exit_layer, draft_len, control = name.removeprefix("exit").split("_")
+        exit_layer, draft_len, control = name.removeprefix("exit").split("_")[:3]
         rows[name] = {
             "exit_layer": int(exit_layer),
             "draft_len": int(draft_len.removeprefix("d")),
             "control": control,
+            "draft_loop": rows_loop(contenders[name]),
             "tokens_per_s": generated / seconds[name],
             "speedup": plain_seconds / seconds[name],
             "cpu_speedup": cpu_seconds["plain"] / cpu_seconds[name],
@@ -233,14 +250,16 @@ def plot_exit_quality(
 
 
 PARTS = ("speculative", "confidence", "methods")
+DRAFT_LOOPS = ("auto", "scan", "unrolled")
 
 
-def check_parts(parts, methods) -> None:
-    """One-line `ConfigError` for an unknown `--parts` or `--methods` entry."""
+def check_parts(parts, methods, loops=("auto",)) -> None:
+    """One-line `ConfigError` for an unknown `--parts`, `--methods` or `--draft-loops` entry."""
     from jdistill.bench.early_exit_methods import METHODS
     from jdistill.errors import ConfigError
 
-    for flag, given, known in (("--parts", parts, PARTS), ("--methods", methods, METHODS)):
+    flags = (("--parts", parts, PARTS), ("--methods", methods, METHODS), ("--draft-loops", loops, DRAFT_LOOPS))
+    for flag, given, known in flags:
         for name in given:
             if name not in known:
                 raise ConfigError(f"{flag}: unknown entry {name!r} (expected some of {', '.join(known)})")
@@ -294,7 +313,8 @@ def run_early_exit(args) -> int:
     from jdistill.train.inputs import eval_batches
 
     parts, methods = list(getattr(args, "parts", PARTS)), list(getattr(args, "methods", ()))
-    check_parts(parts, methods)
+    loops = tuple(getattr(args, "draft_loops", None) or ("auto",))
+    check_parts(parts, methods, loops)
     model, _, stage = load_model(args.checkpoint)
     if model.config.kind != "lm":
         raise ConfigError(f"--checkpoint {args.checkpoint}: not a decoder language model")
@@ -321,6 +341,7 @@ def run_early_exit(args) -> int:
             draft_lens=args.draft_lens,
             controls=("fixed", "thompson"),
             repeats=args.repeats,
+            loops=loops,
         )
     curves = {stage: exit_perplexities(model, batches)}
     scratch = stage_dir.parent / "student_scratch"

@@ -15,6 +15,12 @@ def register(bench_sub) -> None:
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/STAGE of an LM (e.g. llm_layerskip's student)")
     parser.add_argument("--exits", type=int_list, default=None, help="draft exit layers (default: L/4 and L/2)")
     parser.add_argument("--draft-lens", type=int_list, default=[3, 5], help="draft lengths (maximum for thompson)")
+    parser.add_argument(
+        "--draft-loops",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["auto"],
+        help="how draft steps compile: auto, scan, unrolled (comma-separated: each is timed; auto: scan on CPU)",
+    )
     parser.add_argument("--prompts", type=int, default=8, help="held-out prompts, each decoded at batch size 1")
     parser.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt")
     parser.add_argument("--new-tokens", type=int, default=96, help="tokens generated per prompt")

@@ -34,10 +34,13 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
     out = tmp_path / "bench.json"
     args = ["bench", "early-exit", "--checkpoint", str(run_dir / "student_layerskip"), "--exits", "1,2"]
     args += ["--draft-lens", "2", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "6", "--repeats", "1"]
-    args += ["--method-steps", "2"]
+    args += ["--method-steps", "2", "--draft-loops", "scan,unrolled"]
     assert main([*args, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
-    assert set(figures["contenders"]) == {f"exit{e}_d2_{c}" for e in (1, 2) for c in ("fixed", "thompson")}
+    assert set(figures["contenders"]) == {
+        f"exit{e}_d2_{c}_{loop}" for e in (1, 2) for c in ("fixed", "thompson") for loop in ("scan", "unrolled")
+    }
+    assert figures["contenders"]["exit1_d2_fixed_unrolled"]["draft_loop"] == "unrolled"
     for row in figures["contenders"].values():
         assert row["exact_match"] == 1.0  # greedy self-speculative decoding changes nothing but the speed
         assert 1.0 <= row["tokens_per_round"] <= 3.0 and row["speedup"] > 0
@@ -54,3 +57,11 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
         assert methods[name]["chosen"] is None or methods[name]["speedup"] > 0
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert "plain greedy" in capsys.readouterr().out
+
+
+def test_unknown_draft_loop_is_a_one_line_error():
+    from jdistill.bench.early_exit import check_parts
+    from jdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--draft-loops: unknown entry 'unroll'"):
+        check_parts(["speculative"], [], ("scan", "unroll"))

@@ -63,6 +63,21 @@ def test_distillation_fits_prefixes_and_the_gate_trades_error_for_cost(setup):
     assert float(grad(10.0)[0]) < 0 < float(grad(10.0)[-1])  # costly learners: descent raises P(none)
 
 
+def test_the_full_prefix_weighs_n_in_the_distillation_loss(setup):
+    """Changing only the last learner moves only e_N, so the loss moves by N times its change (w_N = N)."""
+    _, _, mlp_inputs, dense, acm = setup
+    mlp = setup[0].blocks[0].mlp
+    args = (mlp_inputs[0], dense[0], acm_lib._gate_fn(mlp), mlp.order)
+    num = acm["down"].shape[1]
+    moved = dict(acm, down=acm["down"].at[0, num - 1].add(0.3 * jax.random.normal(jax.random.key(4), (8, 16))))
+    loss = jax.jit(lambda p: acm_lib.distill_loss(p, 0, *args))
+    errors = jax.jit(lambda p: acm_lib.relative_errors(acm_lib.prefix_outputs(p, 0, *args[:1], *args[2:]), args[1]))
+    before, after = np.asarray(errors(acm)).mean(axis=(1, 2)), np.asarray(errors(moved)).mean(axis=(1, 2))
+    np.testing.assert_allclose(after[:-1], before[:-1], atol=1e-6)  # every shorter prefix unchanged
+    assert after[-1] - before[-1] > 1e-3
+    assert float(loss(moved)) - float(loss(acm)) == pytest.approx(num * (after[-1] - before[-1]), rel=1e-3)
+
+
 def test_a_model_without_a_glu_mlp_is_refused():
     with pytest.raises(UserError, match="block 1 is not attention \\+ a GLU MLP"):
         config = ModelConfig(kind="lm", num_layers=1, d_model=8, num_heads=2, mlp_dim=16, vocab_size=11)

@@ -53,14 +53,21 @@ def _ragged_prompts(seed: int, batch: int, width: int, vocab: int):
     return prompt, mask
 
 
-@pytest.mark.parametrize("exit_layer, draft_len, head", [(1, 3, "final"), (2, 4, "exit")])
-def test_greedy_output_equals_plain_greedy_decoding(exit_layer, draft_len, head):
+@pytest.mark.parametrize("exit_layer, draft_len, head, loop", [(1, 3, "final", "scan"), (2, 4, "exit", "unrolled")])
+def test_greedy_output_equals_plain_greedy_decoding(exit_layer, draft_len, head, loop):
     config = dataclasses.replace(LM, exit_layers=(2,))
     model = Transformer(config, rngs=nnx.Rngs(0))
     prompt, mask = _ragged_prompts(0, 16, 7, config.vocab_size)
     expected = generate(model, prompt, prompt_mask=mask, max_new_tokens=12)
     tokens, stats = self_speculative_generate(
-        model, prompt, mask, exit_layer=exit_layer, draft_len=draft_len, max_new_tokens=12, draft_head=head
+        model,
+        prompt,
+        mask,
+        exit_layer=exit_layer,
+        draft_len=draft_len,
+        max_new_tokens=12,
+        draft_head=head,
+        draft_loop=loop,
     )
     np.testing.assert_array_equal(tokens, expected)
     assert stats.drafted > 0 and stats.emitted >= 16 * 11  # every token after the prefill's first
@@ -160,6 +167,7 @@ def test_draft_distribution_alone_would_fail_the_same_test():
         (dict(temperature=-1.0), "temperature: expected a finite number >= 0"),
         (dict(draft_head="exit"), "draft_head=exit: the model has no exit at block 2"),
         (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(draft_loop="unroll"), "draft_loop: expected auto, scan or unrolled"),
     ],
 )
 def test_bad_options_are_one_line_errors(options, message):
@@ -218,3 +226,28 @@ def test_posterior_counts_each_reached_draft_position():
     # position 3, which was not drafted); row 3 inactive
     np.testing.assert_array_equal(accepted_counts, [2, 2, 1, 0])
     np.testing.assert_array_equal(rejected_counts, [1, 0, 1, 0])
+
+
+@pytest.mark.parametrize("control", ["fixed", "thompson"])
+def test_unrolled_drafts_make_a_round_one_loop_iteration(control):
+    """draft_loop="unrolled": the decoding loop's body holds no loop of its own (on an accelerator every loop
+    iteration waits for the host); "scan" nests one."""
+    from jdistill.models.speculative import SpeculativeDecoder, _speculative
+
+    model = Transformer(LM, rngs=nnx.Rngs(0))
+    options = dict(exit_layer=1, draft_len=3, max_new_tokens=8, temperature=0.0, head="final", control=control)
+    prompt = jnp.ones((1, 4), jnp.int32)
+
+    def round_body(loop):
+        jaxpr = jax.make_jaxpr(
+            lambda: _speculative(
+                model, prompt, prompt > 0, jax.random.key(0), eos_id=None, pad_id=0, loop=loop, **options
+            )
+        )()
+        loops = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "while"]
+        return str(loops[-1].params["body_jaxpr"])  # the rounds (a key split before them may be a loop too)
+
+    assert "while[" not in round_body("unrolled") and "scan[" not in round_body("unrolled")
+    assert "scan[" in round_body("scan")
+    decoder = SpeculativeDecoder(model, exit_layer=1, draft_len=3, max_new_tokens=8, draft_control=control)
+    assert decoder.options["loop"] == ("scan" if jax.default_backend() == "cpu" else "unrolled")  # "auto"
