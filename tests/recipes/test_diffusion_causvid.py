@@ -72,3 +72,21 @@ def test_causvid_needs_a_video_teacher(monkeypatch):
     with pytest.raises(ConfigError, match="CausVid distils a video teacher"):
         DiffusionCausVid(teacher_run="fake").check(None)
     np.testing.assert_equal(DiffusionCausVid(teacher_run="fake").generator_steps, 2)
+
+
+@pytest.mark.slow
+def test_the_ode_initialisation_regresses_the_causal_rollout_on_the_teachers_pairs(video_teacher):
+    """ode_init_steps > 0: the student starts from the teacher's weights regressed on the teacher's ODE pairs (the
+    regression loss falls, the EMA starts there too); 0 leaves the teacher's weights."""
+    options = dict(teacher_run="fake", generator_steps=2, num_pairs=8, pair_sampler="euler", pair_nfe=2)
+    r = DiffusionCausVid(**options, ode_init_steps=4, ode_init_batch=8, ode_init_learning_rate=1e-2)
+    _, start, _ = fake_teacher.student_of(DiffusionCausVid(**options), images=True)
+    assert leaves_equal(start, nnx.state(video_teacher.model))
+    _, params, state = fake_teacher.student_of(r, images=True)
+    assert not leaves_equal(params, start) and leaves_equal(state["ema"], params)
+    teacher_state = {"teacher": nnx.state(video_teacher.model)}
+    pairs = r.make_pairs(teacher_state, jax.random.fold_in(jax.random.key(3), 11))  # student_of's init key
+    loss = jax.jit(lambda p: r.ode_regression_loss(p, pairs, jax.random.key(0)))
+    assert float(loss(params)) < 0.9 * float(loss(start))
+    with pytest.raises(ValueError, match="ode_init_steps"):
+        DiffusionCausVid(teacher_run="fake", ode_init_steps=-1)
