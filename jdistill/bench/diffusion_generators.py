@@ -19,8 +19,12 @@ GENERATORS: dict[str, tuple] = {
     "emd": ("diffusion_emd", {}),
     "disback": ("diffusion_disback", {}),
     "phased_dmd": ("diffusion_phased_dmd", {}),
-    # multi-student distillation: SiD students, each on its half of the classes
-    **{f"multi_student{k}": ("diffusion_sid", {"num_students": 2, "student_index": k}) for k in range(2)},
+    # multi-student distillation: SiD students, each on its half of the classes for half of SiD's steps (the two
+    # together cost one SiD training)
+    **{
+        f"multi_student{k}": ("diffusion_sid", {"num_students": 2, "student_index": k}, ["student.train.steps=1200"])
+        for k in range(2)
+    },
 }
 
 

@@ -105,7 +105,7 @@ PRESET_WARMUPS = {
     "diffusion_edm": (100, 90), "diffusion_flow": (100, 90), "diffusion_flow_2d": (100, 90),
     "diffusion_cd": (100, 16), "diffusion_guidance": (100, 12), "diffusion_progressive": (100, 18),
     "diffusion_reflow": (100, 20), "diffusion_sfd": (100, 6), "llm_layerskip": (100, 25),
-    "diffusion_dmd": (100, 12), "diffusion_dmd2": (100, 6), "diffusion_sid": (100, 10), "diffusion_dmd_rl": (100, 12),
+    "diffusion_dmd": (100, 12), "diffusion_dmd2": (100, 6), "diffusion_sid": (100, 48), "diffusion_dmd_rl": (100, 12),
     "diffusion_dmd2_gan": (100, 6), "diffusion_flash_dmd": (100, 6), "diffusion_ladd": (100, 6),
     "diffusion_phased_dmd": (100, 8), "diffusion_emd": (100, 6), "diffusion_disback": (100, 6),
     "diffusion_video_edm": (100, 60), "diffusion_causvid": (100, 6),

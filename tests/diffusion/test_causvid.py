@@ -38,7 +38,8 @@ def test_digit_videos_count_up_from_the_label():
 
 def test_the_kv_cache_is_the_causal_pass_and_nothing_looks_ahead():
     """The frame-by-frame pass with the KV cache equals the full block-causal pass (per-frame times); earlier frames
-    ignore a change of the last one."""
+    ignore a change of the last one. The (frame, label) embedding: raising pair (2, 3) changes frame 2 of the label-3
+    video only (frames 0, 1 and the label-7 video ignore it)."""
     config = dataclasses.replace(CONFIG, num_layers=1)
     x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8, 1))
     t = jnp.asarray([[0.5, 2.0, 10.0], [1.0, 0.1, 3.0]])
@@ -49,12 +50,18 @@ def test_the_kv_cache_is_the_causal_pass_and_nothing_looks_ahead():
         model = causvid.VideoDenoiser(config, EDM(), 3, num_classes=10, causal=True, rngs=nnx.Rngs(key))
         model = _perturbed(model, key)
         both = model(jnp.concatenate([x, x.at[:, 2].add(1.0)]), jnp.concatenate([t, t]), jnp.concatenate([labels] * 2))
-        return both[:2], both[2:], causvid.causal_forward_with_cache(model, x, t, labels)
+        cached = causvid.causal_forward_with_cache(model, x, t, labels)
+        model.frame_class[...] = model.frame_class[...].at[2, 3].add(5.0)
+        return both[:2], both[2:], cached, model(x, t, labels)
 
-    full, full_later, cached = run(jax.random.key(1))
+    full, full_later, cached, paired = run(jax.random.key(1))
     np.testing.assert_allclose(cached, full, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(full_later[:, :2], full[:, :2], rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(full_later[:, 2] - full[:, 2]).max()) > 1e-3
+    changed = np.asarray(jnp.abs(paired - full).max(axis=(2, 3, 4)))  # [video, frame]
+    assert changed[0, 2] > 1e-2
+    np.testing.assert_allclose(changed[0, :2], 0.0, atol=1e-6)
+    np.testing.assert_allclose(changed[1], 0.0, atol=1e-6)
 
 
 @pytest.mark.slow

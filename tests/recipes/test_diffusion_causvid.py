@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from jdistill.diffusion.load import TrainedDenoiser
-from jdistill.diffusion.methods.causvid import VideoDenoiser
+from jdistill.diffusion.methods.causvid import VideoDenoiser, generate_video
 from jdistill.diffusion.schedules import EDM
 from jdistill.errors import ConfigError
 from jdistill.recipes import diffusion_distill_base as base
@@ -72,3 +72,29 @@ def test_causvid_needs_a_video_teacher(monkeypatch):
     with pytest.raises(ConfigError, match="CausVid distils a video teacher"):
         DiffusionCausVid(teacher_run="fake").check(None)
     np.testing.assert_equal(DiffusionCausVid(teacher_run="fake").generator_steps, 2)
+
+
+@pytest.mark.slow
+def test_the_ode_initialisation_regresses_the_causal_rollout_on_the_teachers_pairs(video_teacher):
+    """ode_init_steps > 0: the student starts from the teacher's weights regressed on the teacher's ODE pairs (the
+    regression loss falls, the EMA starts there too); 0 leaves the teacher's weights."""
+    options = dict(teacher_run="fake", generator_steps=2, num_pairs=8, pair_sampler="euler", pair_nfe=2)
+    r = DiffusionCausVid(**options, ode_init_steps=4, ode_init_batch=8, ode_init_learning_rate=1e-2)
+    _, start, _ = fake_teacher.student_of(DiffusionCausVid(**options), images=True)
+    assert leaves_equal(start, nnx.state(video_teacher.model))
+    _, params, state = fake_teacher.student_of(r, images=True)
+    assert not leaves_equal(params, start) and leaves_equal(state["ema"], params)
+    teacher_state = {"teacher": nnx.state(video_teacher.model)}
+    pairs = r.make_pairs(teacher_state, jax.random.fold_in(jax.random.key(3), 11))  # student_of's init key
+    loss = jax.jit(lambda p: r.ode_regression_loss(p, pairs, jax.random.key(0)))
+    assert float(loss(params)) < 0.9 * float(loss(start))
+    # each rollout is compared with its own pair: a one-step student whose pairs are its own rollouts has loss 0
+    one = DiffusionCausVid(**{**options, "generator_steps": 1}, ode_init_batch=8)
+    own = generate_video(
+        one.causal_module(start), one.schedule, pairs["noise"], one.times(), pairs["labels"], jax.random.key(0),
+        one.context_time,
+    )  # fmt: skip
+    own_loss = jax.jit(lambda p: one.ode_regression_loss(p, dict(pairs, samples=own), jax.random.key(1)))
+    assert float(own_loss(start)) < 1e-8
+    with pytest.raises(ValueError, match="ode_init_steps"):
+        DiffusionCausVid(teacher_run="fake", ode_init_steps=-1)

@@ -95,6 +95,8 @@ def test_every_generator_entry_has_a_builder_and_a_preset():
         *("dmd2_gan", "flash_dmd", "ladd", "phased_dmd", "emd", "disback", "causvid"),  # session 8
     }
     generator_recipes = ("diffusion_dmd", "diffusion_sid", "diffusion_ladd", "diffusion_phased_dmd", "diffusion_emd")
-    for name, (preset, options) in diffusion_generators.GENERATORS.items():
-        config = load_config(preset, [f"distill.options.{key}={value}" for key, value in options.items()])
+    for name, (preset, options, *extra) in diffusion_generators.GENERATORS.items():
+        overrides = [f"distill.options.{key}={value}" for key, value in options.items()]
+        overrides += list(extra[0] if extra else ())
+        config = load_config(preset, overrides)
         assert config.distill.recipe in (*generator_recipes, "diffusion_disback"), name
