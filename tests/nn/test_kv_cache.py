@@ -24,6 +24,10 @@ def test_write_stores_each_rows_tokens_at_its_own_slots():
     expected[1, :, 3:5] = np.swapaxes(keys[1], 0, 1)
     np.testing.assert_array_equal(written.keys, expected.reshape(written.keys.shape))
     np.testing.assert_array_equal(written.values, -expected.reshape(written.values.shape))
+    one_row = (
+        KVCache.zeros(1, 6, 2, 3).replace(offset=jnp.array([1], jnp.int32)).write(keys[:1], keys[:1], positions[:1])
+    )
+    np.testing.assert_array_equal(one_row.keys, expected[:1].reshape(one_row.keys.shape))  # the one-row path
 
 
 def _while_body(hlo: str) -> str:
