@@ -1,7 +1,11 @@
 """Key/value caches for incremental decoding, and attention over a cache.
 
-A cache holds `keys, values [batch, kv_heads, max_len, head_dim]` (heads before slots: the layout the attention
-dots read, so no step transposes the cache) and `offset [batch]`. A token at RoPE position p
+A cache holds `keys, values [batch * kv_heads, max_len, head_dim]` (row b's heads at `b * kv_heads + h`; heads
+before slots: the layout the attention dots read, so no step transposes the cache) and `offset [batch]`. The
+batch and head axes are merged because XLA drops a size-1 batch axis from the attention dots: with a separate
+batch axis the single-row decode loop read the cache through a reshape, and XLA then duplicated the in-place
+cache write for that reader and the loop carry, copying every key cache 4 times per step (26 % of plain greedy
+decoding's time; `tests/nn/test_kv_cache.py` counts the copies). A token at RoPE position p
 of row b lives in cache slot `p + offset[b]`; slots below `offset[b]` are that row's left padding and are never
 attended. So rows may be right-padded (offset 0, each row at its own positions: prompts of different lengths
 continue from their own length) or left-padded (offset = the row's number of pad tokens, every row writing the
@@ -26,7 +30,7 @@ class KVCache:
 
     @classmethod
     def zeros(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
-        shape = (batch, kv_heads, max_len, head_dim)
+        shape = (batch * kv_heads, max_len, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
     def slots(self, positions):
@@ -34,12 +38,20 @@ class KVCache:
         return positions + self.offset[:, None]
 
     def write(self, keys, values, positions) -> KVCache:
-        """Store `keys, values [batch, seq, kv_heads, head_dim]` of the tokens at `positions [batch, seq]`."""
-        rows = jnp.arange(keys.shape[0])[:, None]
+        """Store `keys, values [batch, seq, kv_heads, head_dim]` of the tokens at `positions [batch, seq]`. One row:
+        an in-place `dynamic_update_slice` at its first slot (positions consecutive, slots in the cache; a scatter
+        costs more copies in the compiled decode loop); several rows: a scatter `cache[b, :, slots[b, s]] = new[b, s]`
+        (one slice per row would unroll into the program)."""
         slots = self.slots(positions)
 
-        def put(cache, new):  # cache[b, :, slots[b, s]] = new[b, s]
-            return cache.at[rows, :, slots].set(new.astype(cache.dtype))
+        def put(flat, new):
+            batch, _, heads, _ = new.shape
+            new = new.astype(flat.dtype)
+            if batch == 1:
+                return jax.lax.dynamic_update_slice(flat, jnp.swapaxes(new[0], 0, 1), (0, slots[0, 0], 0))
+            cache = flat.reshape(batch, heads, *flat.shape[1:])
+            rows = jnp.arange(batch)[:, None]
+            return cache.at[rows, :, slots].set(new).reshape(flat.shape)
 
         return dataclasses.replace(self, keys=put(self.keys, keys), values=put(self.values, values))
 
@@ -61,11 +73,13 @@ def cached_attention(q, cache: KVCache, gate, positions, window: int | None = No
     q `[batch, seq, heads, head_dim]`, positions `[batch, seq]`, gate as in `jdistill.kernels.gated_attention`.
     """
     batch, seq, heads, head_dim = q.shape
-    kv_heads = cache.keys.shape[1]
+    kv_heads = cache.keys.shape[0] // batch
+    keys = cache.keys.reshape(batch, kv_heads, *cache.keys.shape[1:])
+    values = cache.values.reshape(batch, kv_heads, *cache.values.shape[1:])
     q_grouped = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("bqhgd,bhkd->bhgqk", q_grouped, cache.keys, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqhgd,bhkd->bhgqk", q_grouped, keys, preferred_element_type=jnp.float32)
     scores = scores * head_dim**-0.5
-    key_slots = jnp.arange(cache.keys.shape[2])[None, None, :]
+    key_slots = jnp.arange(keys.shape[2])[None, None, :]
     query_slots = cache.slots(positions)[:, :, None]
     allowed = (key_slots <= query_slots) & (key_slots >= cache.offset[:, None, None])  # [batch, seq, max_len]
     if window is not None:
@@ -74,7 +88,7 @@ def cached_attention(q, cache: KVCache, gate, positions, window: int | None = No
         allowed = allowed & key_valid[:, None, :]
     scores = jnp.where(allowed[:, None, None], scores, -1e30)
     weights = jax.nn.softmax(scores, axis=-1).astype(cache.values.dtype)
-    out = jnp.einsum("bhgqk,bhkd->bqhgd", weights, cache.values).reshape(batch, seq, heads, head_dim)
+    out = jnp.einsum("bhgqk,bhkd->bqhgd", weights, values).reshape(batch, seq, heads, head_dim)
     if gate is not None:
         gate = gate[..., None] if gate.ndim == 3 else gate
         out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
