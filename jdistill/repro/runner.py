@@ -70,7 +70,7 @@ def run_claim(
     from jdistill.repro.plot import plot_claim
 
     out_dir = Path(out_dir)
-    params = dict(claim.params if params is None else params)
+    params = {**claim.params, **(params or {})}  # a parameter not given keeps its default
     quick_overrides = tuple(claim.quick) if quick else ()
     for preset in claim.presets:
         load_config(preset, [*QUIET, *quick_overrides, *overrides])  # a bad override: one line, nothing trained
