@@ -67,10 +67,9 @@ def run_claim(
     return the summary. Config overrides are checked against the claim's presets before any compute."""
     from jdistill.configs import load_config
     from jdistill.repro.claim import QUIET
-    from jdistill.repro.plot import plot_claim
 
     out_dir = Path(out_dir)
-    params = dict(claim.params if params is None else params)
+    params = {**claim.params, **(params or {})}  # a parameter not given keeps its default
     quick_overrides = tuple(claim.quick) if quick else ()
     for preset in claim.presets:
         load_config(preset, [*QUIET, *quick_overrides, *overrides])  # a bad override: one line, nothing trained
@@ -83,6 +82,16 @@ def run_claim(
         per_seed.append(measured)
         if log is not None:
             log(f"{claim.name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items()))
+    settings = {"quick": quick, "overrides": list(overrides), "params": params}
+    settings["quick_overrides"] = list(quick_overrides)
+    return finish(claim, out_dir, per_seed, list(seeds), settings, time.perf_counter() - started)
+
+
+def finish(claim: Claim, out_dir: Path, per_seed: list, seeds: list, settings: dict, wall: float, **extra) -> dict:
+    """The summary of `per_seed` numbers (one dict per seed of `seeds`): verdict on the means and per seed,
+    `out_dir/summary.json` (temp then rename) and the PNG; `extra` keys are added to the summary."""
+    from jdistill.repro.plot import plot_claim
+
     numbers = aggregate(per_seed)
     held = bool(claim.held(means(numbers)))
     summary = {
@@ -94,16 +103,13 @@ def run_claim(
         "held": held,
         "held_per_seed": [bool(claim.held(n)) for n in per_seed],
         "numbers": numbers,
-        "settings": {
-            "quick": quick,
-            "overrides": list(overrides),
-            "params": params,
-            "quick_overrides": list(quick_overrides),
-        },
-        "seeds": list(seeds),
-        "wall_seconds": time.perf_counter() - started,
+        "settings": settings,
+        "seeds": seeds,
+        "wall_seconds": wall,
+        **extra,
     }
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "summary.json", summary)
-    plot_claim(claim, numbers, held, list(seeds), out_dir / f"{claim.name}.png", quick=quick)
+    plot_claim(claim, numbers, held, seeds, out_dir / f"{claim.name}.png", quick=bool(settings.get("quick")))
     return summary

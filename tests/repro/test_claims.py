@@ -46,7 +46,7 @@ def test_label_noise_trains_one_student_per_xi_on_noisy_labels(monkeypatch, tmp_
         return {"accuracy": 0.5 + 0.01 * float(xi or 0)}
 
     jobs = FakeJobs(monkeypatch, metrics)
-    numbers = label_noise.CLAIM.measure(context(tmp_path, noise=0.5))
+    numbers = label_noise.CLAIM.measure(context(tmp_path, noise=0.5, setting="net"))
     assert numbers == {f"accuracy_xi{label_noise.tag(xi)}": pytest.approx(0.5 + 0.01 * xi) for xi in label_noise.XIS}
     ((config, _, dataset_fns),) = jobs.calls
     assert config.seed == 1 and not config.run.baseline

@@ -38,6 +38,7 @@ def test_list_names_every_claim_in_the_issue_order(capsys):
         (["repro"], "name a claim"),
         (["repro", "pskd", "noise=0.3"], "pskd has no parameter 'noise'"),
         (["repro", "label-noise-xi", "noise=2"], "noise=2.0: expected a label-noise rate in [0, 1]"),
+        (["repro", "label-noise-xi", "setting=linaer"], "setting=linaer: expected one of both, net, linear"),
         (["repro", "pskd", "student.train.stepz=3"], "student.train.stepz"),
         (["repro", "diffusion-few-step", "methods=dmd9"], "methods=dmd9: expected comma-separated students"),
     ],

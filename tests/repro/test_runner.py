@@ -2,7 +2,8 @@
 summary.json written temp-then-rename, the PNG, and bad input caught before any measurement.
 
 Broken on purpose: the spread with ddof 0, the verdict taken from the first seed instead of the means, the seed
-folder check dropped (a rerun into the same folder), parameters not typed as their defaults."""
+folder check dropped (a rerun into the same folder), parameters not typed as their defaults, a parameter left
+out of `params` dropped instead of keeping its default."""
 
 import json
 import math
@@ -65,6 +66,12 @@ def test_run_claim_writes_the_summary_and_the_plot(tmp_path):
     assert written["numbers"]["a"]["mean"] == pytest.approx(4 / 3)
     assert (tmp_path / "out" / "fake.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fake.png", "summary.json"]  # no temp files
+
+
+def test_a_parameter_left_out_keeps_its_default(tmp_path):
+    CALLS.clear()
+    summary = run_claim(FAKE, tmp_path / "out", seeds=[0], params={})
+    assert CALLS[0].params == {"scale": 1.0} and summary["settings"]["params"] == {"scale": 1.0}
 
 
 def test_a_non_finite_number_is_written_as_null(tmp_path):

@@ -76,15 +76,20 @@ CLAIM = Claim(
     measure=measure,
     held=held,
     plot=Plot(
-        ylabel="first-token attention share (fraction) / largest activation (units of the residual) / bits per byte",
-        xlabel="statistic",
-        bars=tuple(
-            (f"{key}_{gate}", label, f"gate {gate}")
-            for key, label in (
-                ("first_token_share", "first-token share"),
-                ("bits_per_byte", "bits per byte"),
-            )
-            for gate in GATES
+        ylabel="first-token attention share (fraction, mean over layers)",
+        xlabel="gate",
+        bars=tuple((f"first_token_share_{gate}", gate, f"gate {gate}") for gate in GATES),
+        panels=(
+            (
+                "largest |residual activation| (units of the residual)",
+                "gate",
+                tuple((f"max_activation_{gate}", gate, f"gate {gate}") for gate in GATES),
+            ),
+            (
+                "held-out bits per byte",
+                "gate",
+                tuple((f"bits_per_byte_{gate}", gate, f"gate {gate}") for gate in GATES),
+            ),
         ),
     ),
     quick=QUICK,
