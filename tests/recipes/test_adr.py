@@ -76,6 +76,7 @@ def test_ema_teacher_moves_by_its_decay_and_the_step_counter_advances():
     assert moved
 
 
+@pytest.mark.slow  # ~12 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_adr_preset_anneals_over_the_stage_and_reports_robust_accuracy(tmp_path, untrained):
     config = load_config("adr", tiny_job(steps=20, extra=["distill.options.attack_steps=2"]))
     metrics = run_job(config, tmp_path / "run", progress=False)["student_adr"]

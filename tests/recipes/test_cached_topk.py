@@ -206,6 +206,7 @@ TINY_LM = [
 ]
 
 
+@pytest.mark.slow  # ~14 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_cli_writes_the_cache_and_reports_bytes_per_token(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     assert (

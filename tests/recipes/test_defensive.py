@@ -40,6 +40,7 @@ def test_label_weight_mixes_in_the_labels_at_T():
     np.testing.assert_allclose(float(mixed[0]), 0.75 * float(soft[0]) + 0.25 * hard, rtol=1e-5)
 
 
+@pytest.mark.slow  # ~15 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_preset_learns_from_a_trained_teacher_and_reports_robust_accuracy_below_clean(
     tmp_path, pretrained_teacher, untrained
 ):

@@ -122,6 +122,7 @@ def test_centre_moves_ten_percent_towards_the_teacher_mean():
     np.testing.assert_allclose(center, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # ~10 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_dino_preset_learns_features_better_than_its_initialisation(tmp_path, data_dir, untrained):
     """200 steps of the preset (tiny model, the two global crops only: local crops upsampled from 8x8 digits
     teach little in so short a run) beat the untrained student on the linear probe, keep its k-NN accuracy, and

@@ -79,6 +79,7 @@ def test_zero_loss_when_the_student_is_the_teacher(feature_loss):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) < 1e-4
 
 
+@pytest.mark.slow  # ~9 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_preset_learns_and_matches_the_teachers_features(tmp_path, untrained):
     overrides = [
         f"{stage}.{key}={value}"

@@ -195,6 +195,7 @@ def test_config_errors():
     # prompt_len beyond seq_len, classifiers: tests/train/test_checks_before_training.py
 
 
+@pytest.mark.slow  # ~16 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_preset_learns_on_policy(tmp_path, untrained):
     overrides = [
         f"{stage}.{key}={value}"

@@ -91,6 +91,7 @@ def test_label_weight_zero_is_refused():
         MultiExitSelfDistillation(label_weight=0.0)
 
 
+@pytest.mark.slow  # ~8 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_preset_trains_every_exit(tmp_path, untrained):
     overrides = [
         "student.model.d_model=16",

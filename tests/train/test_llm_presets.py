@@ -32,6 +32,7 @@ def _spy_stages(monkeypatch):
     return seen
 
 
+@pytest.mark.slow  # ~26 s quietly; moved out of the default suite for its 15-minute budget (session 9)
 def test_llm_kd_prunes_the_teacher_and_reports_every_stage(tmp_path, data_dir, monkeypatch):
     seen = _spy_stages(monkeypatch)
     run_dir = tmp_path / "run"
