@@ -82,8 +82,12 @@ def run_claim(
         per_seed.append(measured)
         if log is not None:
             log(f"{claim.name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items()))
-    settings = {"quick": quick, "overrides": list(overrides), "params": params}
-    settings["quick_overrides"] = list(quick_overrides)
+    settings = {
+        "quick": quick,
+        "overrides": list(overrides),
+        "params": params,
+        "quick_overrides": list(quick_overrides),
+    }
     return finish(claim, out_dir, per_seed, list(seeds), settings, time.perf_counter() - started)
 
 
