@@ -251,3 +251,20 @@ def test_unrolled_drafts_make_a_round_one_loop_iteration(control):
     assert "scan[" in round_body("scan")
     decoder = SpeculativeDecoder(model, exit_layer=1, draft_len=3, max_new_tokens=8, draft_control=control)
     assert decoder.options["loop"] == ("scan" if jax.default_backend() == "cpu" else "unrolled")  # "auto"
+
+
+@pytest.mark.parametrize("loop", ["scan", pytest.param("unrolled", marks=pytest.mark.slow)])
+def test_the_compiled_rounds_do_not_copy_the_caches(loop):
+    """The draft steps, the verify pass's (d + 1)-row writes and the rollback (by position only) update the caches
+    in place: no copy instruction in the compiled decoding loops (fusions included) moves a cache-sized array.
+    With values stored `[.., max_len, head_dim]` every block call transposed its value cache for the attention."""
+    from jdistill.models.speculative import SpeculativeDecoder, _generate
+    from tests.hlo_copies import cache_sized, loop_copy_shapes
+
+    model = Transformer(dataclasses.replace(LM, num_layers=2), rngs=nnx.Rngs(0))
+    decoder = SpeculativeDecoder(model, exit_layer=1, draft_len=3, max_new_tokens=8, draft_loop=loop)
+    prompt = np.ones((1, 4), np.int32)
+    args = (decoder.graphdef, decoder.params, prompt, prompt > 0, jax.random.key(0))
+    shapes = loop_copy_shapes(_generate.lower(*args, **decoder.options).compile().as_text())
+    cache_shape = model.init_cache(1, 4 + 8 + 3 + 1)[0].keys.shape
+    assert cache_sized(shapes, cache_shape) == []
