@@ -188,6 +188,20 @@ def run_benchmark(
     }
 
 
+def identity_above(model, exit_layer: int):
+    """A copy of `model` whose blocks after the first `exit_layer` are the identity (their attention-output and
+    MLP-down projections zeroed, so they add nothing to the residual stream): the final head then reads block
+    `exit_layer`'s state and every draft from that exit is accepted. Self-speculative decoding of this copy costs
+    what it costs on the model, so its speed-up is the ceiling at full acceptance (`--parts cap`)."""
+    model = nnx.clone(model)
+    for block in list(model.blocks)[exit_layer:]:
+        for layer in (block.attention.output, block.mlp.down):
+            layer.kernel[...] = jnp.zeros_like(layer.kernel[...])
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[...] = jnp.zeros_like(layer.bias[...])
+    return model
+
+
 def plot_exit_quality(
     curves: dict[str, list[float]], path: Path, exits: dict | None = None, methods: dict | None = None
 ) -> None:
@@ -249,7 +263,7 @@ def plot_exit_quality(
     tmp.replace(path)
 
 
-PARTS = ("speculative", "confidence", "methods")
+PARTS = ("speculative", "cap", "confidence", "methods")
 DRAFT_LOOPS = ("auto", "scan", "unrolled")
 
 
@@ -277,6 +291,9 @@ def print_summary(figures: dict) -> None:
         print(
             f"plain greedy {figures['plain_tokens_per_s']:.1f} tok/s; best {figures['best']}: {figures['speedup']:.2f}x"
         )
+    for exit_name, cap in figures.get("all_accepted", {}).items():
+        rows = ", ".join(f"{name.split('_')[1]} {row['speedup']:.2f}x" for name, row in cap["contenders"].items())
+        print(f"every draft accepted ({exit_name}, blocks above it the identity): {rows}")
     exits = figures.get("confidence_exits")
     if exits:
         print(
@@ -343,6 +360,20 @@ def run_early_exit(args) -> int:
             repeats=args.repeats,
             loops=loops,
         )
+    if "cap" in parts:  # every draft accepted: the ceiling of the speed-up (fixed draft lengths)
+        figures["all_accepted"] = {
+            f"exit{exit_layer}": run_benchmark(
+                identity_above(model, exit_layer),
+                prompts,
+                new_tokens=args.new_tokens,
+                exits=[exit_layer],
+                draft_lens=args.draft_lens,
+                controls=("fixed",),
+                repeats=args.repeats,
+                loops=loops,
+            )
+            for exit_layer in exits
+        }
     curves = {stage: exit_perplexities(model, batches)}
     scratch = stage_dir.parent / "student_scratch"
     if scratch.is_dir() and stage != "student_scratch":

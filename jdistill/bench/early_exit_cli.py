@@ -35,7 +35,7 @@ def register(bench_sub) -> None:
         "--parts",
         type=lambda text: [part for part in text.split(",") if part],
         default=["speculative", "confidence", "methods"],
-        help="what to measure: speculative, confidence, methods (comma-separated; default all)",
+        help="what to measure: speculative, cap (every draft accepted), confidence, methods (default: all but cap)",
     )
     parser.add_argument(
         "--methods",

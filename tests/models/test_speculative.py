@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jdistill.bench.early_exit import identity_above
 from jdistill.errors import UserError
 from jdistill.models import ModelConfig, Transformer
 from jdistill.models.generate import generate
@@ -33,16 +34,6 @@ LM = ModelConfig(
     qk_norm=True,
     max_seq_len=128,
 )
-
-
-def _identity_above(model, exit_layer: int):
-    """Zero the output projections of the blocks above `exit_layer`: they then leave the residual stream
-    unchanged, so the final head at the exit is the full model and every draft is accepted."""
-    for block in list(model.blocks)[exit_layer:]:
-        block.attention.output.kernel[...] = jnp.zeros_like(block.attention.output.kernel[...])
-        block.mlp.down.kernel[...] = jnp.zeros_like(block.mlp.down.kernel[...])
-        block.mlp.down.bias[...] = jnp.zeros_like(block.mlp.down.bias[...])
-    return model
 
 
 def _ragged_prompts(seed: int, batch: int, width: int, vocab: int):
@@ -74,7 +65,7 @@ def test_greedy_output_equals_plain_greedy_decoding(exit_layer, draft_len, head,
 
 
 def test_every_draft_accepted_when_the_upper_blocks_are_the_identity():
-    model = _identity_above(Transformer(LM, rngs=nnx.Rngs(1)), 2)
+    model = identity_above(Transformer(LM, rngs=nnx.Rngs(1)), 2)
     prompt, mask = _ragged_prompts(1, 4, 5, LM.vocab_size)
     expected = generate(model, prompt, prompt_mask=mask, max_new_tokens=11)
     tokens, stats = self_speculative_generate(model, prompt, mask, exit_layer=2, draft_len=4, max_new_tokens=11)
@@ -95,7 +86,7 @@ def test_random_drafts_are_mostly_rejected_and_still_exact():
 
 
 def test_eos_ends_a_row_and_pads_the_rest():
-    model = _identity_above(Transformer(LM, rngs=nnx.Rngs(3)), 2)
+    model = identity_above(Transformer(LM, rngs=nnx.Rngs(3)), 2)
     prompt, mask = _ragged_prompts(3, 6, 5, LM.vocab_size)
     plain = generate(model, prompt, prompt_mask=mask, max_new_tokens=10)
     eos = int(plain[0, 3])  # a token the first row emits at step 3
@@ -186,7 +177,7 @@ def test_recurrent_models_are_refused():
 
 @pytest.mark.slow  # two models x 100 tokens; the controller's pure parts are tested fast below
 def test_thompson_control_drafts_long_when_drafts_are_accepted_and_short_when_not():
-    good = _identity_above(Transformer(LM, rngs=nnx.Rngs(1)), 1)  # every draft accepted
+    good = identity_above(Transformer(LM, rngs=nnx.Rngs(1)), 1)  # every draft accepted
     bad = Transformer(LM, rngs=nnx.Rngs(2))  # an untrained exit: most drafts rejected
     prompt, mask = _ragged_prompts(4, 8, 5, LM.vocab_size)
     lengths = {}
