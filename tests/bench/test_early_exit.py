@@ -34,7 +34,7 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
     out = tmp_path / "bench.json"
     args = ["bench", "early-exit", "--checkpoint", str(run_dir / "student_layerskip"), "--exits", "1,2"]
     args += ["--draft-lens", "2", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "6", "--repeats", "1"]
-    args += ["--method-steps", "2", "--draft-loops", "scan,unrolled"]
+    args += ["--method-steps", "2", "--draft-loops", "scan,unrolled", "--parts", "speculative,cap,confidence,methods"]
     assert main([*args, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["contenders"]) == {
@@ -45,6 +45,10 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
         assert row["exact_match"] == 1.0  # greedy self-speculative decoding changes nothing but the speed
         assert 1.0 <= row["tokens_per_round"] <= 3.0 and row["speedup"] > 0
     assert figures["speedup"] == figures["contenders"][figures["best"]]["speedup"]
+    for exit_layer in (1, 2):  # every draft accepted: the blocks above the exit are the identity
+        cap = figures["all_accepted"][f"exit{exit_layer}"]["contenders"]
+        assert set(cap) == {f"exit{exit_layer}_d2_fixed_{loop}" for loop in ("scan", "unrolled")}
+        assert all(row["acceptance_rate"] == 1.0 and row["exact_match"] == 1.0 for row in cap.values())
     curves = figures["exit_perplexity"]
     assert set(curves) == {"student_layerskip", "student_scratch"} and all(len(c) == 3 for c in curves.values())
     exits = figures["confidence_exits"]  # default exits L/4, L/2, 3L/4 of 3 blocks
