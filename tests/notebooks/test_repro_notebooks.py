@@ -18,7 +18,7 @@ EXPECTED = {
     "05_self_supervised": [
         "student_random_teacher",
         "student_dino",
-        "probe curve        step",
+        "probe curve                    step  linear probe",
         "student_linear_probe_accuracy",
     ],
     "06_tpu_pod": ["TPU v4 via libtpu", "memory per chip", "v5litepod-4", "queued-resources create", "## gcloud"],
