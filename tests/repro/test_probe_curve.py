@@ -5,23 +5,19 @@ import pytest
 
 from jdistill.configs import load_config
 from jdistill.errors import RunDirError
-from jdistill.repro.claims.common import quick_digits
 from jdistill.repro.probe_curve import probe_curve
 from jdistill.train.job import run_job
+from tests.recipes.ssl_robust_helpers import tiny_job
 
 KEYS = {"linear_probe_accuracy", "knn_accuracy"}
 
 
 @pytest.fixture(scope="module")
 def random_teacher_run(data_dir, tmp_path_factory):
-    overrides = [
-        *quick_digits(("teacher", "student"), steps=12),
-        "student.train.checkpoint_every=4",
-        "student.train.keep_checkpoints=3",
-        "student.train.learning_rate=0.01",  # the features move visibly in 12 steps
-        "run.tensorboard=false",
-        "run.plot=false",
-    ]
+    """The job of tests/recipes/test_random_teacher.py (same programs: a compilation-cache hit in the suite) with a
+    checkpoint every 20 of its 40 student steps, both kept."""
+    keep = ["student.train.checkpoint_every=20", "student.train.keep_checkpoints=3"]
+    overrides = tiny_job(stages=("teacher", "student"), steps=40, extra=["student.train.learning_rate=0.003", *keep])
     run_dir = tmp_path_factory.mktemp("probe-curve") / "run"
     summary = run_job(load_config("random_teacher", overrides), run_dir, progress=False)
     return run_dir, summary
@@ -30,11 +26,11 @@ def random_teacher_run(data_dir, tmp_path_factory):
 def test_last_point_is_the_stage_metric_and_every_checkpoint_is_probed(random_teacher_run):
     run_dir, summary = random_teacher_run
     curve = probe_curve(run_dir, "student_random_teacher")
-    assert [step for step, _ in curve] == [4, 8, 12]
+    assert [step for step, _ in curve] == [20, 40]
     assert all(set(metrics) == KEYS for _, metrics in curve)
     final = summary["student_random_teacher"]
     assert curve[-1][1] == {key: final[key] for key in KEYS}
-    assert curve[0][1] != curve[-1][1]  # step 4's parameters, not the last ones
+    assert curve[0][1] != curve[-1][1]  # step 20's parameters, not the last ones
 
 
 def test_not_a_student_stage_or_run_is_one_line(random_teacher_run, tmp_path):
