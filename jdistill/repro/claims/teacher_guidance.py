@@ -2,7 +2,7 @@
 Regularization Imposed by Self-Distillation"): iterated self-distillation without the ground truth over-regularises;
 the closed-form ground-truth weight alpha* per generation beats pure self-distillation (alpha = 0).
 
-Two settings per seed:
+Three settings per seed:
 - kernel ridge on a 1-D sinusoid (`losses.guided_generations`, closed form): n = 40 noisy training points of
   sin(2 pi x) on [0, 1] (noise sd 0.3, drawn per seed), an RBF kernel (length 0.15, ridge 0.05), 20 generations;
   alpha* per generation fitted on 40 noisy validation points; the error is the MSE to the noise-free sinusoid on a
@@ -65,8 +65,9 @@ def rbf_features(a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
 
 
 def digits_kernel_accuracies(data_config, seed: int, alpha: float | None, generations: int = KERNEL_GENERATIONS):
-    """Clean test accuracy `[generations]` of guided self-distilled KRR on the standardised digit pixels (`alpha=None`:
-    alpha* each generation, chosen on the held-back validation part of the training split)."""
+    """(clean test accuracy `[generations]`, ground-truth weights `[generations]`) of guided self-distilled KRR on the
+    standardised digit pixels (`alpha=None`: alpha* each generation, chosen on the held-back validation part of the
+    training split; generation 1 fits the labels, weight 1)."""
     from jdistill.losses import guided_generations, krr_query_operator
     from jdistill.repro.linear_head import standardise
 
