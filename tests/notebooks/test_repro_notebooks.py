@@ -15,7 +15,12 @@ EXPECTED = {
     "02_self_distillation": ["accuracy_xi1p5", "xi=3.0"],
     "03_gated_attention": ["first_token_share_none", "layer  head      G     G+     G-  role"],
     "04_llm_distillation": ["bytes per token", "student_kd", "student_gkd", "student_offpolicy", "def clamp(x"],
-    "05_self_supervised": ["student_random_teacher", "student_dino", "student_linear_probe_accuracy"],
+    "05_self_supervised": [
+        "student_random_teacher",
+        "student_dino",
+        "probe curve                    step  linear probe",
+        "student_linear_probe_accuracy",
+    ],
     "06_tpu_pod": ["TPU v4 via libtpu", "memory per chip", "v5litepod-4", "queued-resources create", "## gcloud"],
     "07_diffusion": ["teacher (Heun)", "dmd: NFE 1 FD", "(the floor)"],
 }

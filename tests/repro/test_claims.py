@@ -132,11 +132,42 @@ def test_kernel_generations_match_a_direct_computation():
     assert np.allclose(teacher_guidance.kernel_errors(0, 0.0, generations=3), expected)
 
 
-def test_teacher_guidance_verdict_needs_both_settings():
+def test_digits_kernel_generations_match_a_direct_computation(data_dir):
+    """On the digit pixels: alpha = 1 is plain KRR every generation (constant accuracy); alpha = 0 predicts
+    argmax(B A^(k-1) Y) at generation k, with the fit / validation split and the median-heuristic length."""
+    from scipy.spatial.distance import cdist, pdist
+
+    from jdistill.configs import load_config
+    from jdistill.losses import krr_operator, krr_query_operator
+    from jdistill.repro.claims.common import pixel_features
+    from jdistill.repro.linear_head import standardise
+
+    data = load_config("teacher_guidance").data
+    plain, alphas = teacher_guidance.digits_kernel_accuracies(data, 0, 1.0, generations=3)
+    assert np.allclose(plain, plain[0]) and 0.9 < plain[0] <= 1.0 and np.allclose(alphas, 1.0)
+    train_x, train_y = pixel_features(data, "train")
+    test_x, test_y = pixel_features(data, "test")
+    train_x, test_x = standardise(train_x, test_x)
+    fit = np.random.default_rng([0, 2023]).permutation(len(train_y))[int(0.2 * len(train_y)) :]
+    x = train_x[fit]
+    length = np.median(pdist(x))
+    K, K_test = (np.exp(-cdist(a, x, "sqeuclidean") / (2 * length**2)) for a in (x, test_x))
+    A, B = krr_operator(K, 1.0), krr_query_operator(K_test, K, 1.0)
+    Y = np.eye(10)[train_y[fit]]
+    expected = [np.mean((B @ np.linalg.matrix_power(A, k) @ Y).argmax(1) == test_y) for k in range(3)]
+    pure, _ = teacher_guidance.digits_kernel_accuracies(data, 0, 0.0, generations=3)
+    assert np.allclose(pure, expected) and expected[2] < expected[0]  # pure SD already loses accuracy
+
+
+def test_teacher_guidance_verdict_needs_every_setting():
     means = {
         "kernel_mse_pure_best": 0.01,
         "kernel_mse_pure_last": 0.03,
         "kernel_mse_guided_last": 0.02,
+        "digits_kernel_accuracy_pure_best": 0.97,
+        "digits_kernel_accuracy_pure_last": 0.85,
+        "digits_kernel_accuracy_guided_last": 0.98,
+        "digits_kernel_alpha_mean": 2.0,
         "digits_accuracy_teacher": 0.9,
         "digits_accuracy_pure_last": 0.9,
         "digits_accuracy_guided_last": 0.91,
@@ -145,6 +176,8 @@ def test_teacher_guidance_verdict_needs_both_settings():
     assert not teacher_guidance.held({**means, "digits_accuracy_guided_last": 0.89})
     assert not teacher_guidance.held({**means, "kernel_mse_guided_last": 0.04})
     assert not teacher_guidance.held({**means, "kernel_mse_pure_last": 0.01})
+    assert not teacher_guidance.held({**means, "digits_kernel_accuracy_guided_last": 0.84})
+    assert not teacher_guidance.held({**means, "digits_kernel_accuracy_pure_last": 0.97})
 
 
 def test_attention_sink_trains_one_lm_per_gate_and_reads_its_statistics(monkeypatch, tmp_path, data_dir):

@@ -60,6 +60,18 @@ def train_labels(data_config) -> np.ndarray:
     return np.concatenate([np.asarray(b["labels"])[np.asarray(b["mask"], bool)] for b in batches])
 
 
+def pixel_features(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels `[n, 64]`, labels `[n]`) of a digits split, in the order `train_labels` reads (the noise's order)."""
+    from jdistill.train import inputs
+
+    pixels, labels = [], []
+    for batch in inputs.eval_batches(data_config, "classifier", split=split):
+        valid = np.asarray(batch["mask"], bool)
+        pixels.append(np.asarray(batch["inputs"], np.float64).reshape(len(valid), -1)[valid])
+        labels.append(np.asarray(batch["labels"])[valid])
+    return np.concatenate(pixels), np.concatenate(labels)
+
+
 def ensemble_accuracy(run_dir, stages: Sequence[str]) -> float:
     """Test accuracy of the mean softmax of the trained `stages` of a run (each its newest checkpoint)."""
     import jax

@@ -16,11 +16,9 @@ Held: in every setting measured, the best xi > 1 beats the best xi <= 1 (means o
 
 from __future__ import annotations
 
-import numpy as np
-
 from jdistill.errors import ConfigError
 from jdistill.repro.claim import Claim, Context, Plot
-from jdistill.repro.claims.common import metric, quick_digits, train_labels
+from jdistill.repro.claims.common import metric, pixel_features, quick_digits, train_labels
 from jdistill.repro.noise import label_noise_fn, noisy_labels
 
 XIS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -64,18 +62,6 @@ def measure_net(context: Context) -> dict[str, float]:
     stages = ["teacher", *(stage_of(xi) for xi in XIS)]
     summary = context.job(config, "xi_sd", dataset_fns={stage: noise for stage in stages})
     return {f"accuracy_xi{tag(xi)}": metric(summary, stage_of(xi), "accuracy") for xi in XIS}
-
-
-def pixel_features(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels `[n, 64]`, labels `[n]`) of a digits split, in the order `train_labels` reads (the noise's order)."""
-    from jdistill.train import inputs
-
-    pixels, labels = [], []
-    for batch in inputs.eval_batches(data_config, "classifier", split=split):
-        valid = np.asarray(batch["mask"], bool)
-        pixels.append(np.asarray(batch["inputs"], np.float64).reshape(len(valid), -1)[valid])
-        labels.append(np.asarray(batch["labels"])[valid])
-    return np.concatenate(pixels), np.concatenate(labels)
 
 
 def measure_linear(context: Context) -> dict[str, float]:
