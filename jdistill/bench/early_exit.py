@@ -294,6 +294,15 @@ def print_summary(figures: dict) -> None:
     for exit_name, cap in figures.get("all_accepted", {}).items():
         rows = ", ".join(f"{name.split('_')[1]} {row['speedup']:.2f}x" for name, row in cap["contenders"].items())
         print(f"every draft accepted ({exit_name}, blocks above it the identity): {rows}")
+    for width, row in figures.get("all_accepted_by_width", {}).items():
+        for exit_name, cap in row.items():
+            if exit_name == "params":
+                continue
+            rows = ", ".join(f"{name.split('_')[1]} {c['speedup']:.2f}x" for name, c in cap["contenders"].items())
+            print(
+                f"every draft accepted, d_model {width} ({row['params'] / 1e6:.1f}M parameters, random, {exit_name}): "
+                f"{rows} (plain {cap['plain_tokens_per_s']:.0f} tok/s)"
+            )
     exits = figures.get("confidence_exits")
     if exits:
         print(
@@ -345,6 +354,14 @@ def run_early_exit(args) -> int:
     for exit_layer in exits:
         if not 1 <= exit_layer < layers:
             raise ConfigError(f"--exits: {exit_layer} is outside [1, {layers - 1}] (the model has {layers} blocks)")
+    widths = list(getattr(args, "cap_widths", None) or ())
+    if widths and "cap" not in parts:
+        raise ConfigError("--cap-widths: measured with the ceiling only; add cap to --parts")
+    if widths:
+        from jdistill.bench.early_exit_width import widened
+
+        for width in widths:
+            widened(model.config, width)  # a one-line error before any compute
     prompts = _prompts(batches, args.prompts, args.prompt_len)
     if not prompts:
         raise ConfigError(f"--prompt-len {args.prompt_len}: no held-out window has that many tokens")
@@ -374,6 +391,19 @@ def run_early_exit(args) -> int:
             )
             for exit_layer in exits
         }
+        if widths:  # the same ceiling on wider random copies of the architecture (bench.early_exit_width)
+            from jdistill.bench.early_exit_width import ceiling_by_width
+
+            figures["all_accepted_by_width"] = ceiling_by_width(
+                model,
+                prompts,
+                widths=widths,
+                exits=exits,
+                draft_lens=args.draft_lens,
+                new_tokens=args.new_tokens,
+                repeats=args.repeats,
+                loops=loops,
+            )
     curves = {stage: exit_perplexities(model, batches)}
     scratch = stage_dir.parent / "student_scratch"
     if scratch.is_dir() and stage != "student_scratch":

@@ -38,6 +38,12 @@ def register(bench_sub) -> None:
         help="what to measure: speculative, cap (every draft accepted), confidence, methods (default: all but cap)",
     )
     parser.add_argument(
+        "--cap-widths",
+        type=int_list,
+        default=[],
+        help="with --parts cap: the ceiling also on randomly initialised copies of the model at these d_model widths",
+    )
+    parser.add_argument(
         "--methods",
         type=lambda text: [part for part in text.split(",") if part],
         default=["jei", "middle_skip", "acm", "self_ablation"],

@@ -35,6 +35,7 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
     args = ["bench", "early-exit", "--checkpoint", str(run_dir / "student_layerskip"), "--exits", "1,2"]
     args += ["--draft-lens", "2", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "6", "--repeats", "1"]
     args += ["--method-steps", "2", "--draft-loops", "scan,unrolled", "--parts", "speculative,cap,confidence,methods"]
+    args += ["--cap-widths", "32"]
     assert main([*args, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["contenders"]) == {
@@ -49,6 +50,11 @@ def test_bench_early_exit_on_a_layerskip_run(tmp_path, data_dir, capsys):
         cap = figures["all_accepted"][f"exit{exit_layer}"]["contenders"]
         assert set(cap) == {f"exit{exit_layer}_d2_fixed_{loop}" for loop in ("scan", "unrolled")}
         assert all(row["acceptance_rate"] == 1.0 and row["exact_match"] == 1.0 for row in cap.values())
+    by_width = figures["all_accepted_by_width"]["32"]  # the same ceiling on a wider random copy
+    assert by_width["params"] > 0 and set(by_width) == {"params", "exit1", "exit2"}
+    assert all(
+        r["acceptance_rate"] == 1.0 and r["exact_match"] == 1.0 for r in by_width["exit2"]["contenders"].values()
+    )
     curves = figures["exit_perplexity"]
     assert set(curves) == {"student_layerskip", "student_scratch"} and all(len(c) == 3 for c in curves.values())
     exits = figures["confidence_exits"]  # default exits L/4, L/2, 3L/4 of 3 blocks
@@ -69,3 +75,29 @@ def test_unknown_draft_loop_is_a_one_line_error():
 
     with pytest.raises(ConfigError, match="--draft-loops: unknown entry 'unroll'"):
         check_parts(["speculative"], [], ("scan", "unroll"))
+
+
+def test_widened_keeps_the_architecture_and_scales_heads_and_mlp():
+    from jdistill.bench.early_exit_width import parameter_count, widened
+    from jdistill.models import Transformer
+    from jdistill.models.config import ModelConfig
+
+    base = ModelConfig(kind="lm", num_layers=2, d_model=16, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=48)
+    wide = widened(base, 64)
+    assert (wide.d_model, wide.num_heads, wide.num_kv_heads, wide.head_dim, wide.mlp_dim) == (64, 8, 4, 8, 192)
+    assert (wide.num_layers, wide.kind, wide.vocab_size) == (base.num_layers, base.kind, base.vocab_size)
+    from flax import nnx
+
+    small, big = (parameter_count(Transformer(c, rngs=nnx.Rngs(0))) for c in (base, wide))
+    assert big > 4 * small
+
+
+@pytest.mark.parametrize("width", [0, 12, 24])  # not whole heads / not whole key-value groups (2 heads per group)
+def test_a_width_without_whole_heads_is_a_one_line_error(width):
+    from jdistill.bench.early_exit_width import widened
+    from jdistill.errors import ConfigError
+    from jdistill.models.config import ModelConfig
+
+    base = ModelConfig(kind="lm", num_layers=2, d_model=16, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=48)
+    with pytest.raises(ConfigError, match=f"--cap-widths: {width} is not a positive multiple of 16"):
+        widened(base, width)
