@@ -202,6 +202,24 @@ def identity_above(model, exit_layer: int):
     return model
 
 
+def ceiling(model, prompts, *, exits, draft_lens, new_tokens: int, repeats: int, loops) -> dict:
+    """{"exit{E}": `run_benchmark` figures of `identity_above(model, E)`} for every exit E in `exits`, fixed draft
+    lengths: every draft accepted, the speed-up's ceiling (`--parts cap`)."""
+    return {
+        f"exit{exit_layer}": run_benchmark(
+            identity_above(model, exit_layer),
+            prompts,
+            new_tokens=new_tokens,
+            exits=[exit_layer],
+            draft_lens=draft_lens,
+            controls=("fixed",),
+            repeats=repeats,
+            loops=loops,
+        )
+        for exit_layer in exits
+    }
+
+
 def plot_exit_quality(
     curves: dict[str, list[float]], path: Path, exits: dict | None = None, methods: dict | None = None
 ) -> None:
@@ -378,32 +396,12 @@ def run_early_exit(args) -> int:
             loops=loops,
         )
     if "cap" in parts:  # every draft accepted: the ceiling of the speed-up (fixed draft lengths)
-        figures["all_accepted"] = {
-            f"exit{exit_layer}": run_benchmark(
-                identity_above(model, exit_layer),
-                prompts,
-                new_tokens=args.new_tokens,
-                exits=[exit_layer],
-                draft_lens=args.draft_lens,
-                controls=("fixed",),
-                repeats=args.repeats,
-                loops=loops,
-            )
-            for exit_layer in exits
-        }
+        measure = dict(exits=exits, draft_lens=args.draft_lens, new_tokens=args.new_tokens, repeats=args.repeats)
+        figures["all_accepted"] = ceiling(model, prompts, **measure, loops=loops)
         if widths:  # the same ceiling on wider random copies of the architecture (bench.early_exit_width)
             from jdistill.bench.early_exit_width import ceiling_by_width
 
-            figures["all_accepted_by_width"] = ceiling_by_width(
-                model,
-                prompts,
-                widths=widths,
-                exits=exits,
-                draft_lens=args.draft_lens,
-                new_tokens=args.new_tokens,
-                repeats=args.repeats,
-                loops=loops,
-            )
+            figures["all_accepted_by_width"] = ceiling_by_width(model, prompts, widths=widths, **measure, loops=loops)
     curves = {stage: exit_perplexities(model, batches)}
     scratch = stage_dir.parent / "student_scratch"
     if scratch.is_dir() and stage != "student_scratch":

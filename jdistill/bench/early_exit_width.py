@@ -51,24 +51,17 @@ def parameter_count(model) -> int:
 def ceiling_by_width(model, prompts, *, widths, exits, draft_lens, new_tokens: int, repeats: int, loops) -> dict:
     """{str(width): {"params", "exit{E}": run_benchmark figures with every draft accepted}} for randomly initialised
     `widened` copies of `model` (seed 0)."""
-    from jdistill.bench.early_exit import identity_above, run_benchmark
+    from jdistill.bench.early_exit import ceiling
     from jdistill.models import Transformer
 
     configs = {width: widened(model.config, width) for width in widths}  # every width checked before any compute
     figures: dict = {}
     for width, config in configs.items():
         wide = Transformer(config, rngs=nnx.Rngs(0))
-        row: dict = {"params": parameter_count(wide)}
-        for exit_layer in exits:
-            row[f"exit{exit_layer}"] = run_benchmark(
-                identity_above(wide, exit_layer),
-                prompts,
-                new_tokens=new_tokens,
-                exits=[exit_layer],
-                draft_lens=draft_lens,
-                controls=("fixed",),
-                repeats=repeats,
-                loops=loops,
-            )
-        figures[str(width)] = row
+        figures[str(width)] = {
+            "params": parameter_count(wide),
+            **ceiling(
+                wide, prompts, exits=exits, draft_lens=draft_lens, new_tokens=new_tokens, repeats=repeats, loops=loops
+            ),
+        }
     return figures
